@@ -1,0 +1,54 @@
+# make test  — the whole suite (ruff, mypy --strict, pytest); creates .venv on first use.
+# make demo  — the demo on the embedded default store.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+MODULES := $(shell find engine spec drivers conformance model_tests -name '*.py' 2>/dev/null | sort)
+
+.PHONY: test lint typecheck pytest demo bench faults install clean diagrams
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Strict editable mode links each module file, so a new module needs a
+# reinstall: the stamp depends on the list of modules and on pyproject.toml.
+$(STAMP): pyproject.toml $(BIN)/python $(VENV)/.modules
+	flock $(VENV)/.lock $(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict
+	touch $(STAMP)
+
+$(VENV)/.modules: FORCE | $(BIN)/python
+	@echo "$(MODULES)" | cmp -s - $@ || echo "$(MODULES)" > $@
+
+FORCE:
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy --strict -p taskharbor
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: install
+	$(BIN)/taskharbor demo
+
+diagrams: install
+	$(BIN)/python scripts/gen_diagrams.py
+
+bench: install
+	$(BIN)/pip install -q -e '.[dev,bench]' --config-settings editable_mode=strict
+	$(BIN)/python -m pytest tests/bench -s -p no:cacheprovider
+
+faults: install
+	TASKHARBOR_FAULTS=long $(BIN)/pytest tests/faults
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

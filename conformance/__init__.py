@@ -1,0 +1,1 @@
+"""The conformance suite: one example-based test per rule of the contract."""

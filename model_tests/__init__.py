@@ -1,0 +1,1 @@
+"""Hypothesis stateful tests: a driver and the reference model, step by step."""

@@ -1,0 +1,85 @@
+"""Errors of the contract.  Each message names the job and the states involved."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class TaskHarborError(Exception):
+    """Base class of every error TaskHarbor raises on purpose."""
+
+
+class InvalidRequest(TaskHarborError, ValueError):
+    """Bad input to the SPI or the API: nothing was changed."""
+
+
+class JobNotFound(TaskHarborError, LookupError):
+    """No stored job has this id (never stored, or pruned)."""
+
+    def __init__(self, job_id: object) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} not found (never enqueued, or pruned)")
+
+
+class WorkflowNotFound(TaskHarborError, LookupError):
+    """No stored workflow has this id."""
+
+    def __init__(self, workflow_id: object) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"workflow {workflow_id!r} not found (never enqueued, or pruned)")
+
+
+class InvalidTransition(TaskHarborError):
+    """An event that the spec's transition table does not allow from this state."""
+
+    def __init__(
+        self,
+        kind: str,
+        subject: object,
+        event: str,
+        state: str,
+        allowed_from: Iterable[str],
+    ) -> None:
+        self.kind = kind
+        self.subject = subject
+        self.event = event
+        self.state = state
+        self.allowed_from = frozenset(allowed_from)
+        who = f"{kind} {subject!r}" if subject is not None else kind
+        allowed = ", ".join(sorted(self.allowed_from)) or "nowhere"
+        super().__init__(
+            f"{who} is {state}: '{event}' is not allowed from {state} (only from: {allowed})"
+        )
+
+
+class LeaseLost(TaskHarborError):
+    """A fenced operation carried a lease token that is no longer the job's.
+
+    The job was rescued after its lease expired (and maybe leased again by
+    another worker), cancelled, or already finished: the report is refused so
+    that a late worker never overwrites the work of the next one.
+    """
+
+    def __init__(self, job_id: object, token: str, state: str, reason: str) -> None:
+        self.job_id = job_id
+        self.token = token
+        self.state = state
+        self.reason = reason
+        super().__init__(f"lease lost on job {job_id!r} (now {state}): {reason}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LeaseLost):
+            return NotImplemented
+        return (self.job_id, self.token, self.state, self.reason) == (
+            other.job_id,
+            other.token,
+            other.state,
+            other.reason,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.job_id, self.token, self.state, self.reason))
+
+
+class SchemaError(TaskHarborError):
+    """The store's schema is missing, too old or too new for this version."""

@@ -1,0 +1,461 @@
+"""The typed records the driver SPI exchanges.  All frozen; all validated.
+
+Requests (``EnqueueRequest``, ``Completion``, ...) validate themselves in
+``__post_init__`` so bad input is refused where it is written, with an
+:class:`~taskharbor.spec.errors.InvalidRequest` that names the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from .errors import InvalidRequest, LeaseLost
+from .table import JobState, WorkflowState
+
+JobId: TypeAlias = int
+WorkflowId: TypeAlias = int
+JSON: TypeAlias = Any
+"""A JSON value: None, bool, int, finite float, str, list of JSON, dict of str to JSON."""
+
+ResultRef: TypeAlias = "int | list[ResultRef]"
+"""Where a workflow value comes from: a step (index, or job id once stored), or a list of refs."""
+
+PRIORITY_MIN = -32768
+PRIORITY_MAX = 32767
+MAX_ATTEMPTS_LIMIT = 10_000
+NAME_MAX_LENGTH = 255
+JSON_MAX_DEPTH = 64
+
+
+CANCELLED_BY_REQUEST = "cancelled by request"
+"""``reason`` of a job cancelled by ``Driver.cancel`` (directly or after running)."""
+
+WORKFLOW_CANCELLED = "workflow cancelled"
+"""``reason`` of a step cancelled by ``Driver.cancel_workflow``."""
+
+
+def dependency_reason(job_id: int, state: str) -> str:
+    """``reason`` of a workflow step cancelled because a step it needs ended badly."""
+    return f"dependency {job_id} {state}"
+
+
+def check_json(value: JSON, what: str) -> None:
+    """Refuse anything that would not come back from storage exactly as given.
+
+    Accepts None, bool, int, finite float, str (valid Unicode), and lists and
+    dicts (with str keys) of those, nested at most ``JSON_MAX_DEPTH`` deep.
+    Tuples are refused rather than silently turned into lists.
+    """
+    _check_json(value, what, 0)
+
+
+def _check_json(value: JSON, path: str, depth: int) -> None:
+    if depth > JSON_MAX_DEPTH:
+        raise InvalidRequest(f"{path}: nested deeper than {JSON_MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidRequest(f"{path}: {value!r} is not representable in JSON")
+        return
+    if isinstance(value, str):
+        _check_text(value, path)
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequest(f"{path}: key {key!r} is not a string (JSON keys are)")
+            _check_text(key, f"{path} key")
+            _check_json(item, f"{path}[{key!r}]", depth + 1)
+        return
+    raise InvalidRequest(
+        f"{path}: {type(value).__name__} is not JSON "
+        "(use None, bool, int, float, str, list or dict)"
+    )
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"{path}: not valid Unicode ({exc.reason})") from None
+    if "\x00" in text:
+        raise InvalidRequest(f"{path}: contains a NUL character, which storage cannot keep")
+
+
+def check_name(value: object, what: str) -> None:
+    """A task, queue or key name: a non-empty str of at most 255 characters."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{what} must be a non-empty string, not {value!r}")
+    if len(value) > NAME_MAX_LENGTH:
+        raise InvalidRequest(f"{what} is longer than {NAME_MAX_LENGTH} characters")
+    _check_text(value, what)
+
+
+def check_aware(value: object, what: str) -> None:
+    """A datetime with a timezone."""
+    if not isinstance(value, datetime):
+        raise InvalidRequest(f"{what} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidRequest(f"{what} must be timezone-aware, not naive ({value.isoformat()})")
+
+
+def _check_int(value: object, what: str, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"{what} must be an int, not {value!r}")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{what} must be between {low} and {high}, not {value}")
+
+
+def _check_job_id(value: object, what: str = "job id") -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"{what} must be an int, not {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    """One job to store.
+
+    ``run_at=None`` means now.  ``priority``: larger runs first.
+    ``idempotency_key``: while a stored job holds this key, enqueueing the same
+    key again stores nothing and returns that job.
+    """
+
+    task: str
+    args: tuple[JSON, ...] = ()
+    kwargs: Mapping[str, JSON] = field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    run_at: datetime | None = None
+    max_attempts: int = 3
+    idempotency_key: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.task, "task name")
+        check_name(self.queue, "queue name")
+        if not isinstance(self.args, tuple):
+            raise InvalidRequest(f"args must be a tuple, not {type(self.args).__name__}")
+        if not isinstance(self.kwargs, Mapping):
+            raise InvalidRequest(f"kwargs must be a mapping, not {type(self.kwargs).__name__}")
+        check_json(list(self.args), f"{self.task} args")
+        check_json(dict(self.kwargs), f"{self.task} kwargs")
+        _check_int(self.priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
+        _check_int(self.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+        if self.run_at is not None:
+            check_aware(self.run_at, "run_at")
+        if self.idempotency_key is not None:
+            check_name(self.idempotency_key, "idempotency_key")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReport:
+    """What a worker says about a failed attempt."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.type, "error type")
+        if not isinstance(self.message, str):
+            raise InvalidRequest(f"error message must be a str, not {self.message!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """One recorded error: the report, the attempt it ended, and when (driver clock)."""
+
+    attempt: int
+    at: datetime
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A stored job, as every driver returns it.
+
+    ``run_at`` is when the job is (or became) due: its scheduled time, its
+    retry time, or the time it was enqueued or released.  ``attempt`` counts
+    the attempts used (leases not given back by ``snooze``).  ``finished_at``
+    is set when the job enters succeeded, dead or cancelled, and cleared when
+    it leaves.  ``reason`` says why a job is cancelled (``None`` otherwise).
+    ``depends_on`` holds the job ids of the workflow steps it waits for.
+    """
+
+    id: JobId
+    task: str
+    queue: str
+    state: JobState
+    args: tuple[JSON, ...]
+    kwargs: Mapping[str, JSON]
+    priority: int
+    run_at: datetime
+    attempt: int
+    max_attempts: int
+    created_at: datetime
+    idempotency_key: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: datetime | None = None
+    leased_by: str | None = None
+    cancel_requested: bool = False
+    result: JSON = None
+    errors: tuple[ErrorInfo, ...] = ()
+    finished_at: datetime | None = None
+    reason: str | None = None
+    workflow_id: WorkflowId | None = None
+    depends_on: tuple[JobId, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """The job an enqueue request maps to; ``created`` is False for an idempotent hit."""
+
+    job: JobRecord
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRef:
+    """A lease held by a worker: the job and the fencing token it got at lease."""
+
+    job_id: JobId
+    token: str
+
+    def __post_init__(self) -> None:
+        _check_job_id(self.job_id)
+        if not isinstance(self.token, str) or not self.token:
+            raise InvalidRequest(f"lease token of job {self.job_id} must be a non-empty str")
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The lease holder reports success with a JSON result."""
+
+    job_id: JobId
+    token: str
+    result: JSON = None
+
+    def __post_init__(self) -> None:
+        LeaseRef(self.job_id, self.token)
+        check_json(self.result, f"result of job {self.job_id}")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The lease holder reports a failed attempt.
+
+    ``retry_at`` is when to try again if the spec's guards choose ``retrying``
+    (``None``: now).  ``permanent`` sends the job straight to ``dead``.
+    """
+
+    job_id: JobId
+    token: str
+    error: ErrorReport
+    retry_at: datetime | None = None
+    permanent: bool = False
+
+    def __post_init__(self) -> None:
+        LeaseRef(self.job_id, self.token)
+        if not isinstance(self.error, ErrorReport):
+            raise InvalidRequest(f"error of job {self.job_id} must be an ErrorReport")
+        if self.retry_at is not None:
+            check_aware(self.retry_at, "retry_at")
+
+
+@dataclass(frozen=True, slots=True)
+class SnoozeRequest:
+    """The lease holder asks to run the job again at ``run_at``; the attempt is given back."""
+
+    job_id: JobId
+    token: str
+    run_at: datetime
+
+    def __post_init__(self) -> None:
+        LeaseRef(self.job_id, self.token)
+        check_aware(self.run_at, "run_at")
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    """Heartbeat outcome: refused leases, and the leased jobs somebody asked to cancel."""
+
+    lost: tuple[LeaseLost, ...]
+    cancel_requested: frozenset[JobId]
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteResult:
+    """How many jobs were promoted, and when the next scheduled or retrying job is due."""
+
+    promoted: int
+    next_due: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One step of a workflow graph, before it is stored.
+
+    ``after`` holds indexes of earlier steps that must succeed before this one
+    is released.  ``input`` says which results are put in front of ``args`` at
+    release: a step index (that step's result) or a list of refs (a list of
+    their values, in order); ``None`` puts nothing in front.  Every index in
+    ``input`` must be in ``after``.
+    """
+
+    request: EnqueueRequest
+    after: tuple[int, ...] = ()
+    input: ResultRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowGraph:
+    """A whole workflow: steps in topological order, and where its result comes from."""
+
+    steps: tuple[StepSpec, ...]
+    result: ResultRef
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise InvalidRequest("a workflow needs at least one step")
+        for index, step in enumerate(self.steps):
+            if not isinstance(step, StepSpec):
+                raise InvalidRequest(f"workflow step {index} is not a StepSpec")
+            if step.request.idempotency_key is not None:
+                raise InvalidRequest(
+                    f"workflow step {index}: idempotency keys are not supported on steps"
+                )
+            for dep in step.after:
+                _check_int(dep, f"workflow step {index} dependency", 0, index - 1)
+            if len(set(step.after)) != len(step.after):
+                raise InvalidRequest(f"workflow step {index} lists a dependency twice")
+            if step.input is not None:
+                missing = set(ref_indexes(step.input)) - set(step.after)
+                if missing:
+                    raise InvalidRequest(
+                        f"workflow step {index} takes input from steps {sorted(missing)} "
+                        "that it does not wait for"
+                    )
+        for ref in ref_indexes(self.result):
+            _check_int(ref, "workflow result step", 0, len(self.steps) - 1)
+        if self.name is not None:
+            check_name(self.name, "workflow name")
+
+
+def ref_indexes(ref: ResultRef) -> list[int]:
+    """Every step index (or job id) a :data:`ResultRef` mentions, in order."""
+    if isinstance(ref, bool) or not isinstance(ref, int | list):
+        raise InvalidRequest(f"a result reference must be an int or a list, not {ref!r}")
+    if isinstance(ref, int):
+        return [ref]
+    found: list[int] = []
+    for item in ref:
+        found.extend(ref_indexes(item))
+    return found
+
+
+def map_ref(ref: ResultRef, value_of: Mapping[int, JSON]) -> JSON:
+    """Replace every index in ``ref`` by ``value_of[index]``; lists stay lists."""
+    if isinstance(ref, int):
+        return value_of[ref]
+    return [map_ref(item, value_of) for item in ref]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    """A stored workflow: its state, its steps' job ids (graph order) and its result ref.
+
+    ``result`` refers to job ids; resolve it with :func:`map_ref` over the
+    steps' results once the workflow has succeeded.
+    """
+
+    id: WorkflowId
+    state: WorkflowState
+    steps: tuple[JobId, ...]
+    result: ResultRef
+    created_at: datetime
+    finished_at: datetime | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """What ``list_jobs`` selects: every given field must match; ordered by id."""
+
+    states: frozenset[JobState] | None = None
+    task: str | None = None
+    queue: str | None = None
+    workflow_id: WorkflowId | None = None
+    after_id: JobId | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if self.states is not None:
+            for state in self.states:
+                if not isinstance(state, JobState):
+                    raise InvalidRequest(
+                        f"unknown job state {state!r} "
+                        f"(one of: {', '.join(s.value for s in JobState)})"
+                    )
+        _check_int(self.limit, "limit", 1, 100_000)
+
+
+def job_ids(values: object, what: str) -> tuple[JobId, ...]:
+    """Validate a non-empty batch of job ids."""
+    if not isinstance(values, list | tuple) or not values:
+        raise InvalidRequest(f"{what}: empty batch (give at least one job id)")
+    for value in values:
+        _check_job_id(value)
+    return tuple(values)
+
+
+def check_batch(values: object, kind: type, what: str) -> None:
+    """Validate a non-empty batch whose items are all ``kind``."""
+    if not isinstance(values, list | tuple) or not values:
+        raise InvalidRequest(f"{what}: empty batch (give at least one item)")
+    for value in values:
+        if not isinstance(value, kind):
+            raise InvalidRequest(f"{what}: expected {kind.__name__}, got {type(value).__name__}")
+
+
+def check_lease_seconds(value: object) -> float:
+    """A lease duration: a positive finite number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"lease duration must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidRequest(f"lease duration must be positive and finite, not {value}")
+    return float(value)
+
+
+__all__ = [
+    "JSON",
+    "Completion",
+    "EnqueueRequest",
+    "EnqueueResult",
+    "ErrorInfo",
+    "ErrorReport",
+    "Failure",
+    "HeartbeatResult",
+    "JobFilter",
+    "JobId",
+    "JobRecord",
+    "LeaseRef",
+    "PromoteResult",
+    "ResultRef",
+    "SnoozeRequest",
+    "StepSpec",
+    "WorkflowGraph",
+    "WorkflowId",
+    "WorkflowRecord",
+    "WorkflowState",
+]

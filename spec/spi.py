@@ -1,0 +1,303 @@
+"""The driver SPI: the one interface every store implements.
+
+This page is written for driver authors: with it, :mod:`taskharbor.spec.lifecycle`
+and :mod:`taskharbor.spec.table` you can implement a driver, then prove it with
+``taskharbor.conformance`` and ``taskharbor.model_tests``.  The reference model
+(:mod:`taskharbor.spec.model`) is this page as executable code.
+
+Rules that hold for every method
+--------------------------------
+* **Batch-first.**  Mutating methods take many items; round trips, not Python,
+  bound throughput.
+* **Atomic.**  Each call is one transaction: all of it happens, or (when it
+  raises) none of it.  Items refused by fencing are *reported*, not raised:
+  the rest of the batch is applied.
+* **Validated.**  An empty batch, an unknown job id, a wrong type: the call
+  raises :class:`~taskharbor.spec.errors.InvalidRequest` or
+  :class:`~taskharbor.spec.errors.JobNotFound` and changes nothing.
+* **Through the table.**  Every state change is an event of
+  :class:`~taskharbor.spec.lifecycle.JobLifecycle`, resolved with
+  :data:`taskharbor.spec.table.JOB` (guards evaluated on the stored job).
+  An event that the table does not allow raises
+  :class:`~taskharbor.spec.errors.InvalidTransition` and changes nothing.
+* **Injected time.**  "now" is ``self.clock.now()`` read once per call; every
+  timestamp a call writes is that value (or derived from it).
+* **Ids.**  Job and workflow ids are positive ints, increasing in enqueue
+  order (FIFO tie-break).  Lease tokens are unguessable non-empty strings,
+  new at every lease.
+* **Records.**  Methods return :class:`~taskharbor.spec.records.JobRecord` as
+  stored after the call.
+
+Field effects of each event
+---------------------------
+=============== ==============================================================
+enqueue         ``attempt=0``; ``run_at`` = request's or now; ``created_at`` = now
+release         ``args`` = (value of ``input``,) + args when the step has an
+                input; ``run_at`` stays when it is in the future (the job
+                goes to ``scheduled``), else becomes now
+promote         ``run_at`` unchanged
+lease           ``attempt += 1``; new ``lease_token``; ``leased_by``;
+                ``lease_expires_at = now + lease_seconds``
+heartbeat       ``lease_expires_at = now + lease_seconds``
+succeed         ``result``; ``finished_at = now``; lease fields cleared
+fail            an :class:`ErrorInfo` (attempt, now, report) appended to
+                ``errors``; lease fields cleared; to ``retrying``:
+                ``run_at = retry_at or now``; to dead/cancelled:
+                ``finished_at = now``
+snooze          ``attempt -= 1``; ``run_at`` = requested; lease fields cleared
+lease_expired   ``ErrorInfo(type="LeaseExpired")`` appended; lease fields
+                cleared; to ``available``: ``run_at = now``; to dead or
+                cancelled: ``finished_at = now``
+cancel          ``finished_at = now``; ``reason`` set (see below)
+requeue         ``attempt = 0``; ``run_at = now``; ``cancel_requested``,
+                ``finished_at``, ``reason`` and ``result`` cleared; errors kept
+=============== ==============================================================
+
+Cancellation reasons (constants in :mod:`taskharbor.spec.records`):
+``CANCELLED_BY_REQUEST`` for :meth:`Driver.cancel` and for a running job that
+ends through ``fail``/``lease_expired`` after a cancel request;
+``WORKFLOW_CANCELLED`` for :meth:`Driver.cancel_workflow`;
+``dependency_reason(job_id, state)`` for workflow cascades.
+
+"Lease fields" are ``lease_token``, ``lease_expires_at`` and ``leased_by``;
+they are set exactly while the job is ``running``.  ``cancel_requested`` is
+cleared whenever a job leaves ``running``.
+
+Workflows
+---------
+A workflow is a graph of jobs (steps) written by one :meth:`Driver.enqueue_workflow`
+call.  Steps with no dependencies are enqueued at once; the others are
+``pending``.  These effects are part of the call that causes them, in the same
+transaction:
+
+* A step **succeeds**: each ``pending`` step of the same workflow all of whose
+  dependencies have now succeeded gets ``release`` (its input resolved from
+  the stored results).  Exactly one call observes "the last dependency
+  succeeded", even when several finish at the same instant.
+* A step ends **dead or cancelled**: every step that depends on it, directly
+  or not, and is not finished yet gets ``cancel`` with
+  ``reason = dependency_reason(<job id>, <state>)`` (a running one gets
+  ``cancel_requested``).
+* A step is **requeued**: every ``cancelled`` step of the workflow is requeued
+  too (``pending`` again while it waits on dependencies).
+* After any of these the workflow's state is derived from its steps: any step
+  ``dead`` -> ``failed``; else any step ``cancelled`` -> ``cancelled``; else
+  every step ``succeeded`` -> ``succeeded``; else ``running``.  A change goes
+  through :data:`taskharbor.spec.table.WORKFLOW` (``event_for``), and sets
+  ``finished_at`` (now) when the new state is not ``running``, clears it
+  otherwise.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from .clock import Clock
+from .errors import LeaseLost
+from .records import (
+    Completion,
+    EnqueueRequest,
+    EnqueueResult,
+    Failure,
+    HeartbeatResult,
+    JobFilter,
+    JobId,
+    JobRecord,
+    LeaseRef,
+    PromoteResult,
+    SnoozeRequest,
+    WorkflowGraph,
+    WorkflowId,
+    WorkflowRecord,
+)
+from .table import JobState
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """Optional abilities a driver declares; the conformance suite adapts to them.
+
+    ``persistent``: jobs survive the process (crash tests apply).
+    ``multi_process``: several processes may share the store safely.
+    ``transactional_enqueue``: jobs can be enqueued inside the caller's own
+    database transaction.
+    ``notifications``: :meth:`Driver.wait_for_jobs` wakes up on enqueue from
+    any process instead of only polling.
+    """
+
+    persistent: bool = False
+    multi_process: bool = False
+    transactional_enqueue: bool = False
+    notifications: bool = False
+
+
+class Driver(abc.ABC):
+    """A job store that obeys the TaskHarbor contract.
+
+    Implementations must be safe to call from several threads at once.
+    """
+
+    capabilities: Capabilities = Capabilities()
+    clock: Clock
+
+    # -- lifecycle of the store ---------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the store's schema.  Idempotent.  Default: nothing."""
+
+    def close(self) -> None:
+        """Release connections and files.  Default: nothing."""
+
+    # -- producing ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        """Store new jobs (event ``enqueue``), one result per request, in order.
+
+        A request whose ``idempotency_key`` is held by a stored job (any state,
+        until pruned) stores nothing and returns that job with
+        ``created=False``; so does a repeat of a key earlier in the same batch.
+        Raises ``InvalidRequest`` for an empty batch or a non-request item.
+        """
+
+    @abc.abstractmethod
+    def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
+        """Store a whole workflow graph at once (see "Workflows" above).
+
+        Jobs are created in step order (so job ids follow the step indexes);
+        the record's ``steps`` lists their ids, its ``result`` is the graph's
+        result ref with step indexes replaced by job ids.
+        """
+
+    # -- consuming (fenced by lease tokens) -----------------------------------
+
+    @abc.abstractmethod
+    def lease(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker_id: str,
+    ) -> list[JobRecord]:
+        """Lease up to ``limit`` ``available`` jobs of ``queues`` (event ``lease``).
+
+        Order: ``priority`` descending, then ``run_at`` ascending, then id
+        ascending.  Two concurrent calls never return the same job.  Only
+        ``available`` jobs are leased: due ``scheduled``/``retrying`` jobs wait
+        for :meth:`promote`.  ``limit`` >= 1; ``queues`` non-empty.
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
+        """Extend live leases (event ``heartbeat``).
+
+        A lease is live when the job is ``running`` with that token (an expired
+        lease that was not rescued yet is still live).  Others are reported in
+        ``lost``.  ``cancel_requested`` lists the live ones somebody asked to cancel.
+        """
+
+    @abc.abstractmethod
+    def complete(self, completions: Sequence[Completion]) -> list[LeaseLost]:
+        """Record results (event ``succeed``), then release workflow dependents.
+
+        Returns the refused items (lease not live), in request order; the
+        others are applied.
+        """
+
+    @abc.abstractmethod
+    def fail(self, failures: Sequence[Failure]) -> list[LeaseLost]:
+        """Record failed attempts (event ``fail``; guards: ``cancel_requested``,
+        ``permanent``, ``attempts_exhausted`` = attempt >= max_attempts).
+
+        Returns the refused items, in request order.
+        """
+
+    @abc.abstractmethod
+    def snooze(self, requests: Sequence[SnoozeRequest]) -> list[LeaseLost]:
+        """Put jobs back to ``scheduled`` at a later time (event ``snooze``).
+
+        Returns the refused items, in request order.
+        """
+
+    # -- operators ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def cancel(self, job_ids: Sequence[JobId]) -> list[JobRecord]:
+        """Cancel jobs (event ``cancel``); a ``running`` job only gets
+        ``cancel_requested = True`` (its worker sees it at the next heartbeat).
+
+        A job already ``running`` with ``cancel_requested`` is left as it is.
+        A finished job raises ``InvalidTransition``; the whole call then
+        changes nothing.
+        """
+
+    @abc.abstractmethod
+    def requeue(self, job_ids: Sequence[JobId]) -> list[JobRecord]:
+        """Move ``dead`` or ``cancelled`` jobs back into the queue (event ``requeue``).
+
+        Any other state raises ``InvalidTransition`` and the call changes nothing.
+        """
+
+    # -- maintenance (safe to run from every worker at once) ------------------
+
+    @abc.abstractmethod
+    def promote(self) -> PromoteResult:
+        """Event ``promote`` for every ``scheduled``/``retrying`` job with ``run_at <= now``.
+
+        ``next_due`` is the earliest ``run_at`` still in the future, if any.
+        """
+
+    @abc.abstractmethod
+    def rescue(self) -> list[JobId]:
+        """Event ``lease_expired`` for every ``running`` job with
+        ``lease_expires_at <= now``.  Returns their ids, ascending."""
+
+    @abc.abstractmethod
+    def prune(self, finished_before: datetime) -> int:
+        """Delete finished jobs (succeeded, dead, cancelled) whose ``finished_at``
+        is earlier than ``finished_before``; returns how many.
+
+        A workflow's steps are deleted only together with the workflow, when
+        the workflow is ``succeeded`` or ``cancelled`` and every one of its
+        steps qualifies.  Deleted jobs free their idempotency keys.
+        """
+
+    # -- reading --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get(self, job_ids: Sequence[JobId]) -> list[JobRecord]:
+        """The jobs, in the order asked; ``JobNotFound`` names the first missing id."""
+
+    @abc.abstractmethod
+    def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        """Jobs matching ``where``, by ascending id, at most ``where.limit``."""
+
+    @abc.abstractmethod
+    def count(self) -> Mapping[tuple[str, JobState], int]:
+        """How many jobs per (queue, state); pairs with no job are left out."""
+
+    @abc.abstractmethod
+    def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        """The workflow; ``WorkflowNotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        """Cancel every step not finished yet (running ones get
+        ``cancel_requested``); the workflow's state is then derived as above.
+        A workflow already ``succeeded`` raises ``InvalidTransition``."""
+
+    # -- waiting --------------------------------------------------------------
+
+    def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until jobs may be available on ``queues`` or ``timeout`` passes.
+
+        A hint only: returning early is always allowed.  Drivers with the
+        ``notifications`` capability wake on enqueue from any process.  The
+        default sleeps ``timeout`` seconds (the worker polls).
+        """
+        import time
+
+        time.sleep(max(0.0, timeout))

@@ -1,0 +1,38 @@
+"""Shared fixtures: every driver by name (see tests/driver_registry.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from driver_registry import DRIVERS, DriverFactory
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--drivers",
+        default=",".join(DRIVERS),
+        help="comma-separated driver names to run the per-driver suites against",
+    )
+
+
+def selected_drivers(config: pytest.Config) -> list[str]:
+    names = [name.strip() for name in str(config.getoption("--drivers")).split(",") if name]
+    unknown = sorted(set(names) - set(DRIVERS))
+    if unknown:
+        raise pytest.UsageError(f"unknown driver(s) {unknown}; known: {sorted(DRIVERS)}")
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "driver_name" in metafunc.fixturenames:
+        metafunc.parametrize("driver_name", selected_drivers(metafunc.config))
+
+
+@pytest.fixture
+def driver_factory(driver_name: str, tmp_path: Path) -> Iterator[DriverFactory]:
+    """A factory of fresh, empty stores of the driver under test."""
+    with DRIVERS[driver_name](tmp_path) as factory:
+        yield factory

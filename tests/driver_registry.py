@@ -1,0 +1,109 @@
+"""Every driver the test suite runs against, by name: the one place to add a driver.
+
+A factory takes the test's clock and returns a fresh, empty store.  Suites that
+run "for every driver" (conformance, model tests, engine tests) parametrise
+over :data:`DRIVERS`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from taskharbor.spec import Clock, Driver
+
+POSTGRES_URL = os.environ.get("TASKHARBOR_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
+REQUIRE_POSTGRES = os.environ.get("TASKHARBOR_REQUIRE_POSTGRES") == "1"
+
+DriverFactory = Callable[[Clock], Driver]
+
+
+def postgres_available() -> str | None:
+    """None when the test PostgreSQL answers, else the reason it does not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure to connect means: no PostgreSQL here
+        return f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc}"
+
+
+def skip_without_postgres() -> None:
+    """Skip loudly without PostgreSQL, or fail when TASKHARBOR_REQUIRE_POSTGRES=1."""
+    reason = postgres_available()
+    if reason is None:
+        return
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"TASKHARBOR_REQUIRE_POSTGRES=1 but {reason}")
+    pytest.skip(f"SKIPPED POSTGRES TESTS: {reason}")
+
+
+@contextmanager
+def model_store(tmp: Path) -> Iterator[DriverFactory]:
+    from taskharbor.spec.model import ReferenceModel
+
+    yield lambda clock: ReferenceModel(clock=clock)
+
+
+@contextmanager
+def memory_store(tmp: Path) -> Iterator[DriverFactory]:
+    from taskharbor.drivers.memory import MemoryDriver
+
+    yield lambda clock: MemoryDriver(clock=clock)
+
+
+@contextmanager
+def sqlite_store(tmp: Path) -> Iterator[DriverFactory]:
+    from taskharbor.drivers.sqlite import SQLiteDriver
+
+    opened: list[Driver] = []
+
+    def make(clock: Clock) -> Driver:
+        driver = SQLiteDriver(tmp / f"store-{uuid.uuid4().hex}.db", clock=clock)
+        opened.append(driver)
+        return driver
+
+    try:
+        yield make
+    finally:
+        for driver in opened:
+            driver.close()
+
+
+@contextmanager
+def postgres_store(tmp: Path) -> Iterator[DriverFactory]:
+    skip_without_postgres()
+    import psycopg
+
+    from taskharbor.drivers.postgres import PostgresDriver
+
+    opened: list[tuple[Driver, str]] = []
+
+    def make(clock: Clock) -> Driver:
+        schema = f"th_test_{uuid.uuid4().hex[:12]}"
+        driver = PostgresDriver(POSTGRES_URL, schema=schema, clock=clock)
+        opened.append((driver, schema))
+        return driver
+
+    try:
+        yield make
+    finally:
+        for driver, schema in opened:
+            driver.close()
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+DRIVERS: dict[str, Callable[[Path], contextmanager[DriverFactory]]] = {  # type: ignore[type-arg]
+    "model": model_store,
+    "memory": memory_store,
+    "sqlite": sqlite_store,
+    "postgres": postgres_store,
+}
+"""Driver name -> a context manager giving a factory of fresh stores."""

@@ -1,0 +1,84 @@
+"""The transition tables derived from the spec classes."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskharbor.spec import JOB, WORKFLOW, InvalidTransition, JobEvent, JobState, WorkflowState
+from taskharbor.spec.lifecycle import JobLifecycle
+
+
+def test_every_persisted_state_is_a_job_state() -> None:
+    assert set(JOB.states) - {"new"} == {state.value for state in JobState}
+
+
+def test_fail_guards_decide_between_cancelled_dead_and_retrying() -> None:
+    running = JobState.RUNNING
+    assert JOB.resolve(JobEvent.FAIL, running, {}) == JobState.RETRYING
+    assert JOB.resolve(JobEvent.FAIL, running, {"attempts_exhausted": True}) == JobState.DEAD
+    assert JOB.resolve(JobEvent.FAIL, running, {"permanent": True}) == JobState.DEAD
+    both = {"cancel_requested": True, "permanent": True}
+    assert JOB.resolve(JobEvent.FAIL, running, both) == JobState.CANCELLED
+
+
+def test_lease_expired_counts_the_attempt() -> None:
+    running = JobState.RUNNING
+    assert JOB.resolve(JobEvent.LEASE_EXPIRED, running, {}) == JobState.AVAILABLE
+    exhausted = {"attempts_exhausted": True}
+    assert JOB.resolve(JobEvent.LEASE_EXPIRED, running, exhausted) == JobState.DEAD
+
+
+def test_invalid_transition_names_subject_event_and_states() -> None:
+    with pytest.raises(InvalidTransition) as info:
+        JOB.resolve(JobEvent.LEASE, JobState.SUCCEEDED, subject=42)
+    message = str(info.value)
+    assert "job 42" in message and "succeeded" in message and "available" in message
+
+
+def test_cancel_applies_to_queued_states_only() -> None:
+    assert JOB.sources(JobEvent.CANCEL) == {
+        JobState.PENDING,
+        JobState.SCHEDULED,
+        JobState.AVAILABLE,
+        JobState.RETRYING,
+    }
+
+
+def test_requeue_leaves_dead_and_cancelled() -> None:
+    assert JOB.sources(JobEvent.REQUEUE) == {JobState.DEAD, JobState.CANCELLED}
+    assert JOB.final_states == {JobState.SUCCEEDED}
+
+
+def test_workflow_transitions() -> None:
+    assert WORKFLOW.event_for(WorkflowState.RUNNING, WorkflowState.FAILED) == "fail"
+    assert WORKFLOW.event_for(WorkflowState.FAILED, WorkflowState.RUNNING) == "resume"
+    with pytest.raises(InvalidTransition):
+        WORKFLOW.event_for(WorkflowState.SUCCEEDED, WorkflowState.RUNNING)
+
+
+def test_table_agrees_with_a_machine_instance() -> None:
+    """The derived table and python-statemachine itself pick the same targets."""
+    for facts in ({}, {"attempts_exhausted": True}, {"cancel_requested": True}):
+
+        class Probe(JobLifecycle):  # type: ignore[misc]
+            def waits_on_dependencies(self) -> bool:
+                return False
+
+            def run_at_in_future(self) -> bool:
+                return False
+
+            def cancel_requested(self) -> bool:
+                return bool(facts.get("cancel_requested"))
+
+            def permanent(self) -> bool:
+                return False
+
+            def attempts_exhausted(self) -> bool:
+                return bool(facts.get("attempts_exhausted"))
+
+        machine = Probe()
+        machine.send("enqueue")
+        machine.send("lease")
+        machine.send("fail")
+        expected = JOB.resolve(JobEvent.FAIL, JobState.RUNNING, facts)
+        assert machine.current_state_value == expected
