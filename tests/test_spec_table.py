@@ -56,29 +56,31 @@ def test_workflow_transitions() -> None:
         WORKFLOW.event_for(WorkflowState.SUCCEEDED, WorkflowState.RUNNING)
 
 
-def test_table_agrees_with_a_machine_instance() -> None:
+@pytest.mark.parametrize(
+    "facts", [{}, {"attempts_exhausted": True}, {"cancel_requested": True}, {"permanent": True}]
+)
+def test_table_agrees_with_a_machine_instance(facts: dict[str, bool]) -> None:
     """The derived table and python-statemachine itself pick the same targets."""
-    for facts in ({}, {"attempts_exhausted": True}, {"cancel_requested": True}):
 
-        class Probe(JobLifecycle):  # type: ignore[misc]
-            def waits_on_dependencies(self) -> bool:
-                return False
+    class Probe(JobLifecycle):  # type: ignore[misc]
+        def waits_on_dependencies(self) -> bool:
+            return False
 
-            def run_at_in_future(self) -> bool:
-                return False
+        def run_at_in_future(self) -> bool:
+            return False
 
-            def cancel_requested(self) -> bool:
-                return bool(facts.get("cancel_requested"))
+        def cancel_requested(self) -> bool:
+            return bool(facts.get("cancel_requested"))
 
-            def permanent(self) -> bool:
-                return False
+        def permanent(self) -> bool:
+            return bool(facts.get("permanent"))
 
-            def attempts_exhausted(self) -> bool:
-                return bool(facts.get("attempts_exhausted"))
+        def attempts_exhausted(self) -> bool:
+            return bool(facts.get("attempts_exhausted"))
 
-        machine = Probe()
-        machine.send("enqueue")
-        machine.send("lease")
-        machine.send("fail")
-        expected = JOB.resolve(JobEvent.FAIL, JobState.RUNNING, facts)
-        assert machine.current_state_value == expected
+    machine = Probe()
+    machine.send("enqueue")
+    machine.send("lease")
+    machine.send("fail")
+    expected = JOB.resolve(JobEvent.FAIL, JobState.RUNNING, facts)
+    assert machine.current_state_value == expected
