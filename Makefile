@@ -38,7 +38,7 @@ pytest: install
 test: lint typecheck pytest
 
 demo: install
-	$(BIN)/taskharbor demo
+	$(BIN)/python -m taskharbor.demo
 
 diagrams: install
 	$(BIN)/python scripts/gen_diagrams.py
