@@ -67,6 +67,15 @@ class LeaseLost(TaskHarborError):
         self.reason = reason
         super().__init__(f"lease lost on job {job_id!r} (now {state}): {reason}")
 
+    @classmethod
+    def stale(cls, job_id: object, token: str, state: str) -> LeaseLost:
+        """The one way drivers build this error, so that every driver says the same."""
+        if state == "running":
+            reason = "the job is running under a newer lease"
+        else:
+            reason = f"the job is no longer running (it is {state})"
+        return cls(job_id, token, state, reason)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LeaseLost):
             return NotImplemented

@@ -75,8 +75,9 @@ class JobLifecycle(StateMachine):
     )
     """The lease holder reports an error.  Fenced by the lease token."""
 
-    snooze = running.to(scheduled)
-    """The lease holder asks to run again later; the attempt is given back."""
+    snooze = running.to(cancelled, cond="cancel_requested") | running.to(scheduled)
+    """The lease holder asks to run again later; the attempt is given back.
+    A job somebody asked to cancel is cancelled instead of coming back."""
 
     lease_expired = (
         running.to(cancelled, cond="cancel_requested")

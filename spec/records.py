@@ -38,6 +38,11 @@ WORKFLOW_CANCELLED = "workflow cancelled"
 """``reason`` of a step cancelled by ``Driver.cancel_workflow``."""
 
 
+LEASE_EXPIRED_TYPE = "LeaseExpired"
+LEASE_EXPIRED_MESSAGE = "the lease expired before its worker reported"
+"""The error ``lease_expired`` appends (type and message), the same in every driver."""
+
+
 def dependency_reason(job_id: int, state: str) -> str:
     """``reason`` of a workflow step cancelled because a step it needs ended badly."""
     return f"dependency {job_id} {state}"
@@ -410,22 +415,37 @@ class JobFilter:
         _check_int(self.limit, "limit", 1, 100_000)
 
 
-def job_ids(values: object, what: str) -> tuple[JobId, ...]:
-    """Validate a non-empty batch of job ids."""
+def job_ids(values: object, what: str, *, distinct: bool = True) -> tuple[JobId, ...]:
+    """Validate a non-empty batch of job ids (each named once, unless not ``distinct``)."""
     if not isinstance(values, list | tuple) or not values:
         raise InvalidRequest(f"{what}: empty batch (give at least one job id)")
     for value in values:
         _check_job_id(value)
+    if distinct:
+        _check_distinct(values, what)
     return tuple(values)
 
 
 def check_batch(values: object, kind: type, what: str) -> None:
-    """Validate a non-empty batch whose items are all ``kind``."""
+    """Validate a non-empty batch whose items are all ``kind``.
+
+    Items with a ``job_id`` (fenced requests, lease refs) must name distinct jobs.
+    """
     if not isinstance(values, list | tuple) or not values:
         raise InvalidRequest(f"{what}: empty batch (give at least one item)")
     for value in values:
         if not isinstance(value, kind):
             raise InvalidRequest(f"{what}: expected {kind.__name__}, got {type(value).__name__}")
+    if hasattr(kind, "job_id"):
+        _check_distinct([value.job_id for value in values], what)
+
+
+def _check_distinct(ids: list[JobId] | tuple[JobId, ...], what: str) -> None:
+    seen: set[JobId] = set()
+    for job_id in ids:
+        if job_id in seen:
+            raise InvalidRequest(f"{what}: job {job_id} appears twice in one batch")
+        seen.add(job_id)
 
 
 def check_lease_seconds(value: object) -> float:

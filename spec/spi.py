@@ -12,9 +12,14 @@ Rules that hold for every method
 * **Atomic.**  Each call is one transaction: all of it happens, or (when it
   raises) none of it.  Items refused by fencing are *reported*, not raised:
   the rest of the batch is applied.
-* **Validated.**  An empty batch, an unknown job id, a wrong type: the call
-  raises :class:`~taskharbor.spec.errors.InvalidRequest` or
+* **Validated.**  An empty batch, a batch that names one job twice, an
+  unknown job id, a wrong type: the call raises
+  :class:`~taskharbor.spec.errors.InvalidRequest` or
   :class:`~taskharbor.spec.errors.JobNotFound` and changes nothing.
+* **Fenced.**  ``heartbeat``, ``complete``, ``fail`` and ``snooze`` apply to
+  an item only while its lease is *live*: the job is ``running`` with that
+  token (a lease past its expiry that was not rescued yet is still live).
+  Other items are reported as ``LeaseLost.stale(job_id, token, state)``.
 * **Through the table.**  Every state change is an event of
   :class:`~taskharbor.spec.lifecycle.JobLifecycle`, resolved with
   :data:`taskharbor.spec.table.JOB` (guards evaluated on the stored job).
@@ -26,7 +31,8 @@ Rules that hold for every method
   order (FIFO tie-break).  Lease tokens are unguessable non-empty strings,
   new at every lease.
 * **Records.**  Methods return :class:`~taskharbor.spec.records.JobRecord` as
-  stored after the call.
+  stored after the call.  Every datetime a driver returns is aware and in
+  UTC, exact to the microsecond.
 
 Field effects of each event
 ---------------------------
@@ -44,18 +50,23 @@ fail            an :class:`ErrorInfo` (attempt, now, report) appended to
                 ``errors``; lease fields cleared; to ``retrying``:
                 ``run_at = retry_at or now``; to dead/cancelled:
                 ``finished_at = now``
-snooze          ``attempt -= 1``; ``run_at`` = requested; lease fields cleared
-lease_expired   ``ErrorInfo(type="LeaseExpired")`` appended; lease fields
+snooze          ``attempt -= 1``; lease fields cleared; to ``scheduled``:
+                ``run_at`` = requested; to ``cancelled``: ``finished_at = now``
+lease_expired   ``ErrorInfo`` with ``LEASE_EXPIRED_TYPE`` and
+                ``LEASE_EXPIRED_MESSAGE`` appended; lease fields
                 cleared; to ``available``: ``run_at = now``; to dead or
                 cancelled: ``finished_at = now``
 cancel          ``finished_at = now``; ``reason`` set (see below)
 requeue         ``attempt = 0``; ``run_at = now``; ``cancel_requested``,
-                ``finished_at``, ``reason`` and ``result`` cleared; errors kept
+                ``finished_at``, ``reason`` and ``result`` cleared; errors
+                kept; a workflow step's ``args`` go back to the step's own
+                args, with its input put in front again when it goes
+                straight to ``available``
 =============== ==============================================================
 
 Cancellation reasons (constants in :mod:`taskharbor.spec.records`):
 ``CANCELLED_BY_REQUEST`` for :meth:`Driver.cancel` and for a running job that
-ends through ``fail``/``lease_expired`` after a cancel request;
+ends through ``fail``/``snooze``/``lease_expired`` after a cancel request;
 ``WORKFLOW_CANCELLED`` for :meth:`Driver.cancel_workflow`;
 ``dependency_reason(job_id, state)`` for workflow cascades.
 
@@ -76,8 +87,8 @@ transaction:
   succeeded", even when several finish at the same instant.
 * A step ends **dead or cancelled**: every step that depends on it, directly
   or not, and is not finished yet gets ``cancel`` with
-  ``reason = dependency_reason(<job id>, <state>)`` (a running one gets
-  ``cancel_requested``).
+  ``reason = dependency_reason(<that step's job id>, <its state>)`` (a
+  running one gets ``cancel_requested`` instead).
 * A step is **requeued**: every ``cancelled`` step of the workflow is requeued
   too (``pending`` again while it waits on dependencies).
 * After any of these the workflow's state is derived from its steps: any step
@@ -210,7 +221,8 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def fail(self, failures: Sequence[Failure]) -> list[LeaseLost]:
         """Record failed attempts (event ``fail``; guards: ``cancel_requested``,
-        ``permanent``, ``attempts_exhausted`` = attempt >= max_attempts).
+        ``permanent``, ``attempts_exhausted`` = attempt >= max_attempts, the
+        attempt counter as it is while running).
 
         Returns the refused items, in request order.
         """
@@ -285,9 +297,10 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
-        """Cancel every step not finished yet (running ones get
-        ``cancel_requested``); the workflow's state is then derived as above.
-        A workflow already ``succeeded`` raises ``InvalidTransition``."""
+        """Cancel every step not finished yet (event ``cancel`` with reason
+        ``WORKFLOW_CANCELLED``; running ones get ``cancel_requested``); the
+        workflow's state is then derived as above.  A workflow already
+        ``succeeded`` raises ``InvalidTransition``."""
 
     # -- waiting --------------------------------------------------------------
 
