@@ -1,0 +1,401 @@
+"""Workflows: signatures, ``chain``, ``group`` and ``chord``, and the graph they become.
+
+A workflow is described in memory first (signatures nested in chains, groups
+and chords), then :func:`build_graph` turns it into the
+:class:`~taskharbor.spec.WorkflowGraph` that one driver call stores
+atomically.  From then on the store, not a coordinator, moves the workflow on:
+finishing a step releases (or cancels) its dependents in the same transaction.
+:class:`WorkflowHandle` reads the stored workflow back.
+
+What each shape means (docs/workflows.md says the same with examples):
+
+* a chain step receives the previous element's result as its first argument,
+  unless it is immutable (``.si()``); it always waits for that element;
+* the result of a signature is its task's result; of a chain, its last
+  element's result; of a group, the list of its members' results (nested lists
+  for nested groups); of a chord, its callback's result;
+* a chord callback receives the list of its header members' results, in
+  header order; so does an element that follows a group in a chain;
+* every member of a group that follows an element in a chain receives that
+  element's result.
+
+An element waits exactly for the steps its input is made of: the steps named
+by the previous element's result.  (Those are always the previous element's
+last steps, so waiting for them waits for everything before them too.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Protocol, TypeAlias
+
+from taskharbor.spec import (
+    CANCELLED_BY_REQUEST,
+    WORKFLOW_CANCELLED,
+    Driver,
+    EnqueueRequest,
+    ErrorInfo,
+    InvalidRequest,
+    JobId,
+    JobRecord,
+    JobState,
+    ResultRef,
+    StepSpec,
+    TaskHarborError,
+    WorkflowGraph,
+    WorkflowId,
+    WorkflowState,
+)
+from taskharbor.spec.records import JSON, check_name, map_ref, ref_indexes
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """One task call to make later: the unit workflows are built from.
+
+    ``opts`` are enqueue options (``delay``, ``run_at``, ``priority``,
+    ``queue``, ``max_attempts``); the App merges them over the task's defaults
+    and validates them when the workflow is enqueued.  An ``immutable``
+    signature (``task.si(...)``) ignores the result of the element before it.
+    """
+
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    opts: Mapping[str, Any] = field(default_factory=dict)
+    immutable: bool = False
+
+    def __post_init__(self) -> None:
+        check_name(self.task, "signature task name")
+        if not isinstance(self.args, tuple):
+            raise InvalidRequest(
+                f"signature of {self.task}: args must be a tuple, not {type(self.args).__name__}"
+            )
+        for what in ("kwargs", "opts"):
+            value = getattr(self, what)
+            if not isinstance(value, Mapping):
+                raise InvalidRequest(
+                    f"signature of {self.task}: {what} must be a mapping, "
+                    f"not {type(value).__name__}"
+                )
+            # A private read-only copy: later changes to the caller's dict do not leak in.
+            object.__setattr__(self, what, MappingProxyType(dict(value)))
+        if not isinstance(self.immutable, bool):
+            raise InvalidRequest(f"signature of {self.task}: immutable must be a bool")
+
+    def options(self, **opts: Any) -> Signature:
+        """A copy with ``opts`` merged over this signature's options."""
+        return replace(self, opts={**self.opts, **opts})
+
+
+class Workflow:
+    """Base of :class:`Chain`, :class:`Group` and :class:`Chord`."""
+
+    __slots__ = ()
+
+
+Item: TypeAlias = Signature | Workflow
+"""What workflows are made of: signatures and other workflows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chain(Workflow):
+    """Elements run one after the other; each gets the previous one's result."""
+
+    elements: tuple[Item, ...]
+
+    def __post_init__(self) -> None:
+        _check_items(self.elements, "chain", "step")
+
+
+@dataclass(frozen=True, slots=True)
+class Group(Workflow):
+    """Members run independently; the group's result is the list of theirs."""
+
+    members: tuple[Item, ...]
+
+    def __post_init__(self) -> None:
+        _check_items(self.members, "group", "member")
+
+
+@dataclass(frozen=True, slots=True)
+class Chord(Workflow):
+    """A header group, then a callback that gets the list of the header's results."""
+
+    header: tuple[Item, ...]
+    callback: Item
+
+    def __post_init__(self) -> None:
+        _check_items(self.header, "chord header", "member")
+        if not isinstance(self.callback, Signature | Workflow):
+            raise InvalidRequest(
+                "chord callback must be a signature (task.s(...)) or a workflow, "
+                f"not {type(self.callback).__name__}"
+            )
+
+
+def chain(*elements: Item) -> Chain:
+    """``chain(a.s(1), b.s(), c.s())``: ``b`` gets ``a``'s result, ``c`` gets ``b``'s."""
+    return Chain(elements)
+
+
+def group(*members: Item) -> Group:
+    """``group(a.s(1), a.s(2))``: both run at once; the result is ``[a(1), a(2)]``."""
+    return Group(members)
+
+
+def chord(header: Iterable[Item] | Group, callback: Item) -> Chord:
+    """``chord([a.s(1), a.s(2)], total.s())``: ``total`` gets ``[a(1), a(2)]``.
+
+    ``header`` is an iterable of signatures and workflows, or a :class:`Group`.
+    """
+    if isinstance(header, Group):
+        return Chord(header.members, callback)
+    if isinstance(header, Signature | Workflow) or not isinstance(header, Iterable):
+        raise InvalidRequest(
+            "chord header must be a list of signatures or workflows, "
+            f"as in chord([a.s(1), a.s(2)], total.s()); got {type(header).__name__}"
+        )
+    return Chord(tuple(header), callback)
+
+
+def _check_items(items: tuple[Item, ...], shape: str, noun: str) -> None:
+    if not items:
+        raise InvalidRequest(f"{shape} needs at least one {noun}")
+    for index, item in enumerate(items):
+        if isinstance(item, Signature | Workflow):
+            continue
+        hint = ""
+        if isinstance(item, list | tuple):
+            hint = f"; pass the {noun}s as separate arguments, not in a {type(item).__name__}"
+        elif callable(item):
+            hint = "; use a signature: task.s(...) or task.si(...)"
+        raise InvalidRequest(
+            f"{shape} {noun} {index} must be a signature (task.s(...)) or a workflow, "
+            f"not {type(item).__name__}{hint}"
+        )
+
+
+# -- the graph ------------------------------------------------------------------
+
+
+def build_graph(
+    workflow: Item,
+    request_for: Callable[[Signature], EnqueueRequest],
+    *,
+    name: str | None = None,
+) -> WorkflowGraph:
+    """The steps of ``workflow`` in topological order, with their dependencies and inputs.
+
+    ``request_for`` turns a signature into the job to store (the App merges
+    the task's defaults with the signature's options and validates them).
+    A single signature is a one-step graph.
+    """
+    if not isinstance(workflow, Signature | Workflow):
+        raise InvalidRequest(
+            f"a workflow must be a signature or a chain, group or chord, "
+            f"not {type(workflow).__name__}"
+        )
+    builder = _GraphBuilder(request_for)
+    result = builder.add(workflow, None)
+    return WorkflowGraph(tuple(builder.steps), result, name)
+
+
+class _GraphBuilder:
+    """Appends steps in topological order; ``add`` returns the added item's result ref."""
+
+    def __init__(self, request_for: Callable[[Signature], EnqueueRequest]) -> None:
+        self._request_for = request_for
+        self.steps: list[StepSpec] = []
+
+    def add(self, item: Item, before: ResultRef | None) -> ResultRef:
+        """Add ``item`` after the element whose result is ``before`` (None: nothing)."""
+        match item:
+            case Signature():
+                return self._add_step(item, before)
+            case Chain(elements=elements):
+                for element in elements:
+                    before = self.add(element, before)
+                assert before is not None  # a chain has at least one element
+                return before
+            case Group(members=members):
+                return [self.add(member, before) for member in members]
+            case Chord(header=header, callback=callback):
+                results: ResultRef = [self.add(member, before) for member in header]
+                return self.add(callback, results)
+        raise InvalidRequest(f"unknown workflow item {item!r}")
+
+    def _add_step(self, signature: Signature, before: ResultRef | None) -> int:
+        request = self._request_for(signature)
+        if not isinstance(request, EnqueueRequest):
+            raise TypeError(f"request_for returned {type(request).__name__}, not EnqueueRequest")
+        after = () if before is None else tuple(ref_indexes(before))
+        step_input = None if signature.immutable else before
+        self.steps.append(StepSpec(request, after=after, input=step_input))
+        return len(self.steps) - 1
+
+
+# -- reading a stored workflow ---------------------------------------------------
+
+
+class HasDriver(Protocol):
+    """What a handle needs of the App: its store."""
+
+    @property
+    def driver(self) -> Driver: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepStatus:
+    """One step of a stored workflow; ``reason`` says why it was cancelled."""
+
+    job_id: JobId
+    task: str
+    state: JobState
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStatus:
+    """A stored workflow's state and its steps' states, in graph order."""
+
+    id: WorkflowId
+    state: WorkflowState
+    steps: tuple[StepStatus, ...]
+
+
+class WorkflowFailed(TaskHarborError):
+    """The workflow ended ``failed`` or ``cancelled``, so it has no result.
+
+    ``step`` is the job that ended it: the first dead step of a failed
+    workflow, or the first step cancelled on its own account (not because a
+    step it needs failed) of a cancelled one.  It is ``None`` only when an
+    operator requeued that step between our two reads of the store.
+    """
+
+    def __init__(
+        self, workflow_id: WorkflowId, state: WorkflowState, step: JobRecord | None
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.state = state
+        self.step = step
+        message = f"workflow {workflow_id} {state}"
+        if step is not None:
+            message += f": step {step.id} (task {step.task}) is {step.state}"
+            if step.reason is not None:
+                message += f" ({step.reason})"
+            if step.errors:
+                last: ErrorInfo = step.errors[-1]
+                message += f"; last error on attempt {last.attempt}: {last.type}: {last.message}"
+        super().__init__(message)
+
+
+class WorkflowNotFinished(TaskHarborError):
+    """The workflow is still running: it has no result yet."""
+
+    def __init__(self, workflow_id: WorkflowId) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"workflow {workflow_id} is still running; wait(timeout=...) for it to finish"
+        )
+
+
+_FIRST_POLL = 0.005
+_MAX_POLL = 0.25
+
+
+class WorkflowHandle:
+    """A stored workflow, read through the App's driver."""
+
+    def __init__(self, app: HasDriver, workflow_id: WorkflowId) -> None:
+        self._app = app
+        self._id = workflow_id
+
+    @property
+    def id(self) -> WorkflowId:
+        return self._id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle(id={self._id})"
+
+    def status(self) -> WorkflowStatus:
+        """The workflow's state and each step's job id, task and state."""
+        record = self._app.driver.get_workflow(self._id)
+        jobs = self._app.driver.get(record.steps)
+        steps = tuple(StepStatus(job.id, job.task, job.state, job.reason) for job in jobs)
+        return WorkflowStatus(record.id, record.state, steps)
+
+    def wait(self, timeout: float | None = None) -> WorkflowState:
+        """Block until the workflow is no longer running; return its state.
+
+        Polls the store, quickly at first and then every quarter second.
+        ``timeout=None`` waits as long as it takes; otherwise ``TimeoutError``
+        after ``timeout`` seconds.
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+        ):
+            raise InvalidRequest(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = _FIRST_POLL
+        while True:
+            state = self._app.driver.get_workflow(self._id).state
+            if state != WorkflowState.RUNNING:
+                return state
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"workflow {self._id} still running after {timeout} s")
+                pause = min(pause, left)
+            time.sleep(pause)
+            pause = min(pause * 2, _MAX_POLL)
+
+    def result(self) -> JSON:
+        """The workflow's result: a chain's last result, a group's list, a chord's callback's.
+
+        Raises :class:`WorkflowNotFinished` while it runs and
+        :class:`WorkflowFailed` (naming the step that ended it) if it failed or
+        was cancelled.
+        """
+        record = self._app.driver.get_workflow(self._id)
+        if record.state == WorkflowState.RUNNING:
+            raise WorkflowNotFinished(self._id)
+        jobs = self._app.driver.get(record.steps)
+        if record.state != WorkflowState.SUCCEEDED:
+            raise WorkflowFailed(self._id, record.state, _culprit(record.state, jobs))
+        return map_ref(record.result, {job.id: job.result for job in jobs})
+
+
+_OWN_REASONS = frozenset({CANCELLED_BY_REQUEST, WORKFLOW_CANCELLED})
+"""Cancellation reasons of a step cancelled for itself, not by a failed dependency."""
+
+
+def _culprit(state: WorkflowState, jobs: list[JobRecord]) -> JobRecord | None:
+    """The step that ended a failed or cancelled workflow (see :class:`WorkflowFailed`)."""
+    if state == WorkflowState.FAILED:
+        return next((job for job in jobs if job.state == JobState.DEAD), None)
+    cancelled = [job for job in jobs if job.state == JobState.CANCELLED]
+    own = [job for job in cancelled if job.reason in _OWN_REASONS]
+    return next(iter(own or cancelled), None)
+
+
+__all__ = [
+    "Chain",
+    "Chord",
+    "Group",
+    "Item",
+    "Signature",
+    "StepStatus",
+    "Workflow",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowNotFinished",
+    "WorkflowStatus",
+    "build_graph",
+    "chain",
+    "chord",
+    "group",
+]
