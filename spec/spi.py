@@ -85,10 +85,10 @@ transaction:
   dependencies have now succeeded gets ``release`` (its input resolved from
   the stored results).  Exactly one call observes "the last dependency
   succeeded", even when several finish at the same instant.
-* A step ends **dead or cancelled**: every step that depends on it, directly
-  or not, and is not finished yet gets ``cancel`` with
-  ``reason = dependency_reason(<that step's job id>, <its state>)`` (a
-  running one gets ``cancel_requested`` instead).
+* A step ends **dead or cancelled**: every ``pending`` step that depends on
+  it, directly or not, gets ``cancel`` with
+  ``reason = dependency_reason(<that step's job id>, <its state>)``.  (Steps
+  that depend on an unfinished step are always ``pending`` or finished.)
 * A step is **requeued**: every ``cancelled`` step of the workflow is requeued
   too (``pending`` again while it waits on dependencies).
 * After any of these the workflow's state is derived from its steps: any step
@@ -243,7 +243,8 @@ class Driver(abc.ABC):
 
         A job already ``running`` with ``cancel_requested`` is left as it is.
         A finished job raises ``InvalidTransition``; the whole call then
-        changes nothing.
+        changes nothing.  Items apply in order; a job that an earlier item's
+        workflow cascade already cancelled in this call is left as it is.
         """
 
     @abc.abstractmethod
@@ -251,6 +252,8 @@ class Driver(abc.ABC):
         """Move ``dead`` or ``cancelled`` jobs back into the queue (event ``requeue``).
 
         Any other state raises ``InvalidTransition`` and the call changes nothing.
+        Items apply in order; a step that an earlier item's workflow already
+        requeued in this call is left as it is.
         """
 
     # -- maintenance (safe to run from every worker at once) ------------------

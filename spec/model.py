@@ -1,0 +1,617 @@
+"""The reference model: the contract of :mod:`taskharbor.spec.spi` as the simplest code.
+
+It is the oracle the model tests compare every driver with, so it trades all
+speed for obviousness: jobs are frozen records in a dict, every query is a
+full scan, every change is ``dataclasses.replace`` after
+:data:`~taskharbor.spec.table.JOB` resolved the target state, and each call
+runs under one lock on a copy of the store that replaces the store only when
+the call returns (so a call that raises changes nothing).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .clock import Clock, SystemClock
+from .errors import InvalidRequest, InvalidTransition, JobNotFound, LeaseLost, WorkflowNotFound
+from .records import (
+    CANCELLED_BY_REQUEST,
+    JSON,
+    LEASE_EXPIRED_MESSAGE,
+    LEASE_EXPIRED_TYPE,
+    WORKFLOW_CANCELLED,
+    Completion,
+    EnqueueRequest,
+    EnqueueResult,
+    ErrorInfo,
+    ErrorReport,
+    Failure,
+    HeartbeatResult,
+    JobFilter,
+    JobId,
+    JobRecord,
+    LeaseRef,
+    PromoteResult,
+    ResultRef,
+    SnoozeRequest,
+    WorkflowGraph,
+    WorkflowId,
+    WorkflowRecord,
+    check_aware,
+    check_batch,
+    check_lease_seconds,
+    check_name,
+    dependency_reason,
+    job_ids,
+    map_ref,
+)
+from .spi import Capabilities, Driver
+from .table import (
+    FINISHED_JOB_STATES,
+    JOB,
+    NEW,
+    QUEUED_JOB_STATES,
+    WORKFLOW,
+    JobEvent,
+    JobState,
+    WorkflowState,
+)
+
+_LEASE_FIELDS_CLEARED: dict[str, Any] = {
+    "lease_token": None,
+    "lease_expires_at": None,
+    "leased_by": None,
+    "cancel_requested": False,
+}
+
+
+@dataclass
+class _Store:
+    """Everything the model holds; copied at the start of every call."""
+
+    jobs: dict[JobId, JobRecord] = field(default_factory=dict)
+    workflows: dict[WorkflowId, WorkflowRecord] = field(default_factory=dict)
+    step_args: dict[JobId, tuple[JSON, ...]] = field(default_factory=dict)
+    step_input: dict[JobId, ResultRef | None] = field(default_factory=dict)
+    next_job_id: int = 1
+    next_workflow_id: int = 1
+
+    def copy(self) -> _Store:
+        return _Store(
+            dict(self.jobs),
+            dict(self.workflows),
+            dict(self.step_args),
+            dict(self.step_input),
+            self.next_job_id,
+            self.next_workflow_id,
+        )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+class ReferenceModel(Driver):
+    """The executable contract.  Implements :class:`~taskharbor.spec.spi.Driver`."""
+
+    capabilities = Capabilities()
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._store = _Store()
+        self._now = datetime.min.replace(tzinfo=UTC)
+
+    # -- the one way each call runs -----------------------------------------
+
+    def _call(self, body: Callable[[_Store], Any]) -> Any:
+        """Run ``body`` on a copy of the store; keep the copy only if it returns."""
+        with self._lock:
+            self._now = _utc(self.clock.now())
+            work = self._store.copy()
+            result = body(work)
+            self._store = work
+            return result
+
+    # -- helpers on jobs ------------------------------------------------------
+
+    def _facts(self, s: _Store, job: JobRecord, *, permanent: bool = False) -> dict[str, bool]:
+        return {
+            "waits_on_dependencies": any(
+                s.jobs[dep].state != JobState.SUCCEEDED for dep in job.depends_on
+            ),
+            "run_at_in_future": job.run_at > self._now,
+            "cancel_requested": job.cancel_requested,
+            "permanent": permanent,
+            "attempts_exhausted": job.attempt >= job.max_attempts,
+        }
+
+    def _resolve(
+        self, s: _Store, job: JobRecord, event: JobEvent, *, permanent: bool = False
+    ) -> JobState:
+        """The state ``event`` takes ``job`` to, by the table and the job's guard facts."""
+        facts = self._facts(s, job, permanent=permanent)
+        return JobState(JOB.resolve(event, job.state, facts, subject=job.id))
+
+    def _set(self, s: _Store, job: JobRecord, target: JobState, **changes: Any) -> JobRecord:
+        """Store ``job`` in ``target`` with the field effects every event shares."""
+        if target in FINISHED_JOB_STATES:
+            changes.setdefault("finished_at", self._now)
+        if target == JobState.CANCELLED:
+            changes.setdefault("reason", CANCELLED_BY_REQUEST)
+        if job.state == JobState.RUNNING and target != JobState.RUNNING:
+            changes = {**_LEASE_FIELDS_CLEARED, **changes}
+        moved = replace(job, state=target, **changes)
+        s.jobs[job.id] = moved
+        return moved
+
+    def _move(self, s: _Store, job: JobRecord, event: JobEvent, **changes: Any) -> JobRecord:
+        """Apply ``event`` through the table, with ``changes`` whatever the target."""
+        return self._set(s, job, self._resolve(s, job, event), **changes)
+
+    def _find(self, s: _Store, ids: Iterable[JobId]) -> list[JobRecord]:
+        found = []
+        for job_id in ids:
+            if job_id not in s.jobs:
+                raise JobNotFound(job_id)
+            found.append(s.jobs[job_id])
+        return found
+
+    def _live(self, job: JobRecord, token: str) -> bool:
+        return job.state == JobState.RUNNING and job.lease_token == token
+
+    def _error(self, job: JobRecord, report: ErrorReport) -> tuple[ErrorInfo, ...]:
+        info = ErrorInfo(job.attempt, self._now, report.type, report.message, report.traceback)
+        return (*job.errors, info)
+
+    def _store_job(
+        self,
+        s: _Store,
+        request: EnqueueRequest,
+        *,
+        depends_on: tuple[JobId, ...] = (),
+        workflow_id: WorkflowId | None = None,
+    ) -> JobRecord:
+        run_at = _utc(request.run_at) if request.run_at is not None else self._now
+        facts = {"waits_on_dependencies": bool(depends_on), "run_at_in_future": run_at > self._now}
+        job = JobRecord(
+            id=s.next_job_id,
+            task=request.task,
+            queue=request.queue,
+            state=JobState(JOB.resolve(JobEvent.ENQUEUE, NEW, facts)),
+            args=request.args,
+            kwargs=dict(request.kwargs),
+            priority=request.priority,
+            run_at=run_at,
+            attempt=0,
+            max_attempts=request.max_attempts,
+            created_at=self._now,
+            idempotency_key=request.idempotency_key,
+            workflow_id=workflow_id,
+            depends_on=depends_on,
+        )
+        s.next_job_id += 1
+        s.jobs[job.id] = job
+        return job
+
+    # -- producing ------------------------------------------------------------
+
+    def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        check_batch(requests, EnqueueRequest, "enqueue")
+
+        def body(s: _Store) -> list[EnqueueResult]:
+            results = []
+            for request in requests:
+                key = request.idempotency_key
+                holder = next(
+                    (j for j in s.jobs.values() if key and j.idempotency_key == key), None
+                )
+                if holder is not None:
+                    results.append(EnqueueResult(holder, created=False))
+                else:
+                    results.append(EnqueueResult(self._store_job(s, request), created=True))
+            return results
+
+        result: list[EnqueueResult] = self._call(body)
+        return result
+
+    def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
+        if not isinstance(graph, WorkflowGraph):
+            raise InvalidRequest(f"enqueue_workflow needs a WorkflowGraph, not {graph!r}")
+
+        def body(s: _Store) -> WorkflowRecord:
+            workflow_id = s.next_workflow_id
+            s.next_workflow_id += 1
+            ids: list[JobId] = []
+            for step in graph.steps:
+                depends_on = tuple(ids[index] for index in step.after)
+                job = self._store_job(
+                    s, step.request, depends_on=depends_on, workflow_id=workflow_id
+                )
+                ids.append(job.id)
+                s.step_args[job.id] = step.request.args
+                s.step_input[job.id] = None if step.input is None else _to_job_ids(step.input, ids)
+            record = WorkflowRecord(
+                id=workflow_id,
+                state=WorkflowState.RUNNING,
+                steps=tuple(ids),
+                result=_to_job_ids(graph.result, ids),
+                created_at=self._now,
+                name=graph.name,
+            )
+            s.workflows[workflow_id] = record
+            return record
+
+        result: WorkflowRecord = self._call(body)
+        return result
+
+    # -- consuming ------------------------------------------------------------
+
+    def lease(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker_id: str,
+    ) -> list[JobRecord]:
+        if not isinstance(queues, list | tuple) or not queues:
+            raise InvalidRequest("lease: give at least one queue name")
+        for queue in queues:
+            check_name(queue, "queue name")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidRequest(f"lease: limit must be an int >= 1, not {limit!r}")
+        seconds = check_lease_seconds(lease_seconds)
+        check_name(worker_id, "worker id")
+
+        def body(s: _Store) -> list[JobRecord]:
+            ready = [
+                j for j in s.jobs.values() if j.state == JobState.AVAILABLE and j.queue in queues
+            ]
+            ready.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+            return [
+                self._move(
+                    s,
+                    job,
+                    JobEvent.LEASE,
+                    attempt=job.attempt + 1,
+                    lease_token=secrets.token_hex(16),
+                    lease_expires_at=self._now + timedelta(seconds=seconds),
+                    leased_by=worker_id,
+                )
+                for job in ready[:limit]
+            ]
+
+        result: list[JobRecord] = self._call(body)
+        return result
+
+    def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
+        check_batch(leases, LeaseRef, "heartbeat")
+        seconds = check_lease_seconds(lease_seconds)
+
+        def body(s: _Store) -> HeartbeatResult:
+            lost = []
+            cancel_requested = set()
+            for ref, job in zip(leases, self._find(s, (r.job_id for r in leases)), strict=True):
+                if not self._live(job, ref.token):
+                    lost.append(LeaseLost.stale(job.id, ref.token, job.state))
+                    continue
+                expires = self._now + timedelta(seconds=seconds)
+                moved = self._move(s, job, JobEvent.HEARTBEAT, lease_expires_at=expires)
+                if moved.cancel_requested:
+                    cancel_requested.add(job.id)
+            return HeartbeatResult(tuple(lost), frozenset(cancel_requested))
+
+        result: HeartbeatResult = self._call(body)
+        return result
+
+    def complete(self, completions: Sequence[Completion]) -> list[LeaseLost]:
+        check_batch(completions, Completion, "complete")
+
+        def body(s: _Store) -> list[LeaseLost]:
+            def apply(job: JobRecord, item: Completion) -> JobRecord:
+                return self._move(s, job, JobEvent.SUCCEED, result=item.result)
+
+            return self._fenced(s, completions, apply)
+
+        result: list[LeaseLost] = self._call(body)
+        return result
+
+    def fail(self, failures: Sequence[Failure]) -> list[LeaseLost]:
+        check_batch(failures, Failure, "fail")
+
+        def body(s: _Store) -> list[LeaseLost]:
+            def apply(job: JobRecord, item: Failure) -> JobRecord:
+                target = self._resolve(s, job, JobEvent.FAIL, permanent=item.permanent)
+                changes: dict[str, Any] = {"errors": self._error(job, item.error)}
+                if target == JobState.RETRYING:
+                    changes["run_at"] = _utc(item.retry_at) if item.retry_at else self._now
+                return self._set(s, job, target, **changes)
+
+            return self._fenced(s, failures, apply)
+
+        result: list[LeaseLost] = self._call(body)
+        return result
+
+    def snooze(self, requests: Sequence[SnoozeRequest]) -> list[LeaseLost]:
+        check_batch(requests, SnoozeRequest, "snooze")
+
+        def body(s: _Store) -> list[LeaseLost]:
+            def apply(job: JobRecord, item: SnoozeRequest) -> JobRecord:
+                target = self._resolve(s, job, JobEvent.SNOOZE)
+                changes: dict[str, Any] = {"attempt": job.attempt - 1}
+                if target == JobState.SCHEDULED:
+                    changes["run_at"] = _utc(item.run_at)
+                return self._set(s, job, target, **changes)
+
+            return self._fenced(s, requests, apply)
+
+        result: list[LeaseLost] = self._call(body)
+        return result
+
+    def _fenced(
+        self,
+        s: _Store,
+        items: Sequence[Completion | Failure | SnoozeRequest],
+        apply: Callable[[JobRecord, Any], JobRecord],
+    ) -> list[LeaseLost]:
+        """Apply each item whose lease is live, in order; report the others."""
+        lost = []
+        for item, job in zip(items, self._find(s, (i.job_id for i in items)), strict=True):
+            if not self._live(job, item.token):
+                lost.append(LeaseLost.stale(job.id, item.token, job.state))
+                continue
+            self._after_step_finished(s, apply(job, item))
+        return lost
+
+    # -- operators ------------------------------------------------------------
+
+    def cancel(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
+        ids = job_ids(job_ids_, "cancel")
+
+        def body(s: _Store) -> list[JobRecord]:
+            self._find(s, ids)
+            before = dict(s.jobs)
+            for job_id in ids:
+                job = s.jobs[job_id]
+                if job is not before[job_id]:
+                    continue  # already cancelled by an earlier item's workflow
+                if job.state == JobState.RUNNING:
+                    s.jobs[job_id] = replace(job, cancel_requested=True)
+                else:
+                    self._after_step_finished(s, self._move(s, job, JobEvent.CANCEL))
+            return [s.jobs[job_id] for job_id in ids]
+
+        result: list[JobRecord] = self._call(body)
+        return result
+
+    def requeue(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
+        ids = job_ids(job_ids_, "requeue")
+
+        def body(s: _Store) -> list[JobRecord]:
+            self._find(s, ids)
+            before = dict(s.jobs)
+            for job_id in ids:
+                job = s.jobs[job_id]
+                if job is not before[job_id]:
+                    continue  # already requeued by an earlier item's workflow
+                self._requeue_one(s, job)
+                if job.workflow_id is not None:
+                    workflow = s.workflows[job.workflow_id]
+                    for step_id in workflow.steps:
+                        if s.jobs[step_id].state == JobState.CANCELLED:
+                            self._requeue_one(s, s.jobs[step_id])
+                    self._derive_workflow(s, workflow.id)
+            return [s.jobs[job_id] for job_id in ids]
+
+        result: list[JobRecord] = self._call(body)
+        return result
+
+    def _requeue_one(self, s: _Store, job: JobRecord) -> JobRecord:
+        moved = self._move(
+            s,
+            job,
+            JobEvent.REQUEUE,
+            attempt=0,
+            run_at=self._now,
+            cancel_requested=False,
+            finished_at=None,
+            reason=None,
+            result=None,
+        )
+        if job.id in s.step_args:
+            moved = replace(moved, args=self._step_args_for(s, moved))
+            s.jobs[job.id] = moved
+        return moved
+
+    def _step_args_for(self, s: _Store, job: JobRecord) -> tuple[JSON, ...]:
+        """A step's own args, with its input in front once it is released."""
+        own = s.step_args[job.id]
+        ref = s.step_input[job.id]
+        if ref is None or job.state == JobState.PENDING:
+            return own
+        results = {dep: s.jobs[dep].result for dep in job.depends_on}
+        return (map_ref(ref, results), *own)
+
+    # -- maintenance ----------------------------------------------------------
+
+    def promote(self) -> PromoteResult:
+        def body(s: _Store) -> PromoteResult:
+            waiting = (JobState.SCHEDULED, JobState.RETRYING)
+            promoted = 0
+            for job in list(s.jobs.values()):
+                if job.state in waiting and job.run_at <= self._now:
+                    self._move(s, job, JobEvent.PROMOTE)
+                    promoted += 1
+            later = [j.run_at for j in s.jobs.values() if j.state in waiting]
+            return PromoteResult(promoted, min(later, default=None))
+
+        result: PromoteResult = self._call(body)
+        return result
+
+    def rescue(self) -> list[JobId]:
+        def body(s: _Store) -> list[JobId]:
+            rescued = []
+            for job in sorted(s.jobs.values(), key=lambda j: j.id):
+                expires = job.lease_expires_at
+                if job.state != JobState.RUNNING or expires is None or expires > self._now:
+                    continue
+                report = ErrorReport(LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE)
+                target = self._resolve(s, job, JobEvent.LEASE_EXPIRED)
+                changes: dict[str, Any] = {"errors": self._error(job, report)}
+                if target == JobState.AVAILABLE:
+                    changes["run_at"] = self._now
+                self._after_step_finished(s, self._set(s, job, target, **changes))
+                rescued.append(job.id)
+            return rescued
+
+        result: list[JobId] = self._call(body)
+        return result
+
+    def prune(self, finished_before: datetime) -> int:
+        check_aware(finished_before, "finished_before")
+        horizon = _utc(finished_before)
+
+        def old(job: JobRecord) -> bool:
+            return job.state in FINISHED_JOB_STATES and (
+                job.finished_at is not None and job.finished_at < horizon
+            )
+
+        def body(s: _Store) -> int:
+            doomed = [j.id for j in s.jobs.values() if j.workflow_id is None and old(j)]
+            prunable = (WorkflowState.SUCCEEDED, WorkflowState.CANCELLED)
+            for workflow in list(s.workflows.values()):
+                steps = [s.jobs[step_id] for step_id in workflow.steps]
+                if workflow.state in prunable and all(old(step) for step in steps):
+                    doomed.extend(workflow.steps)
+                    del s.workflows[workflow.id]
+            for job_id in doomed:
+                del s.jobs[job_id]
+                s.step_args.pop(job_id, None)
+                s.step_input.pop(job_id, None)
+            return len(doomed)
+
+        result: int = self._call(body)
+        return result
+
+    # -- reading --------------------------------------------------------------
+
+    def get(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
+        ids = job_ids(job_ids_, "get", distinct=False)
+        result: list[JobRecord] = self._call(lambda s: self._find(s, ids))
+        return result
+
+    def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        if not isinstance(where, JobFilter):
+            raise InvalidRequest(f"list_jobs needs a JobFilter, not {where!r}")
+
+        def matches(job: JobRecord) -> bool:
+            return (
+                (where.states is None or job.state in where.states)
+                and (where.task is None or job.task == where.task)
+                and (where.queue is None or job.queue == where.queue)
+                and (where.workflow_id is None or job.workflow_id == where.workflow_id)
+                and (where.after_id is None or job.id > where.after_id)
+            )
+
+        def body(s: _Store) -> list[JobRecord]:
+            return sorted(filter(matches, s.jobs.values()), key=lambda j: j.id)[: where.limit]
+
+        result: list[JobRecord] = self._call(body)
+        return result
+
+    def count(self) -> Mapping[tuple[str, JobState], int]:
+        def body(s: _Store) -> dict[tuple[str, JobState], int]:
+            return dict(Counter((j.queue, j.state) for j in s.jobs.values()))
+
+        result: dict[tuple[str, JobState], int] = self._call(body)
+        return result
+
+    def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        def body(s: _Store) -> WorkflowRecord:
+            if workflow_id not in s.workflows:
+                raise WorkflowNotFound(workflow_id)
+            return s.workflows[workflow_id]
+
+        result: WorkflowRecord = self._call(body)
+        return result
+
+    def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        def body(s: _Store) -> WorkflowRecord:
+            if workflow_id not in s.workflows:
+                raise WorkflowNotFound(workflow_id)
+            workflow = s.workflows[workflow_id]
+            if workflow.state in WORKFLOW.final_states:
+                allowed = set(WORKFLOW.states) - WORKFLOW.final_states
+                raise InvalidTransition("workflow", workflow_id, "cancel", workflow.state, allowed)
+            for step_id in workflow.steps:
+                step = s.jobs[step_id]
+                if step.state == JobState.RUNNING:
+                    s.jobs[step_id] = replace(step, cancel_requested=True)
+                elif step.state in QUEUED_JOB_STATES:
+                    self._move(s, step, JobEvent.CANCEL, reason=WORKFLOW_CANCELLED)
+            self._derive_workflow(s, workflow_id)
+            return s.workflows[workflow_id]
+
+        result: WorkflowRecord = self._call(body)
+        return result
+
+    # -- workflows --------------------------------------------------------------
+
+    def _after_step_finished(self, s: _Store, job: JobRecord) -> None:
+        """Release or cancel a finished step's dependents, then derive the workflow."""
+        if job.workflow_id is None or job.state not in FINISHED_JOB_STATES:
+            return
+        for step_id in s.workflows[job.workflow_id].steps:
+            step = s.jobs[step_id]
+            if step.state != JobState.PENDING:
+                continue  # dependents of an unfinished step can only be pending
+            if job.state == JobState.SUCCEEDED:
+                ready = not self._facts(s, step)["waits_on_dependencies"]
+                if job.id in step.depends_on and ready:
+                    self._release(s, step)
+            elif self._depends_on(s, step, job.id):
+                reason = dependency_reason(job.id, job.state)
+                self._move(s, step, JobEvent.CANCEL, reason=reason)
+        self._derive_workflow(s, job.workflow_id)
+
+    def _release(self, s: _Store, step: JobRecord) -> None:
+        target = self._resolve(s, step, JobEvent.RELEASE)
+        run_at = step.run_at if target == JobState.SCHEDULED else self._now
+        released = self._set(s, step, target, run_at=run_at)
+        s.jobs[step.id] = replace(released, args=self._step_args_for(s, released))
+
+    def _depends_on(self, s: _Store, job: JobRecord, ancestor: JobId) -> bool:
+        """Whether ``job`` waits on ``ancestor``, directly or through other steps."""
+        return any(
+            dep == ancestor or self._depends_on(s, s.jobs[dep], ancestor) for dep in job.depends_on
+        )
+
+    def _derive_workflow(self, s: _Store, workflow_id: WorkflowId) -> None:
+        workflow = s.workflows[workflow_id]
+        states = [s.jobs[step_id].state for step_id in workflow.steps]
+        if JobState.DEAD in states:
+            target = WorkflowState.FAILED
+        elif JobState.CANCELLED in states:
+            target = WorkflowState.CANCELLED
+        elif all(state == JobState.SUCCEEDED for state in states):
+            target = WorkflowState.SUCCEEDED
+        else:
+            target = WorkflowState.RUNNING
+        if target == workflow.state:
+            return
+        WORKFLOW.event_for(workflow.state, target, subject=workflow_id)
+        finished_at = None if target == WorkflowState.RUNNING else self._now
+        s.workflows[workflow_id] = replace(workflow, state=target, finished_at=finished_at)
+
+
+def _to_job_ids(ref: ResultRef, ids: list[JobId]) -> ResultRef:
+    """A step-index ref rewritten with the steps' job ids."""
+    if isinstance(ref, int):
+        return ids[ref]
+    return [_to_job_ids(item, ids) for item in ref]
