@@ -1,0 +1,52 @@
+"""The wheel ships every module of every mapped folder, and py.typed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPPED = {
+    "engine": "taskharbor",
+    "spec": "taskharbor/spec",
+    "drivers": "taskharbor/drivers",
+    "conformance": "taskharbor/conformance",
+    "model_tests": "taskharbor/model_tests",
+}
+
+
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = out.glob("taskharbor-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        return set(archive.namelist())
+
+
+def test_every_module_is_in_the_wheel(wheel_names: set[str]) -> None:
+    expected = {
+        f"{package}/{path.relative_to(ROOT / folder).as_posix()}"
+        for folder, package in MAPPED.items()
+        for path in (ROOT / folder).rglob("*.py")
+    }
+    assert expected, "no modules found: the mapping above is wrong"
+    missing = sorted(expected - wheel_names)
+    assert missing == [], f"add their packages to pyproject.toml [tool.setuptools]: {missing}"
+
+
+def test_py_typed_ships(wheel_names: set[str]) -> None:
+    assert "taskharbor/py.typed" in wheel_names
+
+
+def test_tests_and_scripts_do_not_ship(wheel_names: set[str]) -> None:
+    assert not [name for name in wheel_names if name.startswith(("tests/", "scripts/"))]
