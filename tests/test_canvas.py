@@ -184,6 +184,24 @@ def test_nested_groups_give_nested_lists() -> None:
     assert build(group(group(s("a"), s("b")), s("c"))).result == [[0, 1], 2]
 
 
+def test_a_chord_is_a_chain_of_a_group_and_a_callback() -> None:
+    header = [chain(s("a"), s("b")), s("c")]
+    as_chord = chain(s("start"), chord(header, s("cb")))
+    as_chain = chain(s("start"), chain(group(*header), s("cb")))
+    assert build(as_chord) == build(as_chain)
+
+
+def test_the_graph_example_of_the_docs() -> None:
+    graph = build(chain(s("a"), group(s("b"), si("c")), s("d")))
+    assert shape(graph) == [
+        ("a", (), None),
+        ("b", (0,), 0),
+        ("c", (0,), None),
+        ("d", (1, 2), [1, 2]),
+    ]
+    assert graph.result == 3
+
+
 def test_chain_after_a_chord_gets_the_callback_result() -> None:
     graph = build(chain(chord([s("a"), s("b")], s("cb")), s("d")))
     assert shape(graph)[3] == ("d", (2,), 2)
