@@ -328,6 +328,15 @@ class WorkflowHandle:
         steps = tuple(StepStatus(job.id, job.task, job.state, job.reason) for job in jobs)
         return WorkflowStatus(record.id, record.state, steps)
 
+    def cancel(self) -> WorkflowState:
+        """Cancel every step not finished yet (running ones are asked to stop).
+
+        Returns the workflow's state after that: ``cancelled``, or ``failed``
+        if a step had already ended dead.  A succeeded workflow raises
+        ``InvalidTransition``.
+        """
+        return self._app.driver.cancel_workflow(self._id).state
+
     def wait(self, timeout: float | None = None) -> WorkflowState:
         """Block until the workflow is no longer running; return its state.
 

@@ -7,13 +7,16 @@ workflows end to end through ``th.App`` and ``th.Worker``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from driver_registry import DriverFactory
+from taskharbor.app import App
 from taskharbor.canvas import (
     Item,
     Signature,
@@ -35,11 +38,14 @@ from taskharbor.spec import (
     Failure,
     FakeClock,
     InvalidRequest,
+    InvalidTransition,
     JobRecord,
     JobState,
+    SystemClock,
     WorkflowState,
     dependency_reason,
 )
+from taskharbor.worker import Worker
 
 Handler = Callable[..., Any]
 
@@ -178,7 +184,7 @@ def test_cancelling_the_workflow_cancels_unfinished_steps(driver: Driver) -> Non
     handle = enqueue(driver, chain(s("echo", 1), s("echo"), s("echo")))
     run_one = lease_all(driver)
     finish(driver, run_one[0], HANDLERS)
-    driver.cancel_workflow(handle.id)
+    assert handle.cancel() == WorkflowState.CANCELLED
     status = handle.status()
     assert status.state == WorkflowState.CANCELLED
     assert [(step.state, step.reason) for step in status.steps] == [
@@ -190,6 +196,14 @@ def test_cancelling_the_workflow_cancels_unfinished_steps(driver: Driver) -> Non
         handle.result()
     assert failed.value.step is not None
     assert failed.value.step.id == status.steps[1].job_id
+
+
+def test_a_succeeded_workflow_cannot_be_cancelled(driver: Driver) -> None:
+    handle = enqueue(driver, s("echo", 1))
+    run(driver, HANDLERS)
+    with pytest.raises(InvalidTransition):
+        handle.cancel()
+    assert handle.result() == 1
 
 
 def test_the_step_cancelled_by_request_is_named_not_its_dependents(driver: Driver) -> None:
@@ -231,3 +245,108 @@ def test_wait_refuses_a_bad_timeout(driver: Driver, timeout: Any) -> None:
     handle = enqueue(driver, s("echo", 1))
     with pytest.raises(InvalidRequest, match="timeout must be a number of seconds"):
         handle.wait(timeout=timeout)
+
+
+# -- end to end: th.App, real tasks, th.Worker ------------------------------------
+
+
+@pytest.fixture
+def app(driver_factory: DriverFactory) -> Iterator[App]:
+    with App(driver=driver_factory(SystemClock())) as app:
+        yield app
+
+
+def work(app: App) -> None:
+    Worker(app, concurrency=5, poll_interval=0.01).run(burst=True, handle_signals=False)
+
+
+def register_tasks(app: App) -> SimpleNamespace:
+    """Small tasks for these tests; ``flaky`` fails while ``broken["on"]`` holds."""
+    broken = {"on": True}
+
+    @app.task(name="add")
+    def add(*numbers: int) -> int:
+        return sum(numbers)
+
+    @app.task(name="mul")
+    def mul(x: int, y: int) -> int:
+        return x * y
+
+    @app.task(name="late_echo")
+    def late_echo(value: Any, pause: float) -> Any:
+        time.sleep(pause)
+        return value
+
+    @app.task(name="collect")
+    def collect(values: list[Any]) -> list[Any]:
+        return values
+
+    @app.task(name="flaky", max_attempts=1)
+    def flaky(x: int) -> int:
+        if broken["on"]:
+            raise ValueError(f"cannot handle {x}")
+        return x * 100
+
+    return SimpleNamespace(
+        add=add, mul=mul, late_echo=late_echo, collect=collect, flaky=flaky, broken=broken
+    )
+
+
+def test_app_runs_a_chain_passing_results(app: App) -> None:
+    t = register_tasks(app)
+    handle = app.enqueue(chain(t.add.s(1, 2), t.add.s(10), t.mul.s(3)))
+    work(app)
+    assert handle.wait(timeout=5) == WorkflowState.SUCCEEDED
+    assert handle.result() == 39
+
+
+def test_app_chord_callback_gets_results_in_header_order(app: App) -> None:
+    t = register_tasks(app)
+    # Later members finish first: the list must still follow the header.
+    header = [t.late_echo.s(n, 0.02 * (4 - n)) for n in range(5)]
+    handle = app.enqueue(chord(header, t.collect.s()))
+    work(app)
+    assert handle.wait(timeout=5) == WorkflowState.SUCCEEDED
+    assert handle.result() == [0, 1, 2, 3, 4]
+
+
+def test_app_failing_step_fails_the_workflow_and_cancels_dependents(app: App) -> None:
+    t = register_tasks(app)
+    handle = app.enqueue(chord([chain(t.add.s(1), t.flaky.s()), t.add.s(2)], t.collect.s()))
+    work(app)
+    assert handle.wait(timeout=5) == WorkflowState.FAILED
+    status = handle.status()
+    states = {step.task: step.state for step in status.steps}
+    assert states == {
+        "add": JobState.SUCCEEDED,
+        "flaky": JobState.DEAD,
+        "collect": JobState.CANCELLED,
+    }
+    dead = next(step for step in status.steps if step.task == "flaky")
+    assert status.steps[-1].reason == dependency_reason(dead.job_id, JobState.DEAD)
+    with pytest.raises(WorkflowFailed, match="ValueError: cannot handle 1"):
+        handle.result()
+
+
+def test_app_requeue_of_the_dead_step_resumes_the_workflow(app: App) -> None:
+    t = register_tasks(app)
+    handle = app.enqueue(chain(t.add.s(1, 2), t.flaky.s(), t.add.s(4)))
+    work(app)
+    assert handle.wait(timeout=5) == WorkflowState.FAILED
+    t.broken["on"] = False
+    app.requeue(handle.status().steps[1].job_id)
+    assert handle.status().state == WorkflowState.RUNNING
+    work(app)
+    assert handle.wait(timeout=5) == WorkflowState.SUCCEEDED
+    assert handle.result() == 304
+
+
+def test_app_cancelled_workflow_runs_no_step(app: App) -> None:
+    t = register_tasks(app)
+    handle = app.enqueue(group(t.add.s(1), chain(t.add.s(2), t.mul.s(3))))
+    assert handle.cancel() == WorkflowState.CANCELLED
+    work(app)
+    status = handle.status()
+    assert {step.state for step in status.steps} == {JobState.CANCELLED}
+    with pytest.raises(WorkflowFailed, match=WORKFLOW_CANCELLED):
+        handle.result()
