@@ -1,0 +1,308 @@
+"""``th.App``: the task registry, the producer API and the operator API over one driver."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, overload
+
+from taskharbor.spec import (
+    Driver,
+    EnqueueRequest,
+    InvalidRequest,
+    JobFilter,
+    JobId,
+    JobState,
+)
+
+from .backoff import Backoff, as_backoff
+from .jobs import Job
+from .middleware import Middleware, chain_enqueue
+from .options import TaskDefaults, check_timeout
+from .task import Task
+from .urls import DEFAULT_URL, open_driver
+
+if TYPE_CHECKING:
+    from .canvas import Signature, Workflow, WorkflowHandle
+
+P = ParamSpec("P")
+Q = ParamSpec("Q")
+JobRef = JobId | Job
+
+
+def _job_id(job: JobRef) -> JobId:
+    return job.id if isinstance(job, Job) else job
+
+
+def _states(state: str | JobState | Iterable[str | JobState] | None) -> frozenset[JobState] | None:
+    if state is None:
+        return None
+    names = [state] if isinstance(state, str) else list(state)
+    known = {s.value: s for s in JobState}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise InvalidRequest(
+            f"unknown job state(s) {', '.join(map(repr, unknown))} (one of: {', '.join(known)})"
+        )
+    return frozenset(known[str(name)] for name in names)
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns: it registers the function it decorates."""
+
+    def __call__(self, fn: Callable[Q, Any], /) -> Task[Q]: ...
+
+
+class App:
+    """A TaskHarbor application: tasks, and the store their jobs live in.
+
+    ``App()`` opens the embedded default store (SQLite file ``./taskharbor.db``);
+    ``App("postgresql://...")``, ``App("sqlite:///path.db")`` or
+    ``App("memory://")`` open another by URL, and ``App(driver=...)`` takes any
+    :class:`~taskharbor.spec.Driver`.  A store opened by URL gets its schema
+    created or upgraded (``migrate=False`` skips that, for operators who run
+    ``taskharbor migrate`` themselves).
+    """
+
+    def __init__(
+        self,
+        url: str | Driver | None = None,
+        *,
+        driver: Driver | None = None,
+        middleware: Sequence[Middleware] = (),
+        migrate: bool = True,
+    ) -> None:
+        if isinstance(url, Driver):
+            if driver is not None:
+                raise InvalidRequest("give App a storage URL or a driver, not both")
+            url, driver = None, url
+        if url is not None and driver is not None:
+            raise InvalidRequest("give App a storage URL or a driver, not both")
+        if driver is None:
+            driver = open_driver(url or DEFAULT_URL)
+            if migrate:
+                driver.migrate()
+        elif not isinstance(driver, Driver):
+            raise InvalidRequest(f"driver must be a taskharbor Driver, not {driver!r}")
+        self.driver: Driver = driver
+        self._tasks: dict[str, Task[Any]] = {}
+        self._middleware: list[Middleware] = []
+        for layer in middleware:
+            self.use(layer)
+
+    def __repr__(self) -> str:
+        return f"<App {type(self.driver).__name__} tasks={len(self._tasks)}>"
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the store's connections and files."""
+        self.driver.close()
+
+    # -- tasks ------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Any], /) -> Task[P]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 3,
+        backoff: Backoff | Callable[[int], float] | None = None,
+        timeout: float | None = None,
+    ) -> TaskDecorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 3,
+        backoff: Backoff | Callable[[int], float] | None = None,
+        timeout: float | None = None,
+    ) -> Task[Any] | TaskDecorator:
+        """Register a function (sync or ``async def``) as a task.
+
+        Use as ``@app.task`` or ``@app.task(...)``.  ``name`` defaults to
+        ``module.qualname``; two tasks under one name are refused.  ``queue``,
+        ``priority`` and ``max_attempts`` are defaults for each enqueue;
+        ``backoff`` (a :class:`Backoff` or ``attempt -> seconds``, default
+        exponential with jitter) spaces retries; ``timeout`` (seconds) ends an
+        attempt that runs longer, as a failure.
+        """
+        backoff_policy = as_backoff(backoff)
+        checked_timeout = check_timeout(timeout)
+
+        def register(function: Callable[Q, Any], /) -> Task[Q]:
+            if not callable(function):
+                raise InvalidRequest(f"@app.task needs a function, not {function!r}")
+            task_name = name or f"{function.__module__}.{function.__qualname__}"
+            defaults = TaskDefaults(queue, priority, max_attempts, backoff_policy, checked_timeout)
+            registered = Task(self, function, task_name, defaults)
+            registered.request((), {}, {})  # refuses bad defaults now, not at the first enqueue
+            if task_name in self._tasks:
+                raise InvalidRequest(f"a task named {task_name!r} is already registered")
+            self._tasks[task_name] = registered
+            return registered
+
+        return register if fn is None else register(fn)
+
+    @property
+    def tasks(self) -> Mapping[str, Task[Any]]:
+        """The registered tasks by name."""
+        return dict(self._tasks)
+
+    def get_task(self, name: str) -> Task[Any] | None:
+        """The task registered under ``name``, if any."""
+        return self._tasks.get(name)
+
+    def use(self, middleware: Middleware) -> None:
+        """Add a middleware after (inside) the ones already added."""
+        if not isinstance(middleware, Middleware):
+            raise InvalidRequest(f"middleware must subclass th.Middleware, not {middleware!r}")
+        self._middleware.append(middleware)
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The middleware, outermost first."""
+        return tuple(self._middleware)
+
+    # -- producing ----------------------------------------------------------------
+
+    def request_for(self, signature: Signature) -> EnqueueRequest:
+        """The stored request for a signature: its task's defaults, then its options."""
+        task = self._tasks.get(signature.task)
+        if task is None:
+            raise InvalidRequest(f"no task named {signature.task!r} is registered on this app")
+        return task.request(tuple(signature.args), signature.kwargs, signature.opts)
+
+    @overload
+    def enqueue(self, target: Signature) -> Job: ...
+
+    @overload
+    def enqueue(self, target: Workflow) -> WorkflowHandle: ...
+
+    def enqueue(self, target: Signature | Workflow) -> Job | WorkflowHandle:
+        """Store a signature's job (-> :class:`Job`) or a whole workflow (-> its handle)."""
+        from . import canvas
+
+        if isinstance(target, canvas.Signature):
+            return self.enqueue_requests([self.request_for(target)])[0]
+        if isinstance(target, canvas.Workflow):
+            graph = canvas.build_graph(target, self.request_for)
+            record = self.driver.enqueue_workflow(graph)
+            return canvas.WorkflowHandle(self, record.id)
+        raise InvalidRequest(
+            f"app.enqueue takes a signature (task.s(...)) or a workflow, not {target!r}"
+        )
+
+    def enqueue_many(self, signatures: Iterable[Signature]) -> list[Job]:
+        """Store many jobs in one driver call (all or none); one :class:`Job` each, in order."""
+        requests = [self.request_for(signature) for signature in signatures]
+        if not requests:
+            raise InvalidRequest("enqueue_many: nothing to enqueue")
+        return self.enqueue_requests(requests)
+
+    def enqueue_requests(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
+        """Store ready-made requests through the enqueue middleware, in one driver call."""
+        return chain_enqueue(self._middleware, self._store)(requests)
+
+    def _store(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
+        return [Job.from_record(result.job) for result in self.driver.enqueue(list(requests))]
+
+    # -- reading and operating ------------------------------------------------------
+
+    def get_job(self, job: JobRef) -> Job:
+        """The job as stored now; ``JobNotFound`` if there is none."""
+        return Job.from_record(self.driver.get([_job_id(job)])[0])
+
+    def wait(self, job: JobRef, timeout: float | None = None, *, poll: float = 0.05) -> Job:
+        """Block until the job is finished (succeeded, dead or cancelled) and return it.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            current = self.get_job(job)
+            if current.finished:
+                return current
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {current.id} is still {current.state} after {timeout} s")
+            time.sleep(poll)
+
+    async def wait_async(
+        self, job: JobRef, timeout: float | None = None, *, poll: float = 0.05
+    ) -> Job:
+        """:meth:`wait` for event loops: polls without blocking the loop."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            current = await asyncio.to_thread(self.get_job, job)
+            if current.finished:
+                return current
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {current.id} is still {current.state} after {timeout} s")
+            await asyncio.sleep(poll)
+
+    def cancel(self, job: JobRef) -> Job:
+        """Cancel a job: at once if it waits; a running job is asked to stop and
+        ends ``cancelled`` when its worker sees the request."""
+        return Job.from_record(self.driver.cancel([_job_id(job)])[0])
+
+    def requeue(self, job: JobRef) -> Job:
+        """Move a ``dead`` (or ``cancelled``) job back to the queue with attempts reset."""
+        return Job.from_record(self.driver.requeue([_job_id(job)])[0])
+
+    def list_jobs(
+        self,
+        state: str | JobState | Iterable[str | JobState] | None = None,
+        task: str | Task[Any] | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        *,
+        workflow_id: int | None = None,
+        after_id: JobId | None = None,
+    ) -> list[Job]:
+        """Jobs matching every given filter, by ascending id, at most ``limit``.
+
+        ``state`` is one state or several; page with ``after_id`` (the last id seen).
+        """
+        where = JobFilter(
+            states=_states(state),
+            task=task.name if isinstance(task, Task) else task,
+            queue=queue,
+            workflow_id=workflow_id,
+            after_id=after_id,
+            limit=limit,
+        )
+        return [Job.from_record(record) for record in self.driver.list_jobs(where)]
+
+    def stats(self) -> dict[str, dict[JobState, int]]:
+        """How many jobs each queue holds in each state (every state listed, zeros included)."""
+        counts: dict[str, dict[JobState, int]] = {}
+        for (queue, state), count in self.driver.count().items():
+            counts.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] = count
+        return counts
+
+    def prune(self, older_than: float | timedelta) -> int:
+        """Delete jobs finished more than ``older_than`` (seconds or timedelta) ago."""
+        if isinstance(older_than, bool) or not isinstance(older_than, int | float | timedelta):
+            raise InvalidRequest(f"older_than must be seconds or a timedelta, not {older_than!r}")
+        age = older_than if isinstance(older_than, timedelta) else timedelta(seconds=older_than)
+        if age < timedelta(0):
+            raise InvalidRequest(f"older_than must not be negative, not {older_than}")
+        return self.driver.prune(self.driver.clock.now() - age)

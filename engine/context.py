@@ -1,0 +1,96 @@
+"""What a handler can know and say about the job it runs.
+
+``th.current_job()`` gives the running job's :class:`JobContext`; a handler
+raises :class:`Snooze` to run again later without using an attempt, or
+:class:`PermanentError` to go straight to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from taskharbor.spec import InvalidRequest, JobId
+
+
+class Snooze(Exception):
+    """Raise in a handler to run the job again in ``seconds``; the attempt is given back."""
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise InvalidRequest(f"Snooze needs a number of seconds, not {seconds!r}")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidRequest(f"Snooze seconds must be finite and >= 0, not {seconds}")
+        super().__init__(f"snoozed for {seconds} s")
+        self.seconds = float(seconds)
+
+
+class PermanentError(Exception):
+    """Raise in a handler when retrying cannot help: the job goes straight to ``dead``."""
+
+
+class JobCancelled(Exception):
+    """Raised by :meth:`JobContext.raise_if_cancelled` once the job was asked to stop."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """The job a handler is running: read it with ``th.current_job()``.
+
+    ``attempt`` counts from 1.  ``deadline`` is when the task's timeout ends
+    the attempt (``None`` without a timeout).  Cancellation (``app.cancel``
+    on a running job, a workflow cascade, or a worker shutting down) sets
+    :attr:`cancel_event`: an ``async`` handler is also cancelled outright, a
+    sync handler should look at :attr:`cancelled` between steps of long work.
+    """
+
+    id: JobId
+    task: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    deadline: datetime | None
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether somebody asked this job to stop."""
+        return self.cancel_event.is_set()
+
+    @property
+    def last_attempt(self) -> bool:
+        """Whether a failure now would send the job to the dead-letter queue."""
+        return self.attempt >= self.max_attempts
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` if the job was asked to stop (for sync handlers)."""
+        if self.cancelled:
+            raise JobCancelled(f"job {self.id} was asked to stop")
+
+
+_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("taskharbor_current_job")
+
+
+def current_job() -> JobContext:
+    """The job the calling handler runs; a clear error outside a handler."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError(
+            "th.current_job() was called outside a job handler (no job is running here)"
+        ) from None
+
+
+@contextmanager
+def job_scope(context: JobContext) -> Iterator[None]:
+    """Make ``context`` the current job for the code inside (thread or task)."""
+    token = _current.set(context)
+    try:
+        yield
+    finally:
+        _current.reset(token)

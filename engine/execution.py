@@ -1,0 +1,214 @@
+"""Running one job's handler and turning what happened into a report for the driver.
+
+Shared by :class:`~taskharbor.worker.Worker` and the testing kit, so both
+decide outcomes, retry times and log lines the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from taskharbor.spec import (
+    JOB,
+    JSON,
+    Completion,
+    ErrorReport,
+    Failure,
+    InvalidRequest,
+    JobEvent,
+    JobRecord,
+    JobState,
+    SnoozeRequest,
+)
+from taskharbor.spec.records import check_json
+
+from .context import JobCancelled, JobContext, PermanentError, Snooze, job_scope
+from .middleware import Middleware, around_job
+
+if TYPE_CHECKING:
+    from .task import Task
+
+logger = logging.getLogger("taskharbor")
+
+MESSAGE_LIMIT = 2_000
+"""Longest error message kept per attempt (characters); longer ones are cut."""
+TRACEBACK_LIMIT = 8_000
+"""Longest traceback kept per attempt; its end (the raising frame) is what is kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    result: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: ErrorReport
+    retry_at: datetime | None
+    permanent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Snoozed:
+    run_at: datetime
+
+
+Outcome = Succeeded | Failed | Snoozed
+
+
+def context_for(record: JobRecord, timeout: float | None, now: datetime) -> JobContext:
+    """The handler's view of a freshly leased job."""
+    deadline = None if timeout is None else now + timedelta(seconds=timeout)
+    return JobContext(
+        id=record.id,
+        task=record.task,
+        queue=record.queue,
+        attempt=record.attempt,
+        max_attempts=record.max_attempts,
+        deadline=deadline,
+    )
+
+
+def _cut(text: str, limit: int, keep_end: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    marker = f"... [{len(text) - limit} characters cut] ..."
+    return marker + text[-limit:] if keep_end else text[:limit] + marker
+
+
+_RUNNER_MODULES = frozenset({__name__, "concurrent.futures.thread"})
+"""Modules whose frames lead up to a handler; left out of stored tracebacks."""
+
+
+def _from_handler(tb: TracebackType | None) -> TracebackType | None:
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") in _RUNNER_MODULES:
+        tb = tb.tb_next
+    return tb
+
+
+def error_report(exc: BaseException) -> ErrorReport:
+    """A bounded report of an exception: type, message and traceback from the handler down."""
+    trace = "".join(traceback.format_exception(type(exc), exc, _from_handler(exc.__traceback__)))
+    return ErrorReport(
+        type=_cut(type(exc).__qualname__, 255),
+        message=_cut(str(exc), MESSAGE_LIMIT),
+        traceback=_cut(trace, TRACEBACK_LIMIT, keep_end=True),
+    )
+
+
+def unknown_task(record: JobRecord) -> Failed:
+    """A job whose task no registered handler has: retrying cannot help."""
+    message = (
+        f"no task named {record.task!r} is registered on this worker's app "
+        "(is the module that defines it imported?)"
+    )
+    return Failed(ErrorReport("UnknownTask", message), None, permanent=True)
+
+
+def cancelled(record: JobRecord) -> Failed:
+    """The attempt stopped because somebody cancelled the job: the driver ends it ``cancelled``."""
+    return Failed(ErrorReport("Cancelled", f"job {record.id} was cancelled while running"), None)
+
+
+def timed_out(record: JobRecord, task: Task[Any], now: datetime) -> Failed:
+    """The attempt ran past the task's timeout: a failed attempt like any other."""
+    limit = task.defaults.timeout
+    message = f"attempt {record.attempt} ran longer than the task's timeout ({limit} s)"
+    return Failed(ErrorReport("Timeout", message), retry_time(record, task, now))
+
+
+def retry_time(record: JobRecord, task: Task[Any], now: datetime) -> datetime:
+    """When the next attempt may run, by the task's backoff policy."""
+    return now + timedelta(seconds=task.defaults.backoff.delay(max(1, record.attempt)))
+
+
+def outcome_of_value(value: object) -> Outcome:
+    """A handler's return value: stored as the result when it is JSON."""
+    try:
+        check_json(value, "result")
+    except InvalidRequest as exc:
+        message = f"the handler returned a value that cannot be stored: {exc}"
+        return Failed(ErrorReport("InvalidResult", message), None, permanent=True)
+    return Succeeded(value)
+
+
+def outcome_of_error(
+    exc: BaseException, record: JobRecord, task: Task[Any], now: datetime
+) -> Outcome:
+    """What an exception raised by a handler means for the job."""
+    if isinstance(exc, Snooze):
+        return Snoozed(now + timedelta(seconds=exc.seconds))
+    if isinstance(exc, JobCancelled):
+        return cancelled(record)
+    if isinstance(exc, PermanentError):
+        return Failed(error_report(exc), None, permanent=True)
+    return Failed(error_report(exc), retry_time(record, task, now))
+
+
+def call_sync(
+    task: Task[Any], record: JobRecord, context: JobContext, middleware: Sequence[Middleware]
+) -> Any:
+    """Run a sync handler in the calling thread, inside the job middleware."""
+    with job_scope(context), around_job(middleware, context):
+        return task.fn(*record.args, **record.kwargs)
+
+
+async def call_async(
+    task: Task[Any], record: JobRecord, context: JobContext, middleware: Sequence[Middleware]
+) -> Any:
+    """Run an async handler in the current task, inside the job middleware."""
+    with job_scope(context), around_job(middleware, context):
+        return await task.fn(*record.args, **record.kwargs)
+
+
+def report_for(outcome: Outcome, record: JobRecord) -> Completion | Failure | SnoozeRequest:
+    """The fenced driver request that reports ``outcome`` under the job's lease."""
+    token = record.lease_token
+    if token is None:
+        raise InvalidRequest(f"job {record.id} has no lease token: it was not leased")
+    if isinstance(outcome, Succeeded):
+        return Completion(record.id, token, outcome.result)
+    if isinstance(outcome, Snoozed):
+        return SnoozeRequest(record.id, token, outcome.run_at)
+    return Failure(record.id, token, outcome.error, outcome.retry_at, outcome.permanent)
+
+
+def expected_state(outcome: Outcome, record: JobRecord, cancel_requested: bool) -> JobState:
+    """The state the driver will move the job to (the contract's table decides; for logs)."""
+    if isinstance(outcome, Succeeded):
+        event = JobEvent.SUCCEED
+    elif isinstance(outcome, Snoozed):
+        event = JobEvent.SNOOZE
+    else:
+        event = JobEvent.FAIL
+    facts = {
+        "cancel_requested": cancel_requested,
+        "permanent": isinstance(outcome, Failed) and outcome.permanent,
+        "attempts_exhausted": record.attempt >= record.max_attempts,
+    }
+    return JobState(JOB.resolve(event, JobState.RUNNING, facts, subject=record.id))
+
+
+def log_outcome(record: JobRecord, outcome: Outcome, state: JobState, seconds: float) -> None:
+    """One INFO line per finished attempt: id, task, attempt, outcome, duration."""
+    detail = ""
+    if isinstance(outcome, Failed):
+        detail = f": {outcome.error.type}: {outcome.error.message}"
+    elif isinstance(outcome, Snoozed):
+        detail = f" until {outcome.run_at.isoformat()}"
+    logger.info(
+        "job %d %s attempt %d/%d -> %s in %.3fs%s",
+        record.id,
+        record.task,
+        record.attempt,
+        record.max_attempts,
+        state,
+        seconds,
+        detail,
+    )

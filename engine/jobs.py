@@ -1,0 +1,80 @@
+"""``th.Job``: what the application sees of a stored job."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from taskharbor.spec import FINISHED_JOB_STATES, JSON, ErrorInfo, JobId, JobRecord, JobState
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A snapshot of one job, as stored when it was read.
+
+    Read it again with ``app.get_job(job.id)``.  ``attempt`` counts the
+    attempts used so far; ``errors`` holds one entry per failed attempt (type,
+    message, traceback, when).  ``result`` is the handler's return value once
+    the job has ``succeeded``.  ``reason`` says why a job was cancelled.  The
+    lease's fencing token stays inside the worker and is not shown here.
+    """
+
+    id: JobId
+    task: str
+    queue: str
+    state: JobState
+    args: tuple[JSON, ...]
+    kwargs: Mapping[str, JSON]
+    priority: int
+    attempt: int
+    max_attempts: int
+    run_at: datetime
+    created_at: datetime
+    finished_at: datetime | None
+    result: JSON
+    errors: tuple[ErrorInfo, ...]
+    reason: str | None
+    idempotency_key: str | None
+    cancel_requested: bool
+    leased_by: str | None
+    lease_expires_at: datetime | None
+    workflow_id: int | None
+    depends_on: tuple[JobId, ...]
+
+    @classmethod
+    def from_record(cls, record: JobRecord) -> Job:
+        """The public view of a driver's record."""
+        return cls(
+            id=record.id,
+            task=record.task,
+            queue=record.queue,
+            state=record.state,
+            args=record.args,
+            kwargs=record.kwargs,
+            priority=record.priority,
+            attempt=record.attempt,
+            max_attempts=record.max_attempts,
+            run_at=record.run_at,
+            created_at=record.created_at,
+            finished_at=record.finished_at,
+            result=record.result,
+            errors=record.errors,
+            reason=record.reason,
+            idempotency_key=record.idempotency_key,
+            cancel_requested=record.cancel_requested,
+            leased_by=record.leased_by,
+            lease_expires_at=record.lease_expires_at,
+            workflow_id=record.workflow_id,
+            depends_on=record.depends_on,
+        )
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job reached an end (succeeded, dead or cancelled)."""
+        return self.state in FINISHED_JOB_STATES
+
+    @property
+    def last_error(self) -> ErrorInfo | None:
+        """The error of the latest failed attempt, if any."""
+        return self.errors[-1] if self.errors else None

@@ -1,0 +1,72 @@
+"""Middleware: around-hooks for enqueueing and for running jobs.
+
+Subclass :class:`Middleware`, override the hooks you need and pass instances
+to ``th.App(..., middleware=[...])`` (or ``app.use(m)``).  The first
+middleware is the outermost: it sees a call first and its outcome last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from typing import TYPE_CHECKING
+
+from taskharbor.spec import EnqueueRequest
+
+from .context import JobContext
+
+if TYPE_CHECKING:
+    from .jobs import Job
+
+EnqueueCall = Callable[[Sequence[EnqueueRequest]], "list[Job]"]
+"""Stores a batch of requests and returns the jobs, one per request."""
+
+
+class Middleware:
+    """Base class of middleware; every hook passes through unchanged by default."""
+
+    def around_enqueue(
+        self, requests: Sequence[EnqueueRequest], call_next: EnqueueCall
+    ) -> list[Job]:
+        """Wrap the storing of a batch of jobs; call ``call_next(requests)`` once.
+
+        May log, time, or replace requests (for instance to add a tracing
+        kwarg); must return what ``call_next`` returned.  Workflow graphs are
+        stored in one piece and do not pass through this hook.
+        """
+        return call_next(requests)
+
+    def around_job(self, job: JobContext) -> AbstractContextManager[None]:
+        """A context manager entered before the handler runs and exited after.
+
+        Write it with ``@contextlib.contextmanager``: code before ``yield``
+        runs first, an exception of the handler is raised at the ``yield``
+        (re-raise it, or the attempt counts as a success with result ``None``).
+        Sync handlers enter it on their worker thread, async handlers on the
+        worker's event loop, with ``th.current_job()`` already set.
+        """
+        return nullcontext()
+
+
+def chain_enqueue(middleware: Sequence[Middleware], store: EnqueueCall) -> EnqueueCall:
+    """``store`` wrapped by every middleware's ``around_enqueue``, the first outermost."""
+    call = store
+    for layer in reversed(middleware):
+        call = _wrap_enqueue(layer, call)
+    return call
+
+
+def _wrap_enqueue(layer: Middleware, call_next: EnqueueCall) -> EnqueueCall:
+    def call(requests: Sequence[EnqueueRequest]) -> list[Job]:
+        return layer.around_enqueue(requests, call_next)
+
+    return call
+
+
+@contextmanager
+def around_job(middleware: Sequence[Middleware], job: JobContext) -> Iterator[None]:
+    """Every middleware's ``around_job`` entered in order (the first outermost)."""
+    with ExitStack() as stack:
+        for layer in middleware:
+            stack.enter_context(layer.around_job(job))
+        yield

@@ -1,0 +1,109 @@
+"""Enqueue options: one validation path for ``task.options(...)`` and signatures' options.
+
+Every option is checked when it is given and again, with the payload, when
+the request is built, so bad input is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from taskharbor.spec import JSON, EnqueueRequest, InvalidRequest
+from taskharbor.spec.records import check_aware
+
+from .backoff import Backoff
+
+ENQUEUE_OPTIONS = frozenset(
+    {"delay", "run_at", "idempotency_key", "priority", "queue", "max_attempts"}
+)
+"""What ``task.options(...)`` accepts; ``None`` for any of them means the task's default."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDefaults:
+    """Per-task settings given to ``@app.task(...)``.
+
+    ``queue``, ``priority`` and ``max_attempts`` are stored with each job (and
+    can be overridden per enqueue); ``backoff`` and ``timeout`` are applied by
+    the worker, which finds them through the job's task name.
+    """
+
+    queue: str
+    priority: int
+    max_attempts: int
+    backoff: Backoff
+    timeout: float | None
+
+
+def check_timeout(value: object) -> float | None:
+    """A task timeout: ``None`` (no limit) or a positive finite number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"timeout must be a number of seconds or None, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidRequest(f"timeout must be positive and finite, not {value}")
+    return float(value)
+
+
+def check_options(opts: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The options that were given (``None`` dropped), or a clear error for a bad one."""
+    unknown = sorted(set(opts) - ENQUEUE_OPTIONS)
+    if unknown:
+        raise InvalidRequest(
+            f"{where}: unknown enqueue option(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(ENQUEUE_OPTIONS))})"
+        )
+    given = {name: value for name, value in opts.items() if value is not None}
+    if "delay" in given and "run_at" in given:
+        raise InvalidRequest(f"{where}: give delay or run_at, not both")
+    if "delay" in given:
+        delay = given["delay"]
+        if isinstance(delay, bool) or not isinstance(delay, int | float | timedelta):
+            raise InvalidRequest(f"{where}: delay must be seconds or a timedelta, not {delay!r}")
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidRequest(f"{where}: delay must be finite and >= 0, not {delay}")
+        given["delay"] = seconds
+    if "run_at" in given:
+        try:
+            check_aware(given["run_at"], "run_at")
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{where}: {exc}") from None
+    return given
+
+
+def build_request(
+    task: str,
+    defaults: TaskDefaults,
+    opts: Mapping[str, Any],
+    args: tuple[JSON, ...],
+    kwargs: Mapping[str, JSON],
+    now: Callable[[], datetime],
+) -> EnqueueRequest:
+    """The stored request for one call: the task's defaults, then checked ``opts``.
+
+    ``now`` (the driver's clock) is read only for a ``delay``.  Raises
+    ``InvalidRequest`` naming the task for a bad option or a non-JSON payload.
+    """
+    given = check_options(opts, f"task {task}")
+    run_at = given.get("run_at")
+    if "delay" in given:
+        run_at = now() + timedelta(seconds=given["delay"])
+    try:
+        return EnqueueRequest(
+            task=task,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            queue=given.get("queue", defaults.queue),
+            priority=given.get("priority", defaults.priority),
+            run_at=run_at,
+            max_attempts=given.get("max_attempts", defaults.max_attempts),
+            idempotency_key=given.get("idempotency_key"),
+        )
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"cannot enqueue {task}: {exc}") from None

@@ -1,0 +1,540 @@
+"""``th.Worker``: leases jobs, runs their handlers, reports outcomes, keeps the store healthy.
+
+One asyncio event loop drives everything; the driver is called on a small
+I/O thread pool so the loop never blocks on storage:
+
+* the **fetch loop** leases batches sized to the free concurrency slots and
+  waits (``driver.wait_for_jobs``) when nothing is ready;
+* each leased job runs in its own asyncio task: ``async def`` handlers on the
+  loop, sync handlers on a thread pool of ``concurrency`` threads;
+* the **heartbeat loop** extends every live lease in one call and delivers
+  cancellation requests to the handlers;
+* the **report flusher** writes outcomes in batches (``complete``/``fail``/
+  ``snooze``); whatever piles up during one write goes in the next;
+* the **maintenance loop** promotes due jobs (sleeping until the next one is
+  due), rescues expired leases and prunes old finished jobs.  Every worker runs
+  it: the driver makes that safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from taskharbor.spec import (
+    Completion,
+    Failure,
+    InvalidRequest,
+    JobId,
+    JobRecord,
+    LeaseLost,
+    LeaseRef,
+    SnoozeRequest,
+    TaskHarborError,
+)
+from taskharbor.spec.records import check_lease_seconds, check_name
+
+from . import execution
+from .app import App
+from .context import JobContext
+from .execution import Outcome
+from .task import Task
+
+logger = logging.getLogger("taskharbor")
+T = TypeVar("T")
+Report = Completion | Failure | SnoozeRequest
+
+IO_THREADS = 4
+"""Threads for driver calls: lease, heartbeat, reports, maintenance and the idle wait
+may all be in flight at once."""
+
+
+REPORT_RETRIES = 5
+"""Consecutive failed writes of reports before they are dropped (their jobs' leases then
+expire and the jobs run again: at-least-once)."""
+
+
+@dataclass(eq=False)
+class _Active:
+    """A leased job this worker is running."""
+
+    record: JobRecord
+    task: Task[Any] | None
+    context: JobContext
+    started: float
+    token: str
+    handler: asyncio.Future[Any] | None = None
+    cancel_requested: bool = False
+    reported: bool = False
+    """Its outcome is queued: no more heartbeats, nothing to release."""
+    released: bool = False
+    """Given back (shutdown) or lost (lease fenced off): its outcome is not reported."""
+
+    def stop(self) -> None:
+        """Ask the handler to stop: set its flag, cancel it if it is a coroutine."""
+        self.context.cancel_event.set()
+        if self.handler is not None:
+            self.handler.cancel()
+
+
+def _seconds(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise InvalidRequest(f"{what} must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+class Worker:
+    """Runs the jobs of ``queues`` with up to ``concurrency`` handlers at once.
+
+    ``lease`` (seconds) is how long a job stays leased without a heartbeat; the
+    worker heartbeats every ``heartbeat_interval`` (default a third of it), so
+    a long job is not rescued while its worker lives.  ``shutdown_timeout`` is
+    how long a graceful stop waits for running jobs; the ones still running
+    then are released (they run again later, their attempt given back).
+    ``retention`` (seconds, ``None`` to keep everything) is how long finished
+    jobs are kept before the maintenance loop prunes them.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str] | str = ("default",),
+        concurrency: int = 8,
+        lease: float = 30.0,
+        *,
+        heartbeat_interval: float | None = None,
+        poll_interval: float = 1.0,
+        maintenance_interval: float = 1.0,
+        retention: float | None = 7 * 24 * 3600.0,
+        prune_interval: float = 300.0,
+        shutdown_timeout: float = 30.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if not isinstance(app, App):
+            raise InvalidRequest(f"Worker needs a th.App, not {app!r}")
+        names = [queues] if isinstance(queues, str) else list(queues)
+        if not names:
+            raise InvalidRequest("Worker needs at least one queue")
+        for name in names:
+            check_name(name, "queue name")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidRequest(f"concurrency must be an int >= 1, not {concurrency!r}")
+        self.app = app
+        self.queues = tuple(dict.fromkeys(names))
+        self.concurrency = concurrency
+        self.lease = check_lease_seconds(lease)
+        self.heartbeat_interval = (
+            self.lease / 3
+            if heartbeat_interval is None
+            else max(0.001, _seconds(heartbeat_interval, "heartbeat_interval"))
+        )
+        self.poll_interval = max(0.001, _seconds(poll_interval, "poll_interval"))
+        self.maintenance_interval = _seconds(maintenance_interval, "maintenance_interval")
+        self.retention = None if retention is None else _seconds(retention, "retention")
+        self.prune_interval = _seconds(prune_interval, "prune_interval")
+        self.shutdown_timeout = _seconds(shutdown_timeout, "shutdown_timeout")
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        check_name(self.worker_id, "worker id")
+        self._thread_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_asked: bool | None = None  # None: no stop; True: graceful; False: at once
+        self._reset()
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.worker_id} queues={list(self.queues)} running={len(self._active)}>"
+
+    def _reset(self) -> None:
+        self._active: dict[JobId, _Active] = {}
+        self._runs: set[asyncio.Task[None]] = set()
+        self._outbox: list[tuple[_Active | None, Report]] = []
+        self._flushing = False
+        self._last_prune = float("-inf")
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- running -------------------------------------------------------------------
+
+    def run(self, *, burst: bool = False, handle_signals: bool = True) -> None:
+        """Work until SIGINT/SIGTERM (or :meth:`stop`), then drain gracefully.
+
+        With ``burst=True``, return as soon as no job is ready.  A second
+        signal skips the drain: running jobs are released at once.  Signals
+        are only handled when called from the main thread.
+        """
+        asyncio.run(self.run_async(burst=burst, handle_signals=handle_signals))
+
+    async def run_async(self, *, burst: bool = False, handle_signals: bool = False) -> None:
+        """:meth:`run` inside an event loop that is already running."""
+        loop = asyncio.get_running_loop()
+        with self._thread_lock:
+            if self._loop is not None:
+                raise RuntimeError(f"worker {self.worker_id} is already running")
+            self._loop = loop
+        self._reset()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._outbox_ready = asyncio.Event()
+        self._graceful = True
+        self._handlers = ThreadPoolExecutor(self.concurrency, f"taskharbor-job-{self.worker_id}")
+        self._io = ThreadPoolExecutor(IO_THREADS, f"taskharbor-io-{self.worker_id}")
+        signals = self._install_signals(loop) if handle_signals else []
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="taskharbor-heartbeat"),
+            asyncio.create_task(self._flush_loop(), name="taskharbor-reports"),
+            asyncio.create_task(self._maintenance_loop(), name="taskharbor-maintenance"),
+        ]
+        logger.info("worker %s started on queues %s", self.worker_id, ", ".join(self.queues))
+        try:
+            with self._thread_lock:
+                asked = self._stop_asked
+            if asked is not None:
+                self._request_stop(asked)
+            await self._fetch_loop(burst)
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            for run in self._runs:
+                run.cancel()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            self._handlers.shutdown(wait=False, cancel_futures=True)
+            self._io.shutdown(wait=False, cancel_futures=True)
+            with self._thread_lock:
+                self._loop = None
+                self._stop_asked = None
+            logger.info("worker %s stopped", self.worker_id)
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Ask the worker to stop; safe from any thread or a signal handler.
+
+        Graceful: stop leasing, let running jobs finish within
+        ``shutdown_timeout``, release the rest.  Not graceful: release at once.
+        """
+        with self._thread_lock:
+            if self._stop_asked is None or not graceful:
+                self._stop_asked = graceful
+            loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._request_stop, graceful)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+            installed.append(sig)
+        return installed
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        graceful = not self._stopping.is_set()
+        logger.info(
+            "worker %s got %s: %s",
+            self.worker_id,
+            sig.name,
+            "draining running jobs" if graceful else "releasing running jobs now",
+        )
+        self.stop(graceful=graceful)
+
+    def _request_stop(self, graceful: bool) -> None:
+        self._graceful = self._graceful and graceful  # once "at once", always "at once"
+        self._stopping.set()
+        self._wake.set()
+
+    async def _io_call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, functools.partial(fn, *args))
+
+    # -- leasing -------------------------------------------------------------------
+
+    def _quiet(self) -> bool:
+        """Nothing of ours is running or waiting to be reported."""
+        return not self._active and not self._outbox and not self._flushing
+
+    async def _fetch_loop(self, burst: bool) -> None:
+        driver = self.app.driver
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = self.concurrency - len(self._active)
+            if free <= 0:
+                await self._wake.wait()
+                continue
+            try:
+                records = await self._io_call(
+                    driver.lease, self.queues, free, self.lease, self.worker_id
+                )
+                if not records and burst and self._quiet():
+                    # Nothing running here could make jobs ready any more: one last
+                    # promote/rescue pass, one last lease, and the burst is over.
+                    await self._maintain(prune=False)
+                    records = await self._io_call(
+                        driver.lease, self.queues, free, self.lease, self.worker_id
+                    )
+                    if not records and self._quiet():
+                        return
+            except Exception:
+                logger.exception("worker %s: leasing failed; retrying", self.worker_id)
+                await self._sleep(self.poll_interval)
+                continue
+            for record in records:
+                self._start(record)
+            if not records:
+                await self._idle_wait(burst)
+
+    async def _idle_wait(self, burst: bool) -> None:
+        """Wait for a wake-up (stop, a slot freed, jobs promoted) or a hint from the store."""
+        wake = asyncio.ensure_future(self._wake.wait())
+        waits: set[asyncio.Future[Any]] = {wake}
+        if burst:
+            waits.add(asyncio.ensure_future(asyncio.sleep(self.poll_interval)))
+        else:
+            if self._waiter is None or self._waiter.done():
+                self._waiter = asyncio.ensure_future(
+                    self._io_call(self.app.driver.wait_for_jobs, self.queues, self.poll_interval)
+                )
+                self._waiter.add_done_callback(self._waiter_done)
+            waits.add(self._waiter)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            if waiting is not self._waiter:
+                waiting.cancel()
+
+    def _waiter_done(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("worker %s: wait_for_jobs failed: %r", self.worker_id, future.exception())
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up early when the worker is asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    # -- running one job -------------------------------------------------------------
+
+    def _start(self, record: JobRecord) -> None:
+        task = self.app.get_task(record.task)
+        timeout = task.defaults.timeout if task is not None else None
+        if record.lease_token is None:
+            raise InvalidRequest(f"driver leased job {record.id} without a lease token")
+        active = _Active(
+            record=record,
+            task=task,
+            context=execution.context_for(record, timeout, self.app.driver.clock.now()),
+            started=time.monotonic(),
+            token=record.lease_token,
+        )
+        self._active[record.id] = active
+        run = asyncio.create_task(self._run(active), name=f"taskharbor-job-{record.id}")
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
+
+    async def _run(self, active: _Active) -> None:
+        try:
+            outcome, leftover = await self._outcome(active)
+            if not active.released:
+                self._queue_report(active, outcome)
+            if leftover is not None:
+                # A sync handler past its timeout keeps its thread (threads cannot be
+                # killed); its slot stays taken until it returns, so concurrency holds.
+                logger.warning(
+                    "job %d %s timed out; its thread is still running and keeps a slot",
+                    active.record.id,
+                    active.record.task,
+                )
+                await asyncio.wait({leftover})
+        except Exception:
+            logger.exception("worker %s: running job %d failed", self.worker_id, active.record.id)
+        finally:
+            self._active.pop(active.record.id, None)
+            self._wake.set()
+
+    async def _outcome(self, active: _Active) -> tuple[Outcome, asyncio.Future[Any] | None]:
+        """Run the handler; the outcome, and a sync handler's future if it outlived its timeout."""
+        record, task, context = active.record, active.task, active.context
+        if task is None:
+            return execution.unknown_task(record), None
+        timeout = task.defaults.timeout
+        middleware = self.app.middleware
+        if task.is_async:
+            handler: asyncio.Future[Any] = asyncio.ensure_future(
+                execution.call_async(task, record, context, middleware)
+            )
+        else:
+            handler = asyncio.get_running_loop().run_in_executor(
+                self._handlers, execution.call_sync, task, record, context, middleware
+            )
+        active.handler = handler if task.is_async else None
+        done, _ = await asyncio.wait({handler}, timeout=timeout)
+        now = self.app.driver.clock.now()
+        if not done:
+            active.stop()
+            return execution.timed_out(record, task, now), None if task.is_async else handler
+        if active.cancel_requested or handler.cancelled():
+            return execution.cancelled(record), None
+        error = handler.exception()
+        if error is not None:
+            return execution.outcome_of_error(error, record, task, now), None
+        return execution.outcome_of_value(handler.result()), None
+
+    def _queue_report(self, active: _Active, outcome: Outcome) -> None:
+        record = active.record
+        state = execution.expected_state(outcome, record, active.cancel_requested)
+        execution.log_outcome(record, outcome, state, time.monotonic() - active.started)
+        report = execution.report_for(outcome, record)
+        active.reported = True
+        self._outbox.append((active, report))
+        self._outbox_ready.set()
+
+    # -- reporting -------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Write every queued report, in as few driver calls as possible."""
+        failures = 0
+        while self._outbox and not self._flushing:
+            batch, self._outbox = self._outbox, []
+            self._flushing = True
+            try:
+                await self._io_call(self._write, [report for _, report in batch])
+                failures = 0
+            except TaskHarborError:
+                logger.exception("worker %s: the store refused reports; dropped", self.worker_id)
+            except Exception:
+                failures += 1
+                if failures > REPORT_RETRIES:
+                    logger.exception("worker %s: writing reports failed; dropped", self.worker_id)
+                else:
+                    logger.exception("worker %s: writing reports failed; retrying", self.worker_id)
+                    self._outbox[:0] = batch
+                    await asyncio.sleep(0.1 * 2**failures)
+            finally:
+                self._flushing = False
+                self._wake.set()
+
+    def _write(self, reports: list[Report]) -> None:
+        """One driver call per kind of report (runs on an I/O thread)."""
+        driver = self.app.driver
+        lost: list[LeaseLost] = []
+        completions = [r for r in reports if isinstance(r, Completion)]
+        failures = [r for r in reports if isinstance(r, Failure)]
+        snoozes = [r for r in reports if isinstance(r, SnoozeRequest)]
+        if completions:
+            lost += driver.complete(completions)
+        if failures:
+            lost += driver.fail(failures)
+        if snoozes:
+            lost += driver.snooze(snoozes)
+        for refused in lost:
+            logger.warning("worker %s: report refused: %s", self.worker_id, refused)
+
+    # -- heartbeats ------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            live = [a for a in self._active.values() if not a.reported and not a.released]
+            if not live:
+                continue
+            refs = [LeaseRef(a.record.id, a.token) for a in live]
+            try:
+                result = await self._io_call(self.app.driver.heartbeat, refs, self.lease)
+            except Exception:
+                logger.exception("worker %s: heartbeat failed; retrying", self.worker_id)
+                continue
+            for lost in result.lost:
+                active = self._active.get(lost.job_id) if isinstance(lost.job_id, int) else None
+                if active is not None and not active.reported and active.token == lost.token:
+                    logger.warning("job %s: %s; stopping its handler", lost.job_id, lost)
+                    active.released = True
+                    active.stop()
+            for job_id in result.cancel_requested:
+                active = self._active.get(job_id)
+                if active is not None and not active.cancel_requested:
+                    logger.info("job %d %s: cancel requested", job_id, active.record.task)
+                    active.cancel_requested = True
+                    active.stop()
+
+    # -- maintenance -----------------------------------------------------------------
+
+    async def _maintenance_loop(self) -> None:
+        while not self._stopping.is_set():
+            delay = self.maintenance_interval
+            try:
+                due_in = await self._maintain(prune=True)
+                if due_in is not None:
+                    delay = min(delay, due_in)
+            except Exception:
+                logger.exception("worker %s: maintenance failed; retrying", self.worker_id)
+            await self._sleep(max(0.001, delay))
+
+    async def _maintain(self, *, prune: bool) -> float | None:
+        """Promote due jobs, rescue expired leases, prune when due.
+
+        Returns the seconds until the next scheduled or retrying job is due.
+        """
+        driver = self.app.driver
+        promoted = await self._io_call(driver.promote)
+        rescued = await self._io_call(driver.rescue)
+        if rescued:
+            logger.info("worker %s rescued expired leases of jobs %s", self.worker_id, rescued)
+        if promoted.promoted or rescued:
+            self._wake.set()
+        if prune and self.retention is not None:
+            now = time.monotonic()
+            if now - self._last_prune >= self.prune_interval:
+                self._last_prune = now
+                horizon = driver.clock.now() - timedelta(seconds=self.retention)
+                pruned = await self._io_call(driver.prune, horizon)
+                if pruned:
+                    logger.info("worker %s pruned %d finished jobs", self.worker_id, pruned)
+        if promoted.next_due is None:
+            return None
+        return max(0.0, (promoted.next_due - driver.clock.now()).total_seconds())
+
+    # -- stopping --------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Let running jobs finish within the deadline, release the rest, flush reports."""
+        if self._graceful and self._runs:
+            deadline = time.monotonic() + self.shutdown_timeout
+            while self._runs and not self._all_reported():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._graceful:
+                    break
+                await asyncio.wait(set(self._runs), timeout=min(remaining, 0.1))
+        unfinished = [a for a in self._active.values() if not a.reported and not a.released]
+        if unfinished:
+            now = self.app.driver.clock.now()
+            logger.info(
+                "worker %s releases unfinished jobs %s",
+                self.worker_id,
+                [a.record.id for a in unfinished],
+            )
+            for active in unfinished:
+                active.released = True
+                active.stop()
+                self._outbox.append((None, SnoozeRequest(active.record.id, active.token, now)))
+        while self._flushing:
+            await asyncio.sleep(0.01)
+        await self._flush()
+
+    def _all_reported(self) -> bool:
+        return all(a.reported or a.released for a in self._active.values())
