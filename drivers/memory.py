@@ -1,0 +1,649 @@
+"""The in-memory driver: a fast, thread-safe, single-process store.
+
+It keeps jobs as mutable rows in a dict and hands out frozen snapshots.  One
+lock makes every SPI call atomic; a condition on that lock wakes idle
+in-process workers as soon as a job becomes available.  The paths a busy
+worker pool hits (lease, promote, rescue, idempotent enqueue, finishing a
+workflow step) use indexes (:mod:`taskharbor.drivers.memory_index` and the
+per-step dependency edges) instead of scanning every job.  Nothing survives
+the process: use it for tests, development and embedded short-lived queues.
+
+Every call validates its whole input (types, ids, transitions) before it
+changes anything, so a call that raises leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+from taskharbor.spec.clock import Clock, SystemClock
+from taskharbor.spec.errors import (
+    InvalidRequest,
+    InvalidTransition,
+    JobNotFound,
+    LeaseLost,
+    WorkflowNotFound,
+)
+from taskharbor.spec.records import (
+    CANCELLED_BY_REQUEST,
+    JSON,
+    LEASE_EXPIRED_MESSAGE,
+    LEASE_EXPIRED_TYPE,
+    WORKFLOW_CANCELLED,
+    Completion,
+    EnqueueRequest,
+    EnqueueResult,
+    ErrorInfo,
+    Failure,
+    HeartbeatResult,
+    JobFilter,
+    JobId,
+    JobRecord,
+    LeaseRef,
+    PromoteResult,
+    ResultRef,
+    SnoozeRequest,
+    WorkflowGraph,
+    WorkflowId,
+    WorkflowRecord,
+    check_aware,
+    check_batch,
+    check_lease_seconds,
+    check_name,
+    dependency_reason,
+    map_ref,
+    ref_indexes,
+)
+from taskharbor.spec.records import job_ids as check_job_ids
+from taskharbor.spec.spi import Capabilities, Driver
+from taskharbor.spec.table import (
+    FINISHED_JOB_STATES,
+    JOB,
+    NEW,
+    WORKFLOW,
+    JobEvent,
+    JobState,
+    WorkflowEvent,
+    WorkflowState,
+)
+
+from .memory_index import JobIndex
+from .memory_rows import JobRow, WorkflowRow, copy_json
+
+PRUNABLE_WORKFLOW_STATES = frozenset({WorkflowState.SUCCEEDED, WorkflowState.CANCELLED})
+"""A workflow (with its steps) may be pruned only in these states."""
+
+
+class MemoryDriver(Driver):
+    """Jobs and workflows in this process's memory.  Safe to share between threads."""
+
+    capabilities = Capabilities()
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock if clock is not None else SystemClock()
+        self._lock = threading.Lock()
+        self._job_available = threading.Condition(self._lock)
+        self._jobs: dict[JobId, JobRow] = {}
+        self._workflows: dict[WorkflowId, WorkflowRow] = {}
+        self._keys: dict[str, JobId] = {}
+        self._index = JobIndex()
+        self._last_job_id = 0
+        self._last_workflow_id = 0
+
+    # -- producing ----------------------------------------------------------
+
+    def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        check_batch(requests, EnqueueRequest, "enqueue")
+        with self._lock:
+            now = self._now()
+            outcomes: list[tuple[JobRow, bool]] = []
+            for request in requests:
+                key = request.idempotency_key
+                held_by = self._keys.get(key) if key is not None else None
+                if held_by is not None:
+                    outcomes.append((self._jobs[held_by], False))
+                else:
+                    outcomes.append((self._store_job(request, now), True))
+            return [EnqueueResult(row.snapshot(), created) for row, created in outcomes]
+
+    def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
+        if not isinstance(graph, WorkflowGraph):
+            raise InvalidRequest(f"enqueue_workflow expects a WorkflowGraph, not {graph!r}")
+        with self._lock:
+            now = self._now()
+            self._last_workflow_id += 1
+            workflow_id = self._last_workflow_id
+            job_of_step: dict[int, JobId] = {}
+            for index, step in enumerate(graph.steps):
+                row = self._store_job(
+                    step.request,
+                    now,
+                    workflow_id=workflow_id,
+                    depends_on=tuple(job_of_step[dep] for dep in step.after),
+                    input_ref=None if step.input is None else map_ref(step.input, job_of_step),
+                )
+                job_of_step[index] = row.id
+                for dep in row.depends_on:
+                    self._jobs[dep].dependents.append(row.id)
+            workflow = WorkflowRow(
+                id=workflow_id,
+                steps=tuple(job_of_step.values()),
+                result=map_ref(graph.result, job_of_step),
+                created_at=now,
+                name=graph.name,
+            )
+            self._workflows[workflow_id] = workflow
+            return workflow.snapshot()
+
+    def _store_job(
+        self,
+        request: EnqueueRequest,
+        now: datetime,
+        *,
+        workflow_id: WorkflowId | None = None,
+        depends_on: tuple[JobId, ...] = (),
+        input_ref: ResultRef | None = None,
+    ) -> JobRow:
+        """Event ``enqueue`` for one new job (a new step's dependencies are never done)."""
+        run_at = _utc(request.run_at) if request.run_at is not None else now
+        facts = {"waits_on_dependencies": bool(depends_on), "run_at_in_future": run_at > now}
+        self._last_job_id += 1
+        row = JobRow(
+            id=self._last_job_id,
+            task=request.task,
+            queue=request.queue,
+            state=JobState(JOB.resolve(JobEvent.ENQUEUE, NEW, facts)),
+            own_args=tuple(copy_json(arg) for arg in request.args),
+            kwargs=copy_json(dict(request.kwargs)),
+            priority=request.priority,
+            run_at=run_at,
+            max_attempts=request.max_attempts,
+            created_at=now,
+            idempotency_key=request.idempotency_key,
+            workflow_id=workflow_id,
+            depends_on=depends_on,
+            input=input_ref,
+        )
+        self._jobs[row.id] = row
+        if row.idempotency_key is not None:
+            self._keys[row.idempotency_key] = row.id
+        self._place(row)
+        return row
+
+    # -- consuming ----------------------------------------------------------
+
+    def lease(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker_id: str,
+    ) -> list[JobRecord]:
+        wanted = _check_queues(queues)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidRequest(f"lease limit must be an int >= 1, not {limit!r}")
+        duration = timedelta(seconds=check_lease_seconds(lease_seconds))
+        check_name(worker_id, "worker id")
+        with self._lock:
+            now = self._now()
+            leased: list[JobRow] = []
+            while len(leased) < limit:
+                job_id = self._index.take_ready(wanted)
+                if job_id is None:
+                    break
+                row = self._jobs[job_id]
+                target = self._resolve(row, JobEvent.LEASE, now)
+                row.attempt += 1
+                row.lease_token = secrets.token_hex(16)
+                row.leased_by = worker_id
+                row.lease_expires_at = now + duration
+                self._enter(row, target, now)
+                leased.append(row)
+            return [row.snapshot() for row in leased]
+
+    def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
+        check_batch(leases, LeaseRef, "heartbeat")
+        duration = timedelta(seconds=check_lease_seconds(lease_seconds))
+        with self._lock:
+            rows = self._rows_of(ref.job_id for ref in leases)
+            now = self._now()
+            lost: list[LeaseLost] = []
+            cancel_requested: set[JobId] = set()
+            for ref, row in zip(leases, rows, strict=True):
+                refusal = _refusal(row, ref.token)
+                if refusal is not None:
+                    lost.append(refusal)
+                    continue
+                target = self._resolve(row, JobEvent.HEARTBEAT, now)
+                row.lease_expires_at = now + duration
+                self._enter(row, target, now)
+                if row.cancel_requested:
+                    cancel_requested.add(row.id)
+            return HeartbeatResult(tuple(lost), frozenset(cancel_requested))
+
+    def complete(self, completions: Sequence[Completion]) -> list[LeaseLost]:
+        check_batch(completions, Completion, "complete")
+        with self._lock:
+            rows = self._rows_of(item.job_id for item in completions)
+            now = self._now()
+            lost: list[LeaseLost] = []
+            touched: set[WorkflowId] = set()
+            for item, row in zip(completions, rows, strict=True):
+                refusal = _refusal(row, item.token)
+                if refusal is not None:
+                    lost.append(refusal)
+                    continue
+                target = self._resolve(row, JobEvent.SUCCEED, now)
+                row.result = copy_json(item.result)
+                self._enter(row, target, now)
+                self._after_step_finished(row, now, touched)
+            self._settle_workflows(touched, now)
+            return lost
+
+    def fail(self, failures: Sequence[Failure]) -> list[LeaseLost]:
+        check_batch(failures, Failure, "fail")
+        with self._lock:
+            rows = self._rows_of(item.job_id for item in failures)
+            now = self._now()
+            lost: list[LeaseLost] = []
+            touched: set[WorkflowId] = set()
+            for item, row in zip(failures, rows, strict=True):
+                refusal = _refusal(row, item.token)
+                if refusal is not None:
+                    lost.append(refusal)
+                    continue
+                target = self._resolve(row, JobEvent.FAIL, now, permanent=item.permanent)
+                error = item.error
+                row.errors.append(
+                    ErrorInfo(row.attempt, now, error.type, error.message, error.traceback)
+                )
+                if target is JobState.RETRYING:
+                    row.run_at = _utc(item.retry_at) if item.retry_at is not None else now
+                self._enter(row, target, now)
+                self._after_step_finished(row, now, touched)
+            self._settle_workflows(touched, now)
+            return lost
+
+    def snooze(self, requests: Sequence[SnoozeRequest]) -> list[LeaseLost]:
+        check_batch(requests, SnoozeRequest, "snooze")
+        with self._lock:
+            rows = self._rows_of(item.job_id for item in requests)
+            now = self._now()
+            lost: list[LeaseLost] = []
+            touched: set[WorkflowId] = set()
+            for item, row in zip(requests, rows, strict=True):
+                refusal = _refusal(row, item.token)
+                if refusal is not None:
+                    lost.append(refusal)
+                    continue
+                target = self._resolve(row, JobEvent.SNOOZE, now)
+                row.attempt -= 1
+                if target is JobState.SCHEDULED:
+                    row.run_at = _utc(item.run_at)
+                self._enter(row, target, now)
+                self._after_step_finished(row, now, touched)
+            self._settle_workflows(touched, now)
+            return lost
+
+    # -- operators ------------------------------------------------------------
+
+    def cancel(self, job_ids: Sequence[JobId]) -> list[JobRecord]:
+        wanted = check_job_ids(job_ids, "cancel")
+        with self._lock:
+            rows = self._rows_of(wanted)
+            now = self._now()
+            for row in rows:
+                if row.state is not JobState.RUNNING:
+                    self._resolve(row, JobEvent.CANCEL, now)  # refuse the whole call early
+            before = {row.id: row.state for row in rows}
+            touched: set[WorkflowId] = set()
+            for row in rows:
+                if row.state is not before[row.id]:
+                    continue  # cancelled earlier in this call by a workflow cascade
+                if row.state is JobState.RUNNING:
+                    row.cancel_requested = True
+                else:
+                    self._enter(row, self._resolve(row, JobEvent.CANCEL, now), now)
+                    self._after_step_finished(row, now, touched)
+            self._settle_workflows(touched, now)
+            return [row.snapshot() for row in rows]
+
+    def requeue(self, job_ids: Sequence[JobId]) -> list[JobRecord]:
+        wanted = check_job_ids(job_ids, "requeue")
+        with self._lock:
+            rows = self._rows_of(wanted)
+            now = self._now()
+            for row in rows:
+                self._resolve(row, JobEvent.REQUEUE, now)  # refuse the whole call early
+            before = {row.id: row.state for row in rows}
+            touched: set[WorkflowId] = set()
+            for row in rows:
+                if row.state is not before[row.id]:
+                    continue  # requeued earlier in this call with the rest of its workflow
+                self._requeue_row(row, now)
+                if row.workflow_id is not None:
+                    touched.add(row.workflow_id)
+                    for step_id in self._workflows[row.workflow_id].steps:
+                        step = self._jobs[step_id]
+                        if step.state is JobState.CANCELLED:
+                            self._requeue_row(step, now)
+            self._settle_workflows(touched, now)
+            return [row.snapshot() for row in rows]
+
+    def _requeue_row(self, row: JobRow, now: datetime) -> None:
+        target = self._resolve(row, JobEvent.REQUEUE, now)
+        row.attempt = 0
+        row.run_at = now
+        row.result = None
+        row.args = self._released_args(row) if target is JobState.AVAILABLE else row.own_args
+        self._enter(row, target, now)
+
+    # -- maintenance ------------------------------------------------------------
+
+    def promote(self) -> PromoteResult:
+        with self._lock:
+            now = self._now()
+            due = self._index.take_due(now)
+            for job_id in due:
+                row = self._jobs[job_id]
+                self._enter(row, self._resolve(row, JobEvent.PROMOTE, now), now)
+            return PromoteResult(promoted=len(due), next_due=self._index.next_due())
+
+    def rescue(self) -> list[JobId]:
+        with self._lock:
+            now = self._now()
+            expired = sorted(self._index.take_expired(now))
+            touched: set[WorkflowId] = set()
+            for job_id in expired:
+                row = self._jobs[job_id]
+                target = self._resolve(row, JobEvent.LEASE_EXPIRED, now)
+                row.errors.append(
+                    ErrorInfo(row.attempt, now, LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE)
+                )
+                if target is JobState.AVAILABLE:
+                    row.run_at = now
+                self._enter(row, target, now)
+                self._after_step_finished(row, now, touched)
+            self._settle_workflows(touched, now)
+            return expired
+
+    def prune(self, finished_before: datetime) -> int:
+        check_aware(finished_before, "finished_before")
+        with self._lock:
+            candidates = [self._jobs[i] for i in self._index.take_finished_before(finished_before)]
+            deleted = 0
+            workflows: dict[WorkflowId, None] = {}
+            for row in candidates:
+                if row.workflow_id is None:
+                    self._delete_job(row)
+                    deleted += 1
+                else:
+                    workflows[row.workflow_id] = None
+            for workflow_id in workflows:
+                workflow = self._workflows[workflow_id]
+                steps = [self._jobs[step_id] for step_id in workflow.steps]
+                if workflow.state in PRUNABLE_WORKFLOW_STATES and all(
+                    _finished_before(step, finished_before) for step in steps
+                ):
+                    for step in steps:
+                        self._delete_job(step)
+                    del self._workflows[workflow_id]
+                    deleted += len(steps)
+            for row in candidates:
+                if row.id in self._jobs:
+                    self._index.place(row)  # kept: back into the finished heap
+            return deleted
+
+    def _delete_job(self, row: JobRow) -> None:
+        self._index.remove(row)
+        del self._jobs[row.id]
+        if row.idempotency_key is not None:
+            del self._keys[row.idempotency_key]
+
+    # -- reading --------------------------------------------------------------
+
+    def get(self, job_ids: Sequence[JobId]) -> list[JobRecord]:
+        wanted = check_job_ids(job_ids, "get", distinct=False)
+        with self._lock:
+            return [row.snapshot() for row in self._rows_of(wanted)]
+
+    def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        if not isinstance(where, JobFilter):
+            raise InvalidRequest(f"list_jobs expects a JobFilter, not {where!r}")
+        with self._lock:
+            if where.workflow_id is not None:
+                workflow = self._workflows.get(where.workflow_id)
+                ids: Iterable[JobId] = workflow.steps if workflow is not None else ()
+            else:
+                ids = self._jobs  # insertion order is id order
+            found: list[JobRecord] = []
+            for job_id in ids:
+                row = self._jobs[job_id]
+                if _matches(row, where):
+                    found.append(row.snapshot())
+                    if len(found) == where.limit:
+                        break
+            return found
+
+    def count(self) -> Mapping[tuple[str, JobState], int]:
+        with self._lock:
+            return self._index.counts()
+
+    def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        with self._lock:
+            return self._workflow(workflow_id).snapshot()
+
+    def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        with self._lock:
+            workflow = self._workflow(workflow_id)
+            if workflow.state in WORKFLOW.final_states:
+                raise InvalidTransition(
+                    WORKFLOW.kind,
+                    workflow_id,
+                    WorkflowEvent.CANCEL,
+                    workflow.state,
+                    set(WORKFLOW.states) - WORKFLOW.final_states,
+                )
+            now = self._now()
+            for step_id in workflow.steps:
+                step = self._jobs[step_id]
+                if step.state is JobState.RUNNING:
+                    step.cancel_requested = True
+                elif step.state not in FINISHED_JOB_STATES:
+                    target = self._resolve(step, JobEvent.CANCEL, now)
+                    self._enter(step, target, now, reason=WORKFLOW_CANCELLED)
+            self._settle_workflows({workflow_id}, now)
+            return workflow.snapshot()
+
+    # -- waiting --------------------------------------------------------------
+
+    def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until one of ``queues`` has an ``available`` job, or ``timeout`` passes."""
+        wanted = _check_queues(queues)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise InvalidRequest(f"timeout must be a number of seconds, not {timeout!r}")
+        if math.isnan(timeout):
+            raise InvalidRequest("timeout must be a number of seconds, not NaN")
+        seconds = max(0.0, float(timeout))
+        with self._job_available:
+            self._job_available.wait_for(
+                lambda: self._index.has_ready(wanted),
+                timeout=None if seconds == math.inf else seconds,
+            )
+
+    # -- state changes ----------------------------------------------------------
+
+    def _now(self) -> datetime:
+        """The clock's now, in UTC; read once per call."""
+        return _utc(self.clock.now())
+
+    def _resolve(
+        self, row: JobRow, event: JobEvent, now: datetime, *, permanent: bool = False
+    ) -> JobState:
+        """The target of ``event`` for ``row``, guards evaluated on the stored job."""
+        facts = {
+            "waits_on_dependencies": self._waits(row),
+            "run_at_in_future": row.run_at > now,
+            "cancel_requested": row.cancel_requested,
+            "permanent": permanent,
+            "attempts_exhausted": row.attempt >= row.max_attempts,
+        }
+        return JobState(JOB.resolve(event, row.state, facts, subject=row.id))
+
+    def _waits(self, row: JobRow) -> bool:
+        """Guard ``waits_on_dependencies``: a step it depends on has not succeeded."""
+        return any(self._jobs[dep].state is not JobState.SUCCEEDED for dep in row.depends_on)
+
+    def _enter(
+        self, row: JobRow, target: JobState, now: datetime, reason: str = CANCELLED_BY_REQUEST
+    ) -> None:
+        """Move ``row`` to ``target`` after the event's own field effects were applied.
+
+        Applies the rules every event shares: lease fields and
+        ``cancel_requested`` exist only while ``running``; ``finished_at`` is
+        set on entering a finished state and cleared on leaving one; ``reason``
+        exists only while ``cancelled``.
+        """
+        if target is not JobState.RUNNING:
+            row.lease_token = row.lease_expires_at = row.leased_by = None
+            row.cancel_requested = False
+        row.finished_at = now if target in FINISHED_JOB_STATES else None
+        row.reason = reason if target is JobState.CANCELLED else None
+        row.state = target
+        self._place(row)
+
+    def _place(self, row: JobRow) -> None:
+        self._index.place(row)
+        if row.state is JobState.AVAILABLE:
+            self._job_available.notify_all()
+
+    # -- workflows ----------------------------------------------------------------
+
+    def _after_step_finished(self, row: JobRow, now: datetime, touched: set[WorkflowId]) -> None:
+        """The same-call workflow effects of a step that may just have finished."""
+        if row.workflow_id is None or row.state not in FINISHED_JOB_STATES:
+            return
+        touched.add(row.workflow_id)
+        if row.state is JobState.SUCCEEDED:
+            self._release_dependents(row, now)
+        else:
+            self._cancel_dependents(row, now)
+
+    def _release_dependents(self, row: JobRow, now: datetime) -> None:
+        """Event ``release`` for each pending dependent whose last dependency was ``row``."""
+        for dependent_id in row.dependents:
+            dependent = self._jobs[dependent_id]
+            if dependent.state is not JobState.PENDING or self._waits(dependent):
+                continue
+            target = self._resolve(dependent, JobEvent.RELEASE, now)
+            dependent.args = self._released_args(dependent)
+            if target is not JobState.SCHEDULED:
+                dependent.run_at = now
+            self._enter(dependent, target, now)
+
+    def _released_args(self, row: JobRow) -> tuple[JSON, ...]:
+        """The args of a job whose dependencies succeeded: its input's value, if it
+        takes one, in front of its own args."""
+        if row.input is None:
+            return row.own_args
+        results = {job_id: self._jobs[job_id].result for job_id in ref_indexes(row.input)}
+        return (copy_json(map_ref(row.input, results)), *row.own_args)
+
+    def _cancel_dependents(self, row: JobRow, now: datetime) -> None:
+        """Cancel every unfinished step depending on ``row``, directly or not."""
+        reason = dependency_reason(row.id, row.state)
+        seen: set[JobId] = set()
+        stack = list(row.dependents)
+        while stack:
+            dependent = self._jobs[stack.pop()]
+            if dependent.id in seen:
+                continue
+            seen.add(dependent.id)
+            stack.extend(dependent.dependents)
+            if dependent.state is JobState.RUNNING:
+                dependent.cancel_requested = True
+            elif dependent.state not in FINISHED_JOB_STATES:
+                target = self._resolve(dependent, JobEvent.CANCEL, now)
+                self._enter(dependent, target, now, reason=reason)
+
+    def _settle_workflows(self, touched: Iterable[WorkflowId], now: datetime) -> None:
+        """Derive each touched workflow's state from its steps; change it through the table."""
+        for workflow_id in sorted(touched):
+            workflow = self._workflows[workflow_id]
+            target = _derived_state(self._jobs[step].state for step in workflow.steps)
+            if target is workflow.state:
+                continue
+            WORKFLOW.event_for(workflow.state, target, subject=workflow_id)
+            workflow.state = target
+            workflow.finished_at = None if target is WorkflowState.RUNNING else now
+
+    # -- lookups --------------------------------------------------------------------
+
+    def _rows_of(self, ids: Iterable[JobId]) -> list[JobRow]:
+        """The rows of ``ids`` in order; ``JobNotFound`` names the first missing id."""
+        rows: list[JobRow] = []
+        for job_id in ids:
+            row = self._jobs.get(job_id)
+            if row is None:
+                raise JobNotFound(job_id)
+            rows.append(row)
+        return rows
+
+    def _workflow(self, workflow_id: WorkflowId) -> WorkflowRow:
+        if isinstance(workflow_id, bool) or not isinstance(workflow_id, int):
+            raise InvalidRequest(f"workflow id must be an int, not {workflow_id!r}")
+        workflow = self._workflows.get(workflow_id)
+        if workflow is None:
+            raise WorkflowNotFound(workflow_id)
+        return workflow
+
+
+def _check_queues(queues: object) -> tuple[str, ...]:
+    """A non-empty sequence of queue names (a bare string is refused, not split)."""
+    if isinstance(queues, str) or not isinstance(queues, Sequence) or not queues:
+        raise InvalidRequest(f"queues must be a non-empty list of queue names, not {queues!r}")
+    for queue in queues:
+        check_name(queue, "queue name")
+    return tuple(dict.fromkeys(queues))
+
+
+def _refusal(row: JobRow, token: str) -> LeaseLost | None:
+    """The report of a fenced item on ``row`` with ``token``, or None if the lease is live."""
+    if row.state is JobState.RUNNING and row.lease_token == token:
+        return None
+    return LeaseLost.stale(row.id, token, row.state)
+
+
+def _utc(moment: datetime) -> datetime:
+    """The same instant in UTC: every datetime the driver stores and returns is UTC."""
+    return moment.astimezone(UTC)
+
+
+def _finished_before(row: JobRow, cutoff: datetime) -> bool:
+    return row.finished_at is not None and row.finished_at < cutoff
+
+
+def _matches(row: JobRow, where: JobFilter) -> bool:
+    return (
+        (where.states is None or row.state in where.states)
+        and (where.task is None or row.task == where.task)
+        and (where.queue is None or row.queue == where.queue)
+        and (where.workflow_id is None or row.workflow_id == where.workflow_id)
+        and (where.after_id is None or row.id > where.after_id)
+    )
+
+
+def _derived_state(step_states: Iterable[JobState]) -> WorkflowState:
+    """A workflow's state as the SPI derives it from its steps' states."""
+    states = set(step_states)
+    if JobState.DEAD in states:
+        return WorkflowState.FAILED
+    if JobState.CANCELLED in states:
+        return WorkflowState.CANCELLED
+    if states == {JobState.SUCCEEDED}:
+        return WorkflowState.SUCCEEDED
+    return WorkflowState.RUNNING
