@@ -350,3 +350,26 @@ def test_app_cancelled_workflow_runs_no_step(app: App) -> None:
     assert {step.state for step in status.steps} == {JobState.CANCELLED}
     with pytest.raises(WorkflowFailed, match=WORKFLOW_CANCELLED):
         handle.result()
+
+
+def test_app_runs_the_first_example_of_the_docs(app: App) -> None:
+    @app.task(name="count_words")
+    def count_words(text: str) -> int:
+        return len(text.split())
+
+    @app.task(name="add")
+    def add(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task(name="label")
+    def label(total: int, unit: str) -> str:
+        return f"{total} {unit}"
+
+    workflow = chain(
+        chord([count_words.s("a b"), count_words.s("c d e")], add.s()),
+        label.s(unit="words"),
+    )
+    handle = app.enqueue(workflow)
+    work(app)
+    assert handle.wait(timeout=5) == WorkflowState.SUCCEEDED
+    assert handle.result() == "5 words"
