@@ -1,1 +1,74 @@
-"""The conformance suite: one example-based test per rule of the contract."""
+"""The conformance suite: one example-based test per rule of the contract.
+
+Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
+is checked by one test (some parametrised over the states or operations the
+rule covers), grouped by area: enqueueing, leasing, fencing, failing,
+snoozing, maintenance, operators, reading, bad input, workflows, waiting.
+Time is a :class:`~taskharbor.spec.FakeClock` made by each test, so every
+timestamp is compared exactly (to the microsecond).
+
+To prove a driver, subclass :class:`ConformanceSuite` in a test module and
+give it a ``driver_factory`` fixture: a callable that takes a clock and
+returns a fresh, empty store using that clock::
+
+    import pytest
+    from taskharbor.conformance import ConformanceSuite
+
+    class TestMyDriver(ConformanceSuite):
+        @pytest.fixture
+        def driver_factory(self):
+            return lambda clock: MyDriver(clock=clock)
+
+Each test calls the factory once and then ``migrate()`` on the new store;
+closing it, if it needs closing, is the factory's business (make the fixture
+a generator and close what it made after ``yield``).  Tests that need an
+optional ability (see :class:`~taskharbor.spec.Capabilities`) are skipped,
+with the reason, for a driver that does not declare it.
+"""
+
+from __future__ import annotations
+
+from .bad_input import BadInputRules
+from .enqueueing import EnqueueingRules
+from .failing import FailingRules
+from .fencing import FencingRules
+from .harness import Harbor, requires
+from .leasing import LeasingRules
+from .maintenance import PromotingRules, PruningRules, RescuingRules
+from .operators import CancellingRules, RequeueingRules
+from .reading import ReadingRules
+from .snoozing import SnoozingRules
+from .waiting import WaitingRules
+from .workflows import (
+    WorkflowCancellationRules,
+    WorkflowDataRules,
+    WorkflowFailureRules,
+    WorkflowPruningRules,
+    WorkflowShapeRules,
+)
+
+
+class ConformanceSuite(
+    EnqueueingRules,
+    LeasingRules,
+    FencingRules,
+    FailingRules,
+    SnoozingRules,
+    PromotingRules,
+    RescuingRules,
+    PruningRules,
+    CancellingRules,
+    RequeueingRules,
+    ReadingRules,
+    BadInputRules,
+    WorkflowShapeRules,
+    WorkflowDataRules,
+    WorkflowFailureRules,
+    WorkflowCancellationRules,
+    WorkflowPruningRules,
+    WaitingRules,
+):
+    """Every rule of the contract as a test; subclass it with a ``driver_factory`` fixture."""
+
+
+__all__ = ["ConformanceSuite", "Harbor", "requires"]

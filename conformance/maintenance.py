@@ -1,0 +1,131 @@
+"""Rules of ``promote``, ``rescue`` and ``prune``: the jobs time moves on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from taskharbor.spec import CANCELLED_BY_REQUEST, JobNotFound, JobState, PromoteResult
+from taskharbor.spec.records import LEASE_EXPIRED_MESSAGE, LEASE_EXPIRED_TYPE
+
+from .harness import Harbor, HarborFixture
+
+
+class PromotingRules(HarborFixture):
+    def test_promote_makes_due_scheduled_and_retrying_jobs_available(self, harbor: Harbor) -> None:
+        scheduled = harbor.job_in(JobState.SCHEDULED)
+        retrying = harbor.job_in(JobState.RETRYING)
+        harbor.advance(3600 + 7)
+        assert harbor.driver.promote() == PromoteResult(promoted=2, next_due=None)
+        for job in (scheduled, retrying):
+            stored = harbor.get(job.id)
+            assert stored.state is JobState.AVAILABLE
+            assert stored.run_at == job.run_at
+
+    def test_promote_takes_jobs_due_exactly_now(self, harbor: Harbor) -> None:
+        job = harbor.enqueue(run_at=harbor.later(5))
+        harbor.clock.set(job.run_at)
+        assert harbor.driver.promote().promoted == 1
+        assert harbor.get(job.id).state is JobState.AVAILABLE
+
+    def test_promote_leaves_future_jobs_and_tells_the_next_due(self, harbor: Harbor) -> None:
+        due = harbor.enqueue(run_at=harbor.later(1))
+        later = harbor.enqueue(run_at=harbor.later(90))
+        sooner = harbor.enqueue(run_at=harbor.later(30.5))
+        harbor.advance(2)
+        assert harbor.driver.promote() == PromoteResult(promoted=1, next_due=sooner.run_at)
+        assert harbor.get(due.id).state is JobState.AVAILABLE
+        assert {harbor.get(job.id).state for job in (later, sooner)} == {JobState.SCHEDULED}
+
+    def test_promote_with_nothing_due_changes_nothing(self, harbor: Harbor) -> None:
+        assert harbor.driver.promote() == PromoteResult(promoted=0, next_due=None)
+        job = harbor.enqueue(run_at=harbor.later(10))
+        before = harbor.snapshot()
+        assert harbor.driver.promote() == PromoteResult(promoted=0, next_due=job.run_at)
+        assert harbor.snapshot() == before
+
+
+class RescuingRules(HarborFixture):
+    def test_rescue_makes_an_expired_job_available_and_counts_the_attempt(
+        self, harbor: Harbor
+    ) -> None:
+        job = harbor.running(max_attempts=3)
+        harbor.advance(100)
+        assert harbor.driver.rescue() == [job.id]
+        stored = harbor.get(job.id)
+        assert stored.state is JobState.AVAILABLE
+        assert stored.attempt == 1
+        assert stored.run_at == harbor.now()
+        assert (stored.lease_token, stored.lease_expires_at, stored.leased_by) == (None, None, None)
+        assert stored.finished_at is None
+        (error,) = stored.errors
+        assert (error.attempt, error.at) == (1, harbor.now())
+        assert (error.type, error.message) == (LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE)
+
+    def test_rescue_takes_leases_expiring_exactly_now_and_leaves_live_ones(
+        self, harbor: Harbor
+    ) -> None:
+        expiring = harbor.lease_job(harbor.enqueue(queue="a"), lease_seconds=10)
+        live = harbor.lease_job(harbor.enqueue(queue="b"), lease_seconds=10.000001)
+        assert expiring.lease_expires_at is not None
+        harbor.clock.set(expiring.lease_expires_at)
+        assert harbor.driver.rescue() == [expiring.id]
+        assert harbor.get(live.id) == live
+
+    def test_rescue_returns_the_ids_ascending(self, harbor: Harbor) -> None:
+        jobs = [harbor.enqueue(queue=f"q{index}") for index in range(3)]
+        for job in reversed(jobs):
+            harbor.lease_job(job)
+        harbor.advance(60)
+        assert harbor.driver.rescue() == [job.id for job in jobs]
+        assert harbor.driver.rescue() == []
+
+    def test_rescue_of_the_last_attempt_is_dead(self, harbor: Harbor) -> None:
+        job = harbor.running(max_attempts=1)
+        harbor.advance(60)
+        assert harbor.driver.rescue() == [job.id]
+        stored = harbor.get(job.id)
+        assert stored.state is JobState.DEAD
+        assert stored.finished_at == harbor.now()
+        assert [error.type for error in stored.errors] == [LEASE_EXPIRED_TYPE]
+
+    def test_rescue_of_a_job_asked_to_cancel_is_cancelled(self, harbor: Harbor) -> None:
+        job = harbor.running(max_attempts=3)
+        harbor.driver.cancel([job.id])
+        harbor.advance(60)
+        assert harbor.driver.rescue() == [job.id]
+        stored = harbor.get(job.id)
+        assert stored.state is JobState.CANCELLED
+        assert stored.reason == CANCELLED_BY_REQUEST
+        assert stored.finished_at == harbor.now()
+        assert stored.cancel_requested is False
+        assert [error.type for error in stored.errors] == [LEASE_EXPIRED_TYPE]
+
+
+class PruningRules(HarborFixture):
+    def test_prune_deletes_jobs_finished_before_the_horizon(self, harbor: Harbor) -> None:
+        finished = [
+            harbor.job_in(state)
+            for state in (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)
+        ]
+        horizon = harbor.advance(0.000001)
+        assert harbor.driver.prune(horizon) == 3
+        for job in finished:
+            with pytest.raises(JobNotFound):
+                harbor.get(job.id)
+
+    def test_prune_keeps_jobs_finished_at_or_after_the_horizon(self, harbor: Harbor) -> None:
+        job = harbor.job_in(JobState.SUCCEEDED)
+        assert job.finished_at is not None
+        harbor.advance(60)
+        assert harbor.driver.prune(job.finished_at) == 0
+        assert harbor.get(job.id) == job
+
+    def test_prune_keeps_unfinished_jobs(self, harbor: Harbor) -> None:
+        for state in JobState:
+            if state not in (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED):
+                harbor.job_in(state)
+        before = harbor.snapshot()
+        assert harbor.driver.prune(harbor.now() + timedelta(days=365)) == 0
+        assert harbor.snapshot() == before

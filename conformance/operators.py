@@ -1,0 +1,88 @@
+"""Rules of the operator actions ``cancel`` and ``requeue``."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskharbor.spec import CANCELLED_BY_REQUEST, InvalidTransition, JobState
+from taskharbor.spec.table import FINISHED_JOB_STATES, QUEUED_JOB_STATES
+
+from .harness import Harbor, HarborFixture
+
+REQUEUABLE = (JobState.DEAD, JobState.CANCELLED)
+
+
+class CancellingRules(HarborFixture):
+    @pytest.mark.parametrize("state", sorted(QUEUED_JOB_STATES))
+    def test_cancel_ends_a_queued_job_at_once(self, harbor: Harbor, state: JobState) -> None:
+        job = harbor.job_in(state)
+        harbor.advance(1)
+        (cancelled,) = harbor.driver.cancel([job.id])
+        assert cancelled.state is JobState.CANCELLED
+        assert cancelled.finished_at == harbor.now()
+        assert cancelled.reason == CANCELLED_BY_REQUEST
+        assert (cancelled.attempt, cancelled.errors) == (job.attempt, job.errors)
+        assert harbor.get(job.id) == cancelled
+
+    def test_cancel_of_a_running_job_only_asks_and_heartbeat_tells(self, harbor: Harbor) -> None:
+        job = harbor.running()
+        (asked,) = harbor.driver.cancel([job.id])
+        assert asked.state is JobState.RUNNING
+        assert asked.cancel_requested is True
+        assert (asked.finished_at, asked.reason) == (None, None)
+        assert (asked.lease_token, asked.lease_expires_at) == (
+            job.lease_token,
+            job.lease_expires_at,
+        )
+        beat = harbor.driver.heartbeat([harbor.lease_ref(job)], 30)
+        assert beat.cancel_requested == frozenset({job.id})
+        assert beat.lost == ()
+
+    def test_cancel_of_a_job_already_asked_to_cancel_leaves_it_as_it_is(
+        self, harbor: Harbor
+    ) -> None:
+        job = harbor.running()
+        (asked,) = harbor.driver.cancel([job.id])
+        harbor.advance(1)
+        assert harbor.driver.cancel([job.id]) == [asked]
+        assert harbor.get(job.id) == asked
+
+    @pytest.mark.parametrize("state", sorted(FINISHED_JOB_STATES))
+    def test_cancel_of_a_finished_job_raises_and_changes_nothing(
+        self, harbor: Harbor, state: JobState
+    ) -> None:
+        waiting = harbor.job_in(JobState.AVAILABLE)
+        finished = harbor.job_in(state)
+        before = harbor.snapshot()
+        with pytest.raises(InvalidTransition):
+            harbor.driver.cancel([waiting.id, finished.id])
+        assert harbor.snapshot() == before
+
+
+class RequeueingRules(HarborFixture):
+    @pytest.mark.parametrize("state", REQUEUABLE)
+    def test_requeue_puts_a_dead_or_cancelled_job_back_with_attempts_reset(
+        self, harbor: Harbor, state: JobState
+    ) -> None:
+        job = harbor.job_in(state, max_attempts=2)
+        harbor.advance(5)
+        (requeued,) = harbor.driver.requeue([job.id])
+        assert requeued.state is JobState.AVAILABLE
+        assert requeued.attempt == 0
+        assert requeued.run_at == harbor.now()
+        assert (requeued.finished_at, requeued.reason, requeued.result) == (None, None, None)
+        assert requeued.cancel_requested is False
+        assert requeued.errors == job.errors
+        assert harbor.get(job.id) == requeued
+        assert harbor.lease_job(job).attempt == 1
+
+    @pytest.mark.parametrize("state", [state for state in JobState if state not in REQUEUABLE])
+    def test_requeue_of_any_other_state_raises_and_changes_nothing(
+        self, harbor: Harbor, state: JobState
+    ) -> None:
+        dead = harbor.job_in(JobState.DEAD)
+        other = harbor.job_in(state)
+        before = harbor.snapshot()
+        with pytest.raises(InvalidTransition):
+            harbor.driver.requeue([dead.id, other.id])
+        assert harbor.snapshot() == before
