@@ -1,0 +1,580 @@
+"""The SQLite driver: the durable embedded default, safe for several processes on one machine.
+
+One file holds the store, in WAL mode so readers never wait for the writer.
+Every mutating call is one ``BEGIN IMMEDIATE`` transaction: SQLite lets one
+writer at a time take it (others wait up to the busy timeout), so two
+processes never lease the same job, fencing checks and their writes are
+atomic, and a workflow step's release or cascade commits with the call that
+finished the step.  Idempotency keys are guarded by a partial ``UNIQUE``
+index.  ``synchronous = FULL``: a call that
+returned is on disk, even across a power loss.
+
+Each thread gets its own connection (SQLite connections are not meant to be
+shared between threads); :meth:`SQLiteDriver.close` closes all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+from taskharbor.spec import (
+    CANCELLED_BY_REQUEST,
+    FINISHED_JOB_STATES,
+    JOB,
+    WORKFLOW,
+    WORKFLOW_CANCELLED,
+    Capabilities,
+    Clock,
+    Completion,
+    Driver,
+    EnqueueRequest,
+    EnqueueResult,
+    Failure,
+    HeartbeatResult,
+    InvalidRequest,
+    InvalidTransition,
+    JobEvent,
+    JobFilter,
+    JobId,
+    JobRecord,
+    JobState,
+    LeaseLost,
+    LeaseRef,
+    PromoteResult,
+    SnoozeRequest,
+    SystemClock,
+    WorkflowEvent,
+    WorkflowGraph,
+    WorkflowId,
+    WorkflowNotFound,
+    WorkflowRecord,
+    WorkflowState,
+)
+from taskharbor.spec.records import (
+    LEASE_EXPIRED_MESSAGE,
+    LEASE_EXPIRED_TYPE,
+    check_aware,
+    check_batch,
+    check_lease_seconds,
+    check_name,
+    job_ids,
+    map_ref,
+)
+from taskharbor.spec.table import NEW, QUEUED_JOB_STATES
+
+from . import sqlite_schema
+from .sqlite_rows import (
+    dump_json,
+    error_entry,
+    from_micros,
+    job_record,
+    load_json,
+    to_micros,
+    workflow_record,
+)
+from .sqlite_sql import AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS, literal_list, target_case
+from .sqlite_writes import Writes
+
+BUSY_TIMEOUT_SECONDS = 30.0
+"""How long a call waits for another process's write transaction before failing."""
+
+_INSERT_JOB = """
+    INSERT INTO jobs (
+        task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts,
+        created_at, idempotency_key, workflow_id, depends_on, step_args, step_input
+    )
+    VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)
+    RETURNING *
+"""
+
+_PROMOTE_CASE, _PROMOTE_PARAMS = target_case(JobEvent.PROMOTE)
+_PROMOTE = f"UPDATE jobs SET state = {_PROMOTE_CASE} WHERE {DUE_ROWS} AND run_at <= :now"
+_NEXT_DUE = f"SELECT MIN(run_at) FROM jobs WHERE {DUE_ROWS}"
+
+_RESCUE_CASE, _RESCUE_PARAMS = target_case(JobEvent.LEASE_EXPIRED)
+_FINISHED = literal_list(FINISHED_JOB_STATES)
+_RESCUE = f"""
+    UPDATE jobs SET
+        state = expired.target,
+        errors = json_insert(errors, '$[#]', json_object(
+            'attempt', attempt, 'at', :now, 'type', :error_type,
+            'message', :error_message, 'traceback', NULL)),
+        run_at = CASE WHEN expired.target = :available THEN :now ELSE run_at END,
+        finished_at = CASE WHEN expired.target IN {_FINISHED} THEN :now ELSE finished_at END,
+        reason = CASE WHEN expired.target = :cancelled THEN :by_request ELSE reason END,
+        lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, cancel_requested = 0
+    FROM (
+        SELECT id, {_RESCUE_CASE} AS target FROM jobs
+        WHERE {LEASED_ROWS} AND lease_expires_at <= :now
+    ) AS expired
+    WHERE jobs.id = expired.id
+    RETURNING jobs.id, jobs.state, jobs.workflow_id
+"""
+
+_PRUNE_JOBS = f"""
+    DELETE FROM jobs
+    WHERE workflow_id IS NULL AND state IN {_FINISHED} AND finished_at < :horizon
+"""
+_PRUNABLE_WORKFLOWS = f"state IN {literal_list({WorkflowState.SUCCEEDED, WorkflowState.CANCELLED})}"
+_PRUNE_WORKFLOW_STEPS = f"""
+    DELETE FROM jobs WHERE workflow_id IN (
+        SELECT w.id FROM workflows AS w
+        WHERE w.{_PRUNABLE_WORKFLOWS} AND NOT EXISTS (
+            SELECT 1 FROM jobs AS step
+            WHERE step.workflow_id = w.id
+            AND NOT (step.state IN {_FINISHED} AND COALESCE(step.finished_at < :horizon, 0))
+        )
+    )
+"""
+_PRUNE_WORKFLOWS = f"""
+    DELETE FROM workflows
+    WHERE {_PRUNABLE_WORKFLOWS}
+    AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.workflow_id = workflows.id)
+"""
+
+
+class SQLiteDriver(Driver):
+    """A job store in one SQLite file.  Implements :class:`~taskharbor.spec.spi.Driver`.
+
+    ``migrate=True`` creates or upgrades the schema when the store is opened;
+    with ``False`` (an operator runs ``taskharbor migrate``) a store whose
+    schema is not current raises :class:`~taskharbor.spec.errors.SchemaError`
+    at its first call.  A file that is not a TaskHarbor SQLite store raises
+    :class:`~taskharbor.drivers.sqlite_schema.DatabaseFileError` and is left
+    untouched.
+    """
+
+    capabilities = Capabilities(persistent=True, multi_process=True)
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        migrate: bool = True,
+    ) -> None:
+        self.clock = clock or SystemClock()
+        self.path = Path(os.fspath(path))
+        if str(path) in ("", ":memory:"):
+            raise InvalidRequest(
+                f"SQLiteDriver needs a file path, not {str(path)!r} (for a store in memory "
+                "use the memory driver)"
+            )
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        self._schema_current = False
+        sqlite_schema.check_path(self.path)
+        conn = self._connection()
+        if migrate:
+            self.migrate()
+        else:
+            sqlite_schema.stored_version(conn, self.path)
+
+    # -- lifecycle of the store ---------------------------------------------------
+
+    def migrate(self) -> None:
+        sqlite_schema.migrate(self._connection(), self.path)
+        self._schema_current = True
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork: never share one with a parent)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid() and not self._closed:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise InvalidRequest(f"the SQLite store {self.path} is closed")
+            try:
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=BUSY_TIMEOUT_SECONDS,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error as exc:
+                raise sqlite_schema.DatabaseFileError(f"cannot open {self.path}: {exc}") from exc
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._connections.append(conn)
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[Writes]:
+        """One SPI call: ``BEGIN IMMEDIATE`` (or a read snapshot), committed only if it returns."""
+        conn = self._connection()
+        if not self._schema_current:
+            sqlite_schema.require_current(conn, self.path)
+            self._schema_current = True
+        now = self.clock.now()
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield Writes(conn, now)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- producing ----------------------------------------------------------------
+
+    def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        check_batch(requests, EnqueueRequest, "enqueue")
+        with self._transaction() as tx:
+            return [self._insert(tx, request) for request in requests]
+
+    def _insert(
+        self,
+        tx: Writes,
+        request: EnqueueRequest,
+        *,
+        workflow_id: WorkflowId | None = None,
+        depends_on: tuple[JobId, ...] = (),
+        step_input: object = None,
+    ) -> EnqueueResult:
+        """Event ``enqueue`` for one request; a job holding its idempotency key wins.
+
+        The key is looked up before inserting so that a hit does not use up a job
+        id (ids stay gapless, as in the reference model).  Inside the call's
+        ``BEGIN IMMEDIATE`` no other writer runs between lookup and insert, and
+        the UNIQUE index on the key refuses a duplicate whatever happens.
+        """
+        if request.idempotency_key is not None:
+            holder = tx.conn.execute(
+                "SELECT * FROM jobs WHERE idempotency_key = ?", (request.idempotency_key,)
+            ).fetchone()
+            if holder is not None:
+                return EnqueueResult(job_record(holder), created=False)
+        run_at = tx.now_us if request.run_at is None else to_micros(request.run_at)
+        facts = {"waits_on_dependencies": bool(depends_on), "run_at_in_future": run_at > tx.now_us}
+        state = JobState(JOB.resolve(JobEvent.ENQUEUE, NEW, facts))
+        args = dump_json(list(request.args))
+        row = tx.conn.execute(
+            _INSERT_JOB,
+            (
+                request.task,
+                request.queue,
+                state.value,
+                args,
+                dump_json(dict(request.kwargs)),
+                request.priority,
+                run_at,
+                request.max_attempts,
+                tx.now_us,
+                request.idempotency_key,
+                workflow_id,
+                dump_json(list(depends_on)),
+                None if workflow_id is None else args,
+                None if step_input is None else dump_json(step_input),
+            ),
+        ).fetchone()
+        return EnqueueResult(job_record(row), created=True)
+
+    def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
+        if not isinstance(graph, WorkflowGraph):
+            raise InvalidRequest(f"enqueue_workflow needs a WorkflowGraph, not {graph!r}")
+        with self._transaction() as tx:
+            workflow_id = tx.conn.execute(
+                "INSERT INTO workflows (name, state, result, created_at) VALUES (?, ?, ?, ?) "
+                "RETURNING id",
+                (graph.name, WorkflowState.RUNNING.value, dump_json(None), tx.now_us),
+            ).fetchone()["id"]
+            ids: list[JobId] = []
+            for step in graph.steps:
+                index_to_id = dict(enumerate(ids))
+                result = self._insert(
+                    tx,
+                    step.request,
+                    workflow_id=workflow_id,
+                    depends_on=tuple(ids[index] for index in step.after),
+                    step_input=None if step.input is None else map_ref(step.input, index_to_id),
+                )
+                ids.append(result.job.id)
+            result_ref = map_ref(graph.result, dict(enumerate(ids)))
+            tx.conn.execute(
+                "UPDATE workflows SET result = ? WHERE id = ?", (dump_json(result_ref), workflow_id)
+            )
+            return self._workflow(tx, workflow_id)
+
+    # -- consuming ------------------------------------------------------------------
+
+    def lease(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker_id: str,
+    ) -> list[JobRecord]:
+        if not isinstance(queues, list | tuple) or not queues:
+            raise InvalidRequest("lease: give at least one queue name")
+        for queue in queues:
+            check_name(queue, "queue name")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidRequest(f"lease: limit must be an int >= 1, not {limit!r}")
+        seconds = check_lease_seconds(lease_seconds)
+        check_name(worker_id, "worker id")
+        target = JobState(JOB.resolve(JobEvent.LEASE, JobState.AVAILABLE))
+        queue_list = list(dict.fromkeys(queues))
+        marks = ", ".join("?" * len(queue_list))
+        with self._transaction() as tx:
+            expires = to_micros(tx.now + timedelta(seconds=seconds))
+            ready = tx.conn.execute(
+                f"SELECT id FROM jobs WHERE {AVAILABLE_ROWS} AND queue IN ({marks}) "
+                "ORDER BY priority DESC, run_at, id LIMIT ?",
+                (*queue_list, limit),
+            ).fetchall()
+            return [
+                job_record(
+                    tx.conn.execute(
+                        "UPDATE jobs SET state = ?, attempt = attempt + 1, lease_token = ?, "
+                        "lease_expires_at = ?, leased_by = ? WHERE id = ? RETURNING *",
+                        (target.value, secrets.token_hex(16), expires, worker_id, row["id"]),
+                    ).fetchone()
+                )
+                for row in ready
+            ]
+
+    def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
+        check_batch(leases, LeaseRef, "heartbeat")
+        seconds = check_lease_seconds(lease_seconds)
+        lost: list[LeaseLost] = []
+        cancel_requested: set[JobId] = set()
+        with self._transaction() as tx:
+            expires = to_micros(tx.now + timedelta(seconds=seconds))
+            for ref, row in zip(leases, tx.rows([ref.job_id for ref in leases]), strict=True):
+                if not _live(row, ref.token):
+                    lost.append(LeaseLost.stale(row["id"], ref.token, JobState(row["state"])))
+                    continue
+                tx.move(row, JobEvent.HEARTBEAT, lease_expires_at=expires)
+                if row["cancel_requested"]:
+                    cancel_requested.add(row["id"])
+        return HeartbeatResult(tuple(lost), frozenset(cancel_requested))
+
+    def complete(self, completions: Sequence[Completion]) -> list[LeaseLost]:
+        check_batch(completions, Completion, "complete")
+        with self._transaction() as tx:
+            lost, live = _fence(tx, completions)
+            for item, row in live:
+                state = tx.move(row, JobEvent.SUCCEED, result=dump_json(item.result))
+                tx.after_step_finished(row["id"], state, row["workflow_id"])
+            return lost
+
+    def fail(self, failures: Sequence[Failure]) -> list[LeaseLost]:
+        check_batch(failures, Failure, "fail")
+        with self._transaction() as tx:
+            lost, live = _fence(tx, failures)
+            for item, row in live:
+                facts = {
+                    "cancel_requested": bool(row["cancel_requested"]),
+                    "permanent": item.permanent,
+                    "attempts_exhausted": row["attempt"] >= row["max_attempts"],
+                }
+                target = tx.resolve(row, JobEvent.FAIL, facts)
+                entry = error_entry(row["attempt"], tx.now, item.error)
+                errors = dump_json([*load_json(row["errors"]), entry])
+                if target == JobState.RETRYING:
+                    retry_at = tx.now_us if item.retry_at is None else to_micros(item.retry_at)
+                    tx.apply(row, target, errors=errors, run_at=retry_at)
+                else:
+                    tx.apply(row, target, errors=errors)
+                tx.after_step_finished(row["id"], target, row["workflow_id"])
+            return lost
+
+    def snooze(self, requests: Sequence[SnoozeRequest]) -> list[LeaseLost]:
+        check_batch(requests, SnoozeRequest, "snooze")
+        with self._transaction() as tx:
+            lost, live = _fence(tx, requests)
+            for item, row in live:
+                facts = {"cancel_requested": bool(row["cancel_requested"])}
+                target = tx.resolve(row, JobEvent.SNOOZE, facts)
+                if target == JobState.SCHEDULED:
+                    tx.apply(row, target, attempt=row["attempt"] - 1, run_at=to_micros(item.run_at))
+                else:
+                    tx.apply(row, target, attempt=row["attempt"] - 1)
+                tx.after_step_finished(row["id"], target, row["workflow_id"])
+            return lost
+
+    # -- operators --------------------------------------------------------------------
+
+    def cancel(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
+        ids = job_ids(job_ids_, "cancel")
+        with self._transaction() as tx:
+            for row in tx.rows(ids):
+                if row["id"] in tx.touched:
+                    continue  # cancelled already by an earlier item's workflow cascade
+                if row["state"] == JobState.RUNNING:
+                    tx.request_cancel(row["id"])
+                    continue
+                state = tx.move(row, JobEvent.CANCEL, reason=CANCELLED_BY_REQUEST)
+                tx.after_step_finished(row["id"], state, row["workflow_id"])
+            return [job_record(row) for row in tx.rows(ids)]
+
+    def requeue(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
+        ids = job_ids(job_ids_, "requeue")
+        with self._transaction() as tx:
+            for row in tx.rows(ids):
+                if row["id"] in tx.touched:
+                    continue  # requeued already with an earlier item's workflow
+                tx.requeue(row)
+                workflow_id = row["workflow_id"]
+                if workflow_id is None:
+                    continue
+                cancelled_steps = tx.conn.execute(
+                    "SELECT * FROM jobs WHERE workflow_id = ? AND state = ? ORDER BY id",
+                    (workflow_id, JobState.CANCELLED.value),
+                ).fetchall()
+                for step in cancelled_steps:
+                    tx.requeue(step)
+                tx.derive_workflow(workflow_id)
+            return [job_record(row) for row in tx.rows(ids)]
+
+    # -- maintenance --------------------------------------------------------------------
+
+    def promote(self) -> PromoteResult:
+        with self._transaction() as tx:
+            promoted = tx.conn.execute(_PROMOTE, {**_PROMOTE_PARAMS, "now": tx.now_us}).rowcount
+            next_due = tx.conn.execute(_NEXT_DUE).fetchone()[0]
+        return PromoteResult(promoted, None if next_due is None else from_micros(next_due))
+
+    def rescue(self) -> list[JobId]:
+        params: dict[str, object] = {
+            **_RESCUE_PARAMS,
+            "error_type": LEASE_EXPIRED_TYPE,
+            "error_message": LEASE_EXPIRED_MESSAGE,
+            "available": JobState.AVAILABLE.value,
+            "cancelled": JobState.CANCELLED.value,
+            "by_request": CANCELLED_BY_REQUEST,
+        }
+        with self._transaction() as tx:
+            rescued = tx.conn.execute(_RESCUE, {**params, "now": tx.now_us}).fetchall()
+            rescued.sort(key=lambda row: row["id"])
+            for row in rescued:
+                tx.after_step_finished(row["id"], JobState(row["state"]), row["workflow_id"])
+            return [row["id"] for row in rescued]
+
+    def prune(self, finished_before: datetime) -> int:
+        check_aware(finished_before, "finished_before")
+        horizon = {"horizon": to_micros(finished_before)}
+        with self._transaction() as tx:
+            deleted = tx.conn.execute(_PRUNE_JOBS, horizon).rowcount
+            deleted += tx.conn.execute(_PRUNE_WORKFLOW_STEPS, horizon).rowcount
+            tx.conn.execute(_PRUNE_WORKFLOWS)
+            return deleted
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
+        ids = job_ids(job_ids_, "get", distinct=False)
+        with self._transaction(write=False) as tx:
+            return [job_record(row) for row in tx.rows(ids)]
+
+    def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        if not isinstance(where, JobFilter):
+            raise InvalidRequest(f"list_jobs needs a JobFilter, not {where!r}")
+        conditions: list[str] = []
+        params: list[object] = []
+        if where.states is not None:
+            states = sorted(where.states)
+            conditions.append(f"state IN ({', '.join('?' * len(states))})")
+            params.extend(state.value for state in states)
+        for column, value in (
+            ("task", where.task),
+            ("queue", where.queue),
+            ("workflow_id", where.workflow_id),
+        ):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                params.append(value)
+        if where.after_id is not None:
+            conditions.append("id > ?")
+            params.append(where.after_id)
+        clause = " AND ".join(conditions) or "1"
+        with self._transaction(write=False) as tx:
+            rows = tx.conn.execute(
+                f"SELECT * FROM jobs WHERE {clause} ORDER BY id LIMIT ?", (*params, where.limit)
+            ).fetchall()
+        return [job_record(row) for row in rows]
+
+    def count(self) -> Mapping[tuple[str, JobState], int]:
+        with self._transaction(write=False) as tx:
+            rows = tx.conn.execute(
+                "SELECT queue, state, COUNT(*) AS n FROM jobs GROUP BY queue, state"
+            ).fetchall()
+        return {(row["queue"], JobState(row["state"])): row["n"] for row in rows}
+
+    def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        with self._transaction(write=False) as tx:
+            return self._workflow(tx, workflow_id)
+
+    def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        with self._transaction() as tx:
+            workflow = self._workflow(tx, workflow_id)
+            if workflow.state in WORKFLOW.final_states:
+                allowed = set(WORKFLOW.states) - WORKFLOW.final_states
+                raise InvalidTransition(
+                    "workflow", workflow_id, WorkflowEvent.CANCEL, workflow.state, allowed
+                )
+            for step in tx.rows(workflow.steps):
+                if step["state"] == JobState.RUNNING:
+                    tx.request_cancel(step["id"])
+                elif step["state"] in QUEUED_JOB_STATES:
+                    tx.move(step, JobEvent.CANCEL, reason=WORKFLOW_CANCELLED)
+            tx.derive_workflow(workflow_id)
+            return self._workflow(tx, workflow_id)
+
+    def _workflow(self, tx: Writes, workflow_id: WorkflowId) -> WorkflowRecord:
+        if isinstance(workflow_id, bool) or not isinstance(workflow_id, int):
+            raise WorkflowNotFound(workflow_id)
+        row = tx.conn.execute("SELECT * FROM workflows WHERE id = ?", (workflow_id,)).fetchone()
+        if row is None:
+            raise WorkflowNotFound(workflow_id)
+        steps = tx.conn.execute(
+            "SELECT id FROM jobs WHERE workflow_id = ? ORDER BY id", (workflow_id,)
+        ).fetchall()
+        return workflow_record(row, tuple(step["id"] for step in steps))
+
+
+def _live(row: sqlite3.Row, token: str) -> bool:
+    """A lease is live while the job is running under that token (expired or not)."""
+    return bool(row["state"] == JobState.RUNNING and row["lease_token"] == token)
+
+
+_Fenced = TypeVar("_Fenced", Completion, Failure, SnoozeRequest)
+
+
+def _fence(
+    tx: Writes, items: Sequence[_Fenced]
+) -> tuple[list[LeaseLost], list[tuple[_Fenced, sqlite3.Row]]]:
+    """Split fenced items into refused ones (reported) and live ones with their rows.
+
+    The rows are read once, before anything is applied: each item's event is
+    resolved on its job as it was when the call began.
+    """
+    lost: list[LeaseLost] = []
+    live: list[tuple[_Fenced, sqlite3.Row]] = []
+    for item, row in zip(items, tx.rows([item.job_id for item in items]), strict=True):
+        if _live(row, item.token):
+            live.append((item, row))
+        else:
+            lost.append(LeaseLost.stale(row["id"], item.token, JobState(row["state"])))
+    return lost, live

@@ -1,0 +1,176 @@
+"""The SQLite store's schema and its versioned migrations.
+
+The schema version lives in the ``taskharbor_meta`` table.  :func:`migrate`
+applies the missing migration steps in one ``BEGIN IMMEDIATE`` transaction, so
+several processes may start at once on a new file.  A file this module does
+not recognise is never written to: not SQLite, corrupt, another
+application's database, or a schema newer than this version knows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from taskharbor.spec import SchemaError, TaskHarborError
+
+from .sqlite_sql import ALL_STATES, AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS
+
+META_TABLE = "taskharbor_meta"
+_VERSION_KEY = "schema_version"
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class DatabaseFileError(TaskHarborError):
+    """The database file cannot be used: not SQLite, corrupt, another
+    application's database, or a path that cannot be opened for writing.
+    Nothing was written to it."""
+
+
+_V1 = (
+    f"""
+    CREATE TABLE {META_TABLE} (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE workflows (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT,
+        state TEXT NOT NULL,
+        result TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER
+    )
+    """,
+    # step_args / step_input: a workflow step's own args and its input ref
+    # (job ids), from which ``args`` is rebuilt at release and requeue.
+    f"""
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        task TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN {ALL_STATES}),
+        args TEXT NOT NULL,
+        kwargs TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        run_at INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        idempotency_key TEXT,
+        lease_token TEXT,
+        lease_expires_at INTEGER,
+        leased_by TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        result TEXT NOT NULL DEFAULT 'null',
+        errors TEXT NOT NULL DEFAULT '[]',
+        finished_at INTEGER,
+        reason TEXT,
+        workflow_id INTEGER REFERENCES workflows (id),
+        depends_on TEXT NOT NULL DEFAULT '[]',
+        step_args TEXT,
+        step_input TEXT
+    )
+    """,
+    f"CREATE INDEX jobs_lease ON jobs (queue, priority DESC, run_at, id) WHERE {AVAILABLE_ROWS}",
+    f"CREATE INDEX jobs_due ON jobs (run_at) WHERE {DUE_ROWS}",
+    f"CREATE INDEX jobs_lease_expiry ON jobs (lease_expires_at) WHERE {LEASED_ROWS}",
+    "CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL",
+    "CREATE INDEX jobs_workflow ON jobs (workflow_id) WHERE workflow_id IS NOT NULL",
+    "CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (idempotency_key) "
+    "WHERE idempotency_key IS NOT NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+"""Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this code reads and writes."""
+
+
+def check_path(path: Path) -> None:
+    """Refuse a path that cannot hold our database, before SQLite opens it."""
+    if path.exists():
+        if not path.is_file():
+            raise DatabaseFileError(f"{path} is not a regular file")
+        with path.open("rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+        if header and header != _SQLITE_HEADER:
+            raise DatabaseFileError(
+                f"{path} is not an SQLite database (no SQLite header); refusing to touch it"
+            )
+    elif not path.parent.is_dir():
+        raise DatabaseFileError(f"cannot create {path}: {path.parent} is not a directory")
+
+
+def stored_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of the open file (0 for an empty one).
+
+    Raises :class:`DatabaseFileError` for a corrupt file or another
+    application's database, :class:`SchemaError` for a version newer than ours.
+    """
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if META_TABLE not in tables:
+            others = sorted(tables - {"sqlite_sequence"})
+            if others:
+                raise DatabaseFileError(
+                    f"{path} is an SQLite database but not a TaskHarbor store "
+                    f"(it has {', '.join(others)}); refusing to add tables to it"
+                )
+            return 0
+        row = conn.execute(
+            f"SELECT value FROM {META_TABLE} WHERE key = ?", (_VERSION_KEY,)
+        ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseFileError(f"{path} cannot be read as an SQLite database: {exc}") from exc
+    if row is None or not str(row[0]).isdigit():
+        raise DatabaseFileError(f"{path} has a {META_TABLE} table without a schema version")
+    version = int(row[0])
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} has schema version {version}, newer than {SCHEMA_VERSION}, the newest "
+            "this TaskHarbor knows: upgrade TaskHarbor to use it"
+        )
+    return version
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`; idempotent and safe to race.
+
+    The version is read inside the write transaction, so of several processes
+    migrating at once one applies the steps and the others find them done.
+    """
+    stored_version(conn, path)  # refuse foreign or newer files before any write
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseFileError(f"cannot write to {path}: {exc}") from exc
+    try:
+        version = stored_version(conn, path)
+        for steps in MIGRATIONS[version:]:
+            for statement in steps:
+                conn.execute(statement)
+        if version < SCHEMA_VERSION:
+            conn.execute(
+                f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_VERSION_KEY, str(SCHEMA_VERSION)),
+            )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def require_current(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise :class:`SchemaError` unless the schema is exactly :data:`SCHEMA_VERSION`."""
+    version = stored_version(conn, path)
+    if version < SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} has schema version {version}, older than {SCHEMA_VERSION}, which this "
+            "TaskHarbor needs: run `taskharbor migrate` (or open it with migrate=True)"
+        )

@@ -1,0 +1,80 @@
+"""The spec's transition table, compiled into SQL for the SQLite driver.
+
+Set-based statements (promote, rescue) decide each row's target state in SQL:
+:func:`target_case` turns the ordered guard choices of ``JOB.options(event,
+source)`` into a ``CASE`` expression, with every guard name mapped to a SQL
+predicate on the row and every state passed as a parameter.
+
+Partial indexes cannot take parameters, so the row predicates they index on
+(and that the queries repeat, so the planner can use them) are built here from
+the :class:`JobState` members, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+
+from taskharbor.spec import JOB, JobEvent, JobState
+
+GUARD_SQL: Mapping[str, str] = {
+    "cancel_requested": "cancel_requested <> 0",
+    "attempts_exhausted": "attempt >= max_attempts",
+    "run_at_in_future": "run_at > :now",
+}
+"""Each job guard a set-based statement needs, as a predicate on the ``jobs`` row."""
+
+
+def literal(state: StrEnum) -> str:
+    """A job or workflow state as a SQL string literal (for DDL and index predicates only)."""
+    return "'" + state.value.replace("'", "''") + "'"
+
+
+def literal_list(states: Iterable[StrEnum]) -> str:
+    """``(s1, s2, ...)`` of literals, sorted so that the text is stable."""
+    return "(" + ", ".join(literal(state) for state in sorted(states)) + ")"
+
+
+def _states(event: JobEvent) -> frozenset[JobState]:
+    return frozenset(JobState(source) for source in JOB.sources(event))
+
+
+AVAILABLE_ROWS = f"state = {literal(JobState.AVAILABLE)}"
+"""Rows a worker may lease (the lease index's predicate)."""
+
+DUE_ROWS = f"state IN {literal_list(_states(JobEvent.PROMOTE))}"
+"""Rows waiting for their ``run_at`` (the promote index's predicate)."""
+
+LEASED_ROWS = f"state IN {literal_list(_states(JobEvent.LEASE_EXPIRED))}"
+"""Rows holding a lease (the rescue index's predicate)."""
+
+ALL_STATES = literal_list(JobState)
+"""Every persisted state, for the ``CHECK`` constraint on the state column."""
+
+
+def target_case(event: JobEvent) -> tuple[str, dict[str, str]]:
+    """A SQL ``CASE`` giving the row's target state for ``event``, and its parameters.
+
+    Choices are tried in the spec's order, so the first whose guards hold wins,
+    exactly as ``JOB.resolve`` does.  A row whose state the event does not apply
+    to gets ``NULL``.  Parameters are named ``:<event>_<n>`` and hold state
+    values; the guard predicates may also use ``:now``.
+    """
+    whens: list[str] = []
+    params: dict[str, str] = {}
+
+    def param(value: str) -> str:
+        name = f"{event.value}_{len(params)}"
+        params[name] = value
+        return f":{name}"
+
+    for source in sorted(JOB.sources(event)):
+        for choice in JOB.options(event, source):
+            condition = f"state = {param(source)}"
+            if choice.guards:
+                missing = [guard for guard in choice.guards if guard not in GUARD_SQL]
+                if missing:
+                    raise RuntimeError(f"no SQL for guard(s) {missing} of event {event.value}")
+                condition += " AND (" + " OR ".join(GUARD_SQL[g] for g in choice.guards) + ")"
+            whens.append(f"WHEN {condition} THEN {param(choice.target)}")
+    return "CASE " + " ".join(whens) + " END", params

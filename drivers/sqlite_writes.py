@@ -1,0 +1,233 @@
+"""The writes of one SQLite driver call, inside its ``BEGIN IMMEDIATE`` transaction.
+
+Every per-job state change goes through :meth:`Writes.move` (or
+:meth:`Writes.resolve` then :meth:`Writes.apply`), which asks the spec's
+transition table for the target and applies the field effects
+:mod:`taskharbor.spec.spi` lists for the event.  The workflow effects of a
+finished step (release, cascade, the derived workflow state) are written here
+too, so they commit or roll back with the call that caused them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from taskharbor.spec import (
+    CANCELLED_BY_REQUEST,
+    FINISHED_JOB_STATES,
+    JOB,
+    WORKFLOW,
+    JobEvent,
+    JobId,
+    JobNotFound,
+    JobState,
+    WorkflowId,
+    WorkflowState,
+    dependency_reason,
+)
+from taskharbor.spec.records import map_ref
+
+from .sqlite_rows import dump_json, load_json, to_micros
+
+_LEASE_CLEARED: Mapping[str, Any] = {
+    "lease_token": None,
+    "lease_expires_at": None,
+    "leased_by": None,
+    "cancel_requested": 0,
+}
+"""Columns reset when a job leaves ``running``."""
+
+_ID_CHUNK = 500
+"""Ids per ``IN (...)`` list, well under SQLite's limit on parameters."""
+
+
+class Writes:
+    """State changes of one call: the connection in a write transaction, and "now"."""
+
+    def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.now_us = to_micros(now)
+        self.touched: set[JobId] = set()
+        """Jobs this call has changed so far."""
+
+    # -- reading inside the transaction ----------------------------------------
+
+    def rows(self, job_ids: Sequence[JobId]) -> list[sqlite3.Row]:
+        """The jobs' rows in the order asked; ``JobNotFound`` names the first missing id."""
+        found = self.rows_by_id(job_ids)
+        for job_id in job_ids:
+            if job_id not in found:
+                raise JobNotFound(job_id)
+        return [found[job_id] for job_id in job_ids]
+
+    def rows_by_id(self, job_ids: Iterable[JobId]) -> dict[JobId, sqlite3.Row]:
+        wanted = list(dict.fromkeys(job_ids))
+        found: dict[JobId, sqlite3.Row] = {}
+        for start in range(0, len(wanted), _ID_CHUNK):
+            chunk = wanted[start : start + _ID_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for row in self.conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk):
+                found[row["id"]] = row
+        return found
+
+    def _steps(self, workflow_id: WorkflowId) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT * FROM jobs WHERE workflow_id = ? ORDER BY id", (workflow_id,)
+        ).fetchall()
+
+    def _unsucceeded(self, job_ids: Sequence[JobId]) -> bool:
+        """Whether any of these jobs has not succeeded."""
+        return any(row["state"] != JobState.SUCCEEDED for row in self.rows(job_ids))
+
+    # -- moving one job through the table ---------------------------------------
+
+    def resolve(
+        self, row: sqlite3.Row, event: JobEvent, facts: Mapping[str, bool] | None = None
+    ) -> JobState:
+        """The target of ``event`` for the job in ``row`` (``InvalidTransition`` if none)."""
+        return JobState(JOB.resolve(event, row["state"], facts, subject=row["id"]))
+
+    def apply(self, row: sqlite3.Row, target: JobState, **changes: Any) -> None:
+        """Write ``target`` and the event's ``changes``, plus the effects every event
+        shares: ``finished_at`` when the job finishes, the default cancellation
+        reason, and the lease fields cleared when it leaves ``running``."""
+        if target in FINISHED_JOB_STATES:
+            changes.setdefault("finished_at", self.now_us)
+        if target == JobState.CANCELLED:
+            changes.setdefault("reason", CANCELLED_BY_REQUEST)
+        if row["state"] == JobState.RUNNING and target != JobState.RUNNING:
+            changes = {**_LEASE_CLEARED, **changes}
+        self.update(row["id"], state=target.value, **changes)
+
+    def move(
+        self,
+        row: sqlite3.Row,
+        event: JobEvent,
+        facts: Mapping[str, bool] | None = None,
+        **changes: Any,
+    ) -> JobState:
+        """Resolve ``event`` for the job in ``row``, apply it, return the new state."""
+        target = self.resolve(row, event, facts)
+        self.apply(row, target, **changes)
+        return target
+
+    def update(self, job_id: JobId, **columns: Any) -> None:
+        """Set columns of one job (names come from this package, never from input)."""
+        self.touched.add(job_id)
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        self.conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id)
+        )
+
+    def request_cancel(self, job_id: JobId) -> None:
+        """A running job is only asked to stop; its worker sees it at the next heartbeat."""
+        self.update(job_id, cancel_requested=1)
+
+    def requeue(self, row: sqlite3.Row) -> None:
+        """Event ``requeue``: back to ``pending`` while the step still waits, else ``available``."""
+        depends_on = load_json(row["depends_on"])
+        facts = {"waits_on_dependencies": bool(depends_on) and self._unsucceeded(depends_on)}
+        target = self.resolve(row, JobEvent.REQUEUE, facts)
+        changes: dict[str, Any] = {
+            "attempt": 0,
+            "run_at": self.now_us,
+            "cancel_requested": 0,
+            "finished_at": None,
+            "reason": None,
+            "result": dump_json(None),
+        }
+        if row["step_args"] is not None:
+            changes["args"] = self._step_args(row, released=target != JobState.PENDING)
+        self.apply(row, target, **changes)
+
+    # -- workflows ----------------------------------------------------------------
+
+    def after_step_finished(
+        self, job_id: JobId, state: JobState, workflow_id: WorkflowId | None
+    ) -> None:
+        """Release or cancel a finished step's dependents, then derive the workflow."""
+        if workflow_id is None or state not in FINISHED_JOB_STATES:
+            return
+        if state == JobState.SUCCEEDED:
+            self._release_dependents(job_id, workflow_id)
+        else:
+            self._cancel_dependents(job_id, state, workflow_id)
+        self.derive_workflow(workflow_id)
+
+    def _release_dependents(self, job_id: JobId, workflow_id: WorkflowId) -> None:
+        """Event ``release`` for each pending step whose last dependency just succeeded."""
+        pending = self.conn.execute(
+            "SELECT * FROM jobs WHERE workflow_id = ? AND state = ? ORDER BY id",
+            (workflow_id, JobState.PENDING.value),
+        ).fetchall()
+        for step in pending:
+            depends_on = load_json(step["depends_on"])
+            if job_id not in depends_on or self._unsucceeded(depends_on):
+                continue
+            in_future = step["run_at"] > self.now_us
+            self.move(
+                step,
+                JobEvent.RELEASE,
+                {"run_at_in_future": in_future},
+                run_at=step["run_at"] if in_future else self.now_us,
+                args=self._step_args(step, released=True),
+            )
+
+    def _cancel_dependents(self, job_id: JobId, state: JobState, workflow_id: WorkflowId) -> None:
+        """Event ``cancel`` for every step that depends on ``job_id``, directly or not.
+
+        Those steps are all ``pending``: a step leaves ``pending`` only once
+        every step it depends on has succeeded, and ``succeeded`` is final.
+        """
+        reason = dependency_reason(job_id, state)
+        dependents = {job_id}
+        for step in self._steps(workflow_id):  # ascending ids: a topological order
+            if dependents.intersection(load_json(step["depends_on"])):
+                dependents.add(step["id"])
+                if step["state"] == JobState.PENDING:
+                    self.move(step, JobEvent.CANCEL, reason=reason)
+
+    def _step_args(self, step: sqlite3.Row, *, released: bool) -> str:
+        """A step's own args, with its input put in front once it is released."""
+        own = load_json(step["step_args"])
+        if step["step_input"] is None or not released:
+            return dump_json(own)
+        depends_on = load_json(step["depends_on"])
+        results = {
+            dep: load_json(row["result"]) for dep, row in self.rows_by_id(depends_on).items()
+        }
+        return dump_json([map_ref(load_json(step["step_input"]), results), *own])
+
+    def derive_workflow(self, workflow_id: WorkflowId) -> None:
+        """Set the workflow's state from its steps' states, through the workflow table."""
+        current = WorkflowState(
+            self.conn.execute(
+                "SELECT state FROM workflows WHERE id = ?", (workflow_id,)
+            ).fetchone()["state"]
+        )
+        states = {
+            JobState(row["state"])
+            for row in self.conn.execute(
+                "SELECT DISTINCT state FROM jobs WHERE workflow_id = ?", (workflow_id,)
+            )
+        }
+        if JobState.DEAD in states:
+            target = WorkflowState.FAILED
+        elif JobState.CANCELLED in states:
+            target = WorkflowState.CANCELLED
+        elif states == {JobState.SUCCEEDED}:
+            target = WorkflowState.SUCCEEDED
+        else:
+            target = WorkflowState.RUNNING
+        if target == current:
+            return
+        WORKFLOW.event_for(current, target, subject=workflow_id)
+        finished_at = None if target == WorkflowState.RUNNING else self.now_us
+        self.conn.execute(
+            "UPDATE workflows SET state = ?, finished_at = ? WHERE id = ?",
+            (target.value, finished_at, workflow_id),
+        )
