@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -68,7 +69,7 @@ class Store:
 
 def enqueue(driver: Driver, workflow: Item) -> WorkflowHandle:
     def request_for(signature: Signature) -> EnqueueRequest:
-        return EnqueueRequest(signature.task, signature.args, signature.kwargs)
+        return EnqueueRequest(signature.task, signature.args, signature.kwargs, **signature.opts)
 
     record = driver.enqueue_workflow(build_graph(workflow, request_for))
     return WorkflowHandle(Store(driver), record.id)
@@ -108,8 +109,13 @@ HANDLERS: dict[str, Handler] = {
 
 
 @pytest.fixture
-def driver(driver_factory: DriverFactory) -> Driver:
-    return driver_factory(FakeClock())
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def driver(driver_factory: DriverFactory, clock: FakeClock) -> Driver:
+    return driver_factory(clock)
 
 
 def test_chain_passes_each_result_to_the_next_step(driver: Driver) -> None:
@@ -144,6 +150,22 @@ def test_nested_groups_give_nested_lists(driver: Driver) -> None:
     handle = enqueue(driver, group(group(s("echo", 1), s("echo", 2)), s("echo", 3)))
     run(driver, HANDLERS)
     assert handle.result() == [[1, 2], 3]
+
+
+def test_a_step_run_at_counts_from_enqueue_not_from_release(
+    driver: Driver, clock: FakeClock
+) -> None:
+    later = clock.now() + timedelta(seconds=60)
+    handle = enqueue(driver, chain(s("echo", 1), s("add", 2).options(run_at=later)))
+    run(driver, HANDLERS)
+    assert [step.state for step in handle.status().steps] == [
+        JobState.SUCCEEDED,
+        JobState.SCHEDULED,
+    ]
+    clock.set(later)
+    driver.promote()
+    run(driver, HANDLERS)
+    assert handle.result() == 3
 
 
 def test_a_dead_step_fails_the_workflow_and_cancels_its_dependents(driver: Driver) -> None:
