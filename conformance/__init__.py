@@ -2,7 +2,7 @@
 
 Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
-rule covers), grouped by area: enqueueing, leasing, fencing, failing,
+rule covers), grouped by area: enqueueing, leasing, fencing, completing, failing,
 snoozing, maintenance, operators, reading, bad input, workflows, waiting.
 Time is a :class:`~taskharbor.spec.FakeClock` made by each test, so every
 timestamp is compared exactly (to the microsecond).
@@ -29,6 +29,7 @@ with the reason, for a driver that does not declare it.
 from __future__ import annotations
 
 from .bad_input import BadInputRules
+from .completing import CompletingRules
 from .enqueueing import EnqueueingRules
 from .failing import FailingRules
 from .fencing import FencingRules
@@ -52,6 +53,7 @@ class ConformanceSuite(
     EnqueueingRules,
     LeasingRules,
     FencingRules,
+    CompletingRules,
     FailingRules,
     SnoozingRules,
     PromotingRules,

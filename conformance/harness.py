@@ -25,6 +25,7 @@ from taskharbor.spec import (
     ErrorReport,
     Failure,
     FakeClock,
+    InvalidRequest,
     JobFilter,
     JobRecord,
     JobState,
@@ -62,7 +63,7 @@ def requires(*capabilities: str) -> Callable[[_Test], _Test]:
     """
     unknown = sorted(set(capabilities) - _CAPABILITIES)
     if unknown:
-        raise ValueError(f"unknown capabilities {unknown}; known: {sorted(_CAPABILITIES)}")
+        raise InvalidRequest(f"unknown capabilities {unknown}; known: {sorted(_CAPABILITIES)}")
 
     def mark(test: _Test) -> _Test:
         setattr(test, _REQUIRED, capabilities)
@@ -106,14 +107,13 @@ class Harbor:
         assert result.created, "a request without idempotency key must create a job"
         return result.job
 
-    def chain(self, *requests: EnqueueRequest, pass_results: bool = True) -> WorkflowRecord:
-        """A workflow where each step waits for the previous one (and takes its result)."""
+    def chain(self, *requests: EnqueueRequest) -> WorkflowRecord:
+        """A workflow where each step waits for the previous one and takes its result."""
         steps = [StepSpec(requests[0])]
-        for index, request in enumerate(requests[1:], start=1):
-            previous = index - 1
-            steps.append(
-                StepSpec(request, after=(previous,), input=previous if pass_results else None)
-            )
+        steps.extend(
+            StepSpec(request, after=(index - 1,), input=index - 1)
+            for index, request in enumerate(requests[1:], start=1)
+        )
         return self.driver.enqueue_workflow(WorkflowGraph(tuple(steps), result=len(steps) - 1))
 
     # -- consuming ----------------------------------------------------------------

@@ -6,6 +6,7 @@ exactly the step it means.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from taskharbor.spec import (
     EnqueueRequest,
     InvalidTransition,
     JobNotFound,
+    JobRecord,
     JobState,
     ResultRef,
     StepSpec,
@@ -143,6 +145,32 @@ class WorkflowDataRules(HarborFixture):
         released = harbor.get(callback.id)
         assert released.state is JobState.AVAILABLE
         assert released.args == ([0, [1], "two"], "extra")
+
+    def test_a_callback_is_released_once_when_members_finish_at_the_same_instant(
+        self, harbor: Harbor
+    ) -> None:
+        members = 8
+        record = workflow(
+            harbor,
+            *(step(f"m{index}") for index in range(members)),
+            step("callback", after=tuple(range(members)), input=list(range(members))),
+            result=members,
+        )
+        leased = [harbor.lease_job(job) for job in harbor.driver.get(list(record.steps[:-1]))]
+        start = threading.Barrier(members)
+
+        def finish(job: JobRecord) -> None:
+            start.wait()
+            harbor.complete(job, job.task)
+
+        threads = [threading.Thread(target=finish, args=(job,)) for job in leased]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        callback = harbor.get(record.steps[-1])
+        assert callback.state is JobState.AVAILABLE
+        assert callback.args == ([f"m{index}" for index in range(members)],)
 
     def test_a_nested_result_ref_keeps_its_shape(self, harbor: Harbor) -> None:
         record = workflow(
@@ -314,6 +342,19 @@ class WorkflowCancellationRules(HarborFixture):
         stored = harbor.get(a.id)
         assert (stored.state, stored.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
         assert harbor.driver.get_workflow(record.id).state is WorkflowState.CANCELLED
+
+    def test_cancel_workflow_of_a_failed_workflow_cancels_the_rest_and_stays_failed(
+        self, harbor: Harbor
+    ) -> None:
+        record = workflow(harbor, step("a"), step("b"), result=[0, 1])
+        a, b = harbor.driver.get(list(record.steps))
+        failed_at = harbor.advance(1)
+        harbor.fail(harbor.lease_job(a), permanent=True)
+        harbor.advance(1)
+        still_failed = harbor.driver.cancel_workflow(record.id)
+        assert (still_failed.state, still_failed.finished_at) == (WorkflowState.FAILED, failed_at)
+        stored = harbor.get(b.id)
+        assert (stored.state, stored.reason) == (JobState.CANCELLED, WORKFLOW_CANCELLED)
 
     def test_cancel_workflow_of_a_succeeded_workflow_raises(self, harbor: Harbor) -> None:
         record = workflow(harbor, step("a"))
