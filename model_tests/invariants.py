@@ -1,0 +1,93 @@
+"""Invariants of the contract that hold for any store after any call.
+
+They are checked on the model as well as on the driver: the model is the
+oracle, but an oracle that breaks the contract's own invariants is a bug too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+from taskharbor.spec import (
+    FINISHED_JOB_STATES,
+    JobId,
+    JobRecord,
+    JobState,
+    WorkflowRecord,
+    WorkflowState,
+)
+
+from .observe import Snapshot
+
+
+def job_problems(job: JobRecord) -> list[str]:
+    """What is wrong with one stored job on its own."""
+    problems: list[str] = []
+    running = job.state is JobState.RUNNING
+    lease_fields = {
+        "lease_token": job.lease_token,
+        "lease_expires_at": job.lease_expires_at,
+        "leased_by": job.leased_by,
+    }
+    for name, value in lease_fields.items():
+        if (value is not None) != running:
+            problems.append(f"{name}={value!r} while {job.state}")
+    if job.cancel_requested and not running:
+        problems.append(f"cancel_requested while {job.state}")
+    if not 0 <= job.attempt <= job.max_attempts:
+        problems.append(f"attempt {job.attempt} outside 0..max_attempts={job.max_attempts}")
+    finished = job.state in FINISHED_JOB_STATES
+    if (job.finished_at is not None) != finished:
+        problems.append(f"finished_at={job.finished_at} while {job.state}")
+    if (job.reason is not None) != (job.state is JobState.CANCELLED):
+        problems.append(f"reason={job.reason!r} while {job.state}")
+    return [f"job {job.id}: {problem}" for problem in problems]
+
+
+def derived_workflow_state(steps: list[JobRecord]) -> WorkflowState:
+    """The workflow state the contract derives from its steps' states."""
+    states = {step.state for step in steps}
+    if JobState.DEAD in states:
+        return WorkflowState.FAILED
+    if JobState.CANCELLED in states:
+        return WorkflowState.CANCELLED
+    if states == {JobState.SUCCEEDED}:
+        return WorkflowState.SUCCEEDED
+    return WorkflowState.RUNNING
+
+
+def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord]) -> list[str]:
+    missing = [step for step in workflow.steps if step not in jobs]
+    if missing:
+        return [f"workflow {workflow.id}: steps {missing} are gone but the workflow is not"]
+    steps = [jobs[step] for step in workflow.steps]
+    problems: list[str] = []
+    expected = derived_workflow_state(steps)
+    if workflow.state is not expected:
+        problems.append(f"state {workflow.state}, but its steps make it {expected}")
+    if (workflow.finished_at is not None) != (workflow.state is not WorkflowState.RUNNING):
+        problems.append(f"finished_at={workflow.finished_at} while {workflow.state}")
+    for step in steps:
+        if step.workflow_id != workflow.id:
+            problems.append(f"step {step.id} says it belongs to workflow {step.workflow_id}")
+        waiting = any(jobs[dep].state is not JobState.SUCCEEDED for dep in step.depends_on)
+        if step.state is JobState.PENDING and not waiting:
+            problems.append(f"step {step.id} is pending but all its dependencies succeeded")
+    return [f"workflow {workflow.id}: {problem}" for problem in problems]
+
+
+def snapshot_problems(view: Snapshot) -> list[str]:
+    """Every invariant broken by one store's state."""
+    problems: list[str] = []
+    for job in view.jobs.values():
+        problems += job_problems(job)
+    tokens = Counter(job.lease_token for job in view.jobs.values() if job.lease_token)
+    problems += [f"lease token {token!r} held by {n} jobs" for token, n in tokens.items() if n > 1]
+    counted = Counter((job.queue, job.state) for job in view.jobs.values())
+    if dict(counted) != dict(view.counts):
+        problems.append(f"count() {dict(view.counts)} disagrees with the stored jobs {counted}")
+    for workflow in view.workflows.values():
+        if workflow is not None:
+            problems += workflow_problems(workflow, view.jobs)
+    return problems

@@ -1,0 +1,618 @@
+"""The state machine: one driver and the reference model, operation by operation.
+
+Each rule draws one random operation, applies it to both stores (the driver's
+copy of the arguments translated into its own ids and tokens), and compares
+what the two return.  After every rule the invariant :meth:`stores_agree`
+compares everything observable of the two stores and checks the contract's
+invariants on both.  The harness talks in the model's ids throughout (see
+:mod:`taskharbor.model_tests.identity`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import ClassVar, TypeVar
+
+from hypothesis import event
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from taskharbor.spec import (
+    FINISHED_JOB_STATES,
+    Clock,
+    Completion,
+    Driver,
+    ErrorReport,
+    Failure,
+    FakeClock,
+    JobFilter,
+    JobId,
+    JobNotFound,
+    JobRecord,
+    JobState,
+    LeaseLost,
+    LeaseRef,
+    SnoozeRequest,
+    TaskHarborError,
+    WorkflowId,
+)
+from taskharbor.spec.model import ReferenceModel
+from taskharbor.spec.records import JSON
+
+from .divergence import Divergence
+from .identity import IdentityMap
+from .invariants import snapshot_problems
+from .observe import (
+    Snapshot,
+    job_to_model,
+    model_job,
+    sequence_differences,
+    snapshot_differences,
+    snapshot_driver,
+    snapshot_model,
+    workflow_to_model,
+)
+from .strategies import (
+    ERRORS,
+    LARGE_STEPS,
+    LEASE_SECONDS,
+    PRUNE_HORIZONS,
+    QUEUES,
+    REQUESTS,
+    RESULTS,
+    RETRY_DELAYS,
+    SMALL_STEPS,
+    SNOOZE_DELAYS,
+    TASKS,
+    WORKERS,
+    WORKFLOWS,
+    RequestPlan,
+    WorkflowPlan,
+    at,
+    offset,
+)
+
+START = datetime(2030, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
+"""Where every run's clock starts (with microseconds, which a driver must keep)."""
+
+UNKNOWN_IDS = (1_000_000_001, 1_000_000_002)
+"""Ids no store has issued (the harness creates far fewer jobs and workflows)."""
+
+DriverFactory = Callable[[Clock], Driver]
+T = TypeVar("T")
+Item = TypeVar("Item", Completion, Failure, SnoozeRequest)
+
+
+@dataclass(frozen=True, slots=True)
+class _Factory:
+    """Holds the driver factory (a plain class attribute would become a method)."""
+
+    make: DriverFactory
+
+
+REFUSED_CALLS: dict[str, Callable[[Driver], object]] = {
+    "enqueue([])": lambda store: store.enqueue([]),
+    "lease([], ...)": lambda store: store.lease([], 1, 30.0, WORKERS[0]),
+    "lease(limit=0)": lambda store: store.lease([QUEUES[0]], 0, 30.0, WORKERS[0]),
+    "lease(lease_seconds=0)": lambda store: store.lease([QUEUES[0]], 1, 0.0, WORKERS[0]),
+    "heartbeat([])": lambda store: store.heartbeat([], 30.0),
+    "complete([])": lambda store: store.complete([]),
+    "fail([])": lambda store: store.fail([]),
+    "snooze([])": lambda store: store.snooze([]),
+    "cancel([])": lambda store: store.cancel([]),
+    "requeue([])": lambda store: store.requeue([]),
+    "get([])": lambda store: store.get([]),
+}
+"""Malformed calls every store must refuse, by a short description."""
+
+
+def _job_id(value: object) -> JobId:
+    """A job id an error carries (typed ``object`` there), checked to be one."""
+    if not isinstance(value, int):
+        raise Divergence(f"an error names job {value!r}, which is not a job id")
+    return value
+
+
+def _expect(what: str, problems: list[str]) -> None:
+    if problems:
+        raise Divergence(f"{what}:\n  " + "\n  ".join(problems))
+
+
+class DriverVsModel(RuleBasedStateMachine):
+    """Random operations on a driver and on the reference model, compared step by step.
+
+    Not used directly: :func:`driver_state_machine` makes a subclass bound to
+    one driver factory.
+    """
+
+    factory: ClassVar[_Factory]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock(START)
+        self.model: Driver = ReferenceModel(clock=self.clock)
+        self.driver = self.factory.make(self.clock)
+        self.driver.migrate()
+        self.ids = IdentityMap()
+        for unknown in UNKNOWN_IDS:
+            self.ids.link_job(unknown, unknown)
+            self.ids.workflows.link(unknown, unknown)
+        self.created: list[JobId] = []
+        """Every job either store created, by the model's id, in creation order."""
+        self.newest_driver_id = 0
+        self.workflow_ids: list[WorkflowId] = []
+        self.leases: list[LeaseRef] = []
+        """Every lease ever given, in the model's terms: live ones and stale ones."""
+        self.view = Snapshot({}, {}, {})
+        """The model as the last check saw it."""
+        self.pruned: int | None = None
+        """How many jobs the last call deleted, when it was ``prune``."""
+        self.refused = False
+        """The last call raised on both sides, so it must have changed nothing."""
+        self.refusals: tuple[TaskHarborError, TaskHarborError] | None = None
+        """What the model and the driver raised when they last refused a call."""
+
+    def teardown(self) -> None:
+        self.driver.close()
+        self.model.close()
+
+    # -- running one operation on both stores ---------------------------------
+
+    def _both(
+        self, what: str, on_model: Callable[[], T], on_driver: Callable[[], T]
+    ) -> tuple[T, T] | None:
+        """Run an operation on the model and on the driver.
+
+        Returns both results, or None when both refused the call with the
+        same error type (the next check then verifies nothing changed).
+        """
+        model_error: TaskHarborError | None = None
+        expected: T | None = None
+        try:
+            expected = on_model()
+        except TaskHarborError as error:
+            model_error = error
+        try:
+            got = on_driver()
+        except TaskHarborError as error:
+            if model_error is None:
+                raise Divergence(
+                    f"{what}: the driver raised {error!r}; the model returned {expected!r}"
+                ) from error
+            if type(error) is not type(model_error):
+                raise Divergence(
+                    f"{what}: the model raised {type(model_error).__name__} ({model_error}); "
+                    f"the driver raised {type(error).__name__} ({error})"
+                ) from error
+            self.refused = True
+            self.refusals = (model_error, error)
+            event(f"{what.split('(')[0]}: refused with {type(error).__name__}")
+            return None
+        if model_error is not None:
+            raise Divergence(
+                f"{what}: the model raised {type(model_error).__name__} ({model_error}); "
+                f"the driver returned {got!r}"
+            )
+        event(f"{what}: applied")
+        return expected, got  # type: ignore[return-value]  # set: on_model returned
+
+    def _link_new_job(self, model_id: JobId, driver_id: JobId) -> None:
+        if self.created and (model_id <= self.created[-1] or driver_id <= self.newest_driver_id):
+            raise Divergence(
+                f"job ids must increase in enqueue order: model {self.created[-1]} -> {model_id}, "
+                f"driver {self.newest_driver_id} -> {driver_id}"
+            )
+        self.ids.link_job(model_id, driver_id)
+        self.created.append(model_id)
+        self.newest_driver_id = driver_id
+
+    def _driver_ref(self, ref: LeaseRef) -> LeaseRef:
+        return LeaseRef(self.ids.jobs.to_driver(ref.job_id), self.ids.tokens.to_driver(ref.token))
+
+    def _compare_lost(self, what: str, expected: list[LeaseLost], got: list[LeaseLost]) -> None:
+        translated = [
+            LeaseLost(
+                self.ids.jobs.to_model(_job_id(lost.job_id)),
+                self.ids.tokens.to_model(lost.token),
+                lost.state,
+                lost.reason,
+            )
+            for lost in got
+        ]
+        _expect(f"{what}: refused items", sequence_differences("lost", expected, translated))
+
+    def _compare_jobs(
+        self, what: str, expected: Sequence[JobRecord], got: Sequence[JobRecord]
+    ) -> None:
+        translated = [job_to_model(job, self.ids) for job in got]
+        _expect(what, sequence_differences(what, [model_job(j) for j in expected], translated))
+
+    # -- drawing arguments ----------------------------------------------------
+
+    def _draw_leases(self, data: st.DataObject) -> list[LeaseRef]:
+        """One to three leases of distinct jobs, mostly live, some stale."""
+        every = st.sampled_from(self.leases)
+        live = [
+            LeaseRef(job.id, job.lease_token)
+            for job in self.view.jobs.values()
+            if job.lease_token is not None
+        ]
+        choice = st.one_of(st.sampled_from(live), st.sampled_from(live), every) if live else every
+        refs: list[LeaseRef] = data.draw(
+            st.lists(choice, min_size=1, max_size=3, unique_by=lambda ref: ref.job_id),
+            label="leases",
+        )
+        return refs
+
+    def _draw_job_ids(
+        self, data: st.DataObject, preferred: Callable[[JobRecord], bool]
+    ) -> list[JobId]:
+        """One to three distinct job ids.
+
+        Mostly only ``preferred`` jobs (those the call applies to), so that
+        calls succeed; sometimes any job ever created, or an unknown id, so
+        that whole batches are refused.
+        """
+        candidates = [job.id for job in self.view.jobs.values() if preferred(job)]
+        anything = st.one_of(st.sampled_from(self.created), st.sampled_from(UNKNOWN_IDS))
+        mixed = st.lists(anything, min_size=1, max_size=3, unique=True)
+        if candidates:
+            fitting = st.lists(st.sampled_from(candidates), min_size=1, max_size=3, unique=True)
+            mixed = st.one_of(fitting, fitting, fitting, mixed)
+        ids: list[JobId] = data.draw(mixed, label="job ids")
+        return ids
+
+    def _to_driver(self, job_ids: Sequence[JobId]) -> list[JobId]:
+        return [self.ids.jobs.to_driver(job_id) for job_id in job_ids]
+
+    # -- producing ------------------------------------------------------------
+
+    @rule(plans=st.lists(REQUESTS, min_size=1, max_size=3))
+    def enqueue(self, plans: list[RequestPlan]) -> None:
+        batch = [plan.request(self.clock.now()) for plan in plans]
+        outcome = self._both(
+            "enqueue", lambda: self.model.enqueue(batch), lambda: self.driver.enqueue(batch)
+        )
+        if outcome is None:
+            return
+        expected, got = outcome
+        created = ([r.created for r in expected], [r.created for r in got])
+        _expect("enqueue: created flags", [] if created[0] == created[1] else [str(created)])
+        for mine, theirs in zip(expected, got, strict=True):
+            if mine.created:
+                self._link_new_job(mine.job.id, theirs.job.id)
+        self._compare_jobs("enqueue", [r.job for r in expected], [r.job for r in got])
+
+    @rule(plan=WORKFLOWS)
+    def enqueue_workflow(self, plan: WorkflowPlan) -> None:
+        graph = plan.graph(self.clock.now())
+        outcome = self._both(
+            "enqueue_workflow",
+            lambda: self.model.enqueue_workflow(graph),
+            lambda: self.driver.enqueue_workflow(graph),
+        )
+        if outcome is None:
+            return
+        expected, got = outcome
+        if len(expected.steps) != len(got.steps):
+            raise Divergence(f"enqueue_workflow: steps model={expected} driver={got}")
+        self.ids.workflows.link(expected.id, got.id)
+        for mine, theirs in zip(expected.steps, got.steps, strict=True):
+            self._link_new_job(mine, theirs)
+        self.workflow_ids.append(expected.id)
+        _expect(
+            "enqueue_workflow",
+            sequence_differences("workflow", [expected], [workflow_to_model(got, self.ids)]),
+        )
+
+    # -- consuming --------------------------------------------------------------
+
+    @rule(
+        queues=st.lists(st.sampled_from(QUEUES), min_size=1, max_size=2, unique=True),
+        limit=st.integers(1, 3),
+        seconds=st.sampled_from(LEASE_SECONDS),
+        worker=st.sampled_from(WORKERS),
+    )
+    def lease(self, queues: list[str], limit: int, seconds: float, worker: str) -> None:
+        outcome = self._both(
+            "lease",
+            lambda: self.model.lease(queues, limit, seconds, worker),
+            lambda: self.driver.lease(queues, limit, seconds, worker),
+        )
+        if outcome is None:
+            return
+        expected, got = outcome
+        leased = ([job.id for job in expected], [self.ids.jobs.to_model(job.id) for job in got])
+        _expect("lease: jobs leased", [] if leased[0] == leased[1] else [f"{leased}"])
+        for mine, theirs in zip(expected, got, strict=True):
+            if mine.lease_token is None or theirs.lease_token is None:
+                raise Divergence(f"lease: job {mine.id} came back without a lease token")
+            self.ids.tokens.link(mine.lease_token, theirs.lease_token)
+            self.leases.append(LeaseRef(mine.id, mine.lease_token))
+        self._compare_jobs("lease", expected, got)
+
+    @precondition(lambda self: bool(self.leases))
+    @rule(data=st.data(), seconds=st.sampled_from(LEASE_SECONDS))
+    def heartbeat(self, data: st.DataObject, seconds: float) -> None:
+        refs = self._draw_leases(data)
+        outcome = self._both(
+            "heartbeat",
+            lambda: self.model.heartbeat(refs, seconds),
+            lambda: self.driver.heartbeat([self._driver_ref(ref) for ref in refs], seconds),
+        )
+        if outcome is None:
+            return
+        expected, got = outcome
+        self._compare_lost("heartbeat", list(expected.lost), list(got.lost))
+        asked = frozenset(self.ids.jobs.to_model(job_id) for job_id in got.cancel_requested)
+        if asked != expected.cancel_requested:
+            raise Divergence(
+                f"heartbeat: cancel_requested model={sorted(expected.cancel_requested)} "
+                f"driver={sorted(asked)}"
+            )
+
+    def _report(
+        self,
+        what: str,
+        refs: list[LeaseRef],
+        item: Callable[[LeaseRef, int], Item],
+        send: Callable[[Driver, list[Item]], list[LeaseLost]],
+    ) -> None:
+        """Send a fenced report (``item`` per lease, by position) to both stores."""
+        mine = [item(ref, index) for index, ref in enumerate(refs)]
+        theirs = [item(self._driver_ref(ref), index) for index, ref in enumerate(refs)]
+        outcome = self._both(
+            what, lambda: send(self.model, mine), lambda: send(self.driver, theirs)
+        )
+        if outcome is not None:
+            self._compare_lost(what, *outcome)
+
+    @precondition(lambda self: bool(self.leases))
+    @rule(data=st.data(), results=st.lists(RESULTS, min_size=3, max_size=3))
+    def complete(self, data: st.DataObject, results: list[JSON]) -> None:
+        self._report(
+            "complete",
+            self._draw_leases(data),
+            lambda ref, index: Completion(ref.job_id, ref.token, results[index]),
+            lambda store, items: store.complete(items),
+        )
+
+    @precondition(lambda self: bool(self.leases))
+    @rule(
+        data=st.data(),
+        errors=st.lists(ERRORS, min_size=3, max_size=3),
+        retry_delays=st.lists(RETRY_DELAYS, min_size=3, max_size=3),
+        permanent=st.lists(st.booleans(), min_size=3, max_size=3),
+    )
+    def fail(
+        self,
+        data: st.DataObject,
+        errors: list[ErrorReport],
+        retry_delays: list[float | None],
+        permanent: list[bool],
+    ) -> None:
+        now = self.clock.now()
+        self._report(
+            "fail",
+            self._draw_leases(data),
+            lambda ref, index: Failure(
+                ref.job_id, ref.token, errors[index], at(now, retry_delays[index]), permanent[index]
+            ),
+            lambda store, items: store.fail(items),
+        )
+
+    @precondition(lambda self: bool(self.leases))
+    @rule(data=st.data(), delays=st.lists(SNOOZE_DELAYS, min_size=3, max_size=3))
+    def snooze(self, data: st.DataObject, delays: list[float]) -> None:
+        now = self.clock.now()
+        self._report(
+            "snooze",
+            self._draw_leases(data),
+            lambda ref, index: SnoozeRequest(ref.job_id, ref.token, offset(now, delays[index])),
+            lambda store, items: store.snooze(items),
+        )
+
+    # -- operators --------------------------------------------------------------
+
+    @precondition(lambda self: bool(self.created))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        job_ids = self._draw_job_ids(data, lambda job: job.state not in FINISHED_JOB_STATES)
+        outcome = self._both(
+            "cancel",
+            lambda: self.model.cancel(job_ids),
+            lambda: self.driver.cancel(self._to_driver(job_ids)),
+        )
+        if outcome is not None:
+            self._compare_jobs("cancel", *outcome)
+
+    @precondition(lambda self: bool(self.created))
+    @rule(data=st.data())
+    def requeue(self, data: st.DataObject) -> None:
+        finished_badly = (JobState.DEAD, JobState.CANCELLED)
+        job_ids = self._draw_job_ids(data, lambda job: job.state in finished_badly)
+        outcome = self._both(
+            "requeue",
+            lambda: self.model.requeue(job_ids),
+            lambda: self.driver.requeue(self._to_driver(job_ids)),
+        )
+        if outcome is not None:
+            self._compare_jobs("requeue", *outcome)
+
+    @precondition(lambda self: bool(self.workflow_ids))
+    @rule(data=st.data())
+    def cancel_workflow(self, data: st.DataObject) -> None:
+        choice = st.one_of(*[st.sampled_from(self.workflow_ids)] * 4, st.sampled_from(UNKNOWN_IDS))
+        workflow_id: WorkflowId = data.draw(choice, label="workflow id")
+        outcome = self._both(
+            "cancel_workflow",
+            lambda: self.model.cancel_workflow(workflow_id),
+            lambda: self.driver.cancel_workflow(self.ids.workflows.to_driver(workflow_id)),
+        )
+        if outcome is not None:
+            expected, got = outcome
+            _expect(
+                "cancel_workflow",
+                sequence_differences("workflow", [expected], [workflow_to_model(got, self.ids)]),
+            )
+
+    # -- time and maintenance -----------------------------------------------------
+
+    @rule(seconds=st.one_of(st.sampled_from(SMALL_STEPS), st.sampled_from(LARGE_STEPS)))
+    def advance_clock(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def promote(self) -> None:
+        outcome = self._both("promote", self.model.promote, self.driver.promote)
+        if outcome is not None:
+            _expect("promote", sequence_differences("result", [outcome[0]], [outcome[1]]))
+
+    @rule()
+    def rescue(self) -> None:
+        outcome = self._both("rescue", self.model.rescue, self.driver.rescue)
+        if outcome is not None:
+            expected, got = outcome
+            rescued = [self.ids.jobs.to_model(job_id) for job_id in got]
+            _expect("rescue", [] if rescued == expected else [f"model={expected} driver={rescued}"])
+
+    @rule(horizon=st.sampled_from(PRUNE_HORIZONS))
+    def prune(self, horizon: float) -> None:
+        before = offset(self.clock.now(), horizon)
+        outcome = self._both(
+            "prune", lambda: self.model.prune(before), lambda: self.driver.prune(before)
+        )
+        if outcome is not None:
+            expected, got = outcome
+            _expect("prune", [] if expected == got else [f"model deleted {expected}, driver {got}"])
+            self.pruned = expected
+
+    # -- reading ----------------------------------------------------------------
+
+    @precondition(lambda self: bool(self.created))
+    @rule(data=st.data())
+    def get(self, data: st.DataObject) -> None:
+        job_ids = self._draw_job_ids(data, lambda job: True)
+        outcome = self._both(
+            "get",
+            lambda: self.model.get(job_ids),
+            lambda: self.driver.get(self._to_driver(job_ids)),
+        )
+        if outcome is not None:
+            self._compare_jobs("get", *outcome)
+            return
+        model_error, driver_error = self.refusals or (None, None)
+        if isinstance(model_error, JobNotFound) and isinstance(driver_error, JobNotFound):
+            named = self.ids.jobs.to_model(_job_id(driver_error.job_id))
+            if named != model_error.job_id:
+                raise Divergence(f"get {job_ids}: model names {model_error}, driver names {named}")
+
+    @rule(
+        data=st.data(),
+        states=st.one_of(st.none(), st.frozensets(st.sampled_from(JobState), min_size=1)),
+        task=st.one_of(st.none(), st.sampled_from(TASKS)),
+        queue=st.one_of(st.none(), st.sampled_from(QUEUES)),
+        limit=st.integers(1, 5),
+    )
+    def list_jobs(
+        self,
+        data: st.DataObject,
+        states: frozenset[JobState] | None,
+        task: str | None,
+        queue: str | None,
+        limit: int,
+    ) -> None:
+        after_id = data.draw(st.one_of(st.none(), st.sampled_from([0, *self.created])))
+        workflow_id = data.draw(st.one_of(st.none(), st.sampled_from([*self.workflow_ids, 0])))
+        model_filter = JobFilter(states, task, queue, workflow_id, after_id, limit)
+
+        def driver_filter() -> JobFilter:
+            return JobFilter(
+                states,
+                task,
+                queue,
+                workflow_id and self.ids.workflows.to_driver(workflow_id),
+                after_id and self.ids.jobs.to_driver(after_id),
+                limit,
+            )
+
+        outcome = self._both(
+            "list_jobs",
+            lambda: self.model.list_jobs(model_filter),
+            lambda: self.driver.list_jobs(driver_filter()),
+        )
+        if outcome is not None:
+            self._compare_jobs(f"list_jobs({model_filter})", *outcome)
+
+    # -- requests every store must refuse ---------------------------------------
+
+    @rule(call=st.sampled_from(sorted(REFUSED_CALLS)))
+    def refused_call(self, call: str) -> None:
+        """A malformed call: both stores must refuse it alike and change nothing."""
+        attempt = REFUSED_CALLS[call]
+        if self._both(call, lambda: attempt(self.model), lambda: attempt(self.driver)) is not None:
+            raise Divergence(f"{call}: accepted by both the model and the driver")
+
+    @precondition(lambda self: bool(self.created))
+    @rule(data=st.data(), operation=st.sampled_from(["cancel", "requeue"]))
+    def repeated_job_in_batch(self, data: st.DataObject, operation: str) -> None:
+        """A batch naming one job twice is refused (the spec wants distinct jobs)."""
+        job_id = data.draw(st.sampled_from(self.created), label="job id")
+        model_call = getattr(self.model, operation)
+        driver_call = getattr(self.driver, operation)
+        twin = self.ids.jobs.to_driver(job_id)
+        outcome = self._both(
+            f"{operation}([{job_id}, {job_id}])",
+            lambda: model_call([job_id, job_id]),
+            lambda: driver_call([twin, twin]),
+        )
+        if outcome is not None:
+            raise Divergence(f"{operation} of one job twice in a batch: accepted by both")
+
+    # -- after every step ---------------------------------------------------------
+
+    @invariant()
+    def stores_agree(self) -> None:
+        """Everything observable is the same in both stores, and both obey the invariants."""
+        model_view = snapshot_model(self.model, self.workflow_ids)
+        driver_view = snapshot_driver(self.driver, self.workflow_ids, self.ids)
+        problems = [f"model: {problem}" for problem in snapshot_problems(model_view)]
+        problems += [f"driver: {problem}" for problem in snapshot_problems(driver_view)]
+        problems += snapshot_differences(model_view, driver_view)
+        problems += self._unexplained_changes(model_view)
+        _expect("after the step", problems)
+        self.view = model_view
+        self.pruned = None
+        self.refused = False
+
+    def _unexplained_changes(self, now: Snapshot) -> list[str]:
+        if self.refused:
+            return [
+                f"a refused call changed: {change}"
+                for change in snapshot_differences(self.view, now)
+            ]
+        problems = [
+            f"job {job_id} appeared without enqueue"
+            for job_id in sorted(now.jobs.keys() - self.view.jobs.keys() - set(self.created))
+        ]
+        gone = sorted(self.view.jobs.keys() - now.jobs.keys())
+        if self.pruned is None and gone:
+            problems.append(f"jobs {gone} disappeared without prune")
+        elif self.pruned is not None and len(gone) != self.pruned:
+            problems.append(f"prune reported {self.pruned} deleted, but {gone} are gone")
+        problems += [
+            f"pruned job {job_id} was {self.view.jobs[job_id].state}"
+            for job_id in gone
+            if self.view.jobs[job_id].state not in FINISHED_JOB_STATES
+        ]
+        return problems
+
+
+def driver_state_machine(driver_factory: DriverFactory) -> type[DriverVsModel]:
+    """A state machine class comparing fresh stores of ``driver_factory`` with the model."""
+    return type("DriverStateMachine", (DriverVsModel,), {"factory": _Factory(driver_factory)})
+
+
+__all__ = ["DriverFactory", "DriverVsModel", "driver_state_machine"]

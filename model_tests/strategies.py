@@ -1,0 +1,215 @@
+"""Random inputs for the stateful harness.
+
+Pools are deliberately tiny (two tasks, two queues, three idempotency keys,
+three priorities) so that collisions, ties and competing jobs are the rule,
+not the exception.  Times are offsets from the clock's now, chosen to land
+before, on and after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from hypothesis import strategies as st
+
+from taskharbor.spec import EnqueueRequest, ErrorReport, ResultRef, StepSpec, WorkflowGraph
+from taskharbor.spec.records import JSON
+
+TASKS = ("alpha", "beta")
+QUEUES = ("default", "mail")
+WORKERS = ("worker-1", "worker-2")
+IDEMPOTENCY_KEYS = ("key-a", "key-b", "key-c")
+WORKFLOW_NAMES = ("nightly", "report")
+LEASE_SECONDS = (1.0, 5.0, 30.0)
+SMALL_STEPS = (0.25, 1.0, 3.0)
+LARGE_STEPS = (30.0, 600.0, 86_400.0)
+PRUNE_HORIZONS = (-3_600.0, -5.0, 0.0, 10.0)
+"""``finished_before`` offsets from now, for prune: long ago up to a little ahead."""
+
+RESULTS: st.SearchStrategy[JSON] = st.one_of(
+    st.none(),
+    st.integers(-3, 3),
+    st.sampled_from(["ok", ""]),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.dictionaries(st.sampled_from(["n", "s"]), st.integers(0, 3), max_size=2),
+)
+"""Step results: the JSON shapes a workflow step passes on to its dependents."""
+
+
+def offset(now: datetime, seconds: float) -> datetime:
+    return now + timedelta(seconds=seconds)
+
+
+def at(now: datetime, seconds: float | None) -> datetime | None:
+    """``seconds`` after ``now``; None stays None (meaning "now" to the store)."""
+    return None if seconds is None else offset(now, seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """An enqueue request with its ``run_at`` relative to a now not known yet.
+
+    Strategies are built once and drawn from many times, so they cannot know
+    the clock; a plan becomes a request at the moment it is sent.
+    """
+
+    task: str
+    arg: int
+    kwargs: dict[str, bool]
+    queue: str
+    priority: int
+    delay: float | None
+    max_attempts: int
+    idempotency_key: str | None
+
+    def request(self, now: datetime) -> EnqueueRequest:
+        return EnqueueRequest(
+            task=self.task,
+            args=(self.arg,),
+            kwargs=self.kwargs,
+            queue=self.queue,
+            priority=self.priority,
+            run_at=at(now, self.delay),
+            max_attempts=self.max_attempts,
+            idempotency_key=self.idempotency_key,
+        )
+
+
+def _request_plans(keys: st.SearchStrategy[str | None]) -> st.SearchStrategy[RequestPlan]:
+    return st.builds(
+        RequestPlan,
+        task=st.sampled_from(TASKS),
+        arg=st.integers(0, 9),
+        kwargs=st.dictionaries(st.just("flag"), st.booleans()),
+        queue=st.sampled_from(QUEUES),
+        priority=st.integers(-1, 1),
+        delay=st.one_of(st.none(), st.sampled_from([-10.0, 0.0, 2.0, 60.0])),
+        max_attempts=st.integers(1, 3),
+        idempotency_key=keys,
+    )
+
+
+REQUESTS = _request_plans(st.one_of(st.none(), st.sampled_from(IDEMPOTENCY_KEYS)))
+"""Plans of single jobs: run_at in the past, now, soon or later; keys that collide."""
+
+ERRORS = st.builds(
+    ErrorReport,
+    type=st.sampled_from(["ValueError", "Timeout"]),
+    message=st.sampled_from(["boom", ""]),
+    traceback=st.one_of(st.none(), st.just("Traceback (most recent call last): ...")),
+)
+
+RETRY_DELAYS = st.one_of(st.none(), st.sampled_from([-1.0, 0.0, 1.0, 45.0]))
+"""``retry_at`` of a failure, relative to now (None: retry now)."""
+
+SNOOZE_DELAYS = st.sampled_from([0.0, 0.5, 20.0])
+
+
+# -- workflows -------------------------------------------------------------------
+#
+# A workflow is drawn as a small tree of shapes (task, chain, group, chord) and
+# then flattened into the WorkflowGraph a driver stores, wiring each step's
+# ``after`` and ``input`` the way chains, groups and chords do.
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    plan: RequestPlan
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Parts one after the other; ``pass_results`` feeds each part the previous result."""
+
+    parts: tuple[Shape, ...]
+    pass_results: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Parts side by side; the result is the list of their results."""
+
+    parts: tuple[Shape, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Chord:
+    """A group whose results, as a list, feed one callback."""
+
+    header: tuple[Shape, ...]
+    callback: Shape
+
+
+Shape = Task | Chain | Group | Chord
+
+
+class _GraphBuilder:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.steps: list[StepSpec] = []
+
+    def add(
+        self, shape: Shape, after: tuple[int, ...], input: ResultRef | None
+    ) -> tuple[ResultRef, tuple[int, ...]]:
+        """Append ``shape``'s steps; return its result ref and its last steps.
+
+        Every index of the result ref is one of the last steps, so a part
+        that takes this result as input can wait for exactly those steps.
+        """
+        if isinstance(shape, Task):
+            index = len(self.steps)
+            self.steps.append(StepSpec(shape.plan.request(self.now), after=after, input=input))
+            return index, (index,)
+        if isinstance(shape, Chain):
+            result, last = self.add(shape.parts[0], after, input)
+            for part in shape.parts[1:]:
+                result, last = self.add(part, last, result if shape.pass_results else None)
+            return result, last
+        if isinstance(shape, Group):
+            return self._side_by_side(shape.parts, after, input)
+        header, last = self._side_by_side(shape.header, after, input)
+        return self.add(shape.callback, last, header)
+
+    def _side_by_side(
+        self, parts: tuple[Shape, ...], after: tuple[int, ...], input: ResultRef | None
+    ) -> tuple[ResultRef, tuple[int, ...]]:
+        results: list[ResultRef] = []
+        last: list[int] = []
+        for part in parts:
+            result, part_last = self.add(part, after, input)
+            results.append(result)
+            last.extend(part_last)
+        return results, tuple(last)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowPlan:
+    """A workflow shape and name; it becomes a graph at the moment it is sent."""
+
+    shape: Shape
+    name: str | None
+
+    def graph(self, now: datetime) -> WorkflowGraph:
+        builder = _GraphBuilder(now)
+        result, _ = builder.add(self.shape, (), None)
+        return WorkflowGraph(tuple(builder.steps), result, self.name)
+
+
+def _nest(children: st.SearchStrategy[Shape]) -> st.SearchStrategy[Shape]:
+    parts = st.lists(children, min_size=2, max_size=3).map(tuple)
+    return st.one_of(
+        st.builds(Chain, parts, st.booleans()),
+        st.builds(Group, parts),
+        st.builds(Chord, st.lists(children, min_size=1, max_size=3).map(tuple), children),
+    )
+
+
+_STEP_TASKS: st.SearchStrategy[Shape] = _request_plans(st.none()).map(Task)
+
+WORKFLOWS = st.builds(
+    WorkflowPlan,
+    st.recursive(_STEP_TASKS, _nest, max_leaves=5),
+    st.one_of(st.none(), st.sampled_from(WORKFLOW_NAMES)),
+)
+"""Small nested chains, groups and chords (at most five steps); steps carry no keys."""
