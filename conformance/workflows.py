@@ -84,6 +84,12 @@ class WorkflowShapeRules(HarborFixture):
         assert (b.priority, c.args, c.created_at) == (3, (), harbor.now())
         assert harbor.driver.get_workflow(record.id) == record
 
+    def test_workflow_ids_are_positive_and_increase_in_enqueue_order(self, harbor: Harbor) -> None:
+        first = workflow(harbor, step("a"))
+        second = workflow(harbor, step("b"))
+        assert 0 < first.id < second.id
+        assert first.steps[0] < second.steps[0]
+
     def test_a_root_step_due_later_is_scheduled(self, harbor: Harbor) -> None:
         run_at = harbor.later(60)
         record = workflow(harbor, step("a", run_at=run_at))
