@@ -10,7 +10,8 @@ index.  ``synchronous = FULL``: a call that
 returned is on disk, even across a power loss.
 
 Each thread gets its own connection (SQLite connections are not meant to be
-shared between threads); :meth:`SQLiteDriver.close` closes all of them.
+shared between threads); :meth:`SQLiteDriver.close` closes all of them, each
+once the call using it (if any) has returned.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
@@ -141,6 +142,14 @@ _PRUNE_WORKFLOWS = f"""
 """
 
 
+class _Connection(NamedTuple):
+    """One thread's connection; ``lock`` is held while a call uses it."""
+
+    conn: sqlite3.Connection
+    lock: threading.Lock
+    pid: int
+
+
 class SQLiteDriver(Driver):
     """A job store in one SQLite file.  Implements :class:`~taskharbor.spec.spi.Driver`.
 
@@ -170,34 +179,46 @@ class SQLiteDriver(Driver):
             )
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._handles: list[_Connection] = []
         self._closed = False
         self._schema_current = False
         sqlite_schema.check_path(self.path)
-        conn = self._connection()
         if migrate:
             self.migrate()
         else:
-            sqlite_schema.stored_version(conn, self.path)
+            with self._using() as conn:
+                sqlite_schema.stored_version(conn, self.path)
 
     # -- lifecycle of the store ---------------------------------------------------
 
     def migrate(self) -> None:
-        sqlite_schema.migrate(self._connection(), self.path)
+        with self._using() as conn:
+            sqlite_schema.migrate(conn, self.path)
         self._schema_current = True
 
     def close(self) -> None:
+        """Close every thread's connection, each once no call is using it."""
         with self._lock:
             self._closed = True
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
+            handles, self._handles = self._handles, []
+        for handle in handles:
+            with handle.lock:
+                handle.conn.close()
 
-    def _connection(self) -> sqlite3.Connection:
+    @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, held so that :meth:`close` waits for the call."""
+        handle = self._handle()
+        with handle.lock:
+            if self._closed:
+                raise InvalidRequest(f"the SQLite store {self.path} is closed")
+            yield handle.conn
+
+    def _handle(self) -> _Connection:
         """This thread's connection (a new one after a fork: never share one with a parent)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid() and not self._closed:
-            return conn
+        handle: _Connection | None = getattr(self._local, "handle", None)
+        if handle is not None and handle.pid == os.getpid():
+            return handle
         with self._lock:
             if self._closed:
                 raise InvalidRequest(f"the SQLite store {self.path} is closed")
@@ -214,27 +235,27 @@ class SQLiteDriver(Driver):
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            self._connections.append(conn)
-        self._local.conn = conn
-        self._local.pid = os.getpid()
-        return conn
+            handle = _Connection(conn, threading.Lock(), os.getpid())
+            self._handles.append(handle)
+        self._local.handle = handle
+        return handle
 
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[Writes]:
         """One SPI call: ``BEGIN IMMEDIATE`` (or a read snapshot), committed only if it returns."""
-        conn = self._connection()
-        if not self._schema_current:
-            sqlite_schema.require_current(conn, self.path)
-            self._schema_current = True
-        now = self.clock.now()
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield Writes(conn, now)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._using() as conn:
+            if not self._schema_current:
+                sqlite_schema.require_current(conn, self.path)
+                self._schema_current = True
+            now = self.clock.now()
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield Writes(conn, now)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     # -- producing ----------------------------------------------------------------
 
@@ -544,7 +565,7 @@ class SQLiteDriver(Driver):
 
     def _workflow(self, tx: Writes, workflow_id: WorkflowId) -> WorkflowRecord:
         if isinstance(workflow_id, bool) or not isinstance(workflow_id, int):
-            raise WorkflowNotFound(workflow_id)
+            raise InvalidRequest(f"workflow id must be an int, not {workflow_id!r}")
         row = tx.conn.execute("SELECT * FROM workflows WHERE id = ?", (workflow_id,)).fetchone()
         if row is None:
             raise WorkflowNotFound(workflow_id)
