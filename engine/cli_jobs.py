@@ -1,0 +1,316 @@
+"""``taskharbor jobs``, ``dlq`` and ``workflows``: look at jobs and repair them.
+
+Reading is ``get``/``list_jobs``/``get_workflow``; repairing is the driver's
+``cancel`` and ``requeue`` (the spec's ``cancel`` and ``requeue`` events), so
+the store decides, atomically, what each job may do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from taskharbor.spec import Driver, JobFilter, JobId, JobRecord, JobState
+
+from . import cli_render as render
+from .cli_bulk import in_batches
+from .cli_params import JOB_ID, STATE, distinct, since_moment, since_value
+from .cli_shapes import dumps, job_list_shape, job_shape, workflow_shape
+from .cli_store import Session, pass_session
+
+SCAN_PAGE = 1_000
+"""Jobs per ``list_jobs`` call when a command has to look through many."""
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+limit_option = click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=50,
+    show_default=True,
+    help="At most this many jobs.",
+)
+after_option = click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    metavar="ID",
+    help="Only jobs with a larger id (the next page starts after the last id shown).",
+)
+
+
+def scan(driver: Driver, where: JobFilter) -> Iterator[JobRecord]:
+    """Every job matching ``where`` (its limit ignored), by ascending id, page by page."""
+    after = where.after_id
+    while True:
+        page = driver.list_jobs(
+            JobFilter(
+                states=where.states,
+                task=where.task,
+                queue=where.queue,
+                workflow_id=where.workflow_id,
+                after_id=after,
+                limit=SCAN_PAGE,
+            )
+        )
+        yield from page
+        if len(page) < SCAN_PAGE:
+            return
+        after = page[-1].id
+
+
+def list_page(
+    driver: Driver, where: JobFilter, created_since: datetime | None
+) -> tuple[list[JobRecord], JobId | None]:
+    """Up to ``where.limit`` jobs, and the ``--after`` of the next page (None: no more)."""
+    wanted = where.limit
+    if created_since is None:
+        found = driver.list_jobs(
+            JobFilter(
+                states=where.states,
+                task=where.task,
+                queue=where.queue,
+                after_id=where.after_id,
+                limit=wanted + 1,
+            )
+        )
+    else:
+        found = []
+        for job in scan(driver, where):
+            if job.created_at >= created_since:
+                found.append(job)
+                if len(found) > wanted:
+                    break
+    page = found[:wanted]
+    return page, (page[-1].id if len(found) > wanted else None)
+
+
+def print_page(
+    jobs: Sequence[JobRecord],
+    next_after: JobId | None,
+    as_json: bool,
+    table: Callable[[Sequence[JobRecord]], Table] = render.jobs_table,
+) -> None:
+    """A page of jobs as a table (or JSON), with the option that shows the next page."""
+    if as_json:
+        click.echo(dumps(job_list_shape(jobs, next_after)))
+        return
+    console = render.stdout()
+    if not jobs:
+        console.print("no jobs match")
+        return
+    console.print(table(jobs))
+    if next_after is not None:
+        console.print(Text(f"more: add --after {next_after}", style="dim"))
+
+
+@click.group()
+def jobs() -> None:
+    """List, inspect, cancel and retry jobs."""
+
+
+@jobs.command("list")
+@click.option(
+    "--state",
+    "states",
+    type=STATE,
+    multiple=True,
+    help="Only jobs in this state (repeat for several).",
+)
+@click.option("--task", metavar="NAME", help="Only jobs of this task.")
+@click.option("--queue", metavar="NAME", help="Only jobs of this queue.")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    callback=since_value,
+    help="Only jobs created since: a duration ago (30m, 2h, 7d) or an ISO 8601 datetime.",
+)
+@after_option
+@limit_option
+@json_option
+@pass_session
+def list_jobs(
+    session: Session,
+    states: tuple[str, ...],
+    task: str | None,
+    queue: str | None,
+    since: timedelta | datetime | None,
+    after: int | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs by ascending id, a page at a time."""
+    driver = session.driver()
+    where = JobFilter(
+        states=frozenset(JobState(state.lower()) for state in states) or None,
+        task=task,
+        queue=queue,
+        after_id=after,
+        limit=limit,
+    )
+    created_since = None if since is None else since_moment(since, driver.clock.now())
+    page, next_after = list_page(driver, where, created_since)
+    print_page(page, next_after, as_json)
+
+
+@jobs.command("show")
+@click.argument("job_id", type=JOB_ID, metavar="ID")
+@json_option
+@pass_session
+def show_job(session: Session, job_id: int, as_json: bool) -> None:
+    """Show one job: payload, attempts with their errors and tracebacks, result,
+    lease and workflow."""
+    job = session.driver().get([job_id])[0]
+    if as_json:
+        click.echo(dumps(job_shape(job)))
+    else:
+        render.stdout().print(render.job_detail(job))
+
+
+def print_changed(jobs: Sequence[JobRecord], as_json: bool) -> None:
+    """The jobs a bulk command changed: one line each, or ``{"jobs": [...]}``."""
+    if as_json:
+        click.echo(dumps({"jobs": [job_shape(job) for job in jobs]}))
+        return
+    console = render.stdout()
+    for job in jobs:
+        line = Text(f"job {job.id} {job.task}: ")
+        line.append_text(render.state_text(job.state))
+        if job.state == JobState.RUNNING and job.cancel_requested:
+            line.append(" (cancel requested: its worker stops it at the next heartbeat)")
+        console.print(line)
+
+
+@jobs.command("cancel")
+@click.argument("job_ids", type=JOB_ID, nargs=-1, required=True, metavar="ID...")
+@json_option
+@pass_session
+def cancel_jobs(session: Session, job_ids: tuple[int, ...], as_json: bool) -> None:
+    """Cancel jobs. A waiting job is cancelled at once; a running one is asked to
+    stop and ends cancelled when its worker sees the request. A finished job
+    cannot be cancelled: then nothing of that batch changes."""
+    driver = session.driver()
+    print_changed(in_batches(distinct(job_ids), driver.cancel, "cancelled"), as_json)
+
+
+@jobs.command("retry")
+@click.argument("job_ids", type=JOB_ID, nargs=-1, required=True, metavar="ID...")
+@json_option
+@pass_session
+def retry_jobs(session: Session, job_ids: tuple[int, ...], as_json: bool) -> None:
+    """Put dead or cancelled jobs back in the queue, with their attempts reset
+    (their errors are kept). A workflow step's cancelled dependents come back too."""
+    driver = session.driver()
+    print_changed(in_batches(distinct(job_ids), driver.requeue, "requeued"), as_json)
+
+
+@click.group()
+def dlq() -> None:
+    """The dead-letter queue: jobs that used all their attempts or failed permanently."""
+
+
+@dlq.command("list")
+@click.option("--task", metavar="NAME", help="Only dead jobs of this task.")
+@click.option("--queue", metavar="NAME", help="Only dead jobs of this queue.")
+@after_option
+@limit_option
+@json_option
+@pass_session
+def list_dead(
+    session: Session,
+    task: str | None,
+    queue: str | None,
+    after: int | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List dead jobs with their last error."""
+    where = JobFilter(
+        states=frozenset({JobState.DEAD}), task=task, queue=queue, after_id=after, limit=limit
+    )
+    page, next_after = list_page(session.driver(), where, None)
+    print_page(page, next_after, as_json, render.dlq_table)
+
+
+def dead_selection(driver: Driver, job_ids: Sequence[JobId], task: str | None) -> list[JobRecord]:
+    """The dead jobs a ``dlq requeue`` names: the given ids (each must be dead, and of
+    ``task`` if given) or else every dead job (of ``task`` if given)."""
+    if not job_ids:
+        return list(scan(driver, JobFilter(states=frozenset({JobState.DEAD}), task=task)))
+    selected = driver.get(job_ids)
+    for job in selected:
+        if job.state != JobState.DEAD:
+            raise click.ClickException(
+                f"job {job.id} is {job.state}, not dead: dlq requeue takes only dead jobs "
+                "(jobs retry also takes cancelled ones); nothing was requeued"
+            )
+        if task is not None and job.task != task:
+            raise click.ClickException(
+                f"job {job.id} is a {job.task} job, not {task}; nothing was requeued"
+            )
+    return selected
+
+
+@dlq.command("requeue")
+@click.argument("job_ids", type=JOB_ID, nargs=-1, metavar="[ID...]")
+@click.option("--all", "everything", is_flag=True, help="Every dead job (of --task, if given).")
+@click.option("--task", metavar="NAME", help="Only dead jobs of this task.")
+@click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
+@json_option
+@pass_session
+def requeue_dead(
+    session: Session,
+    job_ids: tuple[int, ...],
+    everything: bool,
+    task: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Put dead jobs back in the queue with their attempts reset: the given IDs,
+    or with --all every dead job, or with --task every dead job of that task.
+
+    With --json, prints {"jobs": [...], "dry_run": bool}: the jobs as they are
+    after the requeue (as they are now, for a dry run).
+    """
+    if job_ids and everything:
+        raise click.UsageError("give job ids or --all, not both")
+    if not job_ids and not everything and task is None:
+        raise click.UsageError("say which dead jobs: job ids, --task NAME, or --all")
+    driver = session.driver()
+    selected = dead_selection(driver, distinct(job_ids), task)
+    ids = [job.id for job in selected]
+    changed = selected if dry_run or not ids else in_batches(ids, driver.requeue, "requeued")
+    if as_json:
+        click.echo(dumps({"jobs": [job_shape(job) for job in changed], "dry_run": dry_run}))
+        return
+    console = render.stdout()
+    if not ids:
+        console.print("the dead-letter queue has no such job: nothing to requeue")
+    elif dry_run:
+        console.print(render.dlq_table(selected))
+        console.print(f"would requeue {len(ids)} job(s) (dry run: nothing changed)")
+    else:
+        shown = ", ".join(str(job_id) for job_id in ids[:20])
+        console.print(f"requeued {len(ids)} job(s): {shown}{' ...' if len(ids) > 20 else ''}")
+
+
+@click.group()
+def workflows() -> None:
+    """Inspect workflows (chains, groups, chords)."""
+
+
+@workflows.command("show")
+@click.argument("workflow_id", type=JOB_ID, metavar="ID")
+@json_option
+@pass_session
+def show_workflow(session: Session, workflow_id: int, as_json: bool) -> None:
+    """Show a workflow's steps as a tree, with each step's state."""
+    driver = session.driver()
+    workflow = driver.get_workflow(workflow_id)
+    steps = driver.get(workflow.steps)
+    if as_json:
+        click.echo(dumps(workflow_shape(workflow, steps)))
+    else:
+        render.stdout().print(render.workflow_tree(workflow, steps))

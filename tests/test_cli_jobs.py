@@ -1,0 +1,256 @@
+"""``taskharbor jobs``, ``dlq`` and ``workflows`` against every driver, through ``--app``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from test_cli_support import TRACEBACK, CliStore, cli_store, one_error_line
+
+from taskharbor.spec import CANCELLED_BY_REQUEST, Completion, JobState, WorkflowState
+
+__all__ = ["cli_store"]
+
+
+def ids(shape: dict[str, object]) -> list[int]:
+    jobs = shape["jobs"]
+    assert isinstance(jobs, list)
+    return [job["id"] for job in jobs]
+
+
+def test_jobs_list_json_has_every_field_with_iso_datetimes(cli_store: CliStore) -> None:
+    (job,) = cli_store.enqueue("tasks.send", queue="mail", priority=5)
+    shape = cli_store.json("jobs", "list")
+    assert shape["next_after"] is None
+    (listed,) = shape["jobs"]
+    assert listed["id"] == job.id
+    assert listed["task"] == "tasks.send"
+    assert listed["queue"] == "mail"
+    assert listed["state"] == "available"
+    assert listed["priority"] == 5
+    assert (listed["attempt"], listed["max_attempts"]) == (0, 3)
+    assert listed["args"] == [0] and listed["kwargs"] == {}
+    assert datetime.fromisoformat(listed["created_at"]) == job.created_at
+    assert datetime.fromisoformat(listed["run_at"]) == job.run_at
+    assert listed["finished_at"] is None and listed["lease"] is None
+    assert listed["errors"] == [] and listed["workflow_id"] is None
+
+
+def test_jobs_list_filters_by_state_task_and_queue(cli_store: CliStore) -> None:
+    available = cli_store.enqueue("tasks.add", 2)
+    dead = cli_store.dead("tasks.flaky", 2)
+    done = cli_store.succeeded()
+    assert ids(cli_store.json("jobs", "list", "--state", "dead")) == [j.id for j in dead]
+    both = cli_store.json("jobs", "list", "--state", "DEAD", "--state", "succeeded")
+    assert ids(both) == [j.id for j in dead] + [done.id]
+    assert ids(cli_store.json("jobs", "list", "--task", "tasks.add")) == [j.id for j in available]
+    assert ids(cli_store.json("jobs", "list", "--queue", "done-source")) == [done.id]
+    assert ids(cli_store.json("jobs", "list", "--task", "tasks.add", "--state", "dead")) == []
+
+
+def test_jobs_list_pages_with_after_and_limit(cli_store: CliStore) -> None:
+    jobs = [job.id for job in cli_store.enqueue(count=5)]
+    first = cli_store.json("jobs", "list", "--limit", "2")
+    assert ids(first) == jobs[:2] and first["next_after"] == jobs[1]
+    second = cli_store.json("jobs", "list", "--limit", "2", "--after", str(jobs[1]))
+    assert ids(second) == jobs[2:4] and second["next_after"] == jobs[3]
+    last = cli_store.json("jobs", "list", "--limit", "2", "--after", str(jobs[3]))
+    assert ids(last) == jobs[4:] and last["next_after"] is None
+    table = cli_store.ok("jobs", "list", "--limit", "2").stdout
+    assert f"more: add --after {jobs[1]}" in table
+
+
+def test_jobs_list_since_a_duration_or_a_datetime(cli_store: CliStore) -> None:
+    old = cli_store.enqueue(count=2)
+    cli_store.clock.advance(3 * 3600)
+    new = cli_store.enqueue(count=3)
+    assert ids(cli_store.json("jobs", "list", "--since", "2h")) == [j.id for j in new]
+    assert ids(cli_store.json("jobs", "list", "--since", "4h")) == [j.id for j in old + new]
+    since = old[0].created_at.isoformat()
+    assert ids(cli_store.json("jobs", "list", "--since", since)) == [j.id for j in old + new]
+    paged = cli_store.json("jobs", "list", "--since", "1h", "--limit", "2")
+    assert ids(paged) == [new[0].id, new[1].id] and paged["next_after"] == new[1].id
+
+
+def test_jobs_list_table_fits_80_columns(cli_store: CliStore) -> None:
+    cli_store.enqueue("a.rather.long.module.path.to.some_task_with_a_long_name", queue="q" * 30)
+    cli_store.dead()
+    out = cli_store.ok("jobs", "list").stdout
+    assert "available" in out and "dead" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert cli_store.ok("jobs", "list", "--state", "running").stdout.strip() == "no jobs match"
+
+
+def test_jobs_show_a_dead_job_with_its_errors_and_traceback(cli_store: CliStore) -> None:
+    (job,) = cli_store.dead()
+    shape = cli_store.json("jobs", "show", str(job.id))
+    assert shape["state"] == "dead" and shape["finished_at"] is not None
+    (error,) = shape["errors"]
+    assert error["attempt"] == 1 and error["type"] == "ValueError"
+    assert error["message"] == "no [bold]luck" and error["traceback"] == TRACEBACK
+    assert datetime.fromisoformat(error["at"]) == job.errors[0].at
+    text = cli_store.ok("jobs", "show", str(job.id)).stdout
+    assert "ValueError: no [bold]luck" in text  # shown as written, not as markup
+    assert "ValueError: [red]no" in text and "jobs.py" in text
+
+
+def test_jobs_show_a_running_job_shows_its_lease_but_never_its_token(cli_store: CliStore) -> None:
+    (job,) = cli_store.enqueue()
+    (leased,) = cli_store.lease_all()
+    shape = cli_store.json("jobs", "show", str(job.id))
+    assert shape["lease"] == {
+        "leased_by": "test-worker",
+        "expires_at": leased.lease_expires_at.isoformat() if leased.lease_expires_at else None,
+        "cancel_requested": False,
+    }
+    text = cli_store.ok("jobs", "show", str(job.id)).stdout
+    assert "held by test-worker" in text
+    assert str(leased.lease_token) not in text + str(shape)
+
+
+def test_jobs_show_result_and_workflow(cli_store: CliStore) -> None:
+    done = cli_store.succeeded(result={"sent": 3})
+    assert cli_store.json("jobs", "show", str(done.id))["result"] == {"sent": 3}
+    assert '{"sent": 3}' in cli_store.ok("jobs", "show", str(done.id)).stdout
+    workflow = cli_store.chord()
+    callback = cli_store.json("jobs", "show", str(workflow.steps[2]))
+    assert callback["workflow_id"] == workflow.id
+    assert callback["depends_on"] == list(workflow.steps[:2])
+    assert callback["state"] == "pending"
+    text = cli_store.ok("jobs", "show", str(workflow.steps[2])).stdout
+    assert f"{workflow.id} (this step waits for: {workflow.steps[0]}, {workflow.steps[1]})" in text
+
+
+def test_jobs_cancel_waiting_and_running_jobs(cli_store: CliStore) -> None:
+    first, second = cli_store.enqueue(count=2)
+    cli_store.driver.lease(["default"], 1, 60.0, "w")  # the first job is now running
+    shape = cli_store.json("jobs", "cancel", str(first.id), str(second.id), str(first.id))
+    running, cancelled = shape["jobs"]
+    assert (running["id"], running["state"]) == (first.id, "running")
+    assert running["lease"]["cancel_requested"] is True
+    assert (cancelled["state"], cancelled["reason"]) == ("cancelled", CANCELLED_BY_REQUEST)
+    third = cli_store.enqueue()[0]
+    text = cli_store.ok("jobs", "cancel", str(third.id)).stdout
+    assert f"job {third.id} tasks.add: cancelled" in text
+
+
+def test_jobs_cancel_of_a_finished_job_changes_nothing(cli_store: CliStore) -> None:
+    (waiting,) = cli_store.enqueue()
+    done = cli_store.succeeded()
+    result = cli_store.run("jobs", "cancel", str(waiting.id), str(done.id))
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert f"job {done.id}" in line and "succeeded" in line
+    assert cli_store.driver.get([waiting.id])[0].state == JobState.AVAILABLE
+
+
+def test_jobs_retry_puts_dead_and_cancelled_jobs_back(cli_store: CliStore) -> None:
+    (dead,) = cli_store.dead()
+    (cancelled,) = cli_store.driver.cancel([cli_store.enqueue()[0].id])
+    shape = cli_store.json("jobs", "retry", str(dead.id), str(cancelled.id))
+    assert [(job["id"], job["state"], job["attempt"]) for job in shape["jobs"]] == [
+        (dead.id, "available", 0),
+        (cancelled.id, "available", 0),
+    ]
+    assert len(shape["jobs"][0]["errors"]) == 1  # errors are kept
+
+
+def test_jobs_retry_of_a_job_that_is_not_finished_badly_fails(cli_store: CliStore) -> None:
+    (waiting,) = cli_store.enqueue()
+    result = cli_store.run("jobs", "retry", str(waiting.id))
+    assert result.exit_code == 1
+    assert "available" in one_error_line(result)
+
+
+def test_dlq_list_shows_only_dead_jobs_with_their_last_error(cli_store: CliStore) -> None:
+    cli_store.enqueue()
+    dead = cli_store.dead("tasks.flaky", 2) + cli_store.dead("tasks.other")
+    assert ids(cli_store.json("dlq", "list")) == [j.id for j in dead]
+    assert ids(cli_store.json("dlq", "list", "--task", "tasks.other")) == [dead[2].id]
+    assert ids(cli_store.json("dlq", "list", "--queue", "default")) == []
+    page = cli_store.json("dlq", "list", "--limit", "1", "--after", str(dead[0].id))
+    assert ids(page) == [dead[1].id] and page["next_after"] == dead[1].id
+    out = cli_store.ok("dlq", "list").stdout
+    assert "ValueError: no [bold]luck" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_dlq_requeue_given_ids(cli_store: CliStore) -> None:
+    first, second = cli_store.dead(count=2)
+    shape = cli_store.json("dlq", "requeue", str(second.id))
+    assert shape["dry_run"] is False
+    assert [(job["id"], job["state"]) for job in shape["jobs"]] == [(second.id, "available")]
+    assert cli_store.driver.get([first.id])[0].state == JobState.DEAD
+
+
+def test_dlq_requeue_all_or_by_task(cli_store: CliStore) -> None:
+    flaky = cli_store.dead("tasks.flaky", 2)
+    other = cli_store.dead("tasks.other")
+    by_task = cli_store.json("dlq", "requeue", "--task", "tasks.flaky")
+    assert ids(by_task) == [j.id for j in flaky]
+    assert cli_store.driver.get([other[0].id])[0].state == JobState.DEAD
+    everything = cli_store.ok("dlq", "requeue", "--all").stdout
+    assert f"requeued 1 job(s): {other[0].id}" in everything
+    assert cli_store.json("dlq", "list")["jobs"] == []
+    assert "nothing to requeue" in cli_store.ok("dlq", "requeue", "--all").stdout
+
+
+def test_dlq_requeue_dry_run_changes_nothing(cli_store: CliStore) -> None:
+    dead = cli_store.dead(count=2)
+    shape = cli_store.json("dlq", "requeue", "--all", "--dry-run")
+    assert shape["dry_run"] is True
+    assert [(job["id"], job["state"]) for job in shape["jobs"]] == [(j.id, "dead") for j in dead]
+    out = cli_store.ok("dlq", "requeue", "--all", "--dry-run").stdout
+    assert "would requeue 2 job(s)" in out
+    assert {job.state for job in cli_store.driver.get([j.id for j in dead])} == {JobState.DEAD}
+
+
+def test_dlq_requeue_refuses_jobs_outside_the_dlq(cli_store: CliStore) -> None:
+    (dead,) = cli_store.dead("tasks.flaky")
+    (waiting,) = cli_store.enqueue()
+    result = cli_store.run("dlq", "requeue", str(dead.id), str(waiting.id))
+    assert result.exit_code == 1
+    assert f"job {waiting.id} is available, not dead" in one_error_line(result)
+    wrong_task = cli_store.run("dlq", "requeue", str(dead.id), "--task", "tasks.other")
+    assert wrong_task.exit_code == 1
+    assert "not tasks.other" in one_error_line(wrong_task)
+    assert cli_store.driver.get([dead.id])[0].state == JobState.DEAD
+
+
+def test_dlq_requeue_needs_a_selection(cli_store: CliStore) -> None:
+    nothing = cli_store.run("dlq", "requeue")
+    assert nothing.exit_code == 2
+    assert "job ids, --task NAME, or --all" in one_error_line(nothing)
+    both = cli_store.run("dlq", "requeue", "1", "--all")
+    assert both.exit_code == 2
+    assert "not both" in one_error_line(both)
+
+
+def test_workflows_show_the_step_tree(cli_store: CliStore) -> None:
+    workflow = cli_store.chord()
+    shape = cli_store.json("workflows", "show", str(workflow.id))
+    assert (shape["id"], shape["name"], shape["state"]) == (workflow.id, "totals", "running")
+    assert shape["result"] is None and shape["finished_at"] is None
+    assert [(s["id"], s["state"], s["depends_on"]) for s in shape["steps"]] == [
+        (workflow.steps[0], "available", []),
+        (workflow.steps[1], "available", []),
+        (workflow.steps[2], "pending", list(workflow.steps[:2])),
+    ]
+    tree = cli_store.ok("workflows", "show", str(workflow.id)).stdout
+    assert f"workflow {workflow.id} totals" in tree
+    assert f"after {workflow.steps[0]}, {workflow.steps[1]}" in tree
+    assert max(len(line) for line in tree.splitlines()) <= 80
+
+
+def test_workflows_show_the_result_once_succeeded(cli_store: CliStore) -> None:
+    workflow = cli_store.chord()
+    members = cli_store.lease_all()
+    assert not cli_store.driver.complete(
+        [Completion(job.id, str(job.lease_token), job.args[0]) for job in members]
+    )
+    (callback,) = cli_store.lease_all()
+    assert callback.args == ([1, 2],)
+    assert not cli_store.driver.complete([Completion(callback.id, str(callback.lease_token), 3)])
+    shape = cli_store.json("workflows", "show", str(workflow.id))
+    assert shape["state"] == WorkflowState.SUCCEEDED.value
+    assert shape["result"] == 3
+    assert datetime.fromisoformat(shape["finished_at"]) == cli_store.clock.now()
