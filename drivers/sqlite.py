@@ -183,11 +183,15 @@ class SQLiteDriver(Driver):
         self._closed = False
         self._schema_current = False
         sqlite_schema.check_path(self.path)
-        if migrate:
-            self.migrate()
-        else:
-            with self._using() as conn:
-                sqlite_schema.stored_version(conn, self.path)
+        try:
+            if migrate:
+                self.migrate()
+            else:
+                with self._using() as conn:
+                    sqlite_schema.stored_version(conn, self.path)
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle of the store ---------------------------------------------------
 
@@ -222,23 +226,34 @@ class SQLiteDriver(Driver):
         with self._lock:
             if self._closed:
                 raise InvalidRequest(f"the SQLite store {self.path} is closed")
-            try:
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=BUSY_TIMEOUT_SECONDS,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-            except sqlite3.Error as exc:
-                raise sqlite_schema.DatabaseFileError(f"cannot open {self.path}: {exc}") from exc
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            conn = self._connect()
             handle = _Connection(conn, threading.Lock(), os.getpid())
             self._handles.append(handle)
         self._local.handle = handle
         return handle
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection, set up for this driver; a file SQLite refuses is named."""
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise sqlite_schema.DatabaseFileError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise sqlite_schema.DatabaseFileError(
+                f"{self.path} cannot be read as an SQLite database: {exc}"
+            ) from exc
+        return conn
 
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[Writes]:
