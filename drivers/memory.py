@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import secrets
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from taskharbor.spec.clock import Clock, SystemClock
 from taskharbor.spec.errors import (
@@ -73,6 +74,9 @@ from taskharbor.spec.table import (
 
 from .memory_index import JobIndex
 from .memory_rows import JobRow, WorkflowRow, copy_json
+
+_Report = TypeVar("_Report", Completion, Failure, SnoozeRequest)
+"""A fenced report: applied only while its lease is live."""
 
 PRUNABLE_WORKFLOW_STATES = frozenset({WorkflowState.SUCCEEDED, WorkflowState.CANCELLED})
 """A workflow (with its steps) may be pruned only in these states."""
@@ -227,67 +231,55 @@ class MemoryDriver(Driver):
 
     def complete(self, completions: Sequence[Completion]) -> list[LeaseLost]:
         check_batch(completions, Completion, "complete")
-        with self._lock:
-            rows = self._rows_of(item.job_id for item in completions)
-            now = self._now()
-            lost: list[LeaseLost] = []
-            touched: set[WorkflowId] = set()
-            for item, row in zip(completions, rows, strict=True):
-                refusal = _refusal(row, item.token)
-                if refusal is not None:
-                    lost.append(refusal)
-                    continue
-                target = self._resolve(row, JobEvent.SUCCEED, now)
-                row.result = copy_json(item.result)
-                self._enter(row, target, now)
-                self._after_step_finished(row, now, touched)
-            self._settle_workflows(touched, now)
-            return lost
+        return self._fenced(completions, self._succeed)
 
     def fail(self, failures: Sequence[Failure]) -> list[LeaseLost]:
         check_batch(failures, Failure, "fail")
+        return self._fenced(failures, self._fail)
+
+    def snooze(self, requests: Sequence[SnoozeRequest]) -> list[LeaseLost]:
+        check_batch(requests, SnoozeRequest, "snooze")
+        return self._fenced(requests, self._snooze)
+
+    def _fenced(
+        self, items: Sequence[_Report], apply: Callable[[JobRow, _Report, datetime], None]
+    ) -> list[LeaseLost]:
+        """Apply each item whose lease is live, in order, with the workflow effects
+        of the jobs it finishes; return the others as ``LeaseLost``."""
         with self._lock:
-            rows = self._rows_of(item.job_id for item in failures)
+            rows = self._rows_of(item.job_id for item in items)
             now = self._now()
             lost: list[LeaseLost] = []
             touched: set[WorkflowId] = set()
-            for item, row in zip(failures, rows, strict=True):
+            for item, row in zip(items, rows, strict=True):
                 refusal = _refusal(row, item.token)
                 if refusal is not None:
                     lost.append(refusal)
                     continue
-                target = self._resolve(row, JobEvent.FAIL, now, permanent=item.permanent)
-                error = item.error
-                row.errors.append(
-                    ErrorInfo(row.attempt, now, error.type, error.message, error.traceback)
-                )
-                if target is JobState.RETRYING:
-                    row.run_at = _utc(item.retry_at) if item.retry_at is not None else now
-                self._enter(row, target, now)
+                apply(row, item, now)
                 self._after_step_finished(row, now, touched)
             self._settle_workflows(touched, now)
             return lost
 
-    def snooze(self, requests: Sequence[SnoozeRequest]) -> list[LeaseLost]:
-        check_batch(requests, SnoozeRequest, "snooze")
-        with self._lock:
-            rows = self._rows_of(item.job_id for item in requests)
-            now = self._now()
-            lost: list[LeaseLost] = []
-            touched: set[WorkflowId] = set()
-            for item, row in zip(requests, rows, strict=True):
-                refusal = _refusal(row, item.token)
-                if refusal is not None:
-                    lost.append(refusal)
-                    continue
-                target = self._resolve(row, JobEvent.SNOOZE, now)
-                row.attempt -= 1
-                if target is JobState.SCHEDULED:
-                    row.run_at = _utc(item.run_at)
-                self._enter(row, target, now)
-                self._after_step_finished(row, now, touched)
-            self._settle_workflows(touched, now)
-            return lost
+    def _succeed(self, row: JobRow, item: Completion, now: datetime) -> None:
+        target = self._resolve(row, JobEvent.SUCCEED, now)
+        row.result = copy_json(item.result)
+        self._enter(row, target, now)
+
+    def _fail(self, row: JobRow, item: Failure, now: datetime) -> None:
+        target = self._resolve(row, JobEvent.FAIL, now, permanent=item.permanent)
+        error = item.error
+        row.errors.append(ErrorInfo(row.attempt, now, error.type, error.message, error.traceback))
+        if target is JobState.RETRYING:
+            row.run_at = _utc(item.retry_at) if item.retry_at is not None else now
+        self._enter(row, target, now)
+
+    def _snooze(self, row: JobRow, item: SnoozeRequest, now: datetime) -> None:
+        target = self._resolve(row, JobEvent.SNOOZE, now)
+        row.attempt -= 1
+        if target is JobState.SCHEDULED:
+            row.run_at = _utc(item.run_at)
+        self._enter(row, target, now)
 
     # -- operators ------------------------------------------------------------
 
