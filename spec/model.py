@@ -47,6 +47,7 @@ from .records import (
     check_batch,
     check_lease_seconds,
     check_name,
+    check_workflow_id,
     dependency_reason,
     job_ids,
     map_ref,
@@ -533,6 +534,8 @@ class ReferenceModel(Driver):
         return result
 
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        check_workflow_id(workflow_id)
+
         def body(s: _Store) -> WorkflowRecord:
             if workflow_id not in s.workflows:
                 raise WorkflowNotFound(workflow_id)
@@ -542,6 +545,8 @@ class ReferenceModel(Driver):
         return result
 
     def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        check_workflow_id(workflow_id)
+
         def body(s: _Store) -> WorkflowRecord:
             if workflow_id not in s.workflows:
                 raise WorkflowNotFound(workflow_id)

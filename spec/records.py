@@ -125,6 +125,11 @@ def _check_job_id(value: object, what: str = "job id") -> None:
         raise InvalidRequest(f"{what} must be an int, not {value!r}")
 
 
+def check_workflow_id(value: object) -> None:
+    """A workflow id: an int."""
+    _check_job_id(value, "workflow id")
+
+
 @dataclass(frozen=True, slots=True)
 class EnqueueRequest:
     """One job to store.
@@ -344,6 +349,8 @@ class WorkflowGraph:
                 _check_int(dep, f"workflow step {index} dependency", 0, index - 1)
             if len(set(step.after)) != len(step.after):
                 raise InvalidRequest(f"workflow step {index} lists a dependency twice")
+            if step.input is not None and not step.after:
+                raise InvalidRequest(f"workflow step {index} takes an input but waits for no step")
             if step.input is not None:
                 missing = set(ref_indexes(step.input)) - set(step.after)
                 if missing:
