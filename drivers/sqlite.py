@@ -81,7 +81,7 @@ from .sqlite_rows import (
     to_micros,
     workflow_record,
 )
-from .sqlite_sql import AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS, literal_list, target_case
+from .sqlite_sql import DUE_ROWS, LEASED_ROWS, literal_list, ready_jobs_query, target_case
 from .sqlite_writes import Writes
 
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -370,14 +370,11 @@ class SQLiteDriver(Driver):
         seconds = check_lease_seconds(lease_seconds)
         check_name(worker_id, "worker id")
         target = JobState(JOB.resolve(JobEvent.LEASE, JobState.AVAILABLE))
-        queue_list = list(dict.fromkeys(queues))
-        marks = ", ".join("?" * len(queue_list))
+        queue_names = {f"q{index}": queue for index, queue in enumerate(dict.fromkeys(queues))}
         with self._transaction() as tx:
             expires = to_micros(tx.now + timedelta(seconds=seconds))
             ready = tx.conn.execute(
-                f"SELECT id FROM jobs WHERE {AVAILABLE_ROWS} AND queue IN ({marks}) "
-                "ORDER BY priority DESC, run_at, id LIMIT ?",
-                (*queue_list, limit),
+                ready_jobs_query(len(queue_names)), {**queue_names, "limit": limit}
             ).fetchall()
             return [
                 job_record(

@@ -78,3 +78,23 @@ def target_case(event: JobEvent) -> tuple[str, dict[str, str]]:
                 condition += " AND (" + " OR ".join(GUARD_SQL[g] for g in choice.guards) + ")"
             whens.append(f"WHEN {condition} THEN {param(choice.target)}")
     return "CASE " + " ".join(whens) + " END", params
+
+
+LEASE_ORDER = "priority DESC, run_at, id"
+"""The order jobs are leased in: the lease index's order after the queue."""
+
+
+def ready_jobs_query(queue_count: int) -> str:
+    """The ids of the next jobs to lease from ``queue_count`` queues, in lease order.
+
+    Parameters ``:q0``, ``:q1``, ... name the queues and ``:limit`` the batch.
+    Each queue is its own walk of the lease index that stops after ``limit``
+    rows, so a lease reads at most ``queue_count * limit`` rows however long
+    the backlog is; only those few candidates are merged and sorted.
+    """
+    walks = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE {AVAILABLE_ROWS} "
+        f"AND queue = :q{index} ORDER BY {LEASE_ORDER} LIMIT :limit)"
+        for index in range(queue_count)
+    )
+    return f"SELECT id FROM ({walks}) ORDER BY {LEASE_ORDER} LIMIT :limit"
