@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import click
 
@@ -20,6 +21,9 @@ from taskharbor.spec import Driver, InvalidRequest
 
 from .app import App
 from .urls import open_driver
+
+CONNECT_TIMEOUT_SECONDS = 5
+"""How long ``--url`` waits for a PostgreSQL server to answer."""
 
 APP_ENV = "TASKHARBOR_APP"
 URL_ENV = "TASKHARBOR_URL"
@@ -70,13 +74,39 @@ class StoreSource:
                 f"or {URL_ENV})"
             )
         try:
-            return open_driver(self.url)
+            driver = open_driver(self.url)
         except InvalidRequest as exc:
             raise click.BadParameter(mask_secrets(str(exc)), param_hint="--url") from None
         except Exception as exc:  # any failure to reach or read the store is reported as such
             raise StoreUnavailable(
                 f"cannot open {self.describe()}: {mask_secrets(_one_line(exc))}"
             ) from None
+        try:
+            check_reachable(self.url)
+        except Exception:
+            driver.close()
+            raise
+        return driver
+
+
+def check_reachable(url: str) -> None:
+    """Fail within seconds, with the server's own reason, when a PostgreSQL URL's
+    server cannot be reached.
+
+    The PostgreSQL driver's connection pool would wait 30 seconds at the first
+    call and then report only a timeout.  This opens one plain connection and
+    closes it; no SQL is sent.
+    """
+    if urlsplit(url).scheme.lower() not in ("postgresql", "postgres"):
+        return
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
+    except psycopg.Error as exc:
+        raise StoreUnavailable(
+            f"cannot reach store {mask_secrets(url)}: {mask_secrets(_one_line(exc))}"
+        ) from None
 
 
 class Session:

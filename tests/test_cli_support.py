@@ -12,9 +12,10 @@ import json
 import sys
 import types
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +36,9 @@ from taskharbor.spec import (
     WorkflowGraph,
     WorkflowRecord,
 )
+
+AppModule = Callable[[str], str]
+"""Writes a module with the given source; returns its name."""
 
 START = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 TRACEBACK = 'Traceback (most recent call last):\n  File "jobs.py", line 3\nValueError: [red]no'
@@ -59,9 +63,13 @@ def one_error_line(result: Result) -> str:
 class CliStore:
     """A store the CLI reaches with ``--app <module>:app``."""
 
-    driver: Driver
+    app: App
     clock: FakeClock
     app_path: str
+
+    @property
+    def driver(self) -> Driver:
+        return self.app.driver
 
     def run(self, *args: str) -> Result:
         return invoke(["--app", self.app_path, *args])
@@ -114,6 +122,28 @@ def cli_store(driver_factory: DriverFactory, monkeypatch: pytest.MonkeyPatch) ->
     driver = driver_factory(clock)
     driver.migrate()
     module = types.ModuleType(f"cli_test_app_{uuid.uuid4().hex}")
-    module.app = App(driver=driver)  # type: ignore[attr-defined]
+    app = App(driver=driver)
+    module.__dict__["app"] = app
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    yield CliStore(driver, clock, f"{module.__name__}:app")
+    yield CliStore(app, clock, f"{module.__name__}:app")
+
+
+@pytest.fixture
+def app_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppModule]:
+    """Writes application modules into a fresh working directory, as an operator's
+    project would have them; closes their stores and forgets them afterwards."""
+    monkeypatch.chdir(tmp_path)
+    written: list[str] = []
+
+    def write(source: str) -> str:
+        name = f"cli_test_project_{uuid.uuid4().hex}"
+        (tmp_path / f"{name}.py").write_text(source)
+        written.append(name)
+        return name
+
+    yield write
+    for name in written:
+        module = sys.modules.pop(name, None)
+        app = getattr(module, "app", None)
+        if isinstance(app, App):
+            app.close()

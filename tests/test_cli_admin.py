@@ -1,0 +1,134 @@
+"""``taskharbor stats``, ``prune``, ``migrate``, ``spec diagram`` and ``worker``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from test_cli_support import AppModule, CliStore, app_module, cli_store, invoke, one_error_line
+
+from taskharbor.app import App
+from taskharbor.spec import JobNotFound, JobState
+from taskharbor.spec.diagrams import FORMATS, render
+
+__all__ = ["app_module", "cli_store"]
+
+
+def test_stats_counts_per_queue_and_state_and_the_oldest_ready_age(cli_store: CliStore) -> None:
+    cli_store.enqueue(count=2)
+    cli_store.clock.advance(90)
+    cli_store.enqueue(queue="mail")
+    cli_store.dead(count=3)
+    shape = cli_store.json("stats")
+    assert datetime.fromisoformat(shape["now"]) == cli_store.clock.now()
+    default, mail, dlq = (shape["queues"][name] for name in ("default", "mail", "dlq-source"))
+    assert default["counts"] == {state.value: 0 for state in JobState} | {"available": 2}
+    assert default["total"] == 2 and default["oldest_ready_age_seconds"] == 90.0
+    assert mail["oldest_ready_age_seconds"] == 0.0
+    assert dlq["counts"]["dead"] == 3 and dlq["oldest_ready_age_seconds"] is None
+    assert shape["totals"]["available"] == 3 and shape["totals"]["dead"] == 3
+    assert shape["total"] == 6
+    table = cli_store.ok("stats").stdout
+    assert "1m 30s" in table and "(all)" in table
+    assert max(len(line) for line in table.splitlines()) <= 80
+
+
+def test_stats_of_an_empty_store(cli_store: CliStore) -> None:
+    assert cli_store.json("stats")["queues"] == {}
+    assert cli_store.ok("stats").stdout.strip() == "the store holds no jobs"
+
+
+def test_prune_deletes_jobs_finished_longer_ago_than_given(cli_store: CliStore) -> None:
+    done = cli_store.succeeded()
+    (waiting,) = cli_store.enqueue()
+    cli_store.clock.advance(2 * 3600)
+    assert cli_store.json("prune", "--older-than", "3h")["pruned"] == 0
+    shape = cli_store.json("prune", "--older-than", "1h")
+    assert shape["pruned"] == 1
+    cutoff = cli_store.clock.now() - timedelta(hours=1)
+    assert datetime.fromisoformat(shape["finished_before"]) == cutoff
+    with pytest.raises(JobNotFound):
+        cli_store.driver.get([done.id])
+    assert cli_store.driver.get([waiting.id])[0].state == JobState.AVAILABLE
+    assert "pruned 0 job(s)" in cli_store.ok("prune", "--older-than", "1h30m").stdout
+
+
+def test_prune_refuses_a_bad_duration(cli_store: CliStore) -> None:
+    result = cli_store.run("prune", "--older-than", "soon")
+    assert result.exit_code == 2
+    assert "'soon' is not a duration" in one_error_line(result)
+
+
+def test_migrate_on_a_current_store(cli_store: CliStore) -> None:
+    assert "is up to date" in cli_store.ok("migrate").stdout
+    assert "no migration needed" in cli_store.ok("migrate", "--check").stdout
+
+
+def test_migrate_check_then_migrate_a_new_sqlite_store(
+    tmp_path: Path, app_module: AppModule
+) -> None:
+    from taskharbor.drivers.sqlite import SQLiteDriver
+
+    name = app_module(
+        "from taskharbor.app import App\n"
+        "from taskharbor.drivers.sqlite import SQLiteDriver\n"
+        "app = App(driver=SQLiteDriver('store.db', migrate=False))\n"
+    )
+    check = invoke(["--app", f"{name}:app", "migrate", "--check"])
+    assert check.exit_code == 1
+    assert "a migration is needed" in one_error_line(check)
+    assert invoke(["--app", f"{name}:app", "migrate"]).exit_code == 0
+    again = invoke(["--app", f"{name}:app", "migrate", "--check"])
+    assert again.exit_code == 0, again.stderr
+    with App(driver=SQLiteDriver(tmp_path / "store.db", migrate=False)) as app:
+        assert app.stats() == {}
+
+
+@pytest.mark.parametrize("lifecycle", ["job", "workflow"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_spec_diagram_prints_the_generated_diagram(fmt: str, lifecycle: str) -> None:
+    result = invoke(["spec", "diagram", "--format", fmt, "--lifecycle", lifecycle])
+    assert result.exit_code == 0
+    assert result.stdout == render(lifecycle, fmt)  # type: ignore[arg-type]
+
+
+def test_spec_diagram_defaults_to_the_job_lifecycle_in_mermaid() -> None:
+    assert invoke(["spec", "diagram"]).stdout == render("job", "mermaid")
+
+
+def test_spec_diagram_refuses_an_unknown_format() -> None:
+    result = invoke(["spec", "diagram", "--format", "png"])
+    assert result.exit_code == 2
+    assert "'png' is not one of" in one_error_line(result)
+
+
+def test_worker_burst_runs_ready_jobs_and_logs_each_outcome(cli_store: CliStore) -> None:
+    @cli_store.app.task(name="tasks.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @cli_store.app.task(name="tasks.broken", max_attempts=1)
+    def broken() -> None:
+        raise RuntimeError("out of order")
+
+    job = add.enqueue(2, 3)
+    failing = broken.enqueue()
+    result = cli_store.ok("worker", "--burst", "--queue", "default", "--concurrency", "2")
+    assert cli_store.app.get_job(job.id).result == 5
+    assert cli_store.app.get_job(failing.id).state == JobState.DEAD
+    assert f"job {job.id} tasks.add attempt 1/3 -> succeeded" in result.stderr
+    assert f"job {failing.id} tasks.broken attempt 1/1 -> dead" in result.stderr
+    assert "RuntimeError: out of order" in result.stderr
+
+
+def test_worker_on_a_queue_with_no_job_returns_in_burst_mode(cli_store: CliStore) -> None:
+    (other,) = cli_store.enqueue(queue="elsewhere")
+    cli_store.ok("worker", "--burst", "-q", "quiet")
+    assert cli_store.driver.get([other.id])[0].state == JobState.AVAILABLE
+
+
+def test_worker_needs_the_app(tmp_path: Path) -> None:
+    result = invoke(["--url", f"sqlite:///{tmp_path}/store.db", "worker", "--burst"])
+    assert result.exit_code == 2
+    assert "worker needs the application's code" in one_error_line(result)
