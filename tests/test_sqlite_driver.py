@@ -1,0 +1,167 @@
+"""SQLite-specific properties: the compiled transition table, index use, threads."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from taskharbor.drivers import sqlite as sqlite_driver
+from taskharbor.drivers.sqlite import SQLiteDriver
+from taskharbor.drivers.sqlite_sql import GUARD_SQL, ready_jobs_query, target_case
+from taskharbor.spec import (
+    JOB,
+    Completion,
+    EnqueueRequest,
+    FakeClock,
+    InvalidRequest,
+    JobEvent,
+    JobState,
+)
+
+COMPILABLE = [
+    event
+    for event in JobEvent
+    if all(
+        guard in GUARD_SQL
+        for source in JOB.sources(event)
+        for choice in JOB.options(event, source)
+        for guard in choice.guards
+    )
+]
+
+
+@pytest.mark.parametrize("event", COMPILABLE, ids=str)
+def test_the_compiled_case_picks_the_tables_target_for_every_state_and_fact(
+    event: JobEvent,
+) -> None:
+    case, params = target_case(event)
+    conn = sqlite3.connect(":memory:")
+    conn.execute(
+        "CREATE TABLE jobs (state TEXT, cancel_requested INT, attempt INT, max_attempts INT, "
+        "run_at INT)"
+    )
+    rows = list(itertools.product(JobState, (0, 1), (1, 3), (3,), (5, 15)))
+    conn.executemany("INSERT INTO jobs VALUES (?, ?, ?, ?, ?)", rows)
+    now = 10
+    got = conn.execute(f"SELECT {case} FROM jobs", {**params, "now": now}).fetchall()
+    for (state, cancel_requested, attempt, max_attempts, run_at), (target,) in zip(
+        rows, got, strict=True
+    ):
+        facts = {
+            "cancel_requested": bool(cancel_requested),
+            "attempts_exhausted": attempt >= max_attempts,
+            "run_at_in_future": run_at > now,
+        }
+        expected = JOB.resolve(event, state, facts) if JOB.allows(event, state) else None
+        assert target == expected, (state, facts)
+
+
+def plan(conn: sqlite3.Connection, sql: str, params: object) -> list[str]:
+    return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+def test_lease_promote_and_rescue_are_index_searches(tmp_path: Path) -> None:
+    SQLiteDriver(tmp_path / "plans.db").close()
+    conn = sqlite3.connect(tmp_path / "plans.db")
+    now = {"now": 0}
+    statements = {
+        "lease one queue": (ready_jobs_query(1), {"q0": "a", "limit": 10}),
+        "lease three queues": (
+            ready_jobs_query(3),
+            {"q0": "a", "q1": "b", "q2": "c", "limit": 10},
+        ),
+        "promote": (sqlite_driver._PROMOTE, {**sqlite_driver._PROMOTE_PARAMS, **now}),
+        "next due": (sqlite_driver._NEXT_DUE, {}),
+        "rescue": (
+            sqlite_driver._RESCUE,
+            dict.fromkeys(
+                ["error_type", "error_message", "available", "cancelled", "by_request"], ""
+            )
+            | sqlite_driver._RESCUE_PARAMS
+            | now,
+        ),
+    }
+    indexes = {
+        "lease one queue": "jobs_lease",
+        "lease three queues": "jobs_lease",
+        "promote": "jobs_due",
+        "next due": "jobs_due",
+        "rescue": "jobs_lease_expiry",
+    }
+    for name, (sql, params) in statements.items():
+        steps = plan(conn, sql, params)
+        searches = [step for step in steps if step.startswith(("SEARCH", "SCAN"))]
+        assert any(f"USING INDEX {indexes[name]}" in step for step in searches), (name, steps)
+        assert not [step for step in searches if step.startswith("SCAN jobs")], (name, steps)
+    conn.close()
+
+
+def test_a_duplicate_idempotency_key_is_refused_by_the_store_itself(tmp_path: Path) -> None:
+    driver = SQLiteDriver(tmp_path / "keys.db")
+    driver.enqueue([EnqueueRequest("task", idempotency_key="once")])
+    driver.close()
+    with sqlite3.connect(tmp_path / "keys.db") as conn:
+        columns = "task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts"
+        insert = (
+            f"INSERT INTO jobs ({columns}, created_at, idempotency_key) "
+            "SELECT task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, "
+            "created_at, idempotency_key FROM jobs"
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.execute(insert)
+    conn.close()
+
+
+def test_threads_sharing_one_store_never_lease_a_job_twice(tmp_path: Path) -> None:
+    driver = SQLiteDriver(tmp_path / "threads.db", clock=FakeClock())
+    driver.enqueue([EnqueueRequest("task", (n,)) for n in range(400)])
+    leased: list[int] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while jobs := driver.lease(["default"], 7, 30.0, threading.current_thread().name):
+                leased.extend(job.id for job in jobs)
+                done = [Completion(job.id, job.lease_token or "", None) for job in jobs]
+                assert driver.complete(done) == []
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(leased) == list(range(1, 401))
+    assert driver.count() == {("default", JobState.SUCCEEDED): 400}
+    driver.close()
+
+
+def test_closing_while_other_threads_call_waits_for_them_then_refuses(tmp_path: Path) -> None:
+    driver = SQLiteDriver(tmp_path / "busy.db")
+    driver.enqueue([EnqueueRequest("task")])
+    outcomes: list[BaseException] = []
+    started = threading.Barrier(5)
+
+    def read_until_closed() -> None:
+        started.wait()
+        try:
+            while True:
+                driver.count()
+        except BaseException as exc:  # the one way out: the store was closed
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=read_until_closed) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    driver.close()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(outcomes) == 4
+    assert all(isinstance(exc, InvalidRequest) and "closed" in str(exc) for exc in outcomes)
