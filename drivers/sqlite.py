@@ -66,6 +66,7 @@ from taskharbor.spec.records import (
     check_batch,
     check_lease_seconds,
     check_name,
+    check_workflow_id,
     job_ids,
     map_ref,
 )
@@ -556,10 +557,12 @@ class SQLiteDriver(Driver):
         return {(row["queue"], JobState(row["state"])): row["n"] for row in rows}
 
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        check_workflow_id(workflow_id)
         with self._transaction(write=False) as tx:
             return self._workflow(tx, workflow_id)
 
     def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        check_workflow_id(workflow_id)
         with self._transaction() as tx:
             workflow = self._workflow(tx, workflow_id)
             if workflow.state in WORKFLOW.final_states:
@@ -576,8 +579,6 @@ class SQLiteDriver(Driver):
             return self._workflow(tx, workflow_id)
 
     def _workflow(self, tx: Writes, workflow_id: WorkflowId) -> WorkflowRecord:
-        if isinstance(workflow_id, bool) or not isinstance(workflow_id, int):
-            raise InvalidRequest(f"workflow id must be an int, not {workflow_id!r}")
         row = tx.conn.execute("SELECT * FROM workflows WHERE id = ?", (workflow_id,)).fetchone()
         if row is None:
             raise WorkflowNotFound(workflow_id)
