@@ -32,7 +32,11 @@ OPERATIONAL_ERROR = 1
 
 
 class TaskHarborGroup(click.Group):
-    """The root command: turns every failure into one line on stderr and an exit status."""
+    """The root command: turns every failure into one line on stderr and an exit status.
+
+    It always runs standalone (it is the program's entry point): ``main``
+    exits the process, and Click's test runner catches that exit.
+    """
 
     def main(
         self,
@@ -43,9 +47,7 @@ class TaskHarborGroup(click.Group):
         **extra: Any,
     ) -> NoReturn:
         try:
-            status = super().main(
-                args, prog_name or "taskharbor", complete_var, standalone_mode=False, **extra
-            )
+            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             _fail(exc.format_message() + hint, exc.exit_code)
@@ -88,6 +90,7 @@ def _store_source(ctx: click.Context, app_path: str | None, url: str | None) -> 
 
 
 @click.group(
+    name="taskharbor",
     cls=TaskHarborGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80},
 )

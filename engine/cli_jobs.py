@@ -31,6 +31,7 @@ limit_option = click.option(
     type=click.IntRange(1, 10_000),
     default=50,
     show_default=True,
+    metavar="N",
     help="At most this many jobs.",
 )
 after_option = click.option(
@@ -117,7 +118,8 @@ def jobs() -> None:
     "states",
     type=STATE,
     multiple=True,
-    help="Only jobs in this state (repeat for several).",
+    metavar="STATE",
+    help=f"Only jobs in this state (repeat for several): {', '.join(JobState)}.",
 )
 @click.option("--task", metavar="NAME", help="Only jobs of this task.")
 @click.option("--queue", metavar="NAME", help="Only jobs of this queue.")
