@@ -32,6 +32,7 @@ def in_batches(
     than one batch.
     """
     done: list[JobRecord] = []
+    applied = 0
     progress = Progress(
         TextColumn(f"{verb} jobs"),
         BarColumn(),
@@ -47,10 +48,11 @@ def in_batches(
             try:
                 done.extend(operation(batch))
             except TaskHarborError as exc:
-                if not done:
+                if not applied:
                     raise
                 raise click.ClickException(
-                    f"{verb} {len(done)} of {len(ids)} jobs, then stopped: {exc}"
+                    f"{verb} {applied} of {len(ids)} jobs, then stopped: {exc}"
                 ) from None
+            applied += len(batch)
             progress.advance(bar, len(batch))
     return done
