@@ -61,6 +61,11 @@ def error_entry(attempt: int, at: datetime, report: ErrorReport) -> dict[str, JS
     }
 
 
+def _load_tuple(text: str) -> tuple[Any, ...]:
+    """A JSON list as a tuple; the common empty list without parsing."""
+    return () if text == "[]" else tuple(load_json(text))
+
+
 def _error_info(entry: dict[str, Any]) -> ErrorInfo:
     return ErrorInfo(
         attempt=entry["attempt"],
@@ -78,7 +83,7 @@ def job_record(row: sqlite3.Row) -> JobRecord:
         task=row["task"],
         queue=row["queue"],
         state=JobState(row["state"]),
-        args=tuple(load_json(row["args"])),
+        args=_load_tuple(row["args"]),
         kwargs=load_json(row["kwargs"]),
         priority=row["priority"],
         run_at=from_micros(row["run_at"]),
@@ -90,12 +95,12 @@ def job_record(row: sqlite3.Row) -> JobRecord:
         lease_expires_at=optional_datetime(row["lease_expires_at"]),
         leased_by=row["leased_by"],
         cancel_requested=bool(row["cancel_requested"]),
-        result=load_json(row["result"]),
-        errors=tuple(_error_info(entry) for entry in load_json(row["errors"])),
+        result=None if row["result"] == "null" else load_json(row["result"]),
+        errors=tuple(_error_info(entry) for entry in _load_tuple(row["errors"])),
         finished_at=optional_datetime(row["finished_at"]),
         reason=row["reason"],
         workflow_id=row["workflow_id"],
-        depends_on=tuple(load_json(row["depends_on"])),
+        depends_on=_load_tuple(row["depends_on"]),
     )
 
 
