@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+import types
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from test_cli_support import AppModule, CliStore, app_module, cli_store, invoke, one_error_line
 
+from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.app import App
 from taskharbor.spec import JobNotFound, JobState
 from taskharbor.spec.diagrams import FORMATS, render
@@ -132,3 +136,27 @@ def test_worker_needs_the_app(tmp_path: Path) -> None:
     result = invoke(["--url", f"sqlite:///{tmp_path}/store.db", "worker", "--burst"])
     assert result.exit_code == 2
     assert "worker needs the application's code" in one_error_line(result)
+
+
+def test_migrate_check_then_migrate_a_new_postgres_schema() -> None:
+    skip_without_postgres()
+    import psycopg
+
+    from taskharbor.drivers.postgres import PostgresDriver
+
+    schema = f"th_cli_{uuid.uuid4().hex[:12]}"
+    module = types.ModuleType(f"cli_test_pg_{schema}")
+    module.__dict__["app"] = App(driver=PostgresDriver(POSTGRES_URL, schema=schema))
+    sys.modules[module.__name__] = module
+    app_path = f"{module.__name__}:app"
+    try:
+        check = invoke(["--app", app_path, "migrate", "--check"])
+        assert check.exit_code == 1
+        assert f"schema {schema!r} has no TaskHarbor tables yet" in one_error_line(check)
+        assert invoke(["--app", app_path, "migrate"]).exit_code == 0
+        assert invoke(["--app", app_path, "migrate", "--check"]).exit_code == 0
+    finally:
+        del sys.modules[module.__name__]
+        module.app.close()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
