@@ -1,0 +1,699 @@
+"""The PostgreSQL driver: the production store for many workers on many machines.
+
+``PostgresDriver(conninfo, schema="taskharbor")`` keeps jobs and workflows in
+tables of ``schema`` (created and upgraded by :meth:`PostgresDriver.migrate`,
+i.e. ``taskharbor migrate``; a driver on an out-of-date schema refuses to work
+and says so).  Every SPI call is one transaction on a pooled connection;
+concurrent calls from any number of processes are safe:
+
+* leasing takes rows with ``FOR UPDATE SKIP LOCKED``, in the spec's order;
+* fenced reports check the lease token in SQL, in one statement per batch;
+* promote and rescue are set-based and skip rows another worker holds;
+* idempotency keys are a unique partial index;
+* a chord's callback is released by exactly one transaction (see
+  :mod:`.postgres_workflows`).
+
+Time: with ``clock=None`` every statement reads the database's clock (the
+transaction time), so clock skew between worker machines cannot break
+leases; a given clock (a ``FakeClock`` in tests) is read once per call and
+passed as a parameter.
+
+Transactional enqueue: :meth:`PostgresDriver.enqueue_in` (and
+:meth:`PostgresDriver.enqueue_in_async`) run the insert on the caller's own
+psycopg connection, inside the caller's transaction, so the jobs exist if and
+only if that transaction commits.  From SQLAlchemy, pass the raw psycopg
+connection of the session's connection (``session.connection().connection.driver_connection``);
+from Django, ``django.db.connection.connection`` inside ``transaction.atomic()``.
+
+``notifications=False`` suits a pooler in transaction mode (PgBouncer), where
+LISTEN cannot work: idle workers then poll every ``poll_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Json
+from psycopg_pool import ConnectionPool
+
+from taskharbor.spec import (
+    CANCELLED_BY_REQUEST,
+    JOB,
+    WORKFLOW,
+    WORKFLOW_CANCELLED,
+    Capabilities,
+    Clock,
+    Completion,
+    Driver,
+    EnqueueRequest,
+    EnqueueResult,
+    Failure,
+    HeartbeatResult,
+    InvalidRequest,
+    InvalidTransition,
+    JobEvent,
+    JobFilter,
+    JobId,
+    JobNotFound,
+    JobRecord,
+    JobState,
+    LeaseLost,
+    LeaseRef,
+    PromoteResult,
+    SnoozeRequest,
+    WorkflowEvent,
+    WorkflowGraph,
+    WorkflowId,
+    WorkflowNotFound,
+    WorkflowRecord,
+    WorkflowState,
+    dependency_reason,
+)
+from taskharbor.spec.records import (
+    LEASE_EXPIRED_MESSAGE,
+    LEASE_EXPIRED_TYPE,
+    check_aware,
+    check_batch,
+    check_lease_seconds,
+    check_name,
+    job_ids,
+    map_ref,
+)
+
+from . import postgres_enqueue as enqueueing
+from . import postgres_statements as statements
+from . import postgres_workflows as workflows
+from .postgres_notify import Listener, sleep_until
+from .postgres_rows import job_columns, job_record, workflow_record
+from .postgres_schema import check_schema, migrate
+from .postgres_sql import job_state
+from .postgres_tables import Tables
+
+T = TypeVar("T")
+Row = dict[str, Any]
+Params = dict[str, Any]
+
+BIGINT_MAX = 2**63 - 1
+RETRIES = 5
+"""Attempts at a call that PostgreSQL aborted to break a deadlock (it then changed nothing)."""
+
+PRUNE_BATCH = 1000
+"""Rows deleted per prune transaction: short transactions, short locks."""
+
+
+class DatabaseClock:
+    """The database server's clock: one clock for every worker, whatever their machines say."""
+
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]]) -> None:
+        self._pool = pool
+
+    def now(self) -> datetime:
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT now()").fetchone()
+        assert row is not None
+        moment: datetime = row[0]
+        return moment
+
+
+class PostgresDriver(Driver):
+    """Jobs and workflows in PostgreSQL tables (see the module documentation)."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        schema: str = "taskharbor",
+        clock: Clock | None = None,
+        notifications: bool = True,
+        pool_size: int = 4,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise InvalidRequest(f"pool_size must be an int >= 1, not {pool_size!r}")
+        if not isinstance(poll_interval, int | float) or not poll_interval > 0:
+            raise InvalidRequest(f"poll_interval must be a positive number, not {poll_interval!r}")
+        self._tables = Tables(schema)
+        self._conninfo = conninfo
+        self._given_clock = clock
+        self._poll_interval = float(poll_interval)
+        # Statements are sent unprepared: each is planned with its actual
+        # parameters, so the partial indexes (whose predicates name states)
+        # stay usable; it also keeps transaction-mode poolers working.
+        self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True, "prepare_threshold": None},
+            num_workers=1,
+            name=f"taskharbor-{schema}",
+            open=True,
+        )
+        self.clock: Clock = clock if clock is not None else DatabaseClock(self._pool)
+        self.capabilities = Capabilities(
+            persistent=True,
+            multi_process=True,
+            transactional_enqueue=True,
+            notifications=notifications,
+        )
+        self._listener = Listener(conninfo, self._tables.channel) if notifications else None
+        self._schema_ok = False
+
+    # -- lifecycle of the store ---------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (``taskharbor migrate``); safe to run concurrently."""
+        with self._pool.connection() as conn:
+            migrate(conn, self._tables.schema)
+        self._schema_ok = True
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        self._pool.close()
+
+    # -- running one call ---------------------------------------------------------
+
+    def _now(self) -> datetime | None:
+        """The call's now when a clock was given; None lets SQL read the database clock."""
+        return None if self._given_clock is None else self._given_clock.now()
+
+    def _run(self, body: Callable[[psycopg.Cursor[Row], Params], T]) -> T:
+        """Run ``body`` in one transaction; again if PostgreSQL broke a deadlock with it."""
+        for attempt in itertools.count(1):
+            try:
+                with self._pool.connection() as conn:
+                    self._check_schema(conn)
+                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                        return body(cur, self._tables.params(self._now()))
+            except (pg_errors.DeadlockDetected, enqueueing.KeyReleased):
+                if attempt >= RETRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _check_schema(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        if not self._schema_ok:
+            check_schema(conn, self._tables.schema)
+            self._schema_ok = True
+
+    def _announce(self, cur: psycopg.Cursor[Row], rows: Sequence[Row]) -> None:
+        """Wake listeners of the queues in which ``rows`` made jobs available."""
+        queues = sorted({row["queue"] for row in rows if row["state"] == JobState.AVAILABLE})
+        if queues and self._listener is not None:
+            cur.execute(
+                "SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue",
+                {"channel": self._tables.channel, "queues": queues},
+            )
+
+    # -- producing ----------------------------------------------------------
+
+    def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        check_batch(requests, EnqueueRequest, "enqueue")
+        return self._run(lambda cur, params: self._enqueue_on(cur, requests, params["now"]))
+
+    def enqueue_in(
+        self, conn: psycopg.Connection[Any], requests: Sequence[EnqueueRequest]
+    ) -> list[EnqueueResult]:
+        """Enqueue on the caller's connection, inside the caller's transaction.
+
+        Nothing is committed here: the jobs exist once the caller commits, and
+        never if the caller rolls back.  Workers are woken at that commit.
+        """
+        check_batch(requests, EnqueueRequest, "enqueue")
+        with conn.cursor(row_factory=dict_row) as cur:
+            return self._enqueue_on(cur, requests, self._now())
+
+    async def enqueue_in_async(
+        self, conn: psycopg.AsyncConnection[Any], requests: Sequence[EnqueueRequest]
+    ) -> list[EnqueueResult]:
+        """:meth:`enqueue_in` on an asynchronous connection."""
+        check_batch(requests, EnqueueRequest, "enqueue")
+        now = self._now()
+        params = self._insert_params(requests, now)
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(self._insert_statement(), params)
+            inserted = await cur.fetchall()
+            held: list[Row] = []
+            keys = enqueueing.unanswered_keys(requests, inserted)
+            if keys:
+                await cur.execute(
+                    enqueueing.held_statement(self._tables),
+                    {**self._tables.params(now), "keys": keys},
+                )
+                held = await cur.fetchall()
+        return enqueueing.results(requests, inserted, held)
+
+    def _insert_statement(self) -> sql.Composed:
+        return enqueueing.insert_statement(self._tables, notify=self._listener is not None)
+
+    def _insert_params(self, requests: Sequence[EnqueueRequest], now: datetime | None) -> Params:
+        params = enqueueing.insert_params(self._tables, requests, now)
+        params["channel"] = self._tables.channel
+        return params
+
+    def _enqueue_on(
+        self, cur: psycopg.Cursor[Row], requests: Sequence[EnqueueRequest], now: datetime | None
+    ) -> list[EnqueueResult]:
+        inserted = cur.execute(
+            self._insert_statement(), self._insert_params(requests, now)
+        ).fetchall()
+        held: list[Row] = []
+        keys = enqueueing.unanswered_keys(requests, inserted)
+        if keys:
+            query = enqueueing.held_statement(self._tables)
+            held = cur.execute(query, {**self._tables.params(now), "keys": keys}).fetchall()
+        return enqueueing.results(requests, inserted, held)
+
+    def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
+        if not isinstance(graph, WorkflowGraph):
+            raise InvalidRequest(f"enqueue_workflow needs a WorkflowGraph, not {graph!r}")
+
+        def body(cur: psycopg.Cursor[Row], params: Params) -> WorkflowRecord:
+            allocated = cur.execute(
+                "SELECT nextval(%(workflow_ids)s::regclass) AS workflow_id,"
+                " ARRAY(SELECT nextval(%(job_ids)s::regclass)"
+                "       FROM generate_series(1, %(n)s)) AS job_ids",
+                {**params, "n": len(graph.steps)},
+            ).fetchone()
+            assert allocated is not None
+            ids: list[JobId] = sorted(allocated["job_ids"])
+            by_index = dict(enumerate(ids))
+            steps = graph.steps
+            values = {
+                **params,
+                "workflow_id": allocated["workflow_id"],
+                "name": graph.name,
+                "state": WorkflowState.RUNNING.value,
+                "steps": ids,
+                "result": Json(map_ref(graph.result, by_index)),
+                "ids": ids,
+                "task": [s.request.task for s in steps],
+                "queue": [s.request.queue for s in steps],
+                "args": [Json(list(s.request.args)) for s in steps],
+                "kwargs": [Json(dict(s.request.kwargs)) for s in steps],
+                "priority": [s.request.priority for s in steps],
+                "run_at": [s.request.run_at for s in steps],
+                "max_attempts": [s.request.max_attempts for s in steps],
+                "depends_on": [Json([by_index[i] for i in s.after]) for s in steps],
+                "input_ref": [
+                    None if s.input is None else Json(map_ref(s.input, by_index)) for s in steps
+                ],
+            }
+            row = cur.execute(statements.insert_workflow(self._tables), values).fetchone()
+            assert row is not None
+            self._announce(cur, [{"queue": q, "state": JobState.AVAILABLE} for q in row["ready"]])
+            return workflow_record(row)
+
+        return self._run(body)
+
+    # -- consuming ----------------------------------------------------------
+
+    def lease(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker_id: str,
+    ) -> list[JobRecord]:
+        if not isinstance(queues, list | tuple) or not queues:
+            raise InvalidRequest("lease: give at least one queue name")
+        for queue in queues:
+            check_name(queue, "queue name")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidRequest(f"lease: limit must be an int >= 1, not {limit!r}")
+        seconds = check_lease_seconds(lease_seconds)
+        check_name(worker_id, "worker id")
+
+        def body(cur: psycopg.Cursor[Row], params: Params) -> list[JobRecord]:
+            values = {
+                **params,
+                "queues": list(queues),
+                "limit": limit,
+                "seconds": seconds,
+                "worker": worker_id,
+            }
+            rows = cur.execute(statements.lease(self._tables), values).fetchall()
+            leased = [job_record(row) for row in rows]
+            return sorted(leased, key=lambda job: (-job.priority, job.run_at, job.id))
+
+        return self._run(body)
+
+    def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
+        check_batch(leases, LeaseRef, "heartbeat")
+        seconds = check_lease_seconds(lease_seconds)
+
+        def body(cur: psycopg.Cursor[Row], params: Params) -> HeartbeatResult:
+            rows = self._fenced(cur, params, JobEvent.HEARTBEAT, leases, {"seconds": seconds})
+            asked = frozenset(
+                row["id"] for row in rows if row["applied"] and row["cancel_requested"]
+            )
+            return HeartbeatResult(tuple(_lost(rows)), asked)
+
+        return self._run(body)
+
+    def complete(self, completions: Sequence[Completion]) -> list[LeaseLost]:
+        check_batch(completions, Completion, "complete")
+        values = {"results": [Json(item.result) for item in completions]}
+
+        def body(cur: psycopg.Cursor[Row], params: Params) -> list[LeaseLost]:
+            rows = self._fenced(cur, params, JobEvent.SUCCEED, completions, values)
+            steps = [row for row in rows if row["applied"] and row["workflow_id"] is not None]
+            if steps:
+                ids = [row["id"] for row in steps]
+                released = workflows.after_succeeded(cur, self._tables, params, ids)
+                self._announce(cur, released)
+                workflows.derive(cur, self._tables, params, {row["workflow_id"] for row in steps})
+            return _lost(rows)
+
+        return self._run(body)
+
+    def fail(self, failures: Sequence[Failure]) -> list[LeaseLost]:
+        check_batch(failures, Failure, "fail")
+        values = {
+            "reports": [
+                Json(
+                    {
+                        "type": item.error.type,
+                        "message": item.error.message,
+                        "traceback": item.error.traceback,
+                    }
+                )
+                for item in failures
+            ],
+            "retry_at": [item.retry_at for item in failures],
+            "permanent": [item.permanent for item in failures],
+        }
+        return self._run(
+            lambda cur, params: self._report_end(cur, params, JobEvent.FAIL, failures, values)
+        )
+
+    def snooze(self, requests: Sequence[SnoozeRequest]) -> list[LeaseLost]:
+        check_batch(requests, SnoozeRequest, "snooze")
+        values = {"run_at": [item.run_at for item in requests]}
+        return self._run(
+            lambda cur, params: self._report_end(cur, params, JobEvent.SNOOZE, requests, values)
+        )
+
+    def _report_end(
+        self,
+        cur: psycopg.Cursor[Row],
+        params: Params,
+        event: JobEvent,
+        items: Sequence[LeaseRef | Failure | SnoozeRequest],
+        values: Params,
+    ) -> list[LeaseLost]:
+        """A fenced ``fail`` or ``snooze``, then the cascades of steps that ended badly."""
+        rows = self._fenced(cur, params, event, items, values)
+        self._after_steps_ended(cur, params, [row for row in rows if row["applied"]])
+        return _lost(rows)
+
+    def _fenced(
+        self,
+        cur: psycopg.Cursor[Row],
+        params: Params,
+        event: JobEvent,
+        items: Sequence[LeaseRef | Completion | Failure | SnoozeRequest],
+        values: Params,
+    ) -> list[Row]:
+        """Run the fenced statement of ``event``; one row per item, in request order."""
+        ids = [item.job_id for item in items]
+        if any(not 0 < job_id <= BIGINT_MAX for job_id in ids):
+            raise JobNotFound(next(i for i in ids if not 0 < i <= BIGINT_MAX))
+        query = statements.fenced(self._tables, event)
+        all_values = {
+            **params,
+            **values,
+            "ids": ids,
+            "tokens": [item.token for item in items],
+            "by_request": CANCELLED_BY_REQUEST,
+        }
+        rows = cur.execute(query, all_values).fetchall()
+        for row in rows:
+            if row["missing"]:
+                raise JobNotFound(row["id"])
+        return rows
+
+    def _after_steps_ended(
+        self, cur: psycopg.Cursor[Row], params: Params, rows: Sequence[Row]
+    ) -> None:
+        """Cascade from workflow steps that just ended dead or cancelled; derive their workflows.
+
+        ``rows`` are in the order the call applied them (id, state, workflow_id).
+        """
+        steps = [row for row in rows if row["workflow_id"] is not None]
+        ended = [row for row in steps if workflows.ended_badly(row["state"])]
+        if not ended:
+            return
+        origins = [(row["id"], dependency_reason(row["id"], row["state"])) for row in ended]
+        workflows.cascade(cur, self._tables, params, origins)
+        workflows.derive(cur, self._tables, params, {row["workflow_id"] for row in ended})
+
+    # -- operators ------------------------------------------------------------
+
+    def _lock_named(
+        self, cur: psycopg.Cursor[Row], params: Params, ids: Sequence[JobId]
+    ) -> list[Row]:
+        """Lock the named jobs; their rows in the order named, or ``JobNotFound``."""
+        stored = [job_id for job_id in ids if 0 < job_id <= BIGINT_MAX]
+        query = statements.lock_for_operator(self._tables)
+        rows = {row["id"]: row for row in cur.execute(query, {**params, "ids": stored})}
+        for job_id in ids:
+            if job_id not in rows:
+                raise JobNotFound(job_id)
+        return [rows[job_id] for job_id in ids]
+
+    def cancel(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
+        ids = job_ids(job_ids_, "cancel")
+
+        def body(cur: psycopg.Cursor[Row], params: Params) -> list[JobRecord]:
+            rows = self._lock_named(cur, params, ids)
+            running = [row["id"] for row in rows if row["state"] == JobState.RUNNING]
+            origins = []
+            for row in rows:
+                if row["state"] != JobState.RUNNING:
+                    target = JOB.resolve(JobEvent.CANCEL, row["state"], subject=row["id"])
+                    origins.append((row["id"], dependency_reason(row["id"], target)))
+            if running:
+                query = statements.ask_to_cancel(self._tables, "j.id = ANY(%(ids)s::bigint[])")
+                cur.execute(query, {**params, "ids": running})
+            touched = workflows.cascade(
+                cur, self._tables, params, origins, self_reason=CANCELLED_BY_REQUEST
+            )
+            workflows.derive(cur, self._tables, params, touched)
+            return self._records(cur, params, ids)
+
+        return self._run(body)
+
+    def requeue(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
+        ids = job_ids(job_ids_, "requeue")
+
+        def body(cur: psycopg.Cursor[Row], params: Params) -> list[JobRecord]:
+            rows = self._lock_named(cur, params, ids)
+            for row in rows:
+                JOB.resolve(JobEvent.REQUEUE, row["state"], subject=row["id"])
+            touched = {row["workflow_id"] for row in rows if row["workflow_id"] is not None}
+            moved = workflows.requeue(cur, self._tables, params, ids, touched)
+            self._announce(cur, moved)
+            workflows.derive(cur, self._tables, params, touched)
+            return self._records(cur, params, ids)
+
+        return self._run(body)
+
+    # -- maintenance ----------------------------------------------------------
+
+    def promote(self) -> PromoteResult:
+        def body(cur: psycopg.Cursor[Row], params: Params) -> PromoteResult:
+            move, next_due = statements.promote(self._tables)
+            moved = cur.execute(move, params).fetchall()
+            self._announce(cur, moved)
+            row = cur.execute(next_due, params).fetchone()
+            assert row is not None
+            due = row["next_due"]
+            return PromoteResult(len(moved), None if due is None else _utc(due))
+
+        return self._run(body)
+
+    def rescue(self) -> list[JobId]:
+        def body(cur: psycopg.Cursor[Row], params: Params) -> list[JobId]:
+            report = Json({"type": LEASE_EXPIRED_TYPE, "message": LEASE_EXPIRED_MESSAGE})
+            values = {**params, "report": report, "by_request": CANCELLED_BY_REQUEST}
+            rows = sorted(
+                cur.execute(statements.rescue(self._tables), values).fetchall(),
+                key=lambda row: row["id"],
+            )
+            self._announce(cur, rows)
+            self._after_steps_ended(cur, params, rows)
+            return [row["id"] for row in rows]
+
+        return self._run(body)
+
+    def prune(self, finished_before: datetime) -> int:
+        """Delete old finished jobs, in batches of :data:`PRUNE_BATCH` rows.
+
+        Each batch is its own transaction so that pruning a large backlog never
+        holds locks for long; a batch never splits a workflow.
+        """
+        check_aware(finished_before, "finished_before")
+        single_jobs, whole_workflows = statements.prune(self._tables)
+        values = {"before": finished_before, "batch": PRUNE_BATCH}
+
+        def jobs_batch(cur: psycopg.Cursor[Row], params: Params) -> tuple[int, int]:
+            deleted = cur.execute(single_jobs, {**params, **values}).rowcount
+            return deleted, deleted
+
+        def workflows_batch(cur: psycopg.Cursor[Row], params: Params) -> tuple[int, int]:
+            row = cur.execute(whole_workflows, {**params, **values}).fetchone()
+            assert row is not None
+            return row["jobs"], row["workflows"]
+
+        total = 0
+        for batch in (jobs_batch, workflows_batch):
+            while True:
+                deleted, units = self._run(batch)
+                total += deleted
+                if units < PRUNE_BATCH:
+                    break
+        return total
+
+    # -- reading --------------------------------------------------------------
+
+    def _records(
+        self, cur: psycopg.Cursor[Row], params: Params, ids: Sequence[JobId]
+    ) -> list[JobRecord]:
+        stored = [job_id for job_id in ids if 0 < job_id <= BIGINT_MAX]
+        query = self._tables.sql(
+            "SELECT {columns} FROM {jobs} j WHERE j.id = ANY(%(ids)s::bigint[])",
+            columns=job_columns(),
+        )
+        found = {
+            row["id"]: job_record(row) for row in cur.execute(query, {**params, "ids": stored})
+        }
+        for job_id in ids:
+            if job_id not in found:
+                raise JobNotFound(job_id)
+        return [found[job_id] for job_id in ids]
+
+    def get(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
+        ids = job_ids(job_ids_, "get", distinct=False)
+        return self._run(lambda cur, params: self._records(cur, params, ids))
+
+    def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        if not isinstance(where, JobFilter):
+            raise InvalidRequest(f"list_jobs needs a JobFilter, not {where!r}")
+        conditions: list[sql.Composable] = [sql.SQL("TRUE")]
+        values: Params = {"limit": where.limit}
+        filters: Mapping[str, tuple[object, str]] = {
+            "states": (where.states, "j.state = ANY(%(states)s::text[])"),
+            "task": (where.task, "j.task = %(task)s"),
+            "queue": (where.queue, "j.queue = %(queue)s"),
+            "workflow_id": (where.workflow_id, "j.workflow_id = %(workflow_id)s"),
+            "after_id": (where.after_id, "j.id > %(after_id)s"),
+        }
+        for name, (value, condition) in filters.items():
+            if value is not None:
+                conditions.append(sql.SQL(condition))
+                values[name] = value
+        if where.states is not None:
+            values["states"] = sorted(state.value for state in where.states)
+        query = self._tables.sql(
+            "SELECT {columns} FROM {jobs} j WHERE {conditions} ORDER BY j.id LIMIT %(limit)s",
+            columns=job_columns(),
+            conditions=sql.SQL(" AND ").join(conditions),
+        )
+        return self._run(
+            lambda cur, params: [
+                job_record(row) for row in cur.execute(query, {**params, **values}).fetchall()
+            ]
+        )
+
+    def count(self) -> Mapping[tuple[str, JobState], int]:
+        query = self._tables.sql(
+            "SELECT j.queue, j.state, count(*) AS n FROM {jobs} j GROUP BY j.queue, j.state"
+        )
+        rows = self._run(lambda cur, params: cur.execute(query).fetchall())
+        return {(row["queue"], JobState(row["state"])): row["n"] for row in rows}
+
+    def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        return self._run(lambda cur, params: self._workflow(cur, params, workflow_id))
+
+    def _workflow(
+        self, cur: psycopg.Cursor[Row], params: Params, workflow_id: WorkflowId
+    ) -> WorkflowRecord:
+        if isinstance(workflow_id, bool) or not isinstance(workflow_id, int):
+            raise InvalidRequest(f"workflow id must be an int, not {workflow_id!r}")
+        if not 0 < workflow_id <= BIGINT_MAX:
+            raise WorkflowNotFound(workflow_id)
+        query = self._tables.sql("SELECT * FROM {workflows} w WHERE w.id = %(id)s")
+        row = cur.execute(query, {**params, "id": workflow_id}).fetchone()
+        if row is None:
+            raise WorkflowNotFound(workflow_id)
+        return workflow_record(row)
+
+    def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
+        def body(cur: psycopg.Cursor[Row], params: Params) -> WorkflowRecord:
+            workflow = self._workflow(cur, params, workflow_id)
+            if workflow.state in WORKFLOW.final_states:
+                allowed = set(WORKFLOW.states) - WORKFLOW.final_states
+                raise InvalidTransition(
+                    "workflow", workflow_id, WorkflowEvent.CANCEL, workflow.state, allowed
+                )
+            values = {**params, "workflow_id": workflow_id, "reason": WORKFLOW_CANCELLED}
+            cur.execute(
+                statements.ask_to_cancel(self._tables, "j.workflow_id = %(workflow_id)s"), values
+            )
+            cur.execute(statements.cancel_workflow_steps(self._tables), values)
+            workflows.derive(cur, self._tables, params, [workflow_id])
+            return self._workflow(cur, params, workflow_id)
+
+        return self._run(body)
+
+    # -- waiting --------------------------------------------------------------
+
+    def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Wake on a notification for ``queues``; poll the table while the listener is away."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        if self._listener is not None:
+            self._listener.start(settle=min(timeout, 1.0))
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._listener is not None:
+                woken = self._listener.wait(queues, left)
+                if woken is not None:
+                    return
+            if self._ready(queues):
+                return
+            if sleep_until(deadline, self._poll_interval) <= 0:
+                return
+
+    def _ready(self, queues: Sequence[str]) -> bool:
+        query = self._tables.sql(
+            "SELECT EXISTS (SELECT 1 FROM {jobs} j"
+            " WHERE j.state = {available} AND j.queue = ANY(%(queues)s::text[])) AS ready",
+            available=job_state(JobState.AVAILABLE),
+        )
+
+        def body(cur: psycopg.Cursor[Row], params: Params) -> bool:
+            row = cur.execute(query, {**params, "queues": list(queues)}).fetchone()
+            return bool(row and row["ready"])
+
+        return self._run(body)
+
+
+def _lost(rows: Sequence[Row]) -> list[LeaseLost]:
+    """The refused items of a fenced call, in request order."""
+    return [
+        LeaseLost.stale(row["id"], row["token"], row["state"]) for row in rows if not row["applied"]
+    ]
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)

@@ -1,0 +1,119 @@
+"""LISTEN/NOTIFY wake-ups for idle workers of the PostgreSQL driver.
+
+Statements that make jobs available announce their queues on the schema's
+channel (``pg_notify`` inside the same transaction, so a wake-up is sent only
+if the jobs are committed).  One :class:`Listener` per driver holds a
+dedicated autocommit connection in a daemon thread, LISTENs on the channel,
+and wakes the threads blocked in :meth:`Listener.wait` for those queues.
+
+A dropped connection (server restart, ``pg_terminate_backend``, a network
+cut) is reconnected with backoff; every waiter is woken after a reconnection,
+because notifications sent while the listener was away are lost.  While the
+listener is not connected, :meth:`Listener.wait` returns ``None`` at once and
+the driver polls instead.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import sql
+
+POLL_SLICE = 0.25
+"""How often the listener thread looks up from the socket to see whether to stop."""
+
+RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+"""Waits between reconnection attempts; the last one repeats."""
+
+
+class Listener:
+    """Waits for notifications on one channel; reconnects when its connection drops."""
+
+    def __init__(self, conninfo: str, channel: str) -> None:
+        self._conninfo = conninfo
+        self._channel = channel
+        self._changed = threading.Condition()
+        self._generation: dict[str, int] = {}
+        self._reconnections = 0
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the listener is LISTENing now (else notifications may be missed)."""
+        return self._connected.is_set()
+
+    def start(self, settle: float) -> None:
+        """Start the listener thread if needed; wait up to ``settle`` s for it to connect."""
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"taskharbor-listen-{self._channel}", daemon=True
+                )
+                self._thread.start()
+        self._connected.wait(settle)
+
+    def wait(self, queues: Sequence[str], timeout: float) -> bool | None:
+        """Block until a notification for one of ``queues`` or ``timeout`` s.
+
+        True when woken, False on timeout, None at once when not connected.
+        """
+        with self._changed:
+            if not self.connected:
+                return None
+            seen = [self._generation.get(queue, 0) for queue in queues]
+            reconnections = self._reconnections
+
+            def woken() -> bool:
+                current = [self._generation.get(queue, 0) for queue in queues]
+                return current != seen or self._reconnections != reconnections
+
+            return self._changed.wait_for(woken, timeout)
+
+    def close(self) -> None:
+        """Stop the thread and close its connection (within :data:`POLL_SLICE` s)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    failures = 0
+                    self._on_connected()
+                    while not self._stopping.is_set():
+                        for note in conn.notifies(timeout=POLL_SLICE):
+                            self._on_notify(note.payload)
+            except psycopg.Error:
+                self._connected.clear()
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                failures += 1
+                self._stopping.wait(delay)
+        self._connected.clear()
+
+    def _on_connected(self) -> None:
+        with self._changed:
+            self._connected.set()
+            self._reconnections += 1
+            self._changed.notify_all()
+
+    def _on_notify(self, queue: str) -> None:
+        with self._changed:
+            self._generation[queue] = self._generation.get(queue, 0) + 1
+            self._changed.notify_all()
+
+
+def sleep_until(deadline: float, step: float) -> float:
+    """Sleep at most ``step`` s without passing ``deadline``; returns the time left after."""
+    left = deadline - time.monotonic()
+    if left > 0:
+        time.sleep(min(step, left))
+    return deadline - time.monotonic()

@@ -1,0 +1,335 @@
+"""The PostgreSQL driver's statements for jobs, built from the spec's transition table.
+
+Each builder returns one statement; the driver runs it with ``Tables.params``
+plus its own values.  Target states come from :func:`target_case` (the
+compiled ``JOB.options``), never from state names written here.
+
+The fenced statements (heartbeat, complete, fail, snooze) share one shape: the
+batch arrives as arrays unnested in request order; the rows whose lease is
+live (``running`` with the item's token, checked in SQL) are locked in id
+order and updated; one result row per item says whether it was applied, the
+job's state, or that the job does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from psycopg import sql
+
+from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, WorkflowState
+
+from .postgres_rows import job_columns
+from .postgres_sql import (
+    enqueue_case,
+    event_sources,
+    job_state,
+    job_states,
+    target_case,
+    workflow_state,
+)
+from .postgres_tables import Tables
+
+_LEASE_CLEARED = (
+    "lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, cancel_requested = false"
+)
+
+_FENCED = """
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::text[] {arrays}) WITH ORDINALITY
+        AS i(id, token {names}, ord)
+),
+live AS (
+    SELECT j.id, {target} AS target
+    FROM {jobs} j JOIN input i ON i.id = j.id
+    WHERE j.state IN {sources} AND j.lease_token = i.token
+    ORDER BY j.id FOR UPDATE OF j
+),
+applied AS (
+    UPDATE {jobs} j SET state = l.target, {assignments}
+    FROM live l JOIN input i ON i.id = l.id
+    WHERE j.id = l.id
+    RETURNING j.id, j.state, j.queue, j.workflow_id, j.cancel_requested
+)
+SELECT i.id, i.token, a.id IS NOT NULL AS applied, COALESCE(a.state, j.state) AS state,
+       a.workflow_id, a.cancel_requested, j.id IS NULL AS missing
+FROM input i LEFT JOIN applied a ON a.id = i.id LEFT JOIN {jobs} j ON j.id = i.id
+ORDER BY i.ord
+"""
+
+_GUARDS: Mapping[str, sql.Composable] = {
+    "cancel_requested": sql.SQL("j.cancel_requested"),
+    "attempts_exhausted": sql.SQL("j.attempt >= j.max_attempts"),
+    "permanent": sql.SQL("i.permanent"),
+}
+"""Each guard of the fenced events and of ``lease_expired``, as a predicate on the row."""
+
+
+def _ends(target: str) -> dict[str, sql.Composable]:
+    """Shared pieces: ``finished_at`` and ``reason`` for a row moving to ``target``."""
+    return {
+        "finished": job_states(FINISHED_JOB_STATES),
+        "cancelled": job_state(JobState.CANCELLED),
+        "target_col": sql.SQL(target),
+    }
+
+
+_ENDING = """
+    finished_at = CASE WHEN {target_col} IN {finished} THEN {now} ELSE j.finished_at END,
+    reason = CASE WHEN {target_col} = {cancelled} THEN %(by_request)s ELSE j.reason END
+"""
+
+
+def fenced(tables: Tables, event: JobEvent) -> sql.Composed:
+    """The fenced statement of ``event`` (heartbeat, succeed, fail or snooze)."""
+    arrays, names, assignments = _FENCED_PARTS[event]
+    body = sql.SQL(assignments).format(
+        now=tables.now,
+        retrying=job_state(JobState.RETRYING),
+        scheduled=job_state(JobState.SCHEDULED),
+        ending=sql.SQL(_ENDING).format(now=tables.now, **_ends("l.target")),
+    )
+    return tables.sql(
+        _FENCED,
+        arrays=sql.SQL(arrays),
+        names=sql.SQL(names),
+        target=target_case(event, _GUARDS),
+        sources=job_states(event_sources(event)),
+        assignments=body,
+    )
+
+
+_FENCED_PARTS: Mapping[JobEvent, tuple[str, str, str]] = {
+    JobEvent.HEARTBEAT: (
+        "",
+        "",
+        "lease_expires_at = {now} + make_interval(secs => %(seconds)s)",
+    ),
+    JobEvent.SUCCEED: (
+        ", %(results)s::json[]",
+        ", result",
+        "result = i.result, finished_at = {now}, " + _LEASE_CLEARED,
+    ),
+    JobEvent.FAIL: (
+        ", %(reports)s::json[], %(retry_at)s::timestamptz[], %(permanent)s::boolean[]",
+        ", report, retry_at, permanent",
+        "errors = j.errors || json_build_object('attempt', j.attempt, 'at', {now},"
+        " 'report', i.report),"
+        " run_at = CASE WHEN l.target = {retrying} THEN COALESCE(i.retry_at, {now})"
+        " ELSE j.run_at END, {ending}, " + _LEASE_CLEARED,
+    ),
+    JobEvent.SNOOZE: (
+        ", %(run_at)s::timestamptz[]",
+        ", run_at",
+        "attempt = j.attempt - 1,"
+        " run_at = CASE WHEN l.target = {scheduled} THEN i.run_at ELSE j.run_at END,"
+        " {ending}, " + _LEASE_CLEARED,
+    ),
+}
+
+
+_LEASE = """
+WITH picked AS (
+    SELECT j.id FROM {jobs} j
+    WHERE j.state = {available} AND j.queue = ANY(%(queues)s::text[])
+    ORDER BY j.priority DESC, j.run_at, j.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {jobs} j
+SET state = {target}, attempt = j.attempt + 1,
+    lease_token = replace(gen_random_uuid()::text, '-', ''),
+    lease_expires_at = {now} + make_interval(secs => %(seconds)s),
+    leased_by = %(worker)s
+FROM picked WHERE j.id = picked.id
+RETURNING {columns}
+"""
+
+
+def lease(tables: Tables) -> sql.Composed:
+    """Lease up to ``%(limit)s`` available jobs; two callers never get the same job."""
+    return tables.sql(
+        _LEASE,
+        available=job_state(JobState.AVAILABLE),
+        target=target_case(JobEvent.LEASE, {}),
+        columns=job_columns(),
+    )
+
+
+_PROMOTE = """
+WITH due AS (
+    SELECT j.id, {target} AS target FROM {jobs} j
+    WHERE j.state IN {due} AND j.run_at <= {now}
+    ORDER BY j.id FOR UPDATE SKIP LOCKED
+)
+UPDATE {jobs} j SET state = due.target FROM due WHERE j.id = due.id
+RETURNING j.queue, j.state
+"""
+
+_NEXT_DUE = "SELECT min(j.run_at) AS next_due FROM {jobs} j WHERE j.state IN {due}"
+
+
+def promote(tables: Tables) -> tuple[sql.Composed, sql.Composed]:
+    """Promote every due job (skipping rows another promoter holds); then the next due time."""
+    due = job_states(event_sources(JobEvent.PROMOTE))
+    return (
+        tables.sql(_PROMOTE, target=target_case(JobEvent.PROMOTE, {}), due=due),
+        tables.sql(_NEXT_DUE, due=due),
+    )
+
+
+_RESCUE = """
+WITH expired AS (
+    SELECT j.id, {target} AS target FROM {jobs} j
+    WHERE j.state IN {leased} AND j.lease_expires_at <= {now}
+    ORDER BY j.id FOR UPDATE SKIP LOCKED
+)
+UPDATE {jobs} j
+SET state = e.target,
+    errors = j.errors || json_build_object('attempt', j.attempt, 'at', {now},
+                                           'report', %(report)s::json),
+    run_at = CASE WHEN e.target = {available} THEN {now} ELSE j.run_at END,
+    {ending}, {cleared}
+FROM expired e WHERE j.id = e.id
+RETURNING j.id, j.state, j.queue, j.workflow_id
+"""
+
+
+def rescue(tables: Tables) -> sql.Composed:
+    """Event ``lease_expired`` for every running job whose lease ran out."""
+    return tables.sql(
+        _RESCUE,
+        target=target_case(JobEvent.LEASE_EXPIRED, _GUARDS),
+        leased=job_states(event_sources(JobEvent.LEASE_EXPIRED)),
+        available=job_state(JobState.AVAILABLE),
+        ending=sql.SQL(_ENDING).format(now=tables.now, **_ends("e.target")),
+        cleared=sql.SQL(_LEASE_CLEARED),
+    )
+
+
+_LOCK_FOR_OPERATOR = """
+SELECT j.id, j.state, j.workflow_id FROM {jobs} j
+WHERE j.id = ANY(%(ids)s::bigint[]) ORDER BY j.id FOR UPDATE
+"""
+
+
+def lock_for_operator(tables: Tables) -> sql.Composed:
+    """Lock the jobs an operator names (cancel, requeue), reading their states."""
+    return tables.sql(_LOCK_FOR_OPERATOR)
+
+
+_ASK_TO_CANCEL = """
+UPDATE {jobs} j SET cancel_requested = true
+WHERE j.state = {running} AND {which}
+"""
+
+
+def ask_to_cancel(tables: Tables, which: str) -> sql.Composed:
+    """Set ``cancel_requested`` on the running jobs ``which`` selects."""
+    return tables.sql(_ASK_TO_CANCEL, running=job_state(JobState.RUNNING), which=sql.SQL(which))
+
+
+_CANCEL_WORKFLOW_STEPS = """
+WITH queued AS (
+    SELECT j.id, {target} AS target FROM {jobs} j
+    WHERE j.workflow_id = %(workflow_id)s AND j.state IN {queued}
+    ORDER BY j.id FOR UPDATE
+)
+UPDATE {jobs} j SET state = q.target, finished_at = {now}, reason = %(reason)s
+FROM queued q WHERE j.id = q.id
+"""
+
+
+def cancel_workflow_steps(tables: Tables) -> sql.Composed:
+    """Cancel every queued step of ``%(workflow_id)s`` with ``%(reason)s``."""
+    return tables.sql(
+        _CANCEL_WORKFLOW_STEPS,
+        target=target_case(JobEvent.CANCEL, {}),
+        queued=job_states(event_sources(JobEvent.CANCEL)),
+    )
+
+
+_PRUNE_JOBS = """
+WITH doomed AS (
+    SELECT j.id FROM {jobs} j
+    WHERE j.workflow_id IS NULL AND j.state IN {finished} AND j.finished_at < %(before)s
+    ORDER BY j.finished_at LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM {jobs} j USING doomed d WHERE j.id = d.id
+"""
+
+_PRUNE_WORKFLOWS = """
+WITH doomed AS (
+    SELECT w.id FROM {workflows} w
+    WHERE w.state IN ({succeeded}, {cancelled}) AND w.finished_at < %(before)s
+      AND NOT EXISTS (
+          SELECT 1 FROM {jobs} j
+          WHERE j.workflow_id = w.id
+            AND NOT (j.state IN {finished} AND j.finished_at < %(before)s))
+    ORDER BY w.id LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+),
+steps AS (DELETE FROM {jobs} j USING doomed d WHERE j.workflow_id = d.id RETURNING j.id),
+gone AS (DELETE FROM {workflows} w USING doomed d WHERE w.id = d.id RETURNING w.id)
+SELECT (SELECT count(*) FROM steps) AS jobs, (SELECT count(*) FROM gone) AS workflows
+"""
+
+
+def prune(tables: Tables) -> tuple[sql.Composed, sql.Composed]:
+    """One batch of finished jobs outside workflows; one batch of whole finished workflows."""
+    finished = job_states(FINISHED_JOB_STATES)
+    return (
+        tables.sql(_PRUNE_JOBS, finished=finished),
+        tables.sql(
+            _PRUNE_WORKFLOWS,
+            finished=finished,
+            succeeded=workflow_state(WorkflowState.SUCCEEDED),
+            cancelled=workflow_state(WorkflowState.CANCELLED),
+        ),
+    )
+
+
+_WORKFLOW_INSERT = """
+WITH workflow AS (
+    INSERT INTO {workflows} (id, name, state, steps, result, created_at)
+    VALUES (%(workflow_id)s, %(name)s, %(state)s, %(steps)s, %(result)s, {now})
+    RETURNING *
+),
+input AS (
+    SELECT * FROM unnest(
+        %(ids)s::bigint[], %(task)s::text[], %(queue)s::text[], %(args)s::json[],
+        %(kwargs)s::json[], %(priority)s::smallint[], %(run_at)s::timestamptz[],
+        %(max_attempts)s::integer[], %(depends_on)s::json[], %(input_ref)s::json[]
+    ) AS i(id, task, queue, args, kwargs, priority, run_at, max_attempts, depends_on, input_ref)
+),
+steps AS (
+    SELECT i.*, ARRAY(SELECT json_array_elements_text(i.depends_on)::bigint) AS after
+    FROM input i
+),
+inserted AS (
+    INSERT INTO {jobs} (id, task, queue, state, args, kwargs, priority, run_at, attempt,
+                        max_attempts, created_at, workflow_id, depends_on, waiting_on,
+                        step_args, input_ref)
+    SELECT s.id, s.task, s.queue, {first_state}, s.args, s.kwargs, s.priority,
+           COALESCE(s.run_at, {now}), 0, s.max_attempts, {now}, %(workflow_id)s, s.after,
+           cardinality(s.after), s.args, s.input_ref
+    FROM steps s
+    RETURNING queue, state
+)
+SELECT w.*, ARRAY(SELECT DISTINCT queue FROM inserted WHERE state = {available}) AS ready
+FROM workflow w
+"""
+
+
+def insert_workflow(tables: Tables) -> sql.Composed:
+    """Insert a workflow and its steps (ids allocated beforehand) in one statement."""
+    first_state = enqueue_case(
+        {
+            "waits_on_dependencies": sql.SQL("cardinality(s.after) > 0"),
+            "run_at_in_future": sql.SQL("COALESCE(s.run_at, {now}) > {now}").format(now=tables.now),
+        }
+    )
+    return tables.sql(
+        _WORKFLOW_INSERT, first_state=first_state, available=job_state(JobState.AVAILABLE)
+    )

@@ -1,0 +1,63 @@
+"""Where the PostgreSQL driver's tables live, and the clock its statements read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+
+from taskharbor.spec import InvalidRequest
+
+from .postgres_sql import STATE_PARAMS
+
+SCHEMA_NAME_MAX = 48
+"""Schema names are identifiers (63 bytes at most); room is left for the channel name."""
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The qualified names of one schema's tables, and the pieces every statement shares.
+
+    ``now`` is the statement's clock: the ``%(now)s`` parameter when the driver
+    was given a clock, else the database's transaction time, so every
+    timestamp of one call is the same instant and worker clocks never matter.
+    """
+
+    schema: str
+    jobs: sql.Identifier = field(init=False)
+    workflows: sql.Identifier = field(init=False)
+    now: sql.Composed = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.schema, str) or not self.schema:
+            raise InvalidRequest(f"schema must be a non-empty string, not {self.schema!r}")
+        if len(self.schema.encode()) > SCHEMA_NAME_MAX or "\x00" in self.schema:
+            raise InvalidRequest(
+                f"schema name {self.schema!r} must be at most {SCHEMA_NAME_MAX} bytes, without NUL"
+            )
+        object.__setattr__(self, "jobs", sql.Identifier(self.schema, "jobs"))
+        object.__setattr__(self, "workflows", sql.Identifier(self.schema, "workflows"))
+        now = sql.SQL("COALESCE({}::timestamptz, now())").format(sql.Placeholder("now"))
+        object.__setattr__(self, "now", now)
+
+    @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel on which enqueues into this schema are announced."""
+        return f"taskharbor_{self.schema}"
+
+    def sql(self, template: str, **parts: sql.Composable) -> sql.Composed:
+        """``template`` with ``{jobs}``, ``{workflows}``, ``{now}`` and ``parts`` filled in."""
+        return sql.SQL(template).format(
+            jobs=self.jobs, workflows=self.workflows, now=self.now, **parts
+        )
+
+    def params(self, now: datetime | None) -> dict[str, Any]:
+        """The parameters every statement may use: the clock, the sequences, the states."""
+        return {
+            **STATE_PARAMS,
+            "now": now,
+            "job_ids": sql.Identifier(self.schema, "job_ids").as_string(None),
+            "workflow_ids": sql.Identifier(self.schema, "workflow_ids").as_string(None),
+        }
