@@ -6,8 +6,8 @@ writer at a time take it (others wait up to the busy timeout), so two
 processes never lease the same job, fencing checks and their writes are
 atomic, and a workflow step's release or cascade commits with the call that
 finished the step.  Idempotency keys are guarded by a partial ``UNIQUE``
-index.  ``synchronous = FULL``: a call that
-returned is on disk, even across a power loss.
+index.  ``synchronous = FULL``: a call that returned is on disk, even across
+a power loss.
 
 Each thread gets its own connection (SQLite connections are not meant to be
 shared between threads); :meth:`SQLiteDriver.close` closes all of them, each
@@ -125,11 +125,11 @@ _PRUNE_JOBS = f"""
     DELETE FROM jobs
     WHERE workflow_id IS NULL AND state IN {_FINISHED} AND finished_at < :horizon
 """
-_PRUNABLE_WORKFLOWS = f"state IN {literal_list({WorkflowState.SUCCEEDED, WorkflowState.CANCELLED})}"
+_PRUNABLE_WORKFLOW_STATES = literal_list({WorkflowState.SUCCEEDED, WorkflowState.CANCELLED})
 _PRUNE_WORKFLOW_STEPS = f"""
     DELETE FROM jobs WHERE workflow_id IN (
         SELECT w.id FROM workflows AS w
-        WHERE w.{_PRUNABLE_WORKFLOWS} AND NOT EXISTS (
+        WHERE w.state IN {_PRUNABLE_WORKFLOW_STATES} AND NOT EXISTS (
             SELECT 1 FROM jobs AS step
             WHERE step.workflow_id = w.id
             AND NOT (step.state IN {_FINISHED} AND COALESCE(step.finished_at < :horizon, 0))
@@ -138,7 +138,7 @@ _PRUNE_WORKFLOW_STEPS = f"""
 """
 _PRUNE_WORKFLOWS = f"""
     DELETE FROM workflows
-    WHERE {_PRUNABLE_WORKFLOWS}
+    WHERE state IN {_PRUNABLE_WORKFLOW_STATES}
     AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.workflow_id = workflows.id)
 """
 
@@ -263,10 +263,11 @@ class SQLiteDriver(Driver):
             if not self._schema_current:
                 sqlite_schema.require_current(conn, self.path)
                 self._schema_current = True
-            now = self.clock.now()
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield Writes(conn, now)
+                # Read once the write lock is held, so that the writes of calls
+                # from every process are in the order of their "now".
+                yield Writes(conn, self.clock.now())
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -391,14 +392,11 @@ class SQLiteDriver(Driver):
     def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
         check_batch(leases, LeaseRef, "heartbeat")
         seconds = check_lease_seconds(lease_seconds)
-        lost: list[LeaseLost] = []
         cancel_requested: set[JobId] = set()
         with self._transaction() as tx:
             expires = to_micros(tx.now + timedelta(seconds=seconds))
-            for ref, row in zip(leases, tx.rows([ref.job_id for ref in leases]), strict=True):
-                if not _live(row, ref.token):
-                    lost.append(LeaseLost.stale(row["id"], ref.token, JobState(row["state"])))
-                    continue
+            lost, live = _fence(tx, leases)
+            for _, row in live:
                 tx.move(row, JobEvent.HEARTBEAT, lease_expires_at=expires)
                 if row["cancel_requested"]:
                     cancel_requested.add(row["id"])
@@ -593,7 +591,7 @@ def _live(row: sqlite3.Row, token: str) -> bool:
     return bool(row["state"] == JobState.RUNNING and row["lease_token"] == token)
 
 
-_Fenced = TypeVar("_Fenced", Completion, Failure, SnoozeRequest)
+_Fenced = TypeVar("_Fenced", LeaseRef, Completion, Failure, SnoozeRequest)
 
 
 def _fence(
