@@ -73,25 +73,26 @@ class StoreSource:
                 f"no store given: use --app module:attr or --url URL (or set {APP_ENV} "
                 f"or {URL_ENV})"
             )
+        if urlsplit(self.url).scheme.lower() == "memory":
+            raise click.BadParameter(
+                "a memory:// store lives inside one process, so the CLI would see an empty "
+                "one: give --app module:attr to reach an app's memory store",
+                param_hint="--url",
+            )
+        check_reachable(self.url)
         try:
-            driver = open_driver(self.url)
+            return open_driver(self.url)
         except InvalidRequest as exc:
             raise click.BadParameter(mask_secrets(str(exc)), param_hint="--url") from None
         except Exception as exc:  # any failure to reach or read the store is reported as such
             raise StoreUnavailable(
                 f"cannot open {self.describe()}: {mask_secrets(_one_line(exc))}"
             ) from None
-        try:
-            check_reachable(self.url)
-        except Exception:
-            driver.close()
-            raise
-        return driver
 
 
 def check_reachable(url: str) -> None:
     """Fail within seconds, with the server's own reason, when a PostgreSQL URL's
-    server cannot be reached.
+    server cannot be reached (exit 1) or the URL is malformed (exit 2).
 
     The PostgreSQL driver's connection pool would wait 30 seconds at the first
     call and then report only a timeout.  This opens one plain connection and
@@ -103,10 +104,12 @@ def check_reachable(url: str) -> None:
 
     try:
         psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
-    except psycopg.Error as exc:
+    except psycopg.OperationalError as exc:
         raise StoreUnavailable(
             f"cannot reach store {mask_secrets(url)}: {mask_secrets(_one_line(exc))}"
         ) from None
+    except psycopg.Error as exc:
+        raise click.BadParameter(mask_secrets(_one_line(exc)), param_hint="--url") from None
 
 
 class Session:

@@ -15,6 +15,7 @@ from test_cli_support import (
     one_error_line,
 )
 
+from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.cli_store import mask_secrets
 
 __all__ = ["app_module", "cli_store"]
@@ -122,6 +123,19 @@ def test_a_url_of_an_unknown_scheme_never_shows_its_password() -> None:
     assert result.exit_code == 2
     line = one_error_line(result)
     assert "unknown storage URL scheme 'mysql'" in line and "hunter2" not in line
+
+
+def test_a_memory_url_is_refused() -> None:
+    result = invoke(["--url", "memory://", "stats"])
+    assert result.exit_code == 2
+    assert "a memory:// store lives inside one process" in one_error_line(result)
+
+
+def test_a_malformed_postgres_url() -> None:
+    skip_without_postgres()
+    result = invoke(["--url", f"{POSTGRES_URL}?no_such_option=1", "stats"])
+    assert result.exit_code == 2
+    assert "no_such_option" in one_error_line(result)
 
 
 def test_a_sqlite_url_without_a_path() -> None:
