@@ -8,6 +8,7 @@ the store decides, atomically, what each job may do.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import click
@@ -46,16 +47,7 @@ def scan(driver: Driver, where: JobFilter) -> Iterator[JobRecord]:
     """Every job matching ``where`` (its limit ignored), by ascending id, page by page."""
     after = where.after_id
     while True:
-        page = driver.list_jobs(
-            JobFilter(
-                states=where.states,
-                task=where.task,
-                queue=where.queue,
-                workflow_id=where.workflow_id,
-                after_id=after,
-                limit=SCAN_PAGE,
-            )
-        )
+        page = driver.list_jobs(replace(where, after_id=after, limit=SCAN_PAGE))
         yield from page
         if len(page) < SCAN_PAGE:
             return
@@ -68,15 +60,7 @@ def list_page(
     """Up to ``where.limit`` jobs, and the ``--after`` of the next page (None: no more)."""
     wanted = where.limit
     if created_since is None:
-        found = driver.list_jobs(
-            JobFilter(
-                states=where.states,
-                task=where.task,
-                queue=where.queue,
-                after_id=where.after_id,
-                limit=wanted + 1,
-            )
-        )
+        found = driver.list_jobs(replace(where, limit=wanted + 1))
     else:
         found = []
         for job in scan(driver, where):
@@ -146,7 +130,7 @@ def list_jobs(
     """List jobs by ascending id, a page at a time."""
     driver = session.driver()
     where = JobFilter(
-        states=frozenset(JobState(state.lower()) for state in states) or None,
+        states=frozenset(JobState(state) for state in states) or None,
         task=task,
         queue=queue,
         after_id=after,

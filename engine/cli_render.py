@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from taskharbor.spec import JobRecord, JobState, WorkflowRecord
+from taskharbor.spec import JobRecord, JobState, WorkflowRecord, WorkflowState
 
 STATE_STYLES: Mapping[str, str] = {
     JobState.PENDING: "dim",
@@ -29,8 +29,9 @@ STATE_STYLES: Mapping[str, str] = {
     JobState.SUCCEEDED: "green",
     JobState.DEAD: "bold red",
     JobState.CANCELLED: "red",
+    WorkflowState.FAILED: "bold red",
 }
-"""Colour of each job state (workflow states reuse the job state of the same name)."""
+"""Colour of each job and workflow state (the ones they share have one colour)."""
 
 _STATE_HEADERS: Mapping[JobState, str] = {
     JobState.PENDING: "pend",

@@ -30,6 +30,21 @@ INTRO = """\
 and changes the store through the driver contract only, so it behaves the same
 on SQLite, PostgreSQL or any conforming driver.
 
+## Everyday tasks
+
+```sh
+export TASKHARBOR_URL=postgresql://ops@db.internal/jobs   # or --app myproject.jobs:app
+taskharbor stats                                  # counts per queue and state
+taskharbor jobs list --state running --since 1h   # running, enqueued in the last hour
+taskharbor jobs show 1234                         # payload, errors, tracebacks
+taskharbor dlq list --task billing.send_invoice   # what died, and why
+taskharbor dlq requeue --task billing.send_invoice --dry-run
+taskharbor dlq requeue --task billing.send_invoice
+taskharbor jobs cancel 1235 1236
+taskharbor prune --older-than 30d
+taskharbor --app myproject.jobs:app worker -q default -q mail -c 16
+```
+
 ## Which store
 
 * `--app module:attr` (or `TASKHARBOR_APP`) imports your application and uses
