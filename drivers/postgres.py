@@ -339,7 +339,8 @@ class PostgresDriver(Driver):
                 "seconds": seconds,
                 "worker": worker_id,
             }
-            rows = cur.execute(statements.lease(self._tables), values).fetchall()
+            query = statements.lease(self._tables, one_queue=len(set(queues)) == 1)
+            rows = cur.execute(query, values).fetchall()
             leased = [job_record(row) for row in rows]
             return sorted(leased, key=lambda job: (-job.priority, job.run_at, job.id))
 

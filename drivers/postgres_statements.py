@@ -131,7 +131,7 @@ _FENCED_PARTS: Mapping[JobEvent, tuple[str, str, str]] = {
 _LEASE = """
 WITH picked AS (
     SELECT j.id FROM {jobs} j
-    WHERE j.state = {available} AND j.queue = ANY(%(queues)s::text[])
+    WHERE j.state = {available} AND {in_queues}
     ORDER BY j.priority DESC, j.run_at, j.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -146,10 +146,19 @@ RETURNING {columns}
 """
 
 
-def lease(tables: Tables) -> sql.Composed:
-    """Lease up to ``%(limit)s`` available jobs; two callers never get the same job."""
+def lease(tables: Tables, *, one_queue: bool) -> sql.Composed:
+    """Lease up to ``%(limit)s`` available jobs of ``%(queues)s``; never one job twice.
+
+    With ``one_queue`` the queue test is an equality, so the planner walks the
+    lease index (queue, priority, run_at, id) in order and stops at the limit;
+    ``queue = ANY(...)`` cannot use that order and sorts the candidates instead.
+    """
+    in_queues = (
+        "j.queue = (%(queues)s::text[])[1]" if one_queue else "j.queue = ANY(%(queues)s::text[])"
+    )
     return tables.sql(
         _LEASE,
+        in_queues=sql.SQL(in_queues),
         available=job_state(JobState.AVAILABLE),
         target=target_case(JobEvent.LEASE, {}),
         columns=job_columns(),

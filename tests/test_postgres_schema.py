@@ -1,0 +1,130 @@
+"""The PostgreSQL driver's schema: versioned migrations, refusals, naming, the database clock."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import psycopg
+import pytest
+from psycopg import sql
+from test_postgres_support import MakeDriver, make_driver, unique_schema
+
+from driver_registry import POSTGRES_URL
+from taskharbor.drivers.postgres_schema import CURRENT_VERSION, MIGRATIONS, migrate
+from taskharbor.spec import EnqueueRequest, FakeClock, SchemaError
+
+__all__ = ["make_driver"]
+
+pytestmark = pytest.mark.postgres
+
+
+def applied_versions(schema: str) -> list[int]:
+    with psycopg.connect(POSTGRES_URL) as conn:
+        query = sql.SQL("SELECT version FROM {} ORDER BY version").format(
+            sql.Identifier(schema, "schema_migrations")
+        )
+        return [row[0] for row in conn.execute(query)]
+
+
+def test_migrate_is_idempotent(make_driver: MakeDriver) -> None:
+    driver = make_driver()
+    driver.migrate()
+    assert applied_versions(driver._tables.schema) == [m.version for m in MIGRATIONS]
+    (result,) = driver.enqueue([EnqueueRequest("t")])
+    assert result.created
+
+
+def test_concurrent_migrations_take_turns(make_driver: MakeDriver) -> None:
+    schema = unique_schema()
+    make_driver(schema, migrate=False)  # registers the schema for dropping
+    outcomes: list[list[int] | BaseException] = []
+    start = threading.Barrier(4)
+
+    def run() -> None:
+        try:
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                start.wait()
+                outcomes.append(migrate(conn, schema))
+        except BaseException as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(isinstance(outcome, list) for outcome in outcomes), outcomes
+    assert sorted(map(str, outcomes)) == ["[1]", "[]", "[]", "[]"]
+    assert applied_versions(schema) == [m.version for m in MIGRATIONS]
+
+
+def test_a_schema_never_migrated_is_refused_with_the_command_to_run(
+    make_driver: MakeDriver,
+) -> None:
+    driver = make_driver(migrate=False)
+    with pytest.raises(SchemaError, match="run `taskharbor migrate`"):
+        driver.lease(["default"], 1, 30, "w")
+
+
+def test_an_out_of_date_schema_is_refused_until_migrated(make_driver: MakeDriver) -> None:
+    schema = unique_schema()
+    make_driver(schema)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE version = %s").format(
+                sql.Identifier(schema, "schema_migrations")
+            ),
+            (CURRENT_VERSION,),
+        )
+    late = make_driver(schema, migrate=False)
+    with pytest.raises(SchemaError, match=r"out of date .* run `taskharbor migrate`"):
+        late.lease(["default"], 1, 30, "w")
+
+
+def test_a_schema_from_a_newer_release_is_refused(make_driver: MakeDriver) -> None:
+    schema = unique_schema()
+    make_driver(schema)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("INSERT INTO {} (version, description) VALUES (%s, 'future')").format(
+                sql.Identifier(schema, "schema_migrations")
+            ),
+            (CURRENT_VERSION + 1,),
+        )
+    with pytest.raises(SchemaError, match="newer release"):
+        make_driver(schema, migrate=False).count()
+    with pytest.raises(SchemaError, match="newer release"):
+        make_driver(schema, migrate=False).migrate()
+
+
+def test_any_schema_name_is_quoted_safely(make_driver: MakeDriver) -> None:
+    odd = f'{unique_schema()} "quoted"; DROP'
+    driver = make_driver(odd, clock=FakeClock())
+    (result,) = driver.enqueue([EnqueueRequest("t", queue="q")])
+    assert driver.lease(["q"], 1, 30, "w")[0].id == result.job.id
+
+
+def test_the_jobs_table_leaves_room_for_updates_in_place(make_driver: MakeDriver) -> None:
+    driver = make_driver()
+    with psycopg.connect(POSTGRES_URL) as conn:
+        row = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)",
+            (sql.Identifier(driver._tables.schema, "jobs").as_string(None),),
+        ).fetchone()
+    assert row is not None
+    assert "fillfactor=80" in row[0]
+
+
+def test_without_a_clock_time_is_the_database_clock(make_driver: MakeDriver) -> None:
+    driver = make_driver()
+    with psycopg.connect(POSTGRES_URL) as conn:
+        row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    database_now = row[0]
+    assert abs(driver.clock.now() - database_now) < timedelta(seconds=5)
+    driver.enqueue([EnqueueRequest("t")])
+    (job,) = driver.lease(["default"], 1, 90, "w")
+    assert job.lease_expires_at is not None
+    assert abs(job.lease_expires_at - job.created_at - timedelta(seconds=90)) < timedelta(seconds=5)
+    assert abs(job.created_at - database_now) < timedelta(seconds=5)
