@@ -1,0 +1,98 @@
+"""LISTEN/NOTIFY wake-ups: fast, per queue, surviving a dropped connection; polling without."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from test_postgres_support import MakeDriver, make_driver, unique_schema
+
+from driver_registry import POSTGRES_URL
+from taskharbor.drivers.postgres import PostgresDriver
+from taskharbor.spec import EnqueueRequest
+
+__all__ = ["make_driver"]
+
+pytestmark = pytest.mark.postgres
+
+NEVER_POLL = 60.0
+"""A poll interval longer than any wait here: only a notification can wake the waiter."""
+
+
+def wake_latency(worker: PostgresDriver, producer: PostgresDriver, queue: str) -> float:
+    """Seconds from an enqueue on ``producer`` until ``worker``'s idle wait returns."""
+    woke: list[float] = []
+    waiter = threading.Thread(
+        target=lambda: (worker.wait_for_jobs([queue], 20.0), woke.append(time.monotonic()))
+    )
+    waiter.start()
+    time.sleep(0.3)  # the waiter is idle now
+    assert not woke, "the waiter returned before anything was enqueued"
+    sent = time.monotonic()
+    producer.enqueue([EnqueueRequest("t", queue=queue)])
+    waiter.join(10.0)
+    assert woke, "the waiter was not woken by the enqueue"
+    return woke[0] - sent
+
+
+def listener_pids(schema: str) -> set[int]:
+    """Server processes LISTENing on the schema's channel (their last statement)."""
+    channel = f"taskharbor_{schema}"
+    with psycopg.connect(POSTGRES_URL) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE query = %s",
+            (f'LISTEN "{channel}"',),
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_an_idle_waiter_wakes_within_milliseconds_of_an_enqueue(make_driver: MakeDriver) -> None:
+    schema = unique_schema()
+    worker = make_driver(schema, poll_interval=NEVER_POLL)
+    producer = make_driver(schema, migrate=False)
+    assert worker.capabilities.notifications
+    worker.wait_for_jobs(["mail"], 0.01)  # the listener starts with the first wait
+    latencies = sorted(wake_latency(worker, producer, "mail") for _ in range(3))
+    assert latencies[1] < 0.25, f"median wake-up latency {latencies[1] * 1000:.1f} ms"
+
+
+def test_a_waiter_sleeps_through_enqueues_into_other_queues(make_driver: MakeDriver) -> None:
+    schema = unique_schema()
+    worker = make_driver(schema, poll_interval=NEVER_POLL)
+    producer = make_driver(schema, migrate=False)
+    worker.wait_for_jobs(["mail"], 0.01)
+    timer = threading.Timer(0.1, lambda: producer.enqueue([EnqueueRequest("t", queue="sms")]))
+    started = time.monotonic()
+    timer.start()
+    worker.wait_for_jobs(["mail"], 0.6)
+    timer.join()
+    assert time.monotonic() - started >= 0.55
+
+
+def test_the_listener_survives_a_terminated_connection(make_driver: MakeDriver) -> None:
+    schema = unique_schema()
+    worker = make_driver(schema, poll_interval=NEVER_POLL)
+    producer = make_driver(schema, migrate=False)
+    worker.wait_for_jobs(["mail"], 0.01)
+    (old,) = listener_pids(schema)
+    with psycopg.connect(POSTGRES_URL) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (old,))
+    deadline = time.monotonic() + 10
+    while listener_pids(schema) in (set(), {old}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert listener_pids(schema) - {old}, "the listener did not reconnect"
+    assert wake_latency(worker, producer, "mail") < 0.5
+
+
+def test_without_notifications_an_idle_waiter_polls(make_driver: MakeDriver) -> None:
+    schema = unique_schema()
+    worker = make_driver(schema, notifications=False, poll_interval=0.05)
+    producer = make_driver(schema, migrate=False, notifications=False)
+    assert not worker.capabilities.notifications
+    started = time.monotonic()
+    worker.wait_for_jobs(["mail"], 0.3)
+    assert time.monotonic() - started >= 0.29  # nothing to do: waits the whole timeout
+    assert wake_latency(worker, producer, "mail") < 0.5
+    assert listener_pids(schema) == set()
