@@ -20,6 +20,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -87,6 +88,9 @@ from .sqlite_writes import Writes
 
 BUSY_TIMEOUT_SECONDS = 30.0
 """How long a call waits for another process's write transaction before failing."""
+
+WAIT_POLL_SECONDS = 0.05
+"""How often :meth:`SQLiteDriver.wait_for_jobs` looks for ready jobs."""
 
 _INSERT_JOB = """
     INSERT INTO jobs (
@@ -363,20 +367,16 @@ class SQLiteDriver(Driver):
         lease_seconds: float,
         worker_id: str,
     ) -> list[JobRecord]:
-        if not isinstance(queues, list | tuple) or not queues:
-            raise InvalidRequest("lease: give at least one queue name")
-        for queue in queues:
-            check_name(queue, "queue name")
+        queue_params = _queue_params(queues, "lease")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidRequest(f"lease: limit must be an int >= 1, not {limit!r}")
         seconds = check_lease_seconds(lease_seconds)
         check_name(worker_id, "worker id")
         target = JobState(JOB.resolve(JobEvent.LEASE, JobState.AVAILABLE))
-        queue_names = {f"q{index}": queue for index, queue in enumerate(dict.fromkeys(queues))}
         with self._transaction() as tx:
             expires = to_micros(tx.now + timedelta(seconds=seconds))
             ready = tx.conn.execute(
-                ready_jobs_query(len(queue_names)), {**queue_names, "limit": limit}
+                ready_jobs_query(len(queue_params)), {**queue_params, "limit": limit}
             ).fetchall()
             return [
                 job_record(
@@ -576,6 +576,32 @@ class SQLiteDriver(Driver):
             tx.derive_workflow(workflow_id)
             return self._workflow(tx, workflow_id)
 
+    # -- waiting ------------------------------------------------------------------------
+
+    def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Poll the file until a job of ``queues`` is available, or any waiting job
+        is due, or ``timeout`` passes.
+
+        Polling (every :data:`WAIT_POLL_SECONDS`) sees jobs enqueued by other
+        processes without notifications; each poll is two index lookups.
+        """
+        queue_params = _queue_params(queues, "wait_for_jobs")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout:
+            raise InvalidRequest(f"wait_for_jobs: timeout must be seconds, not {timeout!r}")
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            with self._transaction(write=False) as tx:
+                query = ready_jobs_query(len(queue_params))
+                if tx.conn.execute(query, {**queue_params, "limit": 1}).fetchone():
+                    return
+                next_due = tx.conn.execute(_NEXT_DUE).fetchone()[0]
+                if next_due is not None and next_due <= tx.now_us:
+                    return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(WAIT_POLL_SECONDS, remaining))
+
     def _workflow(self, tx: Writes, workflow_id: WorkflowId) -> WorkflowRecord:
         row = tx.conn.execute("SELECT * FROM workflows WHERE id = ?", (workflow_id,)).fetchone()
         if row is None:
@@ -584,6 +610,15 @@ class SQLiteDriver(Driver):
             "SELECT id FROM jobs WHERE workflow_id = ? ORDER BY id", (workflow_id,)
         ).fetchall()
         return workflow_record(row, tuple(step["id"] for step in steps))
+
+
+def _queue_params(queues: Sequence[str], what: str) -> dict[str, str]:
+    """Validated queue names as the ``:q0, :q1, ...`` parameters of :func:`ready_jobs_query`."""
+    if not isinstance(queues, list | tuple) or not queues:
+        raise InvalidRequest(f"{what}: give at least one queue name")
+    for queue in queues:
+        check_name(queue, "queue name")
+    return {f"q{index}": queue for index, queue in enumerate(dict.fromkeys(queues))}
 
 
 def _live(row: sqlite3.Row, token: str) -> bool:

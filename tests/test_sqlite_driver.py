@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,35 @@ def test_closing_while_other_threads_call_waits_for_them_then_refuses(tmp_path: 
         thread.join(timeout=30)
     assert len(outcomes) == 4
     assert all(isinstance(exc, InvalidRequest) and "closed" in str(exc) for exc in outcomes)
+
+
+def test_waiting_returns_once_another_store_enqueues_and_not_before(tmp_path: Path) -> None:
+    waiting = SQLiteDriver(tmp_path / "wait.db")
+    producer = SQLiteDriver(tmp_path / "wait.db")
+    started = time.monotonic()
+    waiting.wait_for_jobs(["mail"], 0.2)
+    assert time.monotonic() - started >= 0.2
+
+    timer = threading.Timer(0.3, lambda: producer.enqueue([EnqueueRequest("send", queue="mail")]))
+    timer.start()
+    started = time.monotonic()
+    waiting.wait_for_jobs(["mail"], 20.0)
+    waited = time.monotonic() - started
+    timer.join()
+    assert 0.25 <= waited < 5.0
+    waiting.close()
+    producer.close()
+
+
+def test_waiting_returns_at_once_when_a_scheduled_job_is_due(tmp_path: Path) -> None:
+    clock = FakeClock()
+    driver = SQLiteDriver(tmp_path / "due.db", clock=clock)
+    driver.enqueue([EnqueueRequest("later", run_at=clock.now() + timedelta(seconds=60))])
+    started = time.monotonic()
+    driver.wait_for_jobs(["default"], 0.3)
+    assert time.monotonic() - started >= 0.3
+    clock.advance(60)
+    started = time.monotonic()
+    driver.wait_for_jobs(["default"], 20.0)
+    assert time.monotonic() - started < 5.0
+    driver.close()
