@@ -33,6 +33,7 @@ from taskharbor.canvas import (
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
     WORKFLOW_CANCELLED,
+    Clock,
     Completion,
     Driver,
     EnqueueRequest,
@@ -113,9 +114,16 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def fresh_store(driver_factory: DriverFactory, clock: Clock) -> Driver:
+    """A new empty store of the driver under test, its schema created."""
+    driver = driver_factory(clock)
+    driver.migrate()
+    return driver
+
+
 @pytest.fixture
 def driver(driver_factory: DriverFactory, clock: FakeClock) -> Driver:
-    return driver_factory(clock)
+    return fresh_store(driver_factory, clock)
 
 
 def test_chain_passes_each_result_to_the_next_step(driver: Driver) -> None:
@@ -275,7 +283,7 @@ def test_wait_refuses_a_bad_timeout(driver: Driver, timeout: Any) -> None:
 
 @pytest.fixture
 def app(driver_factory: DriverFactory) -> Iterator[App]:
-    with App(driver=driver_factory(SystemClock())) as app:
+    with App(driver=fresh_store(driver_factory, SystemClock())) as app:
         yield app
 
 
