@@ -12,8 +12,8 @@ Rules that hold for every method
 * **Atomic.**  Each call is one transaction: all of it happens, or (when it
   raises) none of it.  Items refused by fencing are *reported*, not raised:
   the rest of the batch is applied.
-* **Validated.**  An empty batch, a batch that names one job twice, an
-  unknown job id, a wrong type: the call raises
+* **Validated.**  An empty batch, a mutating batch that names one job twice
+  (``get`` may repeat ids), an unknown job id, a wrong type: the call raises
   :class:`~taskharbor.spec.errors.InvalidRequest` or
   :class:`~taskharbor.spec.errors.JobNotFound` and changes nothing.
 * **Fenced.**  ``heartbeat``, ``complete``, ``fail`` and ``snooze`` apply to
