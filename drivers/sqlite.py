@@ -16,6 +16,7 @@ once the call using it (if any) has returned.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import sqlite3
@@ -586,7 +587,7 @@ class SQLiteDriver(Driver):
         processes without notifications; each poll is two index lookups.
         """
         queue_params = _queue_params(queues, "wait_for_jobs")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
             raise InvalidRequest(f"wait_for_jobs: timeout must be seconds, not {timeout!r}")
         deadline = time.monotonic() + max(0.0, timeout)
         while True:

@@ -80,8 +80,13 @@ class Writes:
         ).fetchall()
 
     def _unsucceeded(self, job_ids: Sequence[JobId]) -> bool:
-        """Whether any of these jobs has not succeeded."""
-        return any(row["state"] != JobState.SUCCEEDED for row in self.rows(job_ids))
+        """Whether any of these jobs has not succeeded (one query, however many)."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
+            "AND state <> ?)",
+            (dump_json(list(job_ids)), JobState.SUCCEEDED.value),
+        ).fetchone()
+        return bool(row[0])
 
     # -- moving one job through the table ---------------------------------------
 
