@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -89,6 +89,7 @@ def postgres_store(tmp: Path) -> Iterator[DriverFactory]:
         schema = f"th_test_{uuid.uuid4().hex[:12]}"
         driver = PostgresDriver(POSTGRES_URL, schema=schema, clock=clock)
         opened.append((driver, schema))
+        driver.migrate()
         return driver
 
     try:
@@ -100,7 +101,7 @@ def postgres_store(tmp: Path) -> Iterator[DriverFactory]:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-DRIVERS: dict[str, Callable[[Path], contextmanager[DriverFactory]]] = {  # type: ignore[type-arg]
+DRIVERS: dict[str, Callable[[Path], AbstractContextManager[DriverFactory]]] = {
     "model": model_store,
     "memory": memory_store,
     "sqlite": sqlite_store,
