@@ -207,13 +207,18 @@ class SQLiteDriver(Driver):
         self._schema_current = True
 
     def close(self) -> None:
-        """Close every thread's connection, each once no call is using it."""
+        """Close every thread's connection, each once no call is using it.
+
+        Connections inherited from a parent process are left alone: closing
+        one here could checkpoint or remove the WAL under the parent's feet.
+        """
         with self._lock:
             self._closed = True
             handles, self._handles = self._handles, []
         for handle in handles:
-            with handle.lock:
-                handle.conn.close()
+            if handle.pid == os.getpid():
+                with handle.lock:
+                    handle.conn.close()
 
     @contextmanager
     def _using(self) -> Iterator[sqlite3.Connection]:
