@@ -39,7 +39,6 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool
@@ -94,7 +93,6 @@ from . import postgres_workflows as workflows
 from .postgres_notify import Listener, sleep_until
 from .postgres_rows import job_columns, job_record, workflow_record
 from .postgres_schema import check_schema, migrate
-from .postgres_sql import job_state
 from .postgres_tables import Tables
 
 T = TypeVar("T")
@@ -250,7 +248,7 @@ class PostgresDriver(Driver):
                 held = await cur.fetchall()
         return enqueueing.results(requests, inserted, held)
 
-    def _insert_statement(self) -> sql.Composed:
+    def _insert_statement(self) -> bytes:
         return enqueueing.insert_statement(self._tables, notify=self._listener is not None)
 
     def _insert_params(self, requests: Sequence[EnqueueRequest], now: datetime | None) -> Params:
@@ -511,10 +509,9 @@ class PostgresDriver(Driver):
 
     def promote(self) -> PromoteResult:
         def body(cur: psycopg.Cursor[Row], params: Params) -> PromoteResult:
-            move, next_due = statements.promote(self._tables)
-            moved = cur.execute(move, params).fetchall()
+            moved = cur.execute(statements.promote(self._tables), params).fetchall()
             self._announce(cur, moved)
-            row = cur.execute(next_due, params).fetchone()
+            row = cur.execute(statements.next_due(self._tables), params).fetchone()
             assert row is not None
             due = row["next_due"]
             return PromoteResult(len(moved), None if due is None else _utc(due))
@@ -542,7 +539,8 @@ class PostgresDriver(Driver):
         holds locks for long; a batch never splits a workflow.
         """
         check_aware(finished_before, "finished_before")
-        single_jobs, whole_workflows = statements.prune(self._tables)
+        single_jobs = statements.prune_jobs(self._tables)
+        whole_workflows = statements.prune_workflows(self._tables)
         values = {"before": finished_before, "batch": PRUNE_BATCH}
 
         def jobs_batch(cur: psycopg.Cursor[Row], params: Params) -> tuple[int, int]:
@@ -588,26 +586,16 @@ class PostgresDriver(Driver):
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         if not isinstance(where, JobFilter):
             raise InvalidRequest(f"list_jobs needs a JobFilter, not {where!r}")
-        conditions: list[sql.Composable] = [sql.SQL("TRUE")]
-        values: Params = {"limit": where.limit}
-        filters: Mapping[str, tuple[object, str]] = {
-            "states": (where.states, "j.state = ANY(%(states)s::text[])"),
-            "task": (where.task, "j.task = %(task)s"),
-            "queue": (where.queue, "j.queue = %(queue)s"),
-            "workflow_id": (where.workflow_id, "j.workflow_id = %(workflow_id)s"),
-            "after_id": (where.after_id, "j.id > %(after_id)s"),
+        asked: Params = {
+            "states": None if where.states is None else sorted(s.value for s in where.states),
+            "task": where.task,
+            "queue": where.queue,
+            "workflow_id": where.workflow_id,
+            "after_id": where.after_id,
         }
-        for name, (value, condition) in filters.items():
-            if value is not None:
-                conditions.append(sql.SQL(condition))
-                values[name] = value
-        if where.states is not None:
-            values["states"] = sorted(state.value for state in where.states)
-        query = self._tables.sql(
-            "SELECT {columns} FROM {jobs} j WHERE {conditions} ORDER BY j.id LIMIT %(limit)s",
-            columns=job_columns(),
-            conditions=sql.SQL(" AND ").join(conditions),
-        )
+        values = {name: value for name, value in asked.items() if value is not None}
+        query = statements.list_jobs(self._tables, tuple(values))
+        values["limit"] = where.limit
         return self._run(
             lambda cur, params: [
                 job_record(row) for row in cur.execute(query, {**params, **values}).fetchall()
@@ -615,9 +603,7 @@ class PostgresDriver(Driver):
         )
 
     def count(self) -> Mapping[tuple[str, JobState], int]:
-        query = self._tables.sql(
-            "SELECT j.queue, j.state, count(*) AS n FROM {jobs} j GROUP BY j.queue, j.state"
-        )
+        query = statements.count_jobs(self._tables)
         rows = self._run(lambda cur, params: cur.execute(query).fetchall())
         return {(row["queue"], JobState(row["state"])): row["n"] for row in rows}
 
@@ -631,7 +617,7 @@ class PostgresDriver(Driver):
             raise InvalidRequest(f"workflow id must be an int, not {workflow_id!r}")
         if not 0 < workflow_id <= BIGINT_MAX:
             raise WorkflowNotFound(workflow_id)
-        query = self._tables.sql("SELECT * FROM {workflows} w WHERE w.id = %(id)s")
+        query = statements.select_workflow(self._tables)
         row = cur.execute(query, {**params, "id": workflow_id}).fetchone()
         if row is None:
             raise WorkflowNotFound(workflow_id)
@@ -676,11 +662,7 @@ class PostgresDriver(Driver):
                 return
 
     def _ready(self, queues: Sequence[str]) -> bool:
-        query = self._tables.sql(
-            "SELECT EXISTS (SELECT 1 FROM {jobs} j"
-            " WHERE j.state = {available} AND j.queue = ANY(%(queues)s::text[])) AS ready",
-            available=job_state(JobState.AVAILABLE),
-        )
+        query = statements.any_ready(self._tables)
 
         def body(cur: psycopg.Cursor[Row], params: Params) -> bool:
             row = cur.execute(query, {**params, "queues": list(queues)}).fetchone()

@@ -26,7 +26,7 @@ from taskharbor.spec import EnqueueRequest, EnqueueResult, JobRecord, JobState, 
 
 from .postgres_rows import job_columns, job_record
 from .postgres_sql import enqueue_case, job_state
-from .postgres_tables import Tables
+from .postgres_tables import Tables, statement
 
 _INSERT = """
 WITH input AS (
@@ -68,6 +68,7 @@ _NOTIFY = """,
 """
 
 
+@statement
 def insert_statement(tables: Tables, *, notify: bool) -> sql.Composed:
     """The batch insert; with ``notify``, listeners of the tables' channel are woken."""
     first_state = enqueue_case(
@@ -108,6 +109,7 @@ class KeyReleased(TaskHarborError):
         )
 
 
+@statement
 def held_statement(tables: Tables) -> sql.Composed:
     """The jobs holding the idempotency keys ``%(keys)s``."""
     return tables.sql(

@@ -28,7 +28,7 @@ from .postgres_sql import (
     target_case,
     workflow_state,
 )
-from .postgres_tables import Tables
+from .postgres_tables import Tables, statement
 
 _LEASE_CLEARED = (
     "lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, cancel_requested = false"
@@ -80,6 +80,7 @@ _ENDING = """
 """
 
 
+@statement
 def fenced(tables: Tables, event: JobEvent) -> sql.Composed:
     """The fenced statement of ``event`` (heartbeat, succeed, fail or snooze)."""
     arrays, names, assignments = _FENCED_PARTS[event]
@@ -146,6 +147,7 @@ RETURNING {columns}
 """
 
 
+@statement
 def lease(tables: Tables, *, one_queue: bool) -> sql.Composed:
     """Lease up to ``%(limit)s`` available jobs of ``%(queues)s``; never one job twice.
 
@@ -178,13 +180,17 @@ RETURNING j.queue, j.state
 _NEXT_DUE = "SELECT min(j.run_at) AS next_due FROM {jobs} j WHERE j.state IN {due}"
 
 
-def promote(tables: Tables) -> tuple[sql.Composed, sql.Composed]:
-    """Promote every due job (skipping rows another promoter holds); then the next due time."""
+@statement
+def promote(tables: Tables) -> sql.Composed:
+    """Promote every due job, skipping rows another promoter holds."""
     due = job_states(event_sources(JobEvent.PROMOTE))
-    return (
-        tables.sql(_PROMOTE, target=target_case(JobEvent.PROMOTE, {}), due=due),
-        tables.sql(_NEXT_DUE, due=due),
-    )
+    return tables.sql(_PROMOTE, target=target_case(JobEvent.PROMOTE, {}), due=due)
+
+
+@statement
+def next_due(tables: Tables) -> sql.Composed:
+    """When the earliest scheduled or retrying job is due."""
+    return tables.sql(_NEXT_DUE, due=job_states(event_sources(JobEvent.PROMOTE)))
 
 
 _RESCUE = """
@@ -204,6 +210,7 @@ RETURNING j.id, j.state, j.queue, j.workflow_id
 """
 
 
+@statement
 def rescue(tables: Tables) -> sql.Composed:
     """Event ``lease_expired`` for every running job whose lease ran out."""
     return tables.sql(
@@ -222,6 +229,7 @@ WHERE j.id = ANY(%(ids)s::bigint[]) ORDER BY j.id FOR UPDATE
 """
 
 
+@statement
 def lock_for_operator(tables: Tables) -> sql.Composed:
     """Lock the jobs an operator names (cancel, requeue), reading their states."""
     return tables.sql(_LOCK_FOR_OPERATOR)
@@ -233,6 +241,7 @@ WHERE j.state = {running} AND {which}
 """
 
 
+@statement
 def ask_to_cancel(tables: Tables, which: str) -> sql.Composed:
     """Set ``cancel_requested`` on the running jobs ``which`` selects."""
     return tables.sql(_ASK_TO_CANCEL, running=job_state(JobState.RUNNING), which=sql.SQL(which))
@@ -249,6 +258,7 @@ FROM queued q WHERE j.id = q.id
 """
 
 
+@statement
 def cancel_workflow_steps(tables: Tables) -> sql.Composed:
     """Cancel every queued step of ``%(workflow_id)s`` with ``%(reason)s``."""
     return tables.sql(
@@ -285,17 +295,20 @@ SELECT (SELECT count(*) FROM steps) AS jobs, (SELECT count(*) FROM gone) AS work
 """
 
 
-def prune(tables: Tables) -> tuple[sql.Composed, sql.Composed]:
-    """One batch of finished jobs outside workflows; one batch of whole finished workflows."""
-    finished = job_states(FINISHED_JOB_STATES)
-    return (
-        tables.sql(_PRUNE_JOBS, finished=finished),
-        tables.sql(
-            _PRUNE_WORKFLOWS,
-            finished=finished,
-            succeeded=workflow_state(WorkflowState.SUCCEEDED),
-            cancelled=workflow_state(WorkflowState.CANCELLED),
-        ),
+@statement
+def prune_jobs(tables: Tables) -> sql.Composed:
+    """Delete one batch of old finished jobs that belong to no workflow."""
+    return tables.sql(_PRUNE_JOBS, finished=job_states(FINISHED_JOB_STATES))
+
+
+@statement
+def prune_workflows(tables: Tables) -> sql.Composed:
+    """Delete one batch of finished workflows whose steps all qualify, with their steps."""
+    return tables.sql(
+        _PRUNE_WORKFLOWS,
+        finished=job_states(FINISHED_JOB_STATES),
+        succeeded=workflow_state(WorkflowState.SUCCEEDED),
+        cancelled=workflow_state(WorkflowState.CANCELLED),
     )
 
 
@@ -331,6 +344,7 @@ FROM workflow w
 """
 
 
+@statement
 def insert_workflow(tables: Tables) -> sql.Composed:
     """Insert a workflow and its steps (ids allocated beforehand) in one statement."""
     first_state = enqueue_case(
@@ -341,4 +355,58 @@ def insert_workflow(tables: Tables) -> sql.Composed:
     )
     return tables.sql(
         _WORKFLOW_INSERT, first_state=first_state, available=job_state(JobState.AVAILABLE)
+    )
+
+
+@statement
+def select_jobs(tables: Tables) -> sql.Composed:
+    """The jobs whose ids are ``%(ids)s``."""
+    return tables.sql(
+        "SELECT {columns} FROM {jobs} j WHERE j.id = ANY(%(ids)s::bigint[])",
+        columns=job_columns(),
+    )
+
+
+_FILTERS: Mapping[str, str] = {
+    "states": "j.state = ANY(%(states)s::text[])",
+    "task": "j.task = %(task)s",
+    "queue": "j.queue = %(queue)s",
+    "workflow_id": "j.workflow_id = %(workflow_id)s",
+    "after_id": "j.id > %(after_id)s",
+}
+"""The conditions of ``list_jobs``, by the :class:`JobFilter` field that asks for them."""
+
+
+@statement
+def list_jobs(tables: Tables, filters: tuple[str, ...]) -> sql.Composed:
+    """Jobs matching the conditions of ``filters`` (names of :data:`_FILTERS`), by id."""
+    conditions = [sql.SQL(_FILTERS[name]) for name in filters] or [sql.SQL("TRUE")]
+    return tables.sql(
+        "SELECT {columns} FROM {jobs} j WHERE {conditions} ORDER BY j.id LIMIT %(limit)s",
+        columns=job_columns(),
+        conditions=sql.SQL(" AND ").join(conditions),
+    )
+
+
+@statement
+def count_jobs(tables: Tables) -> sql.Composed:
+    """How many jobs per queue and state."""
+    return tables.sql(
+        "SELECT j.queue, j.state, count(*) AS n FROM {jobs} j GROUP BY j.queue, j.state"
+    )
+
+
+@statement
+def select_workflow(tables: Tables) -> sql.Composed:
+    """The workflow whose id is ``%(id)s``."""
+    return tables.sql("SELECT * FROM {workflows} w WHERE w.id = %(id)s")
+
+
+@statement
+def any_ready(tables: Tables) -> sql.Composed:
+    """Whether a job of ``%(queues)s`` is available (the polling fallback's question)."""
+    return tables.sql(
+        "SELECT EXISTS (SELECT 1 FROM {jobs} j"
+        " WHERE j.state = {available} AND j.queue = ANY(%(queues)s::text[])) AS ready",
+        available=job_state(JobState.AVAILABLE),
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 from psycopg import sql
 
@@ -26,9 +27,11 @@ class Tables:
     """
 
     schema: str
-    jobs: sql.Identifier = field(init=False)
-    workflows: sql.Identifier = field(init=False)
-    now: sql.Composed = field(init=False)
+    jobs: sql.Identifier = field(init=False, compare=False)
+    workflows: sql.Identifier = field(init=False, compare=False)
+    now: sql.Composed = field(init=False, compare=False)
+    rendered: dict[Hashable, bytes] = field(init=False, compare=False, default_factory=dict)
+    """Statements already built for this schema (see :func:`statement`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.schema, str) or not self.schema:
@@ -61,3 +64,28 @@ class Tables:
             "job_ids": sql.Identifier(self.schema, "job_ids").as_string(None),
             "workflow_ids": sql.Identifier(self.schema, "workflow_ids").as_string(None),
         }
+
+
+P = ParamSpec("P")
+
+
+def statement(
+    build: Callable[Concatenate[Tables, P], sql.Composed],
+) -> Callable[Concatenate[Tables, P], bytes]:
+    """Build a statement once per schema and arguments; later calls reuse its bytes.
+
+    Composing and rendering a statement costs more than a round trip on a
+    fast network; rendered bytes also let psycopg reuse its parse of the
+    placeholders.
+    """
+
+    def cached(tables: Tables, /, *args: P.args, **kwargs: P.kwargs) -> bytes:
+        key = (build.__module__, build.__qualname__, args, tuple(sorted(kwargs.items())))
+        found = tables.rendered.get(key)
+        if found is None:
+            found = tables.rendered[key] = build(tables, *args, **kwargs).as_bytes(None)
+        return found
+
+    cached.__doc__ = build.__doc__
+    cached.__name__ = build.__name__
+    return cached

@@ -40,7 +40,7 @@ from taskharbor.spec.records import map_ref
 from taskharbor.spec.table import FINISHED_JOB_STATES, QUEUED_JOB_STATES
 
 from .postgres_sql import job_state, job_states, target_case, workflow_state
-from .postgres_tables import Tables
+from .postgres_tables import Tables, statement
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
@@ -163,6 +163,71 @@ WHERE w.id = m.id
 """
 
 
+@statement
+def _decrement(tables: Tables) -> sql.Composed:
+    return tables.sql(_DECREMENT)
+
+
+@statement
+def _release_targets(tables: Tables) -> sql.Composed:
+    in_future = sql.SQL("j.run_at > {}").format(tables.now)
+    release = target_case(JobEvent.RELEASE, {"run_at_in_future": in_future})
+    return tables.sql(_RELEASE_TARGETS, release=release, pending=job_state(JobState.PENDING))
+
+
+@statement
+def _release(tables: Tables) -> sql.Composed:
+    return tables.sql(_RELEASE, scheduled=job_state(JobState.SCHEDULED))
+
+
+@statement
+def _cascade(tables: Tables, *, with_origins: bool) -> sql.Composed:
+    return tables.sql(
+        _CASCADE,
+        seeds=tables.sql(_SELF_SEEDS) if with_origins else sql.SQL(""),
+        cancel=target_case(JobEvent.CANCEL, {}),
+        cancellable=job_states(QUEUED_JOB_STATES if with_origins else {JobState.PENDING}),
+    )
+
+
+@statement
+def _requeue_targets(tables: Tables) -> sql.Composed:
+    return tables.sql(
+        _REQUEUE_TARGETS,
+        requeue=target_case(JobEvent.REQUEUE, _WAITS),
+        cancelled=job_state(JobState.CANCELLED),
+    )
+
+
+@statement
+def _requeue(tables: Tables) -> sql.Composed:
+    return tables.sql(_REQUEUE)
+
+
+@statement
+def _lock_workflows(tables: Tables) -> sql.Composed:
+    return tables.sql(_LOCK_WORKFLOWS)
+
+
+@statement
+def _derived(tables: Tables) -> sql.Composed:
+    return tables.sql(
+        _DERIVED,
+        dead=job_state(JobState.DEAD),
+        cancelled=job_state(JobState.CANCELLED),
+        succeeded=job_state(JobState.SUCCEEDED),
+        failed=workflow_state(WorkflowState.FAILED),
+        wf_cancelled=workflow_state(WorkflowState.CANCELLED),
+        wf_succeeded=workflow_state(WorkflowState.SUCCEEDED),
+        wf_running=workflow_state(WorkflowState.RUNNING),
+    )
+
+
+@statement
+def _set_workflows(tables: Tables) -> sql.Composed:
+    return tables.sql(_SET_WORKFLOWS, wf_running=workflow_state(WorkflowState.RUNNING))
+
+
 def after_succeeded(
     cur: Cursor[Row], tables: Tables, params: Params, ids: Sequence[JobId]
 ) -> list[Row]:
@@ -170,18 +235,14 @@ def after_succeeded(
 
     Returns the released rows' queue and new state.
     """
-    rows = cur.execute(tables.sql(_DECREMENT), {**params, "ids": list(ids)}).fetchall()
+    rows = cur.execute(_decrement(tables), {**params, "ids": list(ids)}).fetchall()
     ready = [
         row["id"] for row in rows if row["waiting_on"] == 0 and row["state"] == JobState.PENDING
     ]
     if not ready:
         return []
-    in_future = sql.SQL("j.run_at > {}").format(tables.now)
-    release = target_case(JobEvent.RELEASE, {"run_at_in_future": in_future})
-    query = tables.sql(_RELEASE_TARGETS, release=release, pending=job_state(JobState.PENDING))
-    moves = cur.execute(query, {**params, "ids": ready}).fetchall()
-    statement = tables.sql(_RELEASE, scheduled=job_state(JobState.SCHEDULED))
-    return cur.execute(statement, _moves(params, moves)).fetchall()
+    moves = cur.execute(_release_targets(tables), {**params, "ids": ready}).fetchall()
+    return cur.execute(_release(tables), _moves(params, moves)).fetchall()
 
 
 def cascade(
@@ -200,14 +261,7 @@ def cascade(
     """
     if not origins:
         return set()
-    seeds = tables.sql(_SELF_SEEDS) if self_reason is not None else sql.SQL("")
-    cancellable = QUEUED_JOB_STATES if self_reason is not None else {JobState.PENDING}
-    query = tables.sql(
-        _CASCADE,
-        seeds=seeds,
-        cancel=target_case(JobEvent.CANCEL, {}),
-        cancellable=job_states(cancellable),
-    )
+    query = _cascade(tables, with_origins=self_reason is not None)
     values = {
         **params,
         "ids": [job_id for job_id, _ in origins],
@@ -230,13 +284,9 @@ def requeue(
     The caller has checked that ``ids`` are dead or cancelled.  Returns the
     moved rows' queue and new state.
     """
-    query = tables.sql(
-        _REQUEUE_TARGETS,
-        requeue=target_case(JobEvent.REQUEUE, _WAITS),
-        cancelled=job_state(JobState.CANCELLED),
-    )
-    moves = cur.execute(query, {**params, "ids": list(ids), "workflows": list(workflows)})
-    return cur.execute(tables.sql(_REQUEUE), _moves(params, moves.fetchall())).fetchall()
+    values = {**params, "ids": list(ids), "workflows": list(workflows)}
+    moves = cur.execute(_requeue_targets(tables), values).fetchall()
+    return cur.execute(_requeue(tables), _moves(params, moves)).fetchall()
 
 
 def _moves(params: Params, moves: Sequence[Row]) -> dict[str, Any]:
@@ -268,18 +318,9 @@ def derive(cur: Cursor[Row], tables: Tables, params: Params, ids: Iterable[Workf
     wanted = sorted(set(ids))
     if not wanted:
         return
-    locked = cur.execute(tables.sql(_LOCK_WORKFLOWS), {**params, "ids": wanted}).fetchall()
+    locked = cur.execute(_lock_workflows(tables), {**params, "ids": wanted}).fetchall()
     current = {row["id"]: WorkflowState(row["state"]) for row in locked}
-    parts = {
-        "dead": job_state(JobState.DEAD),
-        "cancelled": job_state(JobState.CANCELLED),
-        "succeeded": job_state(JobState.SUCCEEDED),
-        "failed": workflow_state(WorkflowState.FAILED),
-        "wf_cancelled": workflow_state(WorkflowState.CANCELLED),
-        "wf_succeeded": workflow_state(WorkflowState.SUCCEEDED),
-        "wf_running": workflow_state(WorkflowState.RUNNING),
-    }
-    derived = cur.execute(tables.sql(_DERIVED, **parts), {**params, "ids": wanted}).fetchall()
+    derived = cur.execute(_derived(tables), {**params, "ids": wanted}).fetchall()
     changes = {
         row["id"]: WorkflowState(row["state"])
         for row in derived
@@ -289,7 +330,7 @@ def derive(cur: Cursor[Row], tables: Tables, params: Params, ids: Iterable[Workf
         WORKFLOW.event_for(current[workflow_id], target, subject=workflow_id)
     if changes:
         values = {**params, "ids": list(changes), "states": [s.value for s in changes.values()]}
-        cur.execute(tables.sql(_SET_WORKFLOWS, wf_running=parts["wf_running"]), values)
+        cur.execute(_set_workflows(tables), values)
 
 
 def ended_badly(state: str) -> bool:
