@@ -84,7 +84,15 @@ from .sqlite_rows import (
     to_micros,
     workflow_record,
 )
-from .sqlite_sql import DUE_ROWS, LEASED_ROWS, literal_list, ready_jobs_query, target_case
+from .sqlite_sql import (
+    DUE_ROWS,
+    IDS_PER_STATEMENT,
+    LEASED_ROWS,
+    lease_update,
+    literal_list,
+    ready_jobs_query,
+    target_case,
+)
 from .sqlite_writes import Writes
 
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -381,19 +389,21 @@ class SQLiteDriver(Driver):
         target = JobState(JOB.resolve(JobEvent.LEASE, JobState.AVAILABLE))
         with self._transaction() as tx:
             expires = to_micros(tx.now + timedelta(seconds=seconds))
-            ready = tx.conn.execute(
-                ready_jobs_query(len(queue_params)), {**queue_params, "limit": limit}
-            ).fetchall()
-            return [
-                job_record(
-                    tx.conn.execute(
-                        "UPDATE jobs SET state = ?, attempt = attempt + 1, lease_token = ?, "
-                        "lease_expires_at = ?, leased_by = ? WHERE id = ? RETURNING *",
-                        (target.value, secrets.token_hex(16), expires, worker_id, row["id"]),
-                    ).fetchone()
+            ready = [
+                row["id"]
+                for row in tx.conn.execute(
+                    ready_jobs_query(len(queue_params)), {**queue_params, "limit": limit}
                 )
-                for row in ready
             ]
+            rows: list[sqlite3.Row] = []
+            for start in range(0, len(ready), IDS_PER_STATEMENT):
+                chunk = ready[start : start + IDS_PER_STATEMENT]
+                pairs = [value for job_id in chunk for value in (job_id, secrets.token_hex(16))]
+                rows += tx.conn.execute(
+                    lease_update(len(chunk)), (target.value, expires, worker_id, *pairs)
+                ).fetchall()
+        position = {job_id: index for index, job_id in enumerate(ready)}
+        return sorted((job_record(row) for row in rows), key=lambda job: position[job.id])
 
     def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
         check_batch(leases, LeaseRef, "heartbeat")

@@ -98,3 +98,23 @@ def ready_jobs_query(queue_count: int) -> str:
         for index in range(queue_count)
     )
     return f"SELECT id FROM ({walks}) ORDER BY {LEASE_ORDER} LIMIT :limit"
+
+
+IDS_PER_STATEMENT = 500
+"""Job ids per statement in batch reads and leases, well under SQLite's parameter limit."""
+
+
+def lease_update(count: int) -> str:
+    """Lease ``count`` jobs at once, each with its own token, returning their rows.
+
+    Parameters, in order: the target state, ``lease_expires_at``, ``leased_by``,
+    then ``count`` pairs of job id and lease token.  The rows come back in no
+    particular order.
+    """
+    pairs = ", ".join(["(?, ?)"] * count)
+    return (
+        "UPDATE jobs SET state = ?, attempt = attempt + 1, lease_token = leased.token, "
+        "lease_expires_at = ?, leased_by = ? "
+        f"FROM (SELECT column1 AS id, column2 AS token FROM (VALUES {pairs})) AS leased "
+        "WHERE jobs.id = leased.id RETURNING *"
+    )

@@ -31,6 +31,7 @@ from taskharbor.spec import (
 from taskharbor.spec.records import map_ref
 
 from .sqlite_rows import dump_json, load_json, to_micros
+from .sqlite_sql import IDS_PER_STATEMENT
 
 _LEASE_CLEARED: Mapping[str, Any] = {
     "lease_token": None,
@@ -39,9 +40,6 @@ _LEASE_CLEARED: Mapping[str, Any] = {
     "cancel_requested": 0,
 }
 """Columns reset when a job leaves ``running``."""
-
-_ID_CHUNK = 500
-"""Ids per ``IN (...)`` list, well under SQLite's limit on parameters."""
 
 
 class Writes:
@@ -67,8 +65,8 @@ class Writes:
     def rows_by_id(self, job_ids: Iterable[JobId]) -> dict[JobId, sqlite3.Row]:
         wanted = list(dict.fromkeys(job_ids))
         found: dict[JobId, sqlite3.Row] = {}
-        for start in range(0, len(wanted), _ID_CHUNK):
-            chunk = wanted[start : start + _ID_CHUNK]
+        for start in range(0, len(wanted), IDS_PER_STATEMENT):
+            chunk = wanted[start : start + IDS_PER_STATEMENT]
             marks = ", ".join("?" * len(chunk))
             for row in self.conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk):
                 found[row["id"]] = row
