@@ -81,7 +81,7 @@ class App:
         if url is not None and driver is not None:
             raise InvalidRequest("give App a storage URL or a driver, not both")
         if driver is None:
-            driver = open_driver(url or DEFAULT_URL)
+            driver = open_driver(DEFAULT_URL if url is None else url)
             if migrate:
                 driver.migrate()
         elif not isinstance(driver, Driver):

@@ -38,7 +38,6 @@ from taskharbor.spec import (
     Completion,
     Failure,
     InvalidRequest,
-    JobId,
     JobRecord,
     LeaseLost,
     LeaseRef,
@@ -157,7 +156,7 @@ class Worker:
         return f"<Worker {self.worker_id} queues={list(self.queues)} running={len(self._active)}>"
 
     def _reset(self) -> None:
-        self._active: dict[JobId, _Active] = {}
+        self._active: dict[str, _Active] = {}  # by lease token: a job may be here twice
         self._runs: set[asyncio.Task[None]] = set()
         self._outbox: list[tuple[_Active | None, Report]] = []
         self._flushing = False
@@ -336,7 +335,11 @@ class Worker:
             started=time.monotonic(),
             token=record.lease_token,
         )
-        self._active[record.id] = active
+        for older in self._live():
+            if older.record.id == record.id:
+                # Leased again, so the older lease expired and was rescued: stop its handler.
+                self._lose(older, "the job was leased again after its lease expired")
+        self._active[active.token] = active
         run = asyncio.create_task(self._run(active), name=f"taskharbor-job-{record.id}")
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
@@ -358,7 +361,7 @@ class Worker:
         except Exception:
             logger.exception("worker %s: running job %d failed", self.worker_id, active.record.id)
         finally:
-            self._active.pop(active.record.id, None)
+            del self._active[active.token]
             self._wake.set()
 
     async def _outcome(self, active: _Active) -> tuple[Outcome, asyncio.Future[Any] | None]:
@@ -450,7 +453,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            live = [a for a in self._active.values() if not a.reported and not a.released]
+            live = self._live()
             if not live:
                 continue
             refs = [LeaseRef(a.record.id, a.token) for a in live]
@@ -460,17 +463,28 @@ class Worker:
                 logger.exception("worker %s: heartbeat failed; retrying", self.worker_id)
                 continue
             for lost in result.lost:
-                active = self._active.get(lost.job_id) if isinstance(lost.job_id, int) else None
-                if active is not None and not active.reported and active.token == lost.token:
-                    logger.warning("job %s: %s; stopping its handler", lost.job_id, lost)
-                    active.released = True
-                    active.stop()
-            for job_id in result.cancel_requested:
-                active = self._active.get(job_id)
-                if active is not None and not active.cancel_requested:
-                    logger.info("job %d %s: cancel requested", job_id, active.record.task)
+                active = self._active.get(lost.token)
+                if active is not None and not active.reported:
+                    self._lose(active, str(lost))
+            for active in self._live():
+                if active.record.id in result.cancel_requested and not active.cancel_requested:
+                    logger.info("job %d %s: cancel requested", active.record.id, active.record.task)
                     active.cancel_requested = True
                     active.stop()
+
+    def _live(self) -> list[_Active]:
+        """The jobs whose lease this worker still holds and has not reported on."""
+        return [a for a in self._active.values() if not a.reported and not a.released]
+
+    def _lose(self, active: _Active, why: str) -> None:
+        logger.warning(
+            "job %d %s: lease lost (%s); its outcome will not be reported",
+            active.record.id,
+            active.record.task,
+            why,
+        )
+        active.released = True
+        active.stop()
 
     # -- maintenance -----------------------------------------------------------------
 
@@ -520,7 +534,7 @@ class Worker:
                 if remaining <= 0 or not self._graceful:
                     break
                 await asyncio.wait(set(self._runs), timeout=min(remaining, 0.1))
-        unfinished = [a for a in self._active.values() if not a.reported and not a.released]
+        unfinished = self._live()
         if unfinished:
             now = self.app.driver.clock.now()
             logger.info(

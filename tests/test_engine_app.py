@@ -1,0 +1,349 @@
+"""The producer and operator API of th.App, on every driver."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_engine_support import burst, fake_app, make_app
+
+import taskharbor as th
+from driver_registry import DriverFactory
+from taskharbor.spec import (
+    EnqueueRequest,
+    EnqueueResult,
+    InvalidRequest,
+    InvalidTransition,
+    JobNotFound,
+    JobState,
+    SystemClock,
+)
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+# -- tasks -------------------------------------------------------------------------------
+
+
+def test_task_names_default_to_module_and_qualname(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    task = app.task(add)
+    assert task.name == f"{__name__}.add"
+    assert app.get_task(task.name) is task
+    assert task(2, 3) == 5  # calling the task runs the function here
+
+
+def test_an_explicit_name_and_defaults_are_kept(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+
+    @app.task(name="mail.send", queue="mail", priority=7, max_attempts=5, timeout=2)
+    def send(to: str) -> None: ...
+
+    job = send.enqueue("a@example.com")
+    assert (job.task, job.queue, job.priority, job.max_attempts) == ("mail.send", "mail", 7, 5)
+    assert send.defaults.timeout == 2.0
+
+
+def test_two_tasks_under_one_name_are_refused(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    app.task(name="x")(add)
+    with pytest.raises(InvalidRequest, match="'x' is already registered"):
+        app.task(name="x")(lambda: None)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"priority": 10**6}, "priority"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"queue": ""}, "queue name"),
+        ({"timeout": -1}, "timeout"),
+        ({"backoff": "fast"}, "backoff"),
+    ],
+)
+def test_bad_task_defaults_are_refused_at_registration(
+    driver_factory: DriverFactory, options: dict[str, Any], message: str
+) -> None:
+    app = make_app(driver_factory)
+    with pytest.raises(InvalidRequest, match=message):
+        app.task(**options)(add)
+    assert app.tasks == {}
+
+
+def test_async_handlers_are_recognised(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+
+    @app.task
+    async def fetch(url: str) -> int:
+        return len(url)
+
+    assert fetch.is_async and not app.task(add).is_async
+
+
+# -- enqueue -------------------------------------------------------------------------------
+
+
+def test_enqueue_stores_an_available_job(driver_factory: DriverFactory) -> None:
+    app, clock = fake_app(driver_factory)
+    job = app.task(add).enqueue(1, b=2)
+    assert job.state == JobState.AVAILABLE
+    assert (job.args, dict(job.kwargs), job.attempt) == ((1,), {"b": 2}, 0)
+    assert job.run_at == clock.now() and job.created_at == clock.now()
+    assert app.get_job(job.id) == job
+
+
+def test_delay_and_run_at_schedule_the_job(driver_factory: DriverFactory) -> None:
+    app, clock = fake_app(driver_factory)
+    task = app.task(add)
+    delayed = task.options(delay=10).enqueue(1, 2)
+    assert delayed.state == JobState.SCHEDULED
+    assert delayed.run_at == clock.now() + timedelta(seconds=10)
+    later = clock.now() + timedelta(hours=1)
+    at = task.options(run_at=later).enqueue(1, 2)
+    assert (at.state, at.run_at) == (JobState.SCHEDULED, later)
+    as_timedelta = task.options(delay=timedelta(minutes=1)).enqueue(1, 2)
+    assert as_timedelta.run_at == clock.now() + timedelta(minutes=1)
+
+
+def test_options_override_defaults_and_combine(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    task = app.task(queue="a", priority=1)(add)
+    job = task.options(queue="b").options(priority=5, max_attempts=9).enqueue(1, 2)
+    assert (job.queue, job.priority, job.max_attempts) == ("b", 5, 9)
+    assert task.options(priority=None).enqueue(1, 2).priority == 1  # None: the default
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"delay": -1}, "delay must be finite and >= 0"),
+        ({"delay": float("nan")}, "delay must be finite"),
+        ({"delay": "soon"}, "delay must be seconds"),
+        ({"run_at": datetime(2030, 1, 1)}, "timezone-aware"),
+        ({"delay": 1, "run_at": datetime(2030, 1, 1).astimezone()}, "not both"),
+        ({"retries": 3}, "unknown enqueue option"),
+        ({"priority": "high"}, "priority must be an int"),
+    ],
+)
+def test_bad_options_are_refused_with_a_clear_error(
+    driver_factory: DriverFactory, options: dict[str, Any], message: str
+) -> None:
+    app = make_app(driver_factory)
+    task = app.task(add)
+    with pytest.raises(InvalidRequest, match=message):
+        task.options(**options).enqueue(1, 2)
+    assert app.list_jobs() == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        ((object(),), {}),
+        (((1, 2),), {}),  # tuples would come back as lists: refused
+        ((), {"when": datetime(2030, 1, 1)}),
+        ((float("inf"),), {}),
+        ((), {"x": {1: "non-str key"}}),
+    ],
+)
+def test_non_json_payloads_are_refused_and_nothing_is_written(
+    driver_factory: DriverFactory, payload: tuple[tuple[Any, ...], dict[str, Any]]
+) -> None:
+    app = make_app(driver_factory)
+    task = app.task(name="t")(lambda *a, **k: None)
+    args, kwargs = payload
+    with pytest.raises(InvalidRequest, match="cannot enqueue t"):
+        task.enqueue(*args, **kwargs)
+    assert app.list_jobs() == []
+
+
+def test_idempotency_key_returns_the_first_job(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    task = app.task(add)
+    first = task.options(idempotency_key="order-1").enqueue(1, 2)
+    again = task.options(idempotency_key="order-1").enqueue(5, 5)
+    assert again.id == first.id and again.args == (1, 2)
+    assert len(app.list_jobs()) == 1
+
+
+def test_enqueue_async_does_not_block_the_loop(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    task = app.task(add)
+
+    async def main() -> list[th.Job]:
+        return list(await asyncio.gather(*(task.enqueue_async(i, i) for i in range(5))))
+
+    jobs = asyncio.run(main())
+    assert sorted(job.args for job in jobs) == [(i,) * 2 for i in range(5)]
+
+
+class CountingEnqueue:
+    """Stands in for a driver's enqueue method and counts its calls."""
+
+    def __init__(self, enqueue: Callable[[list[EnqueueRequest]], list[EnqueueResult]]) -> None:
+        self.enqueue = enqueue
+        self.calls = 0
+
+    def __call__(self, requests: list[EnqueueRequest]) -> list[EnqueueResult]:
+        self.calls += 1
+        return self.enqueue(requests)
+
+
+def test_enqueue_many_is_one_driver_call_and_all_or_nothing(
+    driver_factory: DriverFactory,
+) -> None:
+    app = make_app(driver_factory)
+    task = app.task(add)
+    counting = CountingEnqueue(app.driver.enqueue)
+    app.driver.enqueue = counting  # type: ignore[method-assign]
+    jobs = app.enqueue_many(task.s(i, i) for i in range(50))
+    assert counting.calls == 1 and [job.args for job in jobs] == [(i, i) for i in range(50)]
+    with pytest.raises(InvalidRequest):
+        app.enqueue_many([task.s(1, 1), task.s(object(), 1)])
+    assert len(app.list_jobs(limit=1000)) == 50
+
+
+def test_signatures_use_task_defaults_and_their_options(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    task = app.task(queue="q", max_attempts=4)(add)
+    job = app.enqueue(task.s(1, 2).options(priority=3))
+    assert (job.queue, job.priority, job.max_attempts, job.args) == ("q", 3, 4, (1, 2))
+    with_opts = app.enqueue(task.options(queue="other").s(1, 2))
+    assert with_opts.queue == "other"
+    with pytest.raises(InvalidRequest, match="unknown enqueue option"):
+        app.request_for(task.s(1, 2).options(colour="red"))
+    with pytest.raises(InvalidRequest, match="no task named 'nope'"):
+        app.enqueue(th.Signature("nope"))
+    with pytest.raises(InvalidRequest, match="takes a signature"):
+        app.enqueue("add")  # type: ignore[call-overload]
+
+
+# -- reading and operating -------------------------------------------------------------
+
+
+def test_list_jobs_filters_and_stats_count(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    a = app.task(name="a", queue="q1")(add)
+    b = app.task(name="b", queue="q2")(add)
+    a_jobs = [a.enqueue(i, i) for i in range(3)]
+    b.enqueue(0, 0)
+    app.cancel(a_jobs[0])
+    assert [job.id for job in app.list_jobs(task=a)] == [job.id for job in a_jobs]
+    assert [job.id for job in app.list_jobs(state="cancelled")] == [a_jobs[0].id]
+    assert len(app.list_jobs(state=["available", JobState.CANCELLED])) == 4
+    assert len(app.list_jobs(queue="q2")) == 1
+    assert [j.id for j in app.list_jobs(limit=2, after_id=a_jobs[0].id)] == [
+        j.id for j in a_jobs[1:]
+    ]
+    with pytest.raises(InvalidRequest, match="unknown job state"):
+        app.list_jobs(state="done")
+    stats = app.stats()
+    assert stats["q1"][JobState.AVAILABLE] == 2 and stats["q1"][JobState.CANCELLED] == 1
+    assert stats["q2"][JobState.AVAILABLE] == 1 and stats["q2"][JobState.DEAD] == 0
+
+
+def test_cancel_a_queued_job_at_once(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    job = app.task(add).options(delay=60).enqueue(1, 2)
+    cancelled = app.cancel(job.id)
+    assert cancelled.state == JobState.CANCELLED and cancelled.finished
+    with pytest.raises(InvalidTransition):
+        app.cancel(job.id)
+
+
+def test_requeue_moves_a_dead_job_back_with_attempts_reset(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+
+    @app.task(max_attempts=1)
+    def broken() -> None:
+        raise th.PermanentError("no")
+
+    job = broken.enqueue()
+    burst(app)
+    dead = app.get_job(job)
+    assert dead.state == JobState.DEAD and dead.attempt == 1
+    back = app.requeue(job)
+    assert back.state == JobState.AVAILABLE and back.attempt == 0
+    assert len(back.errors) == 1  # history is kept
+    with pytest.raises(InvalidTransition):
+        app.requeue(job)
+
+
+def test_wait_returns_a_finished_job_or_times_out(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    task = app.task(add)
+    job = task.enqueue(1, 2)
+    with pytest.raises(TimeoutError, match="still available"):
+        app.wait(job, timeout=0.05)
+    burst(app)
+    assert app.wait(job, timeout=1).result == 3
+    assert asyncio.run(app.wait_async(job.id, timeout=1)).result == 3
+
+
+def test_unknown_job_ids_raise_job_not_found(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    with pytest.raises(JobNotFound):
+        app.get_job(12345)
+
+
+def test_prune_deletes_old_finished_jobs(driver_factory: DriverFactory) -> None:
+    app, clock = fake_app(driver_factory)
+    task = app.task(add)
+    job = task.enqueue(1, 2)
+    burst(app)
+    clock.advance(100)
+    assert app.prune(older_than=200) == 0
+    assert app.prune(older_than=timedelta(seconds=50)) == 1
+    with pytest.raises(JobNotFound):
+        app.get_job(job)
+    with pytest.raises(InvalidRequest):
+        app.prune(older_than=-1)
+
+
+# -- storage URLs ------------------------------------------------------------------------
+
+
+def test_urls_open_their_driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskharbor.drivers.memory import MemoryDriver
+    from taskharbor.drivers.sqlite import SQLiteDriver
+
+    assert isinstance(th.App("memory://").driver, MemoryDriver)
+    with th.App(f"sqlite:///{tmp_path / 'jobs.db'}") as app:
+        assert isinstance(app.driver, SQLiteDriver)
+        assert app.task(add).enqueue(1, 2).id == 1
+    monkeypatch.chdir(tmp_path)
+    with th.App() as default:
+        assert isinstance(default.driver, SQLiteDriver)
+    assert (tmp_path / "taskharbor.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://localhost", "unknown storage URL scheme 'redis'"),
+        ("jobs.db", "unknown storage URL scheme '\\(none\\)'"),
+        ("sqlite://", "has no file path"),
+        ("", "non-empty string"),
+    ],
+)
+def test_bad_urls_are_clear_errors(url: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        th.App(url)
+
+
+def test_unknown_scheme_error_does_not_show_the_password() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        th.App("mysql://user:secret@host/db")
+    assert "secret" not in str(caught.value)
+
+
+def test_app_takes_a_driver_or_a_url_not_both(driver_factory: DriverFactory) -> None:
+    driver = driver_factory(SystemClock())
+    assert th.App(driver).driver is driver
+    with pytest.raises(InvalidRequest, match="not both"):
+        th.App("memory://", driver=driver)

@@ -1,0 +1,65 @@
+"""Helpers shared by the engine tests (no tests here): apps on the driver under
+test, and workers that run in a background thread with short intervals."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from driver_registry import DriverFactory
+from taskharbor import App, Worker
+from taskharbor.spec import Clock, FakeClock, SystemClock
+
+FAST = {"poll_interval": 0.01, "maintenance_interval": 0.01, "heartbeat_interval": 0.05}
+"""Worker intervals short enough for tests to see effects within milliseconds."""
+
+
+def make_app(factory: DriverFactory, clock: Clock | None = None) -> App:
+    return App(driver=factory(clock or SystemClock()))
+
+
+def fake_app(factory: DriverFactory) -> tuple[App, FakeClock]:
+    clock = FakeClock()
+    return App(driver=factory(clock)), clock
+
+
+def burst(app: App, **options: Any) -> Worker:
+    """Run a worker until nothing is ready; return it."""
+    worker = Worker(app, **{**FAST, "lease": 30.0, **options})
+    worker.run(burst=True, handle_signals=False)
+    return worker
+
+
+@contextmanager
+def running_worker(app: App, **options: Any) -> Iterator[Worker]:
+    """A worker running in a thread for the duration of the block, then stopped."""
+    worker = Worker(app, **{**FAST, "lease": 30.0, **options})
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            worker.run(handle_signals=False)
+        except BaseException as exc:  # reported to the test below
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the worker did not stop"
+        assert not failure, failure
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.01)

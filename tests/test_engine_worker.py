@@ -1,0 +1,548 @@
+"""th.Worker on every driver: handlers, outcomes, retries, leases, maintenance, stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from test_engine_support import burst, eventually, fake_app, make_app, running_worker
+
+import taskharbor as th
+from driver_registry import DriverFactory
+from taskharbor.spec import CANCELLED_BY_REQUEST, JobNotFound, JobState, SystemClock
+
+# -- handlers and outcomes -----------------------------------------------------------------
+
+
+def test_sync_handlers_run_on_the_pool_and_async_ones_on_the_loop(
+    driver_factory: DriverFactory,
+) -> None:
+    app = make_app(driver_factory)
+    threads: dict[str, str] = {}
+
+    @app.task
+    def sync_add(a: int, b: int) -> int:
+        threads["sync"] = threading.current_thread().name
+        return a + b
+
+    @app.task
+    async def async_double(x: int) -> dict[str, int]:
+        asyncio.get_running_loop()  # raises outside an event loop
+        threads["async"] = threading.current_thread().name
+        await asyncio.sleep(0.01)
+        return {"double": x * 2}
+
+    jobs = [sync_add.enqueue(1, b=2), async_double.enqueue(21)]
+    burst(app)
+    results = [app.get_job(job) for job in jobs]
+    assert [(j.state, j.result, j.attempt) for j in results] == [
+        (JobState.SUCCEEDED, 3, 1),
+        (JobState.SUCCEEDED, {"double": 42}, 1),
+    ]
+    assert threads["sync"].startswith("taskharbor-job")
+    assert threads["async"] == threading.current_thread().name
+
+
+def test_failures_retry_at_the_backoff_time_then_go_dead(driver_factory: DriverFactory) -> None:
+    app, clock = fake_app(driver_factory)
+
+    @app.task(max_attempts=3, backoff=th.Backoff.linear(step=10))
+    def flaky() -> None:
+        raise ValueError(f"attempt {th.current_job().attempt} failed")
+
+    job = flaky.enqueue()
+    for attempt, wait in ((1, 10), (2, 20)):
+        failed_at = clock.now()
+        burst(app)
+        current = app.get_job(job)
+        assert (current.state, current.attempt) == (JobState.RETRYING, attempt)
+        assert current.run_at == failed_at + timedelta(seconds=wait)
+        clock.advance(wait - 1)
+        burst(app)  # not due yet: nothing runs
+        assert app.get_job(job).attempt == attempt
+        clock.advance(1)
+    burst(app)
+    dead = app.get_job(job)
+    assert (dead.state, dead.attempt) == (JobState.DEAD, 3)
+    assert [(e.attempt, e.type, e.message) for e in dead.errors] == [
+        (n, "ValueError", f"attempt {n} failed") for n in (1, 2, 3)
+    ]
+    assert dead.errors[0].traceback is not None and "in flaky" in dead.errors[0].traceback
+    assert "taskharbor/execution.py" not in dead.errors[0].traceback
+
+
+def test_a_permanent_error_goes_straight_to_dead(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+
+    @app.task(max_attempts=5)
+    def refuse() -> None:
+        raise th.PermanentError("bad address")
+
+    job = refuse.enqueue()
+    burst(app)
+    dead = app.get_job(job)
+    assert (dead.state, dead.attempt, dead.last_error and dead.last_error.type) == (
+        JobState.DEAD,
+        1,
+        "PermanentError",
+    )
+
+
+def test_snooze_reschedules_without_using_an_attempt(driver_factory: DriverFactory) -> None:
+    app, clock = fake_app(driver_factory)
+    seen: list[int] = []
+
+    @app.task(max_attempts=1)
+    def wait_for_stock() -> str:
+        seen.append(th.current_job().attempt)
+        if len(seen) == 1:
+            raise th.Snooze(30)
+        return "shipped"
+
+    job = wait_for_stock.enqueue()
+    burst(app)
+    snoozed = app.get_job(job)
+    assert (snoozed.state, snoozed.attempt, snoozed.errors) == (JobState.SCHEDULED, 0, ())
+    assert snoozed.run_at == clock.now() + timedelta(seconds=30)
+    clock.advance(30)
+    burst(app)
+    done = app.get_job(job)
+    assert (done.state, done.result, seen) == (JobState.SUCCEEDED, "shipped", [1, 1])
+
+
+def test_a_job_of_an_unknown_task_fails_permanently(driver_factory: DriverFactory) -> None:
+    producer = make_app(driver_factory)
+    consumer = th.App(driver=producer.driver)  # same store, without the task's code
+    job = producer.task(name="billing.charge", max_attempts=5)(lambda: None).enqueue()
+    burst(consumer)
+    dead = app_job = consumer.get_job(job)
+    assert (dead.state, dead.attempt) == (JobState.DEAD, 1)
+    assert app_job.last_error is not None and app_job.last_error.type == "UnknownTask"
+    assert "billing.charge" in app_job.last_error.message
+
+
+def test_a_result_that_is_not_json_is_a_permanent_failure(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+
+    @app.task(max_attempts=3)
+    def returns_a_set() -> set[int]:
+        return {1, 2}
+
+    job = returns_a_set.enqueue()
+    burst(app)
+    dead = app.get_job(job)
+    assert dead.state == JobState.DEAD and dead.attempt == 1
+    assert dead.last_error is not None and dead.last_error.type == "InvalidResult"
+
+
+def test_timeouts_count_as_failed_attempts(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    stopped: list[str] = []
+
+    @app.task(timeout=0.1, max_attempts=2, backoff=th.Backoff.constant(60))
+    def slow_sync() -> None:
+        context = th.current_job()
+        while not context.cancelled:  # the worker sets the flag at the timeout
+            time.sleep(0.01)
+        stopped.append("sync")
+
+    @app.task(timeout=0.1, max_attempts=1)
+    async def slow_async() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.append("async")
+            raise
+
+    jobs = [slow_sync.enqueue(), slow_async.enqueue()]
+    started = time.monotonic()
+    burst(app)
+    assert time.monotonic() - started < 5
+    sync_job, async_job = (app.get_job(job) for job in jobs)
+    assert (sync_job.state, sync_job.attempt) == (JobState.RETRYING, 1)
+    assert (async_job.state, async_job.attempt) == (JobState.DEAD, 1)
+    for job in (sync_job, async_job):
+        assert job.last_error is not None and job.last_error.type == "Timeout"
+    assert sorted(stopped) == ["async", "sync"]
+
+
+def test_current_job_describes_the_running_job(driver_factory: DriverFactory) -> None:
+    app, clock = fake_app(driver_factory)
+    contexts: list[th.JobContext] = []
+
+    @app.task(queue="q", max_attempts=4, timeout=60)
+    def inspect() -> None:
+        contexts.append(th.current_job())
+
+    job = inspect.enqueue()
+    burst(app, queues=["q"])
+    (context,) = contexts
+    assert (context.id, context.task, context.queue) == (job.id, inspect.name, "q")
+    assert (context.attempt, context.max_attempts, context.last_attempt) == (1, 4, False)
+    assert context.deadline == clock.now() + timedelta(seconds=60)
+    assert not context.cancelled
+    with pytest.raises(RuntimeError, match="outside a job handler"):
+        th.current_job()
+
+
+# -- cancellation ---------------------------------------------------------------------------
+
+
+def test_cancelling_a_running_async_job_cancels_the_handler(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    started = threading.Event()
+
+    @app.task
+    async def long_download() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    job = long_download.enqueue()
+    with running_worker(app):
+        assert started.wait(5)
+        assert app.cancel(job).cancel_requested
+        done = app.wait(job, timeout=5)
+    assert (done.state, done.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
+
+
+def test_cancelling_a_running_sync_job_sets_its_flag(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    started = threading.Event()
+
+    @app.task
+    def long_report() -> str:
+        started.set()
+        context = th.current_job()
+        for _ in range(3000):
+            time.sleep(0.01)
+            context.raise_if_cancelled()
+        return "finished"
+
+    job = long_report.enqueue()
+    with running_worker(app):
+        assert started.wait(5)
+        app.cancel(job)
+        done = app.wait(job, timeout=5)
+    assert (done.state, done.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+
+def test_heartbeats_keep_a_long_job_leased(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+
+    @app.task
+    def longer_than_the_lease() -> str:
+        time.sleep(1.5)
+        return "done"
+
+    job = longer_than_the_lease.enqueue()
+    burst(app, lease=1.0, heartbeat_interval=0.1)
+    done = app.get_job(job)
+    assert (done.state, done.attempt, done.errors) == (JobState.SUCCEEDED, 1, ())
+
+
+def test_an_expired_lease_is_rescued_and_the_job_runs_again(driver_factory: DriverFactory) -> None:
+    app, clock = fake_app(driver_factory)
+    task = app.task(name="resumable")(lambda: th.current_job().attempt)
+    job = task.enqueue()
+    (crashed,) = app.driver.lease(["default"], 1, 30.0, "a-worker-that-died")
+    clock.advance(31)
+    burst(app)
+    done = app.get_job(job)
+    assert (done.state, done.attempt, done.result) == (JobState.SUCCEEDED, 2, 2)
+    assert [e.type for e in done.errors] == ["LeaseExpired"]
+    assert crashed.id == job.id
+
+
+def test_a_worker_that_lost_its_lease_does_not_report(driver_factory: DriverFactory) -> None:
+    app, clock = fake_app(driver_factory)
+    first_attempt_running = threading.Event()
+
+    @app.task
+    def stubborn() -> str:
+        context = th.current_job()
+        if context.attempt == 1:
+            first_attempt_running.set()
+            while not context.cancelled:  # set when the heartbeat finds the lease lost
+                time.sleep(0.01)
+            return "stale result"
+        return "fresh result"
+
+    job = stubborn.enqueue()
+    with running_worker(app, lease=30.0):
+        assert first_attempt_running.wait(5)
+
+        def rescued() -> bool:
+            clock.advance(31)
+            return app.get_job(job).state == JobState.SUCCEEDED
+
+        eventually(rescued, what="rescue and second attempt")
+    done = app.get_job(job)
+    assert (done.result, done.attempt) == ("fresh result", 2)
+    assert [e.type for e in done.errors] == ["LeaseExpired"]
+
+
+# -- concurrency and batching --------------------------------------------------------------------
+
+
+def test_concurrency_bounds_the_running_handlers(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    lock = threading.Lock()
+    running = [0, 0]  # now, most ever
+
+    @app.task
+    def busy() -> None:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+
+    app.enqueue_many(busy.s() for _ in range(9))
+    burst(app, concurrency=3)
+    assert running[1] == 3
+    assert len(app.list_jobs(state="succeeded")) == 9
+
+
+def test_async_handlers_overlap_on_the_loop(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+
+    @app.task
+    async def nap() -> None:
+        await asyncio.sleep(0.3)
+
+    app.enqueue_many(nap.s() for _ in range(6))
+    started = time.monotonic()
+    burst(app, concurrency=6)
+    assert time.monotonic() - started < 1.5  # six 0.3 s naps side by side, not in a row
+    assert len(app.list_jobs(state="succeeded")) == 6
+
+
+@contextmanager
+def counting(app: th.App, method: str) -> Iterator[list[Any]]:
+    """Record the arguments of every call of one driver method."""
+    calls: list[Any] = []
+    original = getattr(app.driver, method)
+
+    def wrapper(*args: Any) -> Any:
+        calls.append(args)
+        return original(*args)
+
+    setattr(app.driver, method, wrapper)
+    try:
+        yield calls
+    finally:
+        delattr(app.driver, method)
+
+
+def test_leases_and_reports_are_batched(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    gate = threading.Barrier(10)
+
+    @app.task
+    def together() -> None:
+        gate.wait(timeout=5)  # all ten finish at the same instant
+
+    app.enqueue_many(together.s() for _ in range(10))
+    with counting(app, "lease") as leases, counting(app, "complete") as completes:
+        burst(app, concurrency=10)
+    first_queues, first_limit = leases[0][0], leases[0][1]
+    assert (list(first_queues), first_limit) == (["default"], 10)
+    assert sum(len(batch[0]) for batch in completes) == 10
+    assert len(completes) < 10
+
+
+# -- maintenance -------------------------------------------------------------------------------
+
+
+def test_scheduled_jobs_run_when_due(driver_factory: DriverFactory) -> None:
+    app, clock = fake_app(driver_factory)
+    task = app.task(name="later")(lambda: "ran")
+    job = task.options(delay=3600).enqueue()
+    with running_worker(app):
+        time.sleep(0.1)
+        assert app.get_job(job).state == JobState.SCHEDULED
+        clock.advance(3600)
+        assert app.wait(job, timeout=5).result == "ran"
+
+
+def test_old_finished_jobs_are_pruned_past_the_retention(driver_factory: DriverFactory) -> None:
+    app, clock = fake_app(driver_factory)
+    task = app.task(name="short_lived")(lambda: None)
+    job = task.enqueue()
+    burst(app)
+    clock.advance(120)
+    with running_worker(app, retention=60, prune_interval=0):
+
+        def pruned() -> bool:
+            try:
+                app.get_job(job)
+            except JobNotFound:
+                return True
+            return False
+
+        eventually(pruned, what="pruning")
+
+
+# -- middleware and logging ---------------------------------------------------------------------
+
+
+class Recorder(th.Middleware):
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name = name
+        self.events = events
+
+    def around_enqueue(self, requests: Any, call_next: Any) -> list[th.Job]:
+        self.events.append(f"{self.name} enqueue {len(requests)}")
+        jobs: list[th.Job] = call_next(requests)
+        self.events.append(f"{self.name} enqueued {[job.id for job in jobs]}")
+        return jobs
+
+    @contextmanager
+    def around_job(self, job: th.JobContext) -> Iterator[None]:
+        self.events.append(f"{self.name} start {th.current_job().id}")
+        try:
+            yield
+        except Exception as exc:
+            self.events.append(f"{self.name} error {exc}")
+            raise
+        self.events.append(f"{self.name} end {job.id}")
+
+
+def test_middleware_wraps_enqueue_and_execution_in_order(driver_factory: DriverFactory) -> None:
+    events: list[str] = []
+    app = th.App(
+        driver=driver_factory(SystemClock()),
+        middleware=[Recorder("outer", events)],
+    )
+    app.use(Recorder("inner", events))
+
+    @app.task(max_attempts=1)
+    def work(fail: bool) -> None:
+        events.append("handler")
+        if fail:
+            raise RuntimeError("boom")
+
+    ok = work.enqueue(False)
+    assert events == [
+        "outer enqueue 1",
+        "inner enqueue 1",
+        f"inner enqueued [{ok.id}]",
+        f"outer enqueued [{ok.id}]",
+    ]
+    events.clear()
+    burst(app)
+    assert events == [
+        f"outer start {ok.id}",
+        f"inner start {ok.id}",
+        "handler",
+        f"inner end {ok.id}",
+        f"outer end {ok.id}",
+    ]
+    events.clear()
+    failing = work.enqueue(True)
+    events.clear()
+    burst(app)
+    assert events[-2:] == ["inner error boom", "outer error boom"]
+    assert app.get_job(failing).state == JobState.DEAD
+
+
+def test_one_info_line_per_job_outcome(
+    driver_factory: DriverFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(driver_factory)
+    task = app.task(name="logged", max_attempts=1)(lambda ok: None if ok else 1 / 0)
+    good, bad = task.enqueue(True), task.enqueue(False)
+    with caplog.at_level(logging.INFO, logger="taskharbor"):
+        burst(app)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("job ")]
+    assert len(lines) == 2
+    assert any(
+        line.startswith(f"job {good.id} logged attempt 1/1 -> succeeded in ") for line in lines
+    )
+    assert any(
+        line.startswith(f"job {bad.id} logged attempt 1/1 -> dead in ")
+        and "ZeroDivisionError" in line
+        for line in lines
+    )
+
+
+# -- stopping -------------------------------------------------------------------------------------
+
+
+def test_a_graceful_stop_lets_running_jobs_finish(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    started = threading.Event()
+
+    @app.task
+    def finishing() -> str:
+        started.set()
+        time.sleep(0.3)
+        return "finished"
+
+    job = finishing.enqueue()
+    queued = finishing.options(delay=3600).enqueue()
+    with running_worker(app, shutdown_timeout=10):
+        assert started.wait(5)
+    assert app.get_job(job).result == "finished"
+    assert app.get_job(queued).state == JobState.SCHEDULED
+
+
+def test_jobs_running_past_the_shutdown_deadline_are_released(
+    driver_factory: DriverFactory,
+) -> None:
+    app = make_app(driver_factory)
+    started = threading.Barrier(3)
+
+    @app.task
+    async def endless_async() -> None:
+        await asyncio.to_thread(started.wait, 5)
+        await asyncio.sleep(60)
+
+    @app.task
+    def endless_sync() -> None:
+        started.wait(5)
+        while not th.current_job().cancelled:
+            time.sleep(0.01)
+
+    jobs = [endless_async.enqueue(), endless_sync.enqueue()]
+    with running_worker(app, shutdown_timeout=0.1):
+        started.wait(5)
+    for job in (app.get_job(job) for job in jobs):
+        assert job.state in (JobState.SCHEDULED, JobState.AVAILABLE)
+        assert (job.attempt, job.errors) == (0, ())  # released: the attempt is given back
+
+
+def test_run_async_works_inside_an_existing_loop(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    task = app.task(name="embedded")(lambda: "ok")
+    job = task.enqueue()
+    worker = th.Worker(app, poll_interval=0.01)
+    asyncio.run(worker.run_async(burst=True))
+    assert app.get_job(job).result == "ok"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"queues": []}, "at least one queue"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"lease": 0}, "lease duration"),
+        ({"shutdown_timeout": -1}, "shutdown_timeout"),
+    ],
+)
+def test_bad_worker_settings_are_refused(
+    driver_factory: DriverFactory, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(th.InvalidRequest, match=message):
+        th.Worker(make_app(driver_factory), **options)
