@@ -31,7 +31,6 @@ LISTEN cannot work: idle workers then poll every ``poll_interval`` seconds.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -91,7 +90,7 @@ from . import postgres_enqueue as enqueueing
 from . import postgres_statements as statements
 from . import postgres_workflows as workflows
 from .postgres_notify import Listener, sleep_until
-from .postgres_rows import job_columns, job_record, workflow_record
+from .postgres_rows import job_record, workflow_record
 from .postgres_schema import check_schema, migrate
 from .postgres_tables import Tables
 
@@ -101,7 +100,8 @@ Params = dict[str, Any]
 
 BIGINT_MAX = 2**63 - 1
 RETRIES = 5
-"""Attempts at a call that PostgreSQL aborted to break a deadlock (it then changed nothing)."""
+"""Attempts at a call that had to start over: PostgreSQL broke a deadlock with it, or an
+idempotency key's holder was pruned mid-call.  Either way the attempt changed nothing."""
 
 PRUNE_BATCH = 1000
 """Rows deleted per prune transaction: short transactions, short locks."""
@@ -118,7 +118,7 @@ class DatabaseClock:
             row = conn.execute("SELECT now()").fetchone()
         assert row is not None
         moment: datetime = row[0]
-        return moment
+        return moment.astimezone(UTC)
 
 
 class PostgresDriver(Driver):
@@ -139,7 +139,6 @@ class PostgresDriver(Driver):
         if not isinstance(poll_interval, int | float) or not poll_interval > 0:
             raise InvalidRequest(f"poll_interval must be a positive number, not {poll_interval!r}")
         self._tables = Tables(schema)
-        self._conninfo = conninfo
         self._given_clock = clock
         self._poll_interval = float(poll_interval)
         # Statements are sent unprepared: each is planned with its actual
@@ -185,7 +184,8 @@ class PostgresDriver(Driver):
 
     def _run(self, body: Callable[[psycopg.Cursor[Row], Params], T]) -> T:
         """Run ``body`` in one transaction; again if PostgreSQL broke a deadlock with it."""
-        for attempt in itertools.count(1):
+        attempt = 1
+        while True:
             try:
                 with self._pool.connection() as conn:
                     self._check_schema(conn)
@@ -194,20 +194,25 @@ class PostgresDriver(Driver):
             except (pg_errors.DeadlockDetected, enqueueing.KeyReleased):
                 if attempt >= RETRIES:
                     raise
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def _check_schema(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
         if not self._schema_ok:
             check_schema(conn, self._tables.schema)
             self._schema_ok = True
 
-    def _announce(self, cur: psycopg.Cursor[Row], rows: Sequence[Row]) -> None:
-        """Wake listeners of the queues in which ``rows`` made jobs available."""
-        queues = sorted({row["queue"] for row in rows if row["state"] == JobState.AVAILABLE})
+    def _announce(self, cur: psycopg.Cursor[Row], moved: Sequence[Row]) -> None:
+        """Wake listeners of the queues in which ``moved`` rows (queue, state) became available."""
+        self._announce_queues(
+            cur, [row["queue"] for row in moved if row["state"] == JobState.AVAILABLE]
+        )
+
+    def _announce_queues(self, cur: psycopg.Cursor[Row], queues: Sequence[str]) -> None:
+        """Wake listeners of ``queues``; sent when the transaction commits, never if not."""
         if queues and self._listener is not None:
             cur.execute(
                 "SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue",
-                {"channel": self._tables.channel, "queues": queues},
+                {"channel": self._tables.channel, "queues": sorted(set(queues))},
             )
 
     # -- producing ----------------------------------------------------------
@@ -306,7 +311,7 @@ class PostgresDriver(Driver):
             }
             row = cur.execute(statements.insert_workflow(self._tables), values).fetchone()
             assert row is not None
-            self._announce(cur, [{"queue": q, "state": JobState.AVAILABLE} for q in row["ready"]])
+            self._announce_queues(cur, row["ready"])
             return workflow_record(row)
 
         return self._run(body)
@@ -423,20 +428,18 @@ class PostgresDriver(Driver):
     ) -> list[Row]:
         """Run the fenced statement of ``event``; one row per item, in request order."""
         ids = [item.job_id for item in items]
-        if any(not 0 < job_id <= BIGINT_MAX for job_id in ids):
-            raise JobNotFound(next(i for i in ids if not 0 < i <= BIGINT_MAX))
         query = statements.fenced(self._tables, event)
         all_values = {
             **params,
             **values,
-            "ids": ids,
+            "ids": _storable(ids),
             "tokens": [item.token for item in items],
             "by_request": CANCELLED_BY_REQUEST,
         }
         rows = cur.execute(query, all_values).fetchall()
-        for row in rows:
+        for job_id, row in zip(ids, rows, strict=True):
             if row["missing"]:
-                raise JobNotFound(row["id"])
+                raise JobNotFound(job_id)
         return rows
 
     def _after_steps_ended(
@@ -460,9 +463,8 @@ class PostgresDriver(Driver):
         self, cur: psycopg.Cursor[Row], params: Params, ids: Sequence[JobId]
     ) -> list[Row]:
         """Lock the named jobs; their rows in the order named, or ``JobNotFound``."""
-        stored = [job_id for job_id in ids if 0 < job_id <= BIGINT_MAX]
         query = statements.lock_for_operator(self._tables)
-        rows = {row["id"]: row for row in cur.execute(query, {**params, "ids": stored})}
+        rows = {row["id"]: row for row in cur.execute(query, {**params, "ids": _storable(ids)})}
         for job_id in ids:
             if job_id not in rows:
                 raise JobNotFound(job_id)
@@ -566,14 +568,9 @@ class PostgresDriver(Driver):
     def _records(
         self, cur: psycopg.Cursor[Row], params: Params, ids: Sequence[JobId]
     ) -> list[JobRecord]:
-        stored = [job_id for job_id in ids if 0 < job_id <= BIGINT_MAX]
-        query = self._tables.sql(
-            "SELECT {columns} FROM {jobs} j WHERE j.id = ANY(%(ids)s::bigint[])",
-            columns=job_columns(),
-        )
-        found = {
-            row["id"]: job_record(row) for row in cur.execute(query, {**params, "ids": stored})
-        }
+        query = statements.select_jobs(self._tables)
+        values = {**params, "ids": _storable(ids)}
+        found = {row["id"]: job_record(row) for row in cur.execute(query, values)}
         for job_id in ids:
             if job_id not in found:
                 raise JobNotFound(job_id)
@@ -674,8 +671,15 @@ class PostgresDriver(Driver):
 def _lost(rows: Sequence[Row]) -> list[LeaseLost]:
     """The refused items of a fenced call, in request order."""
     return [
-        LeaseLost.stale(row["id"], row["token"], row["state"]) for row in rows if not row["applied"]
+        LeaseLost.stale(row["id"], row["token"], JobState(row["state"]))
+        for row in rows
+        if not row["applied"]
     ]
+
+
+def _storable(ids: Sequence[JobId]) -> list[JobId]:
+    """``ids`` for a ``bigint[]`` parameter: an id no bigint can hold becomes 0, never stored."""
+    return [job_id if 0 < job_id <= BIGINT_MAX else 0 for job_id in ids]
 
 
 def _utc(moment: datetime) -> datetime:
