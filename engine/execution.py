@@ -28,6 +28,7 @@ from taskharbor.spec import (
 )
 from taskharbor.spec.records import check_json
 
+from . import threads
 from .context import JobCancelled, JobContext, PermanentError, Snooze, job_scope
 from .middleware import Middleware, around_job
 
@@ -82,7 +83,7 @@ def _cut(text: str, limit: int, keep_end: bool = False) -> str:
     return marker + text[-limit:] if keep_end else text[:limit] + marker
 
 
-_RUNNER_MODULES = frozenset({__name__, "concurrent.futures.thread"})
+_RUNNER_MODULES = frozenset({__name__, threads.__name__, "concurrent.futures.thread"})
 """Modules whose frames lead up to a handler; left out of stored tracebacks."""
 
 

@@ -29,7 +29,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -51,6 +50,7 @@ from .app import App
 from .context import JobContext
 from .execution import Outcome
 from .task import Task
+from .threads import DaemonThreadPool
 
 logger = logging.getLogger("taskharbor")
 T = TypeVar("T")
@@ -186,8 +186,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._outbox_ready = asyncio.Event()
         self._graceful = True
-        self._handlers = ThreadPoolExecutor(self.concurrency, f"taskharbor-job-{self.worker_id}")
-        self._io = ThreadPoolExecutor(IO_THREADS, f"taskharbor-io-{self.worker_id}")
+        self._handlers = DaemonThreadPool(self.concurrency, "taskharbor-job")
+        self._io = DaemonThreadPool(IO_THREADS, "taskharbor-io")
         signals = self._install_signals(loop) if handle_signals else []
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="taskharbor-heartbeat"),
