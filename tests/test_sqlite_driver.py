@@ -13,7 +13,7 @@ import pytest
 
 from taskharbor.drivers import sqlite as sqlite_driver
 from taskharbor.drivers.sqlite import SQLiteDriver
-from taskharbor.drivers.sqlite_sql import GUARD_SQL, ready_jobs_query, target_case
+from taskharbor.drivers.sqlite_sql import GUARD_SQL, lease_update, ready_jobs_query, target_case
 from taskharbor.spec import (
     JOB,
     Completion,
@@ -99,6 +99,8 @@ def test_lease_promote_and_rescue_are_index_searches(tmp_path: Path) -> None:
         searches = [step for step in steps if step.startswith(("SEARCH", "SCAN"))]
         assert any(f"USING INDEX {indexes[name]}" in step for step in searches), (name, steps)
         assert not [step for step in searches if step.startswith("SCAN jobs")], (name, steps)
+    leasing = plan(conn, lease_update(3), ("running", 0, "w", 1, "a", 2, "b", 3, "c"))
+    assert "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)" in leasing
     conn.close()
 
 
