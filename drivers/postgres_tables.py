@@ -32,6 +32,8 @@ class Tables:
     now: sql.Composed = field(init=False, compare=False)
     rendered: dict[Hashable, bytes] = field(init=False, compare=False, default_factory=dict)
     """Statements already built for this schema (see :func:`statement`)."""
+    shared: dict[str, Any] = field(init=False, compare=False)
+    """The parameters every call passes (see :meth:`params`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.schema, str) or not self.schema:
@@ -44,6 +46,12 @@ class Tables:
         object.__setattr__(self, "workflows", sql.Identifier(self.schema, "workflows"))
         now = sql.SQL("COALESCE({}::timestamptz, now())").format(sql.Placeholder("now"))
         object.__setattr__(self, "now", now)
+        shared = {
+            **STATE_PARAMS,
+            "job_ids": sql.Identifier(self.schema, "job_ids").as_string(None),
+            "workflow_ids": sql.Identifier(self.schema, "workflow_ids").as_string(None),
+        }
+        object.__setattr__(self, "shared", shared)
 
     @property
     def channel(self) -> str:
@@ -58,12 +66,7 @@ class Tables:
 
     def params(self, now: datetime | None) -> dict[str, Any]:
         """The parameters every statement may use: the clock, the sequences, the states."""
-        return {
-            **STATE_PARAMS,
-            "now": now,
-            "job_ids": sql.Identifier(self.schema, "job_ids").as_string(None),
-            "workflow_ids": sql.Identifier(self.schema, "workflow_ids").as_string(None),
-        }
+        return {**self.shared, "now": now}
 
 
 P = ParamSpec("P")

@@ -314,7 +314,13 @@ def _step_args(move: Row) -> Json | None:
 
 
 def derive(cur: Cursor[Row], tables: Tables, params: Params, ids: Iterable[WorkflowId]) -> None:
-    """Give each workflow of ``ids`` the state its steps say, through ``WORKFLOW``."""
+    """Give each workflow of ``ids`` the state its steps say, through ``WORKFLOW``.
+
+    The workflow rows are locked first and the steps read by the *next*
+    statement: its fresh snapshot sees every step committed by a transaction
+    that held those locks before, so two calls finishing the last steps of a
+    workflow at once cannot both derive from a stale view of the other.
+    """
     wanted = sorted(set(ids))
     if not wanted:
         return

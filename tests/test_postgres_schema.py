@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -11,8 +12,9 @@ from psycopg import sql
 from test_postgres_support import MakeDriver, make_driver, unique_schema
 
 from driver_registry import POSTGRES_URL
+from taskharbor.drivers.postgres import PostgresDriver
 from taskharbor.drivers.postgres_schema import CURRENT_VERSION, MIGRATIONS, migrate
-from taskharbor.spec import EnqueueRequest, FakeClock, SchemaError
+from taskharbor.spec import EnqueueRequest, FakeClock, InvalidRequest, SchemaError
 
 __all__ = ["make_driver"]
 
@@ -128,3 +130,17 @@ def test_without_a_clock_time_is_the_database_clock(make_driver: MakeDriver) -> 
     assert job.lease_expires_at is not None
     assert abs(job.lease_expires_at - job.created_at - timedelta(seconds=90)) < timedelta(seconds=5)
     assert abs(job.created_at - database_now) < timedelta(seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"schema": ""}, "schema must be a non-empty string"),
+        ({"schema": "s" * 49}, "at most 48 bytes"),
+        ({"pool_size": 0}, "pool_size must be an int >= 1"),
+        ({"poll_interval": 0}, "poll_interval must be a positive number"),
+    ],
+)
+def test_bad_driver_options_are_refused_by_name(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        PostgresDriver(POSTGRES_URL, **options)
