@@ -186,6 +186,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._outbox_ready = asyncio.Event()
         self._graceful = True
+        self._maintaining = asyncio.Lock()
         self._handlers = DaemonThreadPool(self.concurrency, "taskharbor-job")
         self._io = DaemonThreadPool(IO_THREADS, "taskharbor-io")
         signals = self._install_signals(loop) if handle_signals else []
@@ -503,7 +504,13 @@ class Worker:
         """Promote due jobs, rescue expired leases, prune when due.
 
         Returns the seconds until the next scheduled or retrying job is due.
+        One pass at a time: a store may skip rows another promote is holding,
+        so burst mode's last pass must not overlap the background one.
         """
+        async with self._maintaining:
+            return await self._maintain_once(prune=prune)
+
+    async def _maintain_once(self, *, prune: bool) -> float | None:
         driver = self.app.driver
         promoted = await self._io_call(driver.promote)
         rescued = await self._io_call(driver.rescue)
