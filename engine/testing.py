@@ -32,6 +32,7 @@ from taskharbor.spec import (
 
 from . import execution
 from .app import App
+from .context import JobContext
 from .execution import Outcome
 from .jobs import Job
 from .task import Task
@@ -141,19 +142,19 @@ class Harness:
                 return None
             self.clock.set(due)
 
-    def _prepare(self, record: JobRecord) -> tuple[Task[Any] | None, Any]:
+    def _prepare(self, record: JobRecord) -> tuple[Task[Any] | None, JobContext]:
         task = self.app.get_task(record.task)
         timeout = task.defaults.timeout if task is not None else None
         return task, execution.context_for(record, timeout, self.clock.now())
 
-    def _call_sync(self, task: Task[Any], record: JobRecord, context: Any) -> Outcome:
+    def _call_sync(self, task: Task[Any], record: JobRecord, context: JobContext) -> Outcome:
         try:
             value = execution.call_sync(task, record, context, self.app.middleware)
         except Exception as exc:
             return execution.outcome_of_error(exc, record, task, self.clock.now())
         return execution.outcome_of_value(value)
 
-    async def _call_async(self, task: Task[Any], record: JobRecord, context: Any) -> Outcome:
+    async def _call_async(self, task: Task[Any], record: JobRecord, context: JobContext) -> Outcome:
         try:
             value = await execution.call_async(task, record, context, self.app.middleware)
         except Exception as exc:
