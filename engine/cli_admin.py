@@ -181,7 +181,8 @@ def diagram(fmt: str, lifecycle: str) -> None:
 
 @click.command()
 def demo() -> None:
-    """Run the demo (the same as python -m taskharbor.demo)."""
+    """Run the demo: a few jobs and a workflow on ./taskharbor.db, worked in burst
+    mode, then a table of what happened (the same as python -m taskharbor.demo)."""
     from .demo import main as run_demo
 
     run_demo()

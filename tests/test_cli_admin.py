@@ -160,3 +160,13 @@ def test_migrate_check_then_migrate_a_new_postgres_schema() -> None:
         module.app.close()
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_demo_runs_the_tour_on_the_embedded_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["demo"])
+    assert result.exit_code == 0, result.stderr
+    assert "TaskHarbor demo" in result.stdout and "What happened" in result.stdout
+    assert (tmp_path / "taskharbor.db").exists()
