@@ -4,6 +4,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# make test runs the stateful harness with enough sequences to matter.
+export TASKHARBOR_HYPOTHESIS_PROFILE ?= ci
+
 MODULES := $(shell find engine spec drivers conformance model_tests -name '*.py' 2>/dev/null | sort)
 
 .PHONY: test lint typecheck pytest demo bench faults install clean diagrams
