@@ -26,7 +26,7 @@ from taskharbor.spec import (
     JobState,
     SnoozeRequest,
 )
-from taskharbor.spec.records import check_json
+from taskharbor.spec.records import NAME_MAX_LENGTH, check_json
 
 from . import threads
 from .context import JobCancelled, JobContext, PermanentError, Snooze, job_scope
@@ -76,11 +76,10 @@ def context_for(record: JobRecord, timeout: float | None, now: datetime) -> JobC
     )
 
 
-def _cut(text: str, limit: int, keep_end: bool = False) -> str:
+def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
-    marker = f"... [{len(text) - limit} characters cut] ..."
-    return marker + text[-limit:] if keep_end else text[:limit] + marker
+    return f"{text[:limit]}... [{len(text) - limit} characters cut] ..."
 
 
 _RUNNER_MODULES = frozenset({__name__, threads.__name__, "concurrent.futures.thread"})
@@ -94,13 +93,24 @@ def _from_handler(tb: TracebackType | None) -> TracebackType | None:
 
 
 def error_report(exc: BaseException) -> ErrorReport:
-    """A bounded report of an exception: type, message and traceback from the handler down."""
-    trace = "".join(traceback.format_exception(type(exc), exc, _from_handler(exc.__traceback__)))
-    return ErrorReport(
-        type=_cut(type(exc).__qualname__, 255),
-        message=_cut(str(exc), MESSAGE_LIMIT),
-        traceback=_cut(trace, TRACEBACK_LIMIT, keep_end=True),
-    )
+    """A bounded report of an exception: type, message, and the traceback from the handler down.
+
+    The message is cut at ``MESSAGE_LIMIT``; the traceback keeps its last
+    frames (where the error was raised) within ``TRACEBACK_LIMIT``.
+    """
+    name, message = type(exc).__qualname__[:NAME_MAX_LENGTH], _cut(str(exc), MESSAGE_LIMIT)
+    last_line = f"{name}: {message}\n" if message else f"{name}\n"
+    frames = traceback.format_tb(_from_handler(exc.__traceback__))
+    kept: list[str] = []
+    room = TRACEBACK_LIMIT - len(last_line)
+    for frame in reversed(frames):
+        if len(frame) > room:
+            kept.append(f"  ... [{len(frames) - len(kept)} earlier frames cut] ...\n")
+            break
+        kept.append(frame)
+        room -= len(frame)
+    trace = "Traceback (most recent call last):\n" + "".join(reversed(kept)) + last_line
+    return ErrorReport(type=name, message=message, traceback=trace)
 
 
 def unknown_task(record: JobRecord) -> Failed:

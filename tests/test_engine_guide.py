@@ -25,3 +25,18 @@ def test_guide_example_runs(index: int, tmp_path: Path) -> None:
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, f"example {index} failed:\n{EXAMPLES[index]}\n{done.stderr}"
+
+
+def test_the_demo_runs_on_the_embedded_store(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "taskharbor.demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "taskharbor.db").exists()
+    assert "demo.flaky_upload attempt 1/3 -> retrying" in done.stderr
+    assert "demo.charge_card attempt 2/2 -> dead" in done.stderr
+    assert "dead-letter queue of 'demo': 1 job(s)" in done.stdout

@@ -546,3 +546,43 @@ def test_bad_worker_settings_are_refused(
 ) -> None:
     with pytest.raises(th.InvalidRequest, match=message):
         th.Worker(make_app(driver_factory), **options)
+
+
+def test_two_workers_on_one_store_run_each_job_once(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+    runs: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    @app.task
+    def once() -> None:
+        with lock:
+            runs.append((th.current_job().id, threading.current_thread().name))
+        time.sleep(0.005)
+
+    jobs = app.enqueue_many(once.s() for _ in range(40))
+    with running_worker(app, concurrency=4), running_worker(app, concurrency=4):
+        for job in jobs:
+            app.wait(job, timeout=10)
+    assert sorted(job_id for job_id, _ in runs) == sorted(job.id for job in jobs)
+    assert all(app.get_job(job).attempt == 1 for job in jobs)
+
+
+def test_stored_errors_are_bounded(driver_factory: DriverFactory) -> None:
+    app = make_app(driver_factory)
+
+    @app.task(max_attempts=1)
+    def verbose(depth: int) -> None:
+        if depth:
+            verbose(depth - 1)  # a deep traceback
+        raise ValueError("x" * 50_000)
+
+    job = verbose.enqueue(200)
+    burst(app)
+    (error,) = app.get_job(job).errors
+    assert error.type == "ValueError"
+    assert 2_000 <= len(error.message) < 2_100 and "characters cut" in error.message
+    trace = error.traceback
+    assert trace is not None and len(trace) < 8_100 + len(error.message)
+    assert "earlier frames cut" in trace
+    assert 'raise ValueError("x" * 50_000)' in trace  # the raising frame is kept
+    assert trace.endswith(f"ValueError: {error.message}\n")
