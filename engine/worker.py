@@ -158,7 +158,7 @@ class Worker:
     def _reset(self) -> None:
         self._active: dict[str, _Active] = {}  # by lease token: a job may be here twice
         self._runs: set[asyncio.Task[None]] = set()
-        self._outbox: list[tuple[_Active | None, Report]] = []
+        self._outbox: list[Report] = []
         self._flushing = False
         self._last_prune = float("-inf")
         self._waiter: asyncio.Future[None] | None = None
@@ -399,7 +399,7 @@ class Worker:
         execution.log_outcome(record, outcome, state, time.monotonic() - active.started)
         report = execution.report_for(outcome, record)
         active.reported = True
-        self._outbox.append((active, report))
+        self._outbox.append(report)
         self._outbox_ready.set()
 
     # -- reporting -------------------------------------------------------------------
@@ -417,7 +417,7 @@ class Worker:
             batch, self._outbox = self._outbox, []
             self._flushing = True
             try:
-                await self._io_call(self._write, [report for _, report in batch])
+                await self._io_call(self._write, batch)
                 failures = 0
             except TaskHarborError:
                 logger.exception("worker %s: the store refused reports; dropped", self.worker_id)
@@ -552,7 +552,7 @@ class Worker:
             for active in unfinished:
                 active.released = True
                 active.stop()
-                self._outbox.append((None, SnoozeRequest(active.record.id, active.token, now)))
+                self._outbox.append(SnoozeRequest(active.record.id, active.token, now))
         while self._flushing:
             await asyncio.sleep(0.01)
         await self._flush()
