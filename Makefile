@@ -9,7 +9,7 @@ export TASKHARBOR_HYPOTHESIS_PROFILE ?= ci
 
 MODULES := $(shell find engine spec drivers conformance model_tests -name '*.py' 2>/dev/null | sort)
 
-.PHONY: test lint typecheck pytest demo bench faults install clean diagrams
+.PHONY: test lint typecheck pytest demo bench install clean diagrams
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,9 +51,6 @@ diagrams: install
 bench: install
 	@for script in tests/bench/bench_*.py; do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; done
-
-faults: install
-	TASKHARBOR_FAULTS=long $(BIN)/pytest tests/faults
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
