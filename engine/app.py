@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, overload
+from typing import Any, ParamSpec, Protocol, overload
 
 from taskharbor.spec import (
     Driver,
@@ -18,14 +18,12 @@ from taskharbor.spec import (
 )
 
 from .backoff import Backoff, as_backoff
+from .canvas import Signature, Workflow, WorkflowHandle, build_graph
 from .jobs import Job
 from .middleware import Middleware, chain_enqueue
 from .options import TaskDefaults, check_timeout
 from .task import Task
 from .urls import DEFAULT_URL, open_driver
-
-if TYPE_CHECKING:
-    from .canvas import Signature, Workflow, WorkflowHandle
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -199,14 +197,12 @@ class App:
 
     def enqueue(self, target: Signature | Workflow) -> Job | WorkflowHandle:
         """Store a signature's job (-> :class:`Job`) or a whole workflow (-> its handle)."""
-        from . import canvas
-
-        if isinstance(target, canvas.Signature):
+        if isinstance(target, Signature):
             return self.enqueue_requests([self.request_for(target)])[0]
-        if isinstance(target, canvas.Workflow):
-            graph = canvas.build_graph(target, self.request_for)
+        if isinstance(target, Workflow):
+            graph = build_graph(target, self.request_for)
             record = self.driver.enqueue_workflow(graph)
-            return canvas.WorkflowHandle(self, record.id)
+            return WorkflowHandle(self, record.id)
         raise InvalidRequest(
             f"app.enqueue takes a signature (task.s(...)) or a workflow, not {target!r}"
         )

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec
 
 from taskharbor.spec import JSON, EnqueueRequest
 
+from .canvas import Signature
 from .jobs import Job
 from .options import TaskDefaults, build_request, check_options
 
 if TYPE_CHECKING:
     from .app import App
-    from .canvas import Signature
 
 P = ParamSpec("P")
 
@@ -58,14 +58,10 @@ class Task(Generic[P]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this call, for workflows: a parent's result goes in front of ``args``."""
-        from .canvas import Signature
-
         return Signature(self.name, args, kwargs, {}, False)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: it ignores the result of the step before it."""
-        from .canvas import Signature
-
         return Signature(self.name, args, kwargs, {}, True)
 
     def request(
@@ -104,12 +100,8 @@ class TaskCall(Generic[P]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature carrying these options."""
-        from .canvas import Signature
-
         return Signature(self.task.name, args, kwargs, dict(self.opts), False)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature carrying these options."""
-        from .canvas import Signature
-
         return Signature(self.task.name, args, kwargs, dict(self.opts), True)
