@@ -28,7 +28,7 @@ class Profile:
 
 PROFILES = {
     "dev": Profile(max_examples=25, steps=30),
-    "ci": Profile(max_examples=300, steps=40),
+    "ci": Profile(max_examples=300, steps=30),
 }
 
 

@@ -8,13 +8,119 @@ asserts that Hypothesis finds a divergence.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from driver_registry import DriverFactory
-from taskharbor.model_tests import driver_state_machine, hypothesis_settings
+from taskharbor.model_tests import Divergence, driver_state_machine, hypothesis_settings
+from taskharbor.spec import (
+    JOB,
+    EnqueueRequest,
+    EnqueueResult,
+    JobEvent,
+    JobFilter,
+    JobRecord,
+    JobState,
+)
+from taskharbor.spec.model import ReferenceModel
 
 
 def test_driver_matches_the_model(driver_name: str, driver_factory: DriverFactory) -> None:
     machine = driver_state_machine(driver_factory)
     slow = driver_name in ("sqlite", "postgres")
     run_state_machine_as_test(machine, settings=hypothesis_settings(slow_store=slow))
+
+
+# -- proof that the harness bites ----------------------------------------------
+#
+# Each store below is the reference model with one deliberate bug.  The harness
+# must find every one of them, deterministically (derandomize) and quickly (no
+# shrinking: only the detection matters here).
+
+HUNT = settings(
+    max_examples=400,
+    stateful_step_count=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.generate],
+    report_multiple_bugs=False,
+)
+
+
+class AcceptsStaleTokens(ReferenceModel):
+    """Fencing checks that the job is running, not that it runs under *this* lease."""
+
+    def _live(self, job: JobRecord, token: str) -> bool:
+        return job.state is JobState.RUNNING
+
+
+class ExpiryDoesNotCountTheAttempt(ReferenceModel):
+    """Rescue never sends a job to the DLQ: the expired attempt is not counted."""
+
+    def _resolve(
+        self, s: Any, job: JobRecord, event: JobEvent, *, permanent: bool = False
+    ) -> JobState:
+        if event is JobEvent.LEASE_EXPIRED:
+            facts = {**self._facts(s, job), "attempts_exhausted": False}
+            return JobState(JOB.resolve(event, job.state, facts, subject=job.id))
+        return super()._resolve(s, job, event, permanent=permanent)
+
+
+class IgnoresIdempotencyKeys(ReferenceModel):
+    """A key held by a stored job does not stop a new job (stored without the key)."""
+
+    def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        held = {job.idempotency_key for job in self.list_jobs(JobFilter(limit=100_000))}
+        return super().enqueue(
+            [
+                dataclasses.replace(request, idempotency_key=None)
+                if request.idempotency_key in held
+                else request
+                for request in requests
+            ]
+        )
+
+
+class ReleasesChordCallbackTwice(ReferenceModel):
+    """A step waiting on several steps is released twice (its input put in front twice),
+    as when two workers both see "the last member succeeded"."""
+
+    def _release(self, s: Any, step: JobRecord) -> None:
+        super()._release(s, step)
+        released = s.jobs[step.id]
+        if len(step.depends_on) > 1 and released.args:
+            s.jobs[step.id] = dataclasses.replace(released, args=(released.args[0], *released.args))
+
+
+class ReleasesOnFirstDependency(ReferenceModel):
+    """A step stops waiting as soon as any one of its dependencies succeeded."""
+
+    def _facts(self, s: Any, job: JobRecord, *, permanent: bool = False) -> dict[str, bool]:
+        facts = super()._facts(s, job, permanent=permanent)
+        if job.depends_on:
+            succeeded = [s.jobs[dep].state is JobState.SUCCEEDED for dep in job.depends_on]
+            facts["waits_on_dependencies"] = not any(succeeded)
+        return facts
+
+
+@pytest.mark.parametrize(
+    ("broken", "symptom"),
+    [
+        (AcceptsStaleTokens, "refused items"),
+        (ExpiryDoesNotCountTheAttempt, "state: model=<JobState.DEAD"),
+        (IgnoresIdempotencyKeys, "created flags"),
+        (ReleasesChordCallbackTwice, ".args: model="),
+        (ReleasesOnFirstDependency, ".state: model=<JobState.PENDING"),
+    ],
+)
+def test_the_harness_finds_a_broken_store(broken: type[ReferenceModel], symptom: str) -> None:
+    machine = driver_state_machine(lambda clock: broken(clock=clock))
+    with pytest.raises(Divergence) as found:
+        run_state_machine_as_test(machine, settings=HUNT)
+    assert symptom in str(found.value)
