@@ -122,3 +122,24 @@ def test_sigterm_drains_then_releases_what_is_still_running(tmp_path: Path) -> N
     with running_worker(app):
         assert app.wait(stuck, timeout=10).result == 20
     app.close()
+
+
+def test_a_second_signal_releases_running_jobs_at_once(tmp_path: Path) -> None:
+    path, module = write_app(tmp_path)
+    app: th.App = module.app
+    stuck = module.work.enqueue(3, 60.0)
+    child = start_worker(path, lease=30.0, shutdown=60.0)  # a drain that would take a minute
+    try:
+        wait_for_lines(child, 1)
+        stopping = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=20)
+    finally:
+        child.kill()
+    assert child.returncode == 0, stderr
+    assert time.monotonic() - stopping < 10
+    released = app.get_job(stuck)
+    assert released.state in (JobState.SCHEDULED, JobState.AVAILABLE) and released.attempt == 0
+    app.close()
