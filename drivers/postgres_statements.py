@@ -109,7 +109,7 @@ _FENCED_PARTS: Mapping[JobEvent, tuple[str, str, str]] = {
     JobEvent.SUCCEED: (
         ", %(results)s::json[]",
         ", result",
-        "result = i.result, finished_at = {now}, " + _LEASE_CLEARED,
+        "result = i.result, {ending}, " + _LEASE_CLEARED,
     ),
     JobEvent.FAIL: (
         ", %(reports)s::json[], %(retry_at)s::timestamptz[], %(permanent)s::boolean[]",
