@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, ParamSpec, Protocol, overload
 
 from taskharbor.spec import (
@@ -149,7 +151,7 @@ class App:
         def register(function: Callable[Q, Any], /) -> Task[Q]:
             if not callable(function):
                 raise InvalidRequest(f"@app.task needs a function, not {function!r}")
-            task_name = name or f"{function.__module__}.{function.__qualname__}"
+            task_name = name or default_task_name(function)
             defaults = TaskDefaults(queue, priority, max_attempts, backoff_policy, checked_timeout)
             registered = Task(self, function, task_name, defaults)
             registered.request((), {}, {})  # refuses bad defaults now, not at the first enqueue
@@ -302,3 +304,21 @@ class App:
         if age < timedelta(0):
             raise InvalidRequest(f"older_than must not be negative, not {older_than}")
         return self.driver.prune(self.driver.clock.now() - age)
+
+
+def default_task_name(function: Callable[..., Any]) -> str:
+    """``module.qualname``, with a script run as ``python tasks.py`` named ``tasks``.
+
+    A worker imports the script as the module ``tasks``, so naming its tasks
+    after ``__main__`` would make every job enqueued by the script unknown to
+    the worker.
+    """
+    module = function.__module__
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name  # python -m package.module
+        elif isinstance(path := getattr(main, "__file__", None), str):
+            module = Path(path).stem
+    return f"{module}.{function.__qualname__}"

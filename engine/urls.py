@@ -6,7 +6,7 @@ embedded store never imports the PostgreSQL client.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from taskharbor.spec import Driver, InvalidRequest
 
@@ -16,12 +16,19 @@ DEFAULT_URL = "sqlite:///taskharbor.db"
 SCHEMES = ("memory://", "sqlite:///<path>", "postgresql://...", "postgres://...")
 
 
+SCHEMA_PARAMETER = "schema"
+"""The query parameter of a PostgreSQL URL that names TaskHarbor's schema."""
+
+
 def open_driver(url: str) -> Driver:
-    """The driver a URL names.
+    """The driver a URL names, opened without touching its schema.
 
     ``memory://`` keeps jobs in this process; ``sqlite:///relative.db`` or
     ``sqlite:////absolute/path.db`` opens a SQLite file; ``postgresql://`` and
-    ``postgres://`` URLs are passed to PostgreSQL as they are.
+    ``postgres://`` URLs go to PostgreSQL as they are, except for an optional
+    ``?schema=name`` that picks the schema TaskHarbor's tables live in
+    (default ``taskharbor``).  Creating or upgrading the schema is the
+    caller's choice (``driver.migrate()``).
     """
     if not isinstance(url, str) or not url:
         raise InvalidRequest(f"a storage URL must be a non-empty string, not {url!r}")
@@ -40,12 +47,26 @@ def open_driver(url: str) -> Driver:
             )
         from taskharbor.drivers.sqlite import SQLiteDriver
 
-        return SQLiteDriver(path)
+        return SQLiteDriver(path, migrate=False)
     if scheme in ("postgresql", "postgres"):
         from taskharbor.drivers.postgres import PostgresDriver
 
-        return PostgresDriver(url)
+        conninfo, schema = split_schema(url)
+        return (
+            PostgresDriver(conninfo) if schema is None else PostgresDriver(conninfo, schema=schema)
+        )
     raise InvalidRequest(
         # The URL itself is left out of the message: it may hold a password.
         f"unknown storage URL scheme {scheme or '(none)'!r} (use one of: {', '.join(SCHEMES)})"
     )
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """A PostgreSQL URL without its ``schema`` parameter, and that parameter's value."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == SCHEMA_PARAMETER]
+    if len(schemas) > 1 or (schemas and not schemas[0]):
+        raise InvalidRequest("give at most one non-empty ?schema= in a PostgreSQL URL")
+    rest = urlencode([(key, value) for key, value in query if key != SCHEMA_PARAMETER])
+    return urlunsplit(parts._replace(query=rest)), (schemas[0] if schemas else None)

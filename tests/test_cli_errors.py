@@ -80,6 +80,7 @@ def test_app_and_url_together(cli_store: CliStore, tmp_path: Path) -> None:
     # Given on the command line beats set in the environment.
     listed = invoke(["--app", cli_store.app_path, "jobs", "list"], env={"TASKHARBOR_URL": url})
     assert f" {job.id} " in listed.stdout
+    assert invoke(["--url", url, "migrate"]).exit_code == 0  # a URL never creates a schema
     from_env = invoke(["--url", url, "jobs", "list"], env={"TASKHARBOR_APP": cli_store.app_path})
     assert from_env.exit_code == 0 and from_env.stdout.strip() == "no jobs match"
 
