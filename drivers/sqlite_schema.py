@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from taskharbor.spec import SchemaError, TaskHarborError
+from taskharbor.spec import SchemaError, StoreError
 
 from .sqlite_sql import ALL_STATES, AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS
 
@@ -21,7 +21,7 @@ _VERSION_KEY = "schema_version"
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-class DatabaseFileError(TaskHarborError):
+class DatabaseFileError(StoreError):
     """The database file cannot be used: not SQLite, corrupt, another
     application's database, or a path that cannot be opened for writing.
     Nothing was written to it."""

@@ -10,6 +10,7 @@ from .errors import (
     JobNotFound,
     LeaseLost,
     SchemaError,
+    StoreError,
     TaskHarborError,
     WorkflowNotFound,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "SchemaError",
     "SnoozeRequest",
     "StepSpec",
+    "StoreError",
     "SystemClock",
     "TaskHarborError",
     "TransitionTable",

@@ -90,5 +90,10 @@ class LeaseLost(TaskHarborError):
         return hash((self.job_id, self.token, self.state, self.reason))
 
 
-class SchemaError(TaskHarborError):
+class StoreError(TaskHarborError):
+    """The store itself cannot be used: a file that is not a database, a path
+    that cannot be opened, a server that cannot be reached.  Nothing was written."""
+
+
+class SchemaError(StoreError):
     """The store's schema is missing, too old or too new for this version."""

@@ -278,6 +278,11 @@ class Driver(abc.ABC):
         A workflow's steps are deleted only together with the workflow, when
         the workflow is ``succeeded`` or ``cancelled`` and every one of its
         steps qualifies.  Deleted jobs free their idempotency keys.
+
+        The one exception to "each call is one transaction": a store may
+        delete in batches, each atomic (a workflow with all its steps in one),
+        so a long backlog does not hold locks; a crash mid-way leaves some
+        batches deleted, and calling again finishes the work.
         """
 
     # -- reading --------------------------------------------------------------
