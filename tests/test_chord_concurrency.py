@@ -1,0 +1,231 @@
+"""A chord's callback is released exactly once when its 50 members finish at the same instant.
+
+Several threads, each with its own connection to the store (SQLite and
+PostgreSQL: one driver per thread on the same file or schema; memory: the
+threads share the one driver), wait at a barrier and then complete the
+members they hold, all together.  The last completions race to observe "every
+member has succeeded"; a lost race leaves the callback ``pending`` forever, a
+double release puts the members' results in front of its arguments twice (or
+raises ``InvalidTransition``), a stale read releases it with a result missing.
+Then the same threads race to lease: exactly one of them gets the callback.
+
+Half of the rounds complete one member per call (many short transactions), the
+other half one batch per thread (a few long ones): both must release once.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from driver_registry import POSTGRES_URL, skip_without_postgres
+from taskharbor.spec import (
+    Completion,
+    Driver,
+    EnqueueRequest,
+    FakeClock,
+    JobRecord,
+    JobState,
+    StepSpec,
+    WorkflowGraph,
+    WorkflowRecord,
+    WorkflowState,
+)
+from taskharbor.spec.records import map_ref
+
+MEMBERS = 50
+THREADS = 6
+ROUNDS = 30
+LEASE_SECONDS = 30.0
+
+T = TypeVar("T")
+
+
+# -- one connection per thread, for each store ------------------------------------------
+
+
+@contextmanager
+def memory_connections(tmp_path: Path, clock: FakeClock) -> Iterator[list[Driver]]:
+    from taskharbor.drivers.memory import MemoryDriver
+
+    driver = MemoryDriver(clock=clock)
+    yield [driver] * THREADS
+
+
+@contextmanager
+def sqlite_connections(tmp_path: Path, clock: FakeClock) -> Iterator[list[Driver]]:
+    from taskharbor.drivers.sqlite import SQLiteDriver
+
+    path = tmp_path / "chords.db"
+    drivers: list[Driver] = [SQLiteDriver(path, clock=clock) for _ in range(THREADS)]
+    try:
+        yield drivers
+    finally:
+        for driver in drivers:
+            driver.close()
+
+
+@contextmanager
+def postgres_connections(tmp_path: Path, clock: FakeClock) -> Iterator[list[Driver]]:
+    skip_without_postgres()
+    import psycopg
+
+    from taskharbor.drivers.postgres import PostgresDriver
+
+    schema = f"th_chord_{uuid.uuid4().hex[:12]}"
+    drivers: list[Driver] = []
+    try:
+        for _ in range(THREADS):
+            drivers.append(
+                PostgresDriver(
+                    POSTGRES_URL, schema=schema, clock=clock, notifications=False, pool_size=1
+                )
+            )
+        drivers[0].migrate()
+        yield drivers
+    finally:
+        for driver in drivers:
+            driver.close()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+STORES = {
+    "memory": memory_connections,
+    "sqlite": sqlite_connections,
+    "postgres": postgres_connections,
+}
+
+
+# -- racing threads ----------------------------------------------------------------------
+
+
+def race(drivers: Sequence[Driver], work: Callable[[int, Driver], T]) -> list[T]:
+    """Run ``work(index, driver)`` on one thread per driver, released together by a barrier.
+
+    Returns each thread's value in thread order; re-raises the first error a thread hit.
+    """
+    start = threading.Barrier(len(drivers))
+    values: dict[int, T] = {}
+    errors: list[BaseException] = []
+
+    def run(index: int, driver: Driver) -> None:
+        try:
+            start.wait(timeout=30)
+            values[index] = work(index, driver)
+        except BaseException as exc:  # handed to the test thread below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(index, driver), name=f"racer-{index}")
+        for index, driver in enumerate(drivers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a racing thread hung"
+    if errors:
+        raise errors[0]
+    return [values[index] for index in range(len(drivers))]
+
+
+# -- one round ---------------------------------------------------------------------------
+
+
+def member_result(round_number: int, member: int) -> str:
+    return f"round {round_number} member {member}"
+
+
+def chord_graph(round_number: int) -> WorkflowGraph:
+    """``MEMBERS`` members, then a callback that waits for all and takes their results."""
+    members = tuple(
+        StepSpec(EnqueueRequest("chord.member", args=(round_number, index)))
+        for index in range(MEMBERS)
+    )
+    callback = StepSpec(
+        EnqueueRequest("chord.callback", args=(round_number,)),
+        after=tuple(range(MEMBERS)),
+        input=list(range(MEMBERS)),
+    )
+    return WorkflowGraph(steps=(*members, callback), result=MEMBERS)
+
+
+def complete_members(
+    drivers: Sequence[Driver], members: list[JobRecord], rng: random.Random, batched: bool
+) -> None:
+    """Deal the members out to the threads at random and complete them all at once."""
+    rng.shuffle(members)
+    shares = [members[index :: len(drivers)] for index in range(len(drivers))]
+
+    def completions(job: JobRecord) -> Completion:
+        round_number, index = job.args
+        assert job.lease_token is not None
+        return Completion(job.id, job.lease_token, member_result(round_number, index))
+
+    def complete(index: int, driver: Driver) -> list[object]:
+        share = [completions(job) for job in shares[index]]
+        if batched:
+            return list(driver.complete(share))
+        return [lost for item in share for lost in driver.complete([item])]
+
+    refused = race(drivers, complete)
+    assert refused == [[]] * len(drivers), "live leases were refused"
+
+
+def play_round(
+    drivers: Sequence[Driver], clock: FakeClock, round_number: int, rng: random.Random
+) -> None:
+    main = drivers[0]
+    workflow = main.enqueue_workflow(chord_graph(round_number))
+    *member_ids, callback_id = workflow.steps
+    members = main.lease(["default"], MEMBERS + 1, LEASE_SECONDS, "leaser")
+    assert sorted(job.id for job in members) == member_ids  # the callback is still pending
+
+    released_at = clock.advance(1.0)
+    complete_members(drivers, members, rng, batched=round_number % 2 == 1)
+
+    (callback,) = main.get([callback_id])
+    expected_input = [member_result(round_number, index) for index in range(MEMBERS)]
+    assert callback.state is JobState.AVAILABLE, f"round {round_number}: callback {callback.state}"
+    assert callback.args == (expected_input, round_number), "the input was put in front once"
+    assert (callback.attempt, callback.errors, callback.run_at) == (0, (), released_at)
+    assert main.get_workflow(workflow.id).state is WorkflowState.RUNNING
+
+    leased = race(
+        drivers,
+        lambda index, driver: driver.lease(["default"], MEMBERS, LEASE_SECONDS, f"racer-{index}"),
+    )
+    winners = [job for batch in leased for job in batch]
+    assert [job.id for job in winners] == [callback_id], "the callback is leased exactly once"
+    (winner,) = winners
+    assert winner.attempt == 1 and winner.lease_token is not None
+    assert main.complete([Completion(callback_id, winner.lease_token, round_number)]) == []
+
+    check_succeeded(main, main.get_workflow(workflow.id), round_number)
+
+
+def check_succeeded(driver: Driver, workflow: WorkflowRecord, round_number: int) -> None:
+    assert workflow.state is WorkflowState.SUCCEEDED
+    jobs = driver.get(workflow.steps)
+    assert all(job.state is JobState.SUCCEEDED for job in jobs)
+    assert [job.result for job in jobs[:-1]] == [
+        member_result(round_number, index) for index in range(MEMBERS)
+    ]
+    assert map_ref(workflow.result, {job.id: job.result for job in jobs}) == round_number
+
+
+@pytest.mark.parametrize("store", sorted(STORES))
+def test_the_callback_is_released_once_every_time(store: str, tmp_path: Path) -> None:
+    clock = FakeClock()
+    rng = random.Random(f"chord race on {store}")
+    with STORES[store](tmp_path, clock) as drivers:
+        for round_number in range(ROUNDS):
+            play_round(drivers, clock, round_number, rng)
