@@ -628,20 +628,26 @@ class DriverVsModel(RuleBasedStateMachine):
         """Everything observable is the same in both stores, and both obey the invariants."""
         model_view = snapshot_model(self.model, self.workflow_ids)
         driver_view = snapshot_driver(self.driver, self.workflow_ids, self.ids)
-        problems = [f"model: {problem}" for problem in snapshot_problems(model_view)]
-        problems += [f"driver: {problem}" for problem in snapshot_problems(driver_view)]
+        problems: list[str] = []
+        for side, view in (("model", model_view), ("driver", driver_view)):
+            problems += [f"{side}: {problem}" for problem in self._unexplained_changes(view)]
+            problems += [f"{side}: {problem}" for problem in snapshot_problems(view)]
         problems += snapshot_differences(model_view, driver_view)
-        problems += self._unexplained_changes(model_view)
         _expect("after the step", problems)
         self.view = model_view
         self.pruned = None
         self.refused = False
 
     def _unexplained_changes(self, now: Snapshot) -> list[str]:
+        """Changes since the last check that the last call cannot explain.
+
+        The last check found both stores equal to ``self.view``, so the same
+        rules apply to each.
+        """
         if self.refused:
             return [
-                f"a refused call changed: {change}"
-                for change in snapshot_differences(self.view, now)
+                f"the refused call changed {change}"
+                for change in snapshot_differences(self.view, now, ("before", "after"))
             ]
         problems = [
             f"job {job_id} appeared without enqueue"

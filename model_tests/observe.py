@@ -97,33 +97,47 @@ def snapshot_driver(
     return Snapshot(jobs, dict(store.count()), workflows)
 
 
-def record_differences(what: str, model: Any, driver: Any) -> list[str]:
+Labels = tuple[str, str]
+MODEL_DRIVER: Labels = ("model", "driver")
+
+
+def record_differences(
+    what: str, left: Any, right: Any, labels: Labels = MODEL_DRIVER
+) -> list[str]:
     """Field by field differences of two records (plain values are compared whole)."""
-    if type(model) is not type(driver) or not dataclasses.is_dataclass(model):
-        return [] if model == driver else [f"{what}: model={model!r} driver={driver!r}"]
+    one, other = labels
+    if type(left) is not type(right) or not dataclasses.is_dataclass(left):
+        return [] if left == right else [f"{what}: {one}={left!r} {other}={right!r}"]
     return [
-        f"{what}.{field.name}: model={getattr(model, field.name)!r} "
-        f"driver={getattr(driver, field.name)!r}"
-        for field in dataclasses.fields(model)
-        if getattr(model, field.name) != getattr(driver, field.name)
+        f"{what}.{field.name}: {one}={getattr(left, field.name)!r} "
+        f"{other}={getattr(right, field.name)!r}"
+        for field in dataclasses.fields(left)
+        if getattr(left, field.name) != getattr(right, field.name)
     ]
 
 
-def snapshot_differences(model: Snapshot, driver: Snapshot) -> list[str]:
+def snapshot_differences(
+    left: Snapshot, right: Snapshot, labels: Labels = MODEL_DRIVER
+) -> list[str]:
+    """Every difference between two views (of two stores, or of one store at two times)."""
+    one, other = labels
     problems: list[str] = []
-    for job_id in sorted(model.jobs.keys() - driver.jobs.keys()):
-        problems.append(f"job {job_id}: stored by the model, missing from the driver")
-    for job_id in sorted(driver.jobs.keys() - model.jobs.keys()):
-        problems.append(f"job {job_id}: stored by the driver, not by the model")
-    for job_id in sorted(model.jobs.keys() & driver.jobs.keys()):
-        problems += record_differences(f"job {job_id}", model.jobs[job_id], driver.jobs[job_id])
-    if model.counts != driver.counts:
-        problems.append(f"count(): model={_sorted(model.counts)} driver={_sorted(driver.counts)}")
-    for workflow_id in sorted(model.workflows):
+    for job_id in sorted(left.jobs.keys() - right.jobs.keys()):
+        problems.append(f"job {job_id}: in the {one}, not in the {other}")
+    for job_id in sorted(right.jobs.keys() - left.jobs.keys()):
+        problems.append(f"job {job_id}: in the {other}, not in the {one}")
+    for job_id in sorted(left.jobs.keys() & right.jobs.keys()):
+        problems += record_differences(
+            f"job {job_id}", left.jobs[job_id], right.jobs[job_id], labels
+        )
+    if left.counts != right.counts:
+        problems.append(f"count(): {one}={_sorted(left.counts)} {other}={_sorted(right.counts)}")
+    for workflow_id in sorted(left.workflows):
         problems += record_differences(
             f"workflow {workflow_id}",
-            model.workflows[workflow_id],
-            driver.workflows.get(workflow_id),
+            left.workflows[workflow_id],
+            right.workflows.get(workflow_id),
+            labels,
         )
     return problems
 

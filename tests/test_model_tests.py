@@ -10,24 +10,44 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from driver_registry import DriverFactory
-from taskharbor.model_tests import Divergence, driver_state_machine, hypothesis_settings
+from taskharbor.model_tests import (
+    PROFILE_ENV,
+    PROFILES,
+    Divergence,
+    driver_state_machine,
+    hypothesis_settings,
+)
+from taskharbor.model_tests.identity import IdentityMap
+from taskharbor.model_tests.machine import START
+from taskharbor.model_tests.strategies import (
+    Chain,
+    Chord,
+    Group,
+    RequestPlan,
+    Task,
+    WorkflowPlan,
+)
 from taskharbor.spec import (
     JOB,
     EnqueueRequest,
     EnqueueResult,
+    InvalidRequest,
     JobEvent,
     JobFilter,
     JobRecord,
     JobState,
+    dependency_reason,
 )
 from taskharbor.spec.model import ReferenceModel
+from taskharbor.spec.records import job_ids
 
 
 def test_driver_matches_the_model(driver_name: str, driver_factory: DriverFactory) -> None:
@@ -109,6 +129,17 @@ class ReleasesOnFirstDependency(ReferenceModel):
         return facts
 
 
+class CancelsPartOfARefusedBatch(ReferenceModel):
+    """Cancel is not atomic: the jobs before a finished one stay cancelled."""
+
+    def cancel(self, job_ids_: Sequence[int]) -> list[JobRecord]:
+        self.get(job_ids(job_ids_, "cancel"))  # bad batches are still refused up front
+        records: list[JobRecord] = []
+        for job_id in job_ids_:
+            records += super().cancel([job_id])
+        return records
+
+
 @pytest.mark.parametrize(
     ("broken", "symptom"),
     [
@@ -117,6 +148,7 @@ class ReleasesOnFirstDependency(ReferenceModel):
         (IgnoresIdempotencyKeys, "created flags"),
         (ReleasesChordCallbackTwice, ".args: model="),
         (ReleasesOnFirstDependency, ".state: model=<JobState.PENDING"),
+        (CancelsPartOfARefusedBatch, "driver: the refused call changed job"),
     ],
 )
 def test_the_harness_finds_a_broken_store(broken: type[ReferenceModel], symptom: str) -> None:
@@ -124,3 +156,63 @@ def test_the_harness_finds_a_broken_store(broken: type[ReferenceModel], symptom:
     with pytest.raises(Divergence) as found:
         run_state_machine_as_test(machine, settings=HUNT)
     assert symptom in str(found.value)
+
+
+# -- the harness's own parts -------------------------------------------------------
+
+
+def _task(arg: int) -> Task:
+    return Task(RequestPlan("alpha", arg, {}, "default", 0, None, 1, None))
+
+
+def test_a_chord_callback_waits_for_and_takes_every_member() -> None:
+    graph = WorkflowPlan(Chord((_task(0), _task(1)), _task(2)), None).graph(START)
+    assert [(step.after, step.input) for step in graph.steps] == [
+        ((), None),
+        ((), None),
+        ((0, 1), [0, 1]),
+    ]
+    assert graph.result == 2
+
+
+def test_a_chain_passes_results_only_when_asked() -> None:
+    chained = Chain((_task(0), Group((_task(1), _task(2))), _task(3)), pass_results=True)
+    graph = WorkflowPlan(chained, "nightly").graph(START)
+    assert [(step.after, step.input) for step in graph.steps] == [
+        ((), None),
+        ((0,), 0),
+        ((0,), 0),
+        ((1, 2), [1, 2]),
+    ]
+    immutable = WorkflowPlan(Chain((_task(0), _task(1)), pass_results=False), None)
+    assert [step.input for step in immutable.graph(START).steps] == [None, None]
+
+
+def test_plans_become_requests_relative_to_now() -> None:
+    plan = RequestPlan("beta", 4, {"flag": True}, "mail", 1, 60.0, 2, "key-a")
+    request = plan.request(START)
+    assert request.run_at == START + timedelta(seconds=60)
+    assert (request.task, request.args, request.idempotency_key) == ("beta", (4,), "key-a")
+
+
+def test_ids_pair_one_to_one() -> None:
+    ids = IdentityMap()
+    ids.link_job(1, 7)
+    ids.link_job(1, 7)
+    with pytest.raises(Divergence, match="pairs with"):
+        ids.link_job(2, 7)
+    with pytest.raises(Divergence, match="never created"):
+        ids.jobs.to_model(8)
+    assert ids.reason_to_model(dependency_reason(7, JobState.DEAD)) == dependency_reason(
+        1, JobState.DEAD
+    )
+
+
+def test_profiles_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PROFILE_ENV, "ci")
+    ci = hypothesis_settings(slow_store=True)
+    assert ci.max_examples == PROFILES["ci"].max_examples > PROFILES["dev"].max_examples
+    assert ci.deadline is None and HealthCheck.too_slow in ci.suppress_health_check
+    monkeypatch.setenv(PROFILE_ENV, "nightly")
+    with pytest.raises(InvalidRequest, match="nightly"):
+        hypothesis_settings()
