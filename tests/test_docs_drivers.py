@@ -2,15 +2,19 @@
 
 docs/examples/toy_driver.py is loaded by path (it is an example, not part of
 the package) and run through the whole ``ConformanceSuite`` and the model
-tests, exactly as docs/drivers.md tells a driver author to.  The guide embeds
-the toy driver whole, and quotes excerpts of it and of this file: the last
-tests check that what the guide shows is what runs here.
+tests, exactly as docs/drivers.md tells a driver author to; a few more tests
+check what only a file store promises (persistence, several processes, a clear
+refusal of a file that is not a store).  The guide links the toy driver and
+quotes excerpts of it and of this file, and shows a SQL ``CASE`` example: the
+last tests check that each excerpt is still verbatim in the file it quotes,
+and that the example compiles to SQL taking the transitions the table takes.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
+import multiprocessing
 import re
 import sqlite3
 import sys
@@ -32,6 +36,7 @@ from taskharbor.spec import (
     EnqueueRequest,
     FakeClock,
     JobEvent,
+    JobFilter,
     JobState,
     SchemaError,
 )
@@ -89,14 +94,41 @@ def test_the_store_survives_the_driver(tmp_path: Path) -> None:
     assert second.get([stored.job.id]) == [leased]
 
 
+def enqueue_one_by_one(path: Path, count: int) -> None:
+    store = JsonFileDriver(path)
+    for number in range(count):
+        store.enqueue([EnqueueRequest("task", args=(number,))])
+
+
+def test_processes_sharing_the_file_never_lose_a_write(tmp_path: Path) -> None:
+    """Without the file lock, two read-modify-writes at once would drop one of the jobs."""
+    path = tmp_path / "store.json"
+    JsonFileDriver(path).migrate()
+    fork = multiprocessing.get_context("fork")
+    writers = [fork.Process(target=enqueue_one_by_one, args=(path, 25)) for _ in range(3)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+    assert [writer.exitcode for writer in writers] == [0, 0, 0]
+    stored = JsonFileDriver(path).list_jobs(JobFilter(limit=1000))
+    assert [job.id for job in stored] == list(range(1, 76))
+
+
 def test_a_store_that_was_never_migrated_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match="call migrate"):
         JsonFileDriver(tmp_path / "store.json").count()
 
 
-def test_a_file_of_another_format_is_refused_by_migrate(tmp_path: Path) -> None:
-    (tmp_path / "store.json").write_text('{"format": 99}')
-    with pytest.raises(SchemaError, match="format 99"):
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [('{"format": 99}', "has format 99"), ("[1]", "has format None"), ("{", "not a JSON store")],
+)
+def test_a_file_that_is_not_a_store_of_this_format_is_refused_by_migrate(
+    tmp_path: Path, content: str, complaint: str
+) -> None:
+    (tmp_path / "store.json").write_text(content)
+    with pytest.raises(SchemaError, match=complaint):
         JsonFileDriver(tmp_path / "store.json").migrate()
 
 

@@ -443,16 +443,19 @@ class JsonFileDriver(Driver):
                 self._write(_encode(store))
 
     def _read(self) -> dict[str, Any]:
+        """The file's content, once it is known to be a store of this driver's format."""
         try:
             with open(self.path, encoding="utf-8") as file:
-                document: dict[str, Any] = json.load(file)
+                document = json.load(file)
         except FileNotFoundError:
             raise SchemaError(f"no store at {self.path}: call migrate() first") from None
-        if document.get("format") != FORMAT:
-            raise SchemaError(
-                f"{self.path} has format {document.get('format')!r}; this driver reads {FORMAT}"
-            )
-        return document
+        except json.JSONDecodeError as error:
+            raise SchemaError(f"{self.path} is not a JSON store ({error})") from None
+        found = document.get("format") if isinstance(document, dict) else None
+        if found != FORMAT:
+            raise SchemaError(f"{self.path} has format {found!r}; this driver reads {FORMAT}")
+        result: dict[str, Any] = document
+        return result
 
     def _write(self, document: dict[str, Any]) -> None:
         """Replace the file whole: readers see the old store or the new one, never half."""
