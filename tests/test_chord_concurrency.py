@@ -187,7 +187,9 @@ def play_round(
     workflow = main.enqueue_workflow(chord_graph(round_number))
     *member_ids, callback_id = workflow.steps
     members = main.lease(["default"], MEMBERS + 1, LEASE_SECONDS, "leaser")
-    assert sorted(job.id for job in members) == member_ids  # the callback is still pending
+    assert sorted(job.id for job in members) == member_ids
+    (waiting,) = main.get([callback_id])
+    assert (waiting.state, waiting.args) == (JobState.PENDING, (round_number,))
 
     released_at = clock.advance(1.0)
     complete_members(drivers, members, rng, batched=round_number % 2 == 1)

@@ -124,26 +124,26 @@ def evaluate(item: Item, incoming: tuple[Any, ...], calls: list[tuple[str, list[
 
 def test_the_oracle_follows_the_documented_shapes(tmp_path: Path) -> None:
     tasks = make_app(Store("sqlite", str(tmp_path / "jobs.db")), tmp_path / "ledger")
-    workflow = th.chain(
-        tasks.start.s(2),
-        th.group(tasks.add.s(1), tasks.mul.si(5, 3)),  # [3, 15]
-        th.chord([tasks.add.s(10), th.chain(tasks.mul.s(2), tasks.add.s(1))], tasks.total.s()),
-    )
-    # group -> [3, 15]; chord members get [3, 15] folded to 1*3 + 2*15 = 33:
-    # add -> 43, chain -> 33*2 + 1 = 67; callback -> 1*43 + 2*67 = 177.
-    calls: list[tuple[str, list[Any]]] = []
-    assert evaluate(workflow, (), calls) == 177
-    assert calls == [
-        ("crash.start", [2]),
-        ("crash.add", [2, 1]),
-        ("crash.mul", [5, 3]),
-        ("crash.add", [[3, 15], 10]),
-        ("crash.mul", [[3, 15], 2]),
-        ("crash.add", [66, 1]),
-        ("crash.total", [[43, 67]]),
-    ]
-    assert count_steps(workflow) == 7
-    tasks.app.close()
+    with tasks.app:
+        workflow = th.chain(
+            tasks.start.s(2),
+            th.group(tasks.add.s(1), tasks.mul.si(5, 3)),  # [3, 15]
+            th.chord([tasks.add.s(10), th.chain(tasks.mul.s(2), tasks.add.s(1))], tasks.total.s()),
+        )
+        # group -> [3, 15]; chord members get [3, 15] folded to 1*3 + 2*15 = 33:
+        # add -> 43, chain -> 33*2 + 1 = 67; callback -> 1*43 + 2*67 = 177.
+        calls: list[tuple[str, list[Any]]] = []
+        assert evaluate(workflow, (), calls) == 177
+        assert calls == [
+            ("crash.start", [2]),
+            ("crash.add", [2, 1]),
+            ("crash.mul", [5, 3]),
+            ("crash.add", [[3, 15], 10]),
+            ("crash.mul", [[3, 15], 2]),
+            ("crash.add", [66, 1]),
+            ("crash.total", [[43, 67]]),
+        ]
+        assert count_steps(workflow) == 7
 
 
 # -- the stores ---------------------------------------------------------------------------
@@ -162,13 +162,14 @@ def postgres_store(tmp_path: Path) -> Iterator[Store]:
     from taskharbor.drivers.postgres import PostgresDriver
 
     schema = f"th_crash_{uuid.uuid4().hex[:12]}"
-    driver = PostgresDriver(POSTGRES_URL, schema=schema, notifications=False)
     try:
-        driver.migrate()
-        driver.close()
+        driver = PostgresDriver(POSTGRES_URL, schema=schema, notifications=False)
+        try:
+            driver.migrate()
+        finally:
+            driver.close()
         yield Store("postgres", POSTGRES_URL, schema)
     finally:
-        driver.close()
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
@@ -257,20 +258,20 @@ def test_a_workflow_survives_random_kills(store_kind: str, seed: int, tmp_path: 
     ledger = tmp_path / "ledger.jsonl"
     with STORES[store_kind](tmp_path) as store:
         tasks = make_app(store, ledger)
-        workflow = random_workflow(tasks, rng)
-        steps = count_steps(workflow)
-        began = time.monotonic()
-        handle = tasks.app.enqueue(workflow)
-        with Fleet(store, ledger) as fleet:
-            plan = rng.sample(range(steps - 1), MIN_KILLS)
-            kill_until(fleet, succeeded_steps(handle), plan, rng, KILL_EVERY, TIMEOUT)
-        killed = set(fleet.killed)
-        interrupted = kills_mid_handler(read_ledger(ledger), killed)
-        print(
-            f"{store_kind} seed {seed}: {steps} steps in {time.monotonic() - began:.1f} s, "
-            f"{len(killed)} kills, {interrupted} of them mid-handler"
-        )
-        assert len(killed) >= MIN_KILLS
-        assert interrupted >= 1, "no kill landed in the middle of a handler"
-        check_run(tasks, handle, workflow, ledger, killed)
-        tasks.app.close()
+        with tasks.app:
+            workflow = random_workflow(tasks, rng)
+            steps = count_steps(workflow)
+            began = time.monotonic()
+            handle = tasks.app.enqueue(workflow)
+            with Fleet(store, ledger) as fleet:
+                plan = rng.sample(range(steps - 1), MIN_KILLS)
+                kill_until(fleet, succeeded_steps(handle), plan, rng, KILL_EVERY, TIMEOUT)
+            killed = set(fleet.killed)
+            interrupted = kills_mid_handler(read_ledger(ledger), killed)
+            print(
+                f"{store_kind} seed {seed}: {steps} steps in {time.monotonic() - began:.1f} s, "
+                f"{len(killed)} kills, {interrupted} of them mid-handler"
+            )
+            assert len(killed) >= MIN_KILLS
+            assert interrupted >= 1, "no kill landed in the middle of a handler"
+            check_run(tasks, handle, workflow, ledger, killed)

@@ -8,6 +8,7 @@ no longer reaches its process id.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import select
@@ -45,6 +46,8 @@ class Fleet:
     working: list[int] = field(default_factory=list)
     killed: list[int] = field(default_factory=list)
     _spawner: subprocess.Popen[str] | None = None
+    _ledger_read: int = 0
+    _open_handlers: set[tuple[int, int, int]] = field(default_factory=set)
 
     def __enter__(self) -> Fleet:
         self._spawner = subprocess.Popen(
@@ -98,12 +101,30 @@ class Fleet:
                 raise AssertionError(f"worker {pid} survived SIGKILL")
             time.sleep(0.001)
 
-    def kill(self, index: int) -> None:
-        """SIGKILL the ``index``-th working process and start a replacement."""
-        pid = self.working.pop(index)
+    def kill(self, pid: int) -> None:
+        """SIGKILL a working process and start a replacement."""
+        self.working.remove(pid)
         self._stop(pid)
         self.killed.append(pid)
         self._start_one()
+
+    def busy(self) -> list[int]:
+        """The working processes running a handler now, as far as the ledger tells."""
+        if self.ledger.exists():
+            with self.ledger.open("rb") as ledger:
+                ledger.seek(self._ledger_read)
+                text = ledger.read()
+            complete = text[: text.rfind(b"\n") + 1]  # a line being written is read next time
+            self._ledger_read += len(complete)
+            for line in complete.decode().splitlines():
+                entry = json.loads(line)
+                run = (entry["pid"], entry["job"], entry["attempt"])
+                if entry["event"] == "start":
+                    self._open_handlers.add(run)
+                else:
+                    self._open_handlers.discard(run)
+        running = {pid for pid, _, _ in self._open_handlers}
+        return [pid for pid in self.working if pid in running]
 
     def check_working(self) -> None:
         """Fail if a worker ended without being killed (its log says why)."""
@@ -129,6 +150,9 @@ def kill_until(
 ) -> None:
     """Kill random workers until the workflow is no longer running.
 
+    The victim is a random worker among those running a handler, if any, so
+    that most kills land mid-handler; else a random worker.
+
     ``progress()`` is how many steps have succeeded, ``None`` once the workflow
     is no longer running.  A worker is killed after each random pause in
     ``every``, and also whenever fewer kills were made than ``plan`` asks for:
@@ -152,5 +176,5 @@ def kill_until(
             )
         due = sum(1 for threshold in planned if threshold <= succeeded)
         if len(fleet.killed) < due or now >= next_kill:
-            fleet.kill(rng.randrange(len(fleet.working)))
+            fleet.kill(rng.choice(fleet.busy() or fleet.working))
             next_kill = now + rng.uniform(*every)
