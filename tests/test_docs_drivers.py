@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
 
+import taskharbor as th
 from taskharbor.conformance import ConformanceSuite
 from taskharbor.model_tests import driver_state_machine, hypothesis_settings
 from taskharbor.spec import (
@@ -39,6 +40,7 @@ from taskharbor.spec import (
     JobFilter,
     JobState,
     SchemaError,
+    WorkflowState,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +94,25 @@ def test_the_store_survives_the_driver(tmp_path: Path) -> None:
     second = JsonFileDriver(tmp_path / "store.json", clock=clock)
     second.migrate()
     assert second.get([stored.job.id]) == [leased]
+
+
+def test_an_app_runs_a_chord_on_the_toy_driver(tmp_path: Path) -> None:
+    store = JsonFileDriver(tmp_path / "jobs.json")
+    store.migrate()
+    app = th.App(driver=store)
+
+    @app.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task(name="total")
+    def total(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    handle = app.enqueue(th.chord([add.s(1, 1), add.s(2, 2)], total.s()))
+    th.Worker(app, concurrency=2).run(burst=True)
+    assert handle.wait(timeout=5.0) == WorkflowState.SUCCEEDED
+    assert handle.result() == 6
 
 
 def enqueue_one_by_one(path: Path, count: int) -> None:
