@@ -147,6 +147,7 @@ def _to_json(value: object) -> str:
 
 
 def _time(text: str | None) -> datetime | None:
+    """An optional stored time (``None`` stays ``None``)."""
     return None if text is None else datetime.fromisoformat(text)
 
 
@@ -503,12 +504,12 @@ class JsonFileDriver(Driver):
             workflow_id = store.next_workflow_id
             store.next_workflow_id += 1
             ids: list[JobId] = []
-            for spec in graph.steps:
-                depends_on = tuple(ids[index] for index in spec.after)
-                job = _new_job(store, spec.request, workflow_id=workflow_id, depends_on=depends_on)
+            for step in graph.steps:
+                depends_on = tuple(ids[index] for index in step.after)
+                job = _new_job(store, step.request, workflow_id=workflow_id, depends_on=depends_on)
                 ids.append(job.id)
-                step_input = None if spec.input is None else _by_job_id(spec.input, ids)
-                store.steps[job.id] = _Step(spec.request.args, step_input)
+                step_input = None if step.input is None else _by_job_id(step.input, ids)
+                store.steps[job.id] = _Step(step.request.args, step_input)
             workflow = WorkflowRecord(
                 id=workflow_id,
                 state=WorkflowState.RUNNING,
