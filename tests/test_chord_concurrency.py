@@ -224,7 +224,13 @@ def check_succeeded(driver: Driver, workflow: WorkflowRecord, round_number: int)
     assert map_ref(workflow.result, {job.id: job.result for job in jobs}) == round_number
 
 
-@pytest.mark.parametrize("store", sorted(STORES))
+@pytest.mark.parametrize(
+    "store",
+    [
+        pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
+        for name in STORES
+    ],
+)
 def test_the_callback_is_released_once_every_time(store: str, tmp_path: Path) -> None:
     clock = FakeClock()
     rng = random.Random(f"chord race on {store}")

@@ -252,7 +252,13 @@ def check_run(
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("store_kind", sorted(STORES))
+@pytest.mark.parametrize(
+    "store_kind",
+    [
+        pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
+        for name in STORES
+    ],
+)
 def test_a_workflow_survives_random_kills(store_kind: str, seed: int, tmp_path: Path) -> None:
     rng = random.Random(seed)
     ledger = tmp_path / "ledger.jsonl"
