@@ -1,6 +1,9 @@
 """The TaskHarbor contract: lifecycles, transition tables, records, errors, the driver SPI.
 
-This package imports nothing else of TaskHarbor's.
+Everything a driver author needs is importable from here, including the
+validation helpers (``check_batch``, ``job_ids``, ...) that make every driver
+refuse bad input with the same errors.  This package imports nothing else of
+TaskHarbor's.
 """
 
 from .clock import Clock, FakeClock, SystemClock
@@ -18,6 +21,8 @@ from .lifecycle import JOB_GUARDS, JobLifecycle, WorkflowLifecycle
 from .records import (
     CANCELLED_BY_REQUEST,
     JSON,
+    LEASE_EXPIRED_MESSAGE,
+    LEASE_EXPIRED_TYPE,
     WORKFLOW_CANCELLED,
     Completion,
     EnqueueRequest,
@@ -37,12 +42,23 @@ from .records import (
     WorkflowGraph,
     WorkflowId,
     WorkflowRecord,
+    check_aware,
+    check_batch,
+    check_json,
+    check_lease_seconds,
+    check_name,
+    check_workflow_id,
     dependency_reason,
+    job_ids,
+    map_ref,
+    ref_indexes,
 )
 from .spi import Capabilities, Driver
 from .table import (
     FINISHED_JOB_STATES,
     JOB,
+    NEW,
+    QUEUED_JOB_STATES,
     WORKFLOW,
     JobEvent,
     JobState,
@@ -57,6 +73,10 @@ __all__ = [
     "JOB",
     "JOB_GUARDS",
     "JSON",
+    "LEASE_EXPIRED_MESSAGE",
+    "LEASE_EXPIRED_TYPE",
+    "NEW",
+    "QUEUED_JOB_STATES",
     "WORKFLOW",
     "WORKFLOW_CANCELLED",
     "Capabilities",
@@ -97,5 +117,14 @@ __all__ = [
     "WorkflowNotFound",
     "WorkflowRecord",
     "WorkflowState",
+    "check_aware",
+    "check_batch",
+    "check_json",
+    "check_lease_seconds",
+    "check_name",
+    "check_workflow_id",
     "dependency_reason",
+    "job_ids",
+    "map_ref",
+    "ref_indexes",
 ]
