@@ -1,10 +1,11 @@
 """A workflow survives worker processes killed with SIGKILL at random moments.
 
-A workflow of more than 20 steps mixing chain, group and chord (a random shape
-for each seed) runs under three worker processes while the test kills a random
-one at random moments, putting a fresh one to work each time, until the
-workflow finishes.  Then, from the store and from the ledger the handlers
-append to (see :mod:`workflow_crash_app`):
+A workflow of at least 20 steps mixing chain, group and chord (a random shape
+for each seed) runs under three worker processes while the test SIGKILLs one
+at random moments, at least ten times, putting a fresh one to work each time,
+until the workflow finishes (see :func:`workflow_crash_fleet.kill_until` for
+how the kills are chosen).  Then, from the store and from the ledger the
+handlers append to (see :mod:`workflow_crash_app`):
 
 * every step succeeded and the workflow result is the one a plain Python
   evaluation of the same workflow gives;
