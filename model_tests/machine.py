@@ -113,8 +113,9 @@ REFUSED_CALLS: dict[str, Callable[[Driver, JobId], object]] = {
     "cancel([job, job])": lambda store, job: store.cancel([job, job]),
     "requeue([job, job])": lambda store, job: store.requeue([job, job]),
 }
-"""Malformed calls every store must refuse, by a short description; ``job`` is a stored
-job's id (the repeated-id calls are refused whatever the job's state)."""
+"""Malformed calls every store must refuse, by a short description.  ``job`` is the
+newest job the harness created: naming it twice in one batch is refused whatever
+its state, even once it is pruned."""
 
 
 def _job_id(value: object) -> JobId:
@@ -177,19 +178,20 @@ class DriverVsModel(RuleBasedStateMachine):
         Returns both results, or None when both refused the call with the
         same error type (the next check then verifies nothing changed).
         """
-        model_error: TaskHarborError | None = None
-        expected: T | None = None
         try:
             expected = on_model()
-        except TaskHarborError as error:
-            model_error = error
-        try:
-            got = on_driver()
-        except TaskHarborError as error:
-            if model_error is None:
+        except TaskHarborError as refusal:
+            model_error = refusal
+        else:
+            try:
+                return expected, on_driver()
+            except TaskHarborError as error:
                 raise Divergence(
                     f"{what}: the driver raised {error!r}; the model returned {expected!r}"
                 ) from error
+        try:
+            got = on_driver()
+        except TaskHarborError as error:
             if type(error) is not type(model_error):
                 raise Divergence(
                     f"{what}: the model raised {type(model_error).__name__} ({model_error}); "
@@ -198,12 +200,10 @@ class DriverVsModel(RuleBasedStateMachine):
             self.refused = True
             self.refusals = (model_error, error)
             return None
-        if model_error is not None:
-            raise Divergence(
-                f"{what}: the model raised {type(model_error).__name__} ({model_error}); "
-                f"the driver returned {got!r}"
-            )
-        return expected, got  # type: ignore[return-value]  # set: on_model returned
+        raise Divergence(
+            f"{what}: the model raised {type(model_error).__name__} ({model_error}); "
+            f"the driver returned {got!r}"
+        )
 
     def _link_new_job(self, model_id: JobId, driver_id: JobId) -> None:
         if self.created and (model_id <= self.created[-1] or driver_id <= self.newest_driver_id):
