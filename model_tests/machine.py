@@ -585,8 +585,9 @@ class DriverVsModel(RuleBasedStateMachine):
         queue: str | None,
         limit: int,
     ) -> None:
-        after_id = data.draw(st.one_of(st.none(), st.sampled_from([0, *self.created])))
-        workflow_id = data.draw(st.one_of(st.none(), st.sampled_from([*self.workflow_ids, 0])))
+        after_id = data.draw(st.one_of(st.none(), st.sampled_from(self.created)))
+        workflow_ids = [*self.workflow_ids, *UNKNOWN_IDS]
+        workflow_id = data.draw(st.one_of(st.none(), st.sampled_from(workflow_ids)))
         model_filter = JobFilter(states, task, queue, workflow_id, after_id, limit)
 
         def driver_filter() -> JobFilter:
@@ -594,8 +595,8 @@ class DriverVsModel(RuleBasedStateMachine):
                 states,
                 task,
                 queue,
-                workflow_id and self.ids.workflows.to_driver(workflow_id),
-                after_id and self.ids.jobs.to_driver(after_id),
+                None if workflow_id is None else self.ids.workflows.to_driver(workflow_id),
+                None if after_id is None else self.ids.jobs.to_driver(after_id),
                 limit,
             )
 
