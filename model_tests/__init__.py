@@ -14,9 +14,16 @@ to a short sequence of operations.
 
 The operations: enqueue (small batches, colliding idempotency keys, run_at
 in the past, now or the future), enqueue_workflow (nested chains, groups and
-chords), lease, heartbeat, complete, fail, snooze (with live and stale
-tokens), cancel, requeue, cancel_workflow, get, list_jobs, advancing the
-clock, promote, rescue, prune, and malformed calls that must be refused.
+chords), lease, heartbeat, complete, fail, snooze (with live tokens and stale
+ones, favouring tokens of jobs leased again since), cancel, requeue,
+cancel_workflow, get, list_jobs, prune, promote and rescue (also right at the
+instant a job falls due or a lease runs out), advancing the clock, and
+malformed calls that must be refused without changing anything.  Each rule
+runs only when it can matter (no rescue without a running job), and
+enqueueing pauses while six jobs are unfinished, so that runs go deep rather
+than wide.  Calls run one at a time: races between workers are left to the
+conformance suite (``taskharbor.conformance``), and ``wait_for_jobs`` is not
+exercised.
 
 Running it against your driver, in a pytest module::
 
