@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 
 from taskharbor.spec import (
     FINISHED_JOB_STATES,
@@ -21,9 +22,26 @@ from taskharbor.spec import (
 from .observe import Snapshot
 
 
+def not_utc(moments: dict[str, datetime | None]) -> list[str]:
+    """The named datetimes that are not aware UTC times (the SPI returns only those)."""
+    return [
+        f"{name}={moment!r} is not in UTC"
+        for name, moment in moments.items()
+        if moment is not None and moment.utcoffset() != timedelta(0)
+    ]
+
+
 def job_problems(job: JobRecord) -> list[str]:
     """What is wrong with one stored job on its own."""
-    problems: list[str] = []
+    problems = not_utc(
+        {
+            "run_at": job.run_at,
+            "created_at": job.created_at,
+            "lease_expires_at": job.lease_expires_at,
+            "finished_at": job.finished_at,
+        }
+        | {f"errors[{index}].at": error.at for index, error in enumerate(job.errors)}
+    )
     running = job.state is JobState.RUNNING
     lease_fields = {
         "lease_token": job.lease_token,
@@ -62,7 +80,7 @@ def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord])
     if missing:
         return [f"workflow {workflow.id}: steps {missing} are gone but the workflow is not"]
     steps = [jobs[step] for step in workflow.steps]
-    problems: list[str] = []
+    problems = not_utc({"created_at": workflow.created_at, "finished_at": workflow.finished_at})
     expected = derived_workflow_state(steps)
     if workflow.state is not expected:
         problems.append(f"state {workflow.state}, but its steps make it {expected}")

@@ -42,7 +42,7 @@ from taskharbor.spec.records import JSON
 
 from .divergence import Divergence
 from .identity import IdentityMap
-from .invariants import snapshot_problems
+from .invariants import not_utc, snapshot_problems
 from .observe import (
     Snapshot,
     job_to_model,
@@ -501,7 +501,9 @@ class DriverVsModel(RuleBasedStateMachine):
     def promote(self) -> None:
         outcome = self._both("promote", self.model.promote, self.driver.promote)
         if outcome is not None:
-            _expect("promote", sequence_differences("result", [outcome[0]], [outcome[1]]))
+            expected, got = outcome
+            problems = sequence_differences("result", [expected], [got])
+            _expect("promote", problems + not_utc({"driver next_due": got.next_due}))
 
     @precondition(lambda self: self._any(*WAITING_FOR_TIME))
     @rule()
