@@ -1,9 +1,11 @@
 """The stateful harness: every driver against the reference model.
 
 ``test_driver_matches_the_model`` runs the harness against each driver (the
-``driver_factory`` fixture).  The other tests prove the harness bites: each
-runs it against a ReferenceModel subclass with one deliberate bug and
-asserts that Hypothesis finds a divergence.
+``driver_factory`` fixture).  ``test_the_harness_finds_a_broken_store``
+proves the harness bites: it runs it against ReferenceModel subclasses with
+one deliberate bug each and asserts that Hypothesis finds the divergence.
+The last tests check the harness's own parts (graph building, id pairing,
+profiles).
 """
 
 from __future__ import annotations
@@ -58,9 +60,11 @@ def test_driver_matches_the_model(driver_name: str, driver_factory: DriverFactor
 
 # -- proof that the harness bites ----------------------------------------------
 #
-# Each store below is the reference model with one deliberate bug.  The harness
-# must find every one of them, deterministically (derandomize) and quickly (no
-# shrinking: only the detection matters here).
+# Each store below is the reference model with one deliberate bug, planted
+# through the model's internal hooks (_live, _resolve, _facts, _release) or its
+# public methods.  The harness must find every one of them, deterministically
+# (derandomize) and quickly (no shrinking: only the detection matters here),
+# with the step budget of the ci profile.
 
 HUNT = settings(
     max_examples=400,
@@ -108,8 +112,11 @@ class IgnoresIdempotencyKeys(ReferenceModel):
 
 
 class ReleasesChordCallbackTwice(ReferenceModel):
-    """A step waiting on several steps is released twice (its input put in front twice),
-    as when two workers both see "the last member succeeded"."""
+    """A chord callback is released twice: its input is put in front twice.
+
+    This is what a store does when two workers completing the last members
+    at once both see "the last member succeeded".
+    """
 
     def _release(self, s: Any, step: JobRecord) -> None:
         super()._release(s, step)
