@@ -491,9 +491,10 @@ class DriverVsModel(RuleBasedStateMachine):
 
     # -- time and maintenance -----------------------------------------------------
 
-    @precondition(lambda self: bool(self.created))
+    @precondition(lambda self: self._any(*WAITING_FOR_TIME, JobState.RUNNING))
     @rule(seconds=st.one_of(st.sampled_from(SMALL_STEPS), st.sampled_from(LARGE_STEPS)))
     def advance_clock(self, seconds: float) -> None:
+        """Let time pass (only while some job waits for it: a run_at or a lease expiry)."""
         self.clock.advance(seconds)
 
     @precondition(lambda self: self._any(*WAITING_FOR_TIME))
