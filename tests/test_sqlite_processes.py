@@ -160,7 +160,10 @@ def test_three_processes_run_every_job_exactly_as_planned(tmp_path: Path) -> Non
             else:
                 runs[job_id].append((started.pop((job_id, attempt)), at, attempt, f"w{i}"))
         assert not started, f"worker w{i} started runs it never ended: {started}"
-    assert {name for job_runs in runs.values() for *_, name in job_runs} == {"w0", "w1", "w2"}
+    # The processes really ran side by side.  (Not necessarily all three: SQLite's
+    # busy handler is not fair, and on a loaded machine one process can find
+    # the write lock taken at every try until the others have drained the queue.)
+    assert len({name for job_runs in runs.values() for *_, name in job_runs}) >= 2
 
     jobs = driver.list_jobs(JobFilter(limit=JOBS))
     assert sorted(job.id for job in jobs) == sorted(enqueued) == sorted(runs)
