@@ -32,7 +32,7 @@ app = th.App({url!r})
 @app.task(name="crash.work", max_attempts=3)
 def work(n: int, seconds: float) -> int:
     job = th.current_job()
-    sys.stdout.write(f"started {{n}} attempt {{job.attempt}}\n")  # one write: threads interleave
+    sys.stdout.write(f"started {{n}} attempt {{job.attempt}}\\n")  # one write: threads interleave
     sys.stdout.flush()
     if os.environ.get("CRASH_TEST_CHILD"):
         time.sleep(seconds)
