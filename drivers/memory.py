@@ -53,8 +53,9 @@ from taskharbor.spec.records import (
     WorkflowRecord,
     check_aware,
     check_batch,
+    check_lease_args,
     check_lease_seconds,
-    check_name,
+    check_queues,
     dependency_reason,
     map_ref,
     ref_indexes,
@@ -187,23 +188,20 @@ class MemoryDriver(Driver):
         lease_seconds: float,
         worker_id: str,
     ) -> list[JobRecord]:
-        wanted = _check_queues(queues)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidRequest(f"lease limit must be an int >= 1, not {limit!r}")
-        duration = timedelta(seconds=check_lease_seconds(lease_seconds))
-        check_name(worker_id, "worker id")
+        args = check_lease_args(queues, limit, lease_seconds, worker_id)
+        duration = timedelta(seconds=args.lease_seconds)
         with self._lock:
             now = self._now()
             leased: list[JobRow] = []
-            while len(leased) < limit:
-                job_id = self._index.take_ready(wanted)
+            while len(leased) < args.limit:
+                job_id = self._index.take_ready(args.queues)
                 if job_id is None:
                     break
                 row = self._jobs[job_id]
                 target = self._resolve(row, JobEvent.LEASE, now)
                 row.attempt += 1
                 row.lease_token = secrets.token_hex(16)
-                row.leased_by = worker_id
+                row.leased_by = args.worker_id
                 row.lease_expires_at = now + duration
                 self._enter(row, target, now)
                 leased.append(row)
@@ -455,7 +453,7 @@ class MemoryDriver(Driver):
 
     def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         """Block until one of ``queues`` has an ``available`` job, or ``timeout`` passes."""
-        wanted = _check_queues(queues)
+        wanted = check_queues(queues, "wait_for_jobs")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
             raise InvalidRequest(f"timeout must be a number of seconds, not {timeout!r}")
         if math.isnan(timeout):
@@ -592,15 +590,6 @@ class MemoryDriver(Driver):
         if workflow is None:
             raise WorkflowNotFound(workflow_id)
         return workflow
-
-
-def _check_queues(queues: object) -> tuple[str, ...]:
-    """A non-empty sequence of queue names (a bare string is refused, not split)."""
-    if isinstance(queues, str) or not isinstance(queues, Sequence) or not queues:
-        raise InvalidRequest(f"queues must be a non-empty list of queue names, not {queues!r}")
-    for queue in queues:
-        check_name(queue, "queue name")
-    return tuple(dict.fromkeys(queues))
 
 
 def _refusal(row: JobRow, token: str) -> LeaseLost | None:

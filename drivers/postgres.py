@@ -80,8 +80,8 @@ from taskharbor.spec.records import (
     LEASE_EXPIRED_TYPE,
     check_aware,
     check_batch,
+    check_lease_args,
     check_lease_seconds,
-    check_name,
     job_ids,
     map_ref,
 )
@@ -325,24 +325,17 @@ class PostgresDriver(Driver):
         lease_seconds: float,
         worker_id: str,
     ) -> list[JobRecord]:
-        if not isinstance(queues, list | tuple) or not queues:
-            raise InvalidRequest("lease: give at least one queue name")
-        for queue in queues:
-            check_name(queue, "queue name")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidRequest(f"lease: limit must be an int >= 1, not {limit!r}")
-        seconds = check_lease_seconds(lease_seconds)
-        check_name(worker_id, "worker id")
+        args = check_lease_args(queues, limit, lease_seconds, worker_id)
 
         def body(cur: psycopg.Cursor[Row], params: Params) -> list[JobRecord]:
             values = {
                 **params,
-                "queues": list(queues),
-                "limit": limit,
-                "seconds": seconds,
-                "worker": worker_id,
+                "queues": list(args.queues),
+                "limit": args.limit,
+                "seconds": args.lease_seconds,
+                "worker": args.worker_id,
             }
-            query = statements.lease(self._tables, one_queue=len(set(queues)) == 1)
+            query = statements.lease(self._tables, one_queue=len(args.queues) == 1)
             rows = cur.execute(query, values).fetchall()
             leased = [job_record(row) for row in rows]
             return sorted(leased, key=lambda job: (-job.priority, job.run_at, job.id))

@@ -66,8 +66,9 @@ from taskharbor.spec.records import (
     LEASE_EXPIRED_TYPE,
     check_aware,
     check_batch,
+    check_lease_args,
     check_lease_seconds,
-    check_name,
+    check_queues,
     check_workflow_id,
     job_ids,
     map_ref,
@@ -381,18 +382,15 @@ class SQLiteDriver(Driver):
         lease_seconds: float,
         worker_id: str,
     ) -> list[JobRecord]:
-        queue_params = _queue_params(queues, "lease")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidRequest(f"lease: limit must be an int >= 1, not {limit!r}")
-        seconds = check_lease_seconds(lease_seconds)
-        check_name(worker_id, "worker id")
+        args = check_lease_args(queues, limit, lease_seconds, worker_id)
+        queue_params = _queue_params(args.queues)
         target = JobState(JOB.resolve(JobEvent.LEASE, JobState.AVAILABLE))
         with self._transaction() as tx:
-            expires = to_micros(tx.now + timedelta(seconds=seconds))
+            expires = to_micros(tx.now + timedelta(seconds=args.lease_seconds))
             ready = [
                 row["id"]
                 for row in tx.conn.execute(
-                    ready_jobs_query(len(queue_params)), {**queue_params, "limit": limit}
+                    ready_jobs_query(len(queue_params)), {**queue_params, "limit": args.limit}
                 )
             ]
             rows: list[sqlite3.Row] = []
@@ -400,7 +398,7 @@ class SQLiteDriver(Driver):
                 chunk = ready[start : start + IDS_PER_STATEMENT]
                 pairs = [value for job_id in chunk for value in (job_id, secrets.token_hex(16))]
                 rows += tx.conn.execute(
-                    lease_update(len(chunk)), (target.value, expires, worker_id, *pairs)
+                    lease_update(len(chunk)), (target.value, expires, args.worker_id, *pairs)
                 ).fetchall()
         position = {job_id: index for index, job_id in enumerate(ready)}
         return sorted((job_record(row) for row in rows), key=lambda job: position[job.id])
@@ -601,7 +599,7 @@ class SQLiteDriver(Driver):
         Polling (every :data:`WAIT_POLL_SECONDS`) sees jobs enqueued by other
         processes without notifications; each poll is two index lookups.
         """
-        queue_params = _queue_params(queues, "wait_for_jobs")
+        queue_params = _queue_params(check_queues(queues, "wait_for_jobs"))
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
             raise InvalidRequest(f"wait_for_jobs: timeout must be seconds, not {timeout!r}")
         deadline = time.monotonic() + max(0.0, timeout)
@@ -628,13 +626,9 @@ class SQLiteDriver(Driver):
         return workflow_record(row, tuple(step["id"] for step in steps))
 
 
-def _queue_params(queues: Sequence[str], what: str) -> dict[str, str]:
+def _queue_params(queues: tuple[str, ...]) -> dict[str, str]:
     """Validated queue names as the ``:q0, :q1, ...`` parameters of :func:`ready_jobs_query`."""
-    if not isinstance(queues, list | tuple) or not queues:
-        raise InvalidRequest(f"{what}: give at least one queue name")
-    for queue in queues:
-        check_name(queue, "queue name")
-    return {f"q{index}": queue for index, queue in enumerate(dict.fromkeys(queues))}
+    return {f"q{index}": queue for index, queue in enumerate(queues)}
 
 
 def _live(row: sqlite3.Row, token: str) -> bool:

@@ -45,8 +45,8 @@ from .records import (
     WorkflowRecord,
     check_aware,
     check_batch,
+    check_lease_args,
     check_lease_seconds,
-    check_name,
     check_workflow_id,
     dependency_reason,
     job_ids,
@@ -261,18 +261,13 @@ class ReferenceModel(Driver):
         lease_seconds: float,
         worker_id: str,
     ) -> list[JobRecord]:
-        if not isinstance(queues, list | tuple) or not queues:
-            raise InvalidRequest("lease: give at least one queue name")
-        for queue in queues:
-            check_name(queue, "queue name")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidRequest(f"lease: limit must be an int >= 1, not {limit!r}")
-        seconds = check_lease_seconds(lease_seconds)
-        check_name(worker_id, "worker id")
+        args = check_lease_args(queues, limit, lease_seconds, worker_id)
 
         def body(s: _Store) -> list[JobRecord]:
             ready = [
-                j for j in s.jobs.values() if j.state == JobState.AVAILABLE and j.queue in queues
+                j
+                for j in s.jobs.values()
+                if j.state == JobState.AVAILABLE and j.queue in args.queues
             ]
             ready.sort(key=lambda j: (-j.priority, j.run_at, j.id))
             return [
@@ -282,10 +277,10 @@ class ReferenceModel(Driver):
                     JobEvent.LEASE,
                     attempt=job.attempt + 1,
                     lease_token=secrets.token_hex(16),
-                    lease_expires_at=self._now + timedelta(seconds=seconds),
-                    leased_by=worker_id,
+                    lease_expires_at=self._now + timedelta(seconds=args.lease_seconds),
+                    leased_by=args.worker_id,
                 )
-                for job in ready[:limit]
+                for job in ready[: args.limit]
             ]
 
         result: list[JobRecord] = self._call(body)

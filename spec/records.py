@@ -455,6 +455,37 @@ def _check_distinct(ids: list[JobId] | tuple[JobId, ...], what: str) -> None:
         seen.add(job_id)
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseArgs:
+    """The validated arguments of ``Driver.lease``: queue names once each, in order."""
+
+    queues: tuple[str, ...]
+    limit: int
+    lease_seconds: float
+    worker_id: str
+
+
+def check_lease_args(
+    queues: object, limit: object, lease_seconds: object, worker_id: object
+) -> LeaseArgs:
+    """Validate ``Driver.lease``'s arguments the same way in every driver."""
+    names = check_queues(queues, "lease")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidRequest(f"lease: limit must be an int >= 1, not {limit!r}")
+    seconds = check_lease_seconds(lease_seconds)
+    check_name(worker_id, "worker id")
+    return LeaseArgs(names, limit, seconds, str(worker_id))
+
+
+def check_queues(queues: object, what: str) -> tuple[str, ...]:
+    """A non-empty list or tuple of queue names, returned once each, in order."""
+    if not isinstance(queues, list | tuple) or not queues:
+        raise InvalidRequest(f"{what}: give a non-empty list of queue names, not {queues!r}")
+    for queue in queues:
+        check_name(queue, "queue name")
+    return tuple(dict.fromkeys(queues))
+
+
 def check_lease_seconds(value: object) -> float:
     """A lease duration: a positive finite number of seconds."""
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -89,8 +89,8 @@ from taskharbor.spec.records import (
     LEASE_EXPIRED_TYPE,
     check_aware,
     check_batch,
+    check_lease_args,
     check_lease_seconds,
-    check_name,
     check_workflow_id,
     job_ids,
     map_ref,
@@ -531,19 +531,12 @@ class JsonFileDriver(Driver):
         worker_id: str,
     ) -> list[JobRecord]:
         """Event ``lease`` for the first ``limit`` available jobs, in the SPI's order."""
-        if not isinstance(queues, list | tuple) or not queues:
-            raise InvalidRequest("lease: give at least one queue name")
-        for queue in queues:
-            check_name(queue, "queue name")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidRequest(f"lease: limit must be an int >= 1, not {limit!r}")
-        seconds = check_lease_seconds(lease_seconds)
-        check_name(worker_id, "worker id")
+        args = check_lease_args(queues, limit, lease_seconds, worker_id)
         with self._transaction() as store:
             ready = [
                 job
                 for job in store.jobs.values()
-                if job.state == JobState.AVAILABLE and job.queue in queues
+                if job.state == JobState.AVAILABLE and job.queue in args.queues
             ]
             ready.sort(key=lambda job: (-job.priority, job.run_at, job.id))
             return [
@@ -553,10 +546,10 @@ class JsonFileDriver(Driver):
                     _target(store, job, JobEvent.LEASE),
                     attempt=job.attempt + 1,
                     lease_token=secrets.token_urlsafe(16),
-                    lease_expires_at=store.now + timedelta(seconds=seconds),
-                    leased_by=worker_id,
+                    lease_expires_at=store.now + timedelta(seconds=args.lease_seconds),
+                    leased_by=args.worker_id,
                 )
-                for job in ready[:limit]
+                for job in ready[: args.limit]
             ]
 
     def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
