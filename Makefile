@@ -9,7 +9,7 @@ export TASKHARBOR_HYPOTHESIS_PROFILE ?= ci
 
 MODULES := $(shell find engine spec drivers conformance model_tests -name '*.py' 2>/dev/null | sort)
 
-.PHONY: test lint typecheck pytest demo bench install clean diagrams
+.PHONY: test lint typecheck pytest demo bench faults install clean diagrams
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,8 +49,14 @@ diagrams: install
 # Benchmarks are scripts, not timed tests: each prints its figures as ratios
 # against a baseline measured in the same run.
 bench: install
+	flock $(VENV)/.lock $(BIN)/pip install -q -e '.[dev,bench]' --config-settings editable_mode=strict
 	@for script in tests/bench/bench_*.py; do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# The fault suite: make test runs its short form; this runs every scenario
+# with more seeds and prints the summary table.
+faults: install
+	TASKHARBOR_FAULTS=long $(BIN)/pytest tests/faults -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
