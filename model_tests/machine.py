@@ -23,7 +23,6 @@ from taskharbor.spec import (
     Clock,
     Completion,
     Driver,
-    ErrorReport,
     Failure,
     FakeClock,
     JobFilter,
@@ -54,22 +53,23 @@ from .observe import (
     workflow_to_model,
 )
 from .strategies import (
-    ERRORS,
+    FAILURES,
     LARGE_STEPS,
+    LEASE_LIMITS,
     LEASE_SECONDS,
+    LEASED_QUEUES,
     PRUNE_HORIZONS,
     QUEUES,
     REQUESTS,
     RESULTS,
-    RETRY_DELAYS,
     SMALL_STEPS,
     SNOOZE_DELAYS,
     TASKS,
     WORKERS,
     WORKFLOWS,
+    FailurePlan,
     RequestPlan,
     WorkflowPlan,
-    at,
     offset,
 )
 
@@ -341,19 +341,23 @@ class DriverVsModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self._any(JobState.AVAILABLE))
     @rule(
-        queues=st.lists(st.sampled_from(QUEUES), min_size=1, max_size=2, unique=True),
-        limit=st.integers(1, 3),
+        queues=LEASED_QUEUES,
+        limit=LEASE_LIMITS,
         seconds=st.sampled_from(LEASE_SECONDS),
         worker=st.sampled_from(WORKERS),
     )
     def lease(self, queues: list[str], limit: int, seconds: float, worker: str) -> None:
+        self._lease(queues, limit, seconds, worker)
+
+    def _lease(self, queues: list[str], limit: int, seconds: float, worker: str) -> list[LeaseRef]:
+        """Lease on both stores; return the new leases (in the model's terms)."""
         outcome = self._both(
             "lease",
             lambda: self.model.lease(queues, limit, seconds, worker),
             lambda: self.driver.lease(queues, limit, seconds, worker),
         )
         if outcome is None:
-            return
+            return []
         expected, got = outcome
         leased = ([job.id for job in expected], [self.ids.jobs.to_model(job.id) for job in got])
         _expect("lease: jobs leased", [] if leased[0] == leased[1] else [f"{leased}"])
@@ -363,6 +367,7 @@ class DriverVsModel(RuleBasedStateMachine):
             self.ids.tokens.link(mine.lease_token, theirs.lease_token)
             self.leases.append(LeaseRef(mine.id, mine.lease_token))
         self._compare_jobs("lease", expected, got)
+        return self.leases[len(self.leases) - len(expected) :]
 
     @precondition(lambda self: bool(self.leases))
     @rule(data=st.data(), seconds=st.sampled_from(LEASE_SECONDS))
@@ -403,44 +408,74 @@ class DriverVsModel(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.leases))
     @rule(data=st.data(), results=st.lists(RESULTS, min_size=3, max_size=3))
     def complete(self, data: st.DataObject, results: list[JSON]) -> None:
-        self._report(
-            "complete",
-            self._draw_leases(data),
-            lambda ref, index: Completion(ref.job_id, ref.token, results[index]),
-            lambda store, items: store.complete(items),
-        )
+        self._complete(self._draw_leases(data), results)
 
     @precondition(lambda self: bool(self.leases))
-    @rule(
-        data=st.data(),
-        errors=st.lists(ERRORS, min_size=3, max_size=3),
-        retry_delays=st.lists(RETRY_DELAYS, min_size=3, max_size=3),
-        permanent=st.lists(st.booleans(), min_size=3, max_size=3),
-    )
-    def fail(
-        self,
-        data: st.DataObject,
-        errors: list[ErrorReport],
-        retry_delays: list[float | None],
-        permanent: list[bool],
-    ) -> None:
-        now = self.clock.now()
-        self._report(
-            "fail",
-            self._draw_leases(data),
-            lambda ref, index: Failure(
-                ref.job_id, ref.token, errors[index], at(now, retry_delays[index]), permanent[index]
-            ),
-            lambda store, items: store.fail(items),
-        )
+    @rule(data=st.data(), failures=st.lists(FAILURES, min_size=3, max_size=3))
+    def fail(self, data: st.DataObject, failures: list[FailurePlan]) -> None:
+        self._fail(self._draw_leases(data), failures)
 
     @precondition(lambda self: bool(self.leases))
     @rule(data=st.data(), delays=st.lists(SNOOZE_DELAYS, min_size=3, max_size=3))
     def snooze(self, data: st.DataObject, delays: list[float]) -> None:
+        self._snooze(self._draw_leases(data), delays)
+
+    @precondition(lambda self: self._any(JobState.AVAILABLE))
+    @rule(
+        data=st.data(),
+        report=st.sampled_from(["complete", "fail", "snooze"]),
+        results=st.lists(RESULTS, min_size=3, max_size=3),
+        failures=st.lists(FAILURES, min_size=3, max_size=3),
+        delays=st.lists(SNOOZE_DELAYS, min_size=3, max_size=3),
+    )
+    def worker_round(
+        self,
+        data: st.DataObject,
+        report: str,
+        results: list[JSON],
+        failures: list[FailurePlan],
+        delays: list[float],
+    ) -> None:
+        """A worker's whole round in one step: lease a batch, report on all of it.
+
+        The separate lease and report rules interleave workers; this one makes
+        long runs of finished jobs (and released workflow steps) likely.
+        """
+        queues = data.draw(LEASED_QUEUES, label="queues")
+        limit = data.draw(LEASE_LIMITS, label="limit")
+        seconds = data.draw(st.sampled_from(LEASE_SECONDS), label="lease seconds")
+        refs = self._lease(queues, limit, seconds, WORKERS[0])
+        if not refs:
+            return
+        if report == "complete":
+            self._complete(refs, results)
+        elif report == "fail":
+            self._fail(refs, failures)
+        else:
+            self._snooze(refs, delays)
+
+    def _complete(self, refs: list[LeaseRef], results: list[JSON]) -> None:
+        self._report(
+            "complete",
+            refs,
+            lambda ref, index: Completion(ref.job_id, ref.token, results[index]),
+            lambda store, items: store.complete(items),
+        )
+
+    def _fail(self, refs: list[LeaseRef], failures: list[FailurePlan]) -> None:
+        now = self.clock.now()
+        self._report(
+            "fail",
+            refs,
+            lambda ref, index: failures[index].failure(ref, now),
+            lambda store, items: store.fail(items),
+        )
+
+    def _snooze(self, refs: list[LeaseRef], delays: list[float]) -> None:
         now = self.clock.now()
         self._report(
             "snooze",
-            self._draw_leases(data),
+            refs,
             lambda ref, index: SnoozeRequest(ref.job_id, ref.token, offset(now, delays[index])),
             lambda store, items: store.snooze(items),
         )

@@ -13,7 +13,15 @@ from datetime import datetime, timedelta
 
 from hypothesis import strategies as st
 
-from taskharbor.spec import EnqueueRequest, ErrorReport, ResultRef, StepSpec, WorkflowGraph
+from taskharbor.spec import (
+    EnqueueRequest,
+    ErrorReport,
+    Failure,
+    LeaseRef,
+    ResultRef,
+    StepSpec,
+    WorkflowGraph,
+)
 from taskharbor.spec.records import JSON
 
 TASKS = ("alpha", "beta")
@@ -93,15 +101,35 @@ def _request_plans(keys: st.SearchStrategy[str | None]) -> st.SearchStrategy[Req
 REQUESTS = _request_plans(st.one_of(st.none(), st.sampled_from(IDEMPOTENCY_KEYS)))
 """Plans of single jobs: run_at in the past, now, soon or later; keys that collide."""
 
-ERRORS = st.builds(
-    ErrorReport,
-    type=st.sampled_from(["ValueError", "Timeout"]),
-    message=st.sampled_from(["boom", ""]),
-    traceback=st.one_of(st.none(), st.just("Traceback (most recent call last): ...")),
-)
+LEASED_QUEUES = st.lists(st.sampled_from(QUEUES), min_size=1, max_size=2, unique=True)
+LEASE_LIMITS = st.integers(1, 3)
 
-RETRY_DELAYS = st.one_of(st.none(), st.sampled_from([-1.0, 0.0, 1.0, 45.0]))
-"""``retry_at`` of a failure, relative to now (None: retry now)."""
+
+@dataclass(frozen=True, slots=True)
+class FailurePlan:
+    """A failure report with its ``retry_at`` relative to a now not known yet."""
+
+    error: ErrorReport
+    retry_delay: float | None
+    permanent: bool
+
+    def failure(self, lease: LeaseRef, now: datetime) -> Failure:
+        return Failure(
+            lease.job_id, lease.token, self.error, at(now, self.retry_delay), self.permanent
+        )
+
+
+FAILURES = st.builds(
+    FailurePlan,
+    error=st.builds(
+        ErrorReport,
+        type=st.sampled_from(["ValueError", "Timeout"]),
+        message=st.sampled_from(["boom", ""]),
+        traceback=st.one_of(st.none(), st.just("Traceback (most recent call last): ...")),
+    ),
+    retry_delay=st.one_of(st.none(), st.sampled_from([-1.0, 0.0, 1.0, 45.0])),
+    permanent=st.booleans(),
+)
 
 SNOOZE_DELAYS = st.sampled_from([0.0, 0.5, 20.0])
 
