@@ -1,4 +1,4 @@
-"""docs/index.md works as written: its tasks.py and its shell commands, in order."""
+"""docs/index.md and the README's example work as written."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-INDEX = Path(__file__).resolve().parent.parent / "docs" / "index.md"
+ROOT = Path(__file__).resolve().parent.parent
+INDEX = ROOT / "docs" / "index.md"
+README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", INDEX.read_text(), flags=re.DOTALL)
+def blocks(language: str, page: Path = INDEX) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.DOTALL)
 
 
 def commands() -> list[list[str]]:
@@ -43,3 +45,12 @@ def test_the_five_minute_start_runs_as_written(tmp_path: Path) -> None:
     stats = json.loads(outputs[-1].stdout)
     assert json.dumps(stats)  # parsed; the counts say every job succeeded
     assert "succeeded" in outputs[2].stdout
+
+
+def test_the_readme_example_prints_the_chord_result(tmp_path: Path) -> None:
+    (tmp_path / "example.py").write_text(blocks("python", README)[0])
+    done = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "6"
