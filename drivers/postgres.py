@@ -89,6 +89,7 @@ from taskharbor.spec.records import (
 from . import postgres_enqueue as enqueueing
 from . import postgres_statements as statements
 from . import postgres_workflows as workflows
+from .corrupt_rows import split_leased
 from .postgres_notify import Listener, sleep_until
 from .postgres_rows import job_record, workflow_record
 from .postgres_schema import check_schema, migrate
@@ -327,7 +328,7 @@ class PostgresDriver(Driver):
     ) -> list[JobRecord]:
         args = check_lease_args(queues, limit, lease_seconds, worker_id)
 
-        def body(cur: psycopg.Cursor[Row], params: Params) -> list[JobRecord]:
+        def body(cur: psycopg.Cursor[Row], params: Params) -> tuple[list[JobRecord], list[Failure]]:
             values = {
                 **params,
                 "queues": list(args.queues),
@@ -337,10 +338,12 @@ class PostgresDriver(Driver):
             }
             query = statements.lease(self._tables, one_queue=len(args.queues) == 1)
             rows = cur.execute(query, values).fetchall()
-            leased = [job_record(row) for row in rows]
-            return sorted(leased, key=lambda job: (-job.priority, job.run_at, job.id))
+            return split_leased(rows, job_record)
 
-        return self._run(body)
+        leased, corrupt = self._run(body)
+        if corrupt:
+            self.fail(corrupt)
+        return sorted(leased, key=lambda job: (-job.priority, job.run_at, job.id))
 
     def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
         check_batch(leases, LeaseRef, "heartbeat")

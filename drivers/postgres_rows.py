@@ -10,6 +10,8 @@ from psycopg import sql
 
 from taskharbor.spec import ErrorInfo, JobRecord, JobState, WorkflowRecord, WorkflowState
 
+from .corrupt_rows import decode_job, payload_args, payload_kwargs
+
 JOB_FIELDS = (
     "id",
     "task",
@@ -59,14 +61,22 @@ def error_info(stored: Mapping[str, Any]) -> ErrorInfo:
 
 
 def job_record(row: Mapping[str, Any]) -> JobRecord:
-    """A :class:`JobRecord` from a row holding at least :data:`JOB_FIELDS`."""
+    """A :class:`JobRecord` from a row holding at least :data:`JOB_FIELDS`.
+
+    Raises :class:`CorruptJob` naming the job if the row was edited into
+    something this driver never writes.
+    """
+    return decode_job(row, _job_record)
+
+
+def _job_record(row: Mapping[str, Any]) -> JobRecord:
     return JobRecord(
         id=row["id"],
         task=row["task"],
         queue=row["queue"],
         state=JobState(row["state"]),
-        args=tuple(row["args"]),
-        kwargs=row["kwargs"],
+        args=payload_args(row["args"]),
+        kwargs=payload_kwargs(row["kwargs"]),
         priority=row["priority"],
         run_at=row["run_at"].astimezone(UTC),
         attempt=row["attempt"],

@@ -76,6 +76,7 @@ from taskharbor.spec.records import (
 from taskharbor.spec.table import NEW, QUEUED_JOB_STATES
 
 from . import sqlite_schema
+from .corrupt_rows import split_leased
 from .sqlite_rows import (
     dump_json,
     error_entry,
@@ -400,8 +401,11 @@ class SQLiteDriver(Driver):
                 rows += tx.conn.execute(
                     lease_update(len(chunk)), (target.value, expires, args.worker_id, *pairs)
                 ).fetchall()
+        leased, corrupt = split_leased(rows, job_record)
+        if corrupt:
+            self.fail(corrupt)
         position = {job_id: index for index, job_id in enumerate(ready)}
-        return sorted((job_record(row) for row in rows), key=lambda job: position[job.id])
+        return sorted(leased, key=lambda job: position[job.id])
 
     def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
         check_batch(leases, LeaseRef, "heartbeat")

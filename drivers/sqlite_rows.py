@@ -23,6 +23,8 @@ from taskharbor.spec import (
 )
 from taskharbor.spec.records import JSON
 
+from .corrupt_rows import decode_job, payload_args, payload_kwargs
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -77,14 +79,22 @@ def _error_info(entry: dict[str, Any]) -> ErrorInfo:
 
 
 def job_record(row: sqlite3.Row) -> JobRecord:
-    """A row of the ``jobs`` table as the record every driver returns."""
+    """A row of the ``jobs`` table as the record every driver returns.
+
+    Raises :class:`CorruptJob` naming the job if the row was edited into
+    something this driver never writes.
+    """
+    return decode_job(row, _job_record)
+
+
+def _job_record(row: sqlite3.Row) -> JobRecord:
     return JobRecord(
         id=row["id"],
         task=row["task"],
         queue=row["queue"],
         state=JobState(row["state"]),
-        args=_load_tuple(row["args"]),
-        kwargs=load_json(row["kwargs"]),
+        args=() if row["args"] == "[]" else payload_args(load_json(row["args"])),
+        kwargs=payload_kwargs(load_json(row["kwargs"])),
         priority=row["priority"],
         run_at=from_micros(row["run_at"]),
         attempt=row["attempt"],

@@ -1,0 +1,80 @@
+"""Job rows that cannot be decoded: an error naming the job, and no stuck batch.
+
+A row edited by hand (a payload that is not JSON, a state no version of
+TaskHarbor writes) must neither crash a reader with a bare decoding error nor
+stop a worker from serving the other jobs.  Reading such a row raises
+:class:`CorruptJob`, which names the job and the problem.  A worker never
+receives it: the driver that leased it sends it to the dead-letter queue at
+once, with the problem as its error, and hands out the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+from taskharbor.spec import ErrorReport, Failure, JobRecord, StoreError
+
+logger = logging.getLogger("taskharbor")
+
+CORRUPT_JOB_TYPE = "CorruptJob"
+"""The error type recorded on a job dead-lettered because its row could not be read."""
+
+
+class RowLike(Protocol):
+    """A database row read by column name (a ``sqlite3.Row`` or a psycopg dict row)."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
+
+Row = TypeVar("Row", bound=RowLike)
+
+
+class CorruptJob(StoreError):
+    """A job's row holds something no driver writes; ``job_id`` names it."""
+
+    def __init__(self, job_id: int, problem: str) -> None:
+        super().__init__(f"job {job_id} cannot be read from the store: {problem}")
+        self.job_id = job_id
+
+
+def decode_job(row: Row, decode: Callable[[Row], JobRecord]) -> JobRecord:
+    """``decode(row)``, or :class:`CorruptJob` naming the row's job and what is wrong."""
+    try:
+        return decode(row)
+    except (ValueError, TypeError, KeyError) as exc:  # bad JSON, unknown state, wrong shape
+        raise CorruptJob(row["id"], f"{type(exc).__name__}: {exc}") from exc
+
+
+def payload_args(value: Any) -> tuple[Any, ...]:
+    """Stored ``args`` as a tuple: a JSON list, or ``TypeError`` (a shape no driver writes)."""
+    if not isinstance(value, list):
+        raise TypeError(f"args must be a JSON list, not {type(value).__name__}")
+    return tuple(value)
+
+
+def payload_kwargs(value: Any) -> dict[str, Any]:
+    """Stored ``kwargs``: a JSON object, or ``TypeError`` (a shape no driver writes)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"kwargs must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def split_leased(
+    rows: Iterable[Row], decode: Callable[[Row], JobRecord]
+) -> tuple[list[JobRecord], list[Failure]]:
+    """The leased rows that decode, and a permanent failure for each one that does not.
+
+    ``decode`` raises :class:`CorruptJob` for a row it cannot read.
+    """
+    records: list[JobRecord] = []
+    corrupt: list[Failure] = []
+    for row in rows:
+        try:
+            records.append(decode(row))
+        except CorruptJob as exc:
+            logger.error("%s; it goes to the dead-letter queue", exc)
+            report = ErrorReport(CORRUPT_JOB_TYPE, str(exc))
+            corrupt.append(Failure(row["id"], row["lease_token"], report, permanent=True))
+    return records, corrupt
