@@ -1,0 +1,65 @@
+"""Workers SIGKILLed at random moments: nothing lost, nothing run twice at once, fast rescue.
+
+Three worker processes run short jobs while the test kills a random one at
+random moments (while leasing, mid-handler, mid-report: the kills are not
+aimed, the moments are random) and starts a replacement; then the last
+workers drain and the ledger check runs (see :mod:`fault_ledger`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import fault_table
+import pytest
+from fault_fleet import FAST_WORKER, Fleet, fresh_store, read_ledger
+from fault_ledger import check_ledger
+from fault_profile import SEEDS, scaled
+from fault_worker import make_app
+
+from taskharbor.spec.records import LEASE_EXPIRED_TYPE
+
+JOBS = scaled(60, 240)
+KILLS = scaled(4, 12)
+KILL_EVERY = (0.3, 1.0)
+"""Seconds between two kills (uniform)."""
+TIMEOUT = 120.0
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_kills_lose_nothing(kind: str, seed: int, tmp_path: Path) -> None:
+    rng = random.Random(seed)
+    ledger = tmp_path / "ledger.jsonl"
+    with fresh_store(kind, tmp_path) as store:
+        app, work = make_app(store, ledger)
+        jobs = [work.enqueue(n, rng.uniform(0.2, 0.6)) for n in range(JOBS)]
+        with Fleet(store, ledger) as fleet:
+            fleet.start(3)
+            deadline = time.monotonic() + TIMEOUT
+            for _ in range(KILLS):
+                time.sleep(rng.uniform(*KILL_EVERY))
+                fleet.check_alive()
+                fleet.kill(rng.choice(fleet.working))
+                fleet.start()
+            while not all(app.get_job(job).finished for job in jobs):
+                assert time.monotonic() < deadline, f"jobs left unfinished; see {fleet.logs()}"
+                fleet.check_alive()
+                time.sleep(0.1)
+            fleet.stop()
+            finished = [app.get_job(job) for job in jobs]
+            figures = check_ledger(finished, read_ledger(ledger), fleet.kills)
+        app.close()
+    fault_table.record(
+        fault_table.Row(
+            f"SIGKILL workers ({kind}, seed {seed})", JOBS, KILLS, *vars(figures).values()
+        )
+    )
+    assert (figures.lost, figures.double_transitions) == (0, 0)
+    lease = FAST_WORKER["lease"]
+    bound = lease + FAST_WORKER["maintenance_interval"] + 0.5  # plus a loaded machine's slack
+    assert figures.max_rescue_seconds is None or figures.max_rescue_seconds < bound
+    for job in finished:  # every attempt but the last was cut short by a kill
+        assert {error.type for error in job.errors} <= {LEASE_EXPIRED_TYPE}, job
