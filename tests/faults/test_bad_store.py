@@ -11,24 +11,33 @@ job.
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import sqlite3
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fault_table
 import psycopg
 import pytest
-from fault_fleet import Fleet, fresh_store
+from fault_fleet import Fleet, fresh_store, read_ledger
+from fault_ledger import check_ledger
 from fault_worker import make_app
+from workflow_crash_app import Store
 
 import taskharbor as th
 from driver_registry import POSTGRES_URL
 from taskharbor.drivers.corrupt_rows import CORRUPT_JOB_TYPE, CorruptJob
+from taskharbor.drivers.postgres import PostgresDriver
 from taskharbor.spec import JobState
 
 TIMEOUT = 60.0
+NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
 
 
 def eventually(condition: Callable[[], bool], what: str, fleet: Fleet) -> None:
@@ -115,3 +124,106 @@ def test_postgres_refuses_what_its_schema_forbids_and_dead_letters_wrong_shapes(
         assert CORRUPT_JOB_TYPE in json.dumps(row[1]) and len(row[1]) == 1
         app.close()
     fault_table.record(fault_table.Row("corrupt rows (postgres)", len(jobs), 1, 0, 0, None))
+
+
+@contextmanager
+def tiny_disk(where: Path, size: str = "400k") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` (skips where mounting is not allowed)."""
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file on ``disk`` until no byte is left; the file, to delete to free the space."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_a_full_disk_stalls_the_sqlite_worker_until_space_is_freed(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    with tiny_disk(tmp_path / "disk") as disk:
+        store = Store("sqlite", str(disk / "jobs.db"))
+        app, work = make_app(store, ledger)
+        jobs = [work.options(delay=2.0).enqueue(n, 0.01) for n in range(10)]
+        with Fleet(store, ledger) as fleet:
+            fleet.start()
+            fleet.wait_started()
+            filler = fill(disk)
+            with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+                work.enqueue(99, "x" * 100_000)
+            time.sleep(3.0)  # the jobs are due: promoting them needs space there is not
+            fleet.check_alive()
+            assert "disk is full" in fleet.log_text() or "disk I/O error" in fleet.log_text()
+            filler.unlink()
+            eventually(all_succeeded(app, jobs), "every job's success once space is free", fleet)
+            fleet.stop()
+            finished = [app.get_job(job) for job in jobs]
+            figures = check_ledger(finished, read_ledger(ledger), fleet.kills)
+        app.close()
+    fault_table.record(figures.row("full disk (sqlite)", len(jobs), 1))
+    assert (figures.lost, figures.double_transitions) == (0, 0)
+
+
+def test_a_read_only_sqlite_file_is_refused_with_its_path(tmp_path: Path) -> None:
+    """Run as user ``nobody`` (root may write a read-only file): the worker names the file."""
+    home = Path(tempfile.mkdtemp(prefix="th-readonly-"))  # tmp_path is closed to other users
+    try:
+        home.chmod(0o755)
+        store = Store("sqlite", str(home / "jobs.db"))
+        app, work = make_app(store, tmp_path / "unused-ledger.jsonl")
+        job = work.enqueue(1, 0.01)
+        app.close()  # the last connection gone, the file stands alone (no -wal, no -shm)
+        with Fleet(store, home / "ledger.jsonl", prefix=NOBODY) as fleet:
+            fleet.start()
+            [worker] = fleet.working
+            assert worker.wait(timeout=60) != 0
+            fleet.working.clear()
+            log = fleet.log_text()
+        assert f"{store.location} cannot be read as an SQLite database" in log, log
+        assert "attempt to write a readonly database" in log
+        with store.open_app() as app:
+            stored = app.get_job(job)
+        assert (stored.state, stored.attempt) == (JobState.AVAILABLE, 0)
+    finally:
+        shutil.rmtree(home)
+    fault_table.record(fault_table.Row("read-only file (sqlite)", 1, 1, 0, 0, None))
+
+
+@pytest.mark.postgres
+def test_a_dropped_schema_is_logged_and_work_resumes_once_it_is_back(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    with fresh_store("postgres", tmp_path) as store:
+        app, work = make_app(store, ledger)
+        before = [work.enqueue(n, 0.01) for n in range(5)]
+        with Fleet(store, ledger) as fleet:
+            fleet.start()
+            eventually(all_succeeded(app, before), "the first jobs' success", fleet)
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{store.schema}" CASCADE')
+            time.sleep(1.5)
+            fleet.check_alive()
+            assert f'relation "{store.schema}.jobs" does not exist' in fleet.log_text()
+            driver = PostgresDriver(POSTGRES_URL, schema=store.schema)
+            driver.migrate()
+            driver.close()
+            after = [work.enqueue(n, 0.01) for n in range(5)]
+            eventually(all_succeeded(app, after), "the new jobs' success", fleet)
+            fleet.stop()
+            figures = check_ledger([app.get_job(job) for job in after], read_ledger(ledger), {})
+        app.close()
+    fault_table.record(figures.row("dropped schema (postgres)", 10, 1))
+    assert (figures.lost, figures.double_transitions) == (0, 0)
