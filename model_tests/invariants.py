@@ -33,6 +33,8 @@ def not_utc(moments: dict[str, datetime | None]) -> list[str]:
 
 def job_problems(job: JobRecord) -> list[str]:
     """What is wrong with one stored job on its own."""
+    if not isinstance(job.state, JobState):
+        return [f"job {job.id}: state {job.state!r} is not a JobState"]
     problems = not_utc(
         {
             "run_at": job.run_at,
@@ -76,6 +78,8 @@ def derived_workflow_state(steps: list[JobRecord]) -> WorkflowState:
 
 
 def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord]) -> list[str]:
+    if not isinstance(workflow.state, WorkflowState):
+        return [f"workflow {workflow.id}: state {workflow.state!r} is not a WorkflowState"]
     missing = [step for step in workflow.steps if step not in jobs]
     if missing:
         return [f"workflow {workflow.id}: steps {missing} are gone but the workflow is not"]
