@@ -151,7 +151,7 @@ class App:
         def register(function: Callable[Q, Any], /) -> Task[Q]:
             if not callable(function):
                 raise InvalidRequest(f"@app.task needs a function, not {function!r}")
-            task_name = name or default_task_name(function)
+            task_name = default_task_name(function) if name is None else name
             defaults = TaskDefaults(queue, priority, max_attempts, backoff_policy, checked_timeout)
             registered = Task(self, function, task_name, defaults)
             registered.request((), {}, {})  # refuses bad defaults now, not at the first enqueue

@@ -93,7 +93,12 @@ def build_request(
     given = check_options(opts, f"task {task}")
     run_at = given.get("run_at")
     if "delay" in given:
-        run_at = now() + timedelta(seconds=given["delay"])
+        try:
+            run_at = now() + timedelta(seconds=given["delay"])
+        except OverflowError:
+            raise InvalidRequest(
+                f"task {task}: a delay of {given['delay']} s ends after the last date there is"
+            ) from None
     try:
         return EnqueueRequest(
             task=task,
