@@ -95,7 +95,7 @@ from .sqlite_sql import (
     ready_jobs_query,
     target_case,
 )
-from .sqlite_writes import Writes
+from .sqlite_writes import INTEGER_MAX, Writes
 
 BUSY_TIMEOUT_SECONDS = 30.0
 """How long a call waits for another process's write transaction before failing."""
@@ -621,6 +621,8 @@ class SQLiteDriver(Driver):
             time.sleep(min(WAIT_POLL_SECONDS, remaining))
 
     def _workflow(self, tx: Writes, workflow_id: WorkflowId) -> WorkflowRecord:
+        if abs(workflow_id) > INTEGER_MAX:  # cannot be bound; no workflow has it
+            raise WorkflowNotFound(workflow_id)
         row = tx.conn.execute("SELECT * FROM workflows WHERE id = ?", (workflow_id,)).fetchone()
         if row is None:
             raise WorkflowNotFound(workflow_id)

@@ -42,6 +42,10 @@ _LEASE_CLEARED: Mapping[str, Any] = {
 """Columns reset when a job leaves ``running``."""
 
 
+INTEGER_MAX = 2**63 - 1
+"""The largest id SQLite can store."""
+
+
 class Writes:
     """State changes of one call: the connection in a write transaction, and "now"."""
 
@@ -63,7 +67,8 @@ class Writes:
         return [found[job_id] for job_id in job_ids]
 
     def rows_by_id(self, job_ids: Iterable[JobId]) -> dict[JobId, sqlite3.Row]:
-        wanted = list(dict.fromkeys(job_ids))
+        # An id beyond SQLite's INTEGER cannot be bound, and no job has it: not found.
+        wanted = [job_id for job_id in dict.fromkeys(job_ids) if abs(job_id) <= INTEGER_MAX]
         found: dict[JobId, sqlite3.Row] = {}
         for start in range(0, len(wanted), IDS_PER_STATEMENT):
             chunk = wanted[start : start + IDS_PER_STATEMENT]
