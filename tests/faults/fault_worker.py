@@ -35,7 +35,7 @@ TASK = "fault.work"
 def make_app(store: Store, ledger: Path) -> tuple[th.App, th.Task[Any]]:
     app = store.open_app()
 
-    @app.task(name=TASK, max_attempts=100)
+    @app.task(name=TASK, max_attempts=100, backoff=th.Backoff.constant(0.1))
     def work(n: int, seconds: float, fail_below: int = 0, slow_first: float = 0.0) -> list[int]:
         job = th.current_job()
         line = {"pid": os.getpid(), "job": job.id, "attempt": job.attempt}
