@@ -63,9 +63,15 @@ class Snoozed:
 Outcome = Succeeded | Failed | Snoozed
 
 
-def context_for(record: JobRecord, timeout: float | None, now: datetime) -> JobContext:
-    """The handler's view of a freshly leased job."""
-    deadline = None if timeout is None else now + timedelta(seconds=timeout)
+def context_for(record: JobRecord, timeout: float | None, now: datetime | None) -> JobContext:
+    """The handler's view of a freshly leased job; ``now`` (when it was leased) is needed
+    only to place the deadline of a task with a timeout."""
+    if timeout is None:
+        deadline = None
+    elif now is None:
+        raise ValueError(f"job {record.id}: a task with a timeout needs the lease time")
+    else:
+        deadline = now + timedelta(seconds=timeout)
     return JobContext(
         id=record.id,
         task=record.task,

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from taskharbor.spec import (
@@ -157,6 +157,7 @@ class Worker:
 
     def _reset(self) -> None:
         self._active: dict[str, _Active] = {}  # by lease token: a job may be here twice
+        self._by_job: dict[int, _Active] = {}  # each job's latest lease, found without a scan
         self._runs: set[asyncio.Task[None]] = set()
         self._outbox: list[Report] = []
         self._flushing = False
@@ -290,8 +291,9 @@ class Worker:
                 logger.exception("worker %s: leasing failed; retrying", self.worker_id)
                 await self._sleep(self.poll_interval)
                 continue
+            now = await self._lease_time(records)
             for record in records:
-                self._start(record)
+                self._start(record, now)
             if not records:
                 await self._idle_wait(burst)
 
@@ -324,7 +326,18 @@ class Worker:
 
     # -- running one job -------------------------------------------------------------
 
-    def _start(self, record: JobRecord) -> None:
+    def _timeout(self, record: JobRecord) -> float | None:
+        task = self.app.get_task(record.task)
+        return task.defaults.timeout if task is not None else None
+
+    async def _lease_time(self, records: Sequence[JobRecord]) -> datetime | None:
+        """The store's time, read once per leased batch and only if a job's timeout needs it:
+        a store's clock may be a round trip (PostgreSQL's is), never to be paid per job."""
+        if any(self._timeout(record) is not None for record in records):
+            return await self._io_call(self.app.driver.clock.now)
+        return None
+
+    def _start(self, record: JobRecord, now: datetime | None) -> None:
         task = self.app.get_task(record.task)
         timeout = task.defaults.timeout if task is not None else None
         if record.lease_token is None:
@@ -332,15 +345,16 @@ class Worker:
         active = _Active(
             record=record,
             task=task,
-            context=execution.context_for(record, timeout, self.app.driver.clock.now()),
+            context=execution.context_for(record, timeout, now),
             started=time.monotonic(),
             token=record.lease_token,
         )
-        for older in self._live():
-            if older.record.id == record.id:
-                # Leased again, so the older lease expired and was rescued: stop its handler.
-                self._lose(older, "the job was leased again after its lease expired")
+        older = self._by_job.get(record.id)
+        if older is not None and not older.reported and not older.released:
+            # Leased again, so the older lease expired and was rescued: stop its handler.
+            self._lose(older, "the job was leased again after its lease expired")
         self._active[active.token] = active
+        self._by_job[record.id] = active
         run = asyncio.create_task(self._run(active), name=f"taskharbor-job-{record.id}")
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
@@ -363,6 +377,8 @@ class Worker:
             logger.exception("worker %s: running job %d failed", self.worker_id, active.record.id)
         finally:
             del self._active[active.token]
+            if self._by_job.get(active.record.id) is active:
+                del self._by_job[active.record.id]
             self._wake.set()
 
     async def _outcome(self, active: _Active) -> tuple[Outcome, asyncio.Future[Any] | None]:
@@ -382,21 +398,23 @@ class Worker:
             )
         active.handler = handler if task.is_async else None
         done, _ = await asyncio.wait({handler}, timeout=timeout)
-        now = self.app.driver.clock.now()
         if not done:
             active.stop()
+            now = await self._io_call(self.app.driver.clock.now)
             return execution.timed_out(record, task, now), None if task.is_async else handler
         if active.cancel_requested or handler.cancelled():
             return execution.cancelled(record), None
         error = handler.exception()
         if error is not None:
+            now = await self._io_call(self.app.driver.clock.now)
             return execution.outcome_of_error(error, record, task, now), None
         return execution.outcome_of_value(handler.result()), None
 
     def _queue_report(self, active: _Active, outcome: Outcome) -> None:
         record = active.record
-        state = execution.expected_state(outcome, record, active.cancel_requested)
-        execution.log_outcome(record, outcome, state, time.monotonic() - active.started)
+        if logger.isEnabledFor(logging.INFO):  # the expected state is only worth it for the log
+            state = execution.expected_state(outcome, record, active.cancel_requested)
+            execution.log_outcome(record, outcome, state, time.monotonic() - active.started)
         report = execution.report_for(outcome, record)
         active.reported = True
         self._outbox.append(report)
