@@ -101,7 +101,11 @@ BUSY_TIMEOUT_SECONDS = 30.0
 """How long a call waits for another process's write transaction before failing."""
 
 WAIT_POLL_SECONDS = 0.05
-"""How often :meth:`SQLiteDriver.wait_for_jobs` looks for ready jobs."""
+"""How often :meth:`SQLiteDriver.wait_for_jobs` looks for jobs that fell due."""
+
+CHANGE_POLL_SECONDS = 0.002
+"""How often :meth:`SQLiteDriver.wait_for_jobs` asks whether the file changed (a cheap
+pragma, no read): the wake-up delay after another process enqueues."""
 
 _INSERT_JOB = """
     INSERT INTO jobs (
@@ -597,28 +601,44 @@ class SQLiteDriver(Driver):
     # -- waiting ------------------------------------------------------------------------
 
     def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
-        """Poll the file until a job of ``queues`` is available, or any waiting job
-        is due, or ``timeout`` passes.
+        """Wait until a job of ``queues`` is available, or any waiting job is due, or
+        ``timeout`` passes.
 
-        Polling (every :data:`WAIT_POLL_SECONDS`) sees jobs enqueued by other
-        processes without notifications; each poll is two index lookups.
+        SQLite has no notifications, so the file is watched: ``PRAGMA data_version``
+        (no table read) every :data:`CHANGE_POLL_SECONDS` tells when another
+        connection (thread or process) committed, and only then, or every
+        :data:`WAIT_POLL_SECONDS` for jobs that fall due, are the two index
+        lookups made.
         """
         queue_params = _queue_params(check_queues(queues, "wait_for_jobs"))
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
             raise InvalidRequest(f"wait_for_jobs: timeout must be seconds, not {timeout!r}")
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            with self._transaction(write=False) as tx:
-                query = ready_jobs_query(len(queue_params))
-                if tx.conn.execute(query, {**queue_params, "limit": 1}).fetchone():
-                    return
-                next_due = tx.conn.execute(_NEXT_DUE).fetchone()[0]
-                if next_due is not None and next_due <= tx.now_us:
-                    return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            version = self._data_version()
+            if self._anything_ready(queue_params):
                 return
-            time.sleep(min(WAIT_POLL_SECONDS, remaining))
+            next_look = min(deadline, time.monotonic() + WAIT_POLL_SECONDS)
+            while (left := next_look - time.monotonic()) > 0:
+                time.sleep(min(CHANGE_POLL_SECONDS, left))
+                if self._data_version() != version:
+                    break
+            if time.monotonic() >= deadline:
+                return
+
+    def _data_version(self) -> int:
+        """A number that changes whenever another connection commits to the file."""
+        with self._using() as conn:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _anything_ready(self, queue_params: dict[str, str]) -> bool:
+        """A job of the queues is available, or a waiting job is due."""
+        with self._transaction(write=False) as tx:
+            query = ready_jobs_query(len(queue_params))
+            if tx.conn.execute(query, {**queue_params, "limit": 1}).fetchone():
+                return True
+            next_due = tx.conn.execute(_NEXT_DUE).fetchone()[0]
+            return next_due is not None and next_due <= tx.now_us
 
     def _workflow(self, tx: Writes, workflow_id: WorkflowId) -> WorkflowRecord:
         if abs(workflow_id) > INTEGER_MAX:  # cannot be bound; no workflow has it
