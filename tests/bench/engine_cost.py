@@ -1,0 +1,94 @@
+"""The engine on its own (memory driver): a long run's RSS, and where the per-job time goes."""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import threading
+import time
+from pathlib import Path
+
+from common import BULK_BATCH
+
+import taskharbor as th
+
+BACKLOG = 20_000
+"""Jobs kept waiting during the long run: enough that the worker never starves."""
+PAGE = 4096
+
+
+def rss_bytes() -> int:
+    """This process's resident set size, from ``/proc`` (Linux)."""
+    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return resident_pages * PAGE
+
+
+def long_run(jobs: int) -> dict[str, float]:
+    """One worker on the memory driver runs ``jobs`` no-ops; RSS in MiB at start, peak, end.
+
+    Finished jobs are pruned as the worker goes (``retention=0``), so the store
+    holds only the backlog: what grows is the engine's own memory.
+    """
+    app = th.App("memory://")
+    ran = 0
+
+    @app.task(name="bench.noop")
+    async def noop() -> None:
+        nonlocal ran
+        ran += 1
+
+    worker = th.Worker(app, concurrency=50, retention=0.0, prune_interval=0.5)
+    thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False})
+    enqueued = 0
+
+    def top_up() -> None:
+        nonlocal enqueued
+        while enqueued < jobs and enqueued - ran < BACKLOG:
+            count = min(BULK_BATCH, jobs - enqueued)
+            app.enqueue_many(noop.s() for _ in range(count))
+            enqueued += count
+
+    top_up()
+    thread.start()
+    time.sleep(1.0)  # warmed up: every pool thread started, the first batches run
+    start = peak = rss_bytes()
+    started = time.perf_counter()
+    while ran < jobs:
+        top_up()
+        peak = max(peak, rss_bytes())
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    worker.stop()
+    thread.join()
+    end = rss_bytes()
+    app.close()
+    mib = 1024 * 1024
+    return {
+        "jobs": jobs,
+        "jobs_s": jobs / elapsed,
+        "rss_start_mib": start / mib,
+        "rss_peak_mib": peak / mib,
+        "rss_end_mib": end / mib,
+    }
+
+
+def profile(jobs: int, top: int = 25) -> tuple[float, str]:
+    """Microseconds per job of a burst worker on the memory driver under cProfile, and the
+    functions that take them (by own time)."""
+    app = th.App("memory://")
+
+    @app.task(name="bench.noop")
+    async def noop() -> None:
+        return None
+
+    for first in range(0, jobs, BULK_BATCH):
+        app.enqueue_many(noop.s() for _ in range(min(BULK_BATCH, jobs - first)))
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.runcall(th.Worker(app, concurrency=50).run, burst=True, handle_signals=False)
+    per_job_us = (time.perf_counter() - started) / jobs * 1e6
+    app.close()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return per_job_us, text.getvalue()
