@@ -126,11 +126,23 @@ class Fleet:
         process.wait(timeout=30)
         self.working.remove(process)
 
+    def has_started(self, process: subprocess.Popen[bytes]) -> bool:
+        return " started on queues " in self.log_paths[process.pid].read_text()
+
+    def wait_for_started(self, timeout: float = 60.0) -> list[subprocess.Popen[bytes]]:
+        """The working processes whose worker has started, once there is at least one."""
+        deadline = time.monotonic() + timeout
+        while not (started := [p for p in self.working if self.has_started(p)]):
+            self.check_alive()
+            assert time.monotonic() < deadline, "no worker started"
+            time.sleep(0.05)
+        return started
+
     def wait_started(self, timeout: float = 60.0) -> None:
         """Wait until every working process has logged that its worker started."""
         deadline = time.monotonic() + timeout
         for process in self.working:
-            while " started on queues " not in self.log_paths[process.pid].read_text():
+            while not self.has_started(process):
                 self.check_alive()
                 assert time.monotonic() < deadline, f"worker {process.pid} did not start"
                 time.sleep(0.05)

@@ -2,7 +2,8 @@
 
 Three worker processes run short jobs while the test kills a random one at
 random moments (while leasing, mid-handler, mid-report: the kills are not
-aimed, the moments are random) and starts a replacement; then the last
+aimed, the moments are random; the victim is a worker that has started) and
+starts a replacement; then the last
 workers drain and the ledger check runs (see :mod:`fault_ledger`).
 """
 
@@ -25,6 +26,8 @@ JOBS = scaled(60, 240)
 KILLS = scaled(4, 12)
 KILL_EVERY = (0.3, 1.0)
 """Seconds between two kills (uniform)."""
+RESCUE_SLACK = 5.0
+"""Seconds a busy machine may add to a rescue (surviving workers' loops run late)."""
 TIMEOUT = 120.0
 
 
@@ -42,7 +45,7 @@ def test_random_kills_lose_nothing(kind: str, seed: int, tmp_path: Path) -> None
             for _ in range(KILLS):
                 time.sleep(rng.uniform(*KILL_EVERY))
                 fleet.check_alive()
-                fleet.kill(rng.choice(fleet.working))
+                fleet.kill(rng.choice(fleet.wait_for_started()))
                 fleet.start()
             while not all(app.get_job(job).finished for job in jobs):
                 assert time.monotonic() < deadline, f"jobs left unfinished; see {fleet.logs()}"
@@ -59,7 +62,9 @@ def test_random_kills_lose_nothing(kind: str, seed: int, tmp_path: Path) -> None
     )
     assert (figures.lost, figures.double_transitions) == (0, 0)
     lease = FAST_WORKER["lease"]
-    bound = lease + FAST_WORKER["maintenance_interval"] + 0.5  # plus a loaded machine's slack
-    assert figures.max_rescue_seconds is None or figures.max_rescue_seconds < bound
+    # The lease, one maintenance pass, and slack for a loaded machine (seen: 4.7 s at load 10).
+    bound = lease + FAST_WORKER["maintenance_interval"] + RESCUE_SLACK
+    assert figures.max_rescue_seconds is not None, "no kill landed while a handler ran"
+    assert figures.max_rescue_seconds < bound
     for job in finished:  # every attempt but the last was cut short by a kill
         assert {error.type for error in job.errors} <= {LEASE_EXPIRED_TYPE}, job
