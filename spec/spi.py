@@ -15,7 +15,11 @@ Rules that hold for every method
 * **Validated.**  An empty batch, a mutating batch that names one job twice
   (``get`` may repeat ids), an unknown job id, a wrong type: the call raises
   :class:`~taskharbor.spec.errors.InvalidRequest` or
-  :class:`~taskharbor.spec.errors.JobNotFound` and changes nothing.
+  :class:`~taskharbor.spec.errors.JobNotFound` and changes nothing.  When a
+  call has several problems, the error raised is the first of: the request's
+  shape (``InvalidRequest``), then the first unknown id (``JobNotFound``, also
+  for a fenced report on a job pruned meanwhile), then the first state the
+  table refuses (``InvalidTransition``).
 * **Fenced.**  ``heartbeat``, ``complete``, ``fail`` and ``snooze`` apply to
   an item only while its lease is *live*: the job is ``running`` with that
   token (a lease past its expiry that was not rescued yet is still live).
