@@ -28,7 +28,8 @@ JOBS = scaled(2_000, 100_000)
 BATCH = 5_000
 WORKERS = 4
 WORKER = {"concurrency": 8, "lease": 10.0, "heartbeat_interval": 2.0}
-TIMEOUT = scaled(120, 1800)
+TIMEOUT = scaled(120, 3600)
+"""Seconds; a shared 2-core machine runs about 50 of these jobs a second."""
 
 
 def test_many_jobs_through_four_workers_are_all_accounted_for(tmp_path: Path) -> None:
