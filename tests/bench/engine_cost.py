@@ -8,6 +8,7 @@ import pstats
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from common import BULK_BATCH
 
@@ -16,6 +17,7 @@ import taskharbor as th
 BACKLOG = 20_000
 """Jobs kept waiting during the long run: enough that the worker never starves."""
 PAGE = 4096
+MIB = 1024 * 1024
 
 
 def rss_bytes() -> int:
@@ -24,8 +26,9 @@ def rss_bytes() -> int:
     return resident_pages * PAGE
 
 
-def long_run(jobs: int) -> dict[str, float]:
-    """One worker on the memory driver runs ``jobs`` no-ops; RSS in MiB at start, peak, end.
+def long_run(jobs: int) -> dict[str, Any]:
+    """One worker on the memory driver runs ``jobs`` no-ops; RSS in MiB at start, peak, end,
+    and after each tenth of the jobs (flat once warm means nothing accumulates per job).
 
     Finished jobs are pruned as the worker goes (``retention=0``), so the store
     holds only the backlog: what grows is the engine's own memory.
@@ -53,23 +56,27 @@ def long_run(jobs: int) -> dict[str, float]:
     thread.start()
     time.sleep(1.0)  # warmed up: every pool thread started, the first batches run
     start = peak = rss_bytes()
+    tenths: list[float] = []
     started = time.perf_counter()
     while ran < jobs:
         top_up()
-        peak = max(peak, rss_bytes())
+        now = rss_bytes()
+        peak = max(peak, now)
+        if ran >= (len(tenths) + 1) * jobs / 10:
+            tenths.append(now / MIB)
         time.sleep(0.05)
     elapsed = time.perf_counter() - started
     worker.stop()
     thread.join()
     end = rss_bytes()
     app.close()
-    mib = 1024 * 1024
     return {
         "jobs": jobs,
         "jobs_s": jobs / elapsed,
-        "rss_start_mib": start / mib,
-        "rss_peak_mib": peak / mib,
-        "rss_end_mib": end / mib,
+        "rss_start_mib": start / MIB,
+        "rss_peak_mib": peak / MIB,
+        "rss_end_mib": end / MIB,
+        "rss_each_tenth_mib": tenths,
     }
 
 
