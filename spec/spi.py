@@ -30,7 +30,10 @@ Rules that hold for every method
   An event that the table does not allow raises
   :class:`~taskharbor.spec.errors.InvalidTransition` and changes nothing.
 * **Injected time.**  "now" is ``self.clock.now()`` read once per call; every
-  timestamp a call writes is that value (or derived from it).
+  timestamp a call writes is that value (or derived from it).  A driver's
+  clock may be the database's (PostgreSQL reads ``now()`` in the call's own
+  transaction), so ``driver.clock.now()`` called from outside can cost a
+  round trip: callers read it rarely, and never on an event loop.
 * **Ids.**  Job and workflow ids are positive ints, increasing in enqueue
   order (FIFO tie-break).  Lease tokens are unguessable non-empty strings,
   new at every lease.
