@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+
 from driver_registry import POSTGRES_URL, skip_without_postgres
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "postgres.md"
