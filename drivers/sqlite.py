@@ -275,9 +275,7 @@ class SQLiteDriver(Driver):
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise sqlite_schema.DatabaseFileError(
-                f"{self.path} cannot be read as an SQLite database: {exc}"
-            ) from exc
+            raise sqlite_schema.unusable_file(self.path, exc) from exc
         return conn
 
     @contextmanager

@@ -125,7 +125,7 @@ def stored_version(conn: sqlite3.Connection, path: Path) -> int:
             f"SELECT value FROM {META_TABLE} WHERE key = ?", (_VERSION_KEY,)
         ).fetchone()
     except sqlite3.DatabaseError as exc:
-        raise DatabaseFileError(f"{path} cannot be read as an SQLite database: {exc}") from exc
+        raise unusable_file(path, exc) from exc
     if row is None or not str(row[0]).isdigit():
         raise DatabaseFileError(f"{path} has a {META_TABLE} table without a schema version")
     version = int(row[0])
@@ -135,6 +135,13 @@ def stored_version(conn: sqlite3.Connection, path: Path) -> int:
             "this TaskHarbor knows: upgrade TaskHarbor to use it"
         )
     return version
+
+
+def unusable_file(path: Path | str, exc: sqlite3.DatabaseError) -> DatabaseFileError:
+    """The error for a file SQLite refused: one we may not write, or not a database."""
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+        return DatabaseFileError(f"cannot write to {path}: {exc}")
+    return DatabaseFileError(f"{path} cannot be read as an SQLite database: {exc}")
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> None:

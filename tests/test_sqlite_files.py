@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,12 +172,34 @@ def test_a_path_where_no_file_can_be_created_is_refused(tmp_path: Path) -> None:
     assert not (folder / "jobs.db").exists()
 
 
-@pytest.mark.skipif(AS_ROOT, reason="root writes to read-only files: nothing to refuse")
-def test_a_read_only_store_is_refused(tmp_path: Path) -> None:
-    make_store(tmp_path / "frozen.db")
-    (tmp_path / "frozen.db").chmod(0o444)
-    with untouched(tmp_path), pytest.raises(DatabaseFileError, match="cannot write"):
-        SQLiteDriver(tmp_path / "frozen.db")
+def test_a_read_only_store_is_refused() -> None:
+    """Opened by a user who may not write it (as root: run as ``nobody``, since
+    root writes read-only files)."""
+    folder = Path(tempfile.mkdtemp(prefix="th-frozen-"))  # tmp_path is closed to others
+    try:
+        folder.chmod(0o755)
+        make_store(folder / "frozen.db")
+        (folder / "frozen.db").chmod(0o444)
+        opener = (
+            "from taskharbor.drivers.sqlite import SQLiteDriver\n"
+            "from taskharbor.drivers.sqlite_schema import DatabaseFileError\n"
+            "try:\n"
+            f"    SQLiteDriver({str(folder / 'frozen.db')!r})\n"
+            "except DatabaseFileError as exc:\n"
+            "    print(exc)\n"
+        )
+        as_other_user = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        with untouched(folder):
+            done = subprocess.run(
+                [*(as_other_user if AS_ROOT else []), sys.executable, "-c", opener],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        assert done.returncode == 0, done.stderr
+        assert "cannot write" in done.stdout
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_an_in_memory_database_is_refused() -> None:
