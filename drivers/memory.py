@@ -71,6 +71,7 @@ from taskharbor.spec.table import (
     JobState,
     WorkflowEvent,
     WorkflowState,
+    derive_workflow_state,
 )
 
 from .memory_index import JobIndex
@@ -564,7 +565,7 @@ class MemoryDriver(Driver):
         """Derive each touched workflow's state from its steps; change it through the table."""
         for workflow_id in sorted(touched):
             workflow = self._workflows[workflow_id]
-            target = _derived_state(self._jobs[step].state for step in workflow.steps)
+            target = derive_workflow_state(self._jobs[step].state for step in workflow.steps)
             if target is workflow.state:
                 continue
             WORKFLOW.event_for(workflow.state, target, subject=workflow_id)
@@ -616,15 +617,3 @@ def _matches(row: JobRow, where: JobFilter) -> bool:
         and (where.workflow_id is None or row.workflow_id == where.workflow_id)
         and (where.after_id is None or row.id > where.after_id)
     )
-
-
-def _derived_state(step_states: Iterable[JobState]) -> WorkflowState:
-    """A workflow's state as the SPI derives it from its steps' states."""
-    states = set(step_states)
-    if JobState.DEAD in states:
-        return WorkflowState.FAILED
-    if JobState.CANCELLED in states:
-        return WorkflowState.CANCELLED
-    if states == {JobState.SUCCEEDED}:
-        return WorkflowState.SUCCEEDED
-    return WorkflowState.RUNNING

@@ -27,6 +27,7 @@ from taskharbor.spec import (
     WorkflowId,
     WorkflowState,
     dependency_reason,
+    derive_workflow_state,
 )
 from taskharbor.spec.records import map_ref
 
@@ -217,20 +218,12 @@ class Writes:
                 "SELECT state FROM workflows WHERE id = ?", (workflow_id,)
             ).fetchone()["state"]
         )
-        states = {
+        target = derive_workflow_state(
             JobState(row["state"])
             for row in self.conn.execute(
                 "SELECT DISTINCT state FROM jobs WHERE workflow_id = ?", (workflow_id,)
             )
-        }
-        if JobState.DEAD in states:
-            target = WorkflowState.FAILED
-        elif JobState.CANCELLED in states:
-            target = WorkflowState.CANCELLED
-        elif states == {JobState.SUCCEEDED}:
-            target = WorkflowState.SUCCEEDED
-        else:
-            target = WorkflowState.RUNNING
+        )
         if target == current:
             return
         WORKFLOW.event_for(current, target, subject=workflow_id)

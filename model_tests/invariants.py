@@ -17,6 +17,7 @@ from taskharbor.spec import (
     JobState,
     WorkflowRecord,
     WorkflowState,
+    derive_workflow_state,
 )
 
 from .observe import Snapshot
@@ -65,18 +66,6 @@ def job_problems(job: JobRecord) -> list[str]:
     return [f"job {job.id}: {problem}" for problem in problems]
 
 
-def derived_workflow_state(steps: list[JobRecord]) -> WorkflowState:
-    """The workflow state the contract derives from its steps' states."""
-    states = {step.state for step in steps}
-    if JobState.DEAD in states:
-        return WorkflowState.FAILED
-    if JobState.CANCELLED in states:
-        return WorkflowState.CANCELLED
-    if states == {JobState.SUCCEEDED}:
-        return WorkflowState.SUCCEEDED
-    return WorkflowState.RUNNING
-
-
 def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord]) -> list[str]:
     if not isinstance(workflow.state, WorkflowState):
         return [f"workflow {workflow.id}: state {workflow.state!r} is not a WorkflowState"]
@@ -85,7 +74,7 @@ def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord])
         return [f"workflow {workflow.id}: steps {missing} are gone but the workflow is not"]
     steps = [jobs[step] for step in workflow.steps]
     problems = not_utc({"created_at": workflow.created_at, "finished_at": workflow.finished_at})
-    expected = derived_workflow_state(steps)
+    expected = derive_workflow_state(step.state for step in steps)
     if workflow.state is not expected:
         problems.append(f"state {workflow.state}, but its steps make it {expected}")
     if (workflow.finished_at is not None) != (workflow.state is not WorkflowState.RUNNING):

@@ -67,6 +67,7 @@ from .table import (
     TransitionTable,
     WorkflowEvent,
     WorkflowState,
+    derive_workflow_state,
 )
 
 __all__ = [
@@ -128,6 +129,7 @@ __all__ = [
     "check_queues",
     "check_workflow_id",
     "dependency_reason",
+    "derive_workflow_state",
     "job_ids",
     "map_ref",
     "ref_indexes",

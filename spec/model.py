@@ -62,6 +62,7 @@ from .table import (
     JobEvent,
     JobState,
     WorkflowState,
+    derive_workflow_state,
 )
 
 _LEASE_FIELDS_CLEARED: dict[str, Any] = {
@@ -594,15 +595,7 @@ class ReferenceModel(Driver):
 
     def _derive_workflow(self, s: _Store, workflow_id: WorkflowId) -> None:
         workflow = s.workflows[workflow_id]
-        states = [s.jobs[step_id].state for step_id in workflow.steps]
-        if JobState.DEAD in states:
-            target = WorkflowState.FAILED
-        elif JobState.CANCELLED in states:
-            target = WorkflowState.CANCELLED
-        elif all(state == JobState.SUCCEEDED for state in states):
-            target = WorkflowState.SUCCEEDED
-        else:
-            target = WorkflowState.RUNNING
+        target = derive_workflow_state(s.jobs[step_id].state for step_id in workflow.steps)
         if target == workflow.state:
             return
         WORKFLOW.event_for(workflow.state, target, subject=workflow_id)

@@ -21,7 +21,7 @@ a state (the reference model, every driver, the engine) asks these tables:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +211,24 @@ FINISHED_JOB_STATES: frozenset[JobState] = frozenset(
     {JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED}
 )
 """States in which a job waits for nothing: only an operator can move it on."""
+
+
+def derive_workflow_state(step_states: Iterable[str]) -> WorkflowState:
+    """A workflow's state, derived from its steps' states (spec/spi.py, "Workflows").
+
+    Any step dead -> failed; else any step cancelled -> cancelled; else every
+    step succeeded -> succeeded; else running.  A change of the stored state
+    must then be one :data:`WORKFLOW` has (``WORKFLOW.event_for``).
+    """
+    states = set(step_states)
+    if JobState.DEAD in states:
+        return WorkflowState.FAILED
+    if JobState.CANCELLED in states:
+        return WorkflowState.CANCELLED
+    if states == {JobState.SUCCEEDED}:
+        return WorkflowState.SUCCEEDED
+    return WorkflowState.RUNNING
+
 
 QUEUED_JOB_STATES: frozenset[JobState] = frozenset(
     JobState(s) for s in JOB.sources(JobEvent.CANCEL)

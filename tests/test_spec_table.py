@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from taskharbor.spec import JOB, WORKFLOW, InvalidTransition, JobEvent, JobState, WorkflowState
+from taskharbor.spec import (
+    JOB,
+    WORKFLOW,
+    InvalidTransition,
+    JobEvent,
+    JobState,
+    WorkflowState,
+    derive_workflow_state,
+)
 from taskharbor.spec.lifecycle import JobLifecycle
 
 
@@ -84,3 +92,18 @@ def test_table_agrees_with_a_machine_instance(facts: dict[str, bool]) -> None:
     machine.send("fail")
     expected = JOB.resolve(JobEvent.FAIL, JobState.RUNNING, facts)
     assert machine.current_state_value == expected
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        ({JobState.DEAD, JobState.CANCELLED, JobState.RUNNING}, WorkflowState.FAILED),
+        ({JobState.CANCELLED, JobState.SUCCEEDED}, WorkflowState.CANCELLED),
+        ({JobState.SUCCEEDED}, WorkflowState.SUCCEEDED),
+        ({JobState.SUCCEEDED, JobState.PENDING}, WorkflowState.RUNNING),
+    ],
+)
+def test_workflow_state_is_derived_dead_first_then_cancelled(
+    steps: set[JobState], expected: WorkflowState
+) -> None:
+    assert derive_workflow_state(steps) == expected

@@ -83,6 +83,7 @@ from taskharbor.spec import (
     WorkflowRecord,
     WorkflowState,
     dependency_reason,
+    derive_workflow_state,
 )
 from taskharbor.spec.records import (
     LEASE_EXPIRED_MESSAGE,
@@ -349,15 +350,7 @@ def _release(store: _Store, step: JobRecord) -> None:
 def _derive_workflow(store: _Store, workflow_id: WorkflowId) -> None:
     """Set the workflow's state from its steps' states (spec/spi.py, "Workflows")."""
     workflow = store.workflows[workflow_id]
-    states = {store.jobs[step_id].state for step_id in workflow.steps}
-    if JobState.DEAD in states:
-        target = WorkflowState.FAILED
-    elif JobState.CANCELLED in states:
-        target = WorkflowState.CANCELLED
-    elif states == {JobState.SUCCEEDED}:
-        target = WorkflowState.SUCCEEDED
-    else:
-        target = WorkflowState.RUNNING
+    target = derive_workflow_state(store.jobs[step_id].state for step_id in workflow.steps)
     if target == workflow.state:
         return
     WORKFLOW.event_for(workflow.state, target, subject=workflow_id)  # raises if no such change
