@@ -14,6 +14,7 @@ changes anything, so a call that raises leaves the store as it was.
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
 import threading
@@ -80,6 +81,8 @@ from .memory_rows import JobRow, WorkflowRow, copy_json
 _Report = TypeVar("_Report", Completion, Failure, SnoozeRequest)
 """A fenced report: applied only while its lease is live."""
 
+_STATES = {state.value: state for state in JobState}
+"""The table's target names as states, without an enum call per transition."""
 PRUNABLE_WORKFLOW_STATES = frozenset({WorkflowState.SUCCEEDED, WorkflowState.CANCELLED})
 """A workflow (with its steps) may be pruned only in these states."""
 
@@ -99,6 +102,8 @@ class MemoryDriver(Driver):
         self._index = JobIndex()
         self._last_job_id = 0
         self._last_workflow_id = 0
+        self._token_prefix = secrets.token_hex(8)
+        self._tokens_issued = itertools.count(1)
 
     # -- producing ----------------------------------------------------------
 
@@ -201,12 +206,17 @@ class MemoryDriver(Driver):
                 row = self._jobs[job_id]
                 target = self._resolve(row, JobEvent.LEASE, now)
                 row.attempt += 1
-                row.lease_token = secrets.token_hex(16)
+                row.lease_token = self._new_token()
                 row.leased_by = args.worker_id
                 row.lease_expires_at = now + duration
                 self._enter(row, target, now)
                 leased.append(row)
             return [row.snapshot() for row in leased]
+
+    def _new_token(self) -> str:
+        """A fencing token never issued before by this store: uniqueness is all fencing
+        needs, and a counter behind a random prefix is cheaper than fresh randomness."""
+        return f"{self._token_prefix}{next(self._tokens_issued):x}"
 
     def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
         check_batch(leases, LeaseRef, "heartbeat")
@@ -483,7 +493,7 @@ class MemoryDriver(Driver):
             "permanent": permanent,
             "attempts_exhausted": row.attempt >= row.max_attempts,
         }
-        return JobState(JOB.resolve(event, row.state, facts, subject=row.id))
+        return _STATES[JOB.resolve(event, row.state, facts, subject=row.id)]
 
     def _waits(self, row: JobRow) -> bool:
         """Guard ``waits_on_dependencies``: a step it depends on has not succeeded."""

@@ -80,7 +80,7 @@ class JobRow:
             task=self.task,
             queue=self.queue,
             state=self.state,
-            args=tuple(copy_json(arg) for arg in self.args),
+            args=tuple([copy_json(arg) for arg in self.args]) if self.args else (),
             kwargs=copy_json(self.kwargs),
             priority=self.priority,
             run_at=self.run_at,

@@ -29,7 +29,7 @@ from taskharbor.spec import (
 from taskharbor.spec.records import NAME_MAX_LENGTH, check_json
 
 from . import threads
-from .context import JobCancelled, JobContext, PermanentError, Snooze, job_scope
+from .context import JobCancelled, JobContext, PermanentError, Snooze, enter_job, leave_job
 from .middleware import Middleware, around_job
 
 if TYPE_CHECKING:
@@ -88,7 +88,16 @@ def _cut(text: str, limit: int) -> str:
     return f"{text[:limit]}... [{len(text) - limit} characters cut] ..."
 
 
-_RUNNER_MODULES = frozenset({__name__, threads.__name__, "concurrent.futures.thread"})
+_RUNNER_MODULES = frozenset(
+    {
+        __name__,
+        threads.__name__,
+        f"{__package__}.worker",
+        "asyncio.futures",
+        "asyncio.tasks",
+        "concurrent.futures.thread",
+    }
+)
 """Modules whose frames lead up to a handler; left out of stored tracebacks."""
 
 
@@ -172,16 +181,24 @@ def call_sync(
     task: Task[Any], record: JobRecord, context: JobContext, middleware: Sequence[Middleware]
 ) -> Any:
     """Run a sync handler in the calling thread, inside the job middleware."""
-    with job_scope(context), around_job(middleware, context):
-        return task.fn(*record.args, **record.kwargs)
+    token = enter_job(context)
+    try:
+        with around_job(middleware, context):
+            return task.fn(*record.args, **record.kwargs)
+    finally:
+        leave_job(token)
 
 
 async def call_async(
     task: Task[Any], record: JobRecord, context: JobContext, middleware: Sequence[Middleware]
 ) -> Any:
     """Run an async handler in the current task, inside the job middleware."""
-    with job_scope(context), around_job(middleware, context):
-        return await task.fn(*record.args, **record.kwargs)
+    token = enter_job(context)
+    try:
+        with around_job(middleware, context):
+            return await task.fn(*record.args, **record.kwargs)
+    finally:
+        leave_job(token)
 
 
 def report_for(outcome: Outcome, record: JobRecord) -> Completion | Failure | SnoozeRequest:

@@ -63,9 +63,16 @@ def _wrap_enqueue(layer: Middleware, call_next: EnqueueCall) -> EnqueueCall:
     return call
 
 
+def around_job(middleware: Sequence[Middleware], job: JobContext) -> AbstractContextManager[None]:
+    """Every middleware's ``around_job`` entered in order (the first outermost); a
+    no-op context without middleware, the common case on the worker's hot path."""
+    if not middleware:
+        return nullcontext()
+    return _around_job(middleware, job)
+
+
 @contextmanager
-def around_job(middleware: Sequence[Middleware], job: JobContext) -> Iterator[None]:
-    """Every middleware's ``around_job`` entered in order (the first outermost)."""
+def _around_job(middleware: Sequence[Middleware], job: JobContext) -> Iterator[None]:
     with ExitStack() as stack:
         for layer in middleware:
             stack.enter_context(layer.around_job(job))

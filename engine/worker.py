@@ -75,7 +75,8 @@ class _Active:
     context: JobContext
     started: float
     token: str
-    handler: asyncio.Future[Any] | None = None
+    handler: asyncio.Task[Any] | None = None
+    """The job's own task while its ``async def`` handler runs: what :meth:`stop` cancels."""
     cancel_requested: bool = False
     reported: bool = False
     """Its outcome is queued: no more heartbeats, nothing to release."""
@@ -334,7 +335,7 @@ class Worker:
         """The store's time, read once per leased batch and only if a job's timeout needs it:
         a store's clock may be a round trip (PostgreSQL's is), never to be paid per job."""
         if any(self._timeout(record) is not None for record in records):
-            return await self._io_call(self.app.driver.clock.now)
+            return await self._now()
         return None
 
     def _start(self, record: JobRecord, now: datetime | None) -> None:
@@ -383,32 +384,84 @@ class Worker:
 
     async def _outcome(self, active: _Active) -> tuple[Outcome, asyncio.Future[Any] | None]:
         """Run the handler; the outcome, and a sync handler's future if it outlived its timeout."""
-        record, task, context = active.record, active.task, active.context
+        record, task = active.record, active.task
         if task is None:
             return execution.unknown_task(record), None
-        timeout = task.defaults.timeout
-        middleware = self.app.middleware
         if task.is_async:
-            handler: asyncio.Future[Any] = asyncio.ensure_future(
-                execution.call_async(task, record, context, middleware)
-            )
-        else:
-            handler = asyncio.get_running_loop().run_in_executor(
-                self._handlers, execution.call_sync, task, record, context, middleware
-            )
-        active.handler = handler if task.is_async else None
-        done, _ = await asyncio.wait({handler}, timeout=timeout)
-        if not done:
-            active.stop()
-            now = await self._io_call(self.app.driver.clock.now)
-            return execution.timed_out(record, task, now), None if task.is_async else handler
-        if active.cancel_requested or handler.cancelled():
+            return await self._outcome_async(active, task), None
+        return await self._outcome_sync(active, task)
+
+    async def _outcome_async(self, active: _Active, task: Task[Any]) -> Outcome:
+        """Await an ``async def`` handler inside this job's own task.
+
+        No second task per job: :meth:`_Active.stop` cancels this task while
+        the handler runs (``active.handler`` is set only then), and the
+        task's timeout is an ``asyncio.timeout`` around the await.
+        """
+        record, context = active.record, active.context
+        this = asyncio.current_task()
+        assert this is not None
+        timeout = task.defaults.timeout
+        limit = asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext()
+        active.handler = this
+        try:
+            async with limit:
+                value = await execution.call_async(task, record, context, self.app.middleware)
+        except asyncio.CancelledError:
+            if this.cancelling():
+                if not context.cancelled:
+                    raise  # the worker itself is being torn down, not a stop of this job
+                this.uncancel()
+            return execution.cancelled(record)
+        except Exception as error:
+            active.handler = None
+            if isinstance(limit, asyncio.Timeout) and limit.expired():
+                context.cancel_event.set()
+                return execution.timed_out(record, task, await self._now())
+            if active.cancel_requested:
+                return execution.cancelled(record)
+            return execution.outcome_of_error(error, record, task, await self._now())
+        finally:
+            active.handler = None
+        if context.cancelled and this.cancelling():
+            this.uncancel()  # the handler swallowed the cancellation stop() sent it
+        if active.cancel_requested:
+            return execution.cancelled(record)
+        return execution.outcome_of_value(value)
+
+    async def _outcome_sync(
+        self, active: _Active, task: Task[Any]
+    ) -> tuple[Outcome, asyncio.Future[Any] | None]:
+        """Run a sync handler on the handler thread pool; a thread cannot be cancelled, so
+        past its timeout the job fails and the still-running future is handed back."""
+        record = active.record
+        handler = asyncio.get_running_loop().run_in_executor(
+            self._handlers,
+            execution.call_sync,
+            task,
+            record,
+            active.context,
+            self.app.middleware,
+        )
+        timeout = task.defaults.timeout
+        if timeout is not None:
+            done, _ = await asyncio.wait({handler}, timeout=timeout)
+            if not done:
+                active.stop()
+                return execution.timed_out(record, task, await self._now()), handler
+        try:
+            value = await handler
+        except Exception as error:
+            if active.cancel_requested:
+                return execution.cancelled(record), None
+            return execution.outcome_of_error(error, record, task, await self._now()), None
+        if active.cancel_requested:
             return execution.cancelled(record), None
-        error = handler.exception()
-        if error is not None:
-            now = await self._io_call(self.app.driver.clock.now)
-            return execution.outcome_of_error(error, record, task, now), None
-        return execution.outcome_of_value(handler.result()), None
+        return execution.outcome_of_value(value), None
+
+    async def _now(self) -> datetime:
+        """The store's time (a round trip on some stores: read only when needed)."""
+        return await self._io_call(self.app.driver.clock.now)
 
     def _queue_report(self, active: _Active, outcome: Outcome) -> None:
         record = active.record

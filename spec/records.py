@@ -242,9 +242,13 @@ class LeaseRef:
     token: str
 
     def __post_init__(self) -> None:
-        _check_job_id(self.job_id)
-        if not isinstance(self.token, str) or not self.token:
-            raise InvalidRequest(f"lease token of job {self.job_id} must be a non-empty str")
+        _check_lease(self.job_id, self.token)
+
+
+def _check_lease(job_id: JobId, token: str) -> None:
+    _check_job_id(job_id)
+    if not isinstance(token, str) or not token:
+        raise InvalidRequest(f"lease token of job {job_id} must be a non-empty str")
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +260,9 @@ class Completion:
     result: JSON = None
 
     def __post_init__(self) -> None:
-        LeaseRef(self.job_id, self.token)
-        check_json(self.result, f"result of job {self.job_id}")
+        _check_lease(self.job_id, self.token)
+        if self.result is not None:  # the common case, without building the message
+            check_json(self.result, f"result of job {self.job_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +280,7 @@ class Failure:
     permanent: bool = False
 
     def __post_init__(self) -> None:
-        LeaseRef(self.job_id, self.token)
+        _check_lease(self.job_id, self.token)
         if not isinstance(self.error, ErrorReport):
             raise InvalidRequest(f"error of job {self.job_id} must be an ErrorReport")
         if self.retry_at is not None:
@@ -291,7 +296,7 @@ class SnoozeRequest:
     run_at: datetime
 
     def __post_init__(self) -> None:
-        LeaseRef(self.job_id, self.token)
+        _check_lease(self.job_id, self.token)
         check_aware(self.run_at, "run_at")
 
 

@@ -173,6 +173,35 @@ def test_timeouts_count_as_failed_attempts(driver_factory: DriverFactory) -> Non
     assert sorted(stopped) == ["async", "sync"]
 
 
+def test_an_error_a_handler_raises_itself_is_not_taken_for_the_worker_stopping_it(
+    driver_factory: DriverFactory,
+) -> None:
+    """Async handlers run inside their job's task, so the worker must tell its own
+    cancellation and timeout apart from the same exception types raised by the handler."""
+    app = make_app(driver_factory)
+
+    @app.task(timeout=30, max_attempts=1)
+    async def raises_timeout() -> None:
+        raise TimeoutError("the upstream API timed out")
+
+    @app.task(max_attempts=1)
+    async def raises_cancelled() -> None:
+        raise asyncio.CancelledError()
+
+    jobs = [raises_timeout.enqueue(), raises_cancelled.enqueue()]
+    burst(app)
+    timeout_job, cancelled_job = (app.get_job(job) for job in jobs)
+    assert timeout_job.state == JobState.DEAD
+    assert timeout_job.last_error is not None
+    assert (timeout_job.last_error.type, timeout_job.last_error.message) == (
+        "TimeoutError",
+        "the upstream API timed out",
+    )
+    # Nobody asked it to stop: a failed attempt like any other, never a job left running.
+    assert cancelled_job.state == JobState.DEAD
+    assert cancelled_job.last_error is not None and cancelled_job.last_error.type == "Cancelled"
+
+
 def test_current_job_describes_the_running_job(driver_factory: DriverFactory) -> None:
     app, clock = fake_app(driver_factory)
     contexts: list[th.JobContext] = []
@@ -210,6 +239,31 @@ def test_cancelling_a_running_async_job_cancels_the_handler(driver_factory: Driv
         assert app.cancel(job).cancel_requested
         done = app.wait(job, timeout=5)
     assert (done.state, done.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
+
+
+def test_an_async_handler_that_swallows_its_cancellation_still_ends_cancelled(
+    driver_factory: DriverFactory,
+) -> None:
+    app = make_app(driver_factory)
+    started = threading.Event()
+
+    @app.task
+    async def stubborn() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.01)  # the task must still be usable after the cancel
+            return "finished anyway"
+        return "finished"
+
+    job = stubborn.enqueue()
+    with running_worker(app):
+        assert started.wait(5)
+        app.cancel(job)
+        done = app.wait(job, timeout=5)
+    assert (done.state, done.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
+    assert done.result is None
 
 
 def test_cancelling_a_running_sync_job_sets_its_flag(driver_factory: DriverFactory) -> None:
