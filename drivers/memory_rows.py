@@ -81,7 +81,7 @@ class JobRow:
             queue=self.queue,
             state=self.state,
             args=tuple([copy_json(arg) for arg in self.args]) if self.args else (),
-            kwargs=copy_json(self.kwargs),
+            kwargs=copy_json(self.kwargs) if self.kwargs else {},
             priority=self.priority,
             run_at=self.run_at,
             attempt=self.attempt,

@@ -357,8 +357,7 @@ class Worker:
         self._active[active.token] = active
         self._by_job[record.id] = active
         run = asyncio.create_task(self._run(active), name=f"taskharbor-job-{record.id}")
-        self._runs.add(run)
-        run.add_done_callback(self._runs.discard)
+        self._runs.add(run)  # the run discards itself as it ends
 
     async def _run(self, active: _Active) -> None:
         try:
@@ -377,6 +376,7 @@ class Worker:
         except Exception:
             logger.exception("worker %s: running job %d failed", self.worker_id, active.record.id)
         finally:
+            self._runs.discard(asyncio.current_task())
             del self._active[active.token]
             if self._by_job.get(active.record.id) is active:
                 del self._by_job[active.record.id]
