@@ -11,19 +11,23 @@ cut) is reconnected with backoff; every waiter is woken after a reconnection,
 because notifications sent while the listener was away are lost.  While the
 listener is not connected, :meth:`Listener.wait` returns ``None`` at once and
 the driver polls instead.
+
+The thread sleeps in one ``select`` on the connection's socket and on a
+socket pair that :meth:`Listener.close` rings: no timer wakes it while idle,
+and closing does not wait for a polling slice to run out.
 """
 
 from __future__ import annotations
 
+import selectors
+import socket
 import threading
 import time
 from collections.abc import Sequence
 
 import psycopg
 from psycopg import sql
-
-POLL_SLICE = 0.25
-"""How often the listener thread looks up from the socket to see whether to stop."""
+from psycopg.rows import TupleRow
 
 RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 """Waits between reconnection attempts; the last one repeats."""
@@ -41,6 +45,8 @@ class Listener:
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._bell: tuple[socket.socket, socket.socket] | None = None
+        """A socket pair: :meth:`close` rings one end, the thread hears the other."""
         self._start_lock = threading.Lock()
 
     @property
@@ -52,8 +58,13 @@ class Listener:
         """Start the listener thread if needed; wait up to ``settle`` s for it to connect."""
         with self._start_lock:
             if self._thread is None:
+                self._bell = socket.socketpair()
+                heard = self._bell[1]
                 self._thread = threading.Thread(
-                    target=self._run, name=f"taskharbor-listen-{self._channel}", daemon=True
+                    target=self._run,
+                    args=(heard,),
+                    name=f"taskharbor-listen-{self._channel}",
+                    daemon=True,
                 )
                 self._thread.start()
         self._connected.wait(settle)
@@ -76,12 +87,19 @@ class Listener:
             return self._changed.wait_for(woken, timeout)
 
     def close(self) -> None:
-        """Stop the thread and close its connection (within :data:`POLL_SLICE` s)."""
+        """Stop the thread and close its connection; safe to call more than once."""
         self._stopping.set()
+        with self._start_lock:
+            bell, self._bell = self._bell, None
+        if bell is not None:
+            bell[0].send(b"\0")
         if self._thread is not None:
             self._thread.join()
+        for end in bell or ():
+            end.close()
 
-    def _run(self) -> None:
+    def _run(self, heard: socket.socket) -> None:
+        """The thread: listen, and reconnect after a failure, until :meth:`close`."""
         failures = 0
         while not self._stopping.is_set():
             try:
@@ -89,15 +107,28 @@ class Listener:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                     failures = 0
                     self._on_connected()
-                    while not self._stopping.is_set():
-                        for note in conn.notifies(timeout=POLL_SLICE):
-                            self._on_notify(note.payload)
+                    self._listen(conn, heard)
             except psycopg.Error:
                 self._connected.clear()
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
                 self._stopping.wait(delay)
         self._connected.clear()
+
+    def _listen(self, conn: psycopg.Connection[TupleRow], heard: socket.socket) -> None:
+        """Hand on notifications until :meth:`close` rings; a dropped connection raises.
+
+        ``notifies(timeout=0)`` takes what has arrived without blocking (the
+        first call also what came in with the LISTEN's reply); the thread then
+        sleeps until the server sends more, the connection breaks, or the bell.
+        """
+        with selectors.DefaultSelector() as selector:
+            selector.register(conn.fileno(), selectors.EVENT_READ)
+            selector.register(heard, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                for note in conn.notifies(timeout=0):
+                    self._on_notify(note.payload)
+                selector.select()
 
     def _on_connected(self) -> None:
         with self._changed:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 from test_postgres_support import MakeDriver, make_driver, unique_schema
 
-from driver_registry import POSTGRES_URL
+from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.drivers.postgres import PostgresDriver
+from taskharbor.drivers.postgres_notify import Listener
 from taskharbor.spec import EnqueueRequest
 
 __all__ = ["make_driver"]
@@ -96,3 +98,46 @@ def test_without_notifications_an_idle_waiter_polls(make_driver: MakeDriver) -> 
     assert time.monotonic() - started >= 0.29  # nothing to do: waits the whole timeout
     assert wake_latency(worker, producer, "mail") < 0.5
     assert listener_pids(schema) == set()
+
+
+def started_listener(schema: str) -> Listener:
+    """A listener on the schema's channel, connected."""
+    skip_without_postgres()
+    listener = Listener(POSTGRES_URL, f"taskharbor_{schema}")
+    listener.start(settle=5.0)
+    assert listener.connected
+    return listener
+
+
+def voluntary_switches(thread: threading.Thread) -> int:
+    """How often ``thread`` has gone to sleep (Linux)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    (line,) = (line for line in status.splitlines() if line.startswith("voluntary_ctxt_switches"))
+    return int(line.split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_an_idle_listener_thread_sleeps_until_something_arrives() -> None:
+    schema = unique_schema()
+    listener = started_listener(schema)
+    try:
+        (thread,) = (t for t in threading.enumerate() if t.name.endswith(schema))
+        time.sleep(0.1)  # past the LISTEN and the first look at the socket
+        before = voluntary_switches(thread)
+        time.sleep(0.5)
+        assert voluntary_switches(thread) - before <= 1, "the idle listener thread woke up"
+    finally:
+        listener.close()
+
+
+def test_closing_a_listener_is_prompt_and_can_be_repeated() -> None:
+    took = []
+    for _ in range(3):
+        listener = started_listener(unique_schema())
+        time.sleep(0.05)
+        started = time.monotonic()
+        listener.close()
+        took.append(time.monotonic() - started)
+        listener.close()
+        assert not listener.connected
+    assert sorted(took)[1] < 0.05, f"closing took {sorted(took)[1] * 1000:.0f} ms"
