@@ -25,12 +25,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import cache
+from itertools import groupby
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
-    FINISHED_JOB_STATES,
     JOB,
     WORKFLOW,
     WORKFLOW_CANCELLED,
@@ -78,6 +79,7 @@ from taskharbor.spec.table import NEW, QUEUED_JOB_STATES
 from . import sqlite_schema
 from .corrupt_rows import split_leased
 from .sqlite_rows import (
+    JOB_COLUMNS,
     dump_json,
     error_entry,
     from_micros,
@@ -88,9 +90,11 @@ from .sqlite_rows import (
 )
 from .sqlite_sql import (
     DUE_ROWS,
-    IDS_PER_STATEMENT,
+    FINISHED_STATES,
+    LEASE_JOBS,
     LEASED_ROWS,
-    lease_update,
+    TOKEN_CHARS,
+    leaving_running,
     literal_list,
     ready_jobs_query,
     target_case,
@@ -107,21 +111,18 @@ CHANGE_POLL_SECONDS = 0.002
 """How often :meth:`SQLiteDriver.wait_for_jobs` asks whether the file changed (a cheap
 pragma, no read): the wake-up delay after another process enqueues."""
 
-_INSERT_JOB = """
-    INSERT INTO jobs (
-        task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts,
-        created_at, idempotency_key, workflow_id, depends_on, step_args, step_input
-    )
-    VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)
-    RETURNING *
-"""
-
 _PROMOTE_CASE, _PROMOTE_PARAMS = target_case(JobEvent.PROMOTE)
 _PROMOTE = f"UPDATE jobs SET state = {_PROMOTE_CASE} WHERE {DUE_ROWS} AND run_at <= :now"
 _NEXT_DUE = f"SELECT MIN(run_at) FROM jobs WHERE {DUE_ROWS}"
 
+_LEAVING_RUNNING_PARAMS = {
+    "cancelled": JobState.CANCELLED.value,
+    "by_request": CANCELLED_BY_REQUEST,
+}
+"""The parameters of :func:`leaving_running`'s assignments (with ``:now``)."""
+
 _RESCUE_CASE, _RESCUE_PARAMS = target_case(JobEvent.LEASE_EXPIRED)
-_FINISHED = literal_list(FINISHED_JOB_STATES)
+_RESCUE_EFFECTS = leaving_running("expired.target")
 _RESCUE = f"""
     UPDATE jobs SET
         state = expired.target,
@@ -129,9 +130,7 @@ _RESCUE = f"""
             'attempt', attempt, 'at', :now, 'type', :error_type,
             'message', :error_message, 'traceback', NULL)),
         run_at = CASE WHEN expired.target = :available THEN :now ELSE run_at END,
-        finished_at = CASE WHEN expired.target IN {_FINISHED} THEN :now ELSE finished_at END,
-        reason = CASE WHEN expired.target = :cancelled THEN :by_request ELSE reason END,
-        lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, cancel_requested = 0
+        {_RESCUE_EFFECTS}
     FROM (
         SELECT id, {_RESCUE_CASE} AS target FROM jobs
         WHERE {LEASED_ROWS} AND lease_expires_at <= :now
@@ -140,9 +139,25 @@ _RESCUE = f"""
     RETURNING jobs.id, jobs.state, jobs.workflow_id
 """
 
+_SUCCEED_CASE, _SUCCEED_PARAMS = target_case(JobEvent.SUCCEED)
+_COMPLETE_EFFECTS = leaving_running("done.target")
+_COMPLETE = f"""
+    UPDATE jobs SET state = done.target, result = done.result, {_COMPLETE_EFFECTS}
+    FROM (
+        SELECT job.id, {_SUCCEED_CASE} AS target, json_extract(item.value, '$[2]') AS result
+        FROM json_each(:items) AS item
+        JOIN jobs AS job ON job.id = json_extract(item.value, '$[0]')
+        WHERE job.state = :running AND job.lease_token = json_extract(item.value, '$[1]')
+    ) AS done
+    WHERE jobs.id = done.id
+    RETURNING jobs.id, jobs.state, jobs.workflow_id
+"""
+"""Event ``succeed`` for every live lease of ``:items``, a JSON array of ``[job id, token,
+result as JSON text]``; returns the rows it changed (in no particular order)."""
+
 _PRUNE_JOBS = f"""
     DELETE FROM jobs
-    WHERE workflow_id IS NULL AND state IN {_FINISHED} AND finished_at < :horizon
+    WHERE workflow_id IS NULL AND state IN {FINISHED_STATES} AND finished_at < :horizon
 """
 _PRUNABLE_WORKFLOW_STATES = literal_list({WorkflowState.SUCCEEDED, WorkflowState.CANCELLED})
 _PRUNE_WORKFLOW_STEPS = f"""
@@ -151,7 +166,7 @@ _PRUNE_WORKFLOW_STEPS = f"""
         WHERE w.state IN {_PRUNABLE_WORKFLOW_STATES} AND NOT EXISTS (
             SELECT 1 FROM jobs AS step
             WHERE step.workflow_id = w.id
-            AND NOT (step.state IN {_FINISHED} AND COALESCE(step.finished_at < :horizon, 0))
+            AND NOT (step.state IN {FINISHED_STATES} AND COALESCE(step.finished_at < :horizon, 0))
         )
     )
 """
@@ -299,9 +314,22 @@ class SQLiteDriver(Driver):
     # -- producing ----------------------------------------------------------------
 
     def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        """Event ``enqueue`` for each request, in order.
+
+        Each run of requests without an idempotency key is one ``executemany``;
+        a request with a key is looked up first, one at a time, so that it sees
+        the jobs of the requests before it.
+        """
         check_batch(requests, EnqueueRequest, "enqueue")
+        results: list[EnqueueResult] = []
         with self._transaction() as tx:
-            return [self._insert(tx, request) for request in requests]
+            for keyed, run in groupby(requests, _has_key):
+                if keyed:
+                    results += [self._insert(tx, request) for request in run]
+                else:
+                    rows = tx.insert([_job_values(tx, request) for request in run])
+                    results += [EnqueueResult(job_record(row), created=True) for row in rows]
+        return results
 
     def _insert(
         self,
@@ -321,33 +349,15 @@ class SQLiteDriver(Driver):
         """
         if request.idempotency_key is not None:
             holder = tx.conn.execute(
-                "SELECT * FROM jobs WHERE idempotency_key = ?", (request.idempotency_key,)
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?",
+                (request.idempotency_key,),
             ).fetchone()
             if holder is not None:
                 return EnqueueResult(job_record(holder), created=False)
-        run_at = tx.now_us if request.run_at is None else to_micros(request.run_at)
-        facts = {"waits_on_dependencies": bool(depends_on), "run_at_in_future": run_at > tx.now_us}
-        state = JobState(JOB.resolve(JobEvent.ENQUEUE, NEW, facts))
-        args = dump_json(list(request.args))
-        row = tx.conn.execute(
-            _INSERT_JOB,
-            (
-                request.task,
-                request.queue,
-                state.value,
-                args,
-                dump_json(dict(request.kwargs)),
-                request.priority,
-                run_at,
-                request.max_attempts,
-                tx.now_us,
-                request.idempotency_key,
-                workflow_id,
-                dump_json(list(depends_on)),
-                None if workflow_id is None else args,
-                None if step_input is None else dump_json(step_input),
-            ),
-        ).fetchone()
+        values = _job_values(
+            tx, request, workflow_id=workflow_id, depends_on=depends_on, step_input=step_input
+        )
+        [row] = tx.insert([values])
         return EnqueueResult(job_record(row), created=True)
 
     def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
@@ -391,18 +401,23 @@ class SQLiteDriver(Driver):
         with self._transaction() as tx:
             expires = to_micros(tx.now + timedelta(seconds=args.lease_seconds))
             ready = [
-                row["id"]
+                row[0]
                 for row in tx.conn.execute(
                     ready_jobs_query(len(queue_params)), {**queue_params, "limit": args.limit}
                 )
             ]
-            rows: list[sqlite3.Row] = []
-            for start in range(0, len(ready), IDS_PER_STATEMENT):
-                chunk = ready[start : start + IDS_PER_STATEMENT]
-                pairs = [value for job_id in chunk for value in (job_id, secrets.token_hex(16))]
-                rows += tx.conn.execute(
-                    lease_update(len(chunk)), (target.value, expires, args.worker_id, *pairs)
-                ).fetchall()
+            if not ready:
+                return []
+            rows = tx.conn.execute(
+                LEASE_JOBS,
+                {
+                    "target": target.value,
+                    "expires": expires,
+                    "worker": args.worker_id,
+                    "ids": dump_json(ready),
+                    "tokens": secrets.token_hex(TOKEN_CHARS // 2 * len(ready)),
+                },
+            ).fetchall()
         leased, corrupt = split_leased(rows, job_record)
         if corrupt:
             self.fail(corrupt)
@@ -423,12 +438,30 @@ class SQLiteDriver(Driver):
         return HeartbeatResult(tuple(lost), frozenset(cancel_requested))
 
     def complete(self, completions: Sequence[Completion]) -> list[LeaseLost]:
+        """Event ``succeed`` for every live lease, in one statement; the others are lost.
+
+        Applying the event before reading the refused items changes nothing
+        they see (only live leases are written), and an unknown id still
+        raises before anything commits.  Workflow effects follow in request
+        order, once every report is written.
+        """
         check_batch(completions, Completion, "complete")
+        items = dump_json(
+            [[item.job_id, item.token, dump_json(item.result)] for item in completions]
+        )
+        params = {
+            **_SUCCEED_PARAMS,
+            **_LEAVING_RUNNING_PARAMS,
+            "running": JobState.RUNNING.value,
+            "items": items,
+        }
         with self._transaction() as tx:
-            lost, live = _fence(tx, completions)
-            for item, row in live:
-                state = tx.move(row, JobEvent.SUCCEED, result=dump_json(item.result))
-                tx.after_step_finished(row["id"], state, row["workflow_id"])
+            done = {row[0]: row for row in tx.conn.execute(_COMPLETE, {**params, "now": tx.now_us})}
+            lost = _stale(tx, [item for item in completions if item.job_id not in done])
+            for item in completions:
+                row = done.get(item.job_id)
+                if row is not None and row["workflow_id"] is not None:
+                    tx.after_step_finished(row["id"], JobState(row["state"]), row["workflow_id"])
             return lost
 
     def fail(self, failures: Sequence[Failure]) -> list[LeaseLost]:
@@ -492,7 +525,8 @@ class SQLiteDriver(Driver):
                 if workflow_id is None:
                     continue
                 cancelled_steps = tx.conn.execute(
-                    "SELECT * FROM jobs WHERE workflow_id = ? AND state = ? ORDER BY id",
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = ? AND state = ? "
+                    "ORDER BY id",
                     (workflow_id, JobState.CANCELLED.value),
                 ).fetchall()
                 for step in cancelled_steps:
@@ -511,11 +545,10 @@ class SQLiteDriver(Driver):
     def rescue(self) -> list[JobId]:
         params: dict[str, object] = {
             **_RESCUE_PARAMS,
+            **_LEAVING_RUNNING_PARAMS,
             "error_type": LEASE_EXPIRED_TYPE,
             "error_message": LEASE_EXPIRED_MESSAGE,
             "available": JobState.AVAILABLE.value,
-            "cancelled": JobState.CANCELLED.value,
-            "by_request": CANCELLED_BY_REQUEST,
         }
         with self._transaction() as tx:
             rescued = tx.conn.execute(_RESCUE, {**params, "now": tx.now_us}).fetchall()
@@ -563,7 +596,8 @@ class SQLiteDriver(Driver):
         clause = " AND ".join(conditions) or "1"
         with self._transaction(write=False) as tx:
             rows = tx.conn.execute(
-                f"SELECT * FROM jobs WHERE {clause} ORDER BY id LIMIT ?", (*params, where.limit)
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {clause} ORDER BY id LIMIT ?",
+                (*params, where.limit),
             ).fetchall()
         return [job_record(row) for row in rows]
 
@@ -655,6 +689,49 @@ def _queue_params(queues: tuple[str, ...]) -> dict[str, str]:
     return {f"q{index}": queue for index, queue in enumerate(queues)}
 
 
+def _has_key(request: EnqueueRequest) -> bool:
+    """Whether enqueueing the request must look its idempotency key up first."""
+    return request.idempotency_key is not None
+
+
+@cache
+def _enqueue_target(waits_on_dependencies: bool, run_at_in_future: bool) -> JobState:
+    """Event ``enqueue``'s target for these facts (the table is fixed: resolved once each)."""
+    facts = {"waits_on_dependencies": waits_on_dependencies, "run_at_in_future": run_at_in_future}
+    return JobState(JOB.resolve(JobEvent.ENQUEUE, NEW, facts))
+
+
+def _job_values(
+    tx: Writes,
+    request: EnqueueRequest,
+    *,
+    workflow_id: WorkflowId | None = None,
+    depends_on: tuple[JobId, ...] = (),
+    step_input: object = None,
+) -> tuple[object, ...]:
+    """The new job's column values, in the order of ``INSERT_COLUMNS``."""
+    run_at = tx.now_us if request.run_at is None else to_micros(request.run_at)
+    state = _enqueue_target(bool(depends_on), run_at > tx.now_us)
+    args = dump_json(list(request.args)) if request.args else "[]"
+    return (
+        request.task,
+        request.queue,
+        state.value,
+        args,
+        dump_json(dict(request.kwargs)) if request.kwargs else "{}",
+        request.priority,
+        run_at,
+        0,
+        request.max_attempts,
+        tx.now_us,
+        request.idempotency_key,
+        workflow_id,
+        dump_json(list(depends_on)) if depends_on else "[]",
+        None if workflow_id is None else args,
+        None if step_input is None else dump_json(step_input),
+    )
+
+
 def _live(row: sqlite3.Row, token: str) -> bool:
     """A lease is live while the job is running under that token (expired or not)."""
     return bool(row["state"] == JobState.RUNNING and row["lease_token"] == token)
@@ -679,3 +756,12 @@ def _fence(
         else:
             lost.append(LeaseLost.stale(row["id"], item.token, JobState(row["state"])))
     return lost, live
+
+
+def _stale(tx: Writes, items: Sequence[_Fenced]) -> list[LeaseLost]:
+    """``LeaseLost`` for each of these items, in order: their jobs exist, their leases not."""
+    rows = tx.rows([item.job_id for item in items]) if items else []
+    return [
+        LeaseLost.stale(row["id"], item.token, JobState(row["state"]))
+        for item, row in zip(items, rows, strict=True)
+    ]

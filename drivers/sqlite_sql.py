@@ -8,14 +8,22 @@ predicate on the row and every state passed as a parameter.
 Partial indexes cannot take parameters, so the row predicates they index on
 (and that the queries repeat, so the planner can use them) are built here from
 the :class:`JobState` members, once.
+
+Batches of job ids (and of reports) reach SQL as one JSON array read with
+``json_each``, and a batch of new jobs is one ``executemany``, so a
+statement's text does not depend on the batch's size and SQLite prepares it
+once per connection (its statement cache is keyed by the text).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
+from functools import cache
 
-from taskharbor.spec import JOB, JobEvent, JobState
+from taskharbor.spec import FINISHED_JOB_STATES, JOB, JobEvent, JobState
+
+from .sqlite_rows import JOB_COLUMNS
 
 GUARD_SQL: Mapping[str, str] = {
     "cancel_requested": "cancel_requested <> 0",
@@ -51,6 +59,9 @@ LEASED_ROWS = f"state IN {literal_list(_states(JobEvent.LEASE_EXPIRED))}"
 ALL_STATES = literal_list(JobState)
 """Every persisted state, for the ``CHECK`` constraint on the state column."""
 
+FINISHED_STATES = literal_list(FINISHED_JOB_STATES)
+"""The states in which a job is finished (``finished_at`` is set)."""
+
 
 def target_case(event: JobEvent) -> tuple[str, dict[str, str]]:
     """A SQL ``CASE`` giving the row's target state for ``event``, and its parameters.
@@ -84,6 +95,7 @@ LEASE_ORDER = "priority DESC, run_at, id"
 """The order jobs are leased in: the lease index's order after the queue."""
 
 
+@cache
 def ready_jobs_query(queue_count: int) -> str:
     """The ids of the next jobs to lease from ``queue_count`` queues, in lease order.
 
@@ -100,21 +112,50 @@ def ready_jobs_query(queue_count: int) -> str:
     return f"SELECT id FROM ({walks}) ORDER BY {LEASE_ORDER} LIMIT :limit"
 
 
-IDS_PER_STATEMENT = 500
-"""Job ids per statement in batch reads and leases, well under SQLite's parameter limit."""
+JOBS_BY_ID = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+"""The rows of the jobs whose ids the JSON array parameter lists (in no particular order)."""
+
+TOKEN_CHARS = 32
+"""Length of a lease token: 16 random bytes in hex."""
+
+LEASE_JOBS = (
+    "UPDATE jobs SET state = :target, attempt = attempt + 1, "
+    f"lease_token = substr(:tokens, {TOKEN_CHARS} * leased.key + 1, {TOKEN_CHARS}), "
+    "lease_expires_at = :expires, leased_by = :worker "
+    "FROM json_each(:ids) AS leased WHERE jobs.id = leased.value "
+    f"RETURNING {JOB_COLUMNS}"
+)
+"""Lease the jobs whose ids the JSON array ``:ids`` lists, returning their rows (in no
+particular order).  ``:tokens`` holds one new token per id, concatenated: the ``n``-th
+job of the array gets the ``n``-th :data:`TOKEN_CHARS` characters."""
 
 
-def lease_update(count: int) -> str:
-    """Lease ``count`` jobs at once, each with its own token, returning their rows.
+def leaving_running(target: str) -> str:
+    """The assignments every event out of ``running`` shares, for a set-based ``UPDATE``.
 
-    Parameters, in order: the target state, ``lease_expires_at``, ``leased_by``,
-    then ``count`` pairs of job id and lease token.  The rows come back in no
-    particular order.
+    ``target`` is the SQL expression of the row's new state.  As
+    :meth:`~taskharbor.drivers.sqlite_writes.Writes.apply` does for one row:
+    ``finished_at`` is set when the job finishes, a cancelled job gets the
+    default reason, and the lease fields are cleared.  Parameters: ``:now``,
+    ``:cancelled`` (the state) and ``:by_request`` (the reason).
     """
-    pairs = ", ".join(["(?, ?)"] * count)
     return (
-        "UPDATE jobs SET state = ?, attempt = attempt + 1, lease_token = leased.token, "
-        "lease_expires_at = ?, leased_by = ? "
-        f"FROM (SELECT column1 AS id, column2 AS token FROM (VALUES {pairs})) AS leased "
-        "WHERE jobs.id = leased.id RETURNING *"
+        f"finished_at = CASE WHEN {target} IN {FINISHED_STATES} THEN :now ELSE finished_at END, "
+        f"reason = CASE WHEN {target} = :cancelled THEN :by_request ELSE reason END, "
+        "lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, cancel_requested = 0"
     )
+
+
+INSERT_COLUMNS = (
+    "task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, created_at, "
+    "idempotency_key, workflow_id, depends_on, step_args, step_input"
+)
+"""The columns an enqueue writes, in the order :data:`INSERT_JOB` binds them."""
+
+INSERT_JOB = (
+    f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+"""Insert one job, binding :data:`INSERT_COLUMNS` (run with ``executemany`` for a batch)."""
+
+JOBS_AFTER = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id > ? ORDER BY id"
+"""The rows of the jobs whose id is above the parameter, in id order."""

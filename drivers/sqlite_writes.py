@@ -31,8 +31,8 @@ from taskharbor.spec import (
 )
 from taskharbor.spec.records import map_ref
 
-from .sqlite_rows import dump_json, load_json, to_micros
-from .sqlite_sql import IDS_PER_STATEMENT
+from .sqlite_rows import JOB_COLUMNS, dump_json, load_json, to_micros
+from .sqlite_sql import INSERT_JOB, JOBS_AFTER, JOBS_BY_ID
 
 _LEASE_CLEARED: Mapping[str, Any] = {
     "lease_token": None,
@@ -68,20 +68,29 @@ class Writes:
         return [found[job_id] for job_id in job_ids]
 
     def rows_by_id(self, job_ids: Iterable[JobId]) -> dict[JobId, sqlite3.Row]:
-        # An id beyond SQLite's INTEGER cannot be bound, and no job has it: not found.
-        wanted = [job_id for job_id in dict.fromkeys(job_ids) if abs(job_id) <= INTEGER_MAX]
-        found: dict[JobId, sqlite3.Row] = {}
-        for start in range(0, len(wanted), IDS_PER_STATEMENT):
-            chunk = wanted[start : start + IDS_PER_STATEMENT]
-            marks = ", ".join("?" * len(chunk))
-            for row in self.conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk):
-                found[row["id"]] = row
-        return found
+        # An id beyond SQLite's INTEGER cannot be stored, and no job has it: not found.
+        wanted = [job_id for job_id in job_ids if abs(job_id) <= INTEGER_MAX]
+        return {row[0]: row for row in self.conn.execute(JOBS_BY_ID, (dump_json(wanted),))}
 
     def _steps(self, workflow_id: WorkflowId) -> list[sqlite3.Row]:
         return self.conn.execute(
-            "SELECT * FROM jobs WHERE workflow_id = ? ORDER BY id", (workflow_id,)
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = ? ORDER BY id", (workflow_id,)
         ).fetchall()
+
+    # -- inserting --------------------------------------------------------------
+
+    def insert(self, rows: Sequence[Sequence[object]]) -> list[sqlite3.Row]:
+        """Insert jobs (values in the order of ``INSERT_COLUMNS``); their stored rows, in order.
+
+        Each new id is above every id before it (``AUTOINCREMENT``), and no
+        other writer runs inside the call's ``BEGIN IMMEDIATE``: the jobs above
+        the largest id before the insert are these, in their order.
+        """
+        if len(rows) == 1:  # one statement instead of three
+            return self.conn.execute(f"{INSERT_JOB} RETURNING {JOB_COLUMNS}", rows[0]).fetchall()
+        (last,) = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
+        self.conn.executemany(INSERT_JOB, rows)
+        return self.conn.execute(JOBS_AFTER, (last,)).fetchall()
 
     def _unsucceeded(self, job_ids: Sequence[JobId]) -> bool:
         """Whether any of these jobs has not succeeded (one query, however many)."""
@@ -170,7 +179,7 @@ class Writes:
     def _release_dependents(self, job_id: JobId, workflow_id: WorkflowId) -> None:
         """Event ``release`` for each pending step whose last dependency just succeeded."""
         pending = self.conn.execute(
-            "SELECT * FROM jobs WHERE workflow_id = ? AND state = ? ORDER BY id",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = ? AND state = ? ORDER BY id",
             (workflow_id, JobState.PENDING.value),
         ).fetchall()
         for step in pending:

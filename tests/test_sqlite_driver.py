@@ -13,7 +13,13 @@ import pytest
 
 from taskharbor.drivers import sqlite as sqlite_driver
 from taskharbor.drivers.sqlite import SQLiteDriver
-from taskharbor.drivers.sqlite_sql import GUARD_SQL, lease_update, ready_jobs_query, target_case
+from taskharbor.drivers.sqlite_sql import (
+    GUARD_SQL,
+    JOBS_BY_ID,
+    LEASE_JOBS,
+    ready_jobs_query,
+    target_case,
+)
 from taskharbor.spec import (
     JOB,
     Completion,
@@ -23,6 +29,7 @@ from taskharbor.spec import (
     JobEvent,
     JobState,
 )
+from taskharbor.spec.model import ReferenceModel
 
 COMPILABLE = [
     event
@@ -99,9 +106,46 @@ def test_lease_promote_and_rescue_are_index_searches(tmp_path: Path) -> None:
         searches = [step for step in steps if step.startswith(("SEARCH", "SCAN"))]
         assert any(f"USING INDEX {indexes[name]}" in step for step in searches), (name, steps)
         assert not [step for step in searches if step.startswith("SCAN jobs")], (name, steps)
-    leasing = plan(conn, lease_update(3), ("running", 0, "w", 1, "a", 2, "b", 3, "c"))
-    assert "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)" in leasing
+    by_id = {
+        "lease": (
+            LEASE_JOBS,
+            {"target": "running", "expires": 0, "worker": "w", "ids": "[1, 2]", "tokens": ""},
+        ),
+        "complete": (
+            sqlite_driver._COMPLETE,
+            dict.fromkeys(["running", "cancelled", "by_request", "items"], "")
+            | sqlite_driver._SUCCEED_PARAMS
+            | now,
+        ),
+        "read by id": (JOBS_BY_ID, ("[1, 2]",)),
+    }
+    for name, (sql, params) in by_id.items():
+        steps = plan(conn, sql, params)
+        assert any("USING INTEGER PRIMARY KEY (rowid=?)" in step for step in steps), (name, steps)
+        assert not [step for step in steps if step.startswith("SCAN job")], (name, steps)
     conn.close()
+
+
+def test_a_large_mixed_batch_is_stored_as_the_reference_model_stores_it(tmp_path: Path) -> None:
+    """A batch insert keeps the batch's order; keyed requests see the jobs before them."""
+    clock = FakeClock()
+    later = clock.now() + timedelta(minutes=5)
+    requests = [
+        EnqueueRequest(
+            f"task-{n % 7}",
+            args=(n, [n]) if n % 3 else (),
+            kwargs={"n": n} if n % 5 == 0 else {},
+            priority=n % 4,
+            run_at=later if n % 11 == 0 else None,
+            idempotency_key=f"key-{n % 13}" if n % 97 == 0 else None,
+        )
+        for n in range(1000)
+    ]
+    driver = SQLiteDriver(tmp_path / "batch.db", clock=clock)
+    model = ReferenceModel(clock=clock)
+    assert driver.enqueue(requests) == model.enqueue(requests)
+    assert driver.enqueue(requests[:300]) == model.enqueue(requests[:300])
+    driver.close()
 
 
 def test_a_duplicate_idempotency_key_is_refused_by_the_store_itself(tmp_path: Path) -> None:
