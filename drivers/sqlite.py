@@ -6,8 +6,20 @@ writer at a time take it (others wait up to the busy timeout), so two
 processes never lease the same job, fencing checks and their writes are
 atomic, and a workflow step's release or cascade commits with the call that
 finished the step.  Idempotency keys are guarded by a partial ``UNIQUE``
-index.  ``synchronous = FULL``: a call that returned is on disk, even across
-a power loss.
+index.
+
+Durability: what a caller asked for is on disk when the call returns, even
+across a power loss: ``enqueue``, ``enqueue_workflow``, ``cancel``,
+``cancel_workflow`` and ``requeue`` commit with ``synchronous = FULL``, which
+flushes the write-ahead log, and with it every commit before theirs.  The
+worker's own calls (``lease``, ``heartbeat``, ``complete``, ``fail``,
+``snooze``, ``promote``, ``rescue``, ``prune``) commit with ``synchronous =
+NORMAL``: they survive the crash of any process, but a power loss or an
+operating-system crash may undo the last of them (those after the last flush;
+the file stays consistent, at the state after some earlier call).  Undoing one
+only makes work happen again, which at-least-once delivery allows: a job whose
+report was undone is ``running`` again and is rescued when its lease expires.
+Skipping that flush is most of the cost of a lease or a report.
 
 Each thread gets its own connection (SQLite connections are not meant to be
 shared between threads); :meth:`SQLiteDriver.close` closes all of them, each
@@ -110,6 +122,12 @@ WAIT_POLL_SECONDS = 0.05
 CHANGE_POLL_SECONDS = 0.002
 """How often :meth:`SQLiteDriver.wait_for_jobs` asks whether the file changed (a cheap
 pragma, no read): the wake-up delay after another process enqueues."""
+
+_DURABLE = "PRAGMA synchronous = FULL"
+"""Commit flushes the write-ahead log: the call survives a power loss."""
+
+_NOT_FLUSHED = "PRAGMA synchronous = NORMAL"
+"""Commit leaves the flush to the next durable commit or checkpoint (worker calls)."""
 
 _PROMOTE_CASE, _PROMOTE_PARAMS = target_case(JobEvent.PROMOTE)
 _PROMOTE = f"UPDATE jobs SET state = {_PROMOTE_CASE} WHERE {DUE_ROWS} AND run_at <= :now"
@@ -286,7 +304,7 @@ class SQLiteDriver(Driver):
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(_DURABLE)  # for the migrations, which commit outside _transaction
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -294,12 +312,19 @@ class SQLiteDriver(Driver):
         return conn
 
     @contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[Writes]:
-        """One SPI call: ``BEGIN IMMEDIATE`` (or a read snapshot), committed only if it returns."""
+    def _transaction(self, *, write: bool = True, durable: bool = True) -> Iterator[Writes]:
+        """One SPI call: ``BEGIN IMMEDIATE`` (or a read snapshot), committed only if it returns.
+
+        ``durable=False`` for the worker's calls: their commit does not flush
+        the write-ahead log (see the module's docstring).  The setting is the
+        connection's, and SQLite takes it only outside a transaction.
+        """
         with self._using() as conn:
             if not self._schema_current:
                 sqlite_schema.require_current(conn, self.path)
                 self._schema_current = True
+            if write:
+                conn.execute(_DURABLE if durable else _NOT_FLUSHED)
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 # Read once the write lock is held, so that the writes of calls
@@ -398,7 +423,7 @@ class SQLiteDriver(Driver):
         args = check_lease_args(queues, limit, lease_seconds, worker_id)
         queue_params = _queue_params(args.queues)
         target = JobState(JOB.resolve(JobEvent.LEASE, JobState.AVAILABLE))
-        with self._transaction() as tx:
+        with self._transaction(durable=False) as tx:
             expires = to_micros(tx.now + timedelta(seconds=args.lease_seconds))
             ready = [
                 row[0]
@@ -428,7 +453,7 @@ class SQLiteDriver(Driver):
         check_batch(leases, LeaseRef, "heartbeat")
         seconds = check_lease_seconds(lease_seconds)
         cancel_requested: set[JobId] = set()
-        with self._transaction() as tx:
+        with self._transaction(durable=False) as tx:
             expires = to_micros(tx.now + timedelta(seconds=seconds))
             lost, live = _fence(tx, leases)
             for _, row in live:
@@ -455,7 +480,7 @@ class SQLiteDriver(Driver):
             "running": JobState.RUNNING.value,
             "items": items,
         }
-        with self._transaction() as tx:
+        with self._transaction(durable=False) as tx:
             done = {row[0]: row for row in tx.conn.execute(_COMPLETE, {**params, "now": tx.now_us})}
             lost = _stale(tx, [item for item in completions if item.job_id not in done])
             for item in completions:
@@ -466,7 +491,7 @@ class SQLiteDriver(Driver):
 
     def fail(self, failures: Sequence[Failure]) -> list[LeaseLost]:
         check_batch(failures, Failure, "fail")
-        with self._transaction() as tx:
+        with self._transaction(durable=False) as tx:
             lost, live = _fence(tx, failures)
             for item, row in live:
                 facts = {
@@ -487,7 +512,7 @@ class SQLiteDriver(Driver):
 
     def snooze(self, requests: Sequence[SnoozeRequest]) -> list[LeaseLost]:
         check_batch(requests, SnoozeRequest, "snooze")
-        with self._transaction() as tx:
+        with self._transaction(durable=False) as tx:
             lost, live = _fence(tx, requests)
             for item, row in live:
                 facts = {"cancel_requested": bool(row["cancel_requested"])}
@@ -537,7 +562,7 @@ class SQLiteDriver(Driver):
     # -- maintenance --------------------------------------------------------------------
 
     def promote(self) -> PromoteResult:
-        with self._transaction() as tx:
+        with self._transaction(durable=False) as tx:
             promoted = tx.conn.execute(_PROMOTE, {**_PROMOTE_PARAMS, "now": tx.now_us}).rowcount
             next_due = tx.conn.execute(_NEXT_DUE).fetchone()[0]
         return PromoteResult(promoted, None if next_due is None else from_micros(next_due))
@@ -550,7 +575,7 @@ class SQLiteDriver(Driver):
             "error_message": LEASE_EXPIRED_MESSAGE,
             "available": JobState.AVAILABLE.value,
         }
-        with self._transaction() as tx:
+        with self._transaction(durable=False) as tx:
             rescued = tx.conn.execute(_RESCUE, {**params, "now": tx.now_us}).fetchall()
             rescued.sort(key=lambda row: row["id"])
             for row in rescued:
@@ -560,7 +585,7 @@ class SQLiteDriver(Driver):
     def prune(self, finished_before: datetime) -> int:
         check_aware(finished_before, "finished_before")
         horizon = {"horizon": to_micros(finished_before)}
-        with self._transaction() as tx:
+        with self._transaction(durable=False) as tx:
             deleted = tx.conn.execute(_PRUNE_JOBS, horizon).rowcount
             deleted += tx.conn.execute(_PRUNE_WORKFLOW_STEPS, horizon).rowcount
             tx.conn.execute(_PRUNE_WORKFLOWS)

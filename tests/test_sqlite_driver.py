@@ -6,6 +6,7 @@ import itertools
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from taskharbor.spec import (
     InvalidRequest,
     JobEvent,
     JobState,
+    LeaseRef,
 )
 from taskharbor.spec.model import ReferenceModel
 
@@ -145,6 +147,38 @@ def test_a_large_mixed_batch_is_stored_as_the_reference_model_stores_it(tmp_path
     model = ReferenceModel(clock=clock)
     assert driver.enqueue(requests) == model.enqueue(requests)
     assert driver.enqueue(requests[:300]) == model.enqueue(requests[:300])
+    driver.close()
+
+
+def test_only_the_calls_carrying_a_callers_request_flush_the_log(tmp_path: Path) -> None:
+    """Enqueue, cancel and requeue commit with ``synchronous = FULL``; worker calls don't."""
+    driver = SQLiteDriver(tmp_path / "flush.db")
+    statements: list[str] = []
+    driver._handle().conn.set_trace_callback(statements.append)
+    calls: dict[str, Callable[[], object]] = {
+        "enqueue": lambda: driver.enqueue([EnqueueRequest("task")]),
+        "cancel": lambda: driver.cancel([1]),
+        "requeue": lambda: driver.requeue([1]),
+        "lease": lambda: driver.lease(["default"], 1, 30.0, "w"),
+        "heartbeat": lambda: driver.heartbeat([LeaseRef(1, leased())], 30.0),
+        "complete": lambda: driver.complete([Completion(1, leased())]),
+        "promote": driver.promote,
+        "rescue": driver.rescue,
+    }
+
+    def leased() -> str:
+        return driver.get([1])[0].lease_token or ""
+
+    settings: dict[str, str] = {}
+    for name, call in calls.items():
+        statements.clear()
+        call()
+        settings[name] = next(sql for sql in statements if "synchronous" in sql)
+    durable = {"enqueue", "cancel", "requeue"}
+    assert settings == {
+        name: f"PRAGMA synchronous = {'FULL' if name in durable else 'NORMAL'}" for name in calls
+    }
+    assert driver.get([1])[0].state == JobState.SUCCEEDED
     driver.close()
 
 
