@@ -41,6 +41,7 @@ from taskharbor.spec import (
     LeaseLost,
     LeaseRef,
     SnoozeRequest,
+    StoreError,
     TaskHarborError,
 )
 from taskharbor.spec.records import check_lease_seconds, check_name
@@ -490,9 +491,12 @@ class Worker:
             try:
                 await self._io_call(self._write, batch)
                 failures = 0
-            except TaskHarborError:
-                logger.exception("worker %s: the store refused reports; dropped", self.worker_id)
-            except Exception:
+            except Exception as error:
+                if isinstance(error, TaskHarborError) and not isinstance(error, StoreError):
+                    # A refusal (a bad request, an unknown job): sending it again cannot help.
+                    # A StoreError (disk full, connection lost) may pass later: retried.
+                    logger.exception("worker %s: reports refused; dropped", self.worker_id)
+                    continue
                 failures += 1
                 if failures > REPORT_RETRIES:
                     logger.exception("worker %s: writing reports failed; dropped", self.worker_id)

@@ -16,7 +16,13 @@ from test_engine_support import burst, eventually, fake_app, make_app, running_w
 
 import taskharbor as th
 from driver_registry import DriverFactory
-from taskharbor.spec import CANCELLED_BY_REQUEST, JobNotFound, JobState, SystemClock
+from taskharbor.spec import (
+    CANCELLED_BY_REQUEST,
+    JobNotFound,
+    JobState,
+    StoreError,
+    SystemClock,
+)
 
 # -- handlers and outcomes -----------------------------------------------------------------
 
@@ -403,6 +409,34 @@ def counting(app: th.App, method: str) -> Iterator[list[Any]]:
         yield calls
     finally:
         delattr(app.driver, method)
+
+
+def test_reports_the_store_could_not_write_are_retried_not_dropped(
+    driver_factory: DriverFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A StoreError (a full disk, a lost connection) may pass: the worker writes the report
+    again rather than dropping it and letting the job run a second time."""
+    app = make_app(driver_factory)
+    runs: list[int] = []
+
+    @app.task
+    def once() -> int:
+        runs.append(1)
+        return 7
+
+    job = once.enqueue()
+    complete = app.driver.complete
+    failures = iter([StoreError("the disk holding the store is full")])
+
+    def flaky_complete(completions: Any) -> Any:
+        for error in failures:
+            raise error
+        return complete(completions)
+
+    monkeypatch.setattr(app.driver, "complete", flaky_complete)
+    burst(app)
+    done = app.get_job(job)
+    assert (done.state, done.result, done.attempt, len(runs)) == (JobState.SUCCEEDED, 7, 1, 1)
 
 
 def test_leases_and_reports_are_batched(driver_factory: DriverFactory) -> None:
