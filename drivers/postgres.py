@@ -27,12 +27,18 @@ from Django, ``django.db.connection.connection`` inside ``transaction.atomic()``
 
 ``notifications=False`` suits a pooler in transaction mode (PgBouncer), where
 LISTEN cannot work: idle workers then poll every ``poll_interval`` seconds.
+``prepared_statements=False`` suits a transaction-mode pooler that cannot keep
+prepared statements (PgBouncer before 1.21, or with ``max_prepared_statements
+= 0``): the enqueue statements, the only ones the driver prepares, are then
+parsed and planned at each call.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -104,6 +110,9 @@ RETRIES = 5
 """Attempts at a call that had to start over: PostgreSQL broke a deadlock with it, or an
 idempotency key's holder was pruned mid-call.  Either way the attempt changed nothing."""
 
+NEVER_AUTOMATICALLY = sys.maxsize
+"""psycopg's ``prepare_threshold`` for statements prepared only when asked (``prepare=True``)."""
+
 PRUNE_BATCH = 1000
 """Rows deleted per prune transaction: short transactions, short locks."""
 
@@ -111,7 +120,7 @@ PRUNE_BATCH = 1000
 class DatabaseClock:
     """The database server's clock: one clock for every worker, whatever their machines say."""
 
-    def __init__(self, pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]]) -> None:
+    def __init__(self, pool: ConnectionPool[PooledConnection]) -> None:
         self._pool = pool
 
     def now(self) -> datetime:
@@ -120,6 +129,24 @@ class DatabaseClock:
         assert row is not None
         moment: datetime = row[0]
         return moment.astimezone(UTC)
+
+
+class PooledConnection(psycopg.Connection[tuple[Any, ...]]):
+    """A connection of the driver's pool, with the one cursor every call on it reuses.
+
+    A new cursor looks up its parameters' dumpers and its columns' loaders
+    again: for a one-row statement that costs about half of what psycopg
+    spends sending it and reading the answer.  A pooled connection serves one
+    call at a time, so one cursor suffices.
+    """
+
+    _calls_cursor: psycopg.Cursor[Row] | None = None
+
+    def calls_cursor(self) -> psycopg.Cursor[Row]:
+        """The cursor (rows as dicts) shared by the driver's calls on this connection."""
+        if self._calls_cursor is None or self._calls_cursor.closed:
+            self._calls_cursor = self.cursor(row_factory=dict_row)
+        return self._calls_cursor
 
 
 class PostgresDriver(Driver):
@@ -134,6 +161,7 @@ class PostgresDriver(Driver):
         notifications: bool = True,
         pool_size: int = 4,
         poll_interval: float = 1.0,
+        prepared_statements: bool = True,
     ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise InvalidRequest(f"pool_size must be an int >= 1, not {pool_size!r}")
@@ -142,14 +170,21 @@ class PostgresDriver(Driver):
         self._tables = Tables(schema)
         self._given_clock = clock
         self._poll_interval = float(poll_interval)
-        # Statements are sent unprepared: each is planned with its actual
-        # parameters, so the partial indexes (whose predicates name states)
-        # stay usable; it also keeps transaction-mode poolers working.
-        self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
+        # Statements are sent unprepared, so each is planned with its actual
+        # parameters and the partial indexes (whose predicates name states)
+        # stay usable.  The enqueue statements read no partial index: they are
+        # prepared (parsing and planning them cost more than running them),
+        # unless a pooler cannot keep prepared statements.
+        self._prepare = True if prepared_statements else None
+        self._pool = ConnectionPool(
             conninfo,
+            connection_class=PooledConnection,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True, "prepare_threshold": None},
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": NEVER_AUTOMATICALLY if prepared_statements else None,
+            },
             num_workers=1,
             name=f"taskharbor-{schema}",
             open=True,
@@ -183,15 +218,23 @@ class PostgresDriver(Driver):
         """The call's now when a clock was given; None lets SQL read the database clock."""
         return None if self._given_clock is None else self._given_clock.now()
 
-    def _run(self, body: Callable[[psycopg.Cursor[Row], Params], T]) -> T:
-        """Run ``body`` in one transaction; again if PostgreSQL broke a deadlock with it."""
+    def _run(
+        self, body: Callable[[psycopg.Cursor[Row], Params], T], *, one_statement: bool = False
+    ) -> T:
+        """Run ``body`` in one transaction; again if PostgreSQL broke a deadlock with it.
+
+        A body that sends ``one_statement`` runs without BEGIN and COMMIT:
+        PostgreSQL makes each statement atomic by itself, and those two would
+        make one round trip three.  Such a body must not raise once its
+        statement has written: there is no transaction left to roll back.
+        """
         attempt = 1
         while True:
             try:
                 with self._pool.connection() as conn:
                     self._check_schema(conn)
-                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                        return body(cur, self._tables.params(self._now()))
+                    with nullcontext() if one_statement else conn.transaction():
+                        return body(conn.calls_cursor(), self._tables.params(self._now()))
             except (pg_errors.DeadlockDetected, enqueueing.KeyReleased):
                 if attempt >= RETRIES:
                     raise
@@ -219,8 +262,18 @@ class PostgresDriver(Driver):
     # -- producing ----------------------------------------------------------
 
     def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        """Store ``requests`` in one statement; in a transaction when a key may need a read.
+
+        Without idempotency keys the insert is the whole call.  With them, a
+        key found held is answered by a second statement, and a holder pruned
+        meanwhile makes the call start over, so the insert must be undone.
+        """
         check_batch(requests, EnqueueRequest, "enqueue")
-        return self._run(lambda cur, params: self._enqueue_on(cur, requests, params["now"]))
+        keyed = any(request.idempotency_key is not None for request in requests)
+        return self._run(
+            lambda cur, params: self._enqueue_on(cur, requests, params["now"], self._prepare),
+            one_statement=not keyed,
+        )
 
     def enqueue_in(
         self, conn: psycopg.Connection[Any], requests: Sequence[EnqueueRequest]
@@ -232,7 +285,7 @@ class PostgresDriver(Driver):
         """
         check_batch(requests, EnqueueRequest, "enqueue")
         with conn.cursor(row_factory=dict_row) as cur:
-            return self._enqueue_on(cur, requests, self._now())
+            return self._enqueue_on(cur, requests, self._now(), prepare=None)
 
     async def enqueue_in_async(
         self, conn: psycopg.AsyncConnection[Any], requests: Sequence[EnqueueRequest]
@@ -240,40 +293,46 @@ class PostgresDriver(Driver):
         """:meth:`enqueue_in` on an asynchronous connection."""
         check_batch(requests, EnqueueRequest, "enqueue")
         now = self._now()
-        params = self._insert_params(requests, now)
+        query, params = self._insert(requests, now)
         async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(self._insert_statement(), params)
-            inserted = await cur.fetchall()
+            await cur.execute(query, params)
+            stored = enqueueing.created(requests, await cur.fetchone())
             held: list[Row] = []
-            keys = enqueueing.unanswered_keys(requests, inserted)
+            keys = enqueueing.unanswered_keys(requests, stored)
             if keys:
                 await cur.execute(
                     enqueueing.held_statement(self._tables),
                     {**self._tables.params(now), "keys": keys},
                 )
                 held = await cur.fetchall()
-        return enqueueing.results(requests, inserted, held)
+        return enqueueing.results(requests, stored, held)
 
-    def _insert_statement(self) -> bytes:
-        return enqueueing.insert_statement(self._tables, notify=self._listener is not None)
-
-    def _insert_params(self, requests: Sequence[EnqueueRequest], now: datetime | None) -> Params:
-        params = enqueueing.insert_params(self._tables, requests, now)
-        params["channel"] = self._tables.channel
-        return params
+    def _insert(
+        self, requests: Sequence[EnqueueRequest], now: datetime | None
+    ) -> tuple[bytes, Params]:
+        return enqueueing.insert(self._tables, requests, now, notify=self._listener is not None)
 
     def _enqueue_on(
-        self, cur: psycopg.Cursor[Row], requests: Sequence[EnqueueRequest], now: datetime | None
+        self,
+        cur: psycopg.Cursor[Row],
+        requests: Sequence[EnqueueRequest],
+        now: datetime | None,
+        prepare: bool | None,
     ) -> list[EnqueueResult]:
-        inserted = cur.execute(
-            self._insert_statement(), self._insert_params(requests, now)
-        ).fetchall()
+        """The insert, then a read of the holders of keys it found held.
+
+        ``prepare`` is psycopg's: None leaves the choice to the connection's
+        own setting (a caller's connection, in transactional enqueue).
+        """
+        query, params = self._insert(requests, now)
+        answer = cur.execute(query, params, prepare=prepare).fetchone()
+        stored = enqueueing.created(requests, answer)
         held: list[Row] = []
-        keys = enqueueing.unanswered_keys(requests, inserted)
+        keys = enqueueing.unanswered_keys(requests, stored)
         if keys:
             query = enqueueing.held_statement(self._tables)
             held = cur.execute(query, {**self._tables.params(now), "keys": keys}).fetchall()
-        return enqueueing.results(requests, inserted, held)
+        return enqueueing.results(requests, stored, held)
 
     def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
         if not isinstance(graph, WorkflowGraph):
@@ -340,7 +399,7 @@ class PostgresDriver(Driver):
             rows = cur.execute(query, values).fetchall()
             return split_leased(rows, job_record)
 
-        leased, corrupt = self._run(body)
+        leased, corrupt = self._run(body, one_statement=True)
         if corrupt:
             self.fail(corrupt)
         return sorted(leased, key=lambda job: (-job.priority, job.run_at, job.id))
@@ -574,7 +633,7 @@ class PostgresDriver(Driver):
 
     def get(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
         ids = job_ids(job_ids_, "get", distinct=False)
-        return self._run(lambda cur, params: self._records(cur, params, ids))
+        return self._run(lambda cur, params: self._records(cur, params, ids), one_statement=True)
 
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         if not isinstance(where, JobFilter):
@@ -592,16 +651,19 @@ class PostgresDriver(Driver):
         return self._run(
             lambda cur, params: [
                 job_record(row) for row in cur.execute(query, {**params, **values}).fetchall()
-            ]
+            ],
+            one_statement=True,
         )
 
     def count(self) -> Mapping[tuple[str, JobState], int]:
         query = statements.count_jobs(self._tables)
-        rows = self._run(lambda cur, params: cur.execute(query).fetchall())
+        rows = self._run(lambda cur, params: cur.execute(query).fetchall(), one_statement=True)
         return {(row["queue"], JobState(row["state"])): row["n"] for row in rows}
 
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
-        return self._run(lambda cur, params: self._workflow(cur, params, workflow_id))
+        return self._run(
+            lambda cur, params: self._workflow(cur, params, workflow_id), one_statement=True
+        )
 
     def _workflow(
         self, cur: psycopg.Cursor[Row], params: Params, workflow_id: WorkflowId
@@ -661,7 +723,7 @@ class PostgresDriver(Driver):
             row = cur.execute(query, {**params, "queues": list(queues)}).fetchone()
             return bool(row and row["ready"])
 
-        return self._run(body)
+        return self._run(body, one_statement=True)
 
 
 def _lost(rows: Sequence[Row]) -> list[LeaseLost]:

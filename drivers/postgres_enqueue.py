@@ -1,9 +1,25 @@
-"""Enqueueing into PostgreSQL: one statement for a whole batch, on any connection.
+"""Enqueueing into PostgreSQL: one statement per call, on any connection.
 
-The statement is shared by :meth:`PostgresDriver.enqueue` (on the driver's
+The statements are shared by :meth:`PostgresDriver.enqueue` (on the driver's
 pool) and by transactional enqueue (on the caller's own connection, inside
-the caller's transaction), sync or async: :func:`insert_statement` and
-:func:`insert_params` build it, :func:`results` reads its rows back.
+the caller's transaction), sync or async: :func:`insert` picks one and builds
+its parameters, :func:`created` and :func:`results` read its answer back.
+
+Three shapes of one insert, because each costs what its case needs:
+
+* one request: a plain ``INSERT ... VALUES``, cheaper to parse, plan and run
+  than a statement over a set of rows;
+* a batch without idempotency keys: every request is stored, in request
+  order, so ids ascend with the requests and no join maps rows back;
+* a batch with keys: requests whose key is held are left out (see below),
+  and the rows are joined back to their requests' ordinals.
+
+A batch travels as one JSON array per field: encoding those is a few calls
+into the standard library's C encoder, where typed arrays cost a
+Python-level adaptation per job and per field.  Every shape answers with at
+most one row: arrays of ids, states and ordinals, and the creation time, what
+the database decided.  The rest of a new job's record is its request
+(:func:`new_job`), so no stored payload is sent back and decoded.
 
 Idempotency keys are enforced by a unique partial index, never by a read
 followed by a write: the insert skips requests whose key is already held
@@ -15,34 +31,78 @@ snapshot, so it sees a holder committed by another transaction meanwhile.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import sql
-from psycopg.types.json import Json
 
-from taskharbor.spec import EnqueueRequest, EnqueueResult, JobRecord, JobState, TaskHarborError
+from taskharbor.spec import (
+    EnqueueRequest,
+    EnqueueResult,
+    JobId,
+    JobRecord,
+    JobState,
+    TaskHarborError,
+)
 
 from .postgres_rows import job_columns, job_record
 from .postgres_sql import enqueue_case, job_state
 from .postgres_tables import Tables, statement
 
-_INSERT = """
+_COLUMNS = """task, queue, state, args, kwargs, priority, run_at,
+                         attempt, max_attempts, created_at, idempotency_key"""
+
+_ON_CONFLICT = "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+
+_INSERT_ONE = f"""
+INSERT INTO {{jobs}} AS j ({_COLUMNS})
+VALUES (%(task)s::text, %(queue)s::text, {{first_state}}, %(args)s::json, %(kwargs)s::json,
+        %(priority)s::smallint, COALESCE({{run_at}}, {{now}}), 0, %(max_attempts)s::integer,
+        {{now}}, %(key)s::text)
+{_ON_CONFLICT}
+RETURNING j.created_at, ARRAY[j.id] AS ids, ARRAY[j.state] AS states, NULL::bigint[] AS ords
+    {{notify}}
+"""
+
+_INPUT = """
 WITH input AS (
-    SELECT * FROM unnest(
-        %(task)s::text[], %(queue)s::text[], %(args)s::json[], %(kwargs)s::json[],
-        %(priority)s::smallint[], %(run_at)s::timestamptz[], %(max_attempts)s::integer[],
-        %(key)s::text[]
+    SELECT i.task, i.queue, i.args, i.kwargs, i.priority::smallint AS priority,
+           i.run_at::timestamptz AS run_at, i.max_attempts::integer AS max_attempts,
+           i.idempotency_key, i.ord
+    FROM ROWS FROM (
+        json_array_elements_text(%(task)s::json), json_array_elements_text(%(queue)s::json),
+        json_array_elements(%(args)s::json), json_array_elements(%(kwargs)s::json),
+        json_array_elements_text(%(priority)s::json), json_array_elements_text(%(run_at)s::json),
+        json_array_elements_text(%(max_attempts)s::json), json_array_elements_text(%(key)s::json)
     ) WITH ORDINALITY
     AS i(task, queue, args, kwargs, priority, run_at, max_attempts, idempotency_key, ord)
-),
+),"""
+
+_SELECTED = """f.task, f.queue, {first_state}, f.args, f.kwargs, f.priority,
+           COALESCE({run_at}, {now}), 0, f.max_attempts, {now}, f.idempotency_key"""
+
+_DECIDED = """min(j.created_at) AS created_at,
+       array_agg(j.id ORDER BY j.id) AS ids, array_agg(j.state ORDER BY j.id) AS states"""
+
+_INSERT_UNKEYED = f"""{_INPUT}
+inserted AS (
+    INSERT INTO {{jobs}} AS j ({_COLUMNS})
+    SELECT {_SELECTED}
+    FROM input f ORDER BY f.ord
+    RETURNING j.id, j.state, j.queue, j.created_at
+)
+SELECT {_DECIDED}, NULL::bigint[] AS ords {{notify}} FROM inserted j
+"""
+
+_INSERT_KEYED = f"""{_INPUT}
 fresh AS (
     SELECT nextval(%(job_ids)s::regclass) AS id, f.*
     FROM (
         SELECT i.* FROM input i
         WHERE i.idempotency_key IS NULL
-           OR (NOT EXISTS (SELECT 1 FROM {jobs} held
+           OR (NOT EXISTS (SELECT 1 FROM {{jobs}} held
                            WHERE held.idempotency_key = i.idempotency_key)
                AND NOT EXISTS (SELECT 1 FROM input earlier
                                WHERE earlier.idempotency_key = i.idempotency_key
@@ -51,53 +111,140 @@ fresh AS (
     ) f
 ),
 inserted AS (
-    INSERT INTO {jobs} AS j (id, task, queue, state, args, kwargs, priority, run_at,
-                             attempt, max_attempts, created_at, idempotency_key)
-    SELECT f.id, f.task, f.queue, {first_state}, f.args, f.kwargs, f.priority,
-           COALESCE(f.run_at, {now}), 0, f.max_attempts, {now}, f.idempotency_key
+    INSERT INTO {{jobs}} AS j (id, {_COLUMNS})
+    SELECT f.id, {_SELECTED}
     FROM fresh f
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING {columns}
+    {_ON_CONFLICT}
+    RETURNING j.id, j.state, j.queue, j.created_at
 )
-SELECT f.ord, j.* {notify} FROM inserted j JOIN fresh f ON f.id = j.id
+SELECT {_DECIDED}, array_agg(f.ord ORDER BY j.id) AS ords {{notify}}
+FROM inserted j JOIN fresh f ON f.id = j.id
 """
 
-_NOTIFY = """,
+_NOTIFY_ONE = (
+    ", CASE WHEN j.state = {available} THEN pg_notify(%(channel)s, j.queue) END AS notified"
+)
+
+_NOTIFY_SET = """,
 (SELECT count(pg_notify(%(channel)s, ready.queue))
  FROM (SELECT DISTINCT queue FROM inserted WHERE state = {available}) ready) AS notified
 """
 
+_SHAPES = {
+    "one": (_INSERT_ONE, "%(run_at)s::timestamptz", _NOTIFY_ONE),
+    "unkeyed": (_INSERT_UNKEYED, "f.run_at", _NOTIFY_SET),
+    "keyed": (_INSERT_KEYED, "f.run_at", _NOTIFY_SET),
+}
+"""Each shape's template, the expression of its requests' ``run_at``, and its wake-up."""
+
+
+def insert(
+    tables: Tables, requests: Sequence[EnqueueRequest], now: datetime | None, *, notify: bool
+) -> tuple[bytes, dict[str, Any]]:
+    """The statement that stores ``requests``, and its parameters.
+
+    With ``notify``, listeners of the tables' channel are woken when the jobs
+    that became available are committed.
+    """
+    params = tables.params(now)
+    if notify:
+        params["channel"] = tables.channel
+    if len(requests) == 1:
+        return _insert(tables, "one", notify=notify), params | _one_params(requests[0])
+    keyed = any(request.idempotency_key is not None for request in requests)
+    shape = "keyed" if keyed else "unkeyed"
+    return _insert(tables, shape, notify=notify), params | _many_params(requests)
+
 
 @statement
-def insert_statement(tables: Tables, *, notify: bool) -> sql.Composed:
-    """The batch insert; with ``notify``, listeners of the tables' channel are woken."""
+def _insert(tables: Tables, shape: str, *, notify: bool) -> sql.Composed:
+    """The insert of ``shape`` (one of :data:`_SHAPES`), waking listeners if ``notify``."""
+    template, run_at, wake = _SHAPES[shape]
+    due = sql.SQL(run_at)
     first_state = enqueue_case(
         {
             "waits_on_dependencies": sql.SQL("FALSE"),
-            "run_at_in_future": sql.SQL("COALESCE(f.run_at, {now}) > {now}").format(now=tables.now),
+            "run_at_in_future": sql.SQL("COALESCE({due}, {now}) > {now}").format(
+                due=due, now=tables.now
+            ),
         }
     )
     notify_sql = (
-        sql.SQL(_NOTIFY).format(available=job_state(JobState.AVAILABLE)) if notify else sql.SQL("")
+        sql.SQL(wake).format(available=job_state(JobState.AVAILABLE)) if notify else sql.SQL("")
     )
-    return tables.sql(_INSERT, first_state=first_state, columns=job_columns(), notify=notify_sql)
+    return tables.sql(template, first_state=first_state, run_at=due, notify=notify_sql)
 
 
-def insert_params(
-    tables: Tables, requests: Sequence[EnqueueRequest], now: datetime | None
-) -> dict[str, Any]:
-    """The parameters of :func:`insert_statement` for ``requests``."""
+def _one_params(request: EnqueueRequest) -> dict[str, Any]:
     return {
-        **tables.params(now),
-        "task": [r.task for r in requests],
-        "queue": [r.queue for r in requests],
-        "args": [Json(list(r.args)) for r in requests],
-        "kwargs": [Json(dict(r.kwargs)) for r in requests],
-        "priority": [r.priority for r in requests],
-        "run_at": [r.run_at for r in requests],
-        "max_attempts": [r.max_attempts for r in requests],
-        "key": [r.idempotency_key for r in requests],
+        "task": request.task,
+        "queue": request.queue,
+        "args": json.dumps(list(request.args)) if request.args else "[]",
+        "kwargs": json.dumps(dict(request.kwargs)) if request.kwargs else "{}",
+        "priority": request.priority,
+        "run_at": request.run_at,
+        "max_attempts": request.max_attempts,
+        "key": request.idempotency_key,
     }
+
+
+def _many_params(requests: Sequence[EnqueueRequest]) -> dict[str, str]:
+    """Each field of ``requests`` as one JSON array, in request order."""
+    return {
+        "task": json.dumps([r.task for r in requests]),
+        "queue": json.dumps([r.queue for r in requests]),
+        "args": json.dumps([list(r.args) for r in requests]),
+        "kwargs": json.dumps([dict(r.kwargs) for r in requests]),
+        "priority": json.dumps([r.priority for r in requests]),
+        "run_at": json.dumps(
+            [None if r.run_at is None else r.run_at.isoformat() for r in requests]
+        ),
+        "max_attempts": json.dumps([r.max_attempts for r in requests]),
+        "key": json.dumps([r.idempotency_key for r in requests]),
+    }
+
+
+def created(
+    requests: Sequence[EnqueueRequest], row: Mapping[str, Any] | None
+) -> dict[int, JobRecord]:
+    """The jobs the insert stored, by the (1-based) ordinal of their request.
+
+    ``row`` is the insert's answer: none when a single request's key was
+    held, else arrays that are NULL when nothing was stored.  Its ``ords`` is
+    NULL when the shape stores every request in request order, so that ids
+    ascend with the requests.
+    """
+    if row is None or not row["ids"]:
+        return {}
+    ids: list[JobId] = row["ids"]
+    ords = row["ords"] or range(1, len(ids) + 1)
+    at = row["created_at"].astimezone(UTC)
+    return {
+        ordinal: new_job(requests[ordinal - 1], job_id, JobState(state), at)
+        for ordinal, job_id, state in zip(ords, ids, row["states"], strict=True)
+    }
+
+
+def new_job(request: EnqueueRequest, job_id: JobId, state: JobState, at: datetime) -> JobRecord:
+    """The record of a job just stored from ``request`` as ``job_id`` in ``state`` at ``at``.
+
+    The payload is a copy, as reading the row would give: the record shares
+    no list or dict with the caller's request.
+    """
+    return JobRecord(
+        id=job_id,
+        task=request.task,
+        queue=request.queue,
+        state=state,
+        args=tuple(json.loads(json.dumps(list(request.args)))) if request.args else (),
+        kwargs=json.loads(json.dumps(dict(request.kwargs))) if request.kwargs else {},
+        priority=request.priority,
+        run_at=at if request.run_at is None else request.run_at.astimezone(UTC),
+        attempt=0,
+        max_attempts=request.max_attempts,
+        created_at=at,
+        idempotency_key=request.idempotency_key,
+    )
 
 
 class KeyReleased(TaskHarborError):
@@ -119,11 +266,12 @@ def held_statement(tables: Tables) -> sql.Composed:
 
 
 def unanswered_keys(
-    requests: Sequence[EnqueueRequest], inserted: Sequence[Mapping[str, Any]]
+    requests: Sequence[EnqueueRequest], stored: Mapping[int, JobRecord]
 ) -> list[str]:
-    """Keys of the requests that stored nothing and whose holder is not in ``inserted``."""
-    stored = {row["ord"] for row in inserted}
-    inserted_keys = {row["idempotency_key"] for row in inserted}
+    """Keys of the requests that stored nothing and whose holder is not in ``stored``."""
+    if len(stored) == len(requests):
+        return []
+    inserted_keys = {job.idempotency_key for job in stored.values()}
     return sorted(
         {
             r.idempotency_key
@@ -137,20 +285,23 @@ def unanswered_keys(
 
 def results(
     requests: Sequence[EnqueueRequest],
-    inserted: Sequence[Mapping[str, Any]],
+    stored: Mapping[int, JobRecord],
     held: Sequence[Mapping[str, Any]],
 ) -> list[EnqueueResult]:
     """One result per request; :class:`KeyReleased` when a key's holder vanished meanwhile."""
-    created = {row["ord"]: job_record(row) for row in inserted}
+    if len(stored) == len(requests):  # every request stored its job
+        return [
+            EnqueueResult(stored[ordinal], created=True) for ordinal in range(1, len(stored) + 1)
+        ]
     holders: dict[str, JobRecord] = {
-        job.idempotency_key: job for job in created.values() if job.idempotency_key is not None
+        job.idempotency_key: job for job in stored.values() if job.idempotency_key is not None
     }
     for row in held:
         holders[row["idempotency_key"]] = job_record(row)
     answered: list[EnqueueResult] = []
     for ordinal, request in enumerate(requests, start=1):
-        if ordinal in created:
-            answered.append(EnqueueResult(created[ordinal], created=True))
+        if ordinal in stored:
+            answered.append(EnqueueResult(stored[ordinal], created=True))
         elif request.idempotency_key in holders:
             answered.append(EnqueueResult(holders[request.idempotency_key], created=False))
         else:
