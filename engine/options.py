@@ -90,7 +90,7 @@ def build_request(
     ``now`` (the driver's clock) is read only for a ``delay``.  Raises
     ``InvalidRequest`` naming the task for a bad option or a non-JSON payload.
     """
-    given = check_options(opts, f"task {task}")
+    given = check_options(opts, f"task {task}") if opts else {}
     run_at = given.get("run_at")
     if "delay" in given:
         try:

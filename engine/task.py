@@ -50,7 +50,7 @@ class Task(Generic[P]):
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Store one job running this task with these (JSON) arguments."""
-        return TaskCall(self, {}).enqueue(*args, **kwargs)
+        return self.app.enqueue_requests([self.request(args, kwargs, {})])[0]
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """:meth:`enqueue` without blocking the event loop."""
