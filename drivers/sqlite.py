@@ -211,7 +211,10 @@ class SQLiteDriver(Driver):
     schema is not current raises :class:`~taskharbor.spec.errors.SchemaError`
     at its first call.  A file that is not a TaskHarbor SQLite store raises
     :class:`~taskharbor.drivers.sqlite_schema.DatabaseFileError` and is left
-    untouched.
+    untouched; so does a call that the file or its disk fails (full, I/O
+    error, read-only, locked by another process for longer than
+    :data:`BUSY_TIMEOUT_SECONDS`), naming the file and the problem.  Such a
+    call changes nothing.
     """
 
     capabilities = Capabilities(persistent=True, multi_process=True)
@@ -269,12 +272,26 @@ class SQLiteDriver(Driver):
 
     @contextmanager
     def _using(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection, held so that :meth:`close` waits for the call."""
-        handle = self._handle()
-        with handle.lock:
-            if self._closed:
-                raise InvalidRequest(f"the SQLite store {self.path} is closed")
-            yield handle.conn
+        """This thread's connection, held so that :meth:`close` waits for the call.
+
+        Every SQLite call of the driver runs in here, so this is the one place
+        where a failure of the file or its disk (full, I/O error, read-only,
+        locked by another process) becomes a
+        :class:`~taskharbor.drivers.sqlite_schema.DatabaseFileError` naming the
+        file and the problem, the SQLite error chained.  Any other SQLite error
+        (bad SQL, a wrong parameter: a bug) is raised as it is.
+        """
+        try:
+            handle = self._handle()
+            with handle.lock:
+                if self._closed:
+                    raise InvalidRequest(f"the SQLite store {self.path} is closed")
+                yield handle.conn
+        except sqlite3.Error as exc:
+            error = sqlite_schema.storage_error(self.path, exc, BUSY_TIMEOUT_SECONDS)
+            if error is None:
+                raise
+            raise error from exc
 
     def _handle(self) -> _Connection:
         """This thread's connection (a new one after a fork: never share one with a parent)."""
@@ -291,7 +308,10 @@ class SQLiteDriver(Driver):
         return handle
 
     def _connect(self) -> sqlite3.Connection:
-        """A new connection, set up for this driver; a file SQLite refuses is named."""
+        """A new connection, set up for this driver; a file SQLite refuses is named.
+
+        A failure of the file or its disk is left to :meth:`_using` to name.
+        """
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -300,6 +320,8 @@ class SQLiteDriver(Driver):
                 check_same_thread=False,
             )
         except sqlite3.Error as exc:
+            if sqlite_schema.is_storage_failure(exc):
+                raise
             raise sqlite_schema.DatabaseFileError(f"cannot open {self.path}: {exc}") from exc
         try:
             conn.row_factory = sqlite3.Row
@@ -308,6 +330,8 @@ class SQLiteDriver(Driver):
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if sqlite_schema.is_storage_failure(exc):
+                raise
             raise sqlite_schema.unusable_file(self.path, exc) from exc
         return conn
 
@@ -315,6 +339,8 @@ class SQLiteDriver(Driver):
     def _transaction(self, *, write: bool = True, durable: bool = True) -> Iterator[Writes]:
         """One SPI call: ``BEGIN IMMEDIATE`` (or a read snapshot), committed only if it returns.
 
+        A call that fails, its commit included (a full disk fails there, when
+        the write-ahead log grows), is rolled back: it changes nothing.
         ``durable=False`` for the worker's calls: their commit does not flush
         the write-ahead log (see the module's docstring).  The setting is the
         connection's, and SQLite takes it only outside a transaction.
@@ -330,11 +356,11 @@ class SQLiteDriver(Driver):
                 # Read once the write lock is held, so that the writes of calls
                 # from every process are in the order of their "now".
                 yield Writes(conn, self.clock.now())
+                conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
+                if conn.in_transaction:  # SQLite rolls back by itself after some failures
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     # -- producing ----------------------------------------------------------------
 

@@ -23,8 +23,35 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 
 class DatabaseFileError(StoreError):
     """The database file cannot be used: not SQLite, corrupt, another
-    application's database, or a path that cannot be opened for writing.
-    Nothing was written to it."""
+    application's database, a path that cannot be opened for writing, or a
+    failure of the file or its disk during a call (full, I/O error, read-only,
+    locked by another process).  The call changed nothing in the store; the
+    SQLite error, if any, is chained (``__cause__``)."""
+
+
+_STORAGE_PROBLEMS: dict[int, str] = {
+    sqlite3.SQLITE_FULL: (
+        "the disk holding {path} is full (or the file reached its size limit); "
+        "the call can succeed once space is freed"
+    ),
+    sqlite3.SQLITE_IOERR: "reading or writing {path} failed (an I/O error of its disk)",
+    sqlite3.SQLITE_READONLY: (
+        "cannot write to {path}: the file, its folder or its disk is read-only to this process"
+    ),
+    sqlite3.SQLITE_CANTOPEN: "cannot open {path} (or its -wal or -shm file beside it)",
+    sqlite3.SQLITE_PERM: "the operating system denies access to {path}",
+    sqlite3.SQLITE_BUSY: (
+        "{path} is locked: another process held its write lock longer than the busy "
+        "timeout ({timeout:g} s); the call can be retried"
+    ),
+    sqlite3.SQLITE_PROTOCOL: "SQLite could not take the locks of {path} (its lock files failed)",
+    sqlite3.SQLITE_CORRUPT: "{path} cannot be read as an SQLite database: it is damaged",
+    sqlite3.SQLITE_NOTADB: "{path} cannot be read as an SQLite database",
+}
+"""Plain words for each primary result code that means the file or its disk failed.
+
+Any other code (a syntax error, a constraint, a misuse of the API) is a bug of
+the caller or of the driver, not a store problem, and is raised as it is."""
 
 
 _V1 = (
@@ -125,6 +152,8 @@ def stored_version(conn: sqlite3.Connection, path: Path) -> int:
             f"SELECT value FROM {META_TABLE} WHERE key = ?", (_VERSION_KEY,)
         ).fetchone()
     except sqlite3.DatabaseError as exc:
+        if is_storage_failure(exc):
+            raise  # named by the driver's connection wrapper, with the others
         raise unusable_file(path, exc) from exc
     if row is None or not str(row[0]).isdigit():
         raise DatabaseFileError(f"{path} has a {META_TABLE} table without a schema version")
@@ -137,10 +166,34 @@ def stored_version(conn: sqlite3.Connection, path: Path) -> int:
     return version
 
 
+def is_storage_failure(exc: sqlite3.Error) -> bool:
+    """Whether SQLite raised ``exc`` because the file or its disk failed (not a bug)."""
+    return _storage_problem(exc) is not None
+
+
+def _storage_problem(exc: sqlite3.Error) -> str | None:
+    # Errors raised by the sqlite3 module itself (wrong parameter count...) have no code.
+    code: int | None = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else _STORAGE_PROBLEMS.get(code & 0xFF)
+
+
+def storage_error(
+    path: Path | str, exc: sqlite3.Error, busy_timeout: float
+) -> DatabaseFileError | None:
+    """The :class:`DatabaseFileError` naming the file and its problem in plain words,
+    SQLite's own words after them; ``None`` if ``exc`` is not a failure of the file
+    or its disk (``busy_timeout``: the seconds the connection waits for a lock)."""
+    problem = _storage_problem(exc)
+    if problem is None:
+        return None
+    name = getattr(exc, "sqlite_errorname", "")
+    words = problem.format(path=path, timeout=busy_timeout)
+    return DatabaseFileError(f"{words} (sqlite: {exc}; {name})")
+
+
 def unusable_file(path: Path | str, exc: sqlite3.DatabaseError) -> DatabaseFileError:
-    """The error for a file SQLite refused: one we may not write, or not a database."""
-    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
-        return DatabaseFileError(f"cannot write to {path}: {exc}")
+    """The error for a file SQLite refused while it was opened and inspected: any error
+    then, that is not a failure of the disk, means the file is not a database we can use."""
     return DatabaseFileError(f"{path} cannot be read as an SQLite database: {exc}")
 
 
@@ -151,11 +204,9 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     migrating at once one applies the steps and the others find them done.
     """
     stored_version(conn, path)  # refuse foreign or newer files before any write
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.DatabaseError as exc:
-        raise DatabaseFileError(f"cannot write to {path}: {exc}") from exc
+    # A file we may not write fails here (named by the driver's connection wrapper).
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
     try:
         version = stored_version(conn, path)
         for steps in MIGRATIONS[version:]:
@@ -167,10 +218,11 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (_VERSION_KEY, str(SCHEMA_VERSION)),
             )
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite rolls back by itself after some failures
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def require_current(conn: sqlite3.Connection, path: Path) -> None:

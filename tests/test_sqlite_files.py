@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -16,11 +17,23 @@ from pathlib import Path
 
 import pytest
 
+from taskharbor.drivers import sqlite as sqlite_module
 from taskharbor.drivers.sqlite import SQLiteDriver
 from taskharbor.drivers.sqlite_schema import SCHEMA_VERSION, DatabaseFileError
-from taskharbor.spec import EnqueueRequest, InvalidRequest, JobFilter, SchemaError
+from taskharbor.spec import (
+    Completion,
+    EnqueueRequest,
+    InvalidRequest,
+    JobFilter,
+    JobNotFound,
+    JobState,
+    SchemaError,
+    StoreError,
+)
 
 AS_ROOT = os.geteuid() == 0
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+"""Run a command as a user who may not write read-only files (root may)."""
 
 
 def make_store(path: Path, jobs: int = 300) -> None:
@@ -50,6 +63,18 @@ def overwrite(path: Path, offset: int, data: bytes) -> None:
     with path.open("r+b") as file:
         file.seek(offset)
         file.write(data)
+
+
+def run_script(script: str, *, as_nobody: bool = False) -> list[str]:
+    """Run ``script`` in a fresh interpreter; the lines it printed."""
+    done = subprocess.run(
+        [*(AS_NOBODY if as_nobody else []), sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
 
 
 # -- migrations -------------------------------------------------------------------
@@ -188,16 +213,9 @@ def test_a_read_only_store_is_refused() -> None:
             "except DatabaseFileError as exc:\n"
             "    print(exc)\n"
         )
-        as_other_user = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
         with untouched(folder):
-            done = subprocess.run(
-                [*(as_other_user if AS_ROOT else []), sys.executable, "-c", opener],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-        assert done.returncode == 0, done.stderr
-        assert "cannot write" in done.stdout
+            [message] = run_script(opener, as_nobody=AS_ROOT)
+        assert message.startswith(f"cannot write to {folder / 'frozen.db'}: ")
     finally:
         shutil.rmtree(folder)
 
@@ -212,3 +230,183 @@ def test_a_closed_store_refuses_calls(tmp_path: Path) -> None:
     driver.close()
     with pytest.raises(InvalidRequest, match="closed"):
         driver.count()
+
+
+# -- the file or its disk failing during a call: named, and nothing changed ----------
+
+
+def limit_growth(driver: SQLiteDriver, pages: int) -> None:
+    """Let this thread's connection grow the file by ``pages`` at most: past that, SQLite
+    fails the write with SQLITE_FULL, "database or disk is full", as on a full disk."""
+    conn = driver._handle().conn
+    [size] = conn.execute("PRAGMA page_count").fetchone()
+    conn.execute(f"PRAGMA max_page_count = {size + pages}")
+
+
+def stored(path: Path) -> list[tuple[object, ...]]:
+    """Every row of the jobs table, and the id sequence (a failed insert must not use an id)."""
+    with sqlite3.connect(path) as raw:
+        rows = raw.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        rows += raw.execute("SELECT * FROM sqlite_sequence").fetchall()
+    raw.close()
+    return rows
+
+
+def test_a_full_disk_fails_the_call_naming_the_file_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "full.db"
+    driver = SQLiteDriver(path)
+    driver.enqueue([EnqueueRequest("task", (1,))])
+    before = stored(path)
+    limit_growth(driver, 0)
+    big = EnqueueRequest("task", ("x" * 100_000,))
+    full = f"the disk holding {re.escape(str(path))} is full"
+    with pytest.raises(DatabaseFileError, match=full) as caught:
+        driver.enqueue([EnqueueRequest("task", (2,)), big])
+    assert isinstance(caught.value, StoreError)
+    assert "(sqlite: database or disk is full; SQLITE_FULL)" in str(caught.value)
+    cause = caught.value.__cause__
+    assert isinstance(cause, sqlite3.OperationalError)
+    assert cause.sqlite_errorcode == sqlite3.SQLITE_FULL
+    assert stored(path) == before
+    limit_growth(driver, 1000)  # space freed: the same call succeeds, with the next id
+    assert [result.job.id for result in driver.enqueue([big])] == [2]
+    driver.close()
+
+
+def test_a_report_refused_by_a_full_disk_can_be_written_once_space_is_freed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "full.db"
+    driver = SQLiteDriver(path)
+    driver.enqueue([EnqueueRequest("task")])
+    [job] = driver.lease(["default"], 1, 30.0, "worker")
+    assert job.lease_token is not None
+    report = Completion(job.id, job.lease_token, "x" * 100_000)
+    before = stored(path)
+    limit_growth(driver, 0)
+    with pytest.raises(DatabaseFileError, match="is full"):
+        driver.complete([report])
+    assert stored(path) == before  # still running under the same lease
+    limit_growth(driver, 1000)
+    assert driver.complete([report]) == []
+    assert driver.get([job.id])[0].state == JobState.SUCCEEDED
+    driver.close()
+
+
+def test_a_disk_io_error_fails_the_call_naming_the_file_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """A file size limit (RLIMIT_FSIZE, in a child process) makes the write of the
+    log fail as a failing disk does: SQLite reports SQLITE_IOERR_WRITE at commit."""
+    path = tmp_path / "failing.db"
+    lines = run_script(
+        f"""
+import os, resource, signal, sqlite3
+from taskharbor.drivers.sqlite import SQLiteDriver
+from taskharbor.drivers.sqlite_schema import DatabaseFileError
+from taskharbor.spec import EnqueueRequest, JobFilter
+
+def stored():
+    return [job.id for job in driver.list_jobs(JobFilter())]
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+driver = SQLiteDriver({str(path)!r})
+driver.enqueue([EnqueueRequest("task")])
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+largest = max(os.path.getsize(p) for p in ({str(path)!r}, {str(path)!r} + "-wal"))
+resource.setrlimit(resource.RLIMIT_FSIZE, (largest, hard))
+try:
+    driver.enqueue([EnqueueRequest("task", ("x" * 100_000,))])
+except DatabaseFileError as exc:
+    print(exc)
+    print(exc.__cause__.sqlite_errorname)
+print(stored())
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+driver.enqueue([EnqueueRequest("task", ("x" * 100_000,))])
+print(stored())
+"""
+    )
+    message, name, after_failure, after_retry = lines
+    assert message.startswith(f"reading or writing {path} failed (an I/O error of its disk)")
+    assert message.endswith("(sqlite: disk I/O error; SQLITE_IOERR_WRITE)")
+    assert name == "SQLITE_IOERR_WRITE"
+    assert (after_failure, after_retry) == ("[1]", "[1, 2]")
+
+
+def test_a_file_made_read_only_under_the_store_fails_its_next_connection() -> None:
+    """A connection made after the file became read-only cannot write (as root: run as
+    ``nobody``, since root writes read-only files); the error names the file."""
+    folder = Path(tempfile.mkdtemp(prefix="th-frozen-"))  # tmp_path is closed to others
+    path = folder / "frozen.db"
+    try:
+        if AS_ROOT:
+            shutil.chown(folder, "nobody")
+        lines = run_script(
+            f"""
+import os, threading
+from taskharbor.drivers.sqlite import SQLiteDriver
+from taskharbor.drivers.sqlite_schema import DatabaseFileError
+from taskharbor.spec import EnqueueRequest, JobFilter
+
+driver = SQLiteDriver({str(path)!r})
+driver.enqueue([EnqueueRequest("task")])
+os.chmod({str(path)!r}, 0o444)
+
+def enqueue_on_a_new_connection():
+    try:
+        driver.enqueue([EnqueueRequest("task")])
+    except DatabaseFileError as exc:
+        print(exc)
+
+thread = threading.Thread(target=enqueue_on_a_new_connection)
+thread.start()
+thread.join()
+print([job.id for job in driver.list_jobs(JobFilter())])
+""",
+            as_nobody=AS_ROOT,
+        )
+    finally:
+        shutil.rmtree(folder)
+    message, jobs = lines
+    assert message.startswith(f"cannot write to {path}: the file, its folder or its disk is read")
+    assert message.endswith("(sqlite: attempt to write a readonly database; SQLITE_READONLY)")
+    assert jobs == "[1]"
+
+
+def test_a_write_lock_held_past_the_busy_timeout_is_named_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "BUSY_TIMEOUT_SECONDS", 0.05)
+    path = tmp_path / "locked.db"
+    driver = SQLiteDriver(path)
+    other_process = sqlite3.connect(path, isolation_level=None)
+    other_process.execute("BEGIN IMMEDIATE")
+    locked = (
+        f"{re.escape(str(path))} is locked: another process held its write lock longer than "
+        r"the busy timeout \(0.05 s\)"
+    )
+    with pytest.raises(DatabaseFileError, match=locked) as caught:
+        driver.enqueue([EnqueueRequest("task")])
+    assert "(sqlite: database is locked; SQLITE_BUSY)" in str(caught.value)
+    other_process.execute("ROLLBACK")
+    other_process.close()
+    assert stored(path) == []
+    assert [result.job.id for result in driver.enqueue([EnqueueRequest("task")])] == [1]
+    driver.close()
+
+
+def test_bugs_and_the_contracts_own_errors_are_not_taken_for_store_problems(
+    tmp_path: Path,
+) -> None:
+    driver = SQLiteDriver(tmp_path / "jobs.db")
+    with pytest.raises(sqlite3.OperationalError, match="syntax error"), driver._transaction() as tx:
+        tx.conn.execute("SELEC 1")
+    with (
+        pytest.raises(sqlite3.ProgrammingError, match="number of bindings"),
+        driver._transaction() as tx,
+    ):
+        tx.conn.execute("SELECT ?", ())
+    with pytest.raises(JobNotFound):
+        driver.cancel([41])
+    assert driver.enqueue([EnqueueRequest("task")])[0].job.id == 1  # no transaction left open
+    driver.close()
