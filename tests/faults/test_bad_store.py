@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -34,6 +35,7 @@ import taskharbor as th
 from driver_registry import POSTGRES_URL
 from taskharbor.drivers.corrupt_rows import CORRUPT_JOB_TYPE, CorruptJob
 from taskharbor.drivers.postgres import PostgresDriver
+from taskharbor.drivers.sqlite_schema import DatabaseFileError
 from taskharbor.spec import JobState
 
 TIMEOUT = 60.0
@@ -167,11 +169,14 @@ def test_a_full_disk_stalls_the_sqlite_worker_until_space_is_freed(tmp_path: Pat
             fleet.start()
             fleet.wait_started()
             filler = fill(disk)
-            with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            full = f"the disk holding {store.location} is full"
+            with pytest.raises(DatabaseFileError, match=re.escape(full)) as caught:
                 work.enqueue(99, "x" * 100_000)
+            assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
             time.sleep(3.0)  # the jobs are due: promoting them needs space there is not
             fleet.check_alive()
-            assert "disk is full" in fleet.log_text() or "disk I/O error" in fleet.log_text()
+            failing = f"reading or writing {store.location} failed"
+            assert full in fleet.log_text() or failing in fleet.log_text()
             filler.unlink()
             eventually(all_succeeded(app, jobs), "every job's success once space is free", fleet)
             fleet.stop()
