@@ -219,21 +219,20 @@ class PostgresDriver(Driver):
         return None if self._given_clock is None else self._given_clock.now()
 
     def _run(
-        self, body: Callable[[psycopg.Cursor[Row], Params], T], *, one_statement: bool = False
+        self, body: Callable[[psycopg.Cursor[Row], Params], T], *, transaction: bool = True
     ) -> T:
         """Run ``body`` in one transaction; again if PostgreSQL broke a deadlock with it.
 
-        A body that sends ``one_statement`` runs without BEGIN and COMMIT:
-        PostgreSQL makes each statement atomic by itself, and those two would
-        make one round trip three.  Such a body must not raise once its
-        statement has written: there is no transaction left to roll back.
+        ``transaction=False`` is for a body whose writes are one statement and
+        that raises nothing once it has written: PostgreSQL makes a statement
+        atomic by itself, and BEGIN and COMMIT would make one round trip three.
         """
         attempt = 1
         while True:
             try:
                 with self._pool.connection() as conn:
                     self._check_schema(conn)
-                    with nullcontext() if one_statement else conn.transaction():
+                    with conn.transaction() if transaction else nullcontext():
                         return body(conn.calls_cursor(), self._tables.params(self._now()))
             except (pg_errors.DeadlockDetected, enqueueing.KeyReleased):
                 if attempt >= RETRIES:
@@ -262,17 +261,18 @@ class PostgresDriver(Driver):
     # -- producing ----------------------------------------------------------
 
     def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
-        """Store ``requests`` in one statement; in a transaction when a key may need a read.
+        """Store ``requests`` in one statement; in a transaction when it may have to be undone.
 
-        Without idempotency keys the insert is the whole call.  With them, a
-        key found held is answered by a second statement, and a holder pruned
-        meanwhile makes the call start over, so the insert must be undone.
+        A key found held is answered by a read of its holder, and a holder
+        pruned meanwhile makes the call start over: a batch with keys must then
+        undo the jobs it stored.  A single request stores its job or reads its
+        key's holder, never both, so it has nothing to undo.
         """
         check_batch(requests, EnqueueRequest, "enqueue")
-        keyed = any(request.idempotency_key is not None for request in requests)
+        undoable = len(requests) > 1 and any(r.idempotency_key is not None for r in requests)
         return self._run(
             lambda cur, params: self._enqueue_on(cur, requests, params["now"], self._prepare),
-            one_statement=not keyed,
+            transaction=undoable,
         )
 
     def enqueue_in(
@@ -399,7 +399,7 @@ class PostgresDriver(Driver):
             rows = cur.execute(query, values).fetchall()
             return split_leased(rows, job_record)
 
-        leased, corrupt = self._run(body, one_statement=True)
+        leased, corrupt = self._run(body, transaction=False)
         if corrupt:
             self.fail(corrupt)
         return sorted(leased, key=lambda job: (-job.priority, job.run_at, job.id))
@@ -633,7 +633,7 @@ class PostgresDriver(Driver):
 
     def get(self, job_ids_: Sequence[JobId]) -> list[JobRecord]:
         ids = job_ids(job_ids_, "get", distinct=False)
-        return self._run(lambda cur, params: self._records(cur, params, ids), one_statement=True)
+        return self._run(lambda cur, params: self._records(cur, params, ids), transaction=False)
 
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         if not isinstance(where, JobFilter):
@@ -652,17 +652,17 @@ class PostgresDriver(Driver):
             lambda cur, params: [
                 job_record(row) for row in cur.execute(query, {**params, **values}).fetchall()
             ],
-            one_statement=True,
+            transaction=False,
         )
 
     def count(self) -> Mapping[tuple[str, JobState], int]:
         query = statements.count_jobs(self._tables)
-        rows = self._run(lambda cur, params: cur.execute(query).fetchall(), one_statement=True)
+        rows = self._run(lambda cur, params: cur.execute(query).fetchall(), transaction=False)
         return {(row["queue"], JobState(row["state"])): row["n"] for row in rows}
 
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         return self._run(
-            lambda cur, params: self._workflow(cur, params, workflow_id), one_statement=True
+            lambda cur, params: self._workflow(cur, params, workflow_id), transaction=False
         )
 
     def _workflow(
@@ -723,7 +723,7 @@ class PostgresDriver(Driver):
             row = cur.execute(query, {**params, "queues": list(queues)}).fetchone()
             return bool(row and row["ready"])
 
-        return self._run(body, one_statement=True)
+        return self._run(body, transaction=False)
 
 
 def _lost(rows: Sequence[Row]) -> list[LeaseLost]:

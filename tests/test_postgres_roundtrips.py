@@ -4,7 +4,7 @@ A call whose work is one statement (enqueue without idempotency keys, lease,
 reads) must cost one round trip: no BEGIN and COMMIT around it.  The test
 traces the messages of the driver's only pooled connection (libpq's
 ``PQtrace``) on a real server and counts the server's ``ReadyForQuery``
-messages, one per round trip.  An enqueue with idempotency keys stays one
+messages, one per round trip.  A batch with idempotency keys stays one
 transaction: its insert may be undone when a key's holder vanishes.
 
 The enqueue statements are prepared, once per connection (one more round trip
@@ -126,14 +126,28 @@ def test_leasing_and_reading_are_one_round_trip_each(
     assert trace.round_trips == 3
 
 
-def test_enqueueing_with_idempotency_keys_stays_one_transaction(
+def test_a_single_keyed_request_needs_no_transaction(
     driver: PostgresDriver, tmp_path: Path
 ) -> None:
+    driver.enqueue([EnqueueRequest("keyed", idempotency_key="warm-up")])
     request = EnqueueRequest("keyed", idempotency_key="k")
-    (first,) = driver.enqueue([request])
-    with traced(driver, tmp_path) as trace:
+    with traced(driver, tmp_path) as stored:
+        (first,) = driver.enqueue([request])
+    with traced(driver, tmp_path) as held:
         (again,) = driver.enqueue([request])
-    assert not again.created and again.job.id == first.job.id
+    assert first.created and not again.created
+    assert again.job.id == first.job.id
+    assert stored.transaction_commands == held.transaction_commands == []
+    assert stored.round_trips == 1
+    assert held.round_trips == 2  # the insert, then the read of the key's holder
+
+
+def test_a_batch_with_keys_stays_one_transaction(driver: PostgresDriver, tmp_path: Path) -> None:
+    requests = [EnqueueRequest("keyed", idempotency_key="k"), EnqueueRequest("plain")]
+    driver.enqueue(requests)
+    with traced(driver, tmp_path) as trace:
+        results = driver.enqueue(requests)
+    assert [result.created for result in results] == [False, True]
     commands = [line.split('"')[1] for line in trace.transaction_commands]
     assert commands == ["BEGIN", "COMMIT"]
     assert trace.round_trips == 4  # BEGIN, the insert, the read of the key's holder, COMMIT
