@@ -62,11 +62,6 @@ IO_THREADS = 4
 may all be in flight at once."""
 
 
-REPORT_RETRIES = 5
-"""Consecutive failed writes of reports before they are dropped (their jobs' leases then
-expire and the jobs run again: at-least-once)."""
-
-
 @dataclass(eq=False)
 class _Active:
     """A leased job this worker is running."""
@@ -161,7 +156,7 @@ class Worker:
         self._active: dict[str, _Active] = {}  # by lease token: a job may be here twice
         self._by_job: dict[int, _Active] = {}  # each job's latest lease, found without a scan
         self._runs: set[asyncio.Task[None]] = set()
-        self._outbox: list[Report] = []
+        self._outbox: list[tuple[float, Report]] = []  # (monotonic time queued, report)
         self._flushing = False
         self._last_prune = float("-inf")
         self._waiter: asyncio.Future[None] | None = None
@@ -471,7 +466,7 @@ class Worker:
             execution.log_outcome(record, outcome, state, time.monotonic() - active.started)
         report = execution.report_for(outcome, record)
         active.reported = True
-        self._outbox.append(report)
+        self._outbox.append((time.monotonic(), report))
         self._outbox_ready.set()
 
     # -- reporting -------------------------------------------------------------------
@@ -483,27 +478,39 @@ class Worker:
             await self._flush()
 
     async def _flush(self) -> None:
-        """Write every queued report, in as few driver calls as possible."""
+        """Write every queued report, in as few driver calls as possible.
+
+        A write that fails (a full disk, a lost connection) is tried again,
+        backing off up to the heartbeat interval.  Each report is kept while
+        its lease may still be live: a reported job gets no more heartbeats, so
+        ``lease`` seconds after its report was queued the store would refuse
+        it anyway (the job was rescued and runs again: at-least-once).
+        """
         failures = 0
         while self._outbox and not self._flushing:
             batch, self._outbox = self._outbox, []
             self._flushing = True
             try:
-                await self._io_call(self._write, batch)
+                await self._io_call(self._write, [report for _, report in batch])
                 failures = 0
             except Exception as error:
                 if isinstance(error, TaskHarborError) and not isinstance(error, StoreError):
                     # A refusal (a bad request, an unknown job): sending it again cannot help.
-                    # A StoreError (disk full, connection lost) may pass later: retried.
                     logger.exception("worker %s: reports refused; dropped", self.worker_id)
                     continue
                 failures += 1
-                if failures > REPORT_RETRIES:
-                    logger.exception("worker %s: writing reports failed; dropped", self.worker_id)
-                else:
-                    logger.exception("worker %s: writing reports failed; retrying", self.worker_id)
-                    self._outbox[:0] = batch
-                    await asyncio.sleep(0.1 * 2**failures)
+                horizon = time.monotonic() - self.lease
+                kept = [item for item in batch if item[0] >= horizon]
+                logger.exception("worker %s: writing reports failed", self.worker_id)
+                if len(kept) < len(batch):
+                    logger.warning(
+                        "worker %s: %d reports dropped: their leases have expired",
+                        self.worker_id,
+                        len(batch) - len(kept),
+                    )
+                self._outbox[:0] = kept
+                if kept:
+                    await asyncio.sleep(min(self.heartbeat_interval, 0.1 * 2 ** min(failures, 10)))
             finally:
                 self._flushing = False
                 self._wake.set()
@@ -627,7 +634,8 @@ class Worker:
             for active in unfinished:
                 active.released = True
                 active.stop()
-                self._outbox.append(SnoozeRequest(active.record.id, active.token, now))
+                release = SnoozeRequest(active.record.id, active.token, now)
+                self._outbox.append((time.monotonic(), release))
         while self._flushing:
             await asyncio.sleep(0.01)
         await self._flush()

@@ -439,6 +439,38 @@ def test_reports_the_store_could_not_write_are_retried_not_dropped(
     assert (done.state, done.result, done.attempt, len(runs)) == (JobState.SUCCEEDED, 7, 1, 1)
 
 
+def test_a_report_the_store_cannot_write_is_kept_while_its_lease_may_live(
+    driver_factory: DriverFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kept and retried until the lease has surely expired, then dropped: the job is
+    rescued and runs again (at-least-once), and its second report goes through."""
+    app = make_app(driver_factory)
+    runs: list[float] = []
+
+    @app.task
+    def once() -> int:
+        runs.append(time.monotonic())
+        return 7
+
+    job = once.enqueue()
+    complete = app.driver.complete
+    broken_until = time.monotonic() + 1.5
+
+    def full_disk(completions: Any) -> Any:
+        if time.monotonic() < broken_until:
+            raise StoreError("the disk holding the store is full")
+        return complete(completions)
+
+    monkeypatch.setattr(app.driver, "complete", full_disk)
+    with caplog.at_level(logging.WARNING, logger="taskharbor"), running_worker(app, lease=1.0):
+        done = app.wait(job, timeout=10)
+    assert (done.state, done.result, done.attempt) == (JobState.SUCCEEDED, 7, 2)
+    assert len(runs) == 2 and runs[1] - runs[0] >= 1.0
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("writing reports failed" in m for m in messages)
+    assert any("1 reports dropped: their leases have expired" in m for m in messages)
+
+
 def test_leases_and_reports_are_batched(driver_factory: DriverFactory) -> None:
     app = make_app(driver_factory)
     gate = threading.Barrier(10)
