@@ -38,6 +38,8 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("sqlite_sql.py", "walks"): "one fixed sub-select per queue, the queue a :qN parameter",
     ("sqlite_sql.py", "index"): "the N of a :qN parameter name (an int)",
     ("sqlite_writes.py", "assignments"): "column names from this package, each = ?",
+    ("postgres_enqueue.py", "sql.SQL(run_at)"): "a run_at expression from the literal _SHAPES",
+    ("postgres_enqueue.py", "sql.SQL(wake)"): "a pg_notify template from the literal _SHAPES",
     ("postgres_schema.py", "sql.SQL(text)"): "the literal DDL templates listed just above",
     ("postgres_statements.py", "sql.SQL(target)"): "'l.target' or 'e.target': callers' literals",
     ("postgres_statements.py", "sql.SQL(assignments)"): "a template from _FENCED_PARTS",
