@@ -51,6 +51,9 @@ from taskharbor.spec import (
 )
 from taskharbor.spec.records import JSON, check_name, map_ref, ref_indexes
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+"""The kwargs and opts of most signatures, shared: read-only, so sharing is safe."""
+
 
 @dataclass(frozen=True, slots=True)
 class Signature:
@@ -82,7 +85,7 @@ class Signature:
                     f"not {type(value).__name__}"
                 )
             # A private read-only copy: later changes to the caller's dict do not leak in.
-            object.__setattr__(self, what, MappingProxyType(dict(value)))
+            object.__setattr__(self, what, MappingProxyType(dict(value)) if value else _EMPTY)
         if not isinstance(self.immutable, bool):
             raise InvalidRequest(f"signature of {self.task}: immutable must be a bool")
 
