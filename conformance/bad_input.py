@@ -210,6 +210,12 @@ BAD_REQUESTS: dict[str, Call] = {
         JobFilter(states=wrong(frozenset({"dead"})))
     ),
     "filter-limit-zero": lambda h, s: h.driver.list_jobs(JobFilter(limit=0)),
+    "filter-naive-created-since": lambda h, s: h.driver.list_jobs(
+        JobFilter(created_since=datetime(2030, 1, 1))
+    ),
+    "filter-created-since-as-string": lambda h, s: h.driver.list_jobs(
+        JobFilter(created_since=wrong("2030-01-01T00:00:00+00:00"))
+    ),
     "workflow-without-steps": lambda h, s: h.driver.enqueue_workflow(WorkflowGraph((), result=0)),
     "workflow-input-not-awaited": lambda h, s: h.driver.enqueue_workflow(
         WorkflowGraph(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
 import pytest
 
 from taskharbor.spec import EnqueueRequest, JobFilter, JobNotFound, JobState
 
 from .harness import Harbor, HarborFixture
+
+MICROSECOND = timedelta(microseconds=1)
 
 
 class ReadingRules(HarborFixture):
@@ -52,6 +57,39 @@ class ReadingRules(HarborFixture):
         assert [job.id for job in in_workflow] == list(workflow.steps)
         only_pending = JobFilter(workflow_id=workflow.id, states=frozenset({JobState.PENDING}))
         assert [job.id for job in driver.list_jobs(only_pending)] == [workflow.steps[1]]
+
+    def test_list_jobs_created_since_includes_its_bound(self, harbor: Harbor) -> None:
+        first = harbor.enqueue()
+        harbor.advance(10)
+        middle = harbor.enqueue()
+        harbor.advance(10)
+        last = harbor.enqueue()
+        bound = middle.created_at
+
+        def since(moment: datetime, **fields: Any) -> list[int]:
+            return [
+                job.id for job in harbor.driver.list_jobs(JobFilter(created_since=moment, **fields))
+            ]
+
+        assert since(bound) == [middle.id, last.id]
+        assert since(bound - MICROSECOND) == [middle.id, last.id]
+        assert since(bound + MICROSECOND) == [last.id]
+        assert since(first.created_at) == [first.id, middle.id, last.id]
+        assert since(harbor.later(1)) == []
+        assert since(bound, after_id=middle.id) == [last.id]
+        assert since(bound, limit=1) == [middle.id]
+
+    def test_list_jobs_created_since_compares_created_at_as_an_instant(
+        self, harbor: Harbor
+    ) -> None:
+        """Not ``run_at`` (the older job runs later, the newer one ran earlier), and not
+        the text of a timestamp (the bound is given five hours west of UTC)."""
+        older = harbor.job_in(JobState.SCHEDULED, queue="q", run_at=harbor.later(86_400))
+        harbor.advance(3600)
+        newer = harbor.enqueue(queue="q", run_at=harbor.later(-7200))
+        assert older.run_at > newer.created_at > older.created_at > newer.run_at
+        west = newer.created_at.astimezone(timezone(timedelta(hours=-5)))
+        assert harbor.driver.list_jobs(JobFilter(queue="q", created_since=west)) == [newer]
 
     def test_count_tells_jobs_per_queue_and_state(self, harbor: Harbor) -> None:
         assert dict(harbor.driver.count()) == {}

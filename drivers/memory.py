@@ -628,4 +628,5 @@ def _matches(row: JobRow, where: JobFilter) -> bool:
         and (where.queue is None or row.queue == where.queue)
         and (where.workflow_id is None or row.workflow_id == where.workflow_id)
         and (where.after_id is None or row.id > where.after_id)
+        and (where.created_since is None or row.created_at >= where.created_since)
     )

@@ -644,6 +644,7 @@ class PostgresDriver(Driver):
             "queue": where.queue,
             "workflow_id": where.workflow_id,
             "after_id": where.after_id,
+            "created_since": where.created_since,
         }
         values = {name: value for name, value in asked.items() if value is not None}
         query = statements.list_jobs(self._tables, tuple(values))

@@ -373,6 +373,7 @@ _FILTERS: Mapping[str, str] = {
     "queue": "j.queue = %(queue)s",
     "workflow_id": "j.workflow_id = %(workflow_id)s",
     "after_id": "j.id > %(after_id)s",
+    "created_since": "j.created_at >= %(created_since)s",
 }
 """The conditions of ``list_jobs``, by the :class:`JobFilter` field that asks for them."""
 

@@ -627,24 +627,7 @@ class SQLiteDriver(Driver):
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         if not isinstance(where, JobFilter):
             raise InvalidRequest(f"list_jobs needs a JobFilter, not {where!r}")
-        conditions: list[str] = []
-        params: list[object] = []
-        if where.states is not None:
-            states = sorted(where.states)
-            conditions.append(f"state IN ({', '.join('?' * len(states))})")
-            params.extend(state.value for state in states)
-        for column, value in (
-            ("task", where.task),
-            ("queue", where.queue),
-            ("workflow_id", where.workflow_id),
-        ):
-            if value is not None:
-                conditions.append(f"{column} = ?")
-                params.append(value)
-        if where.after_id is not None:
-            conditions.append("id > ?")
-            params.append(where.after_id)
-        clause = " AND ".join(conditions) or "1"
+        clause, params = _filter_sql(where)
         with self._transaction(write=False) as tx:
             rows = tx.conn.execute(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE {clause} ORDER BY id LIMIT ?",
@@ -816,3 +799,30 @@ def _stale(tx: Writes, items: Sequence[_Fenced]) -> list[LeaseLost]:
         LeaseLost.stale(row["id"], item.token, JobState(row["state"]))
         for item, row in zip(items, rows, strict=True)
     ]
+
+
+def _filter_sql(where: JobFilter) -> tuple[str, list[object]]:
+    """The ``WHERE`` clause of ``list_jobs`` for ``where``, with its parameters.
+
+    The text holds only column names and ``?``; every value is a parameter.
+    Only ``workflow_id`` has an index; otherwise SQLite walks the table in id
+    order (``ORDER BY id``), testing each row, until it has ``LIMIT`` rows.
+    """
+    conditions: list[str] = []
+    params: list[object] = []
+    if where.states is not None:
+        states = sorted(where.states)
+        conditions.append(f"state IN ({', '.join('?' * len(states))})")
+        params.extend(state.value for state in states)
+    since = None if where.created_since is None else to_micros(where.created_since)
+    for condition, value in (
+        ("task = ?", where.task),
+        ("queue = ?", where.queue),
+        ("workflow_id = ?", where.workflow_id),
+        ("id > ?", where.after_id),
+        ("created_at >= ?", since),
+    ):
+        if value is not None:
+            conditions.append(condition)
+            params.append(value)
+    return " AND ".join(conditions) or "1", params

@@ -16,7 +16,8 @@ The operations: enqueue (small batches, colliding idempotency keys, run_at
 in the past, now or the future), enqueue_workflow (nested chains, groups and
 chords), lease, heartbeat, complete, fail, snooze (with live tokens and stale
 ones, favouring tokens of jobs leased again since), cancel, requeue,
-cancel_workflow, get, list_jobs, prune, promote and rescue (also right at the
+cancel_workflow, get, list_jobs (``created_since`` also right at a job's
+``created_at``), prune, promote and rescue (also right at the
 instant a job falls due or a lease runs out), advancing the clock, and
 malformed calls that must be refused without changing anything.  Each rule
 runs only when it can matter (no rescue without a running job), and

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar, TypeVar
 
 from hypothesis import strategies as st
@@ -78,6 +78,9 @@ START = datetime(2030, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 UNKNOWN_IDS = (1_000_000_001, 1_000_000_002)
 """Ids no store has issued (the harness creates far fewer jobs and workflows)."""
+
+CREATED_SINCE_SHIFTS = (timedelta(0), timedelta(microseconds=-1), timedelta(microseconds=1))
+"""How far ``list_jobs``' ``created_since`` lies from the ``created_at`` it was drawn from."""
 
 WAITING_FOR_TIME = (JobState.SCHEDULED, JobState.RETRYING)
 """States whose jobs wait for their ``run_at`` (and ``promote``)."""
@@ -248,6 +251,15 @@ class DriverVsModel(RuleBasedStateMachine):
 
     def _jobs_in(self, *states: JobState) -> list[JobRecord]:
         return [job for job in self.view.jobs.values() if job.state in states]
+
+    def _draw_created_since(self, data: st.DataObject) -> datetime | None:
+        """None, or a bound at, just before or just after some job's ``created_at``
+        (or now): where an inclusive bound and an exclusive one differ."""
+        moments = sorted({job.created_at for job in self.view.jobs.values()} | {self.clock.now()})
+        moment = data.draw(st.one_of(st.none(), st.sampled_from(moments)))
+        if moment is None:
+            return None
+        return moment + data.draw(st.sampled_from(CREATED_SINCE_SHIFTS))
 
     def _draw_leases(self, data: st.DataObject) -> list[LeaseRef]:
         """One to three leases of distinct jobs: mostly live, some stale.
@@ -638,7 +650,10 @@ class DriverVsModel(RuleBasedStateMachine):
         after_id = data.draw(st.one_of(st.none(), st.sampled_from(self.created)))
         workflow_ids = [*self.workflow_ids, *UNKNOWN_IDS]
         workflow_id = data.draw(st.one_of(st.none(), st.sampled_from(workflow_ids)))
-        model_filter = JobFilter(states, task, queue, workflow_id, after_id, limit)
+        created_since = self._draw_created_since(data)
+        model_filter = JobFilter(
+            states, task, queue, workflow_id, after_id, limit, created_since=created_since
+        )
 
         def driver_filter() -> JobFilter:
             return JobFilter(
@@ -648,6 +663,7 @@ class DriverVsModel(RuleBasedStateMachine):
                 None if workflow_id is None else self.ids.workflows.to_driver(workflow_id),
                 None if after_id is None else self.ids.jobs.to_driver(after_id),
                 limit,
+                created_since=created_since,
             )
 
         outcome = self._both(

@@ -415,6 +415,9 @@ class JobFilter:
     workflow_id: WorkflowId | None = None
     after_id: JobId | None = None
     limit: int = 100
+    created_since: datetime | None = None
+    """Only jobs created at or after this moment (``created_at >= created_since``,
+    inclusive, so a job's own ``created_at`` selects it); timezone-aware."""
 
     def __post_init__(self) -> None:
         if self.states is not None:
@@ -425,6 +428,8 @@ class JobFilter:
                         f"(one of: {', '.join(s.value for s in JobState)})"
                     )
         _check_int(self.limit, "limit", 1, 100_000)
+        if self.created_since is not None:
+            check_aware(self.created_since, "created_since")
 
 
 def job_ids(values: object, what: str, *, distinct: bool = True) -> tuple[JobId, ...]:

@@ -300,7 +300,16 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
-        """Jobs matching ``where``, by ascending id, at most ``where.limit``."""
+        """Jobs matching ``where``, by ascending id, at most ``where.limit``.
+
+        Every field of ``where`` that is given must match: ``states`` (any of
+        them), ``task``, ``queue``, ``workflow_id``, ``after_id`` (ids greater
+        than it) and ``created_since`` (``created_at >= created_since``: the
+        bound is inclusive, an instant in any timezone).  Compare
+        ``created_at`` itself, never an id derived from it: ids increase in
+        enqueue order, but ``created_at`` is each call's now, which need not
+        increase with them (two transactions at once, a clock set back).
+        """
 
     @abc.abstractmethod
     def count(self) -> Mapping[tuple[str, JobState], int]:

@@ -715,6 +715,7 @@ class JsonFileDriver(Driver):
                 and (where.queue is None or job.queue == where.queue)
                 and (where.workflow_id is None or job.workflow_id == where.workflow_id)
                 and (where.after_id is None or job.id > where.after_id)
+                and (where.created_since is None or job.created_at >= where.created_since)
             )
 
         with self._transaction(write=False) as store:
