@@ -93,6 +93,9 @@ def stats(session: Session, as_json: bool) -> None:
         counts.setdefault(queue, {})[JobState(state)] = count
     now = driver.clock.now()
     oldest: dict[str, float] = {}
+    # Ready since run_at: the job ready longest is not the lowest id nor the
+    # earliest created (a promoted, retried or snoozed job becomes ready after
+    # later ones), and list_jobs orders only by id, so every ready job is read.
     for job in scan(driver, JobFilter(states=frozenset({JobState.AVAILABLE}))):
         waited = (now - job.run_at).total_seconds()
         oldest[job.queue] = max(waited, oldest.get(job.queue, waited))

@@ -54,20 +54,10 @@ def scan(driver: Driver, where: JobFilter) -> Iterator[JobRecord]:
         after = page[-1].id
 
 
-def list_page(
-    driver: Driver, where: JobFilter, created_since: datetime | None
-) -> tuple[list[JobRecord], JobId | None]:
+def list_page(driver: Driver, where: JobFilter) -> tuple[list[JobRecord], JobId | None]:
     """Up to ``where.limit`` jobs, and the ``--after`` of the next page (None: no more)."""
     wanted = where.limit
-    if created_since is None:
-        found = driver.list_jobs(replace(where, limit=wanted + 1))
-    else:
-        found = []
-        for job in scan(driver, where):
-            if job.created_at >= created_since:
-                found.append(job)
-                if len(found) > wanted:
-                    break
+    found = driver.list_jobs(replace(where, limit=wanted + 1))
     page = found[:wanted]
     return page, (page[-1].id if len(found) > wanted else None)
 
@@ -135,9 +125,9 @@ def list_jobs(
         queue=queue,
         after_id=after,
         limit=limit,
+        created_since=None if since is None else since_moment(since, driver.clock.now()),
     )
-    created_since = None if since is None else since_moment(since, driver.clock.now())
-    page, next_after = list_page(driver, where, created_since)
+    page, next_after = list_page(driver, where)
     print_page(page, next_after, as_json)
 
 
@@ -216,7 +206,7 @@ def list_dead(
     where = JobFilter(
         states=frozenset({JobState.DEAD}), task=task, queue=queue, after_id=after, limit=limit
     )
-    page, next_after = list_page(session.driver(), where, None)
+    page, next_after = list_page(session.driver(), where)
     print_page(page, next_after, as_json, render.dlq_table)
 
 

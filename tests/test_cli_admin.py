@@ -38,6 +38,17 @@ def test_stats_counts_per_queue_and_state_and_the_oldest_ready_age(cli_store: Cl
     assert max(len(line) for line in table.splitlines()) <= 80
 
 
+def test_stats_oldest_ready_age_counts_from_run_at(cli_store: CliStore) -> None:
+    """The first job enqueued became ready last: neither the lowest id nor the earliest
+    ``created_at`` tells which job has waited longest."""
+    cli_store.enqueue(run_at=cli_store.clock.now() + timedelta(seconds=100))
+    cli_store.clock.advance(10)
+    cli_store.enqueue()
+    cli_store.clock.advance(110)
+    cli_store.driver.promote()
+    assert cli_store.json("stats")["queues"]["default"]["oldest_ready_age_seconds"] == 110.0
+
+
 def test_stats_of_an_empty_store(cli_store: CliStore) -> None:
     assert cli_store.json("stats")["queues"] == {}
     assert cli_store.ok("stats").stdout.strip() == "the store holds no jobs"
