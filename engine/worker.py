@@ -71,6 +71,8 @@ class _Active:
     context: JobContext
     started: float
     token: str
+    run: asyncio.Task[None] | None = None
+    """The task running this job (:meth:`Worker._run`)."""
     handler: asyncio.Task[Any] | None = None
     """The job's own task while its ``async def`` handler runs: what :meth:`stop` cancels."""
     cancel_requested: bool = False
@@ -352,8 +354,8 @@ class Worker:
             self._lose(older, "the job was leased again after its lease expired")
         self._active[active.token] = active
         self._by_job[record.id] = active
-        run = asyncio.create_task(self._run(active), name=f"taskharbor-job-{record.id}")
-        self._runs.add(run)  # the run discards itself as it ends
+        active.run = asyncio.create_task(self._run(active), name=f"taskharbor-job-{record.id}")
+        self._runs.add(active.run)  # the run discards itself as it ends
 
     async def _run(self, active: _Active) -> None:
         try:
@@ -372,7 +374,8 @@ class Worker:
         except Exception:
             logger.exception("worker %s: running job %d failed", self.worker_id, active.record.id)
         finally:
-            self._runs.discard(asyncio.current_task())
+            if active.run is not None:
+                self._runs.discard(active.run)
             del self._active[active.token]
             if self._by_job.get(active.record.id) is active:
                 del self._by_job[active.record.id]
@@ -395,8 +398,8 @@ class Worker:
         task's timeout is an ``asyncio.timeout`` around the await.
         """
         record, context = active.record, active.context
-        this = asyncio.current_task()
-        assert this is not None
+        this = active.run
+        assert this is not None, "an async handler runs in its job's own task"
         timeout = task.defaults.timeout
         limit = asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext()
         active.handler = this
