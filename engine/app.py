@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, overload
 
@@ -274,10 +274,12 @@ class App:
         *,
         workflow_id: int | None = None,
         after_id: JobId | None = None,
+        created_since: datetime | None = None,
     ) -> list[Job]:
         """Jobs matching every given filter, by ascending id, at most ``limit``.
 
-        ``state`` is one state or several; page with ``after_id`` (the last id seen).
+        ``state`` is one state or several; page with ``after_id`` (the last id
+        seen); ``created_since`` (an aware datetime) keeps jobs created at or after it.
         """
         where = JobFilter(
             states=_states(state),
@@ -286,6 +288,7 @@ class App:
             workflow_id=workflow_id,
             after_id=after_id,
             limit=limit,
+            created_since=created_since,
         )
         return [Job.from_record(record) for record in self.driver.list_jobs(where)]
 

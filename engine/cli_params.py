@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from taskharbor.spec import JobState
+from taskharbor.spec import InvalidRequest, JobState
 
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -65,7 +65,14 @@ def since_value(
 
 def since_moment(since: timedelta | datetime, now: datetime) -> datetime:
     """The moment a ``--since`` value names, relative to the store's ``now``."""
-    return now - since if isinstance(since, timedelta) else since
+    if isinstance(since, datetime):
+        return since
+    try:
+        return now - since
+    except OverflowError:
+        raise InvalidRequest(
+            f"--since reaches back {since.days:,} days, before the first date there is (year 1)"
+        ) from None
 
 
 JOB_ID = click.IntRange(min=1)

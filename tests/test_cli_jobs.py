@@ -69,6 +69,9 @@ def test_jobs_list_since_a_duration_or_a_datetime(cli_store: CliStore) -> None:
     assert ids(cli_store.json("jobs", "list", "--since", since)) == [j.id for j in old + new]
     paged = cli_store.json("jobs", "list", "--since", "1h", "--limit", "2")
     assert ids(paged) == [new[0].id, new[1].id] and paged["next_after"] == new[1].id
+    too_far = cli_store.run("jobs", "list", "--since", "99999999w")
+    assert too_far.exit_code == 2
+    assert "--since reaches back 699,999,993 days, before the first date" in too_far.stderr
 
 
 def test_jobs_list_table_fits_80_columns(cli_store: CliStore) -> None:

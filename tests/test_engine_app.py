@@ -240,6 +240,9 @@ def test_list_jobs_filters_and_stats_count(driver_factory: DriverFactory) -> Non
     assert [j.id for j in app.list_jobs(limit=2, after_id=a_jobs[0].id)] == [
         j.id for j in a_jobs[1:]
     ]
+    since_b = app.get_job(a_jobs[2].id).created_at
+    created_late = [j.id for j in app.list_jobs(created_since=since_b)]
+    assert created_late[0] == a_jobs[2].id and all(j >= a_jobs[2].id for j in created_late)
     with pytest.raises(InvalidRequest, match="unknown job state"):
         app.list_jobs(state="done")
     stats = app.stats()
