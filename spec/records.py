@@ -98,11 +98,22 @@ def _check_text(text: str, path: str) -> None:
 
 def check_name(value: object, what: str) -> None:
     """A task, queue or key name: a non-empty str of at most 255 characters."""
+    if type(value) is str and value in _CHECKED_NAMES:
+        return
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{what} must be a non-empty string, not {value!r}")
     if len(value) > NAME_MAX_LENGTH:
         raise InvalidRequest(f"{what} is longer than {NAME_MAX_LENGTH} characters")
     _check_text(value, what)
+    if len(_CHECKED_NAMES) < _CHECKED_NAMES_LIMIT:
+        _CHECKED_NAMES.add(value)
+
+
+_CHECKED_NAMES: set[str] = set()
+"""Names already found valid.  Every job names its task and queue, and an application
+has few of those, so each is checked once rather than per job."""
+_CHECKED_NAMES_LIMIT = 4096
+"""Beyond this many (idempotency keys are names too, and each is new) stop remembering."""
 
 
 def check_aware(value: object, what: str) -> None:
@@ -153,10 +164,12 @@ class EnqueueRequest:
         check_name(self.queue, "queue name")
         if not isinstance(self.args, tuple):
             raise InvalidRequest(f"args must be a tuple, not {type(self.args).__name__}")
-        if not isinstance(self.kwargs, Mapping):
+        if type(self.kwargs) is not dict and not isinstance(self.kwargs, Mapping):
             raise InvalidRequest(f"kwargs must be a mapping, not {type(self.kwargs).__name__}")
-        check_json(list(self.args), f"{self.task} args")
-        check_json(dict(self.kwargs), f"{self.task} kwargs")
+        if self.args:  # most jobs of a bulk enqueue carry little: skip what is empty
+            check_json(list(self.args), f"{self.task} args")
+        if self.kwargs:
+            check_json(dict(self.kwargs), f"{self.task} kwargs")
         _check_int(self.priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
         _check_int(self.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
         if self.run_at is not None:
