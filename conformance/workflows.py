@@ -20,6 +20,7 @@ from taskharbor.spec import (
     JobRecord,
     JobState,
     ResultRef,
+    SnoozeRequest,
     StepSpec,
     WorkflowGraph,
     WorkflowNotFound,
@@ -57,6 +58,12 @@ def chord(harbor: Harbor) -> WorkflowRecord:
 
 def states(harbor: Harbor, record: WorkflowRecord) -> list[JobState]:
     return [job.state for job in harbor.driver.get(list(record.steps))]
+
+
+def ended(harbor: Harbor, job_id: int) -> tuple[JobState, str | None]:
+    """A job's state and reason."""
+    stored = harbor.get(job_id)
+    return stored.state, stored.reason
 
 
 class WorkflowShapeRules(HarborFixture):
@@ -345,9 +352,106 @@ class WorkflowCancellationRules(HarborFixture):
         harbor.driver.cancel_workflow(record.id)
         assert harbor.get(b.id).state is JobState.CANCELLED
         harbor.fail(leased)
-        stored = harbor.get(a.id)
-        assert (stored.state, stored.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
+        assert ended(harbor, a.id) == (JobState.CANCELLED, WORKFLOW_CANCELLED)
         assert harbor.driver.get_workflow(record.id).state is WorkflowState.CANCELLED
+
+    @pytest.mark.parametrize("ends_by", ["fail", "snooze", "lease_expired"])
+    def test_a_running_step_of_a_cancelled_workflow_ends_with_the_workflow_reason(
+        self, harbor: Harbor, ends_by: str
+    ) -> None:
+        record = workflow(harbor, step("a", max_attempts=3), step("b"), result=[0, 1])
+        a, b = harbor.driver.get(list(record.steps))
+        leased_a, leased_b = harbor.lease_job(a), harbor.lease_job(b)
+        harbor.driver.cancel_workflow(record.id)
+        asked = harbor.get(a.id)
+        assert (asked.state, asked.cancel_requested, asked.reason) == (
+            JobState.RUNNING,
+            True,
+            WORKFLOW_CANCELLED,
+        )
+        beat = harbor.driver.heartbeat([harbor.lease_ref(leased_a)], 30)
+        assert (beat.cancel_requested, harbor.get(a.id).reason) == (
+            frozenset({a.id}),
+            WORKFLOW_CANCELLED,
+        )
+        harbor.complete(leased_b, "done anyway")
+        done = harbor.get(b.id)
+        assert (done.state, done.reason, done.cancel_requested) == (
+            JobState.SUCCEEDED,
+            None,
+            False,
+        )
+        ended_at = harbor.advance(60)
+        if ends_by == "fail":
+            harbor.fail(leased_a)
+        elif ends_by == "snooze":
+            assert leased_a.lease_token is not None
+            request = SnoozeRequest(a.id, leased_a.lease_token, harbor.later(5))
+            assert harbor.driver.snooze([request]) == []
+        else:
+            assert harbor.driver.rescue() == [a.id]
+        stored = harbor.get(a.id)
+        assert (stored.state, stored.reason, stored.finished_at) == (
+            JobState.CANCELLED,
+            WORKFLOW_CANCELLED,
+            ended_at,
+        )
+        assert harbor.driver.get_workflow(record.id).state is WorkflowState.CANCELLED
+
+    @pytest.mark.parametrize("workflow_first", [False, True])
+    def test_the_workflow_reason_wins_over_a_step_cancelled_on_its_own(
+        self, harbor: Harbor, workflow_first: bool
+    ) -> None:
+        record = workflow(harbor, step("a"), step("b", after=(0,)), result=1)
+        a, _ = harbor.driver.get(list(record.steps))
+        leased = harbor.lease_job(a)
+        if workflow_first:
+            harbor.driver.cancel_workflow(record.id)
+            harbor.driver.cancel([a.id])
+        else:
+            harbor.driver.cancel([a.id])
+            assert harbor.get(a.id).reason is None
+            harbor.driver.cancel_workflow(record.id)
+        assert harbor.get(a.id).reason == WORKFLOW_CANCELLED
+        harbor.fail(leased)
+        assert ended(harbor, a.id) == (JobState.CANCELLED, WORKFLOW_CANCELLED)
+
+    def test_a_running_step_cancelled_on_its_own_keeps_the_by_request_reason(
+        self, harbor: Harbor
+    ) -> None:
+        record = workflow(harbor, step("a"), step("b"), result=[0, 1])
+        a, b = harbor.driver.get(list(record.steps))
+        leased = harbor.lease_job(a)
+        harbor.driver.cancel([b.id])  # the workflow is cancelled, but not by cancel_workflow
+        harbor.driver.cancel([a.id])
+        assert harbor.driver.get_workflow(record.id).state is WorkflowState.CANCELLED
+        harbor.fail(leased)
+        assert ended(harbor, a.id) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
+
+    def test_a_running_step_of_a_failed_workflow_cancelled_gets_the_workflow_reason(
+        self, harbor: Harbor
+    ) -> None:
+        record = workflow(harbor, step("a"), step("b"), result=[0, 1])
+        a, b = harbor.driver.get(list(record.steps))
+        harbor.fail(harbor.lease_job(a), permanent=True)
+        leased = harbor.lease_job(b)
+        assert harbor.driver.cancel_workflow(record.id).state is WorkflowState.FAILED
+        harbor.fail(leased)
+        assert ended(harbor, b.id) == (JobState.CANCELLED, WORKFLOW_CANCELLED)
+
+    def test_requeue_clears_the_workflow_reason_of_a_step_that_ran_down(
+        self, harbor: Harbor
+    ) -> None:
+        record = workflow(harbor, step("a", max_attempts=1))
+        (a,) = harbor.driver.get(list(record.steps))
+        leased = harbor.lease_job(a)
+        harbor.driver.cancel_workflow(record.id)
+        harbor.fail(leased)
+        (requeued,) = harbor.driver.requeue([a.id])
+        assert (requeued.state, requeued.reason) == (JobState.AVAILABLE, None)
+        again = harbor.lease_job(requeued)
+        harbor.fail(again)
+        assert ended(harbor, a.id) == (JobState.DEAD, None)
 
     def test_cancel_workflow_of_a_failed_workflow_cancels_the_rest_and_stays_failed(
         self, harbor: Harbor

@@ -454,6 +454,7 @@ class MemoryDriver(Driver):
                 step = self._jobs[step_id]
                 if step.state is JobState.RUNNING:
                     step.cancel_requested = True
+                    step.reason = WORKFLOW_CANCELLED  # kept when the cancel resolves
                 elif step.state not in FINISHED_JOB_STATES:
                     target = self._resolve(step, JobEvent.CANCEL, now)
                     self._enter(step, target, now, reason=WORKFLOW_CANCELLED)
@@ -502,20 +503,25 @@ class MemoryDriver(Driver):
         return any(self._jobs[dep].state is not JobState.SUCCEEDED for dep in row.depends_on)
 
     def _enter(
-        self, row: JobRow, target: JobState, now: datetime, reason: str = CANCELLED_BY_REQUEST
+        self, row: JobRow, target: JobState, now: datetime, reason: str | None = None
     ) -> None:
         """Move ``row`` to ``target`` after the event's own field effects were applied.
 
         Applies the rules every event shares: lease fields and
         ``cancel_requested`` exist only while ``running``; ``finished_at`` is
         set on entering a finished state and cleared on leaving one; ``reason``
-        exists only while ``cancelled``.
+        exists only while ``cancelled`` (or recorded on a running step by its
+        workflow's cancel): entering ``cancelled`` it is ``reason``, else the
+        recorded one, else ``CANCELLED_BY_REQUEST``.
         """
         if target is not JobState.RUNNING:
             row.lease_token = row.lease_expires_at = row.leased_by = None
             row.cancel_requested = False
         row.finished_at = now if target in FINISHED_JOB_STATES else None
-        row.reason = reason if target is JobState.CANCELLED else None
+        if target is JobState.CANCELLED:
+            row.reason = reason or row.reason or CANCELLED_BY_REQUEST
+        elif target is not JobState.RUNNING:  # a heartbeat keeps a recorded reason
+            row.reason = None
         row.state = target
         self._place(row)
 

@@ -689,7 +689,10 @@ class PostgresDriver(Driver):
                 )
             values = {**params, "workflow_id": workflow_id, "reason": WORKFLOW_CANCELLED}
             cur.execute(
-                statements.ask_to_cancel(self._tables, "j.workflow_id = %(workflow_id)s"), values
+                statements.ask_to_cancel(
+                    self._tables, "j.workflow_id = %(workflow_id)s", with_reason=True
+                ),
+                values,
             )
             cur.execute(statements.cancel_workflow_steps(self._tables), values)
             workflows.derive(cur, self._tables, params, [workflow_id])

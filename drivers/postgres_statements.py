@@ -76,8 +76,10 @@ def _ends(target: str) -> dict[str, sql.Composable]:
 
 _ENDING = """
     finished_at = CASE WHEN {target_col} IN {finished} THEN {now} ELSE j.finished_at END,
-    reason = CASE WHEN {target_col} = {cancelled} THEN %(by_request)s ELSE j.reason END
+    reason = CASE WHEN {target_col} = {cancelled} THEN COALESCE(j.reason, %(by_request)s) END
 """
+"""A job leaving ``running``: a cancelled one keeps the reason its workflow's cancel
+recorded, else gets ``%(by_request)s``; any other target clears it."""
 
 
 @statement
@@ -236,15 +238,22 @@ def lock_for_operator(tables: Tables) -> sql.Composed:
 
 
 _ASK_TO_CANCEL = """
-UPDATE {jobs} j SET cancel_requested = true
+UPDATE {jobs} j SET cancel_requested = true{recorded}
 WHERE j.state = {running} AND {which}
 """
 
 
 @statement
-def ask_to_cancel(tables: Tables, which: str) -> sql.Composed:
-    """Set ``cancel_requested`` on the running jobs ``which`` selects."""
-    return tables.sql(_ASK_TO_CANCEL, running=job_state(JobState.RUNNING), which=sql.SQL(which))
+def ask_to_cancel(tables: Tables, which: str, *, with_reason: bool = False) -> sql.Composed:
+    """Set ``cancel_requested`` on the running jobs ``which`` selects; ``with_reason``
+    also records ``%(reason)s``, the reason the cancel will resolve with."""
+    recorded = sql.SQL(", reason = %(reason)s" if with_reason else "")
+    return tables.sql(
+        _ASK_TO_CANCEL,
+        running=job_state(JobState.RUNNING),
+        which=sql.SQL(which),
+        recorded=recorded,
+    )
 
 
 _CANCEL_WORKFLOW_STEPS = """

@@ -658,7 +658,7 @@ class SQLiteDriver(Driver):
                 )
             for step in tx.rows(workflow.steps):
                 if step["state"] == JobState.RUNNING:
-                    tx.request_cancel(step["id"])
+                    tx.request_cancel(step["id"], reason=WORKFLOW_CANCELLED)
                 elif step["state"] in QUEUED_JOB_STATES:
                     tx.move(step, JobEvent.CANCEL, reason=WORKFLOW_CANCELLED)
             tx.derive_workflow(workflow_id)

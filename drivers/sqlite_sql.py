@@ -135,13 +135,14 @@ def leaving_running(target: str) -> str:
 
     ``target`` is the SQL expression of the row's new state.  As
     :meth:`~taskharbor.drivers.sqlite_writes.Writes.apply` does for one row:
-    ``finished_at`` is set when the job finishes, a cancelled job gets the
-    default reason, and the lease fields are cleared.  Parameters: ``:now``,
-    ``:cancelled`` (the state) and ``:by_request`` (the reason).
+    ``finished_at`` is set when the job finishes, a cancelled job keeps the
+    reason its workflow's cancel recorded or gets the default one (any other
+    target clears it), and the lease fields are cleared.  Parameters:
+    ``:now``, ``:cancelled`` (the state) and ``:by_request`` (the reason).
     """
     return (
         f"finished_at = CASE WHEN {target} IN {FINISHED_STATES} THEN :now ELSE finished_at END, "
-        f"reason = CASE WHEN {target} = :cancelled THEN :by_request ELSE reason END, "
+        f"reason = CASE WHEN {target} = :cancelled THEN COALESCE(reason, :by_request) END, "
         "lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, cancel_requested = 0"
     )
 

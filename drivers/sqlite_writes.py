@@ -111,14 +111,16 @@ class Writes:
 
     def apply(self, row: sqlite3.Row, target: JobState, **changes: Any) -> None:
         """Write ``target`` and the event's ``changes``, plus the effects every event
-        shares: ``finished_at`` when the job finishes, the default cancellation
-        reason, and the lease fields cleared when it leaves ``running``."""
+        shares: ``finished_at`` when the job finishes, the cancellation reason
+        (the one a running job's workflow cancel recorded, else the default),
+        and the lease fields (and a recorded reason) cleared when it leaves
+        ``running``."""
         if target in FINISHED_JOB_STATES:
             changes.setdefault("finished_at", self.now_us)
         if target == JobState.CANCELLED:
-            changes.setdefault("reason", CANCELLED_BY_REQUEST)
+            changes.setdefault("reason", row["reason"] or CANCELLED_BY_REQUEST)
         if row["state"] == JobState.RUNNING and target != JobState.RUNNING:
-            changes = {**_LEASE_CLEARED, **changes}
+            changes = {**_LEASE_CLEARED, "reason": None, **changes}
         self.update(row["id"], state=target.value, **changes)
 
     def move(
@@ -141,9 +143,15 @@ class Writes:
             f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id)
         )
 
-    def request_cancel(self, job_id: JobId) -> None:
-        """A running job is only asked to stop; its worker sees it at the next heartbeat."""
-        self.update(job_id, cancel_requested=1)
+    def request_cancel(self, job_id: JobId, reason: str | None = None) -> None:
+        """A running job is only asked to stop; its worker sees it at the next heartbeat.
+
+        ``reason`` (a workflow's cancel) is recorded now and kept when the
+        cancel resolves; without it the job's reason is left as it is."""
+        if reason is None:
+            self.update(job_id, cancel_requested=1)
+        else:
+            self.update(job_id, cancel_requested=1, reason=reason)
 
     def requeue(self, row: sqlite3.Row) -> None:
         """Event ``requeue``: back to ``pending`` while the step still waits, else ``available``."""

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from taskharbor.spec import (
     FINISHED_JOB_STATES,
+    WORKFLOW_CANCELLED,
     JobId,
     JobRecord,
     JobState,
@@ -61,7 +62,14 @@ def job_problems(job: JobRecord) -> list[str]:
     finished = job.state in FINISHED_JOB_STATES
     if (job.finished_at is not None) != finished:
         problems.append(f"finished_at={job.finished_at} while {job.state}")
-    if (job.reason is not None) != (job.state is JobState.CANCELLED):
+    # a running step whose workflow was cancelled already holds its cancel's reason
+    recorded = (
+        running
+        and job.cancel_requested
+        and job.workflow_id is not None
+        and job.reason == WORKFLOW_CANCELLED
+    )
+    if (job.reason is not None) != (job.state is JobState.CANCELLED or recorded):
         problems.append(f"reason={job.reason!r} while {job.state}")
     return [f"job {job.id}: {problem}" for problem in problems]
 

@@ -146,9 +146,9 @@ class ReferenceModel(Driver):
         if target in FINISHED_JOB_STATES:
             changes.setdefault("finished_at", self._now)
         if target == JobState.CANCELLED:
-            changes.setdefault("reason", CANCELLED_BY_REQUEST)
+            changes.setdefault("reason", job.reason or CANCELLED_BY_REQUEST)
         if job.state == JobState.RUNNING and target != JobState.RUNNING:
-            changes = {**_LEASE_FIELDS_CLEARED, **changes}
+            changes = {**_LEASE_FIELDS_CLEARED, "reason": None, **changes}
         moved = replace(job, state=target, **changes)
         s.jobs[job.id] = moved
         return moved
@@ -554,7 +554,9 @@ class ReferenceModel(Driver):
             for step_id in workflow.steps:
                 step = s.jobs[step_id]
                 if step.state == JobState.RUNNING:
-                    s.jobs[step_id] = replace(step, cancel_requested=True)
+                    # the reason is recorded now; the cancel resolves with it
+                    asked = replace(step, cancel_requested=True, reason=WORKFLOW_CANCELLED)
+                    s.jobs[step_id] = asked
                 elif step.state in QUEUED_JOB_STATES:
                     self._move(s, step, JobEvent.CANCEL, reason=WORKFLOW_CANCELLED)
             self._derive_workflow(s, workflow_id)

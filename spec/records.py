@@ -35,7 +35,7 @@ CANCELLED_BY_REQUEST = "cancelled by request"
 """``reason`` of a job cancelled by ``Driver.cancel`` (directly or after running)."""
 
 WORKFLOW_CANCELLED = "workflow cancelled"
-"""``reason`` of a step cancelled by ``Driver.cancel_workflow``."""
+"""``reason`` of a step cancelled by ``Driver.cancel_workflow`` (at once, or after running)."""
 
 
 LEASE_EXPIRED_TYPE = "LeaseExpired"
@@ -211,7 +211,9 @@ class JobRecord:
     retry time, or the time it was enqueued or released.  ``attempt`` counts
     the attempts used (leases not given back by ``snooze``).  ``finished_at``
     is set when the job enters succeeded, dead or cancelled, and cleared when
-    it leaves.  ``reason`` says why a job is cancelled (``None`` otherwise).
+    it leaves.  ``reason`` says why a job is cancelled; it is ``None`` otherwise,
+    except on a ``running`` workflow step whose workflow was cancelled: there it
+    is already ``WORKFLOW_CANCELLED``, the reason its cancel will end with.
     ``depends_on`` holds the job ids of the workflow steps it waits for.
     """
 

@@ -72,10 +72,22 @@ requeue         ``attempt = 0``; ``run_at = now``; ``cancel_requested``,
 =============== ==============================================================
 
 Cancellation reasons (constants in :mod:`taskharbor.spec.records`):
-``CANCELLED_BY_REQUEST`` for :meth:`Driver.cancel` and for a running job that
-ends through ``fail``/``snooze``/``lease_expired`` after a cancel request;
-``WORKFLOW_CANCELLED`` for :meth:`Driver.cancel_workflow`;
-``dependency_reason(job_id, state)`` for workflow cascades.
+``CANCELLED_BY_REQUEST`` for :meth:`Driver.cancel`, directly or for a running
+job that then ends through ``fail``/``snooze``/``lease_expired`` after the
+request; ``WORKFLOW_CANCELLED`` for :meth:`Driver.cancel_workflow`, directly
+or for a running step that then ends that way; ``dependency_reason(job_id,
+state)`` for workflow cascades (a cascade never reaches a running step: a step
+that depends on an unfinished one is pending or finished).
+
+The rule for running jobs: ``cancel_workflow`` sets ``cancel_requested`` on a
+running step *and* records ``reason = WORKFLOW_CANCELLED`` on it at once;
+``cancel`` only sets ``cancel_requested`` and leaves ``reason`` alone.  An event
+out of ``running`` that ends ``cancelled`` keeps a recorded reason, else sets
+``CANCELLED_BY_REQUEST``; any other event out of ``running`` (``succeed``, or
+an attempt that was never asked to stop) clears it.  So the workflow-level
+reason wins whichever of the two requests came first.  ``reason`` is therefore
+set exactly on ``cancelled`` jobs and on ``running`` steps whose workflow was
+cancelled.
 
 "Lease fields" are ``lease_token``, ``lease_expires_at`` and ``leased_by``;
 they are set exactly while the job is ``running``.  ``cancel_requested`` is
@@ -322,7 +334,8 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         """Cancel every step not finished yet (event ``cancel`` with reason
-        ``WORKFLOW_CANCELLED``; running ones get ``cancel_requested``); the
+        ``WORKFLOW_CANCELLED``; running ones get ``cancel_requested`` and
+        ``reason = WORKFLOW_CANCELLED``, kept when their cancel resolves); the
         workflow's state is then derived as above.  A workflow already
         ``succeeded`` raises ``InvalidTransition``."""
 

@@ -238,17 +238,18 @@ def _enter(store: _Store, job: JobRecord, target: JobState, **changes: Any) -> J
     """Store ``job`` in ``target`` with the field effects every event shares, then ``changes``.
 
     Entering a finished state sets ``finished_at``; entering ``cancelled`` sets
-    a reason (by request, unless ``changes`` names another); leaving ``running``
-    clears the lease fields and ``cancel_requested``.
+    a reason (the one a workflow's cancel recorded on a running step, else by
+    request, unless ``changes`` names another); leaving ``running`` clears the
+    lease fields, ``cancel_requested`` and any reason recorded.
     """
     shared: dict[str, Any] = {}
     if target in FINISHED_JOB_STATES:
         shared["finished_at"] = store.now
-    if target == JobState.CANCELLED:
-        shared["reason"] = CANCELLED_BY_REQUEST
     if job.state == JobState.RUNNING and target != JobState.RUNNING:
         shared.update(lease_token=None, lease_expires_at=None, leased_by=None)
-        shared["cancel_requested"] = False
+        shared.update(cancel_requested=False, reason=None)
+    if target == JobState.CANCELLED:
+        shared["reason"] = job.reason or CANCELLED_BY_REQUEST
     moved = replace(job, state=target, **{**shared, **changes})
     store.jobs[job.id] = moved
     return moved
@@ -749,7 +750,9 @@ class JsonFileDriver(Driver):
             for step_id in workflow.steps:
                 step = store.jobs[step_id]
                 if step.state == JobState.RUNNING:
-                    store.jobs[step_id] = replace(step, cancel_requested=True)
+                    # the reason is recorded now: the cancel resolves with it
+                    asked = replace(step, cancel_requested=True, reason=WORKFLOW_CANCELLED)
+                    store.jobs[step_id] = asked
                 elif step.state in cancellable:
                     target = _target(store, step, JobEvent.CANCEL)
                     _enter(store, step, target, reason=WORKFLOW_CANCELLED)
