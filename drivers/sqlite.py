@@ -34,6 +34,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -65,6 +66,7 @@ from taskharbor.spec import (
     LeaseLost,
     LeaseRef,
     PromoteResult,
+    SchemaError,
     SnoozeRequest,
     SystemClock,
     WorkflowEvent,
@@ -209,7 +211,10 @@ class SQLiteDriver(Driver):
     ``migrate=True`` creates or upgrades the schema when the store is opened;
     with ``False`` (an operator runs ``taskharbor migrate``) a store whose
     schema is not current raises :class:`~taskharbor.spec.errors.SchemaError`
-    at its first call.  A file that is not a TaskHarbor SQLite store raises
+    at its first call; so does a file that does not exist, which is not
+    created until :meth:`migrate` is called (SQLite opens the file read-write
+    only, never creating it, so a file removed later is not created either).
+    A file that is not a TaskHarbor SQLite store raises
     :class:`~taskharbor.drivers.sqlite_schema.DatabaseFileError` and is left
     untouched; so does a call that the file or its disk fails (full, I/O
     error, read-only, locked by another process for longer than
@@ -238,11 +243,13 @@ class SQLiteDriver(Driver):
         self._handles: list[_Connection] = []
         self._closed = False
         self._schema_current = False
+        self._may_create = migrate
+        """Whether a connection may create the file: only once migrating was asked for."""
         sqlite_schema.check_path(self.path)
         try:
             if migrate:
                 self.migrate()
-            else:
+            elif os.path.lexists(self.path):
                 with self._using() as conn:
                     sqlite_schema.stored_version(conn, self.path)
         except BaseException:
@@ -252,6 +259,7 @@ class SQLiteDriver(Driver):
     # -- lifecycle of the store ---------------------------------------------------
 
     def migrate(self) -> None:
+        self._may_create = True
         with self._using() as conn:
             sqlite_schema.migrate(conn, self.path)
         self._schema_current = True
@@ -311,10 +319,18 @@ class SQLiteDriver(Driver):
         """A new connection, set up for this driver; a file SQLite refuses is named.
 
         A failure of the file or its disk is left to :meth:`_using` to name.
+        Until :meth:`migrate` is called on a driver opened with ``migrate=False``,
+        a missing file is refused with ``SchemaError``, not created.
         """
+        if not self._may_create and not os.path.lexists(self.path):
+            raise SchemaError(
+                f"{self.path} does not exist (opened with migrate=False, so it is not "
+                "created): create it with `taskharbor migrate` or open it with migrate=True"
+            )
         try:
             conn = sqlite3.connect(
-                self.path,
+                self.path if self._may_create else _existing_file_uri(self.path),
+                uri=not self._may_create,
                 timeout=BUSY_TIMEOUT_SECONDS,
                 isolation_level=None,
                 check_same_thread=False,
@@ -772,6 +788,11 @@ def _live(row: sqlite3.Row, token: str) -> bool:
 
 
 _Fenced = TypeVar("_Fenced", LeaseRef, Completion, Failure, SnoozeRequest)
+
+
+def _existing_file_uri(path: Path) -> str:
+    """An SQLite URI that opens ``path`` read-write and never creates it."""
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
 
 
 def _fence(

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,6 +97,7 @@ def test_reopening_and_migrating_again_keeps_the_jobs(tmp_path: Path) -> None:
 
 
 def test_without_migrate_an_empty_store_asks_for_a_migration_then_works(tmp_path: Path) -> None:
+    (tmp_path / "later.db").touch()  # a missing file: see the next test
     driver = SQLiteDriver(tmp_path / "later.db", migrate=False)
     with pytest.raises(SchemaError, match=r"schema version 0, older than 1.*taskharbor migrate"):
         driver.count()
@@ -105,24 +106,63 @@ def test_without_migrate_an_empty_store_asks_for_a_migration_then_works(tmp_path
     driver.close()
 
 
-def test_stores_opening_a_new_file_at_once_all_migrate_it(tmp_path: Path) -> None:
-    path = tmp_path / "race.db"
+def errors_in_threads(target: Callable[[], object], threads: int) -> list[BaseException]:
+    """Run ``target`` in ``threads`` threads at once; the errors they raised."""
     errors: list[BaseException] = []
 
-    def open_and_enqueue() -> None:
+    def run() -> None:
         try:
-            driver = SQLiteDriver(path)
-            driver.enqueue([EnqueueRequest("task")])
-            driver.close()
-        except BaseException as exc:  # reported below, with the thread's error
+            target()
+        except BaseException as exc:  # returned, with the thread's error
             errors.append(exc)
 
-    threads = [threading.Thread(target=open_and_enqueue) for _ in range(6)]
-    for thread in threads:
+    started = [threading.Thread(target=run) for _ in range(threads)]
+    for thread in started:
         thread.start()
-    for thread in threads:
+    for thread in started:
         thread.join()
-    assert errors == []
+    return errors
+
+
+def test_without_migrate_a_missing_file_is_refused_by_name_until_migrated(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "we?ird #name%20.db"
+    driver = SQLiteDriver(path, migrate=False)
+    for call in (driver.count, lambda: driver.get([1]), lambda: driver.list_jobs(JobFilter())):
+        with pytest.raises(SchemaError, match=re.escape(f"{path} does not exist")):
+            call()
+        assert list(tmp_path.iterdir()) == []
+    driver.migrate()  # asked for: now the file is created
+    assert driver.count() == {}
+    driver.close()
+
+
+def test_without_migrate_a_file_removed_after_opening_is_not_created_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "we?ird #name%20.db"
+    make_store(path, jobs=1)
+    driver = SQLiteDriver(path, migrate=False)
+    assert sum(driver.count().values()) == 1  # the URI names this very file
+    for leftover in tmp_path.iterdir():
+        leftover.unlink()
+    errors = errors_in_threads(lambda: driver.count(), threads=1)  # a new connection
+    driver.close()
+    assert len(errors) == 1 and isinstance(errors[0], StoreError), errors
+    assert str(path) in str(errors[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stores_opening_a_new_file_at_once_all_migrate_it(tmp_path: Path) -> None:
+    path = tmp_path / "race.db"
+
+    def open_and_enqueue() -> None:
+        driver = SQLiteDriver(path)
+        driver.enqueue([EnqueueRequest("task")])
+        driver.close()
+
+    assert errors_in_threads(open_and_enqueue, threads=6) == []
     driver = SQLiteDriver(path)
     assert sum(driver.count().values()) == 6
     driver.close()
