@@ -247,7 +247,7 @@ WHERE j.state = {running} AND {which}
 def ask_to_cancel(tables: Tables, which: str, *, with_reason: bool = False) -> sql.Composed:
     """Set ``cancel_requested`` on the running jobs ``which`` selects; ``with_reason``
     also records ``%(reason)s``, the reason the cancel will resolve with."""
-    recorded = sql.SQL(", reason = %(reason)s" if with_reason else "")
+    recorded = sql.SQL(", reason = %(reason)s") if with_reason else sql.SQL("")
     return tables.sql(
         _ASK_TO_CANCEL,
         running=job_state(JobState.RUNNING),
