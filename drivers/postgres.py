@@ -3,7 +3,10 @@
 ``PostgresDriver(conninfo, schema="taskharbor")`` keeps jobs and workflows in
 tables of ``schema`` (created and upgraded by :meth:`PostgresDriver.migrate`,
 i.e. ``taskharbor migrate``; a driver on an out-of-date schema refuses to work
-and says so).  Every SPI call is one transaction on a pooled connection;
+and says so).  Opening the driver connects once: an unreachable server is a
+``StoreError`` within seconds, naming its host and port (a ``connect_timeout``
+of 5 s is added when the connection string and ``PGCONNECT_TIMEOUT`` give
+none; see :mod:`.postgres_connect`).  Every SPI call is one transaction on a pooled connection;
 concurrent calls from any number of processes are safe:
 
 * leasing takes rows with ``FOR UPDATE SKIP LOCKED``, in the spec's order;
@@ -96,6 +99,7 @@ from . import postgres_enqueue as enqueueing
 from . import postgres_statements as statements
 from . import postgres_workflows as workflows
 from .corrupt_rows import split_leased
+from .postgres_connect import check_reachable, with_connect_timeout
 from .postgres_notify import Listener, sleep_until
 from .postgres_rows import job_record, workflow_record
 from .postgres_schema import check_schema, migrate
@@ -168,6 +172,9 @@ class PostgresDriver(Driver):
         if not isinstance(poll_interval, int | float) or not poll_interval > 0:
             raise InvalidRequest(f"poll_interval must be a positive number, not {poll_interval!r}")
         self._tables = Tables(schema)
+        # An unreachable server fails here within seconds, named (postgres_connect).
+        conninfo = with_connect_timeout(conninfo)
+        check_reachable(conninfo)
         self._given_clock = clock
         self._poll_interval = float(poll_interval)
         # Statements are sent unprepared, so each is planned with its actual
