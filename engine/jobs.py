@@ -16,8 +16,9 @@ class Job:
     Read it again with ``app.get_job(job.id)``.  ``attempt`` counts the
     attempts used so far; ``errors`` holds one entry per failed attempt (type,
     message, traceback, when).  ``result`` is the handler's return value once
-    the job has ``succeeded``.  ``reason`` says why a job was cancelled.  The
-    lease's fencing token stays inside the worker and is not shown here.
+    the job has ``succeeded``.  ``reason`` says why a job was cancelled (or,
+    on a running workflow step whose workflow was cancelled, why it will be).
+    The lease's fencing token stays inside the worker and is not shown here.
     """
 
     id: JobId
