@@ -91,7 +91,7 @@ from taskharbor.spec.records import (
 from taskharbor.spec.table import NEW, QUEUED_JOB_STATES
 
 from . import sqlite_schema
-from .corrupt_rows import split_leased
+from .corrupt_rows import CorruptJob, split_leased
 from .sqlite_rows import (
     JOB_COLUMNS,
     dump_json,
@@ -654,9 +654,10 @@ class SQLiteDriver(Driver):
     def count(self) -> Mapping[tuple[str, JobState], int]:
         with self._transaction(write=False) as tx:
             rows = tx.conn.execute(
-                "SELECT queue, state, COUNT(*) AS n FROM jobs GROUP BY queue, state"
+                "SELECT queue, state, COUNT(*) AS n, MIN(id) AS first FROM jobs"
+                " GROUP BY queue, state"
             ).fetchall()
-        return {(row["queue"], JobState(row["state"])): row["n"] for row in rows}
+        return {(row["queue"], _counted_state(row)): row["n"] for row in rows}
 
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         check_workflow_id(workflow_id)
@@ -847,3 +848,14 @@ def _filter_sql(where: JobFilter) -> tuple[str, list[object]]:
             conditions.append(condition)
             params.append(value)
     return " AND ".join(conditions) or "1", params
+
+
+def _counted_state(row: sqlite3.Row) -> JobState:
+    """The state of a ``count`` group; :class:`CorruptJob` naming its first job when the
+    rows hold a state no driver writes (edited by hand past the CHECK constraint)."""
+    try:
+        return JobState(row["state"])
+    except ValueError:
+        raise CorruptJob(
+            row["first"], f"unknown state {row['state']!r} ({row['n']} jobs are in it)"
+        ) from None

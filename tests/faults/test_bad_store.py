@@ -87,6 +87,8 @@ def test_corrupt_sqlite_rows_are_named_and_the_other_jobs_run(tmp_path: Path) ->
             app.get_job(bad_json)
         with pytest.raises(CorruptJob, match=f"job {bad_state} .*'bogus' is not a valid JobState"):
             app.get_job(bad_state)
+        with pytest.raises(CorruptJob, match=f"job {bad_state} .*unknown state 'bogus'"):
+            app.stats()
         conn.close()
         app.close()
     fault_table.record(fault_table.Row("corrupt rows (sqlite)", len(jobs), 3, 0, 0, None))
