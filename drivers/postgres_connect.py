@@ -13,6 +13,7 @@ server's host and port and libpq's own reason.
 from __future__ import annotations
 
 import os
+import re
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -58,9 +59,15 @@ def check_reachable(conninfo: str) -> None:
 def _parts(conninfo: str) -> dict[str, str]:
     try:
         return {key: str(value) for key, value in conninfo_to_dict(conninfo).items()}
-    except psycopg.ProgrammingError:
-        # psycopg's message quotes the string, which may hold a password.
+    except psycopg.ProgrammingError as exc:
+        # psycopg's message may quote any part of the string, the password
+        # included: only an unknown option's name is passed on.
+        unknown = _UNKNOWN_OPTION.search(str(exc))
+        detail = f": unknown option {unknown.group(1)!r}" if unknown else ""
         raise InvalidRequest(
-            "the PostgreSQL connection string cannot be parsed (a URL "
+            f"the PostgreSQL connection string cannot be parsed{detail} (a URL "
             "postgresql://user@host:port/dbname or key=value pairs)"
         ) from None
+
+
+_UNKNOWN_OPTION = re.compile(r'invalid (?:URI query parameter|connection option): "(\w+)"')

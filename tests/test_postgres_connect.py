@@ -74,3 +74,9 @@ def test_a_connection_string_that_cannot_be_parsed_is_refused_without_echoing_it
     with pytest.raises(InvalidRequest, match="cannot be parsed") as refused:
         with_connect_timeout("host=db password=s3cret nonsense")
     assert "s3cret" not in str(refused.value)
+
+
+def test_an_unknown_option_is_named() -> None:
+    with pytest.raises(InvalidRequest, match="unknown option 'no_such_option'") as refused:
+        with_connect_timeout("postgresql://ops:s3cret@db/jobs?no_such_option=1")
+    assert "s3cret" not in str(refused.value)
