@@ -70,4 +70,4 @@ def _parts(conninfo: str) -> dict[str, str]:
         ) from None
 
 
-_UNKNOWN_OPTION = re.compile(r'invalid (?:URI query parameter|connection option): "(\w+)"')
+_UNKNOWN_OPTION = re.compile(r'invalid (?:URI query parameter|connection option):? "(\w+)"')

@@ -76,7 +76,14 @@ def test_a_connection_string_that_cannot_be_parsed_is_refused_without_echoing_it
     assert "s3cret" not in str(refused.value)
 
 
-def test_an_unknown_option_is_named() -> None:
+@pytest.mark.parametrize(
+    "conninfo",
+    [
+        "postgresql://ops:s3cret@db/jobs?no_such_option=1",
+        "host=db password=s3cret no_such_option=1",
+    ],
+)
+def test_an_unknown_option_is_named(conninfo: str) -> None:
     with pytest.raises(InvalidRequest, match="unknown option 'no_such_option'") as refused:
-        with_connect_timeout("postgresql://ops:s3cret@db/jobs?no_such_option=1")
+        with_connect_timeout(conninfo)
     assert "s3cret" not in str(refused.value)
