@@ -22,9 +22,6 @@ from taskharbor.spec import Driver, InvalidRequest
 from .app import App
 from .urls import open_driver
 
-CONNECT_TIMEOUT_SECONDS = 5
-"""How long ``--url`` waits for a PostgreSQL server to answer."""
-
 APP_ENV = "TASKHARBOR_APP"
 URL_ENV = "TASKHARBOR_URL"
 
@@ -94,13 +91,16 @@ def check_reachable(url: str) -> None:
     """Fail within seconds, with the server's own reason, when a PostgreSQL URL's
     server cannot be reached (exit 1) or the URL is malformed (exit 2).
 
-    The PostgreSQL driver's connection pool would wait 30 seconds at the first
-    call and then report only a timeout.  This opens one plain connection and
+    The driver fails as fast (same timeout), but names only host and port;
+    this probe words the failure with the URL as given (password masked) and
+    makes a malformed URL a usage error.  It opens one plain connection and
     closes it; no SQL is sent.
     """
     if urlsplit(url).scheme.lower() not in ("postgresql", "postgres"):
         return
     import psycopg
+
+    from taskharbor.drivers.postgres_connect import CONNECT_TIMEOUT_SECONDS
 
     try:
         psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
