@@ -14,12 +14,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-from taskharbor.spec import ErrorReport, Failure, JobRecord, StoreError
+from taskharbor.spec import CORRUPT_JOB_TYPE, CorruptJob, ErrorReport, Failure, JobRecord
 
 logger = logging.getLogger("taskharbor")
-
-CORRUPT_JOB_TYPE = "CorruptJob"
-"""The error type recorded on a job dead-lettered because its row could not be read."""
 
 
 class RowLike(Protocol):
@@ -29,14 +26,6 @@ class RowLike(Protocol):
 
 
 Row = TypeVar("Row", bound=RowLike)
-
-
-class CorruptJob(StoreError):
-    """A job's row holds something no driver writes; ``job_id`` names it."""
-
-    def __init__(self, job_id: int, problem: str) -> None:
-        super().__init__(f"job {job_id} cannot be read from the store: {problem}")
-        self.job_id = job_id
 
 
 def decode_job(row: Row, decode: Callable[[Row], JobRecord]) -> JobRecord:

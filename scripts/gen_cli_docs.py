@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from taskharbor.cli import main
-from taskharbor.cli_shapes import dumps, job_list_shape, stats_shape, workflow_shape
+from taskharbor.cli.shapes import dumps, job_list_shape, stats_shape, workflow_shape
 from taskharbor.spec import ErrorInfo, JobRecord, JobState, WorkflowRecord, WorkflowState
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"

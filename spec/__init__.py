@@ -8,6 +8,8 @@ TaskHarbor's.
 
 from .clock import Clock, FakeClock, SystemClock
 from .errors import (
+    CORRUPT_JOB_TYPE,
+    CorruptJob,
     InvalidRequest,
     InvalidTransition,
     JobNotFound,
@@ -72,6 +74,7 @@ from .table import (
 
 __all__ = [
     "CANCELLED_BY_REQUEST",
+    "CORRUPT_JOB_TYPE",
     "FINISHED_JOB_STATES",
     "JOB",
     "JOB_GUARDS",
@@ -85,6 +88,7 @@ __all__ = [
     "Capabilities",
     "Clock",
     "Completion",
+    "CorruptJob",
     "Driver",
     "EnqueueRequest",
     "EnqueueResult",

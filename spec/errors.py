@@ -97,3 +97,21 @@ class StoreError(TaskHarborError):
 
 class SchemaError(StoreError):
     """The store's schema is missing, too old or too new for this version."""
+
+
+CORRUPT_JOB_TYPE = "CorruptJob"
+"""The error type recorded on a job dead-lettered because its stored data could not be read."""
+
+
+class CorruptJob(StoreError):
+    """A job's stored data holds something no driver writes; ``job_id`` names it.
+
+    The contract's rule for such a job: a driver that leases it sends it to the
+    dead-letter queue at once with this error (type :data:`CORRUPT_JOB_TYPE`)
+    and hands out the rest of the batch; reading it raises this error; rescue
+    and count never stop on it.
+    """
+
+    def __init__(self, job_id: int, problem: str) -> None:
+        super().__init__(f"job {job_id} cannot be read from the store: {problem}")
+        self.job_id = job_id

@@ -9,7 +9,7 @@ import click
 import pytest
 from test_cli_support import CliStore, cli_store
 
-from taskharbor.cli_bulk import BATCH_SIZE, in_batches
+from taskharbor.cli.bulk import BATCH_SIZE, in_batches
 from taskharbor.spec import InvalidTransition, JobId, JobRecord, JobState
 
 __all__ = ["cli_store"]

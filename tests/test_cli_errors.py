@@ -16,7 +16,7 @@ from test_cli_support import (
 )
 
 from driver_registry import POSTGRES_URL, skip_without_postgres
-from taskharbor.cli_store import mask_secrets
+from taskharbor.cli.store import mask_secrets
 
 __all__ = ["app_module", "cli_store"]
 

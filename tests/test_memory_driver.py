@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from taskharbor.drivers.memory import MemoryDriver
-from taskharbor.drivers.memory_index import LazyHeap
-from taskharbor.drivers.memory_rows import JobRow
+from taskharbor.drivers.memory.index import LazyHeap
+from taskharbor.drivers.memory.rows import JobRow
 from taskharbor.spec import (
     Capabilities,
     Completion,

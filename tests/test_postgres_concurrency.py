@@ -11,7 +11,7 @@ from typing import TypeVar
 import pytest
 from test_postgres_support import MakeDriver, make_driver
 
-from taskharbor.drivers import postgres
+from taskharbor.drivers.postgres import driver as postgres
 from taskharbor.spec import (
     Completion,
     EnqueueRequest,

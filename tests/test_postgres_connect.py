@@ -10,7 +10,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 import taskharbor as th
 from taskharbor.drivers.postgres import PostgresDriver
-from taskharbor.drivers.postgres_connect import (
+from taskharbor.drivers.postgres.connect import (
     CONNECT_TIMEOUT_SECONDS,
     server_name,
     with_connect_timeout,

@@ -12,7 +12,7 @@ from test_postgres_support import MakeDriver, make_driver, unique_schema
 
 from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.drivers.postgres import PostgresDriver
-from taskharbor.drivers.postgres_notify import Listener
+from taskharbor.drivers.postgres.notify import Listener
 from taskharbor.spec import EnqueueRequest
 
 __all__ = ["make_driver"]

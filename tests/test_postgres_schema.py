@@ -13,7 +13,7 @@ from test_postgres_support import MakeDriver, make_driver, unique_schema
 
 from driver_registry import POSTGRES_URL
 from taskharbor.drivers.postgres import PostgresDriver
-from taskharbor.drivers.postgres_schema import CURRENT_VERSION, MIGRATIONS, migrate
+from taskharbor.drivers.postgres.schema import CURRENT_VERSION, MIGRATIONS, migrate
 from taskharbor.spec import EnqueueRequest, FakeClock, InvalidRequest, SchemaError
 
 __all__ = ["make_driver"]

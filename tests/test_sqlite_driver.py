@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from taskharbor.drivers import sqlite as sqlite_driver
 from taskharbor.drivers.sqlite import SQLiteDriver
-from taskharbor.drivers.sqlite_sql import (
+from taskharbor.drivers.sqlite import driver as sqlite_driver
+from taskharbor.drivers.sqlite.transitions import (
     GUARD_SQL,
     JOBS_BY_ID,
     LEASE_JOBS,

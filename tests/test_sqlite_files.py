@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from taskharbor.drivers import sqlite as sqlite_module
 from taskharbor.drivers.sqlite import SQLiteDriver
-from taskharbor.drivers.sqlite_schema import SCHEMA_VERSION, DatabaseFileError
+from taskharbor.drivers.sqlite import driver as sqlite_module
+from taskharbor.drivers.sqlite.schema import SCHEMA_VERSION, DatabaseFileError
 from taskharbor.spec import (
     Completion,
     EnqueueRequest,
@@ -247,7 +247,7 @@ def test_a_read_only_store_is_refused() -> None:
         (folder / "frozen.db").chmod(0o444)
         opener = (
             "from taskharbor.drivers.sqlite import SQLiteDriver\n"
-            "from taskharbor.drivers.sqlite_schema import DatabaseFileError\n"
+            "from taskharbor.drivers.sqlite.schema import DatabaseFileError\n"
             "try:\n"
             f"    SQLiteDriver({str(folder / 'frozen.db')!r})\n"
             "except DatabaseFileError as exc:\n"
@@ -343,7 +343,7 @@ def test_a_disk_io_error_fails_the_call_naming_the_file_and_changes_nothing(
         f"""
 import os, resource, signal, sqlite3
 from taskharbor.drivers.sqlite import SQLiteDriver
-from taskharbor.drivers.sqlite_schema import DatabaseFileError
+from taskharbor.drivers.sqlite.schema import DatabaseFileError
 from taskharbor.spec import EnqueueRequest, JobFilter
 
 def stored():
@@ -385,7 +385,7 @@ def test_a_file_made_read_only_under_the_store_fails_its_next_connection() -> No
             f"""
 import os, threading
 from taskharbor.drivers.sqlite import SQLiteDriver
-from taskharbor.drivers.sqlite_schema import DatabaseFileError
+from taskharbor.drivers.sqlite.schema import DatabaseFileError
 from taskharbor.spec import EnqueueRequest, JobFilter
 
 driver = SQLiteDriver({str(path)!r})

@@ -27,7 +27,8 @@ from typing import Any
 from common import LATENCY_GAP, POSTGRES_URL, Figures, scratch_schema
 
 import taskharbor as th
-from taskharbor.drivers import postgres, postgres_notify
+from taskharbor.drivers.postgres import driver as postgres
+from taskharbor.drivers.postgres import notify as postgres_notify
 
 PROBE = "bench.probe"
 HOPS = (

@@ -17,9 +17,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Json
 
-from taskharbor.drivers import postgres_statements as statements
-from taskharbor.drivers.postgres import PostgresDriver
-from taskharbor.drivers.postgres_tables import Tables
+from taskharbor.drivers.postgres import PostgresDriver, statements
+from taskharbor.drivers.postgres.tables import Tables
 from taskharbor.spec import EnqueueRequest, JobEvent, JobState
 
 LEASE_BATCH = 50

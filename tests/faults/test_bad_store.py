@@ -33,10 +33,9 @@ from workflow_crash_app import Store
 
 import taskharbor as th
 from driver_registry import POSTGRES_URL
-from taskharbor.drivers.corrupt_rows import CORRUPT_JOB_TYPE, CorruptJob
 from taskharbor.drivers.postgres import PostgresDriver
-from taskharbor.drivers.sqlite_schema import DatabaseFileError
-from taskharbor.spec import JobState
+from taskharbor.drivers.sqlite.schema import DatabaseFileError
+from taskharbor.spec import CORRUPT_JOB_TYPE, CorruptJob, JobState
 
 TIMEOUT = 60.0
 NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]

@@ -28,7 +28,7 @@ from taskharbor.spec import (
 )
 from taskharbor.spec.records import JSON
 
-from .corrupt_rows import decode_job, payload_args, payload_kwargs
+from ..corrupt_rows import decode_job, payload_args, payload_kwargs
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from taskharbor.spec.records import JobId
 from taskharbor.spec.table import FINISHED_JOB_STATES, JobState
 
-from .memory_rows import JobRow
+from .rows import JobRow
 
 Key = TypeVar("Key")
 

@@ -11,11 +11,11 @@ import click
 from taskharbor.spec import JobFilter, JobState, SchemaError
 from taskharbor.spec.diagrams import FORMATS, Format, Lifecycle, render
 
-from . import cli_render
-from .cli_jobs import json_option, scan
-from .cli_params import duration_value
-from .cli_shapes import dumps, iso, stats_shape
-from .cli_store import Session, pass_session
+from . import render as cli_render
+from .jobs import json_option, scan
+from .params import duration_value
+from .shapes import dumps, iso, stats_shape
+from .store import Session, pass_session
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -67,7 +67,7 @@ def worker(
     SIGTERM or Ctrl-C stops leasing and lets running jobs finish (a second
     signal releases them at once); the command then exits with status 0.
     """
-    from .worker import Worker
+    from ..worker import Worker
 
     app = session.app("worker")
     handler = logging.StreamHandler()
@@ -186,6 +186,6 @@ def diagram(fmt: str, lifecycle: str) -> None:
 def demo() -> None:
     """Run the demo: a few jobs and a workflow on ./taskharbor.db, worked in burst
     mode, then a table of what happened (the same as python -m taskharbor.demo)."""
-    from .demo import main as run_demo
+    from ..demo import main as run_demo
 
     run_demo()

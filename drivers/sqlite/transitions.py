@@ -23,7 +23,7 @@ from functools import cache
 
 from taskharbor.spec import FINISHED_JOB_STATES, JOB, JobEvent, JobState
 
-from .sqlite_rows import JOB_COLUMNS
+from .rows import JOB_COLUMNS
 
 GUARD_SQL: Mapping[str, str] = {
     "cancel_requested": "cancel_requested <> 0",
@@ -134,7 +134,7 @@ def leaving_running(target: str) -> str:
     """The assignments every event out of ``running`` shares, for a set-based ``UPDATE``.
 
     ``target`` is the SQL expression of the row's new state.  As
-    :meth:`~taskharbor.drivers.sqlite_writes.Writes.apply` does for one row:
+    :meth:`~taskharbor.drivers.sqlite.writes.Writes.apply` does for one row:
     ``finished_at`` is set when the job finishes, a cancelled job keeps the
     reason its workflow's cancel recorded or gets the default one (any other
     target clears it), and the lease fields are cleared.  Parameters:

@@ -31,8 +31,8 @@ from taskharbor.spec import (
 )
 from taskharbor.spec.records import map_ref
 
-from .sqlite_rows import JOB_COLUMNS, dump_json, load_json, to_micros
-from .sqlite_sql import INSERT_JOB, JOBS_AFTER, JOBS_BY_ID
+from .rows import JOB_COLUMNS, dump_json, load_json, to_micros
+from .transitions import INSERT_JOB, JOBS_AFTER, JOBS_BY_ID
 
 _LEASE_CLEARED: Mapping[str, Any] = {
     "lease_token": None,

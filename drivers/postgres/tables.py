@@ -11,7 +11,7 @@ from psycopg import sql
 
 from taskharbor.spec import InvalidRequest
 
-from .postgres_sql import STATE_PARAMS
+from .transitions import STATE_PARAMS
 
 SCHEMA_NAME_MAX = 48
 """Schema names are identifiers (63 bytes at most); room is left for the channel name."""

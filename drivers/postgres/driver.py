@@ -95,15 +95,14 @@ from taskharbor.spec.records import (
     map_ref,
 )
 
-from . import postgres_enqueue as enqueueing
-from . import postgres_statements as statements
-from . import postgres_workflows as workflows
-from .corrupt_rows import split_leased
-from .postgres_connect import check_reachable, with_connect_timeout
-from .postgres_notify import Listener, sleep_until
-from .postgres_rows import job_record, workflow_record
-from .postgres_schema import check_schema, migrate
-from .postgres_tables import Tables
+from ..corrupt_rows import split_leased
+from . import enqueue as enqueueing
+from . import statements, workflows
+from .connect import check_reachable, with_connect_timeout
+from .notify import Listener, sleep_until
+from .rows import job_record, workflow_record
+from .schema import check_schema, migrate
+from .tables import Tables
 
 T = TypeVar("T")
 Row = dict[str, Any]

@@ -17,11 +17,11 @@ from rich.text import Text
 
 from taskharbor.spec import Driver, JobFilter, JobId, JobRecord, JobState
 
-from . import cli_render as render
-from .cli_bulk import in_batches
-from .cli_params import JOB_ID, STATE, distinct, since_moment, since_value
-from .cli_shapes import dumps, job_list_shape, job_shape, workflow_shape
-from .cli_store import Session, pass_session
+from . import render
+from .bulk import in_batches
+from .params import JOB_ID, STATE, distinct, since_moment, since_value
+from .shapes import dumps, job_list_shape, job_shape, workflow_shape
+from .store import Session, pass_session
 
 SCAN_PAGE = 1_000
 """Jobs per ``list_jobs`` call when a command has to look through many."""

@@ -4,7 +4,7 @@ It keeps jobs as mutable rows in a dict and hands out frozen snapshots.  One
 lock makes every SPI call atomic; a condition on that lock wakes idle
 in-process workers as soon as a job becomes available.  The paths a busy
 worker pool hits (lease, promote, rescue, idempotent enqueue, finishing a
-workflow step) use indexes (:mod:`taskharbor.drivers.memory_index` and the
+workflow step) use indexes (:mod:`taskharbor.drivers.memory.index` and the
 per-step dependency edges) instead of scanning every job.  Nothing survives
 the process: use it for tests, development and embedded short-lived queues.
 
@@ -75,8 +75,8 @@ from taskharbor.spec.table import (
     derive_workflow_state,
 )
 
-from .memory_index import JobIndex
-from .memory_rows import JobRow, WorkflowRow, copy_json
+from .index import JobIndex
+from .rows import JobRow, WorkflowRow, copy_json
 
 _Report = TypeVar("_Report", Completion, Failure, SnoozeRequest)
 """A fenced report: applied only while its lease is live."""

@@ -19,8 +19,8 @@ import click
 
 from taskharbor.spec import Driver, InvalidRequest
 
-from .app import App
-from .urls import open_driver
+from ..app import App
+from ..urls import open_driver
 
 APP_ENV = "TASKHARBOR_APP"
 URL_ENV = "TASKHARBOR_URL"
@@ -100,7 +100,7 @@ def check_reachable(url: str) -> None:
         return
     import psycopg
 
-    from taskharbor.drivers.postgres_connect import CONNECT_TIMEOUT_SECONDS
+    from taskharbor.drivers.postgres.connect import CONNECT_TIMEOUT_SECONDS
 
     try:
         psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()

@@ -47,9 +47,9 @@ from taskharbor.spec import (
     TaskHarborError,
 )
 
-from .postgres_rows import job_columns, job_record
-from .postgres_sql import enqueue_case, job_state
-from .postgres_tables import Tables, statement
+from .rows import job_columns, job_record
+from .tables import Tables, statement
+from .transitions import enqueue_case, job_state
 
 _COLUMNS = """task, queue, state, args, kwargs, priority, run_at,
                          attempt, max_attempts, created_at, idempotency_key"""

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from taskharbor.spec import ErrorInfo, JobRecord, JobState, WorkflowRecord, WorkflowState
 
-from .corrupt_rows import decode_job, payload_args, payload_kwargs
+from ..corrupt_rows import decode_job, payload_args, payload_kwargs
 
 JOB_FIELDS = (
     "id",

@@ -22,10 +22,10 @@ from click.core import ParameterSource
 
 from taskharbor.spec import InvalidRequest, TaskHarborError
 
-from . import __version__
-from .cli_admin import demo, migrate, prune, spec, stats, worker
-from .cli_jobs import dlq, jobs, workflows
-from .cli_store import APP_ENV, URL_ENV, Session, StoreSource, mask_secrets
+from .. import __version__
+from .admin import demo, migrate, prune, spec, stats, worker
+from .jobs import dlq, jobs, workflows
+from .store import APP_ENV, URL_ENV, Session, StoreSource, mask_secrets
 
 USAGE_ERROR = 2
 OPERATIONAL_ERROR = 1

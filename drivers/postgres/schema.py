@@ -32,7 +32,7 @@ from psycopg import sql
 
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, SchemaError, WorkflowState
 
-from .postgres_sql import event_sources, state_literals
+from .transitions import event_sources, state_literals
 
 MIGRATE_COMMAND = "taskharbor migrate"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from taskharbor.spec import SchemaError, StoreError
 
-from .sqlite_sql import ALL_STATES, AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS
+from .transitions import ALL_STATES, AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS
 
 META_TABLE = "taskharbor_meta"
 _VERSION_KEY = "schema_version"

@@ -19,8 +19,9 @@ from psycopg import sql
 
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, WorkflowState
 
-from .postgres_rows import job_columns
-from .postgres_sql import (
+from .rows import job_columns
+from .tables import Tables, statement
+from .transitions import (
     enqueue_case,
     event_sources,
     job_state,
@@ -28,7 +29,6 @@ from .postgres_sql import (
     target_case,
     workflow_state,
 )
-from .postgres_tables import Tables, statement
 
 _LEASE_CLEARED = (
     "lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, cancel_requested = false"

@@ -51,6 +51,7 @@ from taskharbor.spec import (
     Capabilities,
     Clock,
     Completion,
+    CorruptJob,
     Driver,
     EnqueueRequest,
     EnqueueResult,
@@ -90,9 +91,9 @@ from taskharbor.spec.records import (
 )
 from taskharbor.spec.table import NEW, QUEUED_JOB_STATES
 
-from . import sqlite_schema
-from .corrupt_rows import CorruptJob, split_leased
-from .sqlite_rows import (
+from ..corrupt_rows import split_leased
+from . import schema as sqlite_schema
+from .rows import (
     JOB_COLUMNS,
     dump_json,
     error_entry,
@@ -102,7 +103,7 @@ from .sqlite_rows import (
     to_micros,
     workflow_record,
 )
-from .sqlite_sql import (
+from .transitions import (
     DUE_ROWS,
     FINISHED_STATES,
     LEASE_JOBS,
@@ -113,7 +114,7 @@ from .sqlite_sql import (
     ready_jobs_query,
     target_case,
 )
-from .sqlite_writes import INTEGER_MAX, Writes
+from .writes import INTEGER_MAX, Writes
 
 BUSY_TIMEOUT_SECONDS = 30.0
 """How long a call waits for another process's write transaction before failing."""
@@ -215,7 +216,7 @@ class SQLiteDriver(Driver):
     created until :meth:`migrate` is called (SQLite opens the file read-write
     only, never creating it, so a file removed later is not created either).
     A file that is not a TaskHarbor SQLite store raises
-    :class:`~taskharbor.drivers.sqlite_schema.DatabaseFileError` and is left
+    :class:`~taskharbor.drivers.sqlite.schema.DatabaseFileError` and is left
     untouched; so does a call that the file or its disk fails (full, I/O
     error, read-only, locked by another process for longer than
     :data:`BUSY_TIMEOUT_SECONDS`), naming the file and the problem.  Such a
@@ -285,7 +286,7 @@ class SQLiteDriver(Driver):
         Every SQLite call of the driver runs in here, so this is the one place
         where a failure of the file or its disk (full, I/O error, read-only,
         locked by another process) becomes a
-        :class:`~taskharbor.drivers.sqlite_schema.DatabaseFileError` naming the
+        :class:`~taskharbor.drivers.sqlite.schema.DatabaseFileError` naming the
         file and the problem, the SQLite error chained.  Any other SQLite error
         (bad SQL, a wrong parameter: a bug) is raised as it is.
         """

@@ -39,8 +39,8 @@ from taskharbor.spec import (
 from taskharbor.spec.records import map_ref
 from taskharbor.spec.table import FINISHED_JOB_STATES, QUEUED_JOB_STATES
 
-from .postgres_sql import job_state, job_states, target_case, workflow_state
-from .postgres_tables import Tables, statement
+from .tables import Tables, statement
+from .transitions import job_state, job_states, target_case, workflow_state
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
