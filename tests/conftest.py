@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_engine_support import PRODUCER_PATHS, Producer
 
 from driver_registry import DRIVERS, DriverFactory
 
@@ -36,3 +37,9 @@ def driver_factory(driver_name: str, tmp_path: Path) -> Iterator[DriverFactory]:
     """A factory of fresh, empty stores of the driver under test."""
     with DRIVERS[driver_name](tmp_path) as factory:
         yield factory
+
+
+@pytest.fixture(params=PRODUCER_PATHS)
+def produce(request: pytest.FixtureRequest) -> Producer:
+    """Enqueue one job through each producer path in turn (sync, then async)."""
+    return Producer(str(request.param))

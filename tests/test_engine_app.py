@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_engine_support import burst, fake_app, make_app
+from test_engine_support import Producer, burst, fake_app, make_app
 
 import taskharbor as th
 from driver_registry import DriverFactory
@@ -39,13 +39,15 @@ def test_task_names_default_to_module_and_qualname(driver_factory: DriverFactory
     assert task(2, 3) == 5  # calling the task runs the function here
 
 
-def test_an_explicit_name_and_defaults_are_kept(driver_factory: DriverFactory) -> None:
+def test_an_explicit_name_and_defaults_are_kept(
+    driver_factory: DriverFactory, produce: Producer
+) -> None:
     app = make_app(driver_factory)
 
     @app.task(name="mail.send", queue="mail", priority=7, max_attempts=5, timeout=2)
     def send(to: str) -> None: ...
 
-    job = send.enqueue("a@example.com")
+    job = produce(send, "a@example.com")
     assert (job.task, job.queue, job.priority, job.max_attempts) == ("mail.send", "mail", 7, 5)
     assert send.defaults.timeout == 2.0
 
@@ -89,34 +91,38 @@ def test_async_handlers_are_recognised(driver_factory: DriverFactory) -> None:
 # -- enqueue -------------------------------------------------------------------------------
 
 
-def test_enqueue_stores_an_available_job(driver_factory: DriverFactory) -> None:
+def test_enqueue_stores_an_available_job(driver_factory: DriverFactory, produce: Producer) -> None:
     app, clock = fake_app(driver_factory)
-    job = app.task(add).enqueue(1, b=2)
+    job = produce(app.task(add), 1, b=2)
     assert job.state == JobState.AVAILABLE
     assert (job.args, dict(job.kwargs), job.attempt) == ((1,), {"b": 2}, 0)
     assert job.run_at == clock.now() and job.created_at == clock.now()
     assert app.get_job(job.id) == job
 
 
-def test_delay_and_run_at_schedule_the_job(driver_factory: DriverFactory) -> None:
+def test_delay_and_run_at_schedule_the_job(
+    driver_factory: DriverFactory, produce: Producer
+) -> None:
     app, clock = fake_app(driver_factory)
     task = app.task(add)
-    delayed = task.options(delay=10).enqueue(1, 2)
+    delayed = produce(task.options(delay=10), 1, 2)
     assert delayed.state == JobState.SCHEDULED
     assert delayed.run_at == clock.now() + timedelta(seconds=10)
     later = clock.now() + timedelta(hours=1)
-    at = task.options(run_at=later).enqueue(1, 2)
+    at = produce(task.options(run_at=later), 1, 2)
     assert (at.state, at.run_at) == (JobState.SCHEDULED, later)
-    as_timedelta = task.options(delay=timedelta(minutes=1)).enqueue(1, 2)
+    as_timedelta = produce(task.options(delay=timedelta(minutes=1)), 1, 2)
     assert as_timedelta.run_at == clock.now() + timedelta(minutes=1)
 
 
-def test_options_override_defaults_and_combine(driver_factory: DriverFactory) -> None:
+def test_options_override_defaults_and_combine(
+    driver_factory: DriverFactory, produce: Producer
+) -> None:
     app = make_app(driver_factory)
     task = app.task(queue="a", priority=1)(add)
-    job = task.options(queue="b").options(priority=5, max_attempts=9).enqueue(1, 2)
+    job = produce(task.options(queue="b").options(priority=5, max_attempts=9), 1, 2)
     assert (job.queue, job.priority, job.max_attempts) == ("b", 5, 9)
-    assert task.options(priority=None).enqueue(1, 2).priority == 1  # None: the default
+    assert produce(task.options(priority=None), 1, 2).priority == 1  # None: the default
 
 
 @pytest.mark.parametrize(
@@ -132,12 +138,12 @@ def test_options_override_defaults_and_combine(driver_factory: DriverFactory) ->
     ],
 )
 def test_bad_options_are_refused_with_a_clear_error(
-    driver_factory: DriverFactory, options: dict[str, Any], message: str
+    driver_factory: DriverFactory, options: dict[str, Any], message: str, produce: Producer
 ) -> None:
     app = make_app(driver_factory)
     task = app.task(add)
     with pytest.raises(InvalidRequest, match=message):
-        task.options(**options).enqueue(1, 2)
+        produce(task.options(**options), 1, 2)
     assert app.list_jobs() == []
 
 
@@ -152,21 +158,25 @@ def test_bad_options_are_refused_with_a_clear_error(
     ],
 )
 def test_non_json_payloads_are_refused_and_nothing_is_written(
-    driver_factory: DriverFactory, payload: tuple[tuple[Any, ...], dict[str, Any]]
+    driver_factory: DriverFactory,
+    payload: tuple[tuple[Any, ...], dict[str, Any]],
+    produce: Producer,
 ) -> None:
     app = make_app(driver_factory)
     task = app.task(name="t")(lambda *a, **k: None)
     args, kwargs = payload
     with pytest.raises(InvalidRequest, match="cannot enqueue t"):
-        task.enqueue(*args, **kwargs)
+        produce(task, *args, **kwargs)
     assert app.list_jobs() == []
 
 
-def test_idempotency_key_returns_the_first_job(driver_factory: DriverFactory) -> None:
+def test_idempotency_key_returns_the_first_job(
+    driver_factory: DriverFactory, produce: Producer
+) -> None:
     app = make_app(driver_factory)
     task = app.task(add)
-    first = task.options(idempotency_key="order-1").enqueue(1, 2)
-    again = task.options(idempotency_key="order-1").enqueue(5, 5)
+    first = produce(task.options(idempotency_key="order-1"), 1, 2)
+    again = produce(task.options(idempotency_key="order-1"), 5, 5)
     assert again.id == first.id and again.args == (1, 2)
     assert len(app.list_jobs()) == 1
 

@@ -3,6 +3,7 @@ test, and workers that run in a background thread with short intervals."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,11 +11,37 @@ from contextlib import contextmanager
 from typing import Any
 
 from driver_registry import DriverFactory
-from taskharbor import App, Worker
+from taskharbor import App, Job, Task, TaskCall, Worker
 from taskharbor.spec import Clock, FakeClock, SystemClock
 
 FAST = {"poll_interval": 0.01, "maintenance_interval": 0.01, "heartbeat_interval": 0.05}
 """Worker intervals short enough for tests to see effects within milliseconds."""
+
+
+PRODUCER_PATHS = ("enqueue", "enqueue_async")
+"""The ways a producer stores one job; every producer-side test runs through each."""
+
+
+class Producer:
+    """Stores one job through the producer path a test is parametrised with.
+
+    A producer test calls ``produce(task_or_options, *args)`` instead of
+    ``.enqueue(...)``, so the same assertions also hold for ``enqueue_async``
+    (which runs on an event loop and a thread of its own, and so could drop
+    options unseen).  A new producer path is one more name in
+    :data:`PRODUCER_PATHS` and one more branch here.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return self.path
+
+    def __call__(self, call: Task[Any] | TaskCall[Any], *args: Any, **kwargs: Any) -> Job:
+        if self.path == "enqueue":
+            return call.enqueue(*args, **kwargs)
+        return asyncio.run(call.enqueue_async(*args, **kwargs))
 
 
 def make_app(factory: DriverFactory, clock: Clock | None = None) -> App:
