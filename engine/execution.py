@@ -10,7 +10,7 @@ import logging
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -53,11 +53,15 @@ class Failed:
     error: ErrorReport
     retry_at: datetime | None
     permanent: bool = False
+    decided_at: datetime | None = None
+    """The store's time when ``retry_at`` was set (for the log's "in 4.2s")."""
 
 
 @dataclass(frozen=True, slots=True)
 class Snoozed:
     run_at: datetime
+    decided_at: datetime | None = None
+    """The store's time when the snooze was asked (for the log's "in 60s")."""
 
 
 Outcome = Succeeded | Failed | Snoozed
@@ -146,7 +150,7 @@ def timed_out(record: JobRecord, task: Task[Any], now: datetime) -> Failed:
     """The attempt ran past the task's timeout: a failed attempt like any other."""
     limit = task.defaults.timeout
     message = f"attempt {record.attempt} ran longer than the task's timeout ({limit} s)"
-    return Failed(ErrorReport("Timeout", message), retry_time(record, task, now))
+    return Failed(ErrorReport("Timeout", message), retry_time(record, task, now), decided_at=now)
 
 
 def retry_time(record: JobRecord, task: Task[Any], now: datetime) -> datetime:
@@ -169,12 +173,12 @@ def outcome_of_error(
 ) -> Outcome:
     """What an exception raised by a handler means for the job."""
     if isinstance(exc, Snooze):
-        return Snoozed(now + timedelta(seconds=exc.seconds))
+        return Snoozed(now + timedelta(seconds=exc.seconds), now)
     if isinstance(exc, JobCancelled):
         return cancelled(record)
     if isinstance(exc, PermanentError):
         return Failed(error_report(exc), None, permanent=True)
-    return Failed(error_report(exc), retry_time(record, task, now))
+    return Failed(error_report(exc), retry_time(record, task, now), decided_at=now)
 
 
 def call_sync(
@@ -230,19 +234,48 @@ def expected_state(outcome: Outcome, record: JobRecord, cancel_requested: bool) 
 
 
 def log_outcome(record: JobRecord, outcome: Outcome, state: JobState, seconds: float) -> None:
-    """One INFO line per finished attempt: id, task, attempt, outcome, duration."""
-    detail = ""
-    if isinstance(outcome, Failed):
-        detail = f": {outcome.error.type}: {outcome.error.message}"
-    elif isinstance(outcome, Snoozed):
-        detail = f" until {outcome.run_at.isoformat()}"
+    """One INFO line per finished attempt: id, task, attempt, the new state, how long the
+    attempt ran and, when it runs again, when that is::
+
+        job 3 demo.flaky_upload attempt 1/3 -> retrying; ran 0.011s;
+            next attempt at 12:00:03 UTC (in 4.2s); ConnectionError: storage timed out
+    """
+    parts = [f"ran {seconds:.3f}s"]
+    if isinstance(outcome, Snoozed):
+        parts.append(f"runs again at {_when(outcome.run_at, outcome.decided_at)}")
+    elif isinstance(outcome, Failed):
+        if state == JobState.RETRYING and outcome.retry_at is not None:
+            parts.append(f"next attempt at {_when(outcome.retry_at, outcome.decided_at)}")
+        parts.append(f"{outcome.error.type}: {outcome.error.message}")
     logger.info(
-        "job %d %s attempt %d/%d -> %s in %.3fs%s",
+        "job %d %s attempt %d/%d -> %s; %s",
         record.id,
         record.task,
         record.attempt,
         record.max_attempts,
         state,
-        seconds,
-        detail,
+        "; ".join(parts),
     )
+
+
+def _when(at: datetime, since: datetime | None) -> str:
+    """``12:00:03 UTC (in 4.2s)``: the clock time (with the date unless it is ``since``'s
+    day) and, when ``since`` is known, how far ahead of it."""
+    at_utc = at.astimezone(UTC)
+    same_day = since is not None and since.astimezone(UTC).date() == at_utc.date()
+    text = at_utc.strftime("%H:%M:%S UTC" if same_day else "%Y-%m-%d %H:%M:%S UTC")
+    if since is not None:
+        text += f" (in {_duration((at - since).total_seconds())})"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    """``4.2s``, ``90s``, ``2h05m``: short, and exact enough to read at a glance."""
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f}s"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    minutes = round(seconds / 60)
+    if minutes < 120:
+        return f"{minutes}m"
+    return f"{minutes // 60}h{minutes % 60:02d}m"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -594,13 +595,56 @@ def test_one_info_line_per_job_outcome(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("job ")]
     assert len(lines) == 2
     assert any(
-        line.startswith(f"job {good.id} logged attempt 1/1 -> succeeded in ") for line in lines
+        line.startswith(f"job {good.id} logged attempt 1/1 -> succeeded; ran ") for line in lines
     )
     assert any(
-        line.startswith(f"job {bad.id} logged attempt 1/1 -> dead in ")
-        and "ZeroDivisionError" in line
+        line.startswith(f"job {bad.id} logged attempt 1/1 -> dead; ran ")
+        and line.endswith("; ZeroDivisionError: division by zero")
         for line in lines
     )
+
+
+def test_the_outcome_line_says_how_long_the_attempt_ran_and_when_the_next_one_runs(
+    driver_factory: DriverFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attempt's duration is "ran ...": never to be read as the retry delay."""
+    app, clock = fake_app(driver_factory)
+    start = clock.now()
+
+    @app.task(name="upload", max_attempts=3, backoff=th.Backoff.constant(4.2))
+    def upload() -> None:
+        raise ConnectionError("storage timed out")
+
+    @app.task(name="later")
+    def later() -> None:
+        raise th.Snooze(90)
+
+    @app.task(name="tomorrow")
+    def tomorrow() -> None:
+        raise th.Snooze(86_400)
+
+    failing, snoozing, far = upload.enqueue(), later.enqueue(), tomorrow.enqueue()
+    with caplog.at_level(logging.INFO, logger="taskharbor"):
+        burst(app)
+    lines = {
+        int(message.split()[1]): message
+        for message in (r.getMessage() for r in caplog.records)
+        if message.startswith("job ")
+    }
+    retry_at = (start + timedelta(seconds=4.2)).strftime("%H:%M:%S")
+    assert re.fullmatch(
+        rf"job {failing.id} upload attempt 1/3 -> retrying; ran \d+\.\d{{3}}s; "
+        rf"next attempt at {retry_at} UTC \(in 4\.2s\); ConnectionError: storage timed out",
+        lines[failing.id],
+    ), lines[failing.id]
+    snooze_at = (start + timedelta(seconds=90)).strftime("%H:%M:%S")
+    assert re.fullmatch(
+        rf"job {snoozing.id} later attempt 1/3 -> scheduled; ran \d+\.\d{{3}}s; "
+        rf"runs again at {snooze_at} UTC \(in 90s\)",
+        lines[snoozing.id],
+    ), lines[snoozing.id]
+    next_day = (start + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
+    assert lines[far.id].endswith(f"; runs again at {next_day} UTC (in 24h00m)"), lines[far.id]
 
 
 # -- stopping -------------------------------------------------------------------------------------
