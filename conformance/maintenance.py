@@ -74,9 +74,11 @@ class RescuingRules(HarborFixture):
         assert harbor.get(live.id) == live
 
     def test_rescue_returns_the_ids_ascending(self, harbor: Harbor) -> None:
+        # Leased in reverse order, with leases running out in yet another
+        # order (the second job's first): only sorting by id gives the answer.
         jobs = [harbor.enqueue(queue=f"q{index}") for index in range(3)]
-        for job in reversed(jobs):
-            harbor.lease_job(job)
+        for job, seconds in zip(reversed(jobs), (20.0, 10.0, 30.0), strict=True):
+            harbor.lease_job(job, lease_seconds=seconds)
         harbor.advance(60)
         assert harbor.driver.rescue() == [job.id for job in jobs]
         assert harbor.driver.rescue() == []

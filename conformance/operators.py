@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from taskharbor.spec import CANCELLED_BY_REQUEST, InvalidTransition, JobState
+from taskharbor.spec import (
+    CANCELLED_BY_REQUEST,
+    EnqueueRequest,
+    InvalidTransition,
+    JobState,
+    WorkflowState,
+    dependency_reason,
+)
 from taskharbor.spec.table import FINISHED_JOB_STATES, QUEUED_JOB_STATES
 
 from .harness import Harbor, HarborFixture
@@ -58,6 +65,21 @@ class CancellingRules(HarborFixture):
             harbor.driver.cancel([waiting.id, finished.id])
         assert harbor.snapshot() == before
 
+    def test_cancel_leaves_a_job_an_earlier_item_already_cancelled_through_its_workflow(
+        self, harbor: Harbor
+    ) -> None:
+        chain = harbor.chain(EnqueueRequest("a"), EnqueueRequest("b"))
+        a, b = chain.steps
+        harbor.advance(1)
+        cancelled = harbor.driver.cancel([a, b])
+        assert [(job.id, job.state, job.reason) for job in cancelled] == [
+            (a, JobState.CANCELLED, CANCELLED_BY_REQUEST),
+            (b, JobState.CANCELLED, dependency_reason(a, JobState.CANCELLED)),
+        ]
+        assert {job.finished_at for job in cancelled} == {harbor.now()}
+        assert harbor.driver.get([a, b]) == cancelled
+        assert harbor.driver.get_workflow(chain.id).state is WorkflowState.CANCELLED
+
 
 class RequeueingRules(HarborFixture):
     @pytest.mark.parametrize("state", REQUEUABLE)
@@ -86,3 +108,19 @@ class RequeueingRules(HarborFixture):
         with pytest.raises(InvalidTransition):
             harbor.driver.requeue([dead.id, other.id])
         assert harbor.snapshot() == before
+
+    def test_requeue_leaves_a_step_an_earlier_item_already_requeued_through_its_workflow(
+        self, harbor: Harbor
+    ) -> None:
+        chain = harbor.chain(EnqueueRequest("a"), EnqueueRequest("b"))
+        a, b = chain.steps
+        harbor.fail(harbor.lease_job(harbor.get(a)), permanent=True)
+        assert harbor.get(b).state is JobState.CANCELLED
+        harbor.advance(1)
+        requeued = harbor.driver.requeue([a, b])
+        assert [(job.id, job.state) for job in requeued] == [
+            (a, JobState.AVAILABLE),
+            (b, JobState.PENDING),
+        ]
+        assert harbor.driver.get([a, b]) == requeued
+        assert harbor.driver.get_workflow(chain.id).state is WorkflowState.RUNNING

@@ -471,10 +471,15 @@ class WorkflowCancellationRules(HarborFixture):
         harbor.finish(harbor.get(record.steps[0]))
         done = harbor.driver.get_workflow(record.id)
         before = harbor.snapshot()
-        with pytest.raises(InvalidTransition):
+        with pytest.raises(InvalidTransition) as refused:
             harbor.driver.cancel_workflow(record.id)
         assert harbor.snapshot() == before
         assert harbor.driver.get_workflow(record.id) == done
+        # Every driver refuses with the same words: the error's builder.
+        expected = InvalidTransition.workflow_finished(record.id, WorkflowState.SUCCEEDED)
+        assert str(refused.value) == str(expected)
+        assert refused.value.allowed_from == {"running", "failed", "cancelled"}
+        assert (refused.value.kind, refused.value.event) == ("workflow", "cancel")
 
 
 class WorkflowPruningRules(HarborFixture):

@@ -51,6 +51,19 @@ class InvalidTransition(TaskHarborError):
             f"{who} is {state}: '{event}' is not allowed from {state} (only from: {allowed})"
         )
 
+    @classmethod
+    def workflow_finished(cls, workflow_id: object, state: str) -> InvalidTransition:
+        """``cancel_workflow`` of a workflow whose state is final: the one way
+        drivers build this refusal, so that every driver says the same.
+
+        It names as ``allowed_from`` every workflow state that is not final
+        (a ``failed`` or ``cancelled`` workflow may still have steps to cancel).
+        """
+        from .table import WORKFLOW, WorkflowEvent  # the table imports this module
+
+        allowed = set(WORKFLOW.states) - WORKFLOW.final_states
+        return cls(WORKFLOW.kind, workflow_id, WorkflowEvent.CANCEL, state, allowed)
+
 
 class LeaseLost(TaskHarborError):
     """A fenced operation carried a lease token that is no longer the job's.

@@ -549,8 +549,7 @@ class ReferenceModel(Driver):
                 raise WorkflowNotFound(workflow_id)
             workflow = s.workflows[workflow_id]
             if workflow.state in WORKFLOW.final_states:
-                allowed = set(WORKFLOW.states) - WORKFLOW.final_states
-                raise InvalidTransition("workflow", workflow_id, "cancel", workflow.state, allowed)
+                raise InvalidTransition.workflow_finished(workflow_id, workflow.state)
             for step_id in workflow.steps:
                 step = s.jobs[step_id]
                 if step.state == JobState.RUNNING:

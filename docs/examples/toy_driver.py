@@ -76,7 +76,6 @@ from taskharbor.spec import (
     SchemaError,
     SnoozeRequest,
     SystemClock,
-    WorkflowEvent,
     WorkflowGraph,
     WorkflowId,
     WorkflowNotFound,
@@ -742,10 +741,7 @@ class JsonFileDriver(Driver):
                 raise WorkflowNotFound(workflow_id)
             workflow = store.workflows[workflow_id]
             if workflow.state in WORKFLOW.final_states:
-                unfinished = set(WORKFLOW.states) - WORKFLOW.final_states
-                raise InvalidTransition(
-                    "workflow", workflow_id, WorkflowEvent.CANCEL, workflow.state, unfinished
-                )
+                raise InvalidTransition.workflow_finished(workflow_id, workflow.state)
             cancellable = JOB.sources(JobEvent.CANCEL)  # every unfinished state but running
             for step_id in workflow.steps:
                 step = store.jobs[step_id]

@@ -70,7 +70,6 @@ from taskharbor.spec.table import (
     WORKFLOW,
     JobEvent,
     JobState,
-    WorkflowEvent,
     WorkflowState,
     derive_workflow_state,
 )
@@ -442,13 +441,7 @@ class MemoryDriver(Driver):
         with self._lock:
             workflow = self._workflow(workflow_id)
             if workflow.state in WORKFLOW.final_states:
-                raise InvalidTransition(
-                    WORKFLOW.kind,
-                    workflow_id,
-                    WorkflowEvent.CANCEL,
-                    workflow.state,
-                    set(WORKFLOW.states) - WORKFLOW.final_states,
-                )
+                raise InvalidTransition.workflow_finished(workflow_id, workflow.state)
             now = self._now()
             for step_id in workflow.steps:
                 step = self._jobs[step_id]

@@ -76,7 +76,6 @@ from taskharbor.spec import (
     LeaseRef,
     PromoteResult,
     SnoozeRequest,
-    WorkflowEvent,
     WorkflowGraph,
     WorkflowId,
     WorkflowNotFound,
@@ -689,10 +688,7 @@ class PostgresDriver(Driver):
         def body(cur: psycopg.Cursor[Row], params: Params) -> WorkflowRecord:
             workflow = self._workflow(cur, params, workflow_id)
             if workflow.state in WORKFLOW.final_states:
-                allowed = set(WORKFLOW.states) - WORKFLOW.final_states
-                raise InvalidTransition(
-                    "workflow", workflow_id, WorkflowEvent.CANCEL, workflow.state, allowed
-                )
+                raise InvalidTransition.workflow_finished(workflow_id, workflow.state)
             values = {**params, "workflow_id": workflow_id, "reason": WORKFLOW_CANCELLED}
             cur.execute(
                 statements.ask_to_cancel(

@@ -70,7 +70,6 @@ from taskharbor.spec import (
     SchemaError,
     SnoozeRequest,
     SystemClock,
-    WorkflowEvent,
     WorkflowGraph,
     WorkflowId,
     WorkflowNotFound,
@@ -670,10 +669,7 @@ class SQLiteDriver(Driver):
         with self._transaction() as tx:
             workflow = self._workflow(tx, workflow_id)
             if workflow.state in WORKFLOW.final_states:
-                allowed = set(WORKFLOW.states) - WORKFLOW.final_states
-                raise InvalidTransition(
-                    "workflow", workflow_id, WorkflowEvent.CANCEL, workflow.state, allowed
-                )
+                raise InvalidTransition.workflow_finished(workflow_id, workflow.state)
             for step in tx.rows(workflow.steps):
                 if step["state"] == JobState.RUNNING:
                     tx.request_cancel(step["id"], reason=WORKFLOW_CANCELLED)
