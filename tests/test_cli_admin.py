@@ -9,12 +9,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from test_cli_support import AppModule, CliStore, app_module, cli_store, invoke, one_error_line
 
 from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.app import App
-from taskharbor.spec import JobNotFound, JobState
+from taskharbor.spec import EnqueueRequest, JobNotFound, JobState
 from taskharbor.spec.diagrams import FORMATS, render
+from taskharbor.urls import open_driver
 
 __all__ = ["app_module", "cli_store"]
 
@@ -181,3 +183,40 @@ def test_demo_runs_the_tour_on_the_embedded_store(
     assert result.exit_code == 0, result.stderr
     assert "TaskHarbor demo" in result.stdout and "What happened" in result.stdout
     assert (tmp_path / "taskharbor.db").exists()
+
+
+@pytest.mark.parametrize("through", ["option", "environment"])
+def test_a_postgres_url_with_a_schema_works_in_every_command(through: str) -> None:
+    """The documented ?schema= URL reaches the driver as the library reads it,
+    through --url and TASKHARBOR_URL alike."""
+    skip_without_postgres()
+    import psycopg
+
+    schema = f"th_cli_{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}schema={schema}"
+
+    def run(*args: str) -> Result:
+        if through == "option":
+            return invoke(["--url", url, *args], env={"TASKHARBOR_APP": ""})
+        return invoke(list(args), env={"TASKHARBOR_URL": url, "TASKHARBOR_APP": ""})
+
+    try:
+        check = run("migrate", "--check")
+        assert check.exit_code == 1 and f"schema {schema!r} has no TaskHarbor tables" in (
+            check.stderr
+        )
+        migrated = run("migrate")
+        assert migrated.exit_code == 0, migrated.stderr
+        driver = open_driver(url)
+        try:
+            driver.enqueue([EnqueueRequest("tasks.add", args=(1,))])
+        finally:
+            driver.close()
+        for command in (["jobs", "list"], ["stats"], ["dlq", "list"], ["migrate", "--check"]):
+            result = run(*command)
+            assert result.exit_code == 0, (command, result.stderr)
+        assert "tasks.add" in run("jobs", "list").stdout
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -35,7 +35,6 @@ FOLDERS = {
 ENGINE_OPENS_STORES = {
     f"{PACKAGE}.urls": "opens a store from its URL",
     f"{PACKAGE}.testing": "the Harness opens a memory store",
-    f"{PACKAGE}.cli.store": "probes a PostgreSQL URL with the driver's connect timeout",
 }
 """The engine modules allowed to import ``taskharbor.drivers``, and why."""
 

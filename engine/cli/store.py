@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from taskharbor.spec import Driver, InvalidRequest
+from taskharbor.spec import Driver, InvalidRequest, TaskHarborError
 
 from ..app import App
 from ..urls import open_driver
@@ -76,7 +76,8 @@ class StoreSource:
                 "one: give --app module:attr to reach an app's memory store",
                 param_hint="--url",
             )
-        check_reachable(self.url)
+        # The driver parses its own URL (a PostgreSQL URL's ?schema= included)
+        # and fails fast on an unreachable server, naming host and port only.
         try:
             return open_driver(self.url)
         except InvalidRequest as exc:
@@ -85,31 +86,6 @@ class StoreSource:
             raise StoreUnavailable(
                 f"cannot open {self.describe()}: {mask_secrets(_one_line(exc))}"
             ) from None
-
-
-def check_reachable(url: str) -> None:
-    """Fail within seconds, with the server's own reason, when a PostgreSQL URL's
-    server cannot be reached (exit 1) or the URL is malformed (exit 2).
-
-    The driver fails as fast (same timeout), but names only host and port;
-    this probe words the failure with the URL as given (password masked) and
-    makes a malformed URL a usage error.  It opens one plain connection and
-    closes it; no SQL is sent.
-    """
-    if urlsplit(url).scheme.lower() not in ("postgresql", "postgres"):
-        return
-    import psycopg
-
-    from taskharbor.drivers.postgres.connect import CONNECT_TIMEOUT_SECONDS
-
-    try:
-        psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
-    except psycopg.OperationalError as exc:
-        raise StoreUnavailable(
-            f"cannot reach store {mask_secrets(url)}: {mask_secrets(_one_line(exc))}"
-        ) from None
-    except psycopg.Error as exc:
-        raise click.BadParameter(mask_secrets(_one_line(exc)), param_hint="--url") from None
 
 
 class Session:
@@ -180,7 +156,10 @@ def load_app(path: str) -> App:
 
 
 def _one_line(exc: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message."""
+    """An exception as one line: its type and the first line of its message (our own
+    errors speak for themselves: their message alone)."""
     lines = str(exc).strip().splitlines()
     message = lines[0] if lines else ""
+    if message and isinstance(exc, TaskHarborError):
+        return message
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
