@@ -28,6 +28,14 @@ with the reason, for a driver that does not declare it.
 
 from __future__ import annotations
 
+try:
+    import pytest  # noqa: F401  (the suite is pytest classes and fixtures)
+except ImportError as missing:
+    raise ImportError(
+        "taskharbor.conformance needs pytest: install the extra, "
+        "pip install 'taskharbor[conformance]'"
+    ) from missing
+
 from .bad_input import BadInputRules
 from .completing import CompletingRules
 from .enqueueing import EnqueueingRules

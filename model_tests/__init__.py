@@ -50,6 +50,14 @@ and to close (``close()`` is called at the end of every sequence): use a
 fresh temporary file or schema each time.
 """
 
+try:
+    import hypothesis  # noqa: F401  (the harness is a Hypothesis state machine)
+except ImportError as missing:
+    raise ImportError(
+        "taskharbor.model_tests needs hypothesis: install the extra, "
+        "pip install 'taskharbor[conformance]'"
+    ) from missing
+
 from .divergence import Divergence
 from .machine import DriverFactory, DriverVsModel, driver_state_machine
 from .profiles import PROFILE_ENV, PROFILES, Profile, hypothesis_settings

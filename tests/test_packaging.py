@@ -50,3 +50,24 @@ def test_py_typed_ships(wheel_names: set[str]) -> None:
 
 def test_tests_and_scripts_do_not_ship(wheel_names: set[str]) -> None:
     assert not [name for name in wheel_names if name.startswith(("tests/", "scripts/"))]
+
+
+@pytest.mark.parametrize(
+    ("module", "needs"),
+    [("taskharbor.conformance", "pytest"), ("taskharbor.model_tests", "hypothesis")],
+)
+def test_the_suites_without_their_extra_name_it(module: str, needs: str) -> None:
+    """A driver author who installed taskharbor alone is told which extra to add."""
+    hide = f"import sys; sys.modules[{needs!r}] = None; import {module}"
+    run = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert f"{module} needs {needs}" in run.stderr
+    assert "pip install 'taskharbor[conformance]'" in run.stderr
+
+
+def test_the_conformance_extra_declares_what_the_suites_import() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extra = project["optional-dependencies"]["conformance"]
+    assert {requirement.split(">")[0] for requirement in extra} == {"pytest", "hypothesis"}
