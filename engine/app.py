@@ -23,7 +23,7 @@ from .backoff import Backoff, as_backoff
 from .canvas import Signature, Workflow, WorkflowHandle, build_graph
 from .jobs import Job
 from .middleware import Middleware, chain_enqueue
-from .options import TaskDefaults, check_timeout
+from .options import TaskDefaults, check_exception_types, check_timeout
 from .task import Task
 from .urls import DEFAULT_URL, open_driver
 
@@ -122,6 +122,8 @@ class App:
         max_attempts: int = 3,
         backoff: Backoff | Callable[[int], float] | None = None,
         timeout: float | None = None,
+        retry_on: type[Exception] | Sequence[type[Exception]] = (),
+        no_retry_on: type[Exception] | Sequence[type[Exception]] = (),
     ) -> TaskDecorator: ...
 
     def task(
@@ -135,6 +137,8 @@ class App:
         max_attempts: int = 3,
         backoff: Backoff | Callable[[int], float] | None = None,
         timeout: float | None = None,
+        retry_on: type[Exception] | Sequence[type[Exception]] = (),
+        no_retry_on: type[Exception] | Sequence[type[Exception]] = (),
     ) -> Task[Any] | TaskDecorator:
         """Register a function (sync or ``async def``) as a task.
 
@@ -143,16 +147,29 @@ class App:
         ``priority`` and ``max_attempts`` are defaults for each enqueue;
         ``backoff`` (a :class:`Backoff` or ``attempt -> seconds``, default
         exponential with jitter) spaces retries; ``timeout`` (seconds) ends an
-        attempt that runs longer, as a failure.
+        attempt that runs longer, as a failure (a ``TimeoutError`` for
+        ``retry_on``/``no_retry_on``).  ``no_retry_on`` (exception classes)
+        sends a matching failure straight to the dead-letter queue, like
+        ``PermanentError``; with ``retry_on`` only matching failures retry.
         """
         backoff_policy = as_backoff(backoff)
         checked_timeout = check_timeout(timeout)
+        retry_types = check_exception_types(retry_on, "retry_on")
+        no_retry_types = check_exception_types(no_retry_on, "no_retry_on")
 
         def register(function: Callable[Q, Any], /) -> Task[Q]:
             if not callable(function):
                 raise InvalidRequest(f"@app.task needs a function, not {function!r}")
             task_name = default_task_name(function) if name is None else name
-            defaults = TaskDefaults(queue, priority, max_attempts, backoff_policy, checked_timeout)
+            defaults = TaskDefaults(
+                queue,
+                priority,
+                max_attempts,
+                backoff_policy,
+                checked_timeout,
+                retry_types,
+                no_retry_types,
+            )
             registered = Task(self, function, task_name, defaults)
             registered.request((), {}, {})  # refuses bad defaults now, not at the first enqueue
             if task_name in self._tasks:

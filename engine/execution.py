@@ -147,9 +147,12 @@ def cancelled(record: JobRecord) -> Failed:
 
 
 def timed_out(record: JobRecord, task: Task[Any], now: datetime) -> Failed:
-    """The attempt ran past the task's timeout: a failed attempt like any other."""
+    """The attempt ran past the task's timeout: a failed attempt like any other (a
+    ``TimeoutError`` to the task's ``retry_on``/``no_retry_on``)."""
     limit = task.defaults.timeout
     message = f"attempt {record.attempt} ran longer than the task's timeout ({limit} s)"
+    if not task.defaults.retries(TimeoutError(message)):
+        return Failed(ErrorReport("Timeout", message), None, permanent=True)
     return Failed(ErrorReport("Timeout", message), retry_time(record, task, now), decided_at=now)
 
 
@@ -176,7 +179,7 @@ def outcome_of_error(
         return Snoozed(now + timedelta(seconds=exc.seconds), now)
     if isinstance(exc, JobCancelled):
         return cancelled(record)
-    if isinstance(exc, PermanentError):
+    if isinstance(exc, PermanentError) or not task.defaults.retries(exc):
         return Failed(error_report(exc), None, permanent=True)
     return Failed(error_report(exc), retry_time(record, task, now), decided_at=now)
 

@@ -37,6 +37,29 @@ class TaskDefaults:
     max_attempts: int
     backoff: Backoff
     timeout: float | None
+    retry_on: tuple[type[BaseException], ...] = ()
+    """When not empty, only exceptions of these types retry; any other fails permanently."""
+    no_retry_on: tuple[type[BaseException], ...] = ()
+    """Exceptions of these types fail permanently (to the DLQ), like ``PermanentError``."""
+
+    def retries(self, error: BaseException) -> bool:
+        """Whether a failed attempt that raised ``error`` may be retried, by this task's
+        ``retry_on``/``no_retry_on`` (``no_retry_on`` wins when both match)."""
+        if isinstance(error, self.no_retry_on):
+            return False
+        return not self.retry_on or isinstance(error, self.retry_on)
+
+
+def check_exception_types(value: object, what: str) -> tuple[type[BaseException], ...]:
+    """``retry_on``/``no_retry_on``: an exception class or a tuple or list of them."""
+    types = tuple(value) if isinstance(value, tuple | list) else (value,)
+    for item in types:
+        if not (isinstance(item, type) and issubclass(item, Exception)):
+            raise InvalidRequest(
+                f"{what} must be an exception class or a tuple of them "
+                f"(as in {what}=(TimeoutError,)), not {item!r}"
+            )
+    return types
 
 
 def check_timeout(value: object) -> float | None:

@@ -360,3 +360,20 @@ def test_app_takes_a_driver_or_a_url_not_both(driver_factory: DriverFactory) -> 
     assert th.App(driver).driver is driver
     with pytest.raises(InvalidRequest, match="not both"):
         th.App("memory://", driver=driver)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"retry_on": "ValueError"},
+        {"retry_on": (ValueError, 3)},
+        {"no_retry_on": ValueError()},
+        {"no_retry_on": (KeyboardInterrupt,)},
+        {"retry_on": True},
+    ],
+)
+def test_a_retry_policy_that_is_not_exception_types_is_refused(options: dict[str, Any]) -> None:
+    app = th.App("memory://")
+    with pytest.raises(InvalidRequest, match=r"(no_)?retry_on must be an exception class"):
+        app.task(name="policy", **options)(lambda: None)
+    assert "policy" not in app.tasks

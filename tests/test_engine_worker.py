@@ -102,6 +102,66 @@ def test_a_permanent_error_goes_straight_to_dead(driver_factory: DriverFactory) 
     )
 
 
+class Flaky(ConnectionError):
+    """A subclass: retry_on and no_retry_on match subclasses, as ``except`` does."""
+
+
+def test_retry_policy_by_exception_type(driver_factory: DriverFactory) -> None:
+    """no_retry_on goes straight to dead; with retry_on, only those retry; no_retry_on wins."""
+    app = make_app(driver_factory)
+    policy: dict[str, Any] = {"max_attempts": 5, "backoff": th.Backoff.constant(3600)}
+
+    @app.task(retry_on=(ConnectionError, TimeoutError), no_retry_on=(Flaky,), **policy)
+    def only_network(kind: str) -> None:
+        raise {"network": ConnectionError, "flaky": Flaky, "value": ValueError}[kind](kind)
+
+    @app.task(no_retry_on=ValueError, **policy)
+    def not_values(kind: str) -> None:
+        raise {"value": ValueError, "key": KeyError}[kind](kind)
+
+    jobs = {
+        "retry_on matches": only_network.enqueue("network"),
+        "no_retry_on wins over retry_on": only_network.enqueue("flaky"),
+        "retry_on does not match": only_network.enqueue("value"),
+        "no_retry_on matches": not_values.enqueue("value"),
+        "no_retry_on does not match": not_values.enqueue("key"),
+    }
+    burst(app)
+    states = {
+        what: (app.get_job(job).state, app.get_job(job).attempt) for what, job in jobs.items()
+    }
+    assert states == {
+        "retry_on matches": (JobState.RETRYING, 1),
+        "no_retry_on wins over retry_on": (JobState.DEAD, 1),
+        "retry_on does not match": (JobState.DEAD, 1),
+        "no_retry_on matches": (JobState.DEAD, 1),
+        "no_retry_on does not match": (JobState.RETRYING, 1),
+    }
+    dead = app.get_job(jobs["no_retry_on matches"])
+    assert dead.last_error is not None and dead.last_error.type == "ValueError"
+
+
+def test_a_task_timeout_is_a_timeout_error_to_the_retry_policy(
+    driver_factory: DriverFactory,
+) -> None:
+    app = make_app(driver_factory)
+
+    @app.task(timeout=0.05, max_attempts=5, no_retry_on=(TimeoutError,))
+    async def never_again() -> None:
+        await asyncio.sleep(3600)
+
+    @app.task(
+        timeout=0.05, max_attempts=5, retry_on=(TimeoutError,), backoff=th.Backoff.constant(3600)
+    )
+    async def again() -> None:
+        await asyncio.sleep(3600)
+
+    dead, retrying = never_again.enqueue(), again.enqueue()
+    burst(app)
+    assert (app.get_job(dead).state, app.get_job(dead).attempt) == (JobState.DEAD, 1)
+    assert app.get_job(retrying).state == JobState.RETRYING
+
+
 def test_snooze_reschedules_without_using_an_attempt(driver_factory: DriverFactory) -> None:
     app, clock = fake_app(driver_factory)
     seen: list[int] = []
