@@ -3,9 +3,10 @@
 Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
 rule covers), grouped by area: enqueueing, leasing, fencing, completing, failing,
-snoozing, maintenance, operators, reading, bad input, workflows, waiting.
-Time is a :class:`~taskharbor.spec.FakeClock` made by each test, so every
-timestamp is compared exactly (to the microsecond).
+snoozing, maintenance, operators, reading, bad input, workflows, waiting,
+own clock.  Time is a :class:`~taskharbor.spec.FakeClock` made by each test,
+so every timestamp is compared exactly (to the microsecond); only the own-clock
+group runs on the driver's default clock.
 
 To prove a driver, subclass :class:`ConformanceSuite` in a test module and
 give it a ``driver_factory`` fixture: a callable that takes a clock and
@@ -18,6 +19,11 @@ returns a fresh, empty store using that clock::
         @pytest.fixture
         def driver_factory(self):
             return lambda clock: MyDriver(clock=clock)
+
+The factory is also called with ``None`` (the tests of
+:mod:`~taskharbor.conformance.own_clock`): that asks for a store on the
+driver's own default clock, the one it runs on in production, where the
+"one instant per call" rules must hold too.
 
 Each test calls the factory once and then ``migrate()`` on the new store;
 closing it, if it needs closing, is the factory's business (make the fixture
@@ -45,6 +51,7 @@ from .harness import Harbor, requires
 from .leasing import LeasingRules
 from .maintenance import PromotingRules, PruningRules, RescuingRules
 from .operators import CancellingRules, RequeueingRules
+from .own_clock import OwnClockRules
 from .reading import ReadingRules
 from .snoozing import SnoozingRules
 from .waiting import WaitingRules
@@ -77,6 +84,7 @@ class ConformanceSuite(
     WorkflowCancellationRules,
     WorkflowPruningRules,
     WaitingRules,
+    OwnClockRules,
 ):
     """Every rule of the contract as a test; subclass it with a ``driver_factory`` fixture."""
 

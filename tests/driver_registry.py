@@ -20,7 +20,8 @@ from taskharbor.spec import Clock, Driver
 POSTGRES_URL = os.environ.get("TASKHARBOR_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("TASKHARBOR_REQUIRE_POSTGRES") == "1"
 
-DriverFactory = Callable[[Clock], Driver]
+DriverFactory = Callable[[Clock | None], Driver]
+"""Takes the test's clock, or None for the driver's own default clock."""
 
 
 def postgres_available() -> str | None:
@@ -64,7 +65,7 @@ def sqlite_store(tmp: Path) -> Iterator[DriverFactory]:
 
     opened: list[Driver] = []
 
-    def make(clock: Clock) -> Driver:
+    def make(clock: Clock | None) -> Driver:
         driver = SQLiteDriver(tmp / f"store-{uuid.uuid4().hex}.db", clock=clock)
         opened.append(driver)
         return driver
@@ -85,7 +86,7 @@ def postgres_store(tmp: Path) -> Iterator[DriverFactory]:
 
     opened: list[tuple[Driver, str]] = []
 
-    def make(clock: Clock) -> Driver:
+    def make(clock: Clock | None) -> Driver:
         schema = f"th_test_{uuid.uuid4().hex[:12]}"
         driver = PostgresDriver(POSTGRES_URL, schema=schema, clock=clock)
         opened.append((driver, schema))

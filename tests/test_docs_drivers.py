@@ -67,7 +67,7 @@ JsonFileDriver: Callable[..., Driver] = load_toy_driver().JsonFileDriver
 
 class TestJsonFileDriver(ConformanceSuite):
     @pytest.fixture
-    def driver_factory(self, tmp_path: Path) -> Callable[[Clock], Driver]:
+    def driver_factory(self, tmp_path: Path) -> Callable[[Clock | None], Driver]:
         return lambda clock: JsonFileDriver(tmp_path / "store.json", clock=clock)
 
 
