@@ -1,11 +1,14 @@
 """Storage URLs: which driver an ``App`` opens for a URL.
 
 Driver modules are imported only when their scheme is used, so an app on the
-embedded store never imports the PostgreSQL client.
+embedded store never imports the PostgreSQL client.  A scheme the library
+does not ship comes from an installed distribution that registers a driver
+factory under the entry-point group :data:`ENTRY_POINT_GROUP`.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import EntryPoint, entry_points
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from taskharbor.spec import Driver, InvalidRequest
@@ -14,6 +17,12 @@ DEFAULT_URL = "sqlite:///taskharbor.db"
 """The embedded default store: ``./taskharbor.db`` in the working directory."""
 
 SCHEMES = ("memory://", "sqlite:///<path>", "postgresql://...", "postgres://...")
+
+ENTRY_POINT_GROUP = "taskharbor.drivers"
+"""Entry points of this group map a URL scheme (the entry point's name, lower
+case) to a driver factory: a callable taking the whole URL and returning a
+:class:`~taskharbor.spec.Driver`, opened without touching its schema.  The
+shipped schemes above cannot be taken over."""
 
 
 SCHEMA_PARAMETER = "schema"
@@ -27,8 +36,9 @@ def open_driver(url: str) -> Driver:
     ``sqlite:////absolute/path.db`` opens a SQLite file; ``postgresql://`` and
     ``postgres://`` URLs go to PostgreSQL as they are, except for an optional
     ``?schema=name`` that picks the schema TaskHarbor's tables live in
-    (default ``taskharbor``).  Creating or upgrading the schema is the
-    caller's choice (``driver.migrate()``).
+    (default ``taskharbor``).  Any other scheme goes to the factory an
+    installed distribution registers for it (:data:`ENTRY_POINT_GROUP`).
+    Creating or upgrading the schema is the caller's choice (``driver.migrate()``).
     """
     if not isinstance(url, str) or not url:
         raise InvalidRequest(f"a storage URL must be a non-empty string, not {url!r}")
@@ -55,10 +65,41 @@ def open_driver(url: str) -> Driver:
         return (
             PostgresDriver(conninfo) if schema is None else PostgresDriver(conninfo, schema=schema)
         )
+    registered = registered_schemes()
+    if scheme in registered:
+        return open_registered(url, scheme, registered[scheme])
+    known = [*SCHEMES, *(f"{name}://... (registered)" for name in sorted(registered))]
     raise InvalidRequest(
         # The URL itself is left out of the message: it may hold a password.
-        f"unknown storage URL scheme {scheme or '(none)'!r} (use one of: {', '.join(SCHEMES)})"
+        f"unknown storage URL scheme {scheme or '(none)'!r} (use one of: {', '.join(known)}; "
+        f"a driver package adds a scheme with an entry point in group {ENTRY_POINT_GROUP!r})"
     )
+
+
+def registered_schemes() -> dict[str, list[EntryPoint]]:
+    """The schemes installed distributions register, each with its entry points."""
+    found: dict[str, list[EntryPoint]] = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(point.name.lower(), []).append(point)
+    return found
+
+
+def open_registered(url: str, scheme: str, points: list[EntryPoint]) -> Driver:
+    """The driver the one factory registered for ``scheme`` opens for ``url``."""
+    targets = sorted({point.value for point in points})
+    if len(targets) > 1:
+        raise InvalidRequest(
+            f"URL scheme {scheme!r} is registered by several driver factories "
+            f"({', '.join(targets)}): uninstall all but one"
+        )
+    factory = points[0].load()
+    driver = factory(url)
+    if not isinstance(driver, Driver):
+        raise InvalidRequest(
+            f"the driver factory {targets[0]} registered for URL scheme {scheme!r} returned "
+            f"{type(driver).__name__}, not a taskharbor.spec.Driver"
+        )
+    return driver
 
 
 def split_schema(url: str) -> tuple[str, str | None]:

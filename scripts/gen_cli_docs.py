@@ -52,8 +52,10 @@ taskharbor --app myproject.jobs:app worker -q default -q mail -c 16
   your handlers.
 * `--url URL` (or `TASKHARBOR_URL`) opens the store alone, for operators
   without the application's code: `sqlite:///relative.db`,
-  `sqlite:////absolute/path.db`, `postgresql://user@host/db`. A PostgreSQL
-  server that does not answer within 5 seconds is reported at once.
+  `sqlite:////absolute/path.db`, `postgresql://user@host/db`, or a scheme an
+  installed driver package registers (see "Registering a URL scheme" in
+  [drivers.md](drivers.md)). A PostgreSQL server that does not answer within
+  5 seconds is reported at once.
 
 An option on the command line wins over the environment; giving both `--app`
 and `--url` the same way is an error.
