@@ -581,6 +581,57 @@ def test_old_finished_jobs_are_pruned_past_the_retention(driver_factory: DriverF
         eventually(pruned, what="pruning")
 
 
+def test_the_workers_pruning_keeps_recent_finished_and_unfinished_jobs(
+    driver_factory: DriverFactory,
+) -> None:
+    """Both sides of the retention horizon, on the injected clock: only finished jobs
+    older than ``retention`` go.  (Dead jobs are left out: whether retention prunes
+    them is the contract's call, not this test's.)"""
+    app, clock = fake_app(driver_factory)
+    done = app.task(name="done")(lambda: None)
+
+    @app.task(name="flaky", max_attempts=5, backoff=th.Backoff.constant(3600))
+    def flaky() -> None:
+        raise RuntimeError("again later")
+
+    def finish_one_of_each() -> list[th.Job]:
+        succeeded = done.enqueue()
+        burst(app)
+        return [app.get_job(succeeded), app.cancel(done.options(queue="elsewhere").enqueue())]
+
+    old = finish_one_of_each()
+    retrying = flaky.enqueue()
+    burst(app)
+    waiting = app.enqueue(th.chain(done.options(queue="elsewhere").s(), done.s())).status()
+    unfinished = [
+        app.get_job(retrying),
+        done.options(queue="elsewhere").enqueue(),
+        done.options(delay=3600).enqueue(),
+        app.get_job(waiting.steps[1].job_id),
+        done.options(queue="leased").enqueue(),
+    ]
+    assert app.driver.lease(["leased"], 1, 3600.0, "another-worker")  # runs all along
+    clock.advance(100)
+    recent = finish_one_of_each()
+    clock.advance(20)  # old ones finished 120 s ago, recent ones 20 s ago
+    with counting(app, "prune") as prunes, running_worker(app, retention=60, prune_interval=0):
+        eventually(lambda: len(prunes) >= 3, what="three prune passes")
+    assert prunes[0] == (clock.now() - timedelta(seconds=60),)
+    for job in old:
+        with pytest.raises(JobNotFound):
+            app.get_job(job)
+    kept = [app.get_job(job) for job in recent + unfinished]
+    assert [job.state for job in kept] == [
+        JobState.SUCCEEDED,
+        JobState.CANCELLED,
+        JobState.RETRYING,
+        JobState.AVAILABLE,
+        JobState.SCHEDULED,
+        JobState.PENDING,
+        JobState.RUNNING,
+    ]
+
+
 # -- middleware and logging ---------------------------------------------------------------------
 
 
