@@ -21,6 +21,7 @@ from taskharbor.spec import (
     LeaseRef,
     SnoozeRequest,
 )
+from taskharbor.spec.errors import MISSING_JOB_STATE
 
 from .harness import BOOM, LEASE_SECONDS, Harbor, HarborFixture
 
@@ -137,3 +138,22 @@ class FencingRules(HarborFixture):
         assert [harbor.get(first_stale.id), harbor.get(second_stale.id)] == before
         for job in (first_live, second_live):
             assert_applied(harbor, operation, job)
+
+    @pytest.mark.parametrize("operation", FENCED)
+    def test_a_job_that_no_longer_exists_is_a_lost_lease_for_that_item_only(
+        self, harbor: Harbor, operation: str
+    ) -> None:
+        pruned = harbor.running(queue="pruned")
+        harbor.complete(pruned, "done")
+        harbor.advance(1)
+        assert harbor.driver.prune(harbor.now()) == 1
+        live = harbor.running(queue="live", max_attempts=3)
+        never = LeaseRef(10**9, "never-issued")
+        lost = report(harbor, operation, [harbor.lease_ref(pruned), harbor.lease_ref(live), never])
+        assert lost == [
+            LeaseLost.missing(pruned.id, token(pruned)),
+            LeaseLost.missing(never.job_id, never.token),
+        ]
+        assert [item.state for item in lost] == [MISSING_JOB_STATE] * 2
+        assert "no longer exists" in str(lost[0])
+        assert_applied(harbor, operation, live)

@@ -9,6 +9,7 @@ TaskHarbor's.
 from .clock import Clock, FakeClock, SystemClock
 from .errors import (
     CORRUPT_JOB_TYPE,
+    MISSING_JOB_STATE,
     CorruptJob,
     InvalidRequest,
     InvalidTransition,
@@ -81,6 +82,7 @@ __all__ = [
     "JSON",
     "LEASE_EXPIRED_MESSAGE",
     "LEASE_EXPIRED_TYPE",
+    "MISSING_JOB_STATE",
     "NEW",
     "QUEUED_JOB_STATES",
     "WORKFLOW",

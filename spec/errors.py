@@ -65,11 +65,16 @@ class InvalidTransition(TaskHarborError):
         return cls(WORKFLOW.kind, workflow_id, WorkflowEvent.CANCEL, state, allowed)
 
 
+MISSING_JOB_STATE = "missing"
+"""``LeaseLost.state`` of a fenced item whose job is no longer stored (not a job state)."""
+
+
 class LeaseLost(TaskHarborError):
     """A fenced operation carried a lease token that is no longer the job's.
 
     The job was rescued after its lease expired (and maybe leased again by
-    another worker), cancelled, or already finished: the report is refused so
+    another worker), cancelled, already finished, or no longer exists (pruned
+    or deleted meanwhile): the report is refused so
     that a late worker never overwrites the work of the next one.
     """
 
@@ -88,6 +93,13 @@ class LeaseLost(TaskHarborError):
         else:
             reason = f"the job is no longer running (it is {state})"
         return cls(job_id, token, state, reason)
+
+    @classmethod
+    def missing(cls, job_id: object, token: str) -> LeaseLost:
+        """The report of a fenced item whose job no longer exists (deleted or pruned
+        while a worker held it): a lost lease for that item only, the same in every
+        driver; its ``state`` is :data:`MISSING_JOB_STATE`."""
+        return cls(job_id, token, MISSING_JOB_STATE, "the job no longer exists (pruned or deleted)")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LeaseLost):

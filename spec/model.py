@@ -294,9 +294,10 @@ class ReferenceModel(Driver):
         def body(s: _Store) -> HeartbeatResult:
             lost = []
             cancel_requested = set()
-            for ref, job in zip(leases, self._find(s, (r.job_id for r in leases)), strict=True):
-                if not self._live(job, ref.token):
-                    lost.append(LeaseLost.stale(job.id, ref.token, job.state))
+            for ref in leases:
+                job = s.jobs.get(ref.job_id)
+                if job is None or not self._live(job, ref.token):
+                    lost.append(self._refusal(job, ref))
                     continue
                 expires = self._now + timedelta(seconds=seconds)
                 moved = self._move(s, job, JobEvent.HEARTBEAT, lease_expires_at=expires)
@@ -359,12 +360,21 @@ class ReferenceModel(Driver):
     ) -> list[LeaseLost]:
         """Apply each item whose lease is live, in order; report the others."""
         lost = []
-        for item, job in zip(items, self._find(s, (i.job_id for i in items)), strict=True):
-            if not self._live(job, item.token):
-                lost.append(LeaseLost.stale(job.id, item.token, job.state))
+        for item in items:
+            job = s.jobs.get(item.job_id)
+            if job is None or not self._live(job, item.token):
+                lost.append(self._refusal(job, item))
                 continue
             self._after_step_finished(s, apply(job, item))
         return lost
+
+    def _refusal(
+        self, job: JobRecord | None, item: LeaseRef | Completion | Failure | SnoozeRequest
+    ) -> LeaseLost:
+        """The report of a fenced item refused: its job is missing, or its lease not live."""
+        if job is None:
+            return LeaseLost.missing(item.job_id, item.token)
+        return LeaseLost.stale(job.id, item.token, job.state)
 
     # -- operators ------------------------------------------------------------
 

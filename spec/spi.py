@@ -17,13 +17,17 @@ Rules that hold for every method
   :class:`~taskharbor.spec.errors.InvalidRequest` or
   :class:`~taskharbor.spec.errors.JobNotFound` and changes nothing.  When a
   call has several problems, the error raised is the first of: the request's
-  shape (``InvalidRequest``), then the first unknown id (``JobNotFound``, also
-  for a fenced report on a job pruned meanwhile), then the first state the
-  table refuses (``InvalidTransition``).
+  shape (``InvalidRequest``), then the first unknown id (``JobNotFound``;
+  not in the fenced calls, see below), then the first state the table
+  refuses (``InvalidTransition``).
 * **Fenced.**  ``heartbeat``, ``complete``, ``fail`` and ``snooze`` apply to
   an item only while its lease is *live*: the job is ``running`` with that
   token (a lease past its expiry that was not rescued yet is still live).
-  Other items are reported as ``LeaseLost.stale(job_id, token, state)``.
+  Other items are reported as ``LeaseLost.stale(job_id, token, state)``.  An
+  item whose job is not stored (pruned or deleted while a worker held it) is
+  a lost lease for that item only, reported as ``LeaseLost.missing(job_id,
+  token)``: it never raises ``JobNotFound``, and the rest of the batch
+  applies, so one missing job cannot poison a worker's every heartbeat.
 * **Through the table.**  Every state change is an event of
   :class:`~taskharbor.spec.lifecycle.JobLifecycle`, resolved with
   :data:`taskharbor.spec.table.JOB` (guards evaluated on the stored job).

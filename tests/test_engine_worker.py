@@ -17,8 +17,10 @@ from test_engine_support import burst, eventually, fake_app, make_app, running_w
 
 import taskharbor as th
 from driver_registry import DriverFactory
+from taskharbor.drivers.memory import MemoryDriver
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
+    FakeClock,
     JobNotFound,
     JobState,
     StoreError,
@@ -416,6 +418,49 @@ def test_a_worker_that_lost_its_lease_does_not_report(driver_factory: DriverFact
     done = app.get_job(job)
     assert (done.result, done.attempt) == ("fresh result", 2)
     assert [e.type for e in done.errors] == ["LeaseExpired"]
+
+
+def test_a_held_job_that_vanishes_loses_only_its_own_lease() -> None:
+    """A job deleted while the worker holds it (by hand, or pruned after a rescue) is a
+    lost lease for that job only: the heartbeats of the worker's other jobs go on."""
+    clock = FakeClock()
+    driver = MemoryDriver(clock=clock)
+    app = th.App(driver=driver)
+    started = {"vanishing": threading.Event(), "staying": threading.Event()}
+    lost_seen = threading.Event()
+    finish = threading.Event()
+
+    @app.task
+    def vanishing() -> None:
+        started["vanishing"].set()
+        while not th.current_job().cancelled:  # set when the heartbeat finds the lease lost
+            time.sleep(0.01)
+        lost_seen.set()
+
+    @app.task
+    def staying() -> str:
+        started["staying"].set()
+        assert finish.wait(10)
+        return "stayed"
+
+    gone = vanishing.enqueue()
+    kept = staying.enqueue()
+    with running_worker(app, lease=30.0, concurrency=2):
+        assert started["vanishing"].wait(5) and started["staying"].wait(5)
+        with driver._lock:  # the job disappears under its lease
+            driver._delete_job(driver._jobs[gone.id])
+        now = clock.advance(20)
+        expected = now + timedelta(seconds=30)
+        eventually(lambda: app.get_job(kept).lease_expires_at == expected, what="heartbeat")
+        eventually(lost_seen.is_set, what="the vanished job's lease lost")
+        finish.set()
+        done = app.wait(kept, timeout=5)
+    assert (done.state, done.attempt, done.errors, done.result) == (
+        JobState.SUCCEEDED,
+        1,
+        (),
+        "stayed",
+    )
 
 
 # -- concurrency and batching --------------------------------------------------------------------

@@ -16,7 +16,8 @@ How it keeps the rules that hold for every SPI method (spec/spi.py):
   ``taskharbor.spec.records`` before anything is touched; an unknown job id
   raises ``JobNotFound`` before any item of the batch is applied.
 * **Fenced.**  ``heartbeat``, ``complete``, ``fail`` and ``snooze`` apply to
-  an item only while the job is ``running`` with the item's token.
+  an item only while the job is ``running`` with the item's token; an item
+  whose job is gone (pruned) is reported as ``LeaseLost.missing``.
 * **Through the table.**  Every state change asks ``JOB.resolve`` with the
   job's guard facts (:func:`_facts`), and a workflow's new state is checked
   with ``WORKFLOW.event_for``.
@@ -396,8 +397,11 @@ def _fenced(
 ) -> list[LeaseLost]:
     """Apply each item whose lease is live, in order; report the others, applying the rest."""
     lost = []
-    for item, job in zip(items, store.find([item.job_id for item in items]), strict=True):
-        if job.state == JobState.RUNNING and job.lease_token == item.token:
+    for item in items:
+        job = store.jobs.get(item.job_id)
+        if job is None:  # pruned while its worker held it: a lost lease, not an error
+            lost.append(LeaseLost.missing(item.job_id, item.token))
+        elif job.state == JobState.RUNNING and job.lease_token == item.token:
             _after_change(store, apply(job, item))
         else:
             lost.append(LeaseLost.stale(job.id, item.token, job.state))
@@ -552,7 +556,11 @@ class JsonFileDriver(Driver):
         with self._transaction() as store:
             lost = []
             cancel_requested = set()
-            for ref, job in zip(leases, store.find([ref.job_id for ref in leases]), strict=True):
+            for ref in leases:
+                job = store.jobs.get(ref.job_id)
+                if job is None:
+                    lost.append(LeaseLost.missing(ref.job_id, ref.token))
+                    continue
                 if job.state != JobState.RUNNING or job.lease_token != ref.token:
                     lost.append(LeaseLost.stale(job.id, ref.token, job.state))
                     continue

@@ -221,11 +221,14 @@ class MemoryDriver(Driver):
         check_batch(leases, LeaseRef, "heartbeat")
         duration = timedelta(seconds=check_lease_seconds(lease_seconds))
         with self._lock:
-            rows = self._rows_of(ref.job_id for ref in leases)
             now = self._now()
             lost: list[LeaseLost] = []
             cancel_requested: set[JobId] = set()
-            for ref, row in zip(leases, rows, strict=True):
+            for ref in leases:
+                row = self._jobs.get(ref.job_id)
+                if row is None:
+                    lost.append(LeaseLost.missing(ref.job_id, ref.token))
+                    continue
                 refusal = _refusal(row, ref.token)
                 if refusal is not None:
                     lost.append(refusal)
@@ -255,11 +258,14 @@ class MemoryDriver(Driver):
         """Apply each item whose lease is live, in order, with the workflow effects
         of the jobs it finishes; return the others as ``LeaseLost``."""
         with self._lock:
-            rows = self._rows_of(item.job_id for item in items)
             now = self._now()
             lost: list[LeaseLost] = []
             touched: set[WorkflowId] = set()
-            for item, row in zip(items, rows, strict=True):
+            for item in items:
+                row = self._jobs.get(item.job_id)
+                if row is None:  # pruned while its worker held it: a lost lease
+                    lost.append(LeaseLost.missing(item.job_id, item.token))
+                    continue
                 refusal = _refusal(row, item.token)
                 if refusal is not None:
                     lost.append(refusal)

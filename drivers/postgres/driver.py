@@ -497,10 +497,8 @@ class PostgresDriver(Driver):
             "by_request": CANCELLED_BY_REQUEST,
         }
         rows = cur.execute(query, all_values).fetchall()
-        for job_id, row in zip(ids, rows, strict=True):
-            if row["missing"]:
-                raise JobNotFound(job_id)
-        return rows
+        # an id no bigint holds went in as 0: report the id the caller gave
+        return [{**row, "id": job_id} for job_id, row in zip(ids, rows, strict=True)]
 
     def _after_steps_ended(
         self, cur: psycopg.Cursor[Row], params: Params, rows: Sequence[Row]
@@ -733,9 +731,12 @@ class PostgresDriver(Driver):
 
 
 def _lost(rows: Sequence[Row]) -> list[LeaseLost]:
-    """The refused items of a fenced call, in request order."""
+    """The refused items of a fenced call, in request order (a job no longer stored is
+    a lost lease for that item only)."""
     return [
-        LeaseLost.stale(row["id"], row["token"], JobState(row["state"]))
+        LeaseLost.missing(row["id"], row["token"])
+        if row["missing"]
+        else LeaseLost.stale(row["id"], row["token"], JobState(row["state"]))
         for row in rows
         if not row["applied"]
     ]

@@ -803,21 +803,28 @@ def _fence(
     """
     lost: list[LeaseLost] = []
     live: list[tuple[_Fenced, sqlite3.Row]] = []
-    for item, row in zip(items, tx.rows([item.job_id for item in items]), strict=True):
-        if _live(row, item.token):
+    rows = tx.rows_by_id(item.job_id for item in items)
+    for item in items:
+        row = rows.get(item.job_id)
+        if row is not None and _live(row, item.token):
             live.append((item, row))
         else:
-            lost.append(LeaseLost.stale(row["id"], item.token, JobState(row["state"])))
+            lost.append(_refusal(row, item))
     return lost, live
 
 
 def _stale(tx: Writes, items: Sequence[_Fenced]) -> list[LeaseLost]:
-    """``LeaseLost`` for each of these items, in order: their jobs exist, their leases not."""
-    rows = tx.rows([item.job_id for item in items]) if items else []
-    return [
-        LeaseLost.stale(row["id"], item.token, JobState(row["state"]))
-        for item, row in zip(items, rows, strict=True)
-    ]
+    """``LeaseLost`` for each of these items, in order: their leases are not live."""
+    rows = tx.rows_by_id(item.job_id for item in items) if items else {}
+    return [_refusal(rows.get(item.job_id), item) for item in items]
+
+
+def _refusal(row: sqlite3.Row | None, item: _Fenced) -> LeaseLost:
+    """The report of a refused fenced item; ``row`` is None when the job is not stored
+    (pruned while its worker held it: a lost lease for that item only)."""
+    if row is None:
+        return LeaseLost.missing(item.job_id, item.token)
+    return LeaseLost.stale(row["id"], item.token, JobState(row["state"]))
 
 
 def _filter_sql(where: JobFilter) -> tuple[str, list[object]]:
