@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -88,11 +92,31 @@ def main() -> None:
     state, result = workflow.status().state, workflow.result()
     console.print(f"workflow {workflow.id} (a chord: three adds, then total): {state}, {result!r}")
     dead = app.list_jobs(state="dead", queue=QUEUE, limit=1000)
-    console.print(
-        f"dead-letter queue of '{QUEUE}': {len(dead)} job(s); requeue one with "
-        "app.requeue(job_id) or `taskharbor dlq requeue`"
-    )
+    console.print(f"dead-letter queue of '{QUEUE}': {len(dead)} job(s)")
+    if dead:
+        # Printed unwrapped: these lines are meant to be pasted into a shell.
+        cli = cli_command()
+        console.print("look at it and requeue from this folder (or app.requeue(job_id) in code):")
+        for line in (
+            f"  {cli} dlq list --queue {QUEUE}",
+            f"  {cli} dlq requeue {' '.join(str(job.id) for job in dead)}",
+        ):
+            console.print(line, soft_wrap=True, markup=False)
     app.close()
+
+
+def cli_command() -> str:
+    """How to call ``taskharbor`` from the shell the demo was started in: its name when
+    the PATH finds this installation's script, else that script's path (under
+    ``make demo`` the virtualenv is not activated, so ``.venv/bin/taskharbor``)."""
+    beside = Path(sys.executable).parent / "taskharbor"
+    found = shutil.which("taskharbor")
+    if not beside.exists() or (found is not None and Path(found).resolve() == beside.resolve()):
+        return "taskharbor"
+    try:
+        return shlex.quote(str(beside.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(beside))
 
 
 if __name__ == "__main__":

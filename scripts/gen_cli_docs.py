@@ -51,11 +51,16 @@ taskharbor --app myproject.jobs:app worker -q default -q mail -c 16
   its store. The working directory is importable. `worker` needs it: it runs
   your handlers.
 * `--url URL` (or `TASKHARBOR_URL`) opens the store alone, for operators
-  without the application's code: `sqlite:///relative.db`,
-  `sqlite:////absolute/path.db`, `postgresql://user@host/db`, or a scheme an
-  installed driver package registers (see "Registering a URL scheme" in
-  [drivers.md](drivers.md)). A PostgreSQL server that does not answer within
-  5 seconds is reported at once.
+  without the application's code: every URL `th.App(url)` takes,
+  `sqlite:///relative.db`, `sqlite:////absolute/path.db`,
+  `postgresql://user@host/db`, `postgresql://user@host/db?schema=jobs`, or a
+  scheme an installed driver package registers (see "Registering a URL scheme"
+  in [drivers.md](drivers.md)). A PostgreSQL server that does not answer
+  within 5 seconds is reported at once, naming its host and port.
+* Neither: the store `th.App()` opens by default, `taskharbor.db` in the
+  working directory. Each command that opens it says so on stderr, with its
+  full path (`store: /srv/shop/taskharbor.db (the default, ...)`), so you see
+  which file you are looking at.
 
 An option on the command line wins over the environment; giving both `--app`
 and `--url` the same way is an error.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import types
 import uuid
@@ -220,3 +223,54 @@ def test_a_postgres_url_with_a_schema_works_in_every_command(through: str) -> No
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+NO_STORE_ENV = {"TASKHARBOR_APP": "", "TASKHARBOR_URL": ""}
+
+
+def test_without_a_store_the_cli_uses_the_library_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    default = tmp_path / "taskharbor.db"
+    note = f"store: {default} (the default, as th.App(); give --app or --url for another)"
+    missing = invoke(["jobs", "list"], env=NO_STORE_ENV)
+    assert missing.exit_code == 1
+    assert missing.stderr.splitlines() == [
+        note,
+        f"Error: {default} does not exist (opened with migrate=False, so it is not created): "
+        "create it with `taskharbor migrate` or open it with migrate=True",
+    ]
+    migrated = invoke(["migrate"], env=NO_STORE_ENV)
+    assert migrated.exit_code == 0 and migrated.stderr.splitlines() == [note]
+    with App() as app:  # the library's default store: the same file
+
+        @app.task(name="tasks.add")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        job = add.enqueue(1, 2)
+    listed = invoke(["jobs", "list", "--json"], env=NO_STORE_ENV)
+    assert [shown["id"] for shown in json.loads(listed.stdout)["jobs"]] == [job.id]
+    assert listed.stderr.splitlines() == [note]
+
+
+def test_the_demo_hint_works_when_pasted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    demo = invoke(["demo"], env=NO_STORE_ENV)
+    assert demo.exit_code == 0, demo.stderr
+    lines = demo.stdout.splitlines()
+    hint = lines[lines.index(next(line for line in lines if line.startswith("look at it"))) + 1 :]
+    assert len(hint) == 2 and "dlq list" in hint[0] and "dlq requeue" in hint[1]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TASKHARBOR_")}
+    shown, requeued = (
+        subprocess.run(
+            line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+        )
+        for line in hint
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "demo.charge_card" in shown.stdout and "ValueError: card 4242" in shown.stdout
+    assert requeued.returncode == 0, requeued.stderr
+    assert requeued.stdout.startswith("requeued 1 job(s)")
+    assert f"store: {tmp_path / 'taskharbor.db'}" in requeued.stderr

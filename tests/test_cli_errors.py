@@ -65,12 +65,6 @@ def test_usage_errors(cli_store: CliStore, args: list[str], expected: str) -> No
     assert "--help" in line  # where to read more
 
 
-def test_no_store_given() -> None:
-    result = invoke(["jobs", "list"], env={"TASKHARBOR_APP": "", "TASKHARBOR_URL": ""})
-    assert result.exit_code == 2
-    assert "no store given: use --app module:attr or --url URL" in one_error_line(result)
-
-
 def test_app_and_url_together(cli_store: CliStore, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/other.db"
     both = invoke(["--app", cli_store.app_path, "--url", url, "jobs", "list"])

@@ -86,6 +86,8 @@ def _store_source(ctx: click.Context, app_path: str | None, url: str | None) -> 
             url = None
         else:
             app_path = None
+    if not app_path and not url:
+        return StoreSource.library_default()
     return StoreSource(app_path or None, url or None)
 
 
@@ -116,7 +118,9 @@ def main(ctx: click.Context, app_path: str | None, url: str | None) -> None:
     """Run and repair a TaskHarbor installation: workers, jobs, the dead-letter
     queue, workflows, the schema.
 
-    Give the store with --app (the application) or --url (the store alone).
+    Give the store with --app (the application) or --url (the store alone);
+    with neither, the CLI uses the store th.App() uses by default:
+    taskharbor.db in the working directory (its full path is shown on stderr).
     Listings take --json for scripts; datetimes are ISO 8601 in UTC.
     """
     session = Session(_store_source(ctx, app_path, url))

@@ -20,8 +20,9 @@ import click
 from taskharbor.spec import Driver, InvalidRequest, TaskHarborError
 
 from ..app import App
-from ..urls import open_driver
+from ..urls import DEFAULT_URL, open_driver
 
+SQLITE_PREFIX = "sqlite:///"
 APP_ENV = "TASKHARBOR_APP"
 URL_ENV = "TASKHARBOR_URL"
 
@@ -42,10 +43,25 @@ class StoreUnavailable(click.ClickException):
 
 @dataclass(frozen=True)
 class StoreSource:
-    """The ``--app`` / ``--url`` the operator gave (at most one of them is set)."""
+    """The ``--app`` / ``--url`` the operator gave (at most one of them is set).
+
+    With neither, the URL is the library's default store (``th.App()`` opens
+    ``./taskharbor.db``), made absolute, and ``default`` is set.
+    """
 
     app_path: str | None
     url: str | None
+    default: bool = False
+
+    @classmethod
+    def library_default(cls) -> StoreSource:
+        """The store ``th.App()`` opens in the working directory, by its absolute path."""
+        relative = DEFAULT_URL.removeprefix(SQLITE_PREFIX)
+        return cls(None, SQLITE_PREFIX + os.path.abspath(relative), default=True)
+
+    def default_path(self) -> str | None:
+        """The file of the default store, or None when the operator named a store."""
+        return self.url.removeprefix(SQLITE_PREFIX) if self.default and self.url else None
 
     def describe(self) -> str:
         """The source for messages, with any password masked."""
@@ -65,10 +81,11 @@ class StoreSource:
         """The store's driver, from the app or the URL."""
         if self.app_path is not None:
             return load_app(self.app_path).driver
-        if self.url is None:
-            raise click.UsageError(
-                f"no store given: use --app module:attr or --url URL (or set {APP_ENV} "
-                f"or {URL_ENV})"
+        assert self.url is not None, "a source without an app has a URL (the default one)"
+        if (path := self.default_path()) is not None:
+            click.echo(
+                f"store: {path} (the default, as th.App(); give --app or --url for another)",
+                err=True,
             )
         if urlsplit(self.url).scheme.lower() == "memory":
             raise click.BadParameter(
