@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from test_cli_support import TRACEBACK, CliStore, cli_store, one_error_line
+import pytest
+from test_cli_support import TRACEBACK, CliStore, cli_store, invoke, one_error_line
 
+from taskharbor.cli.jobs import cancellable_states
+from taskharbor.cli.render import short_time
 from taskharbor.spec import CANCELLED_BY_REQUEST, Completion, JobState, WorkflowState
+from taskharbor.spec.table import QUEUED_JOB_STATES
 
 __all__ = ["cli_store"]
 
@@ -142,8 +146,18 @@ def test_jobs_cancel_of_a_finished_job_changes_nothing(cli_store: CliStore) -> N
     result = cli_store.run("jobs", "cancel", str(waiting.id), str(done.id))
     assert result.exit_code == 1
     line = one_error_line(result)
-    assert f"job {done.id}" in line and "succeeded" in line
+    assert line == (
+        f"Error: job {done.id} is succeeded, and cancel works only on available, pending, "
+        "retrying, scheduled jobs (cancelled at once) and running jobs (asked to stop: "
+        "they end cancelled when their worker sees the request)"
+    )
     assert cli_store.driver.get([waiting.id])[0].state == JobState.AVAILABLE
+
+
+def test_the_cancellable_states_come_from_the_spec_table() -> None:
+    at_once, asked = cancellable_states()
+    assert set(at_once) == QUEUED_JOB_STATES
+    assert asked == [JobState.RUNNING]
 
 
 def test_jobs_retry_puts_dead_and_cancelled_jobs_back(cli_store: CliStore) -> None:
@@ -257,3 +271,35 @@ def test_workflows_show_the_result_once_succeeded(cli_store: CliStore) -> None:
     assert shape["state"] == WorkflowState.SUCCEEDED.value
     assert shape["result"] == 3
     assert datetime.fromisoformat(shape["finished_at"]) == cli_store.clock.now()
+
+
+LONG_TASK = "shop.orders.fulfilment.send_the_confirmation_email_to_the_customer"
+LONG_QUEUE = "mail-transactional-high-priority-europe-west"
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("command", ["jobs", "dlq"])
+def test_listings_keep_one_line_per_job_at_the_terminal_width(
+    cli_store: CliStore, width: int, command: str
+) -> None:
+    """Piped output is as wide as COLUMNS says (80 without it): long task names,
+    queues and errors end in an ellipsis; id, state and time stay whole."""
+    dead = cli_store.dead(task=LONG_TASK, count=2)
+    short = cli_store.dead(task="tasks.add")
+    ids = [job.id for job in (*dead, *short)]
+    result = invoke(["--app", cli_store.app_path, command, "list"], env={"COLUMNS": str(width)})
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= width
+    rows = lines[2:]  # the header and its rule
+    assert len(rows) == len(ids)  # nothing wrapped onto a second line
+    died = short_time(cli_store.driver.get([ids[0]])[0].finished_at)
+    for row, job_id in zip(rows, ids, strict=True):
+        assert row.split()[0] == str(job_id)
+        assert died in row
+        if command == "jobs":
+            assert row.split()[1] == "dead"
+    assert "…" in rows[0] and LONG_TASK not in result.stdout
+    assert "tasks.add" in rows[2]
+    if width == 120:
+        assert "ValueError: no [bold]luck" in rows[0] or command == "jobs"

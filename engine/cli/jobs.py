@@ -15,7 +15,16 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from taskharbor.spec import Driver, JobFilter, JobId, JobRecord, JobState
+from taskharbor.spec import (
+    Driver,
+    InvalidTransition,
+    JobFilter,
+    JobId,
+    JobRecord,
+    JobState,
+    TaskHarborError,
+)
+from taskharbor.spec.table import JOB, JobEvent
 
 from . import render
 from .bulk import in_batches
@@ -159,6 +168,48 @@ def print_changed(jobs: Sequence[JobRecord], as_json: bool) -> None:
         console.print(line)
 
 
+def cancellable_states() -> tuple[list[str], list[str]]:
+    """From the spec's table: the states ``cancel`` moves to cancelled at once, and the
+    states it only asks to stop (an event out of them ends cancelled when the
+    ``cancel_requested`` guard holds)."""
+    at_once = sorted(JOB.sources(JobEvent.CANCEL))
+    asked = sorted(
+        {
+            source
+            for event in JOB.events
+            for source in JOB.states
+            for choice in JOB.options(event, source)
+            if "cancel_requested" in choice.guards and choice.target == JobState.CANCELLED
+        }
+    )
+    return at_once, asked
+
+
+class NotCancellable(TaskHarborError):
+    """``jobs cancel`` named a job that cancel cannot reach, with what cancel does reach."""
+
+    def __init__(self, refused: InvalidTransition) -> None:
+        at_once, asked = cancellable_states()
+        super().__init__(
+            f"job {refused.subject} is {refused.state}, and cancel works only on "
+            f"{', '.join(at_once)} jobs (cancelled at once) and {', '.join(asked)} jobs "
+            "(asked to stop: they end cancelled when their worker sees the request)"
+        )
+
+
+def cancel_or_explain(driver: Driver) -> Callable[[Sequence[JobId]], list[JobRecord]]:
+    """``driver.cancel``, whose refusal names every state cancel works on (the table's
+    own message lists only the states the ``cancel`` event leaves, not ``running``)."""
+
+    def cancel(job_ids: Sequence[JobId]) -> list[JobRecord]:
+        try:
+            return driver.cancel(job_ids)
+        except InvalidTransition as exc:
+            raise NotCancellable(exc) from None
+
+    return cancel
+
+
 @jobs.command("cancel")
 @click.argument("job_ids", type=JOB_ID, nargs=-1, required=True, metavar="ID...")
 @json_option
@@ -168,7 +219,7 @@ def cancel_jobs(session: Session, job_ids: tuple[int, ...], as_json: bool) -> No
     stop and ends cancelled when its worker sees the request. A finished job
     cannot be cancelled: then nothing of that batch changes."""
     driver = session.driver()
-    print_changed(in_batches(distinct(job_ids), driver.cancel, "cancelled"), as_json)
+    print_changed(in_batches(distinct(job_ids), cancel_or_explain(driver), "cancelled"), as_json)
 
 
 @jobs.command("retry")

@@ -84,16 +84,32 @@ def _table(*columns: str) -> Table:
     return table
 
 
+def _listing(*columns: str, shrinking: Sequence[int]) -> Table:
+    """A one-line-per-row listing: the columns at ``shrinking`` (free text such as task
+    names and errors) give up width when the table is too wide, and their cells
+    (made with :func:`_cell`) end in an ellipsis instead of wrapping; the others
+    (ids, states, times) keep their full width."""
+    table = _table(*columns)
+    for index, column in enumerate(table.columns):
+        column.no_wrap = index not in shrinking
+    return table
+
+
+def _cell(text: str) -> Text:
+    """Free text in a listing: one line, cut with an ellipsis when its column is narrower."""
+    return Text(" ".join(text.split()), no_wrap=True, overflow="ellipsis")
+
+
 def jobs_table(jobs: Sequence[JobRecord]) -> Table:
     """One row per job: id, state, task, queue, attempts, when it is (or was) due."""
-    table = _table("ID", "STATE", "TASK", "QUEUE", "TRIES", "RUN AT (UTC)")
+    table = _listing("ID", "STATE", "TASK", "QUEUE", "TRIES", "RUN AT (UTC)", shrinking=(2, 3))
     table.columns[0].justify = "right"
     for job in jobs:
         table.add_row(
             str(job.id),
             state_text(job.state),
-            Text(job.task),
-            Text(job.queue),
+            _cell(job.task),
+            _cell(job.queue),
             f"{job.attempt}/{job.max_attempts}",
             short_time(job.run_at),
         )
@@ -102,16 +118,13 @@ def jobs_table(jobs: Sequence[JobRecord]) -> Table:
 
 def dlq_table(jobs: Sequence[JobRecord]) -> Table:
     """One row per dead job: id, task, queue, when it died, and its last error."""
-    table = _table("ID", "TASK", "QUEUE", "DIED (UTC)", "LAST ERROR")
+    table = _listing("ID", "TASK", "QUEUE", "DIED (UTC)", "LAST ERROR", shrinking=(1, 2, 4))
     table.columns[0].justify = "right"
-    table.columns[4].overflow = "ellipsis"
-    table.columns[4].no_wrap = True
-    table.columns[4].ratio = 1
     for job in jobs:
         last = job.errors[-1] if job.errors else None
-        error = Text(f"{last.type}: {last.message}" if last else "-")
+        error = _cell(f"{last.type}: {last.message}" if last else "-")
         table.add_row(
-            str(job.id), Text(job.task), Text(job.queue), short_time(job.finished_at), error
+            str(job.id), _cell(job.task), _cell(job.queue), short_time(job.finished_at), error
         )
     return table
 
