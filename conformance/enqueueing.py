@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta, timezone
 
-from taskharbor.spec import EnqueueRequest, JobState
+from taskharbor.spec import EnqueueRequest, ErrorReport, Failure, JobState
 
 from .harness import Harbor, HarborFixture
+
+NUL_TEXT = "a\x00b\x00"
+"""A JSON string holding NUL characters: valid JSON (``"a\\u0000b\\u0000"``), kept exactly."""
 
 
 class EnqueueingRules(HarborFixture):
@@ -118,3 +121,25 @@ class EnqueueingRules(HarborFixture):
         assert again.created is True
         assert again.job.id > old.id
         assert again.job.state is JobState.AVAILABLE
+
+    def test_json_text_with_nul_characters_round_trips_exactly(self, harbor: Harbor) -> None:
+        payload = [NUL_TEXT, {NUL_TEXT: [NUL_TEXT, "\x00"]}]
+        job = harbor.enqueue(args=(NUL_TEXT, payload), kwargs={NUL_TEXT: payload})
+        for stored in (job, harbor.get(job.id)):
+            assert stored.args == (NUL_TEXT, payload)
+            assert dict(stored.kwargs) == {NUL_TEXT: payload}
+        first = harbor.lease_job(job)
+        assert first.lease_token is not None
+        error = ErrorReport("ValueError", f"bad {NUL_TEXT}", f"Traceback {NUL_TEXT}")
+        assert harbor.driver.fail([Failure(first.id, first.lease_token, error)]) == []
+        harbor.advance(1)
+        harbor.driver.promote()
+        harbor.complete(harbor.lease_job(job), {"out": payload})
+        done = harbor.get(job.id)
+        assert done.result == {"out": payload}
+        (failed,) = done.errors
+        assert (failed.message, failed.traceback) == (error.message, error.traceback)
+        chain = harbor.chain(EnqueueRequest("first", queue="nul-a"), EnqueueRequest("second"))
+        step = harbor.lease(["nul-a"])[0]
+        harbor.complete(step, NUL_TEXT)
+        assert harbor.get(chain.steps[1]).args == (NUL_TEXT,)

@@ -68,7 +68,7 @@ def _check_json(value: JSON, path: str, depth: int) -> None:
             raise InvalidRequest(f"{path}: {value!r} is not representable in JSON")
         return
     if isinstance(value, str):
-        _check_text(value, path)
+        _check_unicode(value, path)
         return
     if isinstance(value, list):
         for index, item in enumerate(value):
@@ -78,7 +78,7 @@ def _check_json(value: JSON, path: str, depth: int) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidRequest(f"{path}: key {key!r} is not a string (JSON keys are)")
-            _check_text(key, f"{path} key")
+            _check_unicode(key, f"{path} key")
             _check_json(item, f"{path}[{key!r}]", depth + 1)
         return
     raise InvalidRequest(
@@ -87,11 +87,18 @@ def _check_json(value: JSON, path: str, depth: int) -> None:
     )
 
 
-def _check_text(text: str, path: str) -> None:
+def _check_unicode(text: str, path: str) -> None:
+    """Text that encodes to UTF-8 (no lone surrogate).  A NUL character is fine in a
+    JSON string: every store keeps it escaped (``\\u0000``) and gives it back exactly."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidRequest(f"{path}: not valid Unicode ({exc.reason})") from None
+
+
+def _check_text(text: str, path: str) -> None:
+    """A name stored as plain text, where a NUL character cannot be kept."""
+    _check_unicode(text, path)
     if "\x00" in text:
         raise InvalidRequest(f"{path}: contains a NUL character, which storage cannot keep")
 
