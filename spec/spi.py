@@ -158,8 +158,9 @@ class Capabilities:
     ``multi_process``: several processes may share the store safely.
     ``transactional_enqueue``: jobs can be enqueued inside the caller's own
     database transaction.
-    ``notifications``: :meth:`Driver.wait_for_jobs` wakes up on enqueue from
-    any process instead of only polling.
+    ``notifications``: :meth:`Driver.wait_for_jobs` wakes up, from any
+    process, on every transition into ``available`` (enqueue, release,
+    promote, rescue, requeue) instead of only polling.
     """
 
     persistent: bool = False
@@ -349,8 +350,11 @@ class Driver(abc.ABC):
         """Block until jobs may be available on ``queues`` or ``timeout`` passes.
 
         A hint only: returning early is always allowed.  Drivers with the
-        ``notifications`` capability wake on enqueue from any process.  The
-        default sleeps ``timeout`` seconds (the worker polls).
+        ``notifications`` capability wake, whichever process made the change,
+        on every transition into ``available`` of a job of ``queues``: an
+        enqueue, a workflow step's release, and the ``promote``, ``rescue``
+        and ``requeue`` that make a job ready (the conformance suite tests
+        each).  The default sleeps ``timeout`` seconds (the worker polls).
         """
         import time
 
