@@ -83,7 +83,16 @@ def running_worker(app: App, **options: Any) -> Iterator[Worker]:
         assert not failure, failure
 
 
-def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+EVENTUALLY = 60.0
+"""How long a test waits for something that must happen (seconds of wall time).
+
+Not a duration under test: a bound on a hang, so a test on a loaded machine
+(``make test-stress``) passes and a test that waits in vain still ends."""
+
+
+def eventually(
+    check: Callable[[], bool], timeout: float = EVENTUALLY, what: str = "condition"
+) -> None:
     """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not check():

@@ -13,13 +13,21 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from test_engine_support import burst, eventually, fake_app, make_app, running_worker
+from test_engine_support import (
+    EVENTUALLY,
+    burst,
+    eventually,
+    fake_app,
+    make_app,
+    running_worker,
+)
 
 import taskharbor as th
 from driver_registry import DriverFactory
 from taskharbor.drivers.memory import MemoryDriver
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
+    LEASE_EXPIRED_TYPE,
     FakeClock,
     JobNotFound,
     JobState,
@@ -548,33 +556,45 @@ def test_reports_the_store_could_not_write_are_retried_not_dropped(
 def test_a_report_the_store_cannot_write_is_kept_while_its_lease_may_live(
     driver_factory: DriverFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Kept and retried until the lease has surely expired, then dropped: the job is
-    rescued and runs again (at-least-once), and its second report goes through."""
-    app = make_app(driver_factory)
-    runs: list[float] = []
+    """Kept and retried while the lease may live, then dropped: once the lease has
+    expired (on the injected clock) the job is rescued and runs again (at-least-once),
+    and its second report goes through.  The store refuses reports until its clock
+    passes the first lease's expiry, so no wall-clock duration is assumed."""
+    app, clock = fake_app(driver_factory)
+    lease = 1.0
+    runs: list[int] = []
 
     @app.task
     def once() -> int:
-        runs.append(time.monotonic())
+        runs.append(th.current_job().attempt)
         return 7
 
     job = once.enqueue()
+    expiry = clock.now() + timedelta(seconds=lease)
     complete = app.driver.complete
-    broken_until = time.monotonic() + 1.5
+    refused: list[int] = []
 
     def full_disk(completions: Any) -> Any:
-        if time.monotonic() < broken_until:
+        if clock.now() <= expiry:
+            refused.append(len(completions))
             raise StoreError("the disk holding the store is full")
         return complete(completions)
 
+    def messages() -> list[str]:
+        return [record.getMessage() for record in caplog.records]
+
     monkeypatch.setattr(app.driver, "complete", full_disk)
-    with caplog.at_level(logging.WARNING, logger="taskharbor"), running_worker(app, lease=1.0):
-        done = app.wait(job, timeout=10)
-    assert (done.state, done.result, done.attempt) == (JobState.SUCCEEDED, 7, 2)
-    assert len(runs) == 2 and runs[1] - runs[0] >= 1.0
-    messages = [record.getMessage() for record in caplog.records]
-    assert any("writing reports failed" in m for m in messages)
-    assert any("1 reports dropped: their leases have expired" in m for m in messages)
+    with caplog.at_level(logging.WARNING, logger="taskharbor"), running_worker(app, lease=lease):
+        eventually(lambda: any("reports dropped" in m for m in messages()), what="the drop")
+        assert app.get_job(job).state is JobState.RUNNING  # its lease has not expired yet
+        clock.advance(2 * lease)
+        done = app.wait(job, timeout=EVENTUALLY)
+    assert (done.state, done.result, done.attempt, runs) == (JobState.SUCCEEDED, 7, 2, [1, 2])
+    assert done.errors[-1].type == LEASE_EXPIRED_TYPE
+    # Tried again while kept: the worker retries every heartbeat_interval, far inside the lease.
+    assert len(refused) >= 2
+    assert any("writing reports failed" in m for m in messages())
+    assert any("1 reports dropped: their leases have expired" in m for m in messages())
 
 
 def test_leases_and_reports_are_batched(driver_factory: DriverFactory) -> None:
