@@ -54,6 +54,12 @@ def check_json(value: JSON, what: str) -> None:
     Accepts None, bool, int, finite float, str (valid Unicode), and lists and
     dicts (with str keys) of those, nested at most ``JSON_MAX_DEPTH`` deep.
     Tuples are refused rather than silently turned into lists.
+
+    Depth counts from ``value`` itself (level 0): a job's args are checked as
+    one list and its kwargs as one dict, so one argument may be
+    ``JSON_MAX_DEPTH - 1`` deep; a result is checked on its own.  The limit
+    holds for every stored value alike, so a handler that wraps an accepted
+    argument in more levels can return a result past it (``InvalidResult``).
     """
     _check_json(value, what, 0)
 

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import taskharbor as th
 from taskharbor.cli import main as cli
 from taskharbor.spec import JobState
+from taskharbor.spec.records import JSON_MAX_DEPTH
 
 EXAMPLES = settings(
     max_examples=scaled(60, 400),
@@ -171,15 +172,63 @@ def test_a_bad_job_id_is_refused_clearly(app: th.App, job_id: Any) -> None:
         app.get_job(job_id)
 
 
+def depth(value: Any) -> int:
+    """Levels of lists and dicts below ``value``'s top, as ``check_json`` counts them."""
+    children = value.values() if isinstance(value, dict) else value
+    if isinstance(value, list | dict) and children:
+        return 1 + max(depth(child) for child in children)
+    return 0
+
+
 def test_every_accepted_job_runs_to_its_payload(app: th.App, echo: th.Task[Any]) -> None:
-    """After the fuzzing above, a worker finishes every job it accepted (a new one too)."""
+    """After the fuzzing above, a worker finishes every job it accepted (a new one too):
+    with its payload as the result, or, when wrapping the payload two levels deeper
+    makes the result deeper than the limit, dead with ``InvalidResult`` naming it."""
     late = echo.enqueue({"n": [1.5, None, True, "\u2028"]}, key="é" * 10_000)
     th.Worker(app, concurrency=4, poll_interval=0.01).run(burst=True, handle_signals=False)
     for job in app.list_jobs(task=echo, limit=10_000):
         if job.queue == "default" and job.run_at <= datetime.now(UTC):
-            assert job.state is JobState.SUCCEEDED, job
-            assert same(job.result, [list(job.args), dict(job.kwargs)]), job
+            result = [list(job.args), dict(job.kwargs)]
+            if depth(result) <= JSON_MAX_DEPTH:
+                assert job.state is JobState.SUCCEEDED, job
+                assert same(job.result, result), job
+            else:
+                assert job.state is JobState.DEAD, job
+                assert job.errors[-1].type == "InvalidResult", job.errors
+                assert f"nested deeper than {JSON_MAX_DEPTH} levels" in job.errors[-1].message
     assert app.get_job(late).state is JobState.SUCCEEDED
+
+
+def test_the_depth_limit_counts_each_stored_value_from_its_top() -> None:
+    """The fuzz test's rare case, made certain: an argument 63 levels deep is accepted
+    (the args list is the 64th level); a result may be 64 levels deep, not 65."""
+    app = th.App("memory://")
+    same_value = app.task(name="same")(lambda value: value)
+    echo = app.task(name="echo")(lambda *args, **kwargs: [list(args), kwargs])
+    deepest = app.task(name="deepest")(lambda levels: nested(levels))
+    with pytest.raises(th.InvalidRequest, match=f"nested deeper than {JSON_MAX_DEPTH} levels"):
+        same_value.enqueue(nested(JSON_MAX_DEPTH))
+    with pytest.raises(th.InvalidRequest, match=f"nested deeper than {JSON_MAX_DEPTH} levels"):
+        same_value.enqueue(value=nested(JSON_MAX_DEPTH))
+    jobs = [
+        same_value.enqueue(nested(JSON_MAX_DEPTH - 1)),
+        echo.enqueue(nested(JSON_MAX_DEPTH - 1)),
+        deepest.enqueue(JSON_MAX_DEPTH),
+        deepest.enqueue(JSON_MAX_DEPTH + 1),
+    ]
+    th.Worker(app, poll_interval=0.01).run(burst=True, handle_signals=False)
+    ended = [app.get_job(job) for job in jobs]
+    assert [job.state for job in ended] == [
+        JobState.SUCCEEDED,
+        JobState.DEAD,
+        JobState.SUCCEEDED,
+        JobState.DEAD,
+    ]
+    assert same(ended[0].result, nested(JSON_MAX_DEPTH - 1))
+    assert same(ended[2].result, nested(JSON_MAX_DEPTH))
+    for dead in (ended[1], ended[3]):
+        assert [error.type for error in dead.errors] == ["InvalidResult"]
+        assert f"nested deeper than {JSON_MAX_DEPTH} levels" in dead.errors[0].message
 
 
 CLI_WORDS = ["--state", "--limit", "-1", "--older-than", "1e400", "--help", "--json", "0"]
