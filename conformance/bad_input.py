@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -218,6 +218,45 @@ BAD_REQUESTS: dict[str, Call] = {
 }
 
 
+EXTREME_INSTANTS = {
+    "min-at-plus-5h": datetime.min.replace(tzinfo=timezone(timedelta(hours=5))),
+    "min-utc": datetime.min.replace(tzinfo=UTC),
+    "max-utc": datetime.max.replace(tzinfo=UTC),
+    "max-at-minus-5h": datetime.max.replace(tzinfo=timezone(timedelta(hours=-5))),
+}
+"""Instants a datetime can hold but a store cannot keep or give back in UTC (year 0 or
+10000 once converted, or at a calendar's very edge)."""
+
+EXTREME_SECONDS = (1e12, 1e300, 10**20)
+"""Finite durations whose end, counted from any clock's now, is past the last date."""
+
+
+def _instant_calls(moment: datetime) -> dict[str, Call]:
+    return {
+        "enqueue-run-at": enqueue(task="t", run_at=moment),
+        "fail-retry-at": lambda h, s: h.driver.fail(
+            [Failure(s.running.id, s.token, BOOM, retry_at=moment)]
+        ),
+        "snooze-run-at": lambda h, s: h.driver.snooze(
+            [SnoozeRequest(s.running.id, s.token, moment)]
+        ),
+        "list-created-since": lambda h, s: h.driver.list_jobs(JobFilter(created_since=moment)),
+        "prune-finished-before": lambda h, s: h.driver.prune(moment),
+    }
+
+
+EXTREME_TIMES: dict[str, Call] = {
+    **{
+        f"{call}-{name}": make
+        for name, moment in EXTREME_INSTANTS.items()
+        for call, make in _instant_calls(moment).items()
+    },
+    **{f"lease-seconds-{value!r}": lease_for(value) for value in EXTREME_SECONDS},
+    **{f"heartbeat-seconds-{value!r}": heartbeat_for(value) for value in EXTREME_SECONDS},
+}
+"""Every call that takes an instant or a duration, with each extreme value."""
+
+
 class BadInputRules(HarborFixture):
     @cases(EMPTY_BATCHES)
     def test_an_empty_batch_is_refused(self, harbor: Harbor, call: Call) -> None:
@@ -245,6 +284,12 @@ class BadInputRules(HarborFixture):
 
     @cases(BAD_REQUESTS)
     def test_a_bad_request_is_refused_before_anything_is_stored(
+        self, harbor: Harbor, call: Call
+    ) -> None:
+        refused_without_change(harbor, call, InvalidRequest)
+
+    @cases(EXTREME_TIMES)
+    def test_an_instant_or_duration_out_of_range_is_refused(
         self, harbor: Harbor, call: Call
     ) -> None:
         refused_without_change(harbor, call, InvalidRequest)

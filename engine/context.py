@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import math
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 
-from taskharbor.spec import InvalidRequest, JobId
+from taskharbor.spec import JobId
+from taskharbor.spec.records import check_seconds
 
 
 class Snooze(Exception):
     """Raise in a handler to run the job again in ``seconds``; the attempt is given back."""
 
     def __init__(self, seconds: float) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise InvalidRequest(f"Snooze needs a number of seconds, not {seconds!r}")
-        if not math.isfinite(seconds) or seconds < 0:
-            raise InvalidRequest(f"Snooze seconds must be finite and >= 0, not {seconds}")
+        self.seconds = check_seconds(seconds, "Snooze seconds")
         super().__init__(f"snoozed for {seconds} s")
-        self.seconds = float(seconds)
 
 
 class PermanentError(Exception):

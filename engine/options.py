@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from taskharbor.spec import JSON, EnqueueRequest, InvalidRequest
-from taskharbor.spec.records import check_aware
+from taskharbor.spec.records import check_aware, check_seconds
 
 from .backoff import Backoff
 
@@ -88,10 +88,11 @@ def check_options(opts: Mapping[str, Any], where: str) -> dict[str, Any]:
         delay = given["delay"]
         if isinstance(delay, bool) or not isinstance(delay, int | float | timedelta):
             raise InvalidRequest(f"{where}: delay must be seconds or a timedelta, not {delay!r}")
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if not math.isfinite(seconds) or seconds < 0:
-            raise InvalidRequest(f"{where}: delay must be finite and >= 0, not {delay}")
-        given["delay"] = seconds
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        try:
+            given["delay"] = check_seconds(seconds, "delay")
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{where}: {exc}") from None
     if "run_at" in given:
         try:
             check_aware(given["run_at"], "run_at")

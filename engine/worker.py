@@ -44,7 +44,7 @@ from taskharbor.spec import (
     StoreError,
     TaskHarborError,
 )
-from taskharbor.spec.records import check_lease_seconds, check_name
+from taskharbor.spec.records import check_lease_seconds, check_name, check_seconds
 
 from . import execution
 from .app import App
@@ -89,9 +89,9 @@ class _Active:
 
 
 def _seconds(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise InvalidRequest(f"{what} must be a number of seconds >= 0, not {value!r}")
-    return float(value)
+    """A duration option: finite, >= 0 and within the contract's longest duration, so
+    that no later ``now ± duration`` can overflow."""
+    return check_seconds(value, what)
 
 
 class Worker:

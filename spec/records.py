@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from .errors import InvalidRequest, LeaseLost
@@ -29,6 +29,17 @@ PRIORITY_MAX = 32767
 MAX_ATTEMPTS_LIMIT = 10_000
 NAME_MAX_LENGTH = 255
 JSON_MAX_DEPTH = 64
+
+
+EARLIEST_INSTANT = datetime(1, 1, 3, tzinfo=UTC)
+LATEST_INSTANT = datetime(9999, 12, 29, tzinfo=UTC)
+"""The instants the contract accepts (``run_at``, ``retry_at``, a filter's or prune's
+bound): two days inside Python's calendar at each end, so every store can keep
+them and give them back in UTC or in any session time zone."""
+
+MAX_DURATION_SECONDS = 100 * 365 * 86400
+"""The longest duration the contract accepts (a lease, a delay, a backoff): 100
+years, so that now plus any of them is a date every store can keep."""
 
 
 CANCELLED_BY_REQUEST = "cancelled by request"
@@ -130,11 +141,33 @@ _CHECKED_NAMES_LIMIT = 4096
 
 
 def check_aware(value: object, what: str) -> None:
-    """A datetime with a timezone."""
+    """A datetime with a timezone, between :data:`EARLIEST_INSTANT` and
+    :data:`LATEST_INSTANT` (one that would overflow in UTC is refused here, by name,
+    rather than raising ``OverflowError`` inside a driver)."""
     if not isinstance(value, datetime):
         raise InvalidRequest(f"{what} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidRequest(f"{what} must be timezone-aware, not naive ({value.isoformat()})")
+    if not EARLIEST_INSTANT <= value <= LATEST_INSTANT:
+        raise InvalidRequest(
+            f"{what} {value.isoformat()} is out of range: give an instant between "
+            f"{EARLIEST_INSTANT.isoformat()} and {LATEST_INSTANT.isoformat()}"
+        )
+
+
+def check_seconds(value: object, what: str, *, positive: bool = False) -> float:
+    """A duration: a finite number of seconds, >= 0 (> 0 if ``positive``), at most
+    :data:`MAX_DURATION_SECONDS`; named in the error when it is not."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{what} must be a number of seconds, not {value!r}")
+    low = "positive" if positive else ">= 0"
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise InvalidRequest(f"{what} must be {low} and finite, not {value}")
+    if value > MAX_DURATION_SECONDS:
+        raise InvalidRequest(
+            f"{what} of {value} s is too long: at most {MAX_DURATION_SECONDS} s (100 years)"
+        )
+    return float(value)
 
 
 def _check_int(value: object, what: str, low: int, high: int) -> None:
@@ -525,12 +558,9 @@ def check_queues(queues: object, what: str) -> tuple[str, ...]:
 
 
 def check_lease_seconds(value: object) -> float:
-    """A lease duration: a positive finite number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(f"lease duration must be a number of seconds, not {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidRequest(f"lease duration must be positive and finite, not {value}")
-    return float(value)
+    """A lease duration: a positive finite number of seconds, at most
+    :data:`MAX_DURATION_SECONDS`."""
+    return check_seconds(value, "lease duration", positive=True)
 
 
 __all__ = [

@@ -19,7 +19,10 @@ Rules that hold for every method
   call has several problems, the error raised is the first of: the request's
   shape (``InvalidRequest``), then the first unknown id (``JobNotFound``;
   not in the fenced calls, see below), then the first state the table
-  refuses (``InvalidTransition``).
+  refuses (``InvalidTransition``).  An instant outside ``EARLIEST_INSTANT``
+  .. ``LATEST_INSTANT`` or a duration over ``MAX_DURATION_SECONDS`` is an
+  ``InvalidRequest`` naming the value (``check_aware``, ``check_seconds``),
+  never an ``OverflowError`` from the store.
 * **Fenced.**  ``heartbeat``, ``complete``, ``fail`` and ``snooze`` apply to
   an item only while its lease is *live*: the job is ``running`` with that
   token (a lease past its expiry that was not rescued yet is still live).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +128,14 @@ def test_options_override_defaults_and_combine(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"delay": -1}, "delay must be finite and >= 0"),
-        ({"delay": float("nan")}, "delay must be finite"),
+        ({"delay": -1}, "delay must be >= 0 and finite"),
+        ({"delay": float("nan")}, "delay must be >= 0 and finite"),
         ({"delay": "soon"}, "delay must be seconds"),
+        ({"delay": 1e12}, "delay of 1000000000000.0 s is too long"),
+        ({"delay": timedelta.max}, "delay of .* s is too long"),
         ({"run_at": datetime(2030, 1, 1)}, "timezone-aware"),
+        ({"run_at": datetime.min.replace(tzinfo=timezone(timedelta(hours=5)))}, "out of range"),
+        ({"run_at": datetime.max.replace(tzinfo=UTC)}, "run_at 9999-12-31T23:59:59.999999"),
         ({"delay": 1, "run_at": datetime(2030, 1, 1).astimezone()}, "not both"),
         ({"retries": 3}, "unknown enqueue option"),
         ({"priority": "high"}, "priority must be an int"),

@@ -885,6 +885,10 @@ def test_run_async_works_inside_an_existing_loop(driver_factory: DriverFactory) 
         ({"concurrency": 0}, "concurrency"),
         ({"lease": 0}, "lease duration"),
         ({"shutdown_timeout": -1}, "shutdown_timeout"),
+        ({"lease": 1e12}, "lease duration of 1000000000000.0 s is too long"),
+        ({"retention": float("inf")}, "retention must be >= 0 and finite, not inf"),
+        ({"heartbeat_interval": 1e300}, "heartbeat_interval of 1e"),
+        ({"shutdown_timeout": float("inf")}, "shutdown_timeout must be >= 0 and finite"),
     ],
 )
 def test_bad_worker_settings_are_refused(
@@ -932,3 +936,9 @@ def test_stored_errors_are_bounded(driver_factory: DriverFactory) -> None:
     assert "earlier frames cut" in trace
     assert 'raise ValueError("x" * 50_000)' in trace  # the raising frame is kept
     assert trace.endswith(f"ValueError: {error.message}\n")
+
+
+@pytest.mark.parametrize("seconds", [1e12, float("inf"), -1])
+def test_a_snooze_out_of_range_is_refused_where_it_is_raised(seconds: float) -> None:
+    with pytest.raises(th.InvalidRequest, match="Snooze seconds"):
+        th.Snooze(seconds)
