@@ -212,14 +212,24 @@ class App:
     def enqueue(self, target: Signature) -> Job: ...
 
     @overload
-    def enqueue(self, target: Workflow) -> WorkflowHandle: ...
+    def enqueue(self, target: Workflow, *, name: str | None = None) -> WorkflowHandle: ...
 
-    def enqueue(self, target: Signature | Workflow) -> Job | WorkflowHandle:
-        """Store a signature's job (-> :class:`Job`) or a whole workflow (-> its handle)."""
+    def enqueue(
+        self, target: Signature | Workflow, *, name: str | None = None
+    ) -> Job | WorkflowHandle:
+        """Store a signature's job (-> :class:`Job`) or a whole workflow (-> its handle).
+
+        ``name`` names a workflow (``taskharbor workflows show`` and ``list`` show
+        it, ``workflows list --name`` selects by it); a single job has no name.
+        """
         if isinstance(target, Signature):
+            if name is not None:
+                raise InvalidRequest(
+                    f"name={name!r} names a workflow; a single job has its task's name"
+                )
             return self.enqueue_requests([self.request_for(target)])[0]
         if isinstance(target, Workflow):
-            graph = build_graph(target, self.request_for)
+            graph = build_graph(target, self.request_for, name=name)
             record = self.driver.enqueue_workflow(graph)
             return WorkflowHandle(self, record.id)
         raise InvalidRequest(

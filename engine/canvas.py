@@ -268,6 +268,8 @@ class WorkflowStatus:
     id: WorkflowId
     state: WorkflowState
     steps: tuple[StepStatus, ...]
+    name: str | None = None
+    """The name given at enqueue (``app.enqueue(workflow, name=...)``), if any."""
 
 
 class WorkflowFailed(TaskHarborError):
@@ -329,7 +331,7 @@ class WorkflowHandle:
         record = self._app.driver.get_workflow(self._id)
         jobs = self._app.driver.get(record.steps)
         steps = tuple(StepStatus(job.id, job.task, job.state, job.reason) for job in jobs)
-        return WorkflowStatus(record.id, record.state, steps)
+        return WorkflowStatus(record.id, record.state, steps, record.name)
 
     def cancel(self) -> WorkflowState:
         """Cancel every step not finished yet (running ones are asked to stop).

@@ -94,9 +94,12 @@ after the change), `dlq requeue` the same with `"dry_run": true|false`.
 WORKFLOW_INTRO = """\
 ### Workflows
 
-`workflows show --json`: the steps in graph order; `result` is set once the
-workflow has succeeded (a chain's last result, a group's list, a chord's
-callback's result).
+`workflows show --json` and `workflows cancel --json`: the workflow and its
+steps in graph order; `name` is the one given at enqueue
+(`app.enqueue(workflow, name="totals")`); `result` is set once the workflow
+has succeeded (a chain's last result, a group's list, a chord's callback's
+result). Without `--json`, `workflows show` prints the steps as a tree, a
+wide chord's dependencies summarised, and the result once succeeded.
 """
 
 STATS_INTRO = """\
@@ -107,6 +110,27 @@ how long its oldest `available` job has waited (`null` when none is ready).
 """
 
 OTHER_SHAPES = """\
+### Schema, worker, spec
+
+`migrate --json`: `{"store": "store sqlite:////srv/app/jobs.db", "up_to_date":
+true, "migrated": true, "needed": null}`; with `--check` nothing is migrated,
+and when a migration is needed `up_to_date` is false, `needed` says why and
+the exit status is 1.
+
+`worker --json` prints one JSON line on stdout when it starts,
+`{"event": "started", "worker_id": ..., "queues": [...], "concurrency": 8,
+"lease_seconds": 30.0, "heartbeat_interval_seconds": 10.0,
+"poll_interval_seconds": 1.0, "shutdown_timeout_seconds": 30.0, "burst":
+false}`, and `{"event": "stopped", "worker_id": ...}` when it stops; its log
+lines on stderr are JSON objects too: `{"at", "level", "logger", "message"}`
+(and `traceback` when there is one).
+
+`spec diagram --json`: the lifecycle as data, `{"lifecycle", "states",
+"initial", "final_states", "guards": {name: meaning}, "transitions": [{"event",
+"source", "target", "guards"}]}`; an event's transitions from one source are
+listed in the order they are tried, and one is taken when any of its guards
+holds (or it has none).
+
 ### Prune
 
 `prune --json`: `{"pruned": 3, "finished_before": "2030-01-01T11:00:00+00:00"}`.

@@ -19,6 +19,8 @@ from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.app import App
 from taskharbor.spec import EnqueueRequest, JobNotFound, JobState
 from taskharbor.spec.diagrams import FORMATS, render
+from taskharbor.spec.lifecycle import JOB_GUARDS
+from taskharbor.spec.table import JOB
 from taskharbor.urls import open_driver
 
 __all__ = ["app_module", "cli_store"]
@@ -274,3 +276,96 @@ def test_the_demo_hint_works_when_pasted(tmp_path: Path, monkeypatch: pytest.Mon
     assert requeued.returncode == 0, requeued.stderr
     assert requeued.stdout.startswith("requeued 1 job(s)")
     assert f"store: {tmp_path / 'taskharbor.db'}" in requeued.stderr
+
+
+def test_migrate_json(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+    migrated = invoke(["--url", url, "migrate", "--json"])
+    assert migrated.exit_code == 0, migrated.stderr
+    assert json.loads(migrated.stdout) == {
+        "store": f"store {url}",
+        "up_to_date": True,
+        "migrated": True,
+        "needed": None,
+    }
+    checked = json.loads(invoke(["--url", url, "migrate", "--check", "--json"]).stdout)
+    assert (checked["up_to_date"], checked["migrated"]) == (True, False)
+
+
+def test_migrate_check_json_says_what_is_needed(app_module: AppModule) -> None:
+    name = app_module(
+        "from taskharbor import App\n"
+        "from taskharbor.drivers.sqlite import SQLiteDriver\n"
+        "app = App(driver=SQLiteDriver('store.db', migrate=False))\n"
+    )
+    check = invoke(["--app", f"{name}:app", "migrate", "--check", "--json"])
+    assert check.exit_code == 1
+    shape = json.loads(check.stdout)
+    assert (shape["up_to_date"], shape["migrated"]) == (False, False)
+    assert "store.db does not exist" in shape["needed"]
+
+
+def test_spec_diagram_json_is_the_spec_table() -> None:
+    shape = json.loads(invoke(["spec", "diagram", "--json"]).stdout)
+    assert (shape["lifecycle"], shape["initial"]) == ("job", "new")
+    assert shape["states"] == list(JOB.states)
+    assert shape["guards"] == dict(JOB_GUARDS)
+    transitions = shape["transitions"]
+    found = {(t["event"], t["source"], t["target"], tuple(t["guards"])) for t in transitions}
+    expected = {
+        (event, source, choice.target, choice.guards)
+        for event in JOB.events
+        for source in JOB.states
+        for choice in JOB.options(event, source)
+    }
+    assert found == expected and len(transitions) == len(expected)
+    workflow = json.loads(invoke(["spec", "diagram", "--lifecycle", "workflow", "--json"]).stdout)
+    assert workflow["initial"] == "running" and workflow["final_states"] == ["succeeded"]
+    both = invoke(["spec", "diagram", "--format", "dot", "--json"])
+    assert both.exit_code == 2 and "--format or --json" in one_error_line(both)
+
+
+def test_worker_flags_and_json_lines(cli_store: CliStore) -> None:
+    @cli_store.app.task(name="tasks.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    job = add.enqueue(2, 3)
+    result = cli_store.ok(
+        "worker",
+        "--burst",
+        "--json",
+        "--lease",
+        "12",
+        "--heartbeat-interval",
+        "2.5",
+        "--poll-interval",
+        "0.25",
+        "--shutdown-timeout",
+        "7",
+    )
+    started, stopped = (json.loads(line) for line in result.stdout.splitlines())
+    assert started == {
+        "event": "started",
+        "worker_id": started["worker_id"],
+        "queues": ["default"],
+        "concurrency": 8,
+        "lease_seconds": 12.0,
+        "heartbeat_interval_seconds": 2.5,
+        "poll_interval_seconds": 0.25,
+        "shutdown_timeout_seconds": 7.0,
+        "burst": True,
+    }
+    assert stopped == {"event": "stopped", "worker_id": started["worker_id"]}
+    logged = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {"at", "level", "logger", "message"} <= set(logged[0])
+    assert any(f"job {job.id} tasks.add" in entry["message"] for entry in logged)
+    assert cli_store.app.get_job(job.id).result == 5
+    defaults = json.loads(cli_store.ok("worker", "--burst", "--json").stdout.splitlines()[0])
+    assert defaults["heartbeat_interval_seconds"] == 10.0  # a third of the 30 s lease
+
+
+@pytest.mark.parametrize("flag", ["--heartbeat-interval", "--poll-interval", "--shutdown-timeout"])
+def test_worker_refuses_a_negative_interval(cli_store: CliStore, flag: str) -> None:
+    result = cli_store.run("worker", "--burst", flag, "-1")
+    assert result.exit_code == 2 and flag in one_error_line(result)

@@ -7,9 +7,20 @@ from datetime import datetime
 import pytest
 from test_cli_support import TRACEBACK, CliStore, cli_store, invoke, one_error_line
 
+import taskharbor as th
 from taskharbor.cli.jobs import cancellable_states
 from taskharbor.cli.render import short_time
-from taskharbor.spec import CANCELLED_BY_REQUEST, Completion, JobState, WorkflowState
+from taskharbor.spec import (
+    CANCELLED_BY_REQUEST,
+    Completion,
+    EnqueueRequest,
+    ErrorReport,
+    Failure,
+    JobState,
+    StepSpec,
+    WorkflowGraph,
+    WorkflowState,
+)
 from taskharbor.spec.table import QUEUED_JOB_STATES
 
 __all__ = ["cli_store"]
@@ -236,7 +247,7 @@ def test_dlq_requeue_refuses_jobs_outside_the_dlq(cli_store: CliStore) -> None:
 def test_dlq_requeue_needs_a_selection(cli_store: CliStore) -> None:
     nothing = cli_store.run("dlq", "requeue")
     assert nothing.exit_code == 2
-    assert "job ids, --task NAME, or --all" in one_error_line(nothing)
+    assert "job ids, --task NAME, --queue NAME or --all" in one_error_line(nothing)
     both = cli_store.run("dlq", "requeue", "1", "--all")
     assert both.exit_code == 2
     assert "not both" in one_error_line(both)
@@ -303,3 +314,106 @@ def test_listings_keep_one_line_per_job_at_the_terminal_width(
     assert "tasks.add" in rows[2]
     if width == 120:
         assert "ValueError: no [bold]luck" in rows[0] or command == "jobs"
+
+
+def test_jobs_show_keeps_each_traceback_line_whole(cli_store: CliStore) -> None:
+    (job,) = cli_store.enqueue(max_attempts=1)
+    (leased,) = cli_store.lease_all()
+    deep = "/srv/shop/" + "/".join(f"package_{index}" for index in range(12)) + "/jobs.py"
+    lines = [
+        "Traceback (most recent call last):",
+        f'  File "{deep}", line 123, in send_the_confirmation_email_to_the_customer',
+        "ValueError: " + "the mail server answered 421 and closed the connection " * 3,
+    ]
+    error = ErrorReport("ValueError", "refused", "\n".join(lines))
+    assert not cli_store.driver.fail([Failure(job.id, str(leased.lease_token), error)])
+    command = ["--app", cli_store.app_path, "jobs", "show", str(job.id)]
+    shown = invoke(command, env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.stderr
+    printed = shown.stdout.splitlines()
+    for line in lines:
+        assert line.rstrip() in printed
+
+
+def test_workflows_show_summarises_the_dependencies_of_a_wide_chord(cli_store: CliStore) -> None:
+    members = tuple(StepSpec(EnqueueRequest("tasks.fetch", args=(n,))) for n in range(40))
+    total = EnqueueRequest("tasks.total")
+    callback = StepSpec(total, after=tuple(range(40)), input=list(range(40)))
+    workflow = cli_store.driver.enqueue_workflow(WorkflowGraph((*members, callback), result=40))
+    first, last = workflow.steps[0], workflow.steps[39]
+    tree = cli_store.ok("workflows", "show", str(workflow.id)).stdout
+    deps = ", ".join(str(job_id) for job_id in workflow.steps[:5])
+    assert f"after {deps}, … {last} (40 steps)" in tree
+    assert str(workflow.steps[20]) not in tree.replace(f"job {workflow.steps[20]} ", "")
+    assert max(len(line) for line in tree.splitlines()) <= 80
+    shown = cli_store.ok("jobs", "show", str(workflow.steps[40])).stdout
+    assert f"this step waits for: {first}, " in shown and "(40 steps)" in shown
+
+
+def test_workflows_show_prints_the_result_in_the_tree(cli_store: CliStore) -> None:
+    workflow = cli_store.chord()
+    running = cli_store.ok("workflows", "show", str(workflow.id)).stdout
+    assert "result" not in running
+    members = cli_store.lease_all()
+    assert not cli_store.driver.complete(
+        [Completion(job.id, str(job.lease_token), job.args[0]) for job in members]
+    )
+    (callback,) = cli_store.lease_all()
+    done = {"total": 3, "parts": [1, 2]}
+    assert not cli_store.driver.complete([Completion(callback.id, str(callback.lease_token), done)])
+    tree = cli_store.ok("workflows", "show", str(workflow.id)).stdout
+    assert 'succeeded  result: {"total": 3, "parts": [1, 2]}' in tree.splitlines()[0]
+
+
+def test_workflow_names_come_from_app_enqueue(cli_store: CliStore) -> None:
+    app = cli_store.app
+
+    @app.task(name="tasks.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    handle = app.enqueue(th.chain(add.s(1, 2), add.s(3)), name="nightly-totals")
+    assert handle.status().name == "nightly-totals"
+    assert cli_store.json("workflows", "show", str(handle.id))["name"] == "nightly-totals"
+    tree = cli_store.ok("workflows", "show", str(handle.id)).stdout
+    assert tree.startswith(f"workflow {handle.id} nightly-totals")
+    assert app.enqueue(th.group(add.s(1, 1))).status().name is None
+    with pytest.raises(th.InvalidRequest, match="names a workflow"):
+        app.enqueue(add.s(1, 2), name="lonely")
+    with pytest.raises(th.InvalidRequest, match="workflow name"):
+        app.enqueue(th.chain(add.s(1, 2)), name="")
+
+
+def test_jobs_list_selects_a_workflow_s_steps(cli_store: CliStore) -> None:
+    cli_store.enqueue(count=2)
+    workflow = cli_store.chord()
+    listed = cli_store.json("jobs", "list", "--workflow", str(workflow.id))
+    assert ids(listed) == list(workflow.steps)
+
+
+def test_dlq_requeue_by_queue(cli_store: CliStore) -> None:
+    (dead,) = cli_store.dead()  # queue dlq-source
+    (leased,) = cli_store.enqueue("tasks.mail", max_attempts=1, queue="mail")
+    (running,) = cli_store.lease_all("mail")
+    error = ErrorReport("ValueError", "no")
+    assert not cli_store.driver.fail([Failure(leased.id, str(running.lease_token), error)])
+    refused = cli_store.run("dlq", "requeue", str(dead.id), "--queue", "mail")
+    assert refused.exit_code == 1
+    assert f"job {dead.id} is in queue dlq-source, not mail" in one_error_line(refused)
+    shape = cli_store.json("dlq", "requeue", "--queue", "mail")
+    assert ids(shape) == [leased.id]
+    assert cli_store.driver.get([dead.id])[0].state == JobState.DEAD
+
+
+def test_workflows_cancel(cli_store: CliStore) -> None:
+    workflow = cli_store.chord()
+    (member,) = cli_store.driver.lease(["default"], 1, 60.0, "test-worker")
+    shape = cli_store.json("workflows", "cancel", str(workflow.id))
+    assert shape["state"] == WorkflowState.CANCELLED.value
+    assert [step["state"] for step in shape["steps"]] == ["running", "cancelled", "cancelled"]
+    assert cli_store.driver.get([member.id])[0].cancel_requested
+    other = cli_store.chord()
+    tree = cli_store.ok("workflows", "cancel", str(other.id)).stdout
+    assert tree.startswith(f"workflow {other.id} totals  cancelled")
+    refused = cli_store.run("workflows", "cancel", "999")
+    assert refused.exit_code == 1 and "workflow 999 not found" in one_error_line(refused)

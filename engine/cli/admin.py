@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import timedelta
-from typing import cast
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, cast
 
 import click
+from click.core import ParameterSource
 
 from taskharbor.spec import JobFilter, JobState, SchemaError
 from taskharbor.spec.diagrams import FORMATS, Format, Lifecycle, render
 
 from . import render as cli_render
 from .jobs import json_option, scan
-from .params import duration_value
-from .shapes import dumps, iso, stats_shape
+from .params import SECONDS, duration_value
+from .shapes import dumps, iso, lifecycle_shape, stats_shape
 from .store import Session, pass_session
+
+if TYPE_CHECKING:
+    from ..worker import Worker
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -45,6 +50,29 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
     show_default=True,
     help="Seconds a job stays leased between heartbeats before another worker may rescue it.",
 )
+@click.option(
+    "--heartbeat-interval",
+    type=SECONDS,
+    metavar="SECONDS",
+    help="Seconds between heartbeats that extend the leases.  [default: a third of --lease]",
+)
+@click.option(
+    "--poll-interval",
+    type=SECONDS,
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds to wait before asking for jobs again when none was ready "
+    "(a store with notifications wakes the worker sooner).",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds running jobs get to finish after SIGTERM or Ctrl-C before they are released.",
+)
 @click.option("--burst", is_flag=True, help="Stop once no job is ready, instead of waiting.")
 @click.option(
     "--log-level",
@@ -53,32 +81,83 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
     show_default=True,
     help="info logs each job's outcome.",
 )
+@json_option
 @pass_session
 def worker(
     session: Session,
     queues: tuple[str, ...],
     concurrency: int,
     lease: float,
+    heartbeat_interval: float | None,
+    poll_interval: float,
+    shutdown_timeout: float,
     burst: bool,
     log_level: str,
+    as_json: bool,
 ) -> None:
     """Run jobs of the app's tasks (needs --app). Logs each outcome on stderr.
 
     SIGTERM or Ctrl-C stops leasing and lets running jobs finish (a second
     signal releases them at once); the command then exits with status 0.
+
+    With --json, each log line is a JSON object, and stdout gets one JSON line
+    when the worker starts (its id and settings) and one when it stops.
     """
     from ..worker import Worker
 
     app = session.app("worker")
+    runner = Worker(
+        app,
+        queues=queues,
+        concurrency=concurrency,
+        lease=lease,
+        heartbeat_interval=heartbeat_interval,
+        poll_interval=poll_interval,
+        shutdown_timeout=shutdown_timeout,
+    )
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonLogFormatter() if as_json else logging.Formatter(LOG_FORMAT))
     logger = logging.getLogger("taskharbor")
     logger.addHandler(handler)
     logger.setLevel(log_level.upper())
     try:
-        Worker(app, queues=queues, concurrency=concurrency, lease=lease).run(burst=burst)
+        if as_json:
+            click.echo(json.dumps({"event": "started", **worker_shape(runner, burst)}))
+        runner.run(burst=burst)
+        if as_json:
+            click.echo(json.dumps({"event": "stopped", "worker_id": runner.worker_id}))
     finally:
         logger.removeHandler(handler)
+
+
+def worker_shape(runner: Worker, burst: bool) -> dict[str, object]:
+    """The settings ``worker --json`` prints when it starts."""
+    return {
+        "worker_id": runner.worker_id,
+        "queues": list(runner.queues),
+        "concurrency": runner.concurrency,
+        "lease_seconds": runner.lease,
+        "heartbeat_interval_seconds": runner.heartbeat_interval,
+        "poll_interval_seconds": runner.poll_interval,
+        "shutdown_timeout_seconds": runner.shutdown_timeout,
+        "burst": burst,
+    }
+
+
+class JsonLogFormatter(logging.Formatter):
+    """A log record as one JSON object: ``at`` (ISO 8601, UTC), ``level``, ``logger``,
+    ``message``, and ``traceback`` when the record carries an exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "at": iso(datetime.fromtimestamp(record.created, UTC)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 @click.command()
@@ -114,21 +193,37 @@ def stats(session: Session, as_json: bool) -> None:
     is_flag=True,
     help="Change nothing: exit 0 if the schema is current, 1 if a migration is needed.",
 )
-@pass_session
-def migrate(session: Session, check: bool) -> None:
+@json_option
+@click.pass_context
+def migrate(ctx: click.Context, check: bool, as_json: bool) -> None:
     """Create or upgrade the store's schema (safe to run again, and from several
-    machines at once)."""
+    machines at once).
+
+    With --json, prints {"store": ..., "up_to_date": bool, "migrated": bool,
+    "needed": reason or null}; --check --json exits 1 when a migration is needed.
+    """
+    session = ctx.find_object(Session)
+    assert session is not None, "the root command sets the session"
     driver = session.driver()
     where = session.source.describe()
-    if not check:
+    needed: str | None = None
+    if check:
+        try:
+            driver.count()
+        except SchemaError as exc:
+            needed = str(exc)
+    else:
         driver.migrate()
+    if as_json:
+        shape = {"store": where, "up_to_date": needed is None, "migrated": not check}
+        click.echo(dumps({**shape, "needed": needed}))
+        ctx.exit(0 if needed is None else 1)
+    if needed is not None:
+        raise click.ClickException(f"a migration is needed: {needed}")
+    if check:
+        click.echo(f"the schema of {where} is up to date: no migration needed")
+    else:
         click.echo(f"the schema of {where} is up to date")
-        return
-    try:
-        driver.count()
-    except SchemaError as exc:
-        raise click.ClickException(f"a migration is needed: {exc}") from None
-    click.echo(f"the schema of {where} is up to date: no migration needed")
 
 
 @click.command()
@@ -177,9 +272,24 @@ def spec() -> None:
     show_default=True,
     help="Which state machine.",
 )
-def diagram(fmt: str, lifecycle: str) -> None:
-    """Print a lifecycle's state diagram, generated from the spec classes."""
-    click.echo(render(cast(Lifecycle, lifecycle), cast(Format, fmt)), nl=False)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the states and transitions as JSON, not drawn."
+)
+@click.pass_context
+def diagram(ctx: click.Context, fmt: str, lifecycle: str, as_json: bool) -> None:
+    """Print a lifecycle's state diagram, generated from the spec classes.
+
+    With --json, prints {"lifecycle", "states", "initial", "final_states",
+    "guards": {name: meaning}, "transitions": [{"event", "source", "target",
+    "guards"}]}: a transition is taken when any of its guards holds (or it
+    has none), trying an event's transitions from a source in order.
+    """
+    if not as_json:
+        click.echo(render(cast(Lifecycle, lifecycle), cast(Format, fmt)), nl=False)
+        return
+    if ctx.get_parameter_source("fmt") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("give --format or --json, not both")
+    click.echo(dumps(lifecycle_shape(cast(Lifecycle, lifecycle))))
 
 
 @click.command()

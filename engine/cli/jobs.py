@@ -23,6 +23,7 @@ from taskharbor.spec import (
     JobRecord,
     JobState,
     TaskHarborError,
+    WorkflowRecord,
 )
 from taskharbor.spec.table import JOB, JobEvent
 
@@ -106,6 +107,7 @@ def jobs() -> None:
 )
 @click.option("--task", metavar="NAME", help="Only jobs of this task.")
 @click.option("--queue", metavar="NAME", help="Only jobs of this queue.")
+@click.option("--workflow", type=JOB_ID, metavar="ID", help="Only the steps of this workflow.")
 @click.option(
     "--since",
     metavar="WHEN",
@@ -121,6 +123,7 @@ def list_jobs(
     states: tuple[str, ...],
     task: str | None,
     queue: str | None,
+    workflow: int | None,
     since: timedelta | datetime | None,
     after: int | None,
     limit: int,
@@ -132,6 +135,7 @@ def list_jobs(
         states=frozenset(JobState(state) for state in states) or None,
         task=task,
         queue=queue,
+        workflow_id=workflow,
         after_id=after,
         limit=limit,
         created_since=None if since is None else since_moment(since, driver.clock.now()),
@@ -151,7 +155,7 @@ def show_job(session: Session, job_id: int, as_json: bool) -> None:
     if as_json:
         click.echo(dumps(job_shape(job)))
     else:
-        render.stdout().print(render.job_detail(job))
+        render.stdout().print(render.job_detail(job), crop=False)
 
 
 def print_changed(jobs: Sequence[JobRecord], as_json: bool) -> None:
@@ -261,11 +265,15 @@ def list_dead(
     print_page(page, next_after, as_json, render.dlq_table)
 
 
-def dead_selection(driver: Driver, job_ids: Sequence[JobId], task: str | None) -> list[JobRecord]:
+def dead_selection(
+    driver: Driver, job_ids: Sequence[JobId], task: str | None, queue: str | None
+) -> list[JobRecord]:
     """The dead jobs a ``dlq requeue`` names: the given ids (each must be dead, and of
-    ``task`` if given) or else every dead job (of ``task`` if given)."""
+    ``task`` and ``queue`` if given) or else every dead job (of ``task`` and ``queue``
+    if given)."""
     if not job_ids:
-        return list(scan(driver, JobFilter(states=frozenset({JobState.DEAD}), task=task)))
+        where = JobFilter(states=frozenset({JobState.DEAD}), task=task, queue=queue)
+        return list(scan(driver, where))
     selected = driver.get(job_ids)
     for job in selected:
         if job.state != JobState.DEAD:
@@ -277,13 +285,20 @@ def dead_selection(driver: Driver, job_ids: Sequence[JobId], task: str | None) -
             raise click.ClickException(
                 f"job {job.id} is a {job.task} job, not {task}; nothing was requeued"
             )
+        if queue is not None and job.queue != queue:
+            raise click.ClickException(
+                f"job {job.id} is in queue {job.queue}, not {queue}; nothing was requeued"
+            )
     return selected
 
 
 @dlq.command("requeue")
 @click.argument("job_ids", type=JOB_ID, nargs=-1, metavar="[ID...]")
-@click.option("--all", "everything", is_flag=True, help="Every dead job (of --task, if given).")
+@click.option(
+    "--all", "everything", is_flag=True, help="Every dead job (of --task and --queue, if given)."
+)
 @click.option("--task", metavar="NAME", help="Only dead jobs of this task.")
+@click.option("--queue", metavar="NAME", help="Only dead jobs of this queue.")
 @click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
 @json_option
 @pass_session
@@ -292,21 +307,23 @@ def requeue_dead(
     job_ids: tuple[int, ...],
     everything: bool,
     task: str | None,
+    queue: str | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
     """Put dead jobs back in the queue with their attempts reset: the given IDs,
-    or with --all every dead job, or with --task every dead job of that task.
+    or with --all every dead job, or with --task / --queue every dead job of that
+    task / queue.
 
     With --json, prints {"jobs": [...], "dry_run": bool}: the jobs as they are
     after the requeue (as they are now, for a dry run).
     """
     if job_ids and everything:
         raise click.UsageError("give job ids or --all, not both")
-    if not job_ids and not everything and task is None:
-        raise click.UsageError("say which dead jobs: job ids, --task NAME, or --all")
+    if not job_ids and not everything and task is None and queue is None:
+        raise click.UsageError("say which dead jobs: job ids, --task NAME, --queue NAME or --all")
     driver = session.driver()
-    selected = dead_selection(driver, distinct(job_ids), task)
+    selected = dead_selection(driver, distinct(job_ids), task, queue)
     ids = [job.id for job in selected]
     changed = selected if dry_run or not ids else in_batches(ids, driver.requeue, "requeued")
     if as_json:
@@ -325,7 +342,7 @@ def requeue_dead(
 
 @click.group()
 def workflows() -> None:
-    """Inspect workflows (chains, groups, chords)."""
+    """Inspect and cancel workflows (chains, groups, chords)."""
 
 
 @workflows.command("show")
@@ -333,11 +350,29 @@ def workflows() -> None:
 @json_option
 @pass_session
 def show_workflow(session: Session, workflow_id: int, as_json: bool) -> None:
-    """Show a workflow's steps as a tree, with each step's state."""
+    """Show a workflow's steps as a tree, with each step's state, and its result
+    once it has succeeded."""
     driver = session.driver()
-    workflow = driver.get_workflow(workflow_id)
+    print_workflow(driver, driver.get_workflow(workflow_id), as_json)
+
+
+def print_workflow(driver: Driver, workflow: WorkflowRecord, as_json: bool) -> None:
+    """A workflow with its steps: a tree (with its result once succeeded), or JSON."""
     steps = driver.get(workflow.steps)
+    shape = workflow_shape(workflow, steps)
     if as_json:
-        click.echo(dumps(workflow_shape(workflow, steps)))
+        click.echo(dumps(shape))
     else:
-        render.stdout().print(render.workflow_tree(workflow, steps))
+        render.stdout().print(render.workflow_tree(workflow, steps, shape["result"]))
+
+
+@workflows.command("cancel")
+@click.argument("workflow_id", type=JOB_ID, metavar="ID")
+@json_option
+@pass_session
+def cancel_workflow(session: Session, workflow_id: int, as_json: bool) -> None:
+    """Cancel every step of a workflow that has not finished: waiting steps at
+    once, running ones are asked to stop. A succeeded workflow cannot be
+    cancelled. Prints the workflow as workflows show does."""
+    driver = session.driver()
+    print_workflow(driver, driver.cancel_workflow(workflow_id), as_json)

@@ -75,6 +75,9 @@ def since_moment(since: timedelta | datetime, now: datetime) -> datetime:
         ) from None
 
 
+SECONDS = click.FloatRange(min=0, min_open=True)
+"""A positive number of seconds."""
+
 JOB_ID = click.IntRange(min=1)
 """A job or workflow id: a positive int."""
 

@@ -135,6 +135,19 @@ def _pretty(value: Any) -> Text:
     return Text(flat if len(flat) <= 72 else json.dumps(value, indent=2, ensure_ascii=False))
 
 
+SHOWN_DEPENDENCIES = 6
+"""How many dependency ids a step's line names before it summarises (a wide chord's
+callback may wait for thousands)."""
+
+
+def dependencies(job_ids: Sequence[int]) -> str:
+    """``12, 13, 14`` or, for many, ``12, 13, 14, … 51 (40 steps)``."""
+    if len(job_ids) <= SHOWN_DEPENDENCIES:
+        return ", ".join(str(job_id) for job_id in job_ids)
+    first = ", ".join(str(job_id) for job_id in job_ids[: SHOWN_DEPENDENCIES - 1])
+    return f"{first}, … {job_ids[-1]} ({len(job_ids)} steps)"
+
+
 def job_detail(job: JobRecord) -> RenderableType:
     """Everything about one job: fields, payload, result, lease, workflow, each error."""
     fields = Table.grid(padding=(0, 2))
@@ -161,7 +174,7 @@ def job_detail(job: JobRecord) -> RenderableType:
             lease += " (cancel requested)"
         rows.append(("lease", Text(lease)))
     if job.workflow_id is not None:
-        after = ", ".join(str(dep) for dep in job.depends_on) or "nothing"
+        after = dependencies(job.depends_on) or "nothing"
         rows.append(("workflow", f"{job.workflow_id} (this step waits for: {after})"))
     for name, value in rows:
         fields.add_row(name, value)
@@ -175,19 +188,25 @@ def job_detail(job: JobRecord) -> RenderableType:
         heading = f"attempt {error.attempt} at {short_time(error.at)}: {error.type}: "
         parts.append(Text(heading + error.message, style="red"))
         if error.traceback:
-            parts.append(Text(error.traceback.rstrip(), style="dim"))
+            # Whole lines, however long: a traceback line cut at the width is
+            # hard to read and impossible to search for; the terminal may wrap it.
+            traceback = error.traceback.rstrip()
+            parts.append(Text(traceback, style="dim", no_wrap=True, overflow="ignore"))
     return Group(*parts)
 
 
-def workflow_tree(workflow: WorkflowRecord, steps: Sequence[JobRecord]) -> Tree:
+def workflow_tree(workflow: WorkflowRecord, steps: Sequence[JobRecord], result: Any = None) -> Tree:
     """The steps as a tree: a step that waits for exactly one step hangs under it;
     steps that wait for none or for several (a chord's callback) sit at the top,
-    each naming what it waits for."""
+    each naming what it waits for.  A succeeded workflow's ``result`` is in its title."""
     title = Text(f"workflow {workflow.id}")
     if workflow.name:
         title.append(f" {workflow.name}")
     title.append("  ")
     title.append_text(state_text(workflow.state))
+    if workflow.state == WorkflowState.SUCCEEDED:
+        title.append("  result: ")
+        title.append_text(_pretty(result))
     tree = Tree(title)
     nodes: dict[int, Tree] = {}
     for step in steps:
@@ -196,7 +215,7 @@ def workflow_tree(workflow: WorkflowRecord, steps: Sequence[JobRecord]) -> Tree:
         label.append("  ")
         label.append_text(state_text(step.state))
         if len(step.depends_on) > 1:
-            label.append(f"  after {', '.join(str(dep) for dep in step.depends_on)}", "dim")
+            label.append(f"  after {dependencies(step.depends_on)}", "dim")
         if step.reason:
             label.append(f"  ({step.reason})", "dim")
         parent = nodes.get(step.depends_on[0]) if len(step.depends_on) == 1 else None

@@ -14,7 +14,15 @@ from datetime import datetime
 from typing import Any
 
 from taskharbor.spec import JobId, JobRecord, JobState, WorkflowRecord, WorkflowState
+from taskharbor.spec.diagrams import Lifecycle
+from taskharbor.spec.lifecycle import (
+    JOB_GUARDS,
+    WORKFLOW_GUARDS,
+    JobLifecycle,
+    WorkflowLifecycle,
+)
 from taskharbor.spec.records import map_ref
+from taskharbor.spec.table import JOB, WORKFLOW
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -116,6 +124,34 @@ def stats_shape(
             "oldest_ready_age_seconds": oldest_ready.get(queue),
         }
     return {"now": iso(now), "queues": queues, "totals": totals, "total": sum(totals.values())}
+
+
+def lifecycle_shape(lifecycle: Lifecycle) -> dict[str, Any]:
+    """A lifecycle's states and transitions (``spec diagram --json``), from the spec's
+    table: the same facts the diagrams draw."""
+    machine, table, guards = (
+        (JobLifecycle, JOB, JOB_GUARDS)
+        if lifecycle == "job"
+        else (WorkflowLifecycle, WORKFLOW, WORKFLOW_GUARDS)
+    )
+    return {
+        "lifecycle": lifecycle,
+        "states": list(table.states),
+        "initial": next(state.id for state in machine.states if state.initial),
+        "final_states": sorted(table.final_states),
+        "guards": dict(guards),
+        "transitions": [
+            {
+                "event": event,
+                "source": source,
+                "target": choice.target,
+                "guards": list(choice.guards),
+            }
+            for event in sorted(table.events)
+            for source in table.states
+            for choice in table.options(event, source)
+        ],
+    }
 
 
 def dumps(shape: object) -> str:
