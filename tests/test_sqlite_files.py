@@ -8,7 +8,6 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -16,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from test_engine_support import EVENTUALLY
+from unprivileged import AS_ROOT, ordinary_python, python_without_write_rights
 
 from taskharbor.drivers.sqlite import SQLiteDriver
 from taskharbor.drivers.sqlite import driver as sqlite_module
@@ -30,10 +31,6 @@ from taskharbor.spec import (
     SchemaError,
     StoreError,
 )
-
-AS_ROOT = os.geteuid() == 0
-AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-"""Run a command as a user who may not write read-only files (root may)."""
 
 
 def make_store(path: Path, jobs: int = 300) -> None:
@@ -65,13 +62,19 @@ def overwrite(path: Path, offset: int, data: bytes) -> None:
         file.write(data)
 
 
-def run_script(script: str, *, as_nobody: bool = False) -> list[str]:
-    """Run ``script`` in a fresh interpreter; the lines it printed."""
+def run_script(script: str, *, without_write_rights: bool = False) -> list[str]:
+    """Run ``script`` in a fresh interpreter; the lines it printed.
+
+    ``without_write_rights``: as a user for whom read-only files are read-only
+    (``nobody`` when the suite runs as root; see tests/unprivileged.py)."""
+    python = python_without_write_rights() if without_write_rights else ordinary_python()
     done = subprocess.run(
-        [*(AS_NOBODY if as_nobody else []), sys.executable, "-c", script],
+        [*python.command, "-c", script],
         capture_output=True,
         text=True,
-        timeout=60,
+        env=python.env,
+        cwd=python.cwd,
+        timeout=EVENTUALLY,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
@@ -254,7 +257,7 @@ def test_a_read_only_store_is_refused() -> None:
             "    print(exc)\n"
         )
         with untouched(folder):
-            [message] = run_script(opener, as_nobody=AS_ROOT)
+            [message] = run_script(opener, without_write_rights=True)
         assert message.startswith(f"cannot write to {folder / 'frozen.db'}: ")
     finally:
         shutil.rmtree(folder)
@@ -380,7 +383,7 @@ def test_a_file_made_read_only_under_the_store_fails_its_next_connection() -> No
     path = folder / "frozen.db"
     try:
         if AS_ROOT:
-            shutil.chown(folder, "nobody")
+            shutil.chown(folder, "nobody")  # the child makes its store there
         lines = run_script(
             f"""
 import os, threading
@@ -403,7 +406,7 @@ thread.start()
 thread.join()
 print([job.id for job in driver.list_jobs(JobFilter())])
 """,
-            as_nobody=AS_ROOT,
+            without_write_rights=True,
         )
     finally:
         shutil.rmtree(folder)

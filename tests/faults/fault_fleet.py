@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,13 +15,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from unprivileged import Python, ordinary_python
 from workflow_crash_app import Store
 
 from driver_registry import POSTGRES_URL, skip_without_postgres
-
-WORKER_SCRIPT = Path(__file__).with_name("fault_worker.py")
-WORKER_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [Path(__file__).parents[1]]))}
-"""The worker script imports the tests' shared helpers (``workflow_crash_app``)."""
 
 FAST_WORKER: dict[str, Any] = {
     "concurrency": 2,
@@ -83,8 +78,9 @@ class Fleet:
     working: list[subprocess.Popen[bytes]] = field(default_factory=list)
     kills: dict[int, Kill] = field(default_factory=dict)
     """Process id -> when it was SIGKILLed."""
-    prefix: list[str] = field(default_factory=list)
-    """A command the workers run under, such as ``setpriv`` to drop privileges."""
+    python: Python = field(default_factory=ordinary_python)
+    """How workers start (as another user, on a copy: see tests/unprivileged.py).  The
+    worker script imports the tests' shared helpers (``workflow_crash_app``)."""
     log_paths: dict[int, Path] = field(default_factory=dict)
     _started: int = 0
 
@@ -108,12 +104,14 @@ class Fleet:
             path = self.ledger.with_name(f"worker-{self._started}.log")
             log = path.open("wb")
             options = json.dumps({**self.options, **overrides})
-            argv = [str(WORKER_SCRIPT), str(self.ledger), options, *self.store.argv()]
+            script = self.python.tests / "faults" / "fault_worker.py"
+            argv = [str(script), str(self.ledger), options, *self.store.argv()]
             process = subprocess.Popen(
-                [*self.prefix, sys.executable, *argv],
+                [*self.python.command, *argv],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=WORKER_ENV,
+                env=self.python.env,
+                cwd=self.python.cwd,
             )
             log.close()
             self.working.append(process)

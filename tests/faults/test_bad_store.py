@@ -29,6 +29,7 @@ import pytest
 from fault_fleet import Fleet, fresh_store, read_ledger
 from fault_ledger import check_ledger
 from fault_worker import make_app
+from unprivileged import python_without_write_rights
 from workflow_crash_app import Store
 
 import taskharbor as th
@@ -38,7 +39,6 @@ from taskharbor.drivers.sqlite.schema import DatabaseFileError
 from taskharbor.spec import CORRUPT_JOB_TYPE, CorruptJob, JobState
 
 TIMEOUT = 60.0
-NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
 
 
 def eventually(condition: Callable[[], bool], what: str, fleet: Fleet) -> None:
@@ -189,7 +189,8 @@ def test_a_full_disk_stalls_the_sqlite_worker_until_space_is_freed(tmp_path: Pat
 
 
 def test_a_read_only_sqlite_file_is_refused_with_its_path(tmp_path: Path) -> None:
-    """Run as user ``nobody`` (root may write a read-only file): the worker names the file."""
+    """Run as user ``nobody`` when root (root may write a read-only file), on a copy of
+    the package it can read: the worker names the file."""
     home = Path(tempfile.mkdtemp(prefix="th-readonly-"))  # tmp_path is closed to other users
     try:
         home.chmod(0o755)
@@ -197,7 +198,8 @@ def test_a_read_only_sqlite_file_is_refused_with_its_path(tmp_path: Path) -> Non
         app, work = make_app(store, tmp_path / "unused-ledger.jsonl")
         job = work.enqueue(1, 0.01)
         app.close()  # the last connection gone, the file stands alone (no -wal, no -shm)
-        with Fleet(store, home / "ledger.jsonl", prefix=NOBODY) as fleet:
+        without_write_rights = python_without_write_rights()
+        with Fleet(store, home / "ledger.jsonl", python=without_write_rights) as fleet:
             fleet.start()
             [worker] = fleet.working
             assert worker.wait(timeout=60) != 0
