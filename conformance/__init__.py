@@ -30,6 +30,13 @@ closing it, if it needs closing, is the factory's business (make the fixture
 a generator and close what it made after ``yield``).  Tests that need an
 optional ability (see :class:`~taskharbor.spec.Capabilities`) are skipped,
 with the reason, for a driver that does not declare it.
+
+Two groups need a hook into the store that only the driver's own tests can
+give (:class:`~taskharbor.conformance.harness.DriverHooks`): override the
+``plant_corrupt_job`` fixture (damage a stored job's payload) for the
+corrupt-data rules, and ``fail_next_call`` (make the next call fail as a lost
+connection would) for the transient-failure rules; without them those tests
+are skipped, naming the hook.
 """
 
 from __future__ import annotations
@@ -44,10 +51,11 @@ except ImportError as missing:
 
 from .bad_input import BadInputRules
 from .completing import CompletingRules
+from .damage import CorruptDataRules, TransientFailureRules
 from .enqueueing import EnqueueingRules
 from .failing import FailingRules
 from .fencing import FencingRules
-from .harness import Harbor, requires
+from .harness import DriverHooks, FailNextCall, Harbor, PlantCorruptJob, requires
 from .leasing import LeasingRules
 from .maintenance import PromotingRules, PruningRules, RescuingRules
 from .operators import CancellingRules, RequeueingRules
@@ -85,8 +93,17 @@ class ConformanceSuite(
     WorkflowPruningRules,
     WaitingRules,
     OwnClockRules,
+    CorruptDataRules,
+    TransientFailureRules,
 ):
     """Every rule of the contract as a test; subclass it with a ``driver_factory`` fixture."""
 
 
-__all__ = ["ConformanceSuite", "Harbor", "requires"]
+__all__ = [
+    "ConformanceSuite",
+    "DriverHooks",
+    "FailNextCall",
+    "Harbor",
+    "PlantCorruptJob",
+    "requires",
+]

@@ -205,6 +205,49 @@ class Harbor:
         return LeaseRef(job.id, job.lease_token)
 
 
+PlantCorruptJob = Callable[[Driver, int], None]
+"""A driver hook: damage the stored payload of job ``job_id`` (its ``args`` or
+``kwargs``) so that the driver can no longer decode it, as a hand edit of the
+store would; its state, queue and lease columns stay as they are."""
+
+FailNextCall = Callable[[Driver], None]
+"""A driver hook: make the driver's next call fail as a lost connection, a
+timeout or a failing disk would, before anything of it is applied; the call
+after it works again."""
+
+
+class DriverHooks:
+    """Optional hooks a driver's test class gives as fixtures; tests that need
+    a hook the driver lacks are skipped, naming it.
+
+    Override a fixture in your ``ConformanceSuite`` subclass to return the hook::
+
+        @pytest.fixture
+        def fail_next_call(self):
+            return lambda driver: driver.break_next_call()  # your driver's own means
+    """
+
+    @pytest.fixture
+    def plant_corrupt_job(self) -> PlantCorruptJob | None:
+        """:data:`PlantCorruptJob`, or None: the corrupt-data rules are skipped."""
+        return None
+
+    @pytest.fixture
+    def fail_next_call(self) -> FailNextCall | None:
+        """:data:`FailNextCall`, or None: the transient-failure rules are skipped."""
+        return None
+
+
+_Hook = TypeVar("_Hook")
+
+
+def hook(value: _Hook | None, name: str) -> _Hook:
+    """The hook fixture's value; the test is skipped, naming it, when it is None."""
+    if value is None:
+        pytest.skip(f"the driver's test class gives no {name!r} fixture (an optional hook)")
+    return value
+
+
 class HarborFixture:
     """Gives every test of the suite its ``harbor``.  Needs a ``driver_factory`` fixture."""
 

@@ -41,8 +41,7 @@ from taskharbor.spec import (
     LeaseLost,
     LeaseRef,
     SnoozeRequest,
-    StoreError,
-    TaskHarborError,
+    is_refusal,
 )
 from taskharbor.spec.records import check_lease_seconds, check_name, check_seconds
 
@@ -497,7 +496,7 @@ class Worker:
                 await self._io_call(self._write, [report for _, report in batch])
                 failures = 0
             except Exception as error:
-                if isinstance(error, TaskHarborError) and not isinstance(error, StoreError):
+                if is_refusal(error):
                     # A refusal (a bad request, an unknown job): sending it again cannot help.
                     logger.exception("worker %s: reports refused; dropped", self.worker_id)
                     continue

@@ -19,6 +19,7 @@ from .errors import (
     StoreError,
     TaskHarborError,
     WorkflowNotFound,
+    is_refusal,
 )
 from .lifecycle import JOB_GUARDS, JobLifecycle, WorkflowLifecycle
 from .records import (
@@ -144,6 +145,7 @@ __all__ = [
     "check_workflow_id",
     "dependency_reason",
     "derive_workflow_state",
+    "is_refusal",
     "job_ids",
     "map_ref",
     "ref_indexes",

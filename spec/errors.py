@@ -120,6 +120,21 @@ class StoreError(TaskHarborError):
     that cannot be opened, a server that cannot be reached.  Nothing was written."""
 
 
+def is_refusal(error: BaseException) -> bool:
+    """Whether ``error`` means the store refused the call: sending it again cannot help.
+
+    The contract's line between permanent and transient failures: every
+    :class:`TaskHarborError` but a :class:`StoreError` is a refusal (bad input,
+    an unknown job, a transition the table forbids); a ``StoreError``, and any
+    exception that is not a ``TaskHarborError`` (a client library's lost
+    connection, a timeout), is transient, and the caller may send the same
+    call again.  The worker drops a report refused this way and retries the
+    others, so a driver must never raise a lost connection as, say,
+    ``InvalidRequest``.
+    """
+    return isinstance(error, TaskHarborError) and not isinstance(error, StoreError)
+
+
 class SchemaError(StoreError):
     """The store's schema is missing, too old or too new for this version."""
 

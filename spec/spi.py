@@ -123,6 +123,62 @@ transaction:
   through :data:`taskharbor.spec.table.WORKFLOW` (``event_for``), and sets
   ``finished_at`` (now) when the new state is not ``running``, clears it
   otherwise.
+
+Failures of the store
+---------------------
+* **Refused or transient.**  An error is a *refusal* when
+  :func:`~taskharbor.spec.errors.is_refusal` says so: every
+  ``TaskHarborError`` but a :class:`~taskharbor.spec.errors.StoreError`
+  (bad input, an unknown job, a transition the table forbids).  Sending the
+  same call again cannot help, and the worker drops a report refused this
+  way.  Everything else is *transient*: raise a lost connection, a timeout, a
+  locked or full store as ``StoreError`` (naming the store, never a
+  password), or let the client library's own exception through, and the
+  worker sends the call again (backing off) until the report's lease could no
+  longer be live.  Never raise a transient failure as another
+  ``TaskHarborError``: its report would be lost.
+* **A lost reply.**  When the connection drops while a commit is in flight,
+  the call may or may not have applied, and the driver cannot tell: raise a
+  transient error all the same.  Sending it again is safe for every call: a
+  report that did apply is answered with ``LeaseLost.stale`` (the job is no
+  longer running under that token), which the worker logs and drops; a lease
+  whose reply was lost hands its jobs to nobody, and ``rescue`` brings them
+  back when the lease expires; ``cancel`` and ``requeue`` of a job they
+  already moved raise ``InvalidTransition``.  Only ``enqueue`` may store a
+  job twice: a producer that retries gives an ``idempotency_key``.
+* **Data it cannot read.**  A stored job whose data the driver cannot decode
+  (a payload that is not JSON of the right shape, after a hand edit or a
+  disk error) is :class:`~taskharbor.spec.errors.CorruptJob` naming the job.
+  ``lease`` sends such a job to ``dead`` at once (event ``fail``,
+  ``permanent``, with an error of type
+  :data:`~taskharbor.spec.errors.CORRUPT_JOB_TYPE` whose message names it)
+  and hands out the rest of the batch; ``get`` and ``list_jobs`` raise
+  ``CorruptJob`` when they reach it; ``rescue``, ``promote`` and ``count``
+  need no payload and never stop on it.  A job in a state no version writes
+  is never leased, and ``get``, ``list_jobs`` and ``count`` raise
+  ``CorruptJob`` naming it.  (The conformance suite tests a damaged payload
+  through the ``plant_corrupt_job`` hook.)
+
+Durability and time
+-------------------
+* **persistent** means a call that returned survives the crash of any
+  process that uses the store, and of the server of a server store.  The
+  calls that carry a person's intent (``enqueue``, ``enqueue_workflow``,
+  ``cancel``, ``cancel_workflow``, ``requeue``) must be on stable storage when
+  they return (an fsync per call: PostgreSQL's default ``synchronous_commit =
+  on``; Redis only with ``appendfsync always``).  The worker's calls
+  (``lease``, ``heartbeat``, ``complete``, ``fail``, ``snooze``, ``promote``,
+  ``rescue``, ``prune``) may be flushed later, say once per second, because a
+  crash that undoes the last of them only makes work happen again, which
+  at-least-once delivery allows; a crash must leave the store as it was after
+  some call, never half of one.  A store that may lose an acknowledged enqueue
+  (Redis with ``appendfsync everysec``) is not ``persistent``.
+* **One clock per store.**  A store shared by several hosts should take
+  "now" from its server (PostgreSQL ``now()`` in the call's transaction,
+  Redis ``TIME`` in the script), not from each worker's machine: with the
+  hosts' clocks apart, one worker would see a live lease as expired and
+  rescue it, another would keep a dead one.  The ``clock`` argument stays
+  for tests (a ``FakeClock``); make the server's clock the default.
 """
 
 from __future__ import annotations
@@ -157,7 +213,8 @@ from .table import JobState
 class Capabilities:
     """Optional abilities a driver declares; the conformance suite adapts to them.
 
-    ``persistent``: jobs survive the process (crash tests apply).
+    ``persistent``: jobs survive the process, and a server store's server
+    (see "Durability and time" above; the crash harness applies).
     ``multi_process``: several processes may share the store safely.
     ``transactional_enqueue``: jobs can be enqueued inside the caller's own
     database transaction.

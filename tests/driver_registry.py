@@ -109,3 +109,80 @@ DRIVERS: dict[str, Callable[[Path], AbstractContextManager[DriverFactory]]] = {
     "postgres": postgres_store,
 }
 """Driver name -> a context manager giving a factory of fresh stores."""
+
+
+# -- hooks into the shipped stores, for the conformance groups that need them -----
+
+
+def plant_corrupt_sqlite_job(driver: Driver, job_id: int) -> None:
+    """Write a ``kwargs`` that is not a JSON object, as a hand edit could."""
+    import sqlite3
+
+    from taskharbor.drivers.sqlite import SQLiteDriver
+
+    assert isinstance(driver, SQLiteDriver)
+    with sqlite3.connect(driver.path) as conn:
+        conn.execute("UPDATE jobs SET kwargs = '[]' WHERE id = ?", (job_id,))
+    conn.close()
+
+
+def plant_corrupt_postgres_job(driver: Driver, job_id: int) -> None:
+    """Write ``args`` that are not a JSON list (the schema refuses text that is not JSON)."""
+    import psycopg
+    from psycopg import sql
+
+    from taskharbor.drivers.postgres import PostgresDriver
+
+    assert isinstance(driver, PostgresDriver)
+    table = sql.Identifier(driver._tables.schema, "jobs")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        update = sql.SQL("""UPDATE {} SET args = '{{"n": 1}}' WHERE id = %s""").format(table)
+        conn.execute(update, (job_id,))
+
+
+def fail_next_sqlite_call(driver: Driver) -> None:
+    """The next call meets an I/O error of the disk when it opens its connection."""
+    import sqlite3
+
+    from taskharbor.drivers.sqlite import SQLiteDriver
+
+    assert isinstance(driver, SQLiteDriver)
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = sqlite3.SQLITE_IOERR  # type: ignore[attr-defined]
+    error.sqlite_errorname = "SQLITE_IOERR"  # type: ignore[attr-defined]
+    fail_once(driver, "_handle", error)
+
+
+def fail_next_postgres_call(driver: Driver) -> None:
+    """The next call finds its pooled connection closed by the server."""
+    import psycopg
+
+    from taskharbor.drivers.postgres import PostgresDriver
+
+    assert isinstance(driver, PostgresDriver)
+    error = psycopg.OperationalError("server closed the connection unexpectedly")
+    fail_once(driver._pool, "connection", error)
+
+
+def fail_once(owner: object, method: str, error: Exception) -> None:
+    """Make ``owner.method`` raise ``error`` at its next call, then work again."""
+    original = getattr(owner, method)
+
+    def failing(*args: object, **kwargs: object) -> object:
+        setattr(owner, method, original)
+        raise error
+
+    setattr(owner, method, failing)
+
+
+PLANT_CORRUPT_JOB: dict[str, Callable[[Driver, int], None]] = {
+    "sqlite": plant_corrupt_sqlite_job,
+    "postgres": plant_corrupt_postgres_job,
+}
+"""Driver name -> the conformance hook that damages a stored job (stores in memory have none)."""
+
+FAIL_NEXT_CALL: dict[str, Callable[[Driver], None]] = {
+    "sqlite": fail_next_sqlite_call,
+    "postgres": fail_next_postgres_call,
+}
+"""Driver name -> the conformance hook that makes the next call fail transiently."""

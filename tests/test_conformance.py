@@ -1,12 +1,27 @@
 """The conformance suite against every driver of tests/driver_registry.py.
 
-``driver_factory`` comes from tests/conftest.py, parametrised by ``--drivers``.
+``driver_factory`` comes from tests/conftest.py, parametrised by ``--drivers``;
+the stores that can be damaged or made to fail give the suite their hooks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
+
+from driver_registry import FAIL_NEXT_CALL, PLANT_CORRUPT_JOB
 from taskharbor.conformance import ConformanceSuite
+from taskharbor.spec import Driver
 
 
 class TestConformance(ConformanceSuite):
     """Every rule of the contract, for each selected driver."""
+
+    @pytest.fixture
+    def plant_corrupt_job(self, driver_name: str) -> Callable[[Driver, int], None] | None:
+        return PLANT_CORRUPT_JOB.get(driver_name)
+
+    @pytest.fixture
+    def fail_next_call(self, driver_name: str) -> Callable[[Driver], None] | None:
+        return FAIL_NEXT_CALL.get(driver_name)

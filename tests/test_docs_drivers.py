@@ -12,6 +12,7 @@ and that the example compiles to SQL taking the transitions the table takes.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import itertools
 import multiprocessing
@@ -27,6 +28,7 @@ import pytest
 from hypothesis.stateful import run_state_machine_as_test
 
 import taskharbor as th
+from driver_registry import fail_once
 from taskharbor.conformance import ConformanceSuite
 from taskharbor.model_tests import driver_state_machine, hypothesis_settings
 from taskharbor.spec import (
@@ -69,6 +71,11 @@ class TestJsonFileDriver(ConformanceSuite):
     @pytest.fixture
     def driver_factory(self, tmp_path: Path) -> Callable[[Clock | None], Driver]:
         return lambda clock: JsonFileDriver(tmp_path / "store.json", clock=clock)
+
+    @pytest.fixture
+    def fail_next_call(self) -> Callable[[Driver], None]:
+        """A hook: the next call cannot read the file (an I/O error of its disk)."""
+        return lambda store: fail_once(store, "_read", OSError(errno.EIO, "I/O error"))
 
 
 def test_json_file_driver_matches_the_model(tmp_path: Path) -> None:
