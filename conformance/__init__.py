@@ -4,7 +4,7 @@ Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
 rule covers), grouped by area: enqueueing, leasing, fencing, completing, failing,
 snoozing, maintenance, operators, reading, bad input, workflows, waiting,
-own clock.  Time is a :class:`~taskharbor.spec.FakeClock` made by each test,
+own clock; schedules.  Time is a :class:`~taskharbor.spec.FakeClock` made by each test,
 so every timestamp is compared exactly (to the microsecond); only the own-clock
 group runs on the driver's default clock.
 
@@ -61,6 +61,7 @@ from .maintenance import PromotingRules, PruningRules, RescuingRules
 from .operators import CancellingRules, RequeueingRules
 from .own_clock import OwnClockRules
 from .reading import ReadingRules
+from .schedules import ScheduleDeclarationRules, ScheduleRules
 from .snoozing import SnoozingRules
 from .waiting import WaitingRules
 from .workflows import (
@@ -95,6 +96,8 @@ class ConformanceSuite(
     OwnClockRules,
     CorruptDataRules,
     TransientFailureRules,
+    ScheduleRules,
+    ScheduleDeclarationRules,
 ):
     """Every rule of the contract as a test; subclass it with a ``driver_factory`` fixture."""
 

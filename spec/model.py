@@ -52,6 +52,20 @@ from .records import (
     job_ids,
     map_ref,
 )
+from .schedules import (
+    Schedule,
+    ScheduleNotFound,
+    ScheduleRecord,
+    TickResult,
+    check_schedule_name,
+    check_schedules,
+    earliest_tick,
+    plan_ticks,
+    resumed,
+    run_request,
+    schedule_names,
+    synced,
+)
 from .spi import Capabilities, Driver
 from .table import (
     FINISHED_JOB_STATES,
@@ -83,6 +97,7 @@ class _Store:
     step_input: dict[JobId, ResultRef | None] = field(default_factory=dict)
     next_job_id: int = 1
     next_workflow_id: int = 1
+    schedules: dict[str, ScheduleRecord] = field(default_factory=dict)
 
     def copy(self) -> _Store:
         return _Store(
@@ -92,6 +107,7 @@ class _Store:
             dict(self.step_input),
             self.next_job_id,
             self.next_workflow_id,
+            dict(self.schedules),
         )
 
 
@@ -102,7 +118,7 @@ def _utc(moment: datetime) -> datetime:
 class ReferenceModel(Driver):
     """The executable contract.  Implements :class:`~taskharbor.spec.spi.Driver`."""
 
-    capabilities = Capabilities()
+    capabilities = Capabilities(schedules=True)
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
@@ -573,6 +589,100 @@ class ReferenceModel(Driver):
 
         result: WorkflowRecord = self._call(body)
         return result
+
+    # -- schedules --------------------------------------------------------------
+
+    def _schedules(self, s: _Store, names: Sequence[str]) -> list[ScheduleRecord]:
+        for name in names:
+            if name not in s.schedules:
+                raise ScheduleNotFound(name)
+        return [s.schedules[name] for name in names]
+
+    def _enqueue_keyed(self, s: _Store, request: EnqueueRequest) -> EnqueueResult:
+        """``enqueue`` of one request: the job holding its key, else a new job."""
+        key = request.idempotency_key
+        holder = next((j for j in s.jobs.values() if key and j.idempotency_key == key), None)
+        if holder is not None:
+            return EnqueueResult(holder, created=False)
+        return EnqueueResult(self._store_job(s, request), created=True)
+
+    def sync_schedules(self, schedules: Sequence[Schedule]) -> list[ScheduleRecord]:
+        declared = check_schedules(schedules, "sync_schedules")
+
+        def body(s: _Store) -> list[ScheduleRecord]:
+            for schedule in declared:
+                s.schedules[schedule.name] = synced(
+                    s.schedules.get(schedule.name), schedule, self._now
+                )
+            return [s.schedules[schedule.name] for schedule in declared]
+
+        result: list[ScheduleRecord] = self._call(body)
+        return result
+
+    def enqueue_due_ticks(self, names: Sequence[str]) -> TickResult:
+        wanted = schedule_names(names, "enqueue_due_ticks")
+
+        def body(s: _Store) -> TickResult:
+            created: list[JobRecord] = []
+            for record in self._schedules(s, wanted):
+                last = s.jobs.get(record.last_job_id) if record.last_job_id else None
+                unfinished = last is not None and last.state not in FINISHED_JOB_STATES
+                plan = plan_ticks(record, self._now, unfinished)
+                last_job_id = record.last_job_id
+                for request in plan.requests:
+                    outcome = self._enqueue_keyed(s, request)
+                    last_job_id = outcome.job.id
+                    if outcome.created:
+                        created.append(outcome.job)
+                s.schedules[record.name] = replace(
+                    record, cursor=plan.cursor, last_job_id=last_job_id
+                )
+            jobs = tuple(s.jobs[job.id] for job in created)
+            return TickResult(jobs, earliest_tick([s.schedules[name] for name in wanted]))
+
+        result: TickResult = self._call(body)
+        return result
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        result: list[ScheduleRecord] = self._call(
+            lambda s: [s.schedules[name] for name in sorted(s.schedules)]
+        )
+        return result
+
+    def pause_schedules(self, names: Sequence[str], paused: bool) -> list[ScheduleRecord]:
+        wanted = schedule_names(names, "pause_schedules")
+        if not isinstance(paused, bool):
+            raise InvalidRequest(f"pause_schedules: paused must be a bool, not {paused!r}")
+
+        def body(s: _Store) -> list[ScheduleRecord]:
+            for record in self._schedules(s, wanted):
+                s.schedules[record.name] = resumed(record, paused, self._now)
+            return [s.schedules[name] for name in wanted]
+
+        result: list[ScheduleRecord] = self._call(body)
+        return result
+
+    def run_schedule(self, name: str) -> JobRecord:
+        check_schedule_name(name)
+
+        def body(s: _Store) -> JobRecord:
+            (record,) = self._schedules(s, [name])
+            job = self._enqueue_keyed(s, run_request(record.schedule, self._now)).job
+            s.schedules[name] = replace(record, last_job_id=job.id)
+            return job
+
+        result: JobRecord = self._call(body)
+        return result
+
+    def drop_schedules(self, names: Sequence[str]) -> None:
+        wanted = schedule_names(names, "drop_schedules")
+
+        def body(s: _Store) -> None:
+            self._schedules(s, wanted)
+            for name in wanted:
+                del s.schedules[name]
+
+        self._call(body)
 
     # -- workflows --------------------------------------------------------------
 

@@ -206,6 +206,7 @@ from .records import (
     WorkflowId,
     WorkflowRecord,
 )
+from .schedules import Schedule, ScheduleRecord, TickResult
 from .table import JobState
 
 
@@ -221,12 +222,15 @@ class Capabilities:
     ``notifications``: :meth:`Driver.wait_for_jobs` wakes up, from any
     process, on every transition into ``available`` (enqueue, release,
     promote, rescue, requeue) instead of only polling.
+    ``schedules``: the store keeps periodic schedules (the "Schedules" calls
+    of :class:`Driver`); without it those calls raise ``NotImplementedError``.
     """
 
     persistent: bool = False
     multi_process: bool = False
     transactional_enqueue: bool = False
     notifications: bool = False
+    schedules: bool = False
 
 
 class Driver(abc.ABC):
@@ -419,3 +423,56 @@ class Driver(abc.ABC):
         import time
 
         time.sleep(max(0.0, timeout))
+
+    # -- schedules (capability ``schedules``; see taskharbor.spec.schedules) ---
+    #
+    # One job per (schedule name, tick instant), whatever the number of
+    # callers: enqueue_due_ticks moves each schedule's cursor forward past the
+    # ticks it handles and stores their jobs in the same transaction, each job
+    # keyed by spec.schedules.tick_key.  Every rule (sync, pause, the ticks a
+    # call runs) is a pure function of spec.schedules applied to the stored
+    # record with the call's now.  Unknown names raise ScheduleNotFound (the
+    # first one, in the order given) and change nothing.
+
+    def sync_schedules(self, schedules: Sequence[Schedule]) -> list[ScheduleRecord]:
+        """Store the schedules code declares, by name (``schedules.synced``); records in order.
+
+        Stored schedules not named stay as they are (an operator sees them as
+        stale and may drop them).  ``InvalidRequest`` for an empty batch, a
+        non-``Schedule`` item or a name given twice.
+        """
+        raise NotImplementedError(_NO_SCHEDULES.format(type(self).__name__))
+
+    def enqueue_due_ticks(self, names: Sequence[str]) -> TickResult:
+        """Enqueue the due ticks of the named schedules, atomically (``schedules.plan_ticks``).
+
+        For each schedule: the plan's jobs are enqueued as ``enqueue`` would
+        (a key already held creates nothing), the cursor becomes the plan's,
+        and ``last_job_id`` the last planned job (held or created).
+        ``previous_unfinished`` is whether ``last_job_id`` names a stored job
+        in a state that is not finished, read in the same transaction.
+        """
+        raise NotImplementedError(_NO_SCHEDULES.format(type(self).__name__))
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        """Every stored schedule, by name."""
+        raise NotImplementedError(_NO_SCHEDULES.format(type(self).__name__))
+
+    def pause_schedules(self, names: Sequence[str], paused: bool) -> list[ScheduleRecord]:
+        """Pause (``paused=True``) or resume schedules (``schedules.resumed``); records in order."""
+        raise NotImplementedError(_NO_SCHEDULES.format(type(self).__name__))
+
+    def run_schedule(self, name: str) -> JobRecord:
+        """Enqueue one job of the schedule now (``schedules.run_request``), paused or not.
+
+        It becomes the schedule's ``last_job_id``; the cursor does not move.
+        """
+        raise NotImplementedError(_NO_SCHEDULES.format(type(self).__name__))
+
+    def drop_schedules(self, names: Sequence[str]) -> None:
+        """Delete stored schedules (their jobs stay).  A worker that still
+        declares one stores it again, afresh, at its next sync."""
+        raise NotImplementedError(_NO_SCHEDULES.format(type(self).__name__))
+
+
+_NO_SCHEDULES = "{} does not declare capability 'schedules'"
