@@ -76,6 +76,7 @@ from taskharbor.spec.table import (
 
 from .index import JobIndex
 from .rows import JobRow, WorkflowRow, copy_json
+from .schedules import MemorySchedules
 
 _Report = TypeVar("_Report", Completion, Failure, SnoozeRequest)
 """A fenced report: applied only while its lease is live."""
@@ -86,10 +87,10 @@ PRUNABLE_WORKFLOW_STATES = frozenset({WorkflowState.SUCCEEDED, WorkflowState.CAN
 """A workflow (with its steps) may be pruned only in these states."""
 
 
-class MemoryDriver(Driver):
+class MemoryDriver(MemorySchedules, Driver):
     """Jobs and workflows in this process's memory.  Safe to share between threads."""
 
-    capabilities = Capabilities()
+    capabilities = Capabilities(schedules=True)
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock if clock is not None else SystemClock()
@@ -98,6 +99,7 @@ class MemoryDriver(Driver):
         self._jobs: dict[JobId, JobRow] = {}
         self._workflows: dict[WorkflowId, WorkflowRow] = {}
         self._keys: dict[str, JobId] = {}
+        self._schedules = {}
         self._index = JobIndex()
         self._last_job_id = 0
         self._last_workflow_id = 0
