@@ -102,6 +102,7 @@ from .rows import (
     to_micros,
     workflow_record,
 )
+from .schedules import SQLiteSchedules
 from .transitions import (
     DUE_ROWS,
     FINISHED_STATES,
@@ -205,7 +206,7 @@ class _Connection(NamedTuple):
     pid: int
 
 
-class SQLiteDriver(Driver):
+class SQLiteDriver(SQLiteSchedules, Driver):
     """A job store in one SQLite file.  Implements :class:`~taskharbor.spec.spi.Driver`.
 
     ``migrate=True`` creates or upgrades the schema when the store is opened;
@@ -222,7 +223,7 @@ class SQLiteDriver(Driver):
     call changes nothing.
     """
 
-    capabilities = Capabilities(persistent=True, multi_process=True)
+    capabilities = Capabilities(persistent=True, multi_process=True, schedules=True)
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from taskharbor.spec import SchemaError, StoreError
 
+from . import schedules
 from .transitions import ALL_STATES, AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS
 
 META_TABLE = "taskharbor_meta"
@@ -110,7 +111,7 @@ _V1 = (
     "WHERE idempotency_key IS NOT NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, schedules.MIGRATION)
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
