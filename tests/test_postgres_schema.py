@@ -57,7 +57,8 @@ def test_concurrent_migrations_take_turns(make_driver: MakeDriver) -> None:
     for thread in threads:
         thread.join()
     assert all(isinstance(outcome, list) for outcome in outcomes), outcomes
-    assert sorted(map(str, outcomes)) == ["[1]", "[]", "[]", "[]"]
+    every = str([m.version for m in MIGRATIONS])
+    assert sorted(map(str, outcomes)) == sorted([every, "[]", "[]", "[]"])
     assert applied_versions(schema) == [m.version for m in MIGRATIONS]
 
 

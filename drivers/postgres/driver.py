@@ -100,6 +100,7 @@ from . import statements, workflows
 from .connect import check_reachable, with_connect_timeout
 from .notify import Listener, sleep_until
 from .rows import job_record, workflow_record
+from .schedules import PostgresSchedules
 from .schema import check_schema, migrate
 from .tables import Tables
 
@@ -151,7 +152,7 @@ class PooledConnection(psycopg.Connection[tuple[Any, ...]]):
         return self._calls_cursor
 
 
-class PostgresDriver(Driver):
+class PostgresDriver(PostgresSchedules, Driver):
     """Jobs and workflows in PostgreSQL tables (see the module documentation)."""
 
     def __init__(
@@ -200,6 +201,7 @@ class PostgresDriver(Driver):
             multi_process=True,
             transactional_enqueue=True,
             notifications=notifications,
+            schedules=True,
         )
         self._listener = Listener(conninfo, self._tables.channel) if notifications else None
         self._schema_ok = False

@@ -32,6 +32,7 @@ from psycopg import sql
 
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, SchemaError, WorkflowState
 
+from .schedules import schedules_table
 from .transitions import event_sources, state_literals
 
 MIGRATE_COMMAND = "taskharbor migrate"
@@ -120,7 +121,10 @@ def _initial_tables(schema: str) -> list[sql.Composed]:
     return [sql.SQL(text).format(**names) for text in texts]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "jobs and workflows", _initial_tables),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "jobs and workflows", _initial_tables),
+    Migration(2, "periodic schedules", schedules_table),
+)
 """Every migration, oldest first.  Never edit a released one: add the next."""
 
 CURRENT_VERSION = MIGRATIONS[-1].version
