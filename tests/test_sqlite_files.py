@@ -102,7 +102,9 @@ def test_reopening_and_migrating_again_keeps_the_jobs(tmp_path: Path) -> None:
 def test_without_migrate_an_empty_store_asks_for_a_migration_then_works(tmp_path: Path) -> None:
     (tmp_path / "later.db").touch()  # a missing file: see the next test
     driver = SQLiteDriver(tmp_path / "later.db", migrate=False)
-    with pytest.raises(SchemaError, match=rf"schema version 0, older than {SCHEMA_VERSION}.*taskharbor migrate"):
+    with pytest.raises(
+        SchemaError, match=rf"schema version 0, older than {SCHEMA_VERSION}.*taskharbor migrate"
+    ):
         driver.count()
     driver.migrate()
     assert driver.count() == {}
