@@ -17,6 +17,7 @@ from taskharbor.spec import (
     JobFilter,
     JobId,
     JobState,
+    WorkflowGraph,
 )
 
 from .backoff import Backoff, as_backoff
@@ -171,7 +172,8 @@ class App:
                 no_retry_types,
             )
             registered = Task(self, function, task_name, defaults)
-            registered.request((), {}, {})  # refuses bad defaults now, not at the first enqueue
+            # Refuses bad defaults now, not at the first enqueue.
+            registered.request((), {}, {}, check=False)
             if task_name in self._tasks:
                 raise InvalidRequest(f"a task named {task_name!r} is already registered")
             self._tasks[task_name] = registered
@@ -202,11 +204,32 @@ class App:
     # -- producing ----------------------------------------------------------------
 
     def request_for(self, signature: Signature) -> EnqueueRequest:
-        """The stored request for a signature: its task's defaults, then its options."""
+        """The stored request for a signature: its task's defaults, then its options.
+
+        Its arguments must bind to the handler as they are (no parent's result
+        comes in front of a signature enqueued on its own)."""
+        return self._task_for(signature).request(
+            tuple(signature.args), signature.kwargs, signature.opts
+        )
+
+    def _task_for(self, signature: Signature) -> Task[Any]:
         task = self._tasks.get(signature.task)
         if task is None:
             raise InvalidRequest(f"no task named {signature.task!r} is registered on this app")
-        return task.request(tuple(signature.args), signature.kwargs, signature.opts)
+        return task
+
+    def _step_request(self, signature: Signature) -> EnqueueRequest:
+        """A workflow step's request; its arguments are checked once its input is known."""
+        return self._task_for(signature).request(
+            tuple(signature.args), signature.kwargs, signature.opts, check=False
+        )
+
+    def _check_steps(self, graph: WorkflowGraph) -> None:
+        """Each step's arguments bind to its handler, a parent's result in front if it gets one."""
+        for step in graph.steps:
+            task = self._tasks[step.request.task]
+            leading = 0 if step.input is None else 1
+            task.check_call(step.request.args, step.request.kwargs, leading=leading)
 
     @overload
     def enqueue(self, target: Signature) -> Job: ...
@@ -229,7 +252,8 @@ class App:
                 )
             return self.enqueue_requests([self.request_for(target)])[0]
         if isinstance(target, Workflow):
-            graph = build_graph(target, self.request_for, name=name)
+            graph = build_graph(target, self._step_request, name=name)
+            self._check_steps(graph)
             record = self.driver.enqueue_workflow(graph)
             return WorkflowHandle(self, record.id)
         raise InvalidRequest(

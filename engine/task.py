@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec
 
-from taskharbor.spec import JSON, EnqueueRequest
+from taskharbor.spec import JSON, EnqueueRequest, InvalidRequest
 
 from .canvas import Signature
 from .jobs import Job
@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from .app import App
 
 P = ParamSpec("P")
+
+CALL_TEXT_LIMIT = 200
+"""Longest rendering of refused arguments in an error message (characters)."""
 
 
 class Task(Generic[P]):
@@ -35,6 +38,10 @@ class Task(Generic[P]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have none: their calls are not checked
+            self._signature = None
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -58,16 +65,74 @@ class Task(Generic[P]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this call, for workflows: a parent's result goes in front of ``args``."""
-        return Signature(self.name, args, kwargs, {}, False)
+        return self.signature(args, kwargs, {}, immutable=False)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: it ignores the result of the step before it."""
-        return Signature(self.name, args, kwargs, {}, True)
+        return self.signature(args, kwargs, {}, immutable=True)
+
+    def signature(
+        self,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        opts: Mapping[str, Any],
+        *,
+        immutable: bool,
+    ) -> Signature:
+        """A signature of this task, its arguments checked against the handler as far as
+        they can be now: a mutable one may still get a parent's result in front (that is
+        known when its workflow is enqueued), so only an immutable one must bind fully."""
+        self.check_call(args, kwargs, partial=not immutable)
+        return Signature(self.name, args, kwargs, opts, immutable)
+
+    def check_call(
+        self,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        leading: int = 0,
+        partial: bool = False,
+    ) -> None:
+        """Refuse arguments the handler cannot take (``InvalidRequest`` naming the task).
+
+        ``leading`` counts the arguments a workflow puts in front (a parent's
+        result); ``partial`` accepts arguments still missing.  A job stored with
+        such arguments would only fail with ``TypeError`` on every attempt.
+        """
+        if self._signature is None:
+            return
+        bind = self._signature.bind_partial if partial else self._signature.bind
+        try:
+            bind(*((None,) * leading), *args, **kwargs)
+        except TypeError as exc:
+            given = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+            if len(given) > CALL_TEXT_LIMIT:
+                given = given[:CALL_TEXT_LIMIT] + "..."
+            front = " after the previous step's result" if leading else ""
+            raise InvalidRequest(
+                f"cannot enqueue {self.name}({given}){front}: {exc} "
+                f"(the handler takes {self._parameters()})"
+            ) from None
+
+    def _parameters(self) -> str:
+        """The handler's parameters as written, without annotations: ``(a, b=2, *, c)``."""
+        assert self._signature is not None
+        empty = inspect.Parameter.empty
+        bare = [p.replace(annotation=empty) for p in self._signature.parameters.values()]
+        return str(self._signature.replace(parameters=bare, return_annotation=empty))
 
     def request(
-        self, args: tuple[JSON, ...], kwargs: Mapping[str, JSON], opts: Mapping[str, Any]
+        self,
+        args: tuple[JSON, ...],
+        kwargs: Mapping[str, JSON],
+        opts: Mapping[str, Any],
+        *,
+        check: bool = True,
     ) -> EnqueueRequest:
-        """The stored request for a call of this task with ``opts``."""
+        """The stored request for a call of this task with ``opts``; ``check=False`` leaves
+        the arguments to the caller's :meth:`check_call` (a workflow step's input)."""
+        if check:
+            self.check_call(args, kwargs)
         clock = self.app.driver.clock
         return build_request(self.name, self.defaults, opts, args, kwargs, clock.now)
 
@@ -100,8 +165,8 @@ class TaskCall(Generic[P]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature carrying these options."""
-        return Signature(self.task.name, args, kwargs, dict(self.opts), False)
+        return self.task.signature(args, kwargs, self.opts, immutable=False)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature carrying these options."""
-        return Signature(self.task.name, args, kwargs, dict(self.opts), True)
+        return self.task.signature(args, kwargs, self.opts, immutable=True)

@@ -381,3 +381,74 @@ def test_a_retry_policy_that_is_not_exception_types_is_refused(options: dict[str
     with pytest.raises(InvalidRequest, match=r"(no_)?retry_on must be an exception class"):
         app.task(name="policy", **options)(lambda: None)
     assert "policy" not in app.tasks
+
+
+# -- arguments are checked against the handler -----------------------------------------
+
+
+def test_enqueue_refuses_arguments_the_handler_cannot_take(driver_factory: DriverFactory) -> None:
+    """A call that could only fail with TypeError on every attempt is never stored."""
+    app = make_app(driver_factory)
+    task = app.task(name="add")(add)
+
+    async def enqueue_async() -> None:
+        await task.enqueue_async(1, 2, c=3)
+
+    refused: list[tuple[str, Callable[[], object]]] = [
+        ("unexpected keyword argument 'c'", lambda: task.enqueue(1, 2, c=3)),
+        ("missing a required argument: 'b'", lambda: task.enqueue(1)),
+        ("too many positional arguments", lambda: task.enqueue(1, 2, 3)),
+        ("multiple values for argument 'a'", lambda: task.options(priority=1).enqueue(1, a=2)),
+        ("unexpected keyword argument 'c'", lambda: asyncio.run(enqueue_async())),
+        ("missing a required argument: 'b'", lambda: app.enqueue(th.Signature("add", (1,)))),
+        ("missing a required argument: 'b'", lambda: app.enqueue_many([task.s(1, 2), task.s(1)])),
+        ("too many positional arguments", lambda: task.si(1, 2, 3)),
+        ("missing a required argument: 'b'", lambda: task.options(queue="q").si(1)),
+        ("unexpected keyword argument 'c'", lambda: task.s(c=1)),
+        ("too many positional arguments", lambda: task.options(queue="q").s(1, 2, 3)),
+    ]
+    for problem, call in refused:
+        with pytest.raises(InvalidRequest) as caught:
+            call()
+        message = str(caught.value)
+        assert message.startswith("cannot enqueue add(") and problem in message, message
+        assert message.endswith("(the handler takes (a, b))")
+    assert app.list_jobs() == []
+    assert task.enqueue(1, b=2).args == (1,)
+
+
+def test_workflow_steps_bind_with_the_parents_result_in_front(
+    driver_factory: DriverFactory,
+) -> None:
+    """A chained step or a chord callback gets one argument more when it runs; .si() none."""
+    app = make_app(driver_factory)
+    task = app.task(name="add")(add)
+    total = app.task(name="total")(lambda values: sum(values))
+
+    handle = app.enqueue(th.chain(task.s(1, 2), task.s(10), task.si(5, 5)))
+    chord = app.enqueue(th.chord([task.s(1, 1), task.s(2, 2)], total.s()))
+    burst(app)
+    assert (handle.result(), chord.result()) == (10, 6)
+
+    refused = [
+        ("too many positional arguments", th.chain(task.s(1, 2), task.s(10, 20))),
+        ("missing a required argument: 'b'", th.chain(task.s(1))),
+        ("multiple values for argument 'a'", th.chain(task.s(1, 2), task.s(a=1))),
+        ("too many positional arguments", th.chord([task.s(1, 1)], total.s([1]))),
+    ]
+    before = len(app.list_jobs(limit=1000))
+    for problem, workflow in refused:
+        with pytest.raises(InvalidRequest, match=problem):
+            app.enqueue(workflow)
+    with pytest.raises(InvalidRequest, match=r"add\(10, 20\) after the previous step's result"):
+        app.enqueue(th.chain(task.s(1, 2), task.s(10, 20)))
+    assert len(app.list_jobs(limit=1000)) == before
+
+
+def test_handlers_without_a_signature_are_not_checked() -> None:
+    app = th.App("memory://")
+    task = app.task(name="builtin_len")(len)  # a builtin: inspect finds its signature
+    with pytest.raises(InvalidRequest, match="too many positional arguments"):
+        task.enqueue([1], [2])
+    largest = app.task(name="max")(max)  # max has no signature to inspect: stored as given
+    assert largest.enqueue(1, 2, 3, colour="red").args == (1, 2, 3)
