@@ -195,6 +195,7 @@ class Worker:
             asyncio.create_task(self._maintenance_loop(), name="taskharbor-maintenance"),
         ]
         logger.info("worker %s started on queues %s", self.worker_id, ", ".join(self.queues))
+        self._warn_unserved_queues()
         try:
             with self._thread_lock:
                 asked = self._stop_asked
@@ -216,6 +217,25 @@ class Worker:
                 self._loop = None
                 self._stop_asked = None
             logger.info("worker %s stopped", self.worker_id)
+
+    def _warn_unserved_queues(self) -> None:
+        """Warn when the app has tasks whose default queue this worker does not lease from:
+        their jobs wait until some other worker serves that queue."""
+        unserved: dict[str, list[str]] = {}
+        for task in self.app.tasks.values():
+            if task.defaults.queue not in self.queues:
+                unserved.setdefault(task.defaults.queue, []).append(task.name)
+        if unserved:
+            logger.warning(
+                "worker %s does not serve queue(s) %s used by the app's tasks: %s; their "
+                "jobs wait for a worker started on those queues",
+                self.worker_id,
+                ", ".join(map(repr, sorted(unserved))),
+                "; ".join(
+                    f"{queue!r}: {', '.join(sorted(names))}"
+                    for queue, names in sorted(unserved.items())
+                ),
+            )
 
     def stop(self, *, graceful: bool = True) -> None:
         """Ask the worker to stop; safe from any thread or a signal handler.

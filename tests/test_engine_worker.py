@@ -942,3 +942,23 @@ def test_stored_errors_are_bounded(driver_factory: DriverFactory) -> None:
 def test_a_snooze_out_of_range_is_refused_where_it_is_raised(seconds: float) -> None:
     with pytest.raises(th.InvalidRequest, match="Snooze seconds"):
         th.Snooze(seconds)
+
+
+def test_a_worker_warns_at_start_about_task_queues_it_does_not_serve(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = th.App("memory://")
+    app.task(name="mail.send", queue="mail")(lambda: None)
+    app.task(name="mail.bounce", queue="mail")(lambda: None)
+    app.task(name="report", queue="reports")(lambda: None)
+    app.task(name="resize")(lambda: None)  # the default queue, served below
+    with caplog.at_level(logging.WARNING, logger="taskharbor"):
+        burst(app, queues=["default", "reports"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "does not serve queue(s) 'mail' used by the app's tasks: 'mail': " in warnings[0]
+    assert warnings[0].split("tasks: ")[1].startswith("'mail': mail.bounce, mail.send;")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="taskharbor"):
+        burst(app, queues=["default", "reports", "mail"])
+    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
