@@ -667,7 +667,7 @@ def test_the_workers_pruning_keeps_recent_finished_and_unfinished_jobs(
     old = finish_one_of_each()
     retrying = flaky.enqueue()
     burst(app)
-    waiting = app.enqueue(th.chain(done.options(queue="elsewhere").s(), done.s())).status()
+    waiting = app.enqueue(th.chain(done.options(queue="elsewhere").s(), done.si())).status()
     unfinished = [
         app.get_job(retrying),
         done.options(queue="elsewhere").enqueue(),
