@@ -52,6 +52,7 @@ from .observe import (
     snapshot_model,
     workflow_to_model,
 )
+from .schedules import ScheduleSteps
 from .strategies import (
     FAILURES,
     LARGE_STEPS,
@@ -133,7 +134,7 @@ def _expect(what: str, problems: list[str]) -> None:
         raise Divergence(f"{what}:\n  " + "\n  ".join(problems))
 
 
-class DriverVsModel(RuleBasedStateMachine):
+class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
     """Random operations on a driver and on the reference model, compared step by step.
 
     Not used directly: :func:`driver_state_machine` makes a subclass bound to
@@ -166,6 +167,8 @@ class DriverVsModel(RuleBasedStateMachine):
         """The last call raised on both sides, so it must have changed nothing."""
         self.refusals: tuple[TaskHarborError, TaskHarborError] | None = None
         """What the model and the driver raised when they last refused a call."""
+        self.declared: set[str] = set()
+        """Names of the schedules declared and not dropped since."""
 
     def teardown(self) -> None:
         self.driver.close()

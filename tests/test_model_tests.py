@@ -11,6 +11,7 @@ profiles).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -50,6 +51,7 @@ from taskharbor.spec import (
 )
 from taskharbor.spec.model import ReferenceModel
 from taskharbor.spec.records import job_ids
+from taskharbor.spec.schedules import TickResult
 
 
 def test_driver_matches_the_model(driver_name: str, driver_factory: DriverFactory) -> None:
@@ -147,6 +149,16 @@ class CancelsPartOfARefusedBatch(ReferenceModel):
         return self.get(job_ids_)
 
 
+class RunsPausedSchedules(ReferenceModel):
+    """A paused schedule's ticks are still enqueued."""
+
+    def enqueue_due_ticks(self, names: Sequence[str]) -> TickResult:
+        paused = [r.name for r in self.list_schedules() if r.paused and r.name in names]
+        if paused:
+            self.pause_schedules(paused, False)
+        return super().enqueue_due_ticks(names)
+
+
 @pytest.mark.parametrize(
     ("broken", "symptom"),
     [
@@ -154,15 +166,17 @@ class CancelsPartOfARefusedBatch(ReferenceModel):
         (ExpiryDoesNotCountTheAttempt, "state: model=<JobState.DEAD"),
         (IgnoresIdempotencyKeys, "created flags"),
         (ReleasesChordCallbackTwice, ".args: model="),
-        (ReleasesOnFirstDependency, ".state: model=<JobState.PENDING"),
+        # released too early: still pending in the model, or its input not all there
+        (ReleasesOnFirstDependency, r"\.(state: model=<JobState\.PENDING|args: model=)"),
         (CancelsPartOfARefusedBatch, "driver: the refused call changed job"),
+        (RunsPausedSchedules, "stored schedules:|enqueue_due_ticks: model="),
     ],
 )
 def test_the_harness_finds_a_broken_store(broken: type[ReferenceModel], symptom: str) -> None:
     machine = driver_state_machine(lambda clock: broken(clock=clock))
     with pytest.raises(Divergence) as found:
         run_state_machine_as_test(machine, settings=HUNT)
-    assert symptom in str(found.value)
+    assert re.search(symptom, str(found.value)), found.value
 
 
 # -- the harness's own parts -------------------------------------------------------
