@@ -35,8 +35,10 @@ Two groups need a hook into the store that only the driver's own tests can
 give (:class:`~taskharbor.conformance.harness.DriverHooks`): override the
 ``plant_corrupt_job`` fixture (damage a stored job's payload) for the
 corrupt-data rules, and ``fail_next_call`` (make the next call fail as a lost
-connection would) for the transient-failure rules; without them those tests
-are skipped, naming the hook.
+connection would) for the transient-failure rules, and ``open_shared_store``
+(open one store from any process) for the multi-process and crash harnesses of
+:mod:`~taskharbor.conformance.processes`; without them those tests are
+skipped, naming the hook.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from .leasing import LeasingRules
 from .maintenance import PromotingRules, PruningRules, RescuingRules
 from .operators import CancellingRules, RequeueingRules
 from .own_clock import OwnClockRules
+from .processes import CrashPlan, FleetPlan, OpenStore, ProcessRules, run_crash, run_fleet
 from .reading import ReadingRules
 from .schedules import ScheduleDeclarationRules, ScheduleRules
 from .snoozing import SnoozingRules
@@ -98,15 +101,21 @@ class ConformanceSuite(
     TransientFailureRules,
     ScheduleRules,
     ScheduleDeclarationRules,
+    ProcessRules,
 ):
     """Every rule of the contract as a test; subclass it with a ``driver_factory`` fixture."""
 
 
 __all__ = [
     "ConformanceSuite",
+    "CrashPlan",
     "DriverHooks",
     "FailNextCall",
+    "FleetPlan",
     "Harbor",
+    "OpenStore",
     "PlantCorruptJob",
     "requires",
+    "run_crash",
+    "run_fleet",
 ]

@@ -45,7 +45,8 @@ or as a unittest class (Hypothesis's default settings unless you set them)::
 
 The environment variable ``TASKHARBOR_HYPOTHESIS_PROFILE`` chooses how hard
 :func:`hypothesis_settings` tries: ``dev`` (default, quick) or ``ci`` (a few
-hundred operation sequences).  The factory's stores should be cheap to make
+hundred operation sequences).  Only ``ci`` proves a driver: some divergences
+need that many sequences to show.  The factory's stores should be cheap to make
 and to close (``close()`` is called at the end of every sequence): use a
 fresh temporary file or schema each time.
 """

@@ -19,6 +19,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which model-test profile runs, and which one proves a driver."""
+    from taskharbor.model_tests import PROFILE_ENV
+    from taskharbor.model_tests.profiles import PROOF_PROFILE, chosen_profile, profile_name
+
+    name = profile_name()
+    profile = chosen_profile(name)
+    verdict = (
+        "the profile that proves a driver"
+        if name == PROOF_PROFILE
+        else f"a quick look only: a driver is proven by {PROFILE_ENV}={PROOF_PROFILE}"
+    )
+    return (
+        f"model tests: profile {name} ({profile.max_examples} sequences of up to "
+        f"{profile.steps} steps), {verdict}"
+    )
+
+
 def selected_drivers(config: pytest.Config) -> list[str]:
     names = [name.strip() for name in str(config.getoption("--drivers")).split(",") if name]
     unknown = sorted(set(names) - set(DRIVERS))

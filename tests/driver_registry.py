@@ -186,3 +186,35 @@ FAIL_NEXT_CALL: dict[str, Callable[[Driver], None]] = {
     "postgres": fail_next_postgres_call,
 }
 """Driver name -> the conformance hook that makes the next call fail transiently."""
+
+
+@contextmanager
+def shared_sqlite_store(tmp: Path) -> Iterator[Callable[[], Driver]]:
+    """Opens handles on one SQLite file, from any process."""
+    from taskharbor.drivers.sqlite import SQLiteDriver
+
+    path = tmp / f"shared-{uuid.uuid4().hex}.db"
+    yield lambda: SQLiteDriver(path)
+
+
+@contextmanager
+def shared_postgres_store(tmp: Path) -> Iterator[Callable[[], Driver]]:
+    """Opens handles on one PostgreSQL schema, from any process; dropped afterwards."""
+    skip_without_postgres()
+    import psycopg
+
+    from taskharbor.drivers.postgres import PostgresDriver
+
+    schema = f"th_shared_{uuid.uuid4().hex[:12]}"
+    try:
+        yield lambda: PostgresDriver(POSTGRES_URL, schema=schema)
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+SHARED_STORES: dict[str, Callable[[Path], AbstractContextManager[Callable[[], Driver]]]] = {
+    "sqlite": shared_sqlite_store,
+    "postgres": shared_postgres_store,
+}
+"""Driver name -> openers of one store shared by processes (the process harnesses' hook)."""

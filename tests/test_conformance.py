@@ -6,11 +6,12 @@ the stores that can be damaged or made to fail give the suite their hooks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from driver_registry import FAIL_NEXT_CALL, PLANT_CORRUPT_JOB
+from driver_registry import FAIL_NEXT_CALL, PLANT_CORRUPT_JOB, SHARED_STORES
 from taskharbor.conformance import ConformanceSuite
 from taskharbor.spec import Driver
 
@@ -25,3 +26,13 @@ class TestConformance(ConformanceSuite):
     @pytest.fixture
     def fail_next_call(self, driver_name: str) -> Callable[[Driver], None] | None:
         return FAIL_NEXT_CALL.get(driver_name)
+
+    @pytest.fixture
+    def open_shared_store(
+        self, driver_name: str, tmp_path: Path
+    ) -> Iterator[Callable[[], Driver] | None]:
+        if driver_name not in SHARED_STORES:
+            yield None
+            return
+        with SHARED_STORES[driver_name](tmp_path) as opener:
+            yield opener

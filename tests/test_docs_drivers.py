@@ -77,6 +77,11 @@ class TestJsonFileDriver(ConformanceSuite):
         """A hook: the next call cannot read the file (an I/O error of its disk)."""
         return lambda store: fail_once(store, "_read", OSError(errno.EIO, "I/O error"))
 
+    @pytest.fixture
+    def open_shared_store(self, tmp_path: Path) -> Callable[[], Driver]:
+        """A hook: one store that processes share (for the multi-process and crash rules)."""
+        return lambda: JsonFileDriver(tmp_path / "shared.json")
+
 
 def test_json_file_driver_matches_the_model(tmp_path: Path) -> None:
     numbers = itertools.count()
