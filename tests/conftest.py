@@ -45,6 +45,18 @@ def selected_drivers(config: pytest.Config) -> list[str]:
     return names
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The conformance suite's waiting group waits on wall time (threads that must be
+    woken), so make test-stress runs it too: marked here, not in the shipped suite."""
+    from taskharbor.conformance.waiting import WaitingRules
+
+    waiting = {name for name in vars(WaitingRules) if name.startswith("test_")}
+    for item in items:
+        test = item if isinstance(item, pytest.Function) else None
+        if test is not None and test.originalname in waiting and test.cls is not None:
+            test.add_marker(pytest.mark.timing)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "driver_name" in metafunc.fixturenames:
         metafunc.parametrize("driver_name", selected_drivers(metafunc.config))

@@ -56,6 +56,7 @@ def wait_for(path: Path, timeout: float) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.timing
 def test_worker_drains_its_running_job_on_sigterm_and_exits_0(project: Path) -> None:
     enqueue = "from project import slow; print(slow.enqueue(1.0).id)"
     job_id = subprocess.run(

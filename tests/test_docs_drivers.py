@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
+from test_engine_support import EVENTUALLY
 
 import taskharbor as th
 from driver_registry import fail_once
@@ -123,7 +124,7 @@ def test_an_app_runs_a_chord_on_the_toy_driver(tmp_path: Path) -> None:
 
     handle = app.enqueue(th.chord([add.s(1, 1), add.s(2, 2)], total.s()))
     th.Worker(app, concurrency=2).run(burst=True)
-    assert handle.wait(timeout=5.0) == WorkflowState.SUCCEEDED
+    assert handle.wait(timeout=EVENTUALLY) == WorkflowState.SUCCEEDED
     assert handle.result() == 6
 
 

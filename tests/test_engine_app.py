@@ -185,6 +185,7 @@ def test_idempotency_key_returns_the_first_job(
     assert len(app.list_jobs()) == 1
 
 
+@pytest.mark.timing
 def test_enqueue_async_does_not_block_the_loop(driver_factory: DriverFactory) -> None:
     app = make_app(driver_factory)
     task = app.task(add)
@@ -291,6 +292,7 @@ def test_requeue_moves_a_dead_job_back_with_attempts_reset(driver_factory: Drive
         app.requeue(job)
 
 
+@pytest.mark.timing
 def test_wait_returns_a_finished_job_or_times_out(driver_factory: DriverFactory) -> None:
     app = make_app(driver_factory)
     task = app.task(add)

@@ -35,6 +35,8 @@ from taskharbor.spec import (
     SystemClock,
 )
 
+pytestmark = pytest.mark.timing
+
 # -- handlers and outcomes -----------------------------------------------------------------
 
 
@@ -226,7 +228,10 @@ def test_timeouts_count_as_failed_attempts(driver_factory: DriverFactory) -> Non
     @app.task(timeout=0.1, max_attempts=2, backoff=th.Backoff.constant(60))
     def slow_sync() -> None:
         context = th.current_job()
+        give_up = time.monotonic() + EVENTUALLY
         while not context.cancelled:  # the worker sets the flag at the timeout
+            if time.monotonic() > give_up:
+                return  # never told to stop: "sync" is missing below
             time.sleep(0.01)
         stopped.append("sync")
 
@@ -239,9 +244,7 @@ def test_timeouts_count_as_failed_attempts(driver_factory: DriverFactory) -> Non
             raise
 
     jobs = [slow_sync.enqueue(), slow_async.enqueue()]
-    started = time.monotonic()
     burst(app)
-    assert time.monotonic() - started < 5
     sync_job, async_job = (app.get_job(job) for job in jobs)
     assert (sync_job.state, sync_job.attempt) == (JobState.RETRYING, 1)
     assert (async_job.state, async_job.attempt) == (JobState.DEAD, 1)
@@ -312,9 +315,9 @@ def test_cancelling_a_running_async_job_cancels_the_handler(driver_factory: Driv
 
     job = long_download.enqueue()
     with running_worker(app):
-        assert started.wait(5)
+        assert started.wait(EVENTUALLY)
         assert app.cancel(job).cancel_requested
-        done = app.wait(job, timeout=5)
+        done = app.wait(job, timeout=EVENTUALLY)
     assert (done.state, done.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
 
 
@@ -336,9 +339,9 @@ def test_an_async_handler_that_swallows_its_cancellation_still_ends_cancelled(
 
     job = stubborn.enqueue()
     with running_worker(app):
-        assert started.wait(5)
+        assert started.wait(EVENTUALLY)
         app.cancel(job)
-        done = app.wait(job, timeout=5)
+        done = app.wait(job, timeout=EVENTUALLY)
     assert (done.state, done.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
     assert done.result is None
 
@@ -358,9 +361,9 @@ def test_cancelling_a_running_sync_job_sets_its_flag(driver_factory: DriverFacto
 
     job = long_report.enqueue()
     with running_worker(app):
-        assert started.wait(5)
+        assert started.wait(EVENTUALLY)
         app.cancel(job)
-        done = app.wait(job, timeout=5)
+        done = app.wait(job, timeout=EVENTUALLY)
     assert (done.state, done.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
 
 
@@ -368,16 +371,28 @@ def test_cancelling_a_running_sync_job_sets_its_flag(driver_factory: DriverFacto
 
 
 def test_heartbeats_keep_a_long_job_leased(driver_factory: DriverFactory) -> None:
-    app = make_app(driver_factory)
+    """The job runs for twice its lease on the injected clock: each step of time stays
+    inside the lease, and the heartbeat must carry the lease past it before the next."""
+    app, clock = fake_app(driver_factory)
+    lease = 30.0
+    started, finish = threading.Event(), threading.Event()
 
     @app.task
     def longer_than_the_lease() -> str:
-        time.sleep(1.5)
+        started.set()
+        assert finish.wait(EVENTUALLY)
         return "done"
 
     job = longer_than_the_lease.enqueue()
-    burst(app, lease=1.0, heartbeat_interval=0.1)
-    done = app.get_job(job)
+    with running_worker(app, lease=lease):
+        assert started.wait(EVENTUALLY)
+        for _ in range(4):
+            expected = clock.advance(lease / 2) + timedelta(seconds=lease)
+            eventually(
+                lambda at=expected: app.get_job(job).lease_expires_at == at, what="heartbeat"
+            )
+        finish.set()
+        done = app.wait(job, timeout=EVENTUALLY)
     assert (done.state, done.attempt, done.errors) == (JobState.SUCCEEDED, 1, ())
 
 
@@ -410,7 +425,7 @@ def test_a_worker_that_lost_its_lease_does_not_report(driver_factory: DriverFact
 
     job = stubborn.enqueue()
     with running_worker(app, lease=30.0):
-        assert first_attempt_running.wait(5)
+        assert first_attempt_running.wait(EVENTUALLY)
 
         def rescued() -> bool:
             # Heartbeats keep the lease ahead of the clock: only an advance made here
@@ -422,7 +437,7 @@ def test_a_worker_that_lost_its_lease_does_not_report(driver_factory: DriverFact
             return False
 
         eventually(rescued, what="rescue of the first attempt")
-        app.wait(job, timeout=5)
+        app.wait(job, timeout=EVENTUALLY)
     done = app.get_job(job)
     assert (done.result, done.attempt) == ("fresh result", 2)
     assert [e.type for e in done.errors] == ["LeaseExpired"]
@@ -448,13 +463,13 @@ def test_a_held_job_that_vanishes_loses_only_its_own_lease() -> None:
     @app.task
     def staying() -> str:
         started["staying"].set()
-        assert finish.wait(10)
+        assert finish.wait(EVENTUALLY)
         return "stayed"
 
     gone = vanishing.enqueue()
     kept = staying.enqueue()
     with running_worker(app, lease=30.0, concurrency=2):
-        assert started["vanishing"].wait(5) and started["staying"].wait(5)
+        assert started["vanishing"].wait(EVENTUALLY) and started["staying"].wait(EVENTUALLY)
         with driver._lock:  # the job disappears under its lease
             driver._delete_job(driver._jobs[gone.id])
         now = clock.advance(20)
@@ -462,7 +477,7 @@ def test_a_held_job_that_vanishes_loses_only_its_own_lease() -> None:
         eventually(lambda: app.get_job(kept).lease_expires_at == expected, what="heartbeat")
         eventually(lost_seen.is_set, what="the vanished job's lease lost")
         finish.set()
-        done = app.wait(kept, timeout=5)
+        done = app.wait(kept, timeout=EVENTUALLY)
     assert (done.state, done.attempt, done.errors, done.result) == (
         JobState.SUCCEEDED,
         1,
@@ -497,14 +512,22 @@ def test_concurrency_bounds_the_running_handlers(driver_factory: DriverFactory) 
 def test_async_handlers_overlap_on_the_loop(driver_factory: DriverFactory) -> None:
     app = make_app(driver_factory)
 
-    @app.task
-    async def nap() -> None:
-        await asyncio.sleep(0.3)
+    napping: list[int] = []
+    met: list[int] = []
 
-    app.enqueue_many(nap.s() for _ in range(6))
-    started = time.monotonic()
+    @app.task
+    async def nap(n: int) -> None:
+        """Waits on the loop until all six nap at once: in a row, none would see the others."""
+        napping.append(n)
+        give_up = time.monotonic() + EVENTUALLY
+        while len(napping) < 6 and time.monotonic() < give_up:
+            await asyncio.sleep(0.01)
+        if len(napping) == 6:
+            met.append(n)
+
+    app.enqueue_many(nap.s(n) for n in range(6))
     burst(app, concurrency=6)
-    assert time.monotonic() - started < 1.5  # six 0.3 s naps side by side, not in a row
+    assert sorted(met) == list(range(6))
     assert len(app.list_jobs(state="succeeded")) == 6
 
 
@@ -603,7 +626,7 @@ def test_leases_and_reports_are_batched(driver_factory: DriverFactory) -> None:
 
     @app.task
     def together() -> None:
-        gate.wait(timeout=5)  # all ten finish at the same instant
+        gate.wait(timeout=EVENTUALLY)  # all ten finish at the same instant
 
     app.enqueue_many(together.s() for _ in range(10))
     with counting(app, "lease") as leases, counting(app, "complete") as completes:
@@ -625,7 +648,7 @@ def test_scheduled_jobs_run_when_due(driver_factory: DriverFactory) -> None:
         time.sleep(0.1)
         assert app.get_job(job).state == JobState.SCHEDULED
         clock.advance(3600)
-        assert app.wait(job, timeout=5).result == "ran"
+        assert app.wait(job, timeout=EVENTUALLY).result == "ran"
 
 
 def test_old_finished_jobs_are_pruned_past_the_retention(driver_factory: DriverFactory) -> None:
@@ -839,7 +862,7 @@ def test_a_graceful_stop_lets_running_jobs_finish(driver_factory: DriverFactory)
     job = finishing.enqueue()
     queued = finishing.options(delay=3600).enqueue()
     with running_worker(app, shutdown_timeout=10):
-        assert started.wait(5)
+        assert started.wait(EVENTUALLY)
     assert app.get_job(job).result == "finished"
     assert app.get_job(queued).state == JobState.SCHEDULED
 
@@ -852,18 +875,18 @@ def test_jobs_running_past_the_shutdown_deadline_are_released(
 
     @app.task
     async def endless_async() -> None:
-        await asyncio.to_thread(started.wait, 5)
+        await asyncio.to_thread(started.wait, EVENTUALLY)
         await asyncio.sleep(60)
 
     @app.task
     def endless_sync() -> None:
-        started.wait(5)
+        started.wait(EVENTUALLY)
         while not th.current_job().cancelled:
             time.sleep(0.01)
 
     jobs = [endless_async.enqueue(), endless_sync.enqueue()]
     with running_worker(app, shutdown_timeout=0.1):
-        started.wait(5)
+        started.wait(EVENTUALLY)
     for job in (app.get_job(job) for job in jobs):
         assert job.state in (JobState.SCHEDULED, JobState.AVAILABLE)
         assert (job.attempt, job.errors) == (0, ())  # released: the attempt is given back
@@ -912,7 +935,7 @@ def test_two_workers_on_one_store_run_each_job_once(driver_factory: DriverFactor
     jobs = app.enqueue_many(once.s() for _ in range(40))
     with running_worker(app, concurrency=4), running_worker(app, concurrency=4):
         for job in jobs:
-            app.wait(job, timeout=10)
+            app.wait(job, timeout=EVENTUALLY)
     assert sorted(job_id for job_id, _ in runs) == sorted(job.id for job in jobs)
     assert all(app.get_job(job).attempt == 1 for job in jobs)
 

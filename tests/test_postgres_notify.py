@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from test_engine_support import EVENTUALLY
 from test_postgres_support import MakeDriver, make_driver, unique_schema
 
 from driver_registry import POSTGRES_URL, skip_without_postgres
@@ -17,24 +18,29 @@ from taskharbor.spec import EnqueueRequest
 
 __all__ = ["make_driver"]
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.timing]
 
 NEVER_POLL = 60.0
 """A poll interval longer than any wait here: only a notification can wake the waiter."""
+
+WAIT = 20.0
+"""How long a waiter waits for work.  Woken within half of it, it was woken by the
+enqueue (a notification, or a poll where that is the point), not by the end of its wait:
+a bound that holds on a loaded machine, where a fixed latency in milliseconds need not."""
 
 
 def wake_latency(worker: PostgresDriver, producer: PostgresDriver, queue: str) -> float:
     """Seconds from an enqueue on ``producer`` until ``worker``'s idle wait returns."""
     woke: list[float] = []
     waiter = threading.Thread(
-        target=lambda: (worker.wait_for_jobs([queue], 20.0), woke.append(time.monotonic()))
+        target=lambda: (worker.wait_for_jobs([queue], WAIT), woke.append(time.monotonic()))
     )
     waiter.start()
     time.sleep(0.3)  # the waiter is idle now
     assert not woke, "the waiter returned before anything was enqueued"
     sent = time.monotonic()
     producer.enqueue([EnqueueRequest("t", queue=queue)])
-    waiter.join(10.0)
+    waiter.join(WAIT / 2)
     assert woke, "the waiter was not woken by the enqueue"
     return woke[0] - sent
 
@@ -50,14 +56,14 @@ def listener_pids(schema: str) -> set[int]:
     return {row[0] for row in rows}
 
 
-def test_an_idle_waiter_wakes_within_milliseconds_of_an_enqueue(make_driver: MakeDriver) -> None:
+def test_an_idle_waiter_is_woken_by_an_enqueue_not_by_a_poll(make_driver: MakeDriver) -> None:
     schema = unique_schema()
     worker = make_driver(schema, poll_interval=NEVER_POLL)
     producer = make_driver(schema, migrate=False)
     assert worker.capabilities.notifications
     worker.wait_for_jobs(["mail"], 0.01)  # the listener starts with the first wait
-    latencies = sorted(wake_latency(worker, producer, "mail") for _ in range(3))
-    assert latencies[1] < 0.25, f"median wake-up latency {latencies[1] * 1000:.1f} ms"
+    latencies = [wake_latency(worker, producer, "mail") for _ in range(3)]
+    assert max(latencies) < WAIT / 2, f"wake-up latencies {latencies} s"
 
 
 def test_a_waiter_sleeps_through_enqueues_into_other_queues(make_driver: MakeDriver) -> None:
@@ -81,11 +87,11 @@ def test_the_listener_survives_a_terminated_connection(make_driver: MakeDriver) 
     (old,) = listener_pids(schema)
     with psycopg.connect(POSTGRES_URL) as conn:
         conn.execute("SELECT pg_terminate_backend(%s)", (old,))
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + EVENTUALLY
     while listener_pids(schema) in (set(), {old}) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert listener_pids(schema) - {old}, "the listener did not reconnect"
-    assert wake_latency(worker, producer, "mail") < 0.5
+    assert wake_latency(worker, producer, "mail") < WAIT / 2
 
 
 def test_without_notifications_an_idle_waiter_polls(make_driver: MakeDriver) -> None:
@@ -96,15 +102,19 @@ def test_without_notifications_an_idle_waiter_polls(make_driver: MakeDriver) -> 
     started = time.monotonic()
     worker.wait_for_jobs(["mail"], 0.3)
     assert time.monotonic() - started >= 0.29  # nothing to do: waits the whole timeout
-    assert wake_latency(worker, producer, "mail") < 0.5
+    assert wake_latency(worker, producer, "mail") < WAIT / 2  # found by its poll
     assert listener_pids(schema) == set()
+
+
+LISTENER_SETTLE = 5.0
+"""How long a listener may take to connect when it starts."""
 
 
 def started_listener(schema: str) -> Listener:
     """A listener on the schema's channel, connected."""
     skip_without_postgres()
     listener = Listener(POSTGRES_URL, f"taskharbor_{schema}")
-    listener.start(settle=5.0)
+    listener.start(settle=LISTENER_SETTLE)
     assert listener.connected
     return listener
 
@@ -140,4 +150,6 @@ def test_closing_a_listener_is_prompt_and_can_be_repeated() -> None:
         took.append(time.monotonic() - started)
         listener.close()
         assert not listener.connected
-    assert sorted(took)[1] < 0.05, f"closing took {sorted(took)[1] * 1000:.0f} ms"
+    # The listener thread sleeps in a select without timeout: closing wakes it, or
+    # would wait for ever; no connection needs the settle time given to start.
+    assert max(took) < LISTENER_SETTLE, f"closing took {max(took):.3f} s"

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from test_engine_support import EVENTUALLY
 
 from taskharbor.drivers.sqlite import SQLiteDriver
 from taskharbor.drivers.sqlite import driver as sqlite_driver
@@ -249,6 +250,7 @@ def test_closing_while_other_threads_call_waits_for_them_then_refuses(tmp_path: 
     assert all(isinstance(exc, InvalidRequest) and "closed" in str(exc) for exc in outcomes)
 
 
+@pytest.mark.timing
 def test_waiting_returns_once_another_store_enqueues_and_not_before(tmp_path: Path) -> None:
     waiting = SQLiteDriver(tmp_path / "wait.db")
     producer = SQLiteDriver(tmp_path / "wait.db")
@@ -257,16 +259,17 @@ def test_waiting_returns_once_another_store_enqueues_and_not_before(tmp_path: Pa
     assert time.monotonic() - started >= 0.2
 
     timer = threading.Timer(0.3, lambda: producer.enqueue([EnqueueRequest("send", queue="mail")]))
+    started = time.monotonic()  # before the timer starts: the enqueue is >= 0.3 s later
     timer.start()
-    started = time.monotonic()
-    waiting.wait_for_jobs(["mail"], 20.0)
+    waiting.wait_for_jobs(["mail"], EVENTUALLY)
     waited = time.monotonic() - started
     timer.join()
-    assert 0.25 <= waited < 5.0
+    assert 0.3 <= waited < EVENTUALLY  # not before the enqueue, nor at the timeout
     waiting.close()
     producer.close()
 
 
+@pytest.mark.timing
 def test_waiting_returns_at_once_when_a_scheduled_job_is_due(tmp_path: Path) -> None:
     clock = FakeClock()
     driver = SQLiteDriver(tmp_path / "due.db", clock=clock)
@@ -276,6 +279,6 @@ def test_waiting_returns_at_once_when_a_scheduled_job_is_due(tmp_path: Path) -> 
     assert time.monotonic() - started >= 0.3
     clock.advance(60)
     started = time.monotonic()
-    driver.wait_for_jobs(["default"], 20.0)
-    assert time.monotonic() - started < 5.0
+    driver.wait_for_jobs(["default"], EVENTUALLY)
+    assert time.monotonic() - started < EVENTUALLY  # returned for the due job, not the timeout
     driver.close()

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from test_engine_support import EVENTUALLY
 
 from driver_registry import DriverFactory
 from taskharbor.app import App
@@ -327,7 +328,7 @@ def test_app_runs_a_chain_passing_results(app: App) -> None:
     t = register_tasks(app)
     handle = app.enqueue(chain(t.add.s(1, 2), t.add.s(10), t.mul.s(3)))
     work(app)
-    assert handle.wait(timeout=5) == WorkflowState.SUCCEEDED
+    assert handle.wait(timeout=EVENTUALLY) == WorkflowState.SUCCEEDED
     assert handle.result() == 39
 
 
@@ -337,7 +338,7 @@ def test_app_chord_callback_gets_results_in_header_order(app: App) -> None:
     header = [t.late_echo.s(n, 0.02 * (4 - n)) for n in range(5)]
     handle = app.enqueue(chord(header, t.collect.s()))
     work(app)
-    assert handle.wait(timeout=5) == WorkflowState.SUCCEEDED
+    assert handle.wait(timeout=EVENTUALLY) == WorkflowState.SUCCEEDED
     assert handle.result() == [0, 1, 2, 3, 4]
 
 
@@ -345,7 +346,7 @@ def test_app_failing_step_fails_the_workflow_and_cancels_dependents(app: App) ->
     t = register_tasks(app)
     handle = app.enqueue(chord([chain(t.add.s(1), t.flaky.s()), t.add.s(2)], t.collect.s()))
     work(app)
-    assert handle.wait(timeout=5) == WorkflowState.FAILED
+    assert handle.wait(timeout=EVENTUALLY) == WorkflowState.FAILED
     status = handle.status()
     states = {step.task: step.state for step in status.steps}
     assert states == {
@@ -363,12 +364,12 @@ def test_app_requeue_of_the_dead_step_resumes_the_workflow(app: App) -> None:
     t = register_tasks(app)
     handle = app.enqueue(chain(t.add.s(1, 2), t.flaky.s(), t.add.s(4)))
     work(app)
-    assert handle.wait(timeout=5) == WorkflowState.FAILED
+    assert handle.wait(timeout=EVENTUALLY) == WorkflowState.FAILED
     t.broken["on"] = False
     app.requeue(handle.status().steps[1].job_id)
     assert handle.status().state == WorkflowState.RUNNING
     work(app)
-    assert handle.wait(timeout=5) == WorkflowState.SUCCEEDED
+    assert handle.wait(timeout=EVENTUALLY) == WorkflowState.SUCCEEDED
     assert handle.result() == 304
 
 

@@ -41,8 +41,8 @@ RESTARTS = scaled(1, 2)
 TERMINATIONS = scaled(2, 4)
 WORKER = {"lease": 3.0, "poll_interval": 5.0}
 """A lease that outlives a restart, and polling too slow to hide a dead LISTEN."""
-NOTIFY_PICKUP = 2.5
-"""Seconds within which a notified worker starts a new job (polling would take 5)."""
+NOTIFY_PICKUP = WORKER["poll_interval"] / 2
+"""Seconds within which a notified worker starts a new job: half a poll interval."""
 TIMEOUT = 180.0
 
 
