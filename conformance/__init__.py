@@ -35,7 +35,9 @@ Two groups need a hook into the store that only the driver's own tests can
 give (:class:`~taskharbor.conformance.harness.DriverHooks`): override the
 ``plant_corrupt_job`` fixture (damage a stored job's payload) for the
 corrupt-data rules, and ``fail_next_call`` (make the next call fail as a lost
-connection would) for the transient-failure rules, and ``open_shared_store``
+connection would) for the transient-failure rules, ``caller_transaction``
+(a connection with the application's transaction open) for the
+transactional-enqueue rules, and ``open_shared_store``
 (open one store from any process) for the multi-process and crash harnesses of
 :mod:`~taskharbor.conformance.processes`; without them those tests are
 skipped, naming the hook.
@@ -57,7 +59,7 @@ from .damage import CorruptDataRules, TransientFailureRules
 from .enqueueing import EnqueueingRules
 from .failing import FailingRules
 from .fencing import FencingRules
-from .harness import DriverHooks, FailNextCall, Harbor, PlantCorruptJob, requires
+from .harness import CallerTransaction, DriverHooks, FailNextCall, Harbor, PlantCorruptJob, requires
 from .leasing import LeasingRules
 from .maintenance import PromotingRules, PruningRules, RescuingRules
 from .operators import CancellingRules, RequeueingRules
@@ -66,6 +68,7 @@ from .processes import CrashPlan, FleetPlan, OpenStore, ProcessRules, run_crash,
 from .reading import ReadingRules
 from .schedules import ScheduleDeclarationRules, ScheduleRules
 from .snoozing import SnoozingRules
+from .transactional import TransactionalEnqueueRules
 from .waiting import WaitingRules
 from .workflows import (
     WorkflowCancellationRules,
@@ -102,11 +105,13 @@ class ConformanceSuite(
     ScheduleRules,
     ScheduleDeclarationRules,
     ProcessRules,
+    TransactionalEnqueueRules,
 ):
     """Every rule of the contract as a test; subclass it with a ``driver_factory`` fixture."""
 
 
 __all__ = [
+    "CallerTransaction",
     "ConformanceSuite",
     "CrashPlan",
     "DriverHooks",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -216,6 +217,12 @@ timeout or a failing disk would, before anything of it is applied; the call
 after it works again."""
 
 
+CallerTransaction = Callable[[Driver], AbstractContextManager[Any]]
+"""A driver hook: open a connection of the store's client library with a
+transaction begun on it, as an application would, and yield the connection;
+commit when the block ends, roll back when it raises."""
+
+
 class DriverHooks:
     """Optional hooks a driver's test class gives as fixtures; tests that need
     a hook the driver lacks are skipped, naming it.
@@ -235,6 +242,11 @@ class DriverHooks:
     @pytest.fixture
     def fail_next_call(self) -> FailNextCall | None:
         """:data:`FailNextCall`, or None: the transient-failure rules are skipped."""
+        return None
+
+    @pytest.fixture
+    def caller_transaction(self) -> CallerTransaction | None:
+        """:data:`CallerTransaction`, or None: the transactional-enqueue rules are skipped."""
         return None
 
 

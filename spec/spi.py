@@ -187,9 +187,10 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from .clock import Clock
-from .errors import LeaseLost
+from .errors import InvalidRequest, LeaseLost
 from .records import (
     Completion,
     EnqueueRequest,
@@ -217,8 +218,8 @@ class Capabilities:
     ``persistent``: jobs survive the process, and a server store's server
     (see "Durability and time" above; the crash harness applies).
     ``multi_process``: several processes may share the store safely.
-    ``transactional_enqueue``: jobs can be enqueued inside the caller's own
-    database transaction.
+    ``transactional_enqueue``: :meth:`Driver.enqueue_in` enqueues inside the
+    caller's own database transaction.
     ``notifications``: :meth:`Driver.wait_for_jobs` wakes up, from any
     process, on every transition into ``available`` (enqueue, release,
     promote, rescue, requeue) instead of only polling.
@@ -261,6 +262,23 @@ class Driver(abc.ABC):
         ``created=False``; so does a repeat of a key earlier in the same batch.
         Raises ``InvalidRequest`` for an empty batch or a non-request item.
         """
+
+    def enqueue_in(self, conn: Any, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        """:meth:`enqueue` inside the caller's own open transaction on ``conn``.
+
+        For drivers with the ``transactional_enqueue`` capability; ``conn`` is
+        a connection of the store's own client library (a psycopg connection
+        for PostgreSQL) on which the caller has a transaction open.  Nothing
+        is committed here: the jobs exist once the caller commits, never if
+        it rolls back, and no other connection sees them before that commit
+        (workers are woken then).  The rules of :meth:`enqueue` hold
+        (validation, idempotency keys, one result per request).  Default:
+        ``InvalidRequest`` naming the missing capability.
+        """
+        raise InvalidRequest(
+            f"{type(self).__name__} does not declare capability 'transactional_enqueue': "
+            "it cannot enqueue inside the caller's transaction"
+        )
 
     @abc.abstractmethod
     def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:

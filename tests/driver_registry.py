@@ -218,3 +218,19 @@ SHARED_STORES: dict[str, Callable[[Path], AbstractContextManager[Callable[[], Dr
     "postgres": shared_postgres_store,
 }
 """Driver name -> openers of one store shared by processes (the process harnesses' hook)."""
+
+
+@contextmanager
+def postgres_caller_transaction(driver: Driver) -> Iterator[object]:
+    """An application's own psycopg connection with a transaction open: committed at
+    the end of the block, rolled back if it raises."""
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL) as conn:
+        yield conn
+
+
+CALLER_TRANSACTION: dict[str, Callable[[Driver], AbstractContextManager[object]]] = {
+    "postgres": postgres_caller_transaction,
+}
+"""Driver name -> the transactional-enqueue rules' hook (drivers with the capability)."""

@@ -7,11 +7,17 @@ the stores that can be damaged or made to fail give the suite their hooks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
-from driver_registry import FAIL_NEXT_CALL, PLANT_CORRUPT_JOB, SHARED_STORES
+from driver_registry import (
+    CALLER_TRANSACTION,
+    FAIL_NEXT_CALL,
+    PLANT_CORRUPT_JOB,
+    SHARED_STORES,
+)
 from taskharbor.conformance import ConformanceSuite
 from taskharbor.spec import Driver
 
@@ -36,3 +42,9 @@ class TestConformance(ConformanceSuite):
             return
         with SHARED_STORES[driver_name](tmp_path) as opener:
             yield opener
+
+    @pytest.fixture
+    def caller_transaction(
+        self, driver_name: str
+    ) -> Callable[[Driver], AbstractContextManager[object]] | None:
+        return CALLER_TRANSACTION.get(driver_name)
