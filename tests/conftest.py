@@ -46,11 +46,17 @@ def selected_drivers(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The conformance suite's waiting group waits on wall time (threads that must be
-    woken), so make test-stress runs it too: marked here, not in the shipped suite."""
-    from taskharbor.conformance.waiting import WaitingRules
+    """The conformance groups that run on wall time (waiters that must be woken, fleets
+    of processes, a worker killed mid-batch) are timing tests: make test-stress runs
+    them too.  Marked here, not in the shipped suite."""
+    from taskharbor.conformance import ProcessRules, WaitingRules
 
-    waiting = {name for name in vars(WaitingRules) if name.startswith("test_")}
+    waiting = {
+        name
+        for rules in (WaitingRules, ProcessRules)
+        for name in vars(rules)
+        if name.startswith("test_")
+    }
     for item in items:
         test = item if isinstance(item, pytest.Function) else None
         if test is not None and test.originalname in waiting and test.cls is not None:

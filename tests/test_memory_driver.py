@@ -105,7 +105,8 @@ def run_together(actions: list[Callable[[], object]]) -> list[BaseException]:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=10)
+        thread.join(timeout=EVENTUALLY)
+        assert not thread.is_alive(), "a racing call never returned"
     return errors
 
 
