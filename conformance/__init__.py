@@ -56,6 +56,7 @@ except ImportError as missing:
 from .bad_input import BadInputRules
 from .completing import CompletingRules
 from .damage import CorruptDataRules, TransientFailureRules
+from .effects import FieldEffectRules
 from .enqueueing import EnqueueingRules
 from .failing import FailingRules
 from .fencing import FencingRules
@@ -106,6 +107,7 @@ class ConformanceSuite(
     ScheduleDeclarationRules,
     ProcessRules,
     TransactionalEnqueueRules,
+    FieldEffectRules,
 ):
     """Every rule of the contract as a test; subclass it with a ``driver_factory`` fixture."""
 

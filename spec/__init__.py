@@ -7,6 +7,7 @@ TaskHarbor's.
 """
 
 from .clock import Clock, FakeClock, SystemClock
+from .effects import EVENT_EFFECTS, STATE_EFFECTS, Effect, FieldEffect, field_effects
 from .errors import (
     CORRUPT_JOB_TYPE,
     MISSING_JOB_STATE,
@@ -82,6 +83,7 @@ __all__ = [
     "CANCELLED_BY_REQUEST",
     "CORRUPT_JOB_TYPE",
     "EARLIEST_INSTANT",
+    "EVENT_EFFECTS",
     "FINISHED_JOB_STATES",
     "JOB",
     "JOB_GUARDS",
@@ -93,6 +95,7 @@ __all__ = [
     "MISSING_JOB_STATE",
     "NEW",
     "QUEUED_JOB_STATES",
+    "STATE_EFFECTS",
     "WORKFLOW",
     "WORKFLOW_CANCELLED",
     "Capabilities",
@@ -100,12 +103,14 @@ __all__ = [
     "Completion",
     "CorruptJob",
     "Driver",
+    "Effect",
     "EnqueueRequest",
     "EnqueueResult",
     "ErrorInfo",
     "ErrorReport",
     "Failure",
     "FakeClock",
+    "FieldEffect",
     "HeartbeatResult",
     "InvalidRequest",
     "InvalidTransition",
@@ -145,6 +150,7 @@ __all__ = [
     "check_workflow_id",
     "dependency_reason",
     "derive_workflow_state",
+    "field_effects",
     "is_refusal",
     "job_ids",
     "map_ref",

@@ -50,6 +50,11 @@ Rules that hold for every method
 
 Field effects of each event
 ---------------------------
+The same effects are published as data in :mod:`taskharbor.spec.effects`
+(``EVENT_EFFECTS``, ``STATE_EFFECTS``, ``field_effects(event, source,
+target)``), and the conformance suite checks every driver against that data:
+an event changes the fields named there, and no other.
+
 =============== ==============================================================
 enqueue         ``attempt=0``; ``run_at`` = request's or now; ``created_at`` = now
 release         ``args`` = (value of ``input``,) + args when the step has an

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from taskharbor.spec import (
+    EVENT_EFFECTS,
     JOB,
     WORKFLOW,
     InvalidTransition,
     JobEvent,
+    JobRecord,
     JobState,
     WorkflowState,
     derive_workflow_state,
+    field_effects,
 )
 from taskharbor.spec.lifecycle import JobLifecycle
 
@@ -107,3 +112,17 @@ def test_workflow_state_is_derived_dead_first_then_cancelled(
     steps: set[JobState], expected: WorkflowState
 ) -> None:
     assert derive_workflow_state(steps) == expected
+
+
+def test_every_event_on_a_stored_job_has_published_field_effects() -> None:
+    assert set(EVENT_EFFECTS) == set(JobEvent) - {JobEvent.ENQUEUE}
+    names = {f.name for f in dataclasses.fields(JobRecord)}
+    for effects in EVENT_EFFECTS.values():
+        assert {effect.field for effect in effects} <= names
+    leaving = field_effects(JobEvent.SUCCEED, JobState.RUNNING, JobState.SUCCEEDED)
+    assert leaving["lease_token"] == leaving["leased_by"] == "clear"
+    assert (leaving["finished_at"], leaving["result"], leaving["attempt"]) == (
+        "now",
+        "given",
+        "keep",
+    )
