@@ -19,12 +19,14 @@ from taskharbor.spec import (
     JobState,
     WorkflowGraph,
 )
+from taskharbor.spec.schedules import MissedPolicy, Schedule
 
 from .backoff import Backoff, as_backoff
 from .canvas import Signature, Workflow, WorkflowHandle, build_graph
 from .jobs import Job
 from .middleware import Middleware, chain_enqueue
 from .options import TaskDefaults, check_exception_types, check_timeout
+from .periodic import Schedules, periodic_decorator
 from .task import Task
 from .urls import DEFAULT_URL, open_driver
 
@@ -89,6 +91,8 @@ class App:
             raise InvalidRequest(f"driver must be a taskharbor Driver, not {driver!r}")
         self.driver: Driver = driver
         self._tasks: dict[str, Task[Any]] = {}
+        self.schedules = Schedules(self)
+        """The periodic schedules declared with :meth:`periodic`."""
         self._middleware: list[Middleware] = []
         for layer in middleware:
             self.use(layer)
@@ -200,6 +204,90 @@ class App:
     def middleware(self) -> tuple[Middleware, ...]:
         """The middleware, outermost first."""
         return tuple(self._middleware)
+
+    # -- periodic jobs ------------------------------------------------------------
+
+    @overload
+    def periodic(
+        self,
+        target: Signature | Task[Any],
+        /,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str | None = None,
+        name: str | None = None,
+        missed: MissedPolicy = "latest",
+        grace: float = 60.0,
+        catch_up: int = 100,
+        jitter: float = 0.0,
+        skip_if_running: bool = False,
+    ) -> Schedule: ...
+
+    @overload
+    def periodic(
+        self,
+        target: None = None,
+        /,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str | None = None,
+        name: str | None = None,
+        missed: MissedPolicy = "latest",
+        grace: float = 60.0,
+        catch_up: int = 100,
+        jitter: float = 0.0,
+        skip_if_running: bool = False,
+    ) -> Callable[[Callable[..., Any] | Task[Any]], Task[Any]]: ...
+
+    def periodic(
+        self,
+        target: Signature | Task[Any] | None = None,
+        /,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str | None = None,
+        name: str | None = None,
+        missed: MissedPolicy = "latest",
+        grace: float = 60.0,
+        catch_up: int = 100,
+        jitter: float = 0.0,
+        skip_if_running: bool = False,
+    ) -> Schedule | Callable[[Callable[..., Any] | Task[Any]], Task[Any]]:
+        """Run ``target`` (a signature, or a task without arguments) on a schedule.
+
+        Exactly one of ``cron`` (5 fields, evaluated in zone ``tz``, default
+        UTC) and ``every`` (a timedelta or seconds, whole, >= 1; ticks at
+        multiples of it since 1970-01-01 UTC).  ``name`` defaults to the task's
+        name and is unique per app.  ``missed`` decides what runs of ticks
+        older than ``grace`` seconds (``"latest"``: the most recent once,
+        ``"none"``, ``"all"``: up to ``catch_up``); ``jitter`` delays each
+        tick's job by up to that many seconds; ``skip_if_running`` skips a tick
+        while the previous job of the schedule is unfinished.  Without a
+        target it is a decorator (``@app.periodic(every=60)`` above
+        ``@app.task``, or on a plain function, which becomes a task).  Bad
+        input is an ``InvalidRequest`` here, naming what is wrong.
+        """
+
+        def declare(chosen: Signature | Task[Any]) -> Schedule:
+            return self.schedules.declare(
+                chosen,
+                cron=cron,
+                every=every,
+                tz=tz,
+                name=name,
+                missed=missed,
+                grace=grace,
+                catch_up=catch_up,
+                jitter=jitter,
+                skip_if_running=skip_if_running,
+            )
+
+        if target is None:
+            return periodic_decorator(self, declare)
+        return declare(target)
 
     # -- producing ----------------------------------------------------------------
 

@@ -50,6 +50,11 @@ class JobContext:
     attempt: int
     max_attempts: int
     deadline: datetime | None
+    schedule: str | None = None
+    """The periodic schedule that made this job (``app.periodic``), if one did."""
+    tick: datetime | None = None
+    """The schedule's tick this job runs for (UTC; an operator's ``schedules run``: when
+    it was asked); ``None`` for a job no schedule made."""
 
     @functools.cached_property
     def cancel_event(self) -> threading.Event:

@@ -27,6 +27,7 @@ from taskharbor.spec import (
     SnoozeRequest,
 )
 from taskharbor.spec.records import NAME_MAX_LENGTH, check_json
+from taskharbor.spec.schedules import tick_of
 
 from . import threads
 from .context import JobCancelled, JobContext, PermanentError, Snooze, enter_job, leave_job
@@ -76,6 +77,7 @@ def context_for(record: JobRecord, timeout: float | None, now: datetime | None) 
         raise ValueError(f"job {record.id}: a task with a timeout needs the lease time")
     else:
         deadline = now + timedelta(seconds=timeout)
+    made_by = None if record.idempotency_key is None else tick_of(record)
     return JobContext(
         id=record.id,
         task=record.task,
@@ -83,6 +85,8 @@ def context_for(record: JobRecord, timeout: float | None, now: datetime | None) 
         attempt=record.attempt,
         max_attempts=record.max_attempts,
         deadline=deadline,
+        schedule=None if made_by is None else made_by[0],
+        tick=None if made_by is None else made_by[1],
     )
 
 

@@ -13,12 +13,16 @@ workflow releases, the dead-letter queue); only the waiting is taken out::
             harness.assert_enqueued(send_welcome, "ada@example.com")
             harness.drain()
             assert harness.jobs(send_welcome)[0].state == "succeeded"
+
+Periodic schedules (``app.periodic``) run with :meth:`Harness.run_ticks`,
+which moves the clock from tick to tick and runs each tick's job.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from taskharbor.spec import (
@@ -35,6 +39,7 @@ from .app import App
 from .context import JobContext
 from .execution import Outcome
 from .jobs import Job
+from .periodic import Ticker
 from .task import Task
 
 HARNESS_LEASE_SECONDS = 3600.0
@@ -57,6 +62,7 @@ class Harness:
         self.clock = clock or FakeClock()
         self._original: Driver | None = app.driver
         app.driver = MemoryDriver(clock=self.clock)
+        self._ticker = Ticker(app)
 
     def __enter__(self) -> Harness:
         return self
@@ -78,6 +84,29 @@ class Harness:
         self.clock.advance(seconds)
 
     # -- running ---------------------------------------------------------------------
+
+    def run_ticks(self, seconds: float) -> list[Job]:
+        """Move the clock ``seconds`` forward tick by tick, running each tick's jobs.
+
+        At every tick of the app's periodic schedules in the window the clock
+        stops on the tick, the due ticks are enqueued as a worker would, and
+        :meth:`drain` runs the ready jobs; then the clock goes on to the end
+        of the window.  Returns the attempts' jobs as they ended, in order.
+        """
+        if seconds < 0:
+            raise ValueError(f"a clock cannot go back ({seconds} s)")
+        end = self.clock.now() + timedelta(seconds=seconds)
+        ran: list[Job] = []
+        while True:
+            ticked = self._ticker.run()
+            ran += self.drain()
+            upcoming = None if ticked is None else ticked.next_tick
+            if upcoming is None or upcoming > end:
+                break
+            self.clock.set(upcoming)
+        self.clock.set(end)
+        self._ticker.run()
+        return ran + self.drain()
 
     def drain(self, *, advance_time: bool = False, max_jobs: int = 10_000) -> list[Job]:
         """Run every ready job inline, one at a time, until none is ready.

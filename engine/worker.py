@@ -49,6 +49,7 @@ from . import execution
 from .app import App
 from .context import JobContext
 from .execution import Outcome
+from .periodic import Ticker
 from .task import Task
 from .threads import DaemonThreadPool
 
@@ -102,7 +103,10 @@ class Worker:
     how long a graceful stop waits for running jobs; the ones still running
     then are released (they run again later, their attempt given back).
     ``retention`` (seconds, ``None`` to keep everything) is how long finished
-    jobs are kept before the maintenance loop prunes them.
+    jobs are kept before the maintenance loop prunes them.  ``periodic=False``
+    leaves the app's periodic schedules to other workers (by default every
+    worker enqueues due ticks in its maintenance pass; the store makes one job
+    per tick however many do).
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class Worker:
         prune_interval: float = 300.0,
         shutdown_timeout: float = 30.0,
         worker_id: str | None = None,
+        periodic: bool = True,
     ) -> None:
         if not isinstance(app, App):
             raise InvalidRequest(f"Worker needs a th.App, not {app!r}")
@@ -145,6 +150,7 @@ class Worker:
         self.shutdown_timeout = _seconds(shutdown_timeout, "shutdown_timeout")
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         check_name(self.worker_id, "worker id")
+        self._ticker = Ticker(app) if periodic else None
         self._thread_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_asked: bool | None = None  # None: no stop; True: graceful; False: at once
@@ -607,7 +613,9 @@ class Worker:
     async def _maintain(self, *, prune: bool) -> float | None:
         """Promote due jobs, rescue expired leases, prune when due.
 
-        Returns the seconds until the next scheduled or retrying job is due.
+        Enqueues the due ticks of the app's periodic schedules first (unless
+        this worker was started with ``periodic=False``).  Returns the seconds
+        until the next scheduled or retrying job, or the next tick, is due.
         One pass at a time: a store may skip rows another promote is holding,
         so burst mode's last pass must not overlap the background one.
         """
@@ -616,6 +624,10 @@ class Worker:
 
     async def _maintain_once(self, *, prune: bool) -> float | None:
         driver = self.app.driver
+        # Ticks first: a tick's job delayed by jitter is then seen by this pass's promote.
+        ticked = None if self._ticker is None else await self._io_call(self._ticker.run)
+        if ticked is not None and ticked.jobs:
+            self._wake.set()
         promoted = await self._io_call(driver.promote)
         rescued = await self._io_call(driver.rescue)
         if rescued:
@@ -630,9 +642,11 @@ class Worker:
                 pruned = await self._io_call(driver.prune, horizon)
                 if pruned:
                     logger.info("worker %s pruned %d finished jobs", self.worker_id, pruned)
-        if promoted.next_due is None:
+        due = [promoted.next_due, None if ticked is None else ticked.next_tick]
+        known = [moment for moment in due if moment is not None]
+        if not known:
             return None
-        return max(0.0, (promoted.next_due - driver.clock.now()).total_seconds())
+        return max(0.0, (min(known) - driver.clock.now()).total_seconds())
 
     # -- stopping --------------------------------------------------------------------
 
