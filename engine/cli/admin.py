@@ -75,6 +75,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 )
 @click.option("--burst", is_flag=True, help="Stop once no job is ready, instead of waiting.")
 @click.option(
+    "--periodic/--no-periodic",
+    default=True,
+    show_default=True,
+    help="Enqueue the due ticks of the app's periodic schedules (one job per tick, "
+    "however many workers do).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
@@ -92,6 +99,7 @@ def worker(
     poll_interval: float,
     shutdown_timeout: float,
     burst: bool,
+    periodic: bool,
     log_level: str,
     as_json: bool,
 ) -> None:
@@ -114,6 +122,7 @@ def worker(
         heartbeat_interval=heartbeat_interval,
         poll_interval=poll_interval,
         shutdown_timeout=shutdown_timeout,
+        periodic=periodic,
     )
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter() if as_json else logging.Formatter(LOG_FORMAT))
