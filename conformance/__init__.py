@@ -66,7 +66,7 @@ from .maintenance import PromotingRules, PruningRules, RescuingRules
 from .operators import CancellingRules, RequeueingRules
 from .own_clock import OwnClockRules
 from .processes import CrashPlan, FleetPlan, OpenStore, ProcessRules, run_crash, run_fleet
-from .reading import ReadingRules
+from .reading import ReadingRules, WorkflowListingRules
 from .schedules import ScheduleDeclarationRules, ScheduleRules
 from .snoozing import SnoozingRules
 from .transactional import TransactionalEnqueueRules
@@ -93,6 +93,7 @@ class ConformanceSuite(
     CancellingRules,
     RequeueingRules,
     ReadingRules,
+    WorkflowListingRules,
     BadInputRules,
     WorkflowShapeRules,
     WorkflowDataRules,

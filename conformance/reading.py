@@ -7,7 +7,18 @@ from typing import Any
 
 import pytest
 
-from taskharbor.spec import EnqueueRequest, JobFilter, JobNotFound, JobState
+from taskharbor.spec import (
+    EnqueueRequest,
+    InvalidRequest,
+    JobFilter,
+    JobNotFound,
+    JobState,
+    StepSpec,
+    WorkflowFilter,
+    WorkflowGraph,
+    WorkflowRecord,
+    WorkflowState,
+)
 
 from .harness import Harbor, HarborFixture
 
@@ -39,6 +50,23 @@ class ReadingRules(HarborFixture):
             pages.append([job.id for job in page])
             after = page[-1].id
         assert pages == [[jobs[0].id, jobs[1].id], [jobs[2].id, jobs[3].id], [jobs[4].id]]
+
+    def test_list_jobs_newest_first_pages_with_before_id(self, harbor: Harbor) -> None:
+        jobs = [harbor.enqueue("send" if index % 2 else "resize") for index in range(5)]
+        ids = [job.id for job in jobs]
+        pages = []
+        before = None
+        while page := harbor.driver.list_jobs(
+            JobFilter(before_id=before, limit=2, newest_first=True)
+        ):
+            pages.append([job.id for job in page])
+            before = page[-1].id
+        assert pages == [[ids[4], ids[3]], [ids[2], ids[1]], [ids[0]]]
+        newest_send = JobFilter(task="send", newest_first=True, limit=1)
+        assert harbor.driver.list_jobs(newest_send) == [jobs[3]]
+        assert harbor.driver.list_jobs(JobFilter(before_id=ids[3])) == jobs[:3]
+        between = JobFilter(after_id=ids[0], before_id=ids[4], newest_first=True)
+        assert harbor.driver.list_jobs(between) == [jobs[3], jobs[2], jobs[1]]
 
     def test_list_jobs_matches_every_given_field(self, harbor: Harbor) -> None:
         dead_mail = harbor.job_in(JobState.DEAD, queue="mail")
@@ -102,3 +130,46 @@ class ReadingRules(HarborFixture):
             ("a", JobState.DEAD): 1,
             ("b", JobState.SCHEDULED): 1,
         }
+
+
+class WorkflowListingRules(HarborFixture):
+    """``list_workflows``: every given field of the filter matches; ordered by id."""
+
+    def named(self, harbor: Harbor, name: str | None) -> WorkflowRecord:
+        steps = (StepSpec(EnqueueRequest("step", queue=f"wf-{name}")),)
+        return harbor.driver.enqueue_workflow(WorkflowGraph(steps, result=0, name=name))
+
+    def test_list_workflows_returns_each_as_get_workflow_does(self, harbor: Harbor) -> None:
+        nightly = self.named(harbor, "nightly")
+        unnamed = harbor.chain(EnqueueRequest("first"), EnqueueRequest("second"))
+        done = self.named(harbor, "done")
+        harbor.finish(harbor.get(done.steps[0]), result=7)
+        listed = harbor.driver.list_workflows(WorkflowFilter())
+        assert listed == [harbor.driver.get_workflow(w.id) for w in (nightly, unnamed, done)]
+        assert listed[2].state == WorkflowState.SUCCEEDED and listed[2].finished_at is not None
+        assert harbor.driver.list_workflows(WorkflowFilter(limit=1)) == listed[:1]
+
+    def test_list_workflows_matches_every_given_field(self, harbor: Harbor) -> None:
+        first = self.named(harbor, "nightly")
+        other = self.named(harbor, None)
+        last = self.named(harbor, "nightly")
+        harbor.driver.cancel_workflow(last.id)
+        driver = harbor.driver
+
+        def ids(**fields: Any) -> list[int]:
+            return [workflow.id for workflow in driver.list_workflows(WorkflowFilter(**fields))]
+
+        assert ids(name="nightly") == [first.id, last.id]
+        assert ids(name="weekly") == []
+        assert ids(states=frozenset({WorkflowState.CANCELLED})) == [last.id]
+        running = frozenset({WorkflowState.RUNNING})
+        assert ids(states=running, name="nightly") == [first.id]
+        assert ids(after_id=first.id) == [other.id, last.id]
+        assert ids(before_id=last.id) == [first.id, other.id]
+        assert ids(newest_first=True, limit=2) == [last.id, other.id]
+        assert ids(newest_first=True, before_id=other.id) == [first.id]
+        assert ids(name="nightly", newest_first=True) == [last.id, first.id]
+
+    def test_list_workflows_refuses_a_job_filter(self, harbor: Harbor) -> None:
+        with pytest.raises(InvalidRequest):
+            harbor.driver.list_workflows(JobFilter())  # type: ignore[arg-type]

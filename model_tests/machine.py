@@ -34,7 +34,9 @@ from taskharbor.spec import (
     LeaseRef,
     SnoozeRequest,
     TaskHarborError,
+    WorkflowFilter,
     WorkflowId,
+    WorkflowState,
 )
 from taskharbor.spec.model import ReferenceModel
 from taskharbor.spec.records import JSON
@@ -67,6 +69,7 @@ from .strategies import (
     SNOOZE_DELAYS,
     TASKS,
     WORKERS,
+    WORKFLOW_NAMES,
     WORKFLOWS,
     FailurePlan,
     RequestPlan,
@@ -651,11 +654,21 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
         limit: int,
     ) -> None:
         after_id = data.draw(st.one_of(st.none(), st.sampled_from(self.created)))
+        before_id = data.draw(st.one_of(st.none(), st.sampled_from(self.created)))
+        newest_first = data.draw(st.booleans())
         workflow_ids = [*self.workflow_ids, *UNKNOWN_IDS]
         workflow_id = data.draw(st.one_of(st.none(), st.sampled_from(workflow_ids)))
         created_since = self._draw_created_since(data)
         model_filter = JobFilter(
-            states, task, queue, workflow_id, after_id, limit, created_since=created_since
+            states,
+            task,
+            queue,
+            workflow_id,
+            after_id,
+            limit,
+            created_since=created_since,
+            before_id=before_id,
+            newest_first=newest_first,
         )
 
         def driver_filter() -> JobFilter:
@@ -667,6 +680,8 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
                 None if after_id is None else self.ids.jobs.to_driver(after_id),
                 limit,
                 created_since=created_since,
+                before_id=None if before_id is None else self.ids.jobs.to_driver(before_id),
+                newest_first=newest_first,
             )
 
         outcome = self._both(
@@ -676,6 +691,45 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
         )
         if outcome is not None:
             self._compare_jobs(f"list_jobs({model_filter})", *outcome)
+
+    @precondition(lambda self: bool(self.workflow_ids))
+    @rule(
+        data=st.data(),
+        states=st.one_of(st.none(), st.frozensets(st.sampled_from(WorkflowState), min_size=1)),
+        name=st.one_of(st.none(), st.sampled_from(WORKFLOW_NAMES)),
+        limit=st.integers(1, 5),
+        newest_first=st.booleans(),
+    )
+    def list_workflows(
+        self,
+        data: st.DataObject,
+        states: frozenset[WorkflowState] | None,
+        name: str | None,
+        limit: int,
+        newest_first: bool,
+    ) -> None:
+        bound = st.one_of(st.none(), st.sampled_from(self.workflow_ids))
+        after_id, before_id = data.draw(bound, "after_id"), data.draw(bound, "before_id")
+        model_filter = WorkflowFilter(states, name, after_id, before_id, limit, newest_first)
+
+        def driver_filter() -> WorkflowFilter:
+            def to_driver(workflow_id: WorkflowId | None) -> WorkflowId | None:
+                return None if workflow_id is None else self.ids.workflows.to_driver(workflow_id)
+
+            return WorkflowFilter(
+                states, name, to_driver(after_id), to_driver(before_id), limit, newest_first
+            )
+
+        outcome = self._both(
+            "list_workflows",
+            lambda: self.model.list_workflows(model_filter),
+            lambda: self.driver.list_workflows(driver_filter()),
+        )
+        if outcome is not None:
+            expected, got = outcome
+            translated = [workflow_to_model(workflow, self.ids) for workflow in got]
+            what = f"list_workflows({model_filter})"
+            _expect(what, sequence_differences(what, expected, translated))
 
     # -- requests every store must refuse ---------------------------------------
 

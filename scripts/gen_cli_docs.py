@@ -36,11 +36,14 @@ on SQLite, PostgreSQL or any conforming driver.
 export TASKHARBOR_URL=postgresql://ops@db.internal/jobs   # or --app myproject.jobs:app
 taskharbor stats                                  # counts per queue and state
 taskharbor jobs list --state running --since 1h   # running, enqueued in the last hour
+taskharbor jobs list --newest-first --limit 20    # the latest jobs
 taskharbor jobs show 1234                         # payload, errors, tracebacks
 taskharbor dlq list --task billing.send_invoice   # what died, and why
 taskharbor dlq requeue --task billing.send_invoice --dry-run
 taskharbor dlq requeue --task billing.send_invoice
 taskharbor jobs cancel 1235 1236
+taskharbor workflows list --name nightly-totals --state failed --newest-first
+taskharbor workflows show 77                      # steps as a tree, and the result
 taskharbor prune --older-than 30d
 taskharbor --app myproject.jobs:app worker -q default -q mail -c 16
 ```
@@ -85,7 +88,8 @@ SHAPES_INTRO = """\
 ### Jobs
 
 `jobs list` and `dlq list` print a page of jobs; `next_after` is the `--after`
-of the next page (`null` on the last page). `jobs show` prints one job object;
+of the next page (`null` on the last page), or with `--newest-first`
+`next_before` the `--before` of the next page. `jobs show` prints one job object;
 `jobs cancel` and `jobs retry` print `{"jobs": [...]}` (the jobs as they are
 after the change), `dlq requeue` the same with `"dry_run": true|false`.
 `lease` is set only while a job is `running`.
@@ -93,6 +97,10 @@ after the change), `dlq requeue` the same with `"dry_run": true|false`.
 
 WORKFLOW_INTRO = """\
 ### Workflows
+
+`workflows list --json` prints a page of workflows, `{"workflows": [{"id",
+"name", "state", "created_at", "finished_at", "steps": [job ids]}],
+"next_after", "next_before"}`, paged as `jobs list` is.
 
 `workflows show --json` and `workflows cancel --json`: the workflow and its
 steps in graph order; `name` is the one given at enqueue
@@ -218,7 +226,7 @@ def render_docs() -> str:
     parts = [
         INTRO,
         SHAPES_INTRO,
-        json_block(job_list_shape([sample_job()], next_after=42)),
+        json_block(job_list_shape([sample_job()], next_id=42)),
         WORKFLOW_INTRO,
         json_block(workflow_shape(workflow, steps)),
         STATS_INTRO,

@@ -40,6 +40,7 @@ from .records import (
     PromoteResult,
     ResultRef,
     SnoozeRequest,
+    WorkflowFilter,
     WorkflowGraph,
     WorkflowId,
     WorkflowRecord,
@@ -540,11 +541,13 @@ class ReferenceModel(Driver):
                 and (where.queue is None or job.queue == where.queue)
                 and (where.workflow_id is None or job.workflow_id == where.workflow_id)
                 and (where.after_id is None or job.id > where.after_id)
+                and (where.before_id is None or job.id < where.before_id)
                 and (where.created_since is None or job.created_at >= where.created_since)
             )
 
         def body(s: _Store) -> list[JobRecord]:
-            return sorted(filter(matches, s.jobs.values()), key=lambda j: j.id)[: where.limit]
+            found = sorted(filter(matches, s.jobs.values()), key=lambda j: j.id)
+            return (found[::-1] if where.newest_first else found)[: where.limit]
 
         result: list[JobRecord] = self._call(body)
         return result
@@ -565,6 +568,25 @@ class ReferenceModel(Driver):
             return s.workflows[workflow_id]
 
         result: WorkflowRecord = self._call(body)
+        return result
+
+    def list_workflows(self, where: WorkflowFilter) -> list[WorkflowRecord]:
+        if not isinstance(where, WorkflowFilter):
+            raise InvalidRequest(f"list_workflows needs a WorkflowFilter, not {where!r}")
+
+        def matches(workflow: WorkflowRecord) -> bool:
+            return (
+                (where.states is None or workflow.state in where.states)
+                and (where.name is None or workflow.name == where.name)
+                and (where.after_id is None or workflow.id > where.after_id)
+                and (where.before_id is None or workflow.id < where.before_id)
+            )
+
+        def body(s: _Store) -> list[WorkflowRecord]:
+            found = sorted(filter(matches, s.workflows.values()), key=lambda w: w.id)
+            return (found[::-1] if where.newest_first else found)[: where.limit]
+
+        result: list[WorkflowRecord] = self._call(body)
         return result
 
     def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:

@@ -479,6 +479,10 @@ class JobFilter:
     created_since: datetime | None = None
     """Only jobs created at or after this moment (``created_at >= created_since``,
     inclusive, so a job's own ``created_at`` selects it); timezone-aware."""
+    before_id: JobId | None = None
+    """Only jobs with a smaller id (the next page of a ``newest_first`` listing)."""
+    newest_first: bool = False
+    """Order by descending id, so ``limit`` keeps the newest matching jobs."""
 
     def __post_init__(self) -> None:
         if self.states is not None:
@@ -488,9 +492,49 @@ class JobFilter:
                         f"unknown job state {state!r} "
                         f"(one of: {', '.join(s.value for s in JobState)})"
                     )
-        _check_int(self.limit, "limit", 1, 100_000)
+        _check_page(self.before_id, self.limit, self.newest_first)
         if self.created_since is not None:
             check_aware(self.created_since, "created_since")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowFilter:
+    """What ``list_workflows`` selects: every given field must match; ordered by id
+    (descending with ``newest_first``), at most ``limit``."""
+
+    states: frozenset[WorkflowState] | None = None
+    name: str | None = None
+    """Only workflows of this name (as given at enqueue; exact match)."""
+    after_id: WorkflowId | None = None
+    """Only workflows with a larger id."""
+    before_id: WorkflowId | None = None
+    """Only workflows with a smaller id."""
+    limit: int = 100
+    newest_first: bool = False
+    """Order by descending id, so ``limit`` keeps the newest matching workflows."""
+
+    def __post_init__(self) -> None:
+        if self.states is not None:
+            for state in self.states:
+                if not isinstance(state, WorkflowState):
+                    raise InvalidRequest(
+                        f"unknown workflow state {state!r} "
+                        f"(one of: {', '.join(s.value for s in WorkflowState)})"
+                    )
+        if self.name is not None:
+            check_name(self.name, "workflow name")
+        if self.after_id is not None:
+            _check_job_id(self.after_id, "after_id")
+        _check_page(self.before_id, self.limit, self.newest_first)
+
+
+def _check_page(before_id: object, limit: object, newest_first: object) -> None:
+    """The paging fields both filters share."""
+    if before_id is not None:
+        _check_job_id(before_id, "before_id")
+    _check_int(limit, "limit", 1, 100_000)
+    if not isinstance(newest_first, bool):
+        raise InvalidRequest(f"newest_first must be a bool, not {newest_first!r}")
 
 
 def job_ids(values: object, what: str, *, distinct: bool = True) -> tuple[JobId, ...]:
@@ -580,6 +624,7 @@ __all__ = [
     "ResultRef",
     "SnoozeRequest",
     "StepSpec",
+    "WorkflowFilter",
     "WorkflowGraph",
     "WorkflowId",
     "WorkflowRecord",

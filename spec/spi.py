@@ -208,6 +208,7 @@ from .records import (
     LeaseRef,
     PromoteResult,
     SnoozeRequest,
+    WorkflowFilter,
     WorkflowGraph,
     WorkflowId,
     WorkflowRecord,
@@ -404,12 +405,15 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
-        """Jobs matching ``where``, by ascending id, at most ``where.limit``.
+        """Jobs matching ``where``, by ascending id (descending when
+        ``where.newest_first``), at most ``where.limit``: the first ones in that
+        order, so ``newest_first`` with a limit gives the newest jobs.
 
         Every field of ``where`` that is given must match: ``states`` (any of
         them), ``task``, ``queue``, ``workflow_id``, ``after_id`` (ids greater
-        than it) and ``created_since`` (``created_at >= created_since``: the
-        bound is inclusive, an instant in any timezone).  Compare
+        than it), ``before_id`` (ids smaller than it) and ``created_since``
+        (``created_at >= created_since``: the bound is inclusive, an instant
+        in any timezone).  Compare
         ``created_at`` itself, never an id derived from it: ids increase in
         enqueue order, but ``created_at`` is each call's now, which need not
         increase with them (two transactions at once, a clock set back).
@@ -422,6 +426,18 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         """The workflow; ``WorkflowNotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def list_workflows(self, where: WorkflowFilter) -> list[WorkflowRecord]:
+        """Workflows matching ``where``, by ascending id (descending when
+        ``where.newest_first``), at most ``where.limit``, each as
+        :meth:`get_workflow` returns it.
+
+        Every field of ``where`` that is given must match: ``states`` (any of
+        them), ``name`` (equal), ``after_id`` (ids greater than it) and
+        ``before_id`` (ids smaller than it).  Raises ``InvalidRequest`` for
+        anything but a :class:`~taskharbor.spec.records.WorkflowFilter`.
+        """
 
     @abc.abstractmethod
     def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:

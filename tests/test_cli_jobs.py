@@ -417,3 +417,58 @@ def test_workflows_cancel(cli_store: CliStore) -> None:
     assert tree.startswith(f"workflow {other.id} totals  cancelled")
     refused = cli_store.run("workflows", "cancel", "999")
     assert refused.exit_code == 1 and "workflow 999 not found" in one_error_line(refused)
+
+
+def test_jobs_list_newest_first_pages_with_before(cli_store: CliStore) -> None:
+    jobs = [job.id for job in cli_store.enqueue(count=5)]
+    first = cli_store.json("jobs", "list", "--newest-first", "--limit", "2")
+    assert ids(first) == [jobs[4], jobs[3]]
+    assert (first["next_after"], first["next_before"]) == (None, jobs[3])
+    second = cli_store.json(
+        "jobs", "list", "--newest-first", "--limit", "2", "--before", str(jobs[3])
+    )
+    assert ids(second) == [jobs[2], jobs[1]]
+    last = cli_store.json("jobs", "list", "--newest-first", "--before", str(jobs[1]))
+    assert ids(last) == [jobs[0]] and last["next_before"] is None
+    table = cli_store.ok("jobs", "list", "--newest-first", "--limit", "2").stdout
+    assert f"more: add --before {jobs[3]}" in table
+    assert table.index(f" {jobs[4]} ") < table.index(f" {jobs[3]} ")
+    dead = [job.id for job in cli_store.dead(count=2)]
+    assert ids(cli_store.json("dlq", "list", "--newest-first")) == dead[::-1]
+
+
+def test_workflows_list_filters_by_state_and_name_and_pages(cli_store: CliStore) -> None:
+    nightly = cli_store.chord()  # named "totals"
+    other = cli_store.driver.enqueue_workflow(
+        WorkflowGraph((StepSpec(EnqueueRequest("tasks.add")),), result=0, name="nightly-report")
+    )
+    cancelled = cli_store.chord()
+    cli_store.driver.cancel_workflow(cancelled.id)
+    listed = cli_store.json("workflows", "list")
+    assert [w["id"] for w in listed["workflows"]] == [nightly.id, other.id, cancelled.id]
+    assert listed["workflows"][0] == {
+        "id": nightly.id,
+        "name": "totals",
+        "state": "running",
+        "created_at": nightly.created_at.isoformat(),
+        "finished_at": None,
+        "steps": list(nightly.steps),
+    }
+    by_name = cli_store.json("workflows", "list", "--name", "totals")
+    assert [w["id"] for w in by_name["workflows"]] == [nightly.id, cancelled.id]
+    by_state = cli_store.json("workflows", "list", "--state", "cancelled")
+    assert [w["id"] for w in by_state["workflows"]] == [cancelled.id]
+    both = cli_store.json("workflows", "list", "--name", "totals", "--state", "running")
+    assert [w["id"] for w in both["workflows"]] == [nightly.id]
+    page = cli_store.json("workflows", "list", "--newest-first", "--limit", "2")
+    assert [w["id"] for w in page["workflows"]] == [cancelled.id, other.id]
+    assert page["next_before"] == other.id
+    table = invoke(["--app", cli_store.app_path, "workflows", "list"], env={"COLUMNS": "80"})
+    rows = table.stdout.splitlines()
+    assert len(rows) == 2 + 3 and max(len(row) for row in rows) <= 80
+    assert rows[2].split()[:4] == [str(nightly.id), "totals", "running", "3"]
+    assert (
+        cli_store.ok("workflows", "list", "--name", "none").stdout.strip() == "no workflows match"
+    )
+    bad = cli_store.run("workflows", "list", "--state", "pending")
+    assert bad.exit_code == 2 and "'pending' is not one of" in one_error_line(bad)

@@ -77,6 +77,7 @@ from taskharbor.spec import (
     SchemaError,
     SnoozeRequest,
     SystemClock,
+    WorkflowFilter,
     WorkflowGraph,
     WorkflowId,
     WorkflowNotFound,
@@ -723,12 +724,13 @@ class JsonFileDriver(Driver):
                 and (where.queue is None or job.queue == where.queue)
                 and (where.workflow_id is None or job.workflow_id == where.workflow_id)
                 and (where.after_id is None or job.id > where.after_id)
+                and (where.before_id is None or job.id < where.before_id)
                 and (where.created_since is None or job.created_at >= where.created_since)
             )
 
         with self._transaction(write=False) as store:
             selected = sorted(filter(matches, store.jobs.values()), key=lambda job: job.id)
-            return selected[: where.limit]
+            return (selected[::-1] if where.newest_first else selected)[: where.limit]
 
     def count(self) -> Mapping[tuple[str, JobState], int]:
         with self._transaction(write=False) as store:
@@ -740,6 +742,22 @@ class JsonFileDriver(Driver):
             if workflow_id not in store.workflows:
                 raise WorkflowNotFound(workflow_id)
             return store.workflows[workflow_id]
+
+    def list_workflows(self, where: WorkflowFilter) -> list[WorkflowRecord]:
+        if not isinstance(where, WorkflowFilter):
+            raise InvalidRequest(f"list_workflows needs a WorkflowFilter, not {where!r}")
+
+        def matches(workflow: WorkflowRecord) -> bool:
+            return (
+                (where.states is None or workflow.state in where.states)
+                and (where.name is None or workflow.name == where.name)
+                and (where.after_id is None or workflow.id > where.after_id)
+                and (where.before_id is None or workflow.id < where.before_id)
+            )
+
+        with self._transaction(write=False) as store:
+            found = sorted(filter(matches, store.workflows.values()), key=lambda wf: wf.id)
+            return (found[::-1] if where.newest_first else found)[: where.limit]
 
     def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         """Event ``cancel`` for every unfinished step; running ones are asked to stop."""

@@ -49,6 +49,7 @@ from taskharbor.spec.records import (
     PromoteResult,
     ResultRef,
     SnoozeRequest,
+    WorkflowFilter,
     WorkflowGraph,
     WorkflowId,
     WorkflowRecord,
@@ -429,7 +430,7 @@ class MemoryDriver(MemorySchedules, Driver):
             else:
                 ids = self._jobs  # insertion order is id order
             found: list[JobRecord] = []
-            for job_id in ids:
+            for job_id in reversed(list(ids)) if where.newest_first else ids:
                 row = self._jobs[job_id]
                 if _matches(row, where):
                     found.append(row.snapshot())
@@ -444,6 +445,24 @@ class MemoryDriver(MemorySchedules, Driver):
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         with self._lock:
             return self._workflow(workflow_id).snapshot()
+
+    def list_workflows(self, where: WorkflowFilter) -> list[WorkflowRecord]:
+        if not isinstance(where, WorkflowFilter):
+            raise InvalidRequest(f"list_workflows expects a WorkflowFilter, not {where!r}")
+        with self._lock:
+            rows = self._workflows.values()  # insertion order is id order
+            found: list[WorkflowRecord] = []
+            for row in reversed(list(rows)) if where.newest_first else rows:
+                if (
+                    (where.states is None or row.state in where.states)
+                    and (where.name is None or row.name == where.name)
+                    and (where.after_id is None or row.id > where.after_id)
+                    and (where.before_id is None or row.id < where.before_id)
+                ):
+                    found.append(row.snapshot())
+                    if len(found) == where.limit:
+                        break
+            return found
 
     def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         with self._lock:
@@ -635,5 +654,6 @@ def _matches(row: JobRow, where: JobFilter) -> bool:
         and (where.queue is None or row.queue == where.queue)
         and (where.workflow_id is None or row.workflow_id == where.workflow_id)
         and (where.after_id is None or row.id > where.after_id)
+        and (where.before_id is None or row.id < where.before_id)
         and (where.created_since is None or row.created_at >= where.created_since)
     )

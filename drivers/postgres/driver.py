@@ -76,6 +76,7 @@ from taskharbor.spec import (
     LeaseRef,
     PromoteResult,
     SnoozeRequest,
+    WorkflowFilter,
     WorkflowGraph,
     WorkflowId,
     WorkflowNotFound,
@@ -649,14 +650,34 @@ class PostgresDriver(PostgresSchedules, Driver):
             "queue": where.queue,
             "workflow_id": where.workflow_id,
             "after_id": where.after_id,
+            "before_id": where.before_id,
             "created_since": where.created_since,
         }
         values = {name: value for name, value in asked.items() if value is not None}
-        query = statements.list_jobs(self._tables, tuple(values))
+        query = statements.list_jobs(self._tables, tuple(values), where.newest_first)
         values["limit"] = where.limit
         return self._run(
             lambda cur, params: [
                 job_record(row) for row in cur.execute(query, {**params, **values}).fetchall()
+            ],
+            transaction=False,
+        )
+
+    def list_workflows(self, where: WorkflowFilter) -> list[WorkflowRecord]:
+        if not isinstance(where, WorkflowFilter):
+            raise InvalidRequest(f"list_workflows needs a WorkflowFilter, not {where!r}")
+        asked: Params = {
+            "states": None if where.states is None else sorted(s.value for s in where.states),
+            "name": where.name,
+            "after_id": where.after_id,
+            "before_id": where.before_id,
+        }
+        values = {name: value for name, value in asked.items() if value is not None}
+        query = statements.list_workflows(self._tables, tuple(values), where.newest_first)
+        values["limit"] = where.limit
+        return self._run(
+            lambda cur, params: [
+                workflow_record(row) for row in cur.execute(query, {**params, **values}).fetchall()
             ],
             transaction=False,
         )

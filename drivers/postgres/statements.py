@@ -382,19 +382,45 @@ _FILTERS: Mapping[str, str] = {
     "queue": "j.queue = %(queue)s",
     "workflow_id": "j.workflow_id = %(workflow_id)s",
     "after_id": "j.id > %(after_id)s",
+    "before_id": "j.id < %(before_id)s",
     "created_since": "j.created_at >= %(created_since)s",
 }
 """The conditions of ``list_jobs``, by the :class:`JobFilter` field that asks for them."""
 
+_ORDER = {False: sql.SQL("ASC"), True: sql.SQL("DESC")}
+"""The id order of a listing, by its filter's ``newest_first``."""
+
 
 @statement
-def list_jobs(tables: Tables, filters: tuple[str, ...]) -> sql.Composed:
+def list_jobs(tables: Tables, filters: tuple[str, ...], newest_first: bool) -> sql.Composed:
     """Jobs matching the conditions of ``filters`` (names of :data:`_FILTERS`), by id."""
     conditions = [sql.SQL(_FILTERS[name]) for name in filters] or [sql.SQL("TRUE")]
     return tables.sql(
-        "SELECT {columns} FROM {jobs} j WHERE {conditions} ORDER BY j.id LIMIT %(limit)s",
+        "SELECT {columns} FROM {jobs} j WHERE {conditions} ORDER BY j.id {order} LIMIT %(limit)s",
         columns=job_columns(),
         conditions=sql.SQL(" AND ").join(conditions),
+        order=_ORDER[newest_first],
+    )
+
+
+_WORKFLOW_FILTERS: Mapping[str, str] = {
+    "states": "w.state = ANY(%(states)s::text[])",
+    "name": "w.name = %(name)s",
+    "after_id": "w.id > %(after_id)s",
+    "before_id": "w.id < %(before_id)s",
+}
+"""The conditions of ``list_workflows``, by the :class:`WorkflowFilter` field that asks."""
+
+
+@statement
+def list_workflows(tables: Tables, filters: tuple[str, ...], newest_first: bool) -> sql.Composed:
+    """Workflows matching the conditions of ``filters`` (names of
+    :data:`_WORKFLOW_FILTERS`), by id."""
+    conditions = [sql.SQL(_WORKFLOW_FILTERS[name]) for name in filters] or [sql.SQL("TRUE")]
+    return tables.sql(
+        "SELECT * FROM {workflows} w WHERE {conditions} ORDER BY w.id {order} LIMIT %(limit)s",
+        conditions=sql.SQL(" AND ").join(conditions),
+        order=_ORDER[newest_first],
     )
 
 

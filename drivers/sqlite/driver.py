@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import cache
@@ -70,6 +70,7 @@ from taskharbor.spec import (
     SchemaError,
     SnoozeRequest,
     SystemClock,
+    WorkflowFilter,
     WorkflowGraph,
     WorkflowId,
     WorkflowNotFound,
@@ -645,9 +646,10 @@ class SQLiteDriver(SQLiteSchedules, Driver):
         if not isinstance(where, JobFilter):
             raise InvalidRequest(f"list_jobs needs a JobFilter, not {where!r}")
         clause, params = _filter_sql(where)
+        order = "DESC" if where.newest_first else "ASC"
         with self._transaction(write=False) as tx:
             rows = tx.conn.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {clause} ORDER BY id LIMIT ?",
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {clause} ORDER BY id {order} LIMIT ?",
                 (*params, where.limit),
             ).fetchall()
         return [job_record(row) for row in rows]
@@ -664,6 +666,35 @@ class SQLiteDriver(SQLiteSchedules, Driver):
         check_workflow_id(workflow_id)
         with self._transaction(write=False) as tx:
             return self._workflow(tx, workflow_id)
+
+    def list_workflows(self, where: WorkflowFilter) -> list[WorkflowRecord]:
+        if not isinstance(where, WorkflowFilter):
+            raise InvalidRequest(f"list_workflows needs a WorkflowFilter, not {where!r}")
+        conditions, params = _states_sql(where.states)
+        for condition, value in (
+            ("name = ?", where.name),
+            ("id > ?", _bound(where.after_id)),
+            ("id < ?", _bound(where.before_id)),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        clause = " AND ".join(conditions) or "1"
+        order = "DESC" if where.newest_first else "ASC"
+        with self._transaction(write=False) as tx:
+            rows = tx.conn.execute(
+                f"SELECT * FROM workflows WHERE {clause} ORDER BY id {order} LIMIT ?",
+                (*params, where.limit),
+            ).fetchall()
+            steps: dict[int, list[int]] = {row["id"]: [] for row in rows}
+            if steps:
+                marks = ", ".join("?" * len(steps))
+                for step in tx.conn.execute(
+                    f"SELECT id, workflow_id FROM jobs WHERE workflow_id IN ({marks}) ORDER BY id",
+                    tuple(steps),
+                ):
+                    steps[step["workflow_id"]].append(step["id"])
+        return [workflow_record(row, tuple(steps[row["id"]])) for row in rows]
 
     def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         check_workflow_id(workflow_id)
@@ -835,24 +866,34 @@ def _filter_sql(where: JobFilter) -> tuple[str, list[object]]:
     Only ``workflow_id`` has an index; otherwise SQLite walks the table in id
     order (``ORDER BY id``), testing each row, until it has ``LIMIT`` rows.
     """
-    conditions: list[str] = []
-    params: list[object] = []
-    if where.states is not None:
-        states = sorted(where.states)
-        conditions.append(f"state IN ({', '.join('?' * len(states))})")
-        params.extend(state.value for state in states)
+    conditions, params = _states_sql(where.states)
     since = None if where.created_since is None else to_micros(where.created_since)
     for condition, value in (
         ("task = ?", where.task),
         ("queue = ?", where.queue),
         ("workflow_id = ?", where.workflow_id),
-        ("id > ?", where.after_id),
+        ("id > ?", _bound(where.after_id)),
+        ("id < ?", _bound(where.before_id)),
         ("created_at >= ?", since),
     ):
         if value is not None:
             conditions.append(condition)
             params.append(value)
     return " AND ".join(conditions) or "1", params
+
+
+def _states_sql(states: Iterable[str] | None) -> tuple[list[str], list[object]]:
+    """The ``state IN (...)`` condition of a filter's states (none when not given)."""
+    if states is None:
+        return [], []
+    params: list[object] = [*sorted(str(state) for state in states)]
+    return [f"state IN ({', '.join('?' * len(params))})"], params
+
+
+def _bound(job_id: int | None) -> int | None:
+    """An id bound of a filter as SQLite can bind it: ids are positive and below
+    ``INTEGER_MAX``, so a bound beyond either end selects as that end does."""
+    return None if job_id is None else max(-1, min(job_id, INTEGER_MAX))
 
 
 def _counted_state(row: sqlite3.Row) -> JobState:

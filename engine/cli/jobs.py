@@ -1,6 +1,6 @@
-"""``taskharbor jobs``, ``dlq`` and ``workflows``: look at jobs and repair them.
+"""``taskharbor jobs`` and ``dlq``: look at jobs and repair them.
 
-Reading is ``get``/``list_jobs``/``get_workflow``; repairing is the driver's
+Reading is ``get``/``list_jobs``; repairing is the driver's
 ``cancel`` and ``requeue`` (the spec's ``cancel`` and ``requeue`` events), so
 the store decides, atomically, what each job may do.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
@@ -30,27 +31,70 @@ from taskharbor.spec.table import JOB, JobEvent
 from . import render
 from .bulk import in_batches
 from .params import JOB_ID, STATE, distinct, since_moment, since_value
-from .shapes import dumps, job_list_shape, job_shape, workflow_shape
+from .shapes import dumps, job_list_shape, job_shape
 from .store import Session, pass_session
 
 SCAN_PAGE = 1_000
 """Jobs per ``list_jobs`` call when a command has to look through many."""
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-limit_option = click.option(
-    "--limit",
-    type=click.IntRange(1, 10_000),
-    default=50,
-    show_default=True,
-    metavar="N",
-    help="At most this many jobs.",
-)
-after_option = click.option(
-    "--after",
-    type=click.IntRange(min=0),
-    metavar="ID",
-    help="Only jobs with a larger id (the next page starts after the last id shown).",
-)
+
+
+def paging_options(noun: str) -> Callable[[Command], Command]:
+    """``--after``, ``--before``, ``--newest-first`` and ``--limit`` for a listing of
+    ``noun`` (plural), in that order."""
+    options = (
+        click.option(
+            "--after",
+            type=click.IntRange(min=0),
+            metavar="ID",
+            help=f"Only {noun} with a larger id (the next page starts after the last id shown).",
+        ),
+        click.option(
+            "--before",
+            type=click.IntRange(min=1),
+            metavar="ID",
+            help=f"Only {noun} with a smaller id (the next page of --newest-first).",
+        ),
+        click.option(
+            "--newest-first",
+            is_flag=True,
+            help="Newest (largest id) first; the next page is then --before the last id shown.",
+        ),
+        click.option(
+            "--limit",
+            type=click.IntRange(1, 10_000),
+            default=50,
+            show_default=True,
+            metavar="N",
+            help=f"At most this many {noun}.",
+        ),
+    )
+
+    def decorate(command: Command) -> Command:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+Row = TypeVar("Row", JobRecord, WorkflowRecord)
+
+
+def page_of(found: Sequence[Row], wanted: int) -> tuple[list[Row], int | None]:
+    """The first ``wanted`` of ``found`` (fetched with a limit of ``wanted + 1``), and
+    the last id shown when there is more (the next page's --after or --before)."""
+    page = list(found[:wanted])
+    return page, (page[-1].id if len(found) > wanted else None)
+
+
+def next_page_hint(next_id: int | None, newest_first: bool) -> Text | None:
+    """The option that shows the next page, or None on the last page."""
+    if next_id is None:
+        return None
+    return Text(f"more: add --{'before' if newest_first else 'after'} {next_id}", style="dim")
 
 
 def scan(driver: Driver, where: JobFilter) -> Iterator[JobRecord]:
@@ -64,31 +108,26 @@ def scan(driver: Driver, where: JobFilter) -> Iterator[JobRecord]:
         after = page[-1].id
 
 
-def list_page(driver: Driver, where: JobFilter) -> tuple[list[JobRecord], JobId | None]:
-    """Up to ``where.limit`` jobs, and the ``--after`` of the next page (None: no more)."""
-    wanted = where.limit
-    found = driver.list_jobs(replace(where, limit=wanted + 1))
-    page = found[:wanted]
-    return page, (page[-1].id if len(found) > wanted else None)
-
-
-def print_page(
-    jobs: Sequence[JobRecord],
-    next_after: JobId | None,
+def print_jobs_page(
+    driver: Driver,
+    where: JobFilter,
     as_json: bool,
     table: Callable[[Sequence[JobRecord]], Table] = render.jobs_table,
 ) -> None:
-    """A page of jobs as a table (or JSON), with the option that shows the next page."""
+    """Up to ``where.limit`` jobs as a table (or JSON), with the option that shows
+    the next page."""
+    found = driver.list_jobs(replace(where, limit=where.limit + 1))
+    jobs, next_id = page_of(found, where.limit)
     if as_json:
-        click.echo(dumps(job_list_shape(jobs, next_after)))
+        click.echo(dumps(job_list_shape(jobs, next_id, where.newest_first)))
         return
     console = render.stdout()
     if not jobs:
         console.print("no jobs match")
         return
     console.print(table(jobs))
-    if next_after is not None:
-        console.print(Text(f"more: add --after {next_after}", style="dim"))
+    if (hint := next_page_hint(next_id, where.newest_first)) is not None:
+        console.print(hint)
 
 
 @click.group()
@@ -114,8 +153,7 @@ def jobs() -> None:
     callback=since_value,
     help="Only jobs created since: a duration ago (30m, 2h, 7d) or an ISO 8601 datetime.",
 )
-@after_option
-@limit_option
+@paging_options("jobs")
 @json_option
 @pass_session
 def list_jobs(
@@ -126,10 +164,12 @@ def list_jobs(
     workflow: int | None,
     since: timedelta | datetime | None,
     after: int | None,
+    before: int | None,
+    newest_first: bool,
     limit: int,
     as_json: bool,
 ) -> None:
-    """List jobs by ascending id, a page at a time."""
+    """List jobs by ascending id (newest first with --newest-first), a page at a time."""
     driver = session.driver()
     where = JobFilter(
         states=frozenset(JobState(state) for state in states) or None,
@@ -139,9 +179,10 @@ def list_jobs(
         after_id=after,
         limit=limit,
         created_since=None if since is None else since_moment(since, driver.clock.now()),
+        before_id=before,
+        newest_first=newest_first,
     )
-    page, next_after = list_page(driver, where)
-    print_page(page, next_after, as_json)
+    print_jobs_page(driver, where, as_json)
 
 
 @jobs.command("show")
@@ -245,8 +286,7 @@ def dlq() -> None:
 @dlq.command("list")
 @click.option("--task", metavar="NAME", help="Only dead jobs of this task.")
 @click.option("--queue", metavar="NAME", help="Only dead jobs of this queue.")
-@after_option
-@limit_option
+@paging_options("dead jobs")
 @json_option
 @pass_session
 def list_dead(
@@ -254,15 +294,22 @@ def list_dead(
     task: str | None,
     queue: str | None,
     after: int | None,
+    before: int | None,
+    newest_first: bool,
     limit: int,
     as_json: bool,
 ) -> None:
     """List dead jobs with their last error."""
     where = JobFilter(
-        states=frozenset({JobState.DEAD}), task=task, queue=queue, after_id=after, limit=limit
+        states=frozenset({JobState.DEAD}),
+        task=task,
+        queue=queue,
+        after_id=after,
+        limit=limit,
+        before_id=before,
+        newest_first=newest_first,
     )
-    page, next_after = list_page(session.driver(), where)
-    print_page(page, next_after, as_json, render.dlq_table)
+    print_jobs_page(session.driver(), where, as_json, render.dlq_table)
 
 
 def dead_selection(
@@ -338,41 +385,3 @@ def requeue_dead(
     else:
         shown = ", ".join(str(job_id) for job_id in ids[:20])
         console.print(f"requeued {len(ids)} job(s): {shown}{' ...' if len(ids) > 20 else ''}")
-
-
-@click.group()
-def workflows() -> None:
-    """Inspect and cancel workflows (chains, groups, chords)."""
-
-
-@workflows.command("show")
-@click.argument("workflow_id", type=JOB_ID, metavar="ID")
-@json_option
-@pass_session
-def show_workflow(session: Session, workflow_id: int, as_json: bool) -> None:
-    """Show a workflow's steps as a tree, with each step's state, and its result
-    once it has succeeded."""
-    driver = session.driver()
-    print_workflow(driver, driver.get_workflow(workflow_id), as_json)
-
-
-def print_workflow(driver: Driver, workflow: WorkflowRecord, as_json: bool) -> None:
-    """A workflow with its steps: a tree (with its result once succeeded), or JSON."""
-    steps = driver.get(workflow.steps)
-    shape = workflow_shape(workflow, steps)
-    if as_json:
-        click.echo(dumps(shape))
-    else:
-        render.stdout().print(render.workflow_tree(workflow, steps, shape["result"]))
-
-
-@workflows.command("cancel")
-@click.argument("workflow_id", type=JOB_ID, metavar="ID")
-@json_option
-@pass_session
-def cancel_workflow(session: Session, workflow_id: int, as_json: bool) -> None:
-    """Cancel every step of a workflow that has not finished: waiting steps at
-    once, running ones are asked to stop. A succeeded workflow cannot be
-    cancelled. Prints the workflow as workflows show does."""
-    driver = session.driver()
-    print_workflow(driver, driver.cancel_workflow(workflow_id), as_json)

@@ -24,9 +24,10 @@ from taskharbor.spec import InvalidRequest, TaskHarborError
 
 from .. import __version__
 from .admin import demo, migrate, prune, spec, stats, worker
-from .jobs import dlq, jobs, workflows
+from .jobs import dlq, jobs
 from .schedules import schedules
 from .store import APP_ENV, URL_ENV, Session, StoreSource, mask_secrets
+from .workflows import workflows
 
 USAGE_ERROR = 2
 OPERATIONAL_ERROR = 1

@@ -129,6 +129,25 @@ def dlq_table(jobs: Sequence[JobRecord]) -> Table:
     return table
 
 
+def workflows_table(workflows: Sequence[WorkflowRecord]) -> Table:
+    """One row per workflow: id, name, state, steps, when it was created and finished."""
+    table = _listing(
+        "ID", "NAME", "STATE", "STEPS", "CREATED (UTC)", "FINISHED (UTC)", shrinking=(1,)
+    )
+    table.columns[0].justify = "right"
+    table.columns[3].justify = "right"
+    for workflow in workflows:
+        table.add_row(
+            str(workflow.id),
+            _cell(workflow.name or "-"),
+            state_text(workflow.state),
+            str(len(workflow.steps)),
+            short_time(workflow.created_at),
+            short_time(workflow.finished_at),
+        )
+    return table
+
+
 def _pretty(value: Any) -> Text:
     """JSON on one line when it fits, else indented."""
     flat = json.dumps(value, ensure_ascii=False)

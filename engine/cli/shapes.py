@@ -13,7 +13,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from taskharbor.spec import JobId, JobRecord, JobState, WorkflowRecord, WorkflowState
+from taskharbor.spec import (
+    JobId,
+    JobRecord,
+    JobState,
+    WorkflowId,
+    WorkflowRecord,
+    WorkflowState,
+)
 from taskharbor.spec.diagrams import Lifecycle
 from taskharbor.spec.lifecycle import (
     JOB_GUARDS,
@@ -71,9 +78,41 @@ def job_shape(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def job_list_shape(jobs: Sequence[JobRecord], next_after: JobId | None) -> dict[str, Any]:
-    """A page of jobs; ``next_after`` is the ``--after`` of the next page (null: last page)."""
-    return {"jobs": [job_shape(job) for job in jobs], "next_after": next_after}
+def job_list_shape(
+    jobs: Sequence[JobRecord], next_id: JobId | None, newest_first: bool = False
+) -> dict[str, Any]:
+    """A page of jobs; ``next_after`` (``next_before`` with ``--newest-first``) is the
+    option value of the next page (null: last page)."""
+    return {"jobs": [job_shape(job) for job in jobs], **_next_page(next_id, newest_first)}
+
+
+def _next_page(next_id: int | None, newest_first: bool) -> dict[str, int | None]:
+    return {
+        "next_after": None if newest_first else next_id,
+        "next_before": next_id if newest_first else None,
+    }
+
+
+def workflow_summary(workflow: WorkflowRecord) -> dict[str, Any]:
+    """One workflow in a listing: its steps as job ids (``workflows show`` has the rest)."""
+    return {
+        "id": workflow.id,
+        "name": workflow.name,
+        "state": workflow.state.value,
+        "created_at": iso(workflow.created_at),
+        "finished_at": iso(workflow.finished_at),
+        "steps": list(workflow.steps),
+    }
+
+
+def workflow_list_shape(
+    workflows: Sequence[WorkflowRecord], next_id: WorkflowId | None, newest_first: bool
+) -> dict[str, Any]:
+    """A page of workflows, paged like :func:`job_list_shape`."""
+    return {
+        "workflows": [workflow_summary(workflow) for workflow in workflows],
+        **_next_page(next_id, newest_first),
+    }
 
 
 def workflow_shape(workflow: WorkflowRecord, steps: Sequence[JobRecord]) -> dict[str, Any]:
