@@ -4,9 +4,11 @@ Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
 rule covers), grouped by area: enqueueing, leasing, fencing, completing, failing,
 snoozing, maintenance, operators, reading, bad input, workflows, waiting,
-own clock, schedules.  Time is a :class:`~taskharbor.spec.FakeClock` made by each test,
-so every timestamp is compared exactly (to the microsecond); only the own-clock
-group runs on the driver's default clock.
+own clock, schedules, field effects, corrupt data, transient failures,
+transactional enqueue, processes.  Time is a :class:`~taskharbor.spec.FakeClock`
+made by each test, so every timestamp is compared exactly (to the microsecond);
+only the own-clock group and the process harnesses run on the driver's
+default clock.
 
 To prove a driver, subclass :class:`ConformanceSuite` in a test module and
 give it a ``driver_factory`` fixture: a callable that takes a clock and
