@@ -35,6 +35,8 @@ FORBIDDEN_CALLS = {"eval", "exec", "compile"}
 
 REVIEWED: dict[tuple[str, str], str] = {
     ("sqlite/driver.py", "clause"): "the conditions above: fixed columns and ? placeholders",
+    ("sqlite/driver.py", "order"): "'ASC' or 'DESC', the two literals of newest_first",
+    ("sqlite/driver.py", "marks"): "one ? placeholder per workflow id",
     ("sqlite/transitions.py", "walks"): "one fixed sub-select per queue, the queue a :qN parameter",
     ("sqlite/transitions.py", "index"): "the N of a :qN parameter name (an int)",
     ("sqlite/writes.py", "assignments"): "column names from this package, each = ?",
@@ -48,6 +50,7 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("postgres/statements.py", "sql.SQL(in_queues)"): "one of two literals, %(queues)s a parameter",
     ("postgres/statements.py", "sql.SQL(which)"): "the driver's two literal conditions",
     ("postgres/statements.py", "sql.SQL(_FILTERS[name])"): "literal conditions with %(name)s",
+    ("postgres/statements.py", "sql.SQL(_WORKFLOW_FILTERS[name])"): "literal conditions, %(name)s",
     ("postgres/tables.py", "sql.SQL(template)"): "statement templates of postgres/statements.py",
 }
 """(path below drivers/, spliced expression) -> why it carries no value into the SQL text."""
