@@ -45,6 +45,7 @@ per call, and the cursor moves past all due ticks, run or not.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -439,6 +440,15 @@ def plan_ticks(record: ScheduleRecord, now: datetime, previous_unfinished: bool)
     return TickPlan(tuple(tick_request(schedule, tick) for tick in chosen), cursor)
 
 
+def idle(records: Sequence[ScheduleRecord], plans: Sequence[TickPlan]) -> bool:
+    """Whether ``plans`` (one per record) would change nothing: a store may then skip
+    its writes (and its locks) for the call."""
+    return not any(
+        plan.requests or plan.cursor != record.cursor
+        for record, plan in zip(records, plans, strict=True)
+    )
+
+
 def earliest_tick(records: Sequence[ScheduleRecord]) -> datetime | None:
     """The earliest next tick of the records not paused."""
     ticks = [record.next_tick() for record in records if not record.paused]
@@ -473,8 +483,13 @@ def schedule_to_json(schedule: Schedule) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def schedule_from_json(name: str, text: str) -> Schedule:
-    """The declaration stored by :func:`schedule_to_json`."""
+    """The declaration stored by :func:`schedule_to_json`.
+
+    Cached: every worker reads every schedule at every pass, and the stored
+    text rarely changes (a Schedule is frozen, so one can be shared).
+    """
     data = json.loads(text)
     request = EnqueueRequest(
         task=data["task"],
@@ -514,6 +529,7 @@ __all__ = [
     "check_schedules",
     "due_ticks",
     "earliest_tick",
+    "idle",
     "jitter_offset",
     "next_tick",
     "plan_ticks",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -253,3 +255,16 @@ def test_a_schedule_dropped_while_still_declared_comes_back_afresh() -> None:
     (record,) = app.driver.list_schedules()
     assert record.cursor == clock.now()
     assert app.list_jobs(state="available") == []
+
+
+def test_import_taskharbor_and_interval_schedules_do_not_load_cronsim() -> None:
+    code = (
+        "import sys, taskharbor as th\n"
+        "app = th.App('memory://')\n"
+        "app.periodic(app.task(name='t')(lambda: None).s(), every=60)\n"
+        "assert 'cronsim' not in sys.modules, 'cronsim loaded'\n"
+        "app.periodic(app.task(name='u')(lambda: None).s(), cron='* * * * *')\n"
+        "assert 'cronsim' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

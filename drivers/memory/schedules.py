@@ -75,7 +75,9 @@ class MemorySchedules:
             now = self._now()
             created: list[JobRow] = []
             for record in self._records(wanted):
-                last = self._jobs.get(record.last_job_id) if record.last_job_id else None
+                last = None
+                if record.schedule.skip_if_running and record.last_job_id is not None:
+                    last = self._jobs.get(record.last_job_id)
                 unfinished = last is not None and last.state not in FINISHED_JOB_STATES
                 plan = plan_ticks(record, now, unfinished)
                 last_job_id = record.last_job_id
@@ -84,9 +86,10 @@ class MemorySchedules:
                     last_job_id = row.id
                     if new:
                         created.append(row)
-                self._schedules[record.name] = replace(
-                    record, cursor=plan.cursor, last_job_id=last_job_id
-                )
+                if plan.requests or plan.cursor != record.cursor:
+                    self._schedules[record.name] = replace(
+                        record, cursor=plan.cursor, last_job_id=last_job_id
+                    )
             next_tick = earliest_tick([self._schedules[name] for name in wanted])
             return TickResult(tuple(row.snapshot() for row in created), next_tick)
 

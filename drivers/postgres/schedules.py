@@ -28,10 +28,12 @@ from taskharbor.spec.schedules import (
     Schedule,
     ScheduleNotFound,
     ScheduleRecord,
+    TickPlan,
     TickResult,
     check_schedule_name,
     check_schedules,
     earliest_tick,
+    idle,
     plan_ticks,
     resumed,
     run_request,
@@ -49,6 +51,8 @@ Row = dict[str, Any]
 Params = dict[str, Any]
 
 _FINISHED = [state.value for state in FINISHED_JOB_STATES]
+_FOR_UPDATE = sql.SQL(" FOR UPDATE")
+_UNLOCKED = sql.SQL("")
 
 
 def schedules_table(schema: str) -> list[sql.Composed]:
@@ -101,12 +105,17 @@ class PostgresSchedules:
         return sql.Identifier(self._tables.schema, "schedules")
 
     def _locked(self, cur: psycopg.Cursor[Row], names: Sequence[str]) -> list[ScheduleRecord]:
+        return self._named(cur, names, lock=True)
+
+    def _named(
+        self, cur: psycopg.Cursor[Row], names: Sequence[str], *, lock: bool
+    ) -> list[ScheduleRecord]:
         """The named rows, in the order given; ``ScheduleNotFound`` for the first missing.
 
-        The rows are locked in name order, whatever the order given.
+        With ``lock``, the rows are locked in name order, whatever the order given.
         """
-        query = sql.SQL("SELECT * FROM {} WHERE name = ANY(%s) ORDER BY name FOR UPDATE").format(
-            self._table()
+        query = sql.SQL("SELECT * FROM {} WHERE name = ANY(%s) ORDER BY name{}").format(
+            self._table(), _FOR_UPDATE if lock else _UNLOCKED
         )
         found = {row["name"]: row for row in cur.execute(query, (list(names),)).fetchall()}
         for name in names:
@@ -158,27 +167,47 @@ class PostgresSchedules:
 
         def body(cur: psycopg.Cursor[Row], params: Params) -> TickResult:
             now = self._call_now(cur, params)
-            records = self._locked(cur, wanted)
-            unfinished = self._unfinished(cur, records)
-            created: list[JobRecord] = []
-            moved: list[ScheduleRecord] = []
+            # A first look without locks: most calls (every worker, every pass) find
+            # nothing due and leave without waiting for the worker that has the ticks.
+            records = self._named(cur, wanted, lock=False)
+            plans = self._plans(cur, records, now)
+            if idle(records, plans):
+                return TickResult((), earliest_tick(records))
+            records = self._named(cur, wanted, lock=True)
+            plans = self._plans(cur, records, now)
+            requests = [request for plan in plans for request in plan.requests]
+            outcomes = self._enqueue_on(cur, requests, now, self._prepare) if requests else []
             after: list[ScheduleRecord] = []
-            for record in records:
-                plan = plan_ticks(record, now, record.last_job_id in unfinished)
-                last_job_id = record.last_job_id
-                if plan.requests:
-                    outcomes = self._enqueue_on(cur, plan.requests, now, self._prepare)
-                    created.extend(outcome.job for outcome in outcomes if outcome.created)
-                    last_job_id = outcomes[-1].job.id
-                new = replace(record, cursor=plan.cursor, last_job_id=last_job_id)
-                if new != record:
-                    moved.append(new)
-                after.append(new)
+            done = 0
+            for record, plan in zip(records, plans, strict=True):
+                mine = outcomes[done : done + len(plan.requests)]
+                done += len(plan.requests)
+                last_job_id = mine[-1].job.id if mine else record.last_job_id
+                after.append(replace(record, cursor=plan.cursor, last_job_id=last_job_id))
+            moved = [new for new, old in zip(after, records, strict=True) if new != old]
             if moved:
-                self._store(cur, moved)
-            return TickResult(tuple(created), earliest_tick(after))
+                cur.execute(
+                    sql.SQL(
+                        "UPDATE {} AS s SET cursor = v.cursor, last_job_id = v.last_job_id"
+                        " FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[])"
+                        " AS v(name, cursor, last_job_id) WHERE s.name = v.name"
+                    ).format(self._table()),
+                    (
+                        [r.name for r in moved],
+                        [r.cursor for r in moved],
+                        [r.last_job_id for r in moved],
+                    ),
+                )
+            created = tuple(outcome.job for outcome in outcomes if outcome.created)
+            return TickResult(created, earliest_tick(after))
 
         return self._run(body)
+
+    def _plans(
+        self, cur: psycopg.Cursor[Row], records: Sequence[ScheduleRecord], now: datetime
+    ) -> list[TickPlan]:
+        unfinished = self._unfinished(cur, [r for r in records if r.schedule.skip_if_running])
+        return [plan_ticks(r, now, r.last_job_id in unfinished) for r in records]
 
     def _unfinished(self, cur: psycopg.Cursor[Row], records: Sequence[ScheduleRecord]) -> set[int]:
         """The last job ids of ``records`` that are stored and not finished."""

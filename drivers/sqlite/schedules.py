@@ -8,6 +8,7 @@ two jobs for one tick.  The rules come from :mod:`taskharbor.spec.schedules`.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -19,10 +20,12 @@ from taskharbor.spec.schedules import (
     Schedule,
     ScheduleNotFound,
     ScheduleRecord,
+    TickPlan,
     TickResult,
     check_schedule_name,
     check_schedules,
     earliest_tick,
+    idle,
     plan_ticks,
     resumed,
     run_request,
@@ -77,15 +80,19 @@ def _store(tx: Writes, record: ScheduleRecord) -> None:
 
 def _records(tx: Writes, names: Sequence[str]) -> list[ScheduleRecord]:
     """The named records, in order; ``ScheduleNotFound`` for the first missing one."""
-    found = []
+    rows = tx.conn.execute(
+        f"SELECT {_COLUMNS} FROM schedules WHERE name IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(names)),),
+    ).fetchall()
+    found = {row[0]: row for row in rows}
     for name in names:
-        row = tx.conn.execute(
-            f"SELECT {_COLUMNS} FROM schedules WHERE name = ?", (name,)
-        ).fetchone()
-        if row is None:
+        if name not in found:
             raise ScheduleNotFound(name)
-        found.append(_record(row))
-    return found
+    return [_record(found[name]) for name in names]
+
+
+def _plans(tx: Writes, records: Sequence[ScheduleRecord]) -> list[TickPlan]:
+    return [plan_ticks(r, tx.now, _unfinished(tx, r)) for r in records]
 
 
 class SQLiteSchedules:
@@ -114,23 +121,34 @@ class SQLiteSchedules:
 
     def enqueue_due_ticks(self, names: Sequence[str]) -> TickResult:
         wanted = schedule_names(names, "enqueue_due_ticks")
+        # A first look in a read transaction: most calls (every worker, every pass)
+        # find nothing due and never take the write lock.
+        with self._transaction(write=False) as tx:
+            records = _records(tx, wanted)
+            if idle(records, _plans(tx, records)):
+                return TickResult((), earliest_tick(records))
         # not durable: like the worker's other calls, a crash may lose the
         # last commits, and the next call then makes the same ticks again
         with self._transaction(durable=False) as tx:
+            records = _records(tx, wanted)
             created: list[JobRecord] = []
             after = []
-            for record in _records(tx, wanted):
-                plan = plan_ticks(record, tx.now, _unfinished(tx, record))
+            for record, plan in zip(records, _plans(tx, records), strict=True):
                 last_job_id = record.last_job_id
                 for request in plan.requests:
                     outcome = self._insert(tx, request)
                     last_job_id = outcome.job.id
                     if outcome.created:
                         created.append(outcome.job)
-                moved = replace(record, cursor=plan.cursor, last_job_id=last_job_id)
-                if moved != record:
-                    _store(tx, moved)
-                after.append(moved)
+                after.append(replace(record, cursor=plan.cursor, last_job_id=last_job_id))
+            tx.conn.executemany(
+                "UPDATE schedules SET cursor = ?, last_job_id = ? WHERE name = ?",
+                [
+                    (to_micros(new.cursor), new.last_job_id, new.name)
+                    for new, old in zip(after, records, strict=True)
+                    if new != old
+                ],
+            )
             return TickResult(tuple(created), earliest_tick(after))
 
     def list_schedules(self) -> list[ScheduleRecord]:
@@ -164,8 +182,8 @@ class SQLiteSchedules:
 
 
 def _unfinished(tx: Writes, record: ScheduleRecord) -> bool:
-    """Whether the record's last job is stored and not finished."""
-    if record.last_job_id is None:
+    """Whether the record's last job is stored and not finished (asked only when it matters)."""
+    if record.last_job_id is None or not record.schedule.skip_if_running:
         return False
     row = tx.conn.execute("SELECT state FROM jobs WHERE id = ?", (record.last_job_id,)).fetchone()
     return row is not None and row[0] not in _FINISHED
