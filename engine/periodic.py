@@ -142,12 +142,23 @@ class Ticker:
     def __init__(self, app: App) -> None:
         self._app = app
         self._synced = False
+        self._warned = False
         self._lock = threading.Lock()
 
     def run(self) -> TickResult | None:
         """Enqueue the due ticks of the app's schedules; the store's answer (None: none)."""
         schedules = list(self._app.schedules)
         if not schedules:
+            return None
+        driver = self._app.driver
+        if not driver.capabilities.schedules:
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "%s does not keep schedules (capability 'schedules'): "
+                    "the app's periodic schedules do not run on it",
+                    type(driver).__name__,
+                )
             return None
         with self._lock:
             if not self._synced:

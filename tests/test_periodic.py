@@ -13,7 +13,7 @@ import pytest
 import taskharbor as th
 from taskharbor.drivers.memory import MemoryDriver
 from taskharbor.periodic import Ticker
-from taskharbor.spec import FakeClock, InvalidRequest, JobState
+from taskharbor.spec import Capabilities, FakeClock, InvalidRequest, JobState
 from taskharbor.testing import Harness
 
 START = datetime(2030, 1, 1, 12, 0, 0, 250000, tzinfo=UTC)
@@ -268,3 +268,19 @@ def test_import_taskharbor_and_interval_schedules_do_not_load_cronsim() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_store_without_schedules_warns_once_and_the_worker_still_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    driver = MemoryDriver(clock=FakeClock(START))
+    driver.capabilities = Capabilities()  # as a third-party store that keeps no schedules
+    app = th.App(driver=driver)
+    app.periodic(app.task(name="beat")(lambda: None).s(), every=60, name="beat")
+    done = app.task(name="done")(lambda: "ok")
+    job = done.enqueue()
+    th.Worker(app).run(burst=True, handle_signals=False)
+    th.Worker(app).run(burst=True, handle_signals=False)
+    assert app.get_job(job).state == JobState.SUCCEEDED
+    warnings = [r for r in caplog.records if "does not keep schedules" in r.getMessage()]
+    assert len(warnings) == 2  # once per worker
