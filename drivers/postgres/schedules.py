@@ -168,12 +168,19 @@ class PostgresSchedules:
         def body(cur: psycopg.Cursor[Row], params: Params) -> TickResult:
             now = self._call_now(cur, params)
             # A first look without locks: most calls (every worker, every pass) find
-            # nothing due and leave without waiting for the worker that has the ticks.
-            records = self._named(cur, wanted, lock=False)
-            plans = self._plans(cur, records, now)
-            if idle(records, plans):
-                return TickResult((), earliest_tick(records))
-            records = self._named(cur, wanted, lock=True)
+            # nothing due and leave at once.
+            seen = self._named(cur, wanted, lock=False)
+            first = self._plans(cur, seen, now)
+            if idle(seen, first):
+                return TickResult((), earliest_tick(seen))
+            # Then lock the rows with ticks due, skipping those another caller holds:
+            # that caller is enqueueing them (or a pause or sync holds them), and a
+            # tick it leaves (one after its now) is due again at the next pass.
+            due = [r.name for r, p in zip(seen, first, strict=True) if not idle([r], [p])]
+            query = sql.SQL(
+                "SELECT * FROM {} WHERE name = ANY(%s) ORDER BY name FOR UPDATE SKIP LOCKED"
+            ).format(self._table())
+            records = [_record(row) for row in cur.execute(query, (due,)).fetchall()]
             plans = self._plans(cur, records, now)
             requests = [request for plan in plans for request in plan.requests]
             outcomes = self._enqueue_on(cur, requests, now, self._prepare) if requests else []
@@ -199,7 +206,8 @@ class PostgresSchedules:
                     ),
                 )
             created = tuple(outcome.job for outcome in outcomes if outcome.created)
-            return TickResult(created, earliest_tick(after))
+            latest = {record.name: record for record in (*seen, *after)}
+            return TickResult(created, earliest_tick(list(latest.values())))
 
         return self._run(body)
 
