@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from taskharbor.spec import (
@@ -86,6 +86,20 @@ class _Active:
         self.context.cancel_event.set()
         if self.handler is not None:
             self.handler.cancel()
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message (caused by Type: message)`` on one line, every ``raise ... from``
+    cause included."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join(str(current).split())
+        parts.append(f"{type(current).__name__}: {text}" if text else type(current).__name__)
+        current = current.__cause__  # not __context__: what was being handled, not a cause
+    return parts[0] + "".join(f" (caused by {part})" for part in parts[1:])
 
 
 def _seconds(value: object, what: str) -> float:
@@ -167,6 +181,7 @@ class Worker:
         self._flushing = False
         self._last_prune = float("-inf")
         self._waiter: asyncio.Future[None] | None = None
+        self._clock_read: asyncio.Future[datetime] | None = None
 
     # -- running -------------------------------------------------------------------
 
@@ -311,11 +326,11 @@ class Worker:
                     )
                     if not records and self._quiet():
                         return
-            except Exception:
-                logger.exception("worker %s: leasing failed; retrying", self.worker_id)
+            except Exception as error:
+                self._store_failed("leasing", error)
                 await self._sleep(self.poll_interval)
                 continue
-            now = await self._lease_time(records)
+            now = await self._lease_time(records)  # never raises: the jobs are leased now
             for record in records:
                 self._start(record, now)
             if not records:
@@ -340,8 +355,8 @@ class Worker:
                 waiting.cancel()
 
     def _waiter_done(self, future: asyncio.Future[None]) -> None:
-        if not future.cancelled() and future.exception() is not None:
-            logger.error("worker %s: wait_for_jobs failed: %r", self.worker_id, future.exception())
+        if not future.cancelled() and (error := future.exception()) is not None:
+            self._store_failed("waiting for jobs", error)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up early when the worker is asked to stop."""
@@ -384,18 +399,9 @@ class Worker:
 
     async def _run(self, active: _Active) -> None:
         try:
-            outcome, leftover = await self._outcome(active)
+            outcome = await self._outcome(active)
             if not active.released:
                 self._queue_report(active, outcome)
-            if leftover is not None:
-                # A sync handler past its timeout keeps its thread (threads cannot be
-                # killed); its slot stays taken until it returns, so concurrency holds.
-                logger.warning(
-                    "job %d %s timed out; its thread is still running and keeps a slot",
-                    active.record.id,
-                    active.record.task,
-                )
-                await asyncio.wait({leftover})
         except Exception:
             logger.exception("worker %s: running job %d failed", self.worker_id, active.record.id)
         finally:
@@ -406,13 +412,13 @@ class Worker:
                 del self._by_job[active.record.id]
             self._wake.set()
 
-    async def _outcome(self, active: _Active) -> tuple[Outcome, asyncio.Future[Any] | None]:
-        """Run the handler; the outcome, and a sync handler's future if it outlived its timeout."""
+    async def _outcome(self, active: _Active) -> Outcome:
+        """Run the handler and say what happened."""
         record, task = active.record, active.task
         if task is None:
-            return execution.unknown_task(record), None
+            return execution.unknown_task(record)
         if task.is_async:
-            return await self._outcome_async(active, task), None
+            return await self._outcome_async(active, task)
         return await self._outcome_sync(active, task)
 
     async def _outcome_async(self, active: _Active, task: Task[Any]) -> Outcome:
@@ -453,11 +459,14 @@ class Worker:
             return execution.cancelled(record)
         return execution.outcome_of_value(value)
 
-    async def _outcome_sync(
-        self, active: _Active, task: Task[Any]
-    ) -> tuple[Outcome, asyncio.Future[Any] | None]:
-        """Run a sync handler on the handler thread pool; a thread cannot be cancelled, so
-        past its timeout the job fails and the still-running future is handed back."""
+    async def _outcome_sync(self, active: _Active, task: Task[Any]) -> Outcome:
+        """Run a sync handler on the handler thread pool.
+
+        A thread cannot be cancelled: past its timeout the handler gets its
+        cancellation flag, and the timeout is reported only once its thread has
+        returned.  Until then the job keeps its lease (the heartbeat loop extends
+        it) and its slot, so its next attempt can never run beside this one.
+        """
         record = active.record
         handler = asyncio.get_running_loop().run_in_executor(
             self._handlers,
@@ -472,20 +481,66 @@ class Worker:
             done, _ = await asyncio.wait({handler}, timeout=timeout)
             if not done:
                 active.stop()
-                return execution.timed_out(record, task, await self._now()), handler
+                logger.warning(
+                    "job %d %s ran past its timeout (%g s): its cancellation flag is set, and "
+                    "it keeps its lease until its thread returns",
+                    record.id,
+                    record.task,
+                    timeout,
+                )
+                await asyncio.wait({handler})
+                if not handler.cancelled():
+                    handler.exception()  # what it ended with no longer matters: it timed out
+                return execution.timed_out(record, task, await self._now())
         try:
             value = await handler
         except Exception as error:
             if active.cancel_requested:
-                return execution.cancelled(record), None
-            return execution.outcome_of_error(error, record, task, await self._now()), None
+                return execution.cancelled(record)
+            return execution.outcome_of_error(error, record, task, await self._now())
         if active.cancel_requested:
-            return execution.cancelled(record), None
-        return execution.outcome_of_value(value), None
+            return execution.cancelled(record)
+        return execution.outcome_of_value(value)
+
+    async def _store_time(self) -> datetime:
+        """The store's time, read on an I/O thread (a round trip on some stores: read only
+        when needed), waited for at most a third of the lease; raises what the store raised
+        or ``TimeoutError``.
+
+        Callers share a read in flight, so a store whose clock stalls holds one I/O
+        thread, not one more per caller until none is left for leases and reports.
+        """
+        read = self._clock_read
+        if read is None or read.done():
+            read = self._clock_read = asyncio.ensure_future(
+                self._io_call(self.app.driver.clock.now)
+            )
+            # Whoever gave up waiting no longer looks at it: retrieve its error here.
+            read.add_done_callback(lambda done: done.cancelled() or done.exception())
+        wait = self.lease / 3
+        try:
+            return await asyncio.wait_for(asyncio.shield(read), wait)
+        except TimeoutError:
+            raise TimeoutError(f"the store's clock did not answer within {wait:g} s") from None
 
     async def _now(self) -> datetime:
-        """The store's time (a round trip on some stores: read only when needed)."""
-        return await self._io_call(self.app.driver.clock.now)
+        """The store's time for a leased job's deadline, a retry time or a release.
+
+        Those jobs are leased already, so a store that cannot tell its time (an
+        error, a stall) must not stop them being started or reported: this
+        machine's clock is used instead, and the failure logged.
+        """
+        try:
+            return await self._store_time()
+        except Exception as error:
+            self._store_failed("reading the store's clock", error, "using this machine's clock")
+            return datetime.now(UTC)
+
+    def _store_failed(self, what: str, error: BaseException, then: str = "retrying") -> None:
+        """Log a failed store call as one line naming its cause (a lost connection, a full
+        disk); the traceback goes to DEBUG, so an outage does not flood the log."""
+        logger.warning("worker %s: %s failed: %s; %s", self.worker_id, what, describe(error), then)
+        logger.debug("worker %s: %s failed", self.worker_id, what, exc_info=error)
 
     def _queue_report(self, active: _Active, outcome: Outcome) -> None:
         record = active.record
@@ -524,12 +579,12 @@ class Worker:
             except Exception as error:
                 if is_refusal(error):
                     # A refusal (a bad request, an unknown job): sending it again cannot help.
-                    logger.exception("worker %s: reports refused; dropped", self.worker_id)
+                    self._store_failed("writing reports", error, f"{len(batch)} reports dropped")
                     continue
                 failures += 1
                 horizon = time.monotonic() - self.lease
                 kept = [item for item in batch if item[0] >= horizon]
-                logger.exception("worker %s: writing reports failed", self.worker_id)
+                self._store_failed("writing reports", error)
                 if len(kept) < len(batch):
                     logger.warning(
                         "worker %s: %d reports dropped: their leases have expired",
@@ -570,8 +625,8 @@ class Worker:
             refs = [LeaseRef(a.record.id, a.token) for a in live]
             try:
                 result = await self._io_call(self.app.driver.heartbeat, refs, self.lease)
-            except Exception:
-                logger.exception("worker %s: heartbeat failed; retrying", self.worker_id)
+            except Exception as error:
+                self._store_failed("heartbeat", error)
                 continue
             for lost in result.lost:
                 active = self._active.get(lost.token)
@@ -603,26 +658,27 @@ class Worker:
         while not self._stopping.is_set():
             delay = self.maintenance_interval
             try:
-                due_in = await self._maintain(prune=True)
-                if due_in is not None:
-                    delay = min(delay, due_in)
-            except Exception:
-                logger.exception("worker %s: maintenance failed; retrying", self.worker_id)
+                next_due = await self._maintain(prune=True)
+                if next_due is not None:
+                    due_in = (next_due - await self._store_time()).total_seconds()
+                    delay = min(delay, max(0.0, due_in))
+            except Exception as error:
+                self._store_failed("maintenance", error)
             await self._sleep(max(0.001, delay))
 
-    async def _maintain(self, *, prune: bool) -> float | None:
+    async def _maintain(self, *, prune: bool) -> datetime | None:
         """Promote due jobs, rescue expired leases, prune when due.
 
         Enqueues the due ticks of the app's periodic schedules first (unless
-        this worker was started with ``periodic=False``).  Returns the seconds
-        until the next scheduled or retrying job, or the next tick, is due.
+        this worker was started with ``periodic=False``).  Returns when the next
+        scheduled or retrying job, or the next tick, is due (``None``: none is).
         One pass at a time: a store may skip rows another promote is holding,
         so burst mode's last pass must not overlap the background one.
         """
         async with self._maintaining:
             return await self._maintain_once(prune=prune)
 
-    async def _maintain_once(self, *, prune: bool) -> float | None:
+    async def _maintain_once(self, *, prune: bool) -> datetime | None:
         driver = self.app.driver
         # Ticks first: a tick's job delayed by jitter is then seen by this pass's promote.
         ticked = None if self._ticker is None else await self._io_call(self._ticker.run)
@@ -638,15 +694,12 @@ class Worker:
             now = time.monotonic()
             if now - self._last_prune >= self.prune_interval:
                 self._last_prune = now
-                horizon = driver.clock.now() - timedelta(seconds=self.retention)
+                horizon = await self._store_time() - timedelta(seconds=self.retention)
                 pruned = await self._io_call(driver.prune, horizon)
                 if pruned:
                     logger.info("worker %s pruned %d finished jobs", self.worker_id, pruned)
         due = [promoted.next_due, None if ticked is None else ticked.next_tick]
-        known = [moment for moment in due if moment is not None]
-        if not known:
-            return None
-        return max(0.0, (min(known) - driver.clock.now()).total_seconds())
+        return min((moment for moment in due if moment is not None), default=None)
 
     # -- stopping --------------------------------------------------------------------
 
@@ -661,7 +714,7 @@ class Worker:
                 await asyncio.wait(set(self._runs), timeout=min(remaining, 0.1))
         unfinished = self._live()
         if unfinished:
-            now = self.app.driver.clock.now()
+            now = await self._now()
             logger.info(
                 "worker %s releases unfinished jobs %s",
                 self.worker_id,

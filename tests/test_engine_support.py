@@ -12,7 +12,7 @@ from typing import Any
 
 from driver_registry import DriverFactory
 from taskharbor import App, Job, Task, TaskCall, Worker
-from taskharbor.spec import Clock, FakeClock, SystemClock
+from taskharbor.spec import Clock, Driver, FakeClock, SystemClock
 
 FAST = {"poll_interval": 0.01, "maintenance_interval": 0.01, "heartbeat_interval": 0.05}
 """Worker intervals short enough for tests to see effects within milliseconds."""
@@ -99,3 +99,27 @@ def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout} s")
         time.sleep(0.01)
+
+
+def with_clock(inner: Driver, clock: Clock) -> Driver:
+    """``inner`` seen through a driver whose ``clock`` is ``clock``: every call goes to
+    ``inner`` (which keeps its own clock), as on PostgreSQL, where reading the store's
+    time is a query of its own that can fail or stall while the other calls work."""
+    calls = {
+        name: _forward(name)
+        for name, value in vars(Driver).items()
+        if callable(value) and not name.startswith("_")
+    }
+    wrapper = type(f"{type(inner).__name__}WithClock", (Driver,), calls)()
+    wrapper.capabilities = inner.capabilities
+    wrapper.clock = clock
+    wrapper.inner = inner  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _forward(name: str) -> Callable[..., Any]:
+    def call(self: Driver, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.inner, name)(*args, **kwargs)  # type: ignore[attr-defined]
+
+    call.__name__ = name
+    return call

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from test_engine_support import (
     fake_app,
     make_app,
     running_worker,
+    with_clock,
 )
 
 import taskharbor as th
@@ -1004,3 +1005,175 @@ def test_a_worker_warns_at_start_about_task_queues_it_does_not_serve(
     with caplog.at_level(logging.WARNING, logger="taskharbor"):
         burst(app, queues=["default", "reports", "mail"])
     assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+
+
+# -- the store's clock failing or stalling ----------------------------------------------
+
+
+class BrokenClock:
+    """A store clock that fails every read (a lost connection on PostgreSQL)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def now(self) -> datetime:
+        self.reads += 1
+        raise StoreError("connection reset while reading the clock")
+
+
+class StalledClock:
+    """A store clock whose reads hang until :meth:`release` (a pool with no free
+    connection, a server that does not answer)."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.reads = 0
+
+    def now(self) -> datetime:
+        self.reads += 1
+        self.released.wait()
+        return SystemClock().now()
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def clock_tasks(app: th.App) -> tuple[th.Task[Any], th.Task[Any]]:
+    """A task with a timeout (its lease time is read) and one that fails (its retry time is)."""
+    timed = app.task(name="timed", timeout=3600)(lambda: "done")
+    failing = app.task(name="failing", max_attempts=3, backoff=th.Backoff.constant(3600))(
+        lambda: 1 / 0
+    )
+    return timed, failing
+
+
+def test_a_store_clock_that_fails_does_not_stop_the_worker(
+    driver_factory: DriverFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Leased jobs still start and report (on this machine's clock, logged); maintenance
+    fails its pass and tries again; the worker drains and stops as asked."""
+    inner = make_app(driver_factory).driver
+    clock = BrokenClock()
+    app = th.App(driver=with_clock(inner, clock))
+    timed, failing = clock_tasks(app)
+    jobs = [timed.enqueue(), failing.enqueue()]
+    with caplog.at_level(logging.INFO, logger="taskharbor"):
+        burst(app, retention=3600, prune_interval=0)
+    done, retrying = (app.get_job(job) for job in jobs)
+    assert (done.state, done.result) == (JobState.SUCCEEDED, "done")
+    assert (retrying.state, retrying.attempt) == (JobState.RETRYING, 1)
+    assert clock.reads >= 2
+    fallbacks = [
+        r.getMessage()
+        for r in caplog.records
+        if "reading the store's clock failed" in r.getMessage()
+    ]
+    assert fallbacks and all(
+        line.endswith(
+            "failed: StoreError: connection reset while reading the clock; "
+            "using this machine's clock"
+        )
+        for line in fallbacks
+    ), fallbacks
+
+    # Stopping: a job still running at the shutdown deadline is released all the same.
+    started, finish = threading.Event(), threading.Event()
+
+    @app.task(name="long")
+    def long() -> None:
+        started.set()
+        finish.wait(EVENTUALLY)
+
+    job = long.enqueue()
+    try:
+        with running_worker(app, shutdown_timeout=0):
+            assert started.wait(EVENTUALLY)
+    finally:
+        finish.set()
+    released = app.get_job(job)
+    assert released.state != JobState.RUNNING and released.attempt == 0
+
+
+def test_a_store_clock_that_stalls_does_not_stop_the_worker(
+    driver_factory: DriverFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A clock read is waited for a third of the lease, then this machine's clock serves;
+    reads in flight are shared, so the stalled ones hold one I/O thread, not all of them."""
+    inner = make_app(driver_factory).driver
+    clock = StalledClock()
+    app = th.App(driver=with_clock(inner, clock))
+    timed, failing = clock_tasks(app)
+    jobs = [timed.enqueue(), failing.enqueue(), *(failing.enqueue() for _ in range(5))]
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            burst(app, lease=3.0, retention=3600, prune_interval=0)
+            outcome.append(None)
+        except BaseException as error:  # reported below
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="taskharbor"):
+            thread.start()
+            thread.join(EVENTUALLY)
+            assert not thread.is_alive(), "the worker hung on the store's clock"
+    finally:
+        clock.release()
+    assert outcome == [None]
+    states = [app.get_job(job).state for job in jobs]
+    assert states == [JobState.SUCCEEDED] + [JobState.RETRYING] * 6
+    assert clock.reads == 1  # every later caller waited for the same read
+    assert any(
+        "the store's clock did not answer within 1 s" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_a_timed_out_sync_handler_never_overlaps_its_own_retry(
+    driver_factory: DriverFactory,
+) -> None:
+    """Its thread cannot be stopped, so the job keeps its lease (heartbeated) until the
+    thread returns, and only then fails with Timeout and retries."""
+    app = make_app(driver_factory)
+    lock = threading.Lock()
+    running: list[int] = []
+    overlapped: list[list[int]] = []
+    flagged, let_go = threading.Event(), threading.Event()
+
+    @app.task(name="stubborn", timeout=0.05, max_attempts=2, backoff=th.Backoff.constant(0))
+    def stubborn() -> int:
+        job = th.current_job()
+        with lock:
+            running.append(job.attempt)
+            if len(running) > 1:
+                overlapped.append(list(running))
+        try:
+            while job.attempt == 1 and not let_go.is_set():
+                if job.cancelled:  # past the timeout: the worker set the flag
+                    flagged.set()
+                let_go.wait(0.01)
+            return job.attempt
+        finally:
+            with lock:
+                running.remove(job.attempt)
+
+    job = stubborn.enqueue()
+    with running_worker(app, concurrency=2), running_worker(app, concurrency=2):
+        assert flagged.wait(EVENTUALLY)
+        timed_out_lease = app.get_job(job).lease_expires_at
+        # Attempt 1 is still running: either its lease is heartbeated on (right), or
+        # its failure was reported and attempt 2 started beside it (the overlap).
+        eventually(
+            lambda: bool(overlapped) or app.get_job(job).lease_expires_at != timed_out_lease,
+            what="a heartbeat of the timed-out attempt, or an overlap",
+        )
+        assert not overlapped, overlapped
+        held = app.get_job(job)
+        assert (held.state, held.attempt, held.errors) == (JobState.RUNNING, 1, ())
+        let_go.set()
+        eventually(lambda: app.get_job(job).finished, what="the retry")
+    done = app.get_job(job)
+    assert (done.state, done.result, done.attempt) == (JobState.SUCCEEDED, 2, 2)
+    assert [error.type for error in done.errors] == ["Timeout"]
+    assert not overlapped
