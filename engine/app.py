@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -28,7 +30,7 @@ from .middleware import Middleware, chain_enqueue
 from .options import TaskDefaults, check_exception_types, check_timeout
 from .periodic import Schedules, periodic_decorator
 from .task import Task
-from .urls import DEFAULT_URL, open_driver
+from .urls import DEFAULT_URL, driver_opener
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -64,9 +66,12 @@ class App:
     ``App()`` opens the embedded default store (SQLite file ``./taskharbor.db``);
     ``App("postgresql://...")``, ``App("sqlite:///path.db")`` or
     ``App("memory://")`` open another by URL, and ``App(driver=...)`` takes any
-    :class:`~taskharbor.spec.Driver`.  A store opened by URL gets its schema
-    created or upgraded (``migrate=False`` skips that, for operators who run
-    ``taskharbor migrate`` themselves).
+    :class:`~taskharbor.spec.Driver`.  A store given by URL is opened on first
+    use, not here, so importing a module that defines an app and its tasks
+    needs no database (a malformed URL or an unknown scheme is refused here
+    all the same).  When opened, its schema is created or upgraded
+    (``migrate=False`` skips that, for operators who run ``taskharbor
+    migrate`` themselves).
     """
 
     def __init__(
@@ -83,13 +88,16 @@ class App:
             url, driver = None, url
         if url is not None and driver is not None:
             raise InvalidRequest("give App a storage URL or a driver, not both")
+        self._driver: Driver | None = None
+        self._opener: Callable[[], Driver] | None = None
+        self._opening = threading.Lock()
         if driver is None:
-            driver = open_driver(DEFAULT_URL if url is None else url)
-            if migrate:
-                driver.migrate()
+            opener = driver_opener(DEFAULT_URL if url is None else url)  # checks the URL now
+            self._opener = functools.partial(self._open, opener, migrate)
         elif not isinstance(driver, Driver):
             raise InvalidRequest(f"driver must be a taskharbor Driver, not {driver!r}")
-        self.driver: Driver = driver
+        else:
+            self._driver = driver
         self._tasks: dict[str, Task[Any]] = {}
         self.schedules = Schedules(self)
         """The periodic schedules declared with :meth:`periodic`."""
@@ -97,8 +105,48 @@ class App:
         for layer in middleware:
             self.use(layer)
 
+    @staticmethod
+    def _open(opener: Callable[[], Driver], migrate: bool) -> Driver:
+        driver = opener()
+        if migrate:
+            try:
+                driver.migrate()
+            except BaseException:
+                driver.close()
+                raise
+        return driver
+
+    @property
+    def driver(self) -> Driver:
+        """The store; one given by URL is opened (and migrated) on first use."""
+        driver = self._driver
+        if driver is None:
+            with self._opening:
+                if self._driver is None:
+                    assert self._opener is not None, "an app has a driver or a way to open one"
+                    self._driver = self._opener()
+                driver = self._driver
+        return driver
+
+    @driver.setter
+    def driver(self, driver: Driver) -> None:
+        self._driver = driver
+
+    def _swap_driver(self, driver: Driver) -> tuple[Driver | None, Callable[[], Driver] | None]:
+        """Put the app on ``driver`` without opening its own store (the testing kit);
+        :meth:`_restore_driver` gives back what this returns."""
+        with self._opening:
+            saved = (self._driver, self._opener)
+            self._driver = driver
+        return saved
+
+    def _restore_driver(self, saved: tuple[Driver | None, Callable[[], Driver] | None]) -> None:
+        with self._opening:
+            self._driver, self._opener = saved
+
     def __repr__(self) -> str:
-        return f"<App {type(self.driver).__name__} tasks={len(self._tasks)}>"
+        store = type(self._driver).__name__ if self._driver is not None else "(not opened yet)"
+        return f"<App {store} tasks={len(self._tasks)}>"
 
     def __enter__(self) -> App:
         return self
@@ -107,8 +155,9 @@ class App:
         self.close()
 
     def close(self) -> None:
-        """Close the store's connections and files."""
-        self.driver.close()
+        """Close the store's connections and files (nothing to do if it was never opened)."""
+        if self._driver is not None:
+            self._driver.close()
 
     # -- tasks ------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec
 
 from taskharbor.spec import JSON, EnqueueRequest, InvalidRequest
@@ -133,8 +134,11 @@ class Task(Generic[P]):
         the arguments to the caller's :meth:`check_call` (a workflow step's input)."""
         if check:
             self.check_call(args, kwargs)
-        clock = self.app.driver.clock
-        return build_request(self.name, self.defaults, opts, args, kwargs, clock.now)
+        return build_request(self.name, self.defaults, opts, args, kwargs, self._now)
+
+    def _now(self) -> datetime:
+        """The store's time, for a ``delay``: the store is opened only when one is given."""
+        return self.app.driver.clock.now()
 
 
 class TaskCall(Generic[P]):

@@ -3,7 +3,8 @@
 :class:`Harness` puts an app on a fresh in-memory store with a clock that only
 moves when told, and runs jobs inline with :meth:`Harness.drain`.  It goes
 through the real contract (leases, retries with their backoff, snoozes,
-workflow releases, the dead-letter queue); only the waiting is taken out::
+workflow releases, the dead-letter queue, task timeouts); only the waiting is
+taken out::
 
     from taskharbor.testing import Harness
 
@@ -21,7 +22,9 @@ which moves the clock from tick to tick and runs each tick's job.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+import threading
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -53,6 +56,25 @@ class Harness:
     Use it as a context manager (or call :meth:`close`) to give the app its
     own store back.  ``clock`` is the store's clock: move it with
     :meth:`advance`, or let ``drain(advance_time=True)`` jump to each due job.
+
+    What it does as a worker does: outcomes, retry times, ``retry_on`` and
+    ``no_retry_on``, snoozes, unknown tasks, results that are not JSON, the
+    job middleware, and task timeouts (in real seconds, as a worker counts
+    them: an ``async`` handler is cancelled; a sync one gets its cancellation
+    flag set and the attempt fails with ``Timeout`` once it returns).
+
+    What it cannot do, by design:
+
+    * run jobs concurrently: one job at a time, in the calling thread (a sync
+      handler with a timeout runs there too; the flag is set from a timer);
+    * cancel a running job: ``app.cancel`` on a job that is running (from its
+      own handler, say) ends it ``cancelled`` when it is reported, as with a
+      worker, but its cancellation flag is not set while it runs (no
+      heartbeats deliver the request);
+    * expire leases or rescue crashed attempts (its leases outlast any test);
+    * transactional enqueue: the store is a memory store, so driver-specific
+      calls such as PostgreSQL's ``app.driver.enqueue_in(conn, ...)`` do not
+      exist on it; test those against a PostgreSQL store with a real worker.
     """
 
     def __init__(self, app: App, *, clock: FakeClock | None = None) -> None:
@@ -60,8 +82,10 @@ class Harness:
 
         self.app = app
         self.clock = clock or FakeClock()
-        self._original: Driver | None = app.driver
-        app.driver = MemoryDriver(clock=self.clock)
+        # The app's own store is not opened (a test needs no database): it is set aside.
+        self._original: tuple[Driver | None, Callable[[], Driver] | None] | None = app._swap_driver(
+            MemoryDriver(clock=self.clock)
+        )
         self._ticker = Ticker(app)
 
     def __enter__(self) -> Harness:
@@ -74,7 +98,7 @@ class Harness:
         """Give the app its own store back."""
         if self._original is not None:
             self.app.driver.close()
-            self.app.driver = self._original
+            self.app._restore_driver(self._original)
             self._original = None
 
     # -- time ------------------------------------------------------------------------
@@ -116,7 +140,7 @@ class Harness:
         scheduled or retrying job's time as well, so every retry and delay is
         followed to its end.  Returns the attempts' jobs as they ended.
         ``async`` handlers run on a fresh event loop (use :meth:`drain_async`
-        from async tests).  Task timeouts are not enforced inline.
+        from async tests).  Task timeouts are enforced in real seconds.
         """
         ran: list[Job] = []
         while (record := self._next(advance_time)) is not None:
@@ -177,16 +201,40 @@ class Harness:
         return task, execution.context_for(record, timeout, self.clock.now())
 
     def _call_sync(self, task: Task[Any], record: JobRecord, context: JobContext) -> Outcome:
+        """Run a sync handler here; past its timeout a timer sets its cancellation flag, and
+        the attempt fails with ``Timeout`` when it returns (a worker cannot stop a thread
+        either)."""
+        timeout = task.defaults.timeout
+        timer = None
+        if timeout is not None:
+            timer = threading.Timer(timeout, context.cancel_event.set)
+            timer.daemon = True
+            timer.start()
+        error: Exception | None = None
         try:
             value = execution.call_sync(task, record, context, self.app.middleware)
         except Exception as exc:
-            return execution.outcome_of_error(exc, record, task, self.clock.now())
+            error = exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if timer is not None and context.cancelled:  # only the timer sets the flag here
+            return execution.timed_out(record, task, self.clock.now())
+        if error is not None:
+            return execution.outcome_of_error(error, record, task, self.clock.now())
         return execution.outcome_of_value(value)
 
     async def _call_async(self, task: Task[Any], record: JobRecord, context: JobContext) -> Outcome:
+        """Await an ``async`` handler; past its timeout it is cancelled, as by a worker."""
+        timeout = task.defaults.timeout
+        limit = asyncio.timeout(timeout) if timeout is not None else contextlib.nullcontext()
         try:
-            value = await execution.call_async(task, record, context, self.app.middleware)
+            async with limit:
+                value = await execution.call_async(task, record, context, self.app.middleware)
         except Exception as exc:
+            if isinstance(limit, asyncio.Timeout) and limit.expired():
+                context.cancel_event.set()
+                return execution.timed_out(record, task, self.clock.now())
             return execution.outcome_of_error(exc, record, task, self.clock.now())
         return execution.outcome_of_value(value)
 

@@ -8,6 +8,7 @@ factory under the entry-point group :data:`ENTRY_POINT_GROUP`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -30,7 +31,13 @@ SCHEMA_PARAMETER = "schema"
 
 
 def open_driver(url: str) -> Driver:
-    """The driver a URL names, opened without touching its schema.
+    """The driver a URL names, opened without touching its schema (:func:`driver_opener`,
+    called at once)."""
+    return driver_opener(url)()
+
+
+def driver_opener(url: str) -> Callable[[], Driver]:
+    """A function that opens the driver a URL names, the URL checked now without any I/O.
 
     ``memory://`` keeps jobs in this process; ``sqlite:///relative.db`` or
     ``sqlite:////absolute/path.db`` opens a SQLite file; ``postgresql://`` and
@@ -39,6 +46,8 @@ def open_driver(url: str) -> Driver:
     (default ``taskharbor``).  Any other scheme goes to the factory an
     installed distribution registers for it (:data:`ENTRY_POINT_GROUP`).
     Creating or upgrading the schema is the caller's choice (``driver.migrate()``).
+    A malformed URL or an unknown scheme is an ``InvalidRequest`` here; a store
+    that cannot be reached fails when the returned function is called.
     """
     if not isinstance(url, str) or not url:
         raise InvalidRequest(f"a storage URL must be a non-empty string, not {url!r}")
@@ -46,7 +55,7 @@ def open_driver(url: str) -> Driver:
     if scheme == "memory":
         from taskharbor.drivers.memory import MemoryDriver
 
-        return MemoryDriver()
+        return MemoryDriver
     if scheme == "sqlite":
         prefix = "sqlite:///"
         path = url[len(prefix) :] if url.lower().startswith(prefix) else ""
@@ -57,17 +66,18 @@ def open_driver(url: str) -> Driver:
             )
         from taskharbor.drivers.sqlite import SQLiteDriver
 
-        return SQLiteDriver(path, migrate=False)
+        return lambda: SQLiteDriver(path, migrate=False)
     if scheme in ("postgresql", "postgres"):
         from taskharbor.drivers.postgres import PostgresDriver
 
         conninfo, schema = split_schema(url)
-        return (
-            PostgresDriver(conninfo) if schema is None else PostgresDriver(conninfo, schema=schema)
-        )
+        if schema is None:
+            return lambda: PostgresDriver(conninfo)
+        return lambda: PostgresDriver(conninfo, schema=schema)
     registered = registered_schemes()
     if scheme in registered:
-        return open_registered(url, scheme, registered[scheme])
+        points = registered[scheme]
+        return lambda: open_registered(url, scheme, points)
     known = [*SCHEMES, *(f"{name}://... (registered)" for name in sorted(registered))]
     raise InvalidRequest(
         # The URL itself is left out of the message: it may hold a password.

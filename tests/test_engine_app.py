@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +24,7 @@ from taskharbor.spec import (
     JobState,
     SystemClock,
 )
+from taskharbor.testing import Harness
 
 
 def add(a: int, b: int) -> int:
@@ -454,3 +457,70 @@ def test_handlers_without_a_signature_are_not_checked() -> None:
         task.enqueue([1], [2])
     largest = app.task(name="max")(max)  # max has no signature to inspect: stored as given
     assert largest.enqueue(1, 2, 3, colour="red").args == (1, 2, 3)
+
+
+# -- the store is opened on first use ---------------------------------------------------
+
+TASKS_MODULE = """
+import taskharbor as th
+
+app = th.App({url!r})
+
+
+@app.task(max_attempts=5, queue="mail")
+def send(to: str) -> str:
+    return to
+
+
+@app.task()
+def collect(values: list) -> int:
+    return len(values)
+
+
+nightly = th.chord([send.s("a"), send.s("b")], collect.s())
+"""
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_importing_a_tasks_module_needs_no_database(tmp_path: Path) -> None:
+    """th.App(url) opens (and migrates) its store on first use, not at construction."""
+    url = f"postgresql://nobody@127.0.0.1:{closed_port()}/jobs"
+    module = tmp_path / "unreachable_tasks.py"
+    module.write_text(TASKS_MODULE.format(url=url))
+    spec = importlib.util.spec_from_file_location("unreachable_tasks", module)
+    assert spec is not None and spec.loader is not None
+    tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tasks)  # tasks, signatures, a workflow: no connection needed
+    app: th.App = tasks.app
+    assert "not opened yet" in repr(app)
+    with Harness(app) as harness:  # the testing kit does not open the real store either
+        tasks.send.enqueue("ada@example.com")
+        assert [job.result for job in harness.drain()] == ["ada@example.com"]
+    with pytest.raises(th.StoreError, match=r"cannot connect to PostgreSQL at 127\.0\.0\.1"):
+        tasks.send.enqueue("ada@example.com")  # the first use opens it, and says why not
+    app.close()
+
+
+def test_a_sqlite_store_is_created_and_migrated_on_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "lazy.db"
+    app = th.App(f"sqlite:///{path}")
+    task = app.task(name="work")(lambda: None)
+    signature = task.s()
+    assert not path.exists()
+    app.close()  # closing an app that never opened its store is fine
+    job = app.enqueue(signature)
+    assert path.exists() and app.get_job(job).state == JobState.AVAILABLE
+    app.close()
+
+
+@pytest.mark.parametrize("url", ["nosuchstore://x", "sqlite://", "nonsense"])
+def test_a_bad_url_is_still_refused_at_construction(url: str) -> None:
+    with pytest.raises(InvalidRequest):
+        th.App(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,41 @@ def test_a_job_that_keeps_snoozing_stops_the_drain(tmp_path: Path) -> None:
         forever.enqueue()
         with pytest.raises(RuntimeError, match="drain ran 50 jobs"):
             harness.drain(max_jobs=50)
+
+
+HANG_BOUND = 60.0
+"""How long a handler below waits for its cancellation flag: a bound on a hang, not a
+duration under test (the flag comes at the task's timeout)."""
+
+
+def test_drain_enforces_task_timeouts_as_a_worker_does(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    @app.task(name="slow_sync", timeout=0.05, max_attempts=2, backoff=th.Backoff.constant(60))
+    def slow_sync() -> str:
+        flagged = th.current_job().cancel_event.wait(HANG_BOUND)
+        return "flag set" if flagged else "never stopped"
+
+    @app.task(name="slow_async", timeout=0.05, max_attempts=1)
+    async def slow_async() -> None:
+        await asyncio.sleep(HANG_BOUND)
+
+    @app.task(name="quick", timeout=HANG_BOUND)
+    def quick() -> str:
+        return "in time"
+
+    with Harness(app) as harness:
+        jobs = [slow_sync.enqueue(), slow_async.enqueue(), quick.enqueue()]
+        harness.drain()
+        retrying, dead, done = (app.get_job(job) for job in jobs)
+        assert (retrying.state, retrying.run_at) == (
+            JobState.RETRYING,
+            harness.clock.now() + timedelta(seconds=60),
+        )
+        assert (dead.state, done.state, done.result) == (
+            JobState.DEAD,
+            JobState.SUCCEEDED,
+            "in time",
+        )
+        for job in (retrying, dead):
+            assert job.last_error is not None and job.last_error.type == "Timeout"
