@@ -197,6 +197,8 @@ class Worker:
     async def run_async(self, *, burst: bool = False, handle_signals: bool = False) -> None:
         """:meth:`run` inside an event loop that is already running."""
         loop = asyncio.get_running_loop()
+        # A store given by URL is opened (and migrated) on first use: here, off the loop.
+        await asyncio.to_thread(getattr, self.app, "driver")
         with self._thread_lock:
             if self._loop is not None:
                 raise RuntimeError(f"worker {self.worker_id} is already running")

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1177,3 +1178,28 @@ def test_a_timed_out_sync_handler_never_overlaps_its_own_retry(
     assert (done.state, done.result, done.attempt) == (JobState.SUCCEEDED, 2, 2)
     assert [error.type for error in done.errors] == ["Timeout"]
     assert not overlapped
+
+
+def test_a_worker_opens_its_apps_store_off_the_event_loop(tmp_path: Path) -> None:
+    """th.App(url) opens on first use; a worker's first use is on a thread, not the loop."""
+    app = th.App(f"sqlite:///{tmp_path / 'lazy.db'}")
+    task = app.task(name="work")(lambda: None)
+    opened_on: list[bool] = []
+    opener = app._opener
+    assert opener is not None
+
+    def opening() -> Any:
+        try:
+            asyncio.get_running_loop()
+            opened_on.append(True)
+        except RuntimeError:
+            opened_on.append(False)
+        return opener()
+
+    app._opener = opening
+    burst(app)
+    assert opened_on == [False]
+    task.enqueue()
+    burst(app)
+    assert app.list_jobs(state="succeeded")[0].task == "work"
+    app.close()
