@@ -5,6 +5,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# The demo needs the package and its runtime dependencies only, not the dev tools.
+DEMO_STAMP := $(VENV)/.installed-demo
 # make test runs the stateful harness with enough sequences to matter.
 export TASKHARBOR_HYPOTHESIS_PROFILE ?= ci
 
@@ -20,7 +22,12 @@ $(BIN)/python:
 # reinstall: the stamp depends on the list of modules and on pyproject.toml.
 $(STAMP): pyproject.toml $(BIN)/python $(VENV)/.modules
 	flock $(VENV)/.lock $(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# The dev install above includes this one (and touches its stamp too).
+$(DEMO_STAMP): pyproject.toml $(BIN)/python $(VENV)/.modules
+	flock $(VENV)/.lock $(BIN)/pip install -q -e . --config-settings editable_mode=strict
+	touch $(DEMO_STAMP)
 
 $(VENV)/.modules: FORCE | $(BIN)/python
 	@echo "$(MODULES)" | cmp -s - $@ || echo "$(MODULES)" > $@
@@ -41,7 +48,7 @@ pytest: install
 
 test: lint typecheck pytest
 
-demo: install
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m taskharbor.demo
 
 diagrams: install

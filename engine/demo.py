@@ -3,6 +3,8 @@
 Defines a few tasks, enqueues jobs and a workflow on the embedded default
 store (``./taskharbor.db``), runs a worker in burst mode, and prints what
 happened: results, one retry, and one job that ends in the dead-letter queue.
+The store is reused from run to run (it is the one ``th.App()`` and the CLI
+open by default): the demo says so, with how many jobs earlier runs left.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import taskharbor as th
@@ -64,7 +67,20 @@ def main() -> None:
     console = Console()
     app = build_app()
     tasks = app.tasks
-    console.print(f"[bold]TaskHarbor demo[/] on {type(app.driver).__name__} (./taskharbor.db)")
+    path = Path("taskharbor.db").resolve()
+    earlier = sum(sum(states.values()) for states in app.stats().values())
+    console.print(
+        f"[bold]TaskHarbor demo[/] on {type(app.driver).__name__}: {escape(str(path))}",
+        soft_wrap=True,
+    )
+    if earlier:
+        console.print(
+            f"reusing this store: it holds {earlier} job(s) from earlier runs, kept as they "
+            "are (delete the file to start clean)",
+            soft_wrap=True,
+        )
+    else:
+        console.print("a new store: nothing from earlier runs")
     jobs = [
         tasks["demo.greet"].enqueue("Ada"),
         tasks["demo.fetch_size"].enqueue("index.html"),
@@ -92,7 +108,11 @@ def main() -> None:
     state, result = workflow.status().state, workflow.result()
     console.print(f"workflow {workflow.id} (a chord: three adds, then total): {state}, {result!r}")
     dead = app.list_jobs(state="dead", queue=QUEUE, limit=1000)
-    console.print(f"dead-letter queue of '{QUEUE}': {len(dead)} job(s)")
+    ours = sum(1 for job in dead if job.id in {j.id for j in jobs})
+    console.print(
+        f"dead-letter queue of '{QUEUE}': {len(dead)} job(s)"
+        + (f" ({ours} from this run)" if len(dead) != ours else "")
+    )
     if dead:
         # Printed unwrapped: these lines are meant to be pasted into a shell.
         cli = cli_command()

@@ -40,3 +40,23 @@ def test_the_demo_runs_on_the_embedded_store(tmp_path: Path) -> None:
     assert "demo.flaky_upload attempt 1/3 -> retrying" in done.stderr
     assert "demo.charge_card attempt 2/2 -> dead" in done.stderr
     assert "dead-letter queue of 'demo': 1 job(s)" in done.stdout
+
+
+def test_the_demo_says_whether_it_reuses_its_store(tmp_path: Path) -> None:
+    def demo() -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "taskharbor.demo"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    first = demo()
+    assert f"on SQLiteDriver: {tmp_path / 'taskharbor.db'}" in first
+    assert "a new store: nothing from earlier runs" in first
+    second = demo()
+    assert "reusing this store: it holds 8 job(s) from earlier runs" in second
+    assert "dead-letter queue of 'demo': 2 job(s) (1 from this run)" in second
