@@ -20,13 +20,16 @@ $(BIN)/python:
 
 # Strict editable mode links each module file, so a new module needs a
 # reinstall: the stamp depends on the list of modules and on pyproject.toml.
+# Setuptools warns on each strict editable install not to delete build/ (13
+# lines); make clean removes build/ and .venv together, so the note is muted.
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 $(STAMP): pyproject.toml $(BIN)/python $(VENV)/.modules
-	flock $(VENV)/.lock $(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict
+	$(QUIET_EDITABLE) flock $(VENV)/.lock $(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP) $(DEMO_STAMP)
 
 # The dev install above includes this one (and touches its stamp too).
 $(DEMO_STAMP): pyproject.toml $(BIN)/python $(VENV)/.modules
-	flock $(VENV)/.lock $(BIN)/pip install -q -e . --config-settings editable_mode=strict
+	$(QUIET_EDITABLE) flock $(VENV)/.lock $(BIN)/pip install -q -e . --config-settings editable_mode=strict
 	touch $(DEMO_STAMP)
 
 $(VENV)/.modules: FORCE | $(BIN)/python
@@ -57,7 +60,7 @@ diagrams: install
 # Benchmarks are scripts, not timed tests: each prints its figures as ratios
 # against a baseline measured in the same run.
 bench: install
-	flock $(VENV)/.lock $(BIN)/pip install -q -e '.[dev,bench]' --config-settings editable_mode=strict
+	$(QUIET_EDITABLE) flock $(VENV)/.lock $(BIN)/pip install -q -e '.[dev,bench]' --config-settings editable_mode=strict
 	@for script in tests/bench/bench_*.py; do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
