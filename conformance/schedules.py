@@ -86,6 +86,16 @@ class ScheduleRules(HarborFixture):
         assert record(harbor).cursor == first + timedelta(seconds=120)
         assert record(harbor).last_job_id == jobs[-1].id
 
+    def test_jobs_come_schedule_by_schedule_in_the_order_named(self, harbor: Harbor) -> None:
+        sync(harbor, every("a", missed="all"), every("b", missed="all"))
+        first = next_boundary(harbor.now(), 60)
+        harbor.clock.set(first + timedelta(seconds=60))
+        result = harbor.driver.enqueue_due_ticks(["b", "a"])
+        made = [tick_of(job) for job in result.jobs]
+        later = first + timedelta(seconds=60)
+        assert made == [("b", first), ("b", later), ("a", first), ("a", later)]
+        assert [job.id for job in result.jobs] == sorted(job.id for job in result.jobs)
+
     def test_a_tick_exactly_at_now_is_due(self, harbor: Harbor) -> None:
         sync(harbor, every())
         first = next_boundary(harbor.now(), 60)

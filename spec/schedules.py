@@ -194,7 +194,8 @@ class ScheduleRecord:
 class TickResult:
     """What :meth:`~taskharbor.spec.spi.Driver.enqueue_due_ticks` did.
 
-    ``jobs``: the jobs the call created, by schedule name then tick.
+    ``jobs``: the jobs the call created, schedule by schedule in the order the
+    names were given, each schedule's by tick (job ids increase in that order).
     ``next_tick``: the earliest next tick of the named schedules that are not
     paused (``None`` when all are), so a worker knows when to call again.
     """

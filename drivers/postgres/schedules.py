@@ -180,7 +180,8 @@ class PostgresSchedules:
             query = sql.SQL(
                 "SELECT * FROM {} WHERE name = ANY(%s) ORDER BY name FOR UPDATE SKIP LOCKED"
             ).format(self._table())
-            records = [_record(row) for row in cur.execute(query, (due,)).fetchall()]
+            locked = {row["name"]: row for row in cur.execute(query, (due,)).fetchall()}
+            records = [_record(locked[name]) for name in due if name in locked]
             plans = self._plans(cur, records, now)
             requests = [request for plan in plans for request in plan.requests]
             outcomes = self._enqueue_on(cur, requests, now, self._prepare) if requests else []
