@@ -29,6 +29,7 @@ from taskharbor.spec import (
     JobRecord,
     JobState,
     LeaseRef,
+    RetryPolicy,
     SnoozeRequest,
     StepSpec,
     WorkflowGraph,
@@ -184,6 +185,16 @@ BAD_REQUESTS: dict[str, Call] = {
     "zero-max-attempts": enqueue(task="t", max_attempts=0),
     "max-attempts-too-high": enqueue(task="t", max_attempts=10_001),
     "empty-idempotency-key": enqueue(task="t", idempotency_key=""),
+    "retry-not-a-policy": enqueue(task="t", retry="exponential"),
+    "retry-unknown-kind": lambda h, s: h.driver.enqueue(
+        [EnqueueRequest("t", retry=RetryPolicy("x"))]
+    ),
+    "retry-factor-below-one": lambda h, s: h.driver.enqueue(
+        [EnqueueRequest("t", retry=RetryPolicy(factor=0.5))]
+    ),
+    "retry-cap-too-long": lambda h, s: h.driver.enqueue(
+        [EnqueueRequest("t", retry=RetryPolicy(cap=1e12))]
+    ),
     "non-json-result": lambda h, s: h.driver.complete([Completion(s.running.id, s.token, {1, 2})]),
     "nan-result": lambda h, s: h.driver.complete([Completion(s.running.id, s.token, math.nan)]),
     "naive-retry-at": lambda h, s: h.driver.fail(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta, timezone
 
-from taskharbor.spec import EnqueueRequest, ErrorReport, Failure, JobState
+from taskharbor.spec import (
+    DEFAULT_RETRY,
+    EnqueueRequest,
+    ErrorReport,
+    Failure,
+    JobState,
+    RetryPolicy,
+)
 
 from .harness import Harbor, HarborFixture
 
@@ -22,14 +29,18 @@ class EnqueueingRules(HarborFixture):
             priority=7,
             max_attempts=5,
             idempotency_key="send-1",
+            retry=RetryPolicy("linear", base=2.5, cap=60, jitter=False),
         )
         assert (job.task, job.queue, job.priority, job.max_attempts) == ("send", "mail", 7, 5)
+        assert job.retry == RetryPolicy("linear", base=2.5, cap=60, factor=2, jitter=False)
+        assert harbor.get(job.id).retry == job.retry
         assert job.args == (1, "two", [3.5, None], {"k": True})
         assert dict(job.kwargs) == {"to": "a@example.com", "n": [1, 2]}
         assert job.idempotency_key == "send-1"
 
     def test_a_new_job_starts_with_no_attempt_lease_result_or_error(self, harbor: Harbor) -> None:
         job = harbor.enqueue()
+        assert job.retry == DEFAULT_RETRY
         assert job.id > 0
         assert job.attempt == 0
         assert job.created_at == harbor.now()

@@ -64,10 +64,13 @@ def token(job: JobRecord) -> str:
 
 
 def rescued_and_leased_again(harbor: Harbor, job: JobRecord) -> JobRecord:
-    """Let ``job``'s lease expire, rescue it, and lease it again (a second worker)."""
+    """Let ``job``'s lease expire, rescue it, wait for its retry delay and lease it
+    again (a second worker)."""
     assert job.lease_expires_at is not None
     harbor.clock.set(job.lease_expires_at)
     assert job.id in harbor.driver.rescue()
+    harbor.clock.set(harbor.get(job.id).run_at)
+    harbor.driver.promote()
     return harbor.lease_job(job)
 
 
@@ -90,7 +93,7 @@ class FencingRules(HarborFixture):
         harbor.driver.rescue()
         before = harbor.get(stale.id)
         lost = report(harbor, operation, [harbor.lease_ref(stale)])
-        assert lost == [LeaseLost.stale(stale.id, token(stale), JobState.AVAILABLE)]
+        assert lost == [LeaseLost.stale(stale.id, token(stale), JobState.RETRYING)]
         assert harbor.get(stale.id) == before
 
     @pytest.mark.parametrize("operation", FENCED)
@@ -132,8 +135,8 @@ class FencingRules(HarborFixture):
         batch = [second_stale, first_live, first_stale, second_live]
         lost = report(harbor, operation, [harbor.lease_ref(job) for job in batch])
         assert lost == [
-            LeaseLost.stale(second_stale.id, token(second_stale), JobState.AVAILABLE),
-            LeaseLost.stale(first_stale.id, token(first_stale), JobState.AVAILABLE),
+            LeaseLost.stale(second_stale.id, token(second_stale), JobState.RETRYING),
+            LeaseLost.stale(first_stale.id, token(first_stale), JobState.RETRYING),
         ]
         assert [harbor.get(first_stale.id), harbor.get(second_stale.id)] == before
         for job in (first_live, second_live):

@@ -66,6 +66,8 @@ class LeasingRules(HarborFixture):
         first, second = harbor.lease(limit=2, lease_seconds=1)
         harbor.advance(1)
         assert harbor.driver.rescue() == [result.job.id for result in both]
+        harbor.clock.set(max(job.run_at for job in harbor.all_jobs()))
+        assert harbor.driver.promote().promoted == 2
         again = harbor.lease(limit=2)
         tokens = {job.lease_token for job in (first, second, *again)}
         assert len(tokens) == 4

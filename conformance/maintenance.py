@@ -6,10 +6,18 @@ from datetime import timedelta
 
 import pytest
 
-from taskharbor.spec import CANCELLED_BY_REQUEST, JobNotFound, JobState, PromoteResult
+from taskharbor.spec import (
+    CANCELLED_BY_REQUEST,
+    DEFAULT_RETRY,
+    JobNotFound,
+    JobState,
+    PromoteResult,
+    RetryPolicy,
+    retry_delay,
+)
 from taskharbor.spec.records import LEASE_EXPIRED_MESSAGE, LEASE_EXPIRED_TYPE
 
-from .harness import Harbor, HarborFixture
+from .harness import LEASE_SECONDS, Harbor, HarborFixture
 
 
 class PromotingRules(HarborFixture):
@@ -46,22 +54,60 @@ class PromotingRules(HarborFixture):
         assert harbor.snapshot() == before
 
 
+RETRY_POLICIES = {
+    "default": DEFAULT_RETRY,
+    "constant": RetryPolicy("constant", base=42.5, jitter=False),
+    "linear-capped": RetryPolicy("linear", base=7, cap=10, jitter=False),
+    "exponential-jitter": RetryPolicy("exponential", base=3, cap=3600, factor=3, jitter=True),
+    "at-once": RetryPolicy("constant", base=0, jitter=False),
+}
+"""Retry policies a rescue must apply exactly (the jitter is drawn from job id and attempt)."""
+
+
 class RescuingRules(HarborFixture):
-    def test_rescue_makes_an_expired_job_available_and_counts_the_attempt(
+    def test_rescue_sends_an_expired_job_to_retrying_and_counts_the_attempt(
         self, harbor: Harbor
     ) -> None:
-        job = harbor.running(max_attempts=3)
+        job = harbor.running(max_attempts=3, retry=RETRY_POLICIES["constant"])
         harbor.advance(100)
         assert harbor.driver.rescue() == [job.id]
         stored = harbor.get(job.id)
-        assert stored.state is JobState.AVAILABLE
+        assert stored.state is JobState.RETRYING
         assert stored.attempt == 1
-        assert stored.run_at == harbor.now()
+        assert stored.run_at == harbor.later(42.5)
         assert (stored.lease_token, stored.lease_expires_at, stored.leased_by) == (None, None, None)
         assert stored.finished_at is None
         (error,) = stored.errors
         assert (error.attempt, error.at) == (1, harbor.now())
         assert (error.type, error.message) == (LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE)
+
+    @pytest.mark.parametrize("policy", list(RETRY_POLICIES))
+    def test_a_rescued_job_waits_its_policys_delay_for_its_attempt(
+        self, harbor: Harbor, policy: str
+    ) -> None:
+        retry = RETRY_POLICIES[policy]
+        jobs = [harbor.enqueue(queue=f"q{n}", max_attempts=5, retry=retry) for n in range(3)]
+        for attempt in (1, 2):
+            for job in jobs:
+                harbor.lease_job(job, lease_seconds=10)
+            rescued_at = harbor.advance(10)
+            assert harbor.driver.rescue() == [job.id for job in jobs]
+            for job in jobs:
+                stored = harbor.get(job.id)
+                assert (stored.state, stored.attempt) == (JobState.RETRYING, attempt)
+                assert stored.run_at == rescued_at + retry_delay(retry, job.id, attempt)
+            harbor.clock.set(max(harbor.get(job.id).run_at for job in jobs))
+            assert harbor.driver.promote().promoted == 3
+
+    def test_a_rescued_job_is_not_leased_before_its_retry_time(self, harbor: Harbor) -> None:
+        job = harbor.running(max_attempts=3, retry=RETRY_POLICIES["constant"])
+        harbor.advance(LEASE_SECONDS)
+        harbor.driver.rescue()
+        assert harbor.driver.promote() == PromoteResult(0, harbor.later(42.5))
+        assert harbor.lease([job.queue]) == []
+        harbor.advance(42.5)
+        assert harbor.driver.promote().promoted == 1
+        assert harbor.lease_job(job).attempt == 2
 
     def test_rescue_takes_leases_expiring_exactly_now_and_leaves_live_ones(
         self, harbor: Harbor

@@ -72,8 +72,9 @@ class WaitingRules(HarborFixture):
         wakes_on(harbor, promote)
 
     @requires("notifications")
-    def test_a_waiting_worker_wakes_up_on_rescue(self, harbor: Harbor) -> None:
-        # Each job's lease runs out ten seconds after the previous one's.
+    def test_a_waiting_worker_wakes_up_when_a_rescued_job_is_due(self, harbor: Harbor) -> None:
+        # Each job's lease runs out ten seconds after the previous one's; a rescued
+        # job waits in retrying for its retry delay (at most a second here).
         expiries: list[datetime | None] = []
         for job in [harbor.enqueue(queue=QUEUE) for _ in range(ROUNDS)]:
             leased = harbor.lease_job(job, lease_seconds=10.0 * (len(expiries) + 1))
@@ -83,7 +84,9 @@ class WaitingRules(HarborFixture):
             expiry = expiries[number]
             assert expiry is not None
             harbor.clock.set(expiry)
-            assert len(harbor.driver.rescue()) == 1
+            (rescued,) = harbor.driver.rescue()
+            harbor.clock.set(harbor.get(rescued).run_at)
+            assert harbor.driver.promote().promoted == 1
 
         wakes_on(harbor, rescue)
 

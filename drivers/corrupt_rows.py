@@ -14,7 +14,17 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-from taskharbor.spec import CORRUPT_JOB_TYPE, CorruptJob, ErrorReport, Failure, JobRecord
+from taskharbor.spec import (
+    CORRUPT_JOB_TYPE,
+    DEFAULT_RETRY,
+    CorruptJob,
+    ErrorReport,
+    Failure,
+    InvalidRequest,
+    JobRecord,
+    RetryPolicy,
+)
+from taskharbor.spec.retry import policy_from_text
 
 logger = logging.getLogger("taskharbor")
 
@@ -67,3 +77,13 @@ def split_leased(
             report = ErrorReport(CORRUPT_JOB_TYPE, str(exc))
             corrupt.append(Failure(row["id"], row["lease_token"], report, permanent=True))
     return records, corrupt
+
+
+def rescue_policy(job_id: int, text: object) -> RetryPolicy:
+    """A rescued job's stored retry policy; the default one if it cannot be read, so that
+    a corrupt row never wedges ``rescue`` (reading the job still raises :class:`CorruptJob`)."""
+    try:
+        return policy_from_text(str(text))
+    except InvalidRequest as exc:
+        logger.error("job %s: %s; its rescue waits by the default policy", job_id, exc)
+        return DEFAULT_RETRY

@@ -25,6 +25,7 @@ from taskharbor.spec import (
     JobRecord,
     JobState,
     SnoozeRequest,
+    retry_delay,
 )
 from taskharbor.spec.records import NAME_MAX_LENGTH, check_json
 from taskharbor.spec.schedules import tick_of
@@ -161,8 +162,14 @@ def timed_out(record: JobRecord, task: Task[Any], now: datetime) -> Failed:
 
 
 def retry_time(record: JobRecord, task: Task[Any], now: datetime) -> datetime:
-    """When the next attempt may run, by the task's backoff policy."""
-    return now + timedelta(seconds=task.defaults.backoff.delay(max(1, record.attempt)))
+    """When the next attempt may run: by the retry policy stored with the job, through
+    the function a rescue uses too (so a failure and a rescue of one attempt wait the
+    same), or by the task's custom formula, which only the worker can run."""
+    attempt = max(1, record.attempt)
+    backoff = task.defaults.backoff
+    if backoff.custom_formula:
+        return now + timedelta(seconds=backoff.delay(attempt, record.id))
+    return now + retry_delay(record.retry, record.id, attempt)
 
 
 def outcome_of_value(value: object) -> Outcome:

@@ -28,8 +28,9 @@ class TaskDefaults:
     """Per-task settings given to ``@app.task(...)``.
 
     ``queue``, ``priority`` and ``max_attempts`` are stored with each job (and
-    can be overridden per enqueue); ``backoff`` and ``timeout`` are applied by
-    the worker, which finds them through the job's task name.
+    can be overridden per enqueue), so is ``backoff``'s policy (by which the
+    store delays a rescued job); ``timeout`` is applied by the worker, which
+    finds it through the job's task name.
     """
 
     queue: str
@@ -133,6 +134,7 @@ def build_request(
             run_at=run_at,
             max_attempts=given.get("max_attempts", defaults.max_attempts),
             idempotency_key=given.get("idempotency_key"),
+            retry=defaults.backoff.policy,
         )
     except InvalidRequest as exc:
         raise InvalidRequest(f"cannot enqueue {task}: {exc}") from None

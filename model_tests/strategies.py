@@ -14,11 +14,13 @@ from datetime import datetime, timedelta
 from hypothesis import strategies as st
 
 from taskharbor.spec import (
+    DEFAULT_RETRY,
     EnqueueRequest,
     ErrorReport,
     Failure,
     LeaseRef,
     ResultRef,
+    RetryPolicy,
     StepSpec,
     WorkflowGraph,
 )
@@ -70,6 +72,7 @@ class RequestPlan:
     delay: float | None
     max_attempts: int
     idempotency_key: str | None
+    retry: RetryPolicy = DEFAULT_RETRY
 
     def request(self, now: datetime) -> EnqueueRequest:
         return EnqueueRequest(
@@ -81,7 +84,17 @@ class RequestPlan:
             run_at=at(now, self.delay),
             max_attempts=self.max_attempts,
             idempotency_key=self.idempotency_key,
+            retry=self.retry,
         )
+
+
+RETRY_POLICIES = (
+    DEFAULT_RETRY,
+    RetryPolicy("constant", base=0.0, jitter=False),
+    RetryPolicy("linear", base=1.5, cap=4.0, jitter=False),
+    RetryPolicy("exponential", base=0.25, cap=30.0, factor=3.0, jitter=True),
+)
+"""Policies by which a rescue delays a job: at once, bounded, jittered."""
 
 
 def _request_plans(keys: st.SearchStrategy[str | None]) -> st.SearchStrategy[RequestPlan]:
@@ -95,6 +108,7 @@ def _request_plans(keys: st.SearchStrategy[str | None]) -> st.SearchStrategy[Req
         delay=st.one_of(st.none(), st.sampled_from([-10.0, 0.0, 2.0, 60.0])),
         max_attempts=st.integers(1, 3),
         idempotency_key=keys,
+        retry=st.sampled_from(RETRY_POLICIES),
     )
 
 

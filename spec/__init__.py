@@ -65,6 +65,7 @@ from .records import (
     map_ref,
     ref_indexes,
 )
+from .retry import DEFAULT_RETRY, RetryPolicy, retry_delay
 from .spi import Capabilities, Driver
 from .table import (
     FINISHED_JOB_STATES,
@@ -83,6 +84,7 @@ from .table import (
 __all__ = [
     "CANCELLED_BY_REQUEST",
     "CORRUPT_JOB_TYPE",
+    "DEFAULT_RETRY",
     "EARLIEST_INSTANT",
     "EVENT_EFFECTS",
     "FINISHED_JOB_STATES",
@@ -126,6 +128,7 @@ __all__ = [
     "LeaseRef",
     "PromoteResult",
     "ResultRef",
+    "RetryPolicy",
     "SchemaError",
     "SnoozeRequest",
     "StepSpec",
@@ -157,4 +160,5 @@ __all__ = [
     "job_ids",
     "map_ref",
     "ref_indexes",
+    "retry_delay",
 ]

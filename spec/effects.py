@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .records import JobRecord
+from .retry import retry_delay
 from .table import FINISHED_JOB_STATES, JobEvent, JobState
 
 
@@ -49,6 +50,9 @@ class Effect(enum.StrEnum):
     DECREMENT = "-1"
     NOW_PLUS_LEASE = "now + lease_seconds"
     """The call's now plus the lease duration the call was given."""
+    NOW_PLUS_RETRY_DELAY = "now + retry_delay(retry, id, attempt)"
+    """The call's now plus the job's retry policy's delay for its attempt
+    (:func:`taskharbor.spec.retry.retry_delay`)."""
     NEW_TOKEN = "new token"
     """A fresh, non-empty lease token, unlike the one before."""
     SET = "set"
@@ -129,7 +133,7 @@ EVENT_EFFECTS: Mapping[JobEvent, tuple[FieldEffect, ...]] = MappingProxyType(
         ),
         JobEvent.LEASE_EXPIRED: (
             FieldEffect("errors", Effect.APPEND_ERROR),
-            FieldEffect("run_at", Effect.NOW, when=_on(_AVAILABLE)),
+            FieldEffect("run_at", Effect.NOW_PLUS_RETRY_DELAY, when=_on(_RETRYING)),
         ),
         JobEvent.CANCEL: (),
         JobEvent.REQUEUE: (
@@ -227,6 +231,8 @@ def _expected(
         return old + 1
     if effect is Effect.DECREMENT:
         return old - 1
+    if effect is Effect.NOW_PLUS_RETRY_DELAY:
+        return now + retry_delay(before.retry, before.id, before.attempt)
     if effect is Effect.NOW_PLUS_LEASE:
         return _ANY if lease_seconds is None else now + timedelta(seconds=lease_seconds)
     if effect is Effect.NEW_TOKEN:

@@ -82,9 +82,11 @@ class JobLifecycle(StateMachine):
     lease_expired = (
         running.to(cancelled, cond="cancel_requested")
         | running.to(dead, cond="attempts_exhausted")
-        | running.to(available)
+        | running.to(retrying)
     )
-    """Rescue: the lease ran out without a report.  The attempt counts."""
+    """Rescue: the lease ran out without a report.  A failed attempt like any other:
+    it counts, and the job waits in ``retrying`` for its retry policy's delay, so a
+    job that kills its worker does not crash-loop through the fleet."""
 
     cancel = (
         pending.to(cancelled)

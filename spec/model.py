@@ -53,6 +53,7 @@ from .records import (
     job_ids,
     map_ref,
 )
+from .retry import retry_delay
 from .schedules import (
     Schedule,
     ScheduleNotFound,
@@ -214,6 +215,7 @@ class ReferenceModel(Driver):
             idempotency_key=request.idempotency_key,
             workflow_id=workflow_id,
             depends_on=depends_on,
+            retry=request.retry,
         )
         s.next_job_id += 1
         s.jobs[job.id] = job
@@ -488,8 +490,8 @@ class ReferenceModel(Driver):
                 report = ErrorReport(LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE)
                 target = self._resolve(s, job, JobEvent.LEASE_EXPIRED)
                 changes: dict[str, Any] = {"errors": self._error(job, report)}
-                if target == JobState.AVAILABLE:
-                    changes["run_at"] = self._now
+                if target == JobState.RETRYING:
+                    changes["run_at"] = self._now + retry_delay(job.retry, job.id, job.attempt)
                 self._after_step_finished(s, self._set(s, job, target, **changes))
                 rescued.append(job.id)
             return rescued

@@ -10,10 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeAlias
 
 from .errors import InvalidRequest, LeaseLost
+from .limits import EARLIEST_INSTANT as EARLIEST_INSTANT
+from .limits import LATEST_INSTANT as LATEST_INSTANT
+from .limits import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS
+from .limits import check_aware as check_aware
+from .limits import check_seconds as check_seconds
+from .retry import DEFAULT_RETRY, RetryPolicy
 from .table import JobState, WorkflowState
 
 JobId: TypeAlias = int
@@ -29,17 +35,6 @@ PRIORITY_MAX = 32767
 MAX_ATTEMPTS_LIMIT = 10_000
 NAME_MAX_LENGTH = 255
 JSON_MAX_DEPTH = 64
-
-
-EARLIEST_INSTANT = datetime(1, 1, 3, tzinfo=UTC)
-LATEST_INSTANT = datetime(9999, 12, 29, tzinfo=UTC)
-"""The instants the contract accepts (``run_at``, ``retry_at``, a filter's or prune's
-bound): two days inside Python's calendar at each end, so every store can keep
-them and give them back in UTC or in any session time zone."""
-
-MAX_DURATION_SECONDS = 100 * 365 * 86400
-"""The longest duration the contract accepts (a lease, a delay, a backoff): 100
-years, so that now plus any of them is a date every store can keep."""
 
 
 CANCELLED_BY_REQUEST = "cancelled by request"
@@ -140,36 +135,6 @@ _CHECKED_NAMES_LIMIT = 4096
 """Beyond this many (idempotency keys are names too, and each is new) stop remembering."""
 
 
-def check_aware(value: object, what: str) -> None:
-    """A datetime with a timezone, between :data:`EARLIEST_INSTANT` and
-    :data:`LATEST_INSTANT` (one that would overflow in UTC is refused here, by name,
-    rather than raising ``OverflowError`` inside a driver)."""
-    if not isinstance(value, datetime):
-        raise InvalidRequest(f"{what} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidRequest(f"{what} must be timezone-aware, not naive ({value.isoformat()})")
-    if not EARLIEST_INSTANT <= value <= LATEST_INSTANT:
-        raise InvalidRequest(
-            f"{what} {value.isoformat()} is out of range: give an instant between "
-            f"{EARLIEST_INSTANT.isoformat()} and {LATEST_INSTANT.isoformat()}"
-        )
-
-
-def check_seconds(value: object, what: str, *, positive: bool = False) -> float:
-    """A duration: a finite number of seconds, >= 0 (> 0 if ``positive``), at most
-    :data:`MAX_DURATION_SECONDS`; named in the error when it is not."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(f"{what} must be a number of seconds, not {value!r}")
-    low = "positive" if positive else ">= 0"
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise InvalidRequest(f"{what} must be {low} and finite, not {value}")
-    if value > MAX_DURATION_SECONDS:
-        raise InvalidRequest(
-            f"{what} of {value} s is too long: at most {MAX_DURATION_SECONDS} s (100 years)"
-        )
-    return float(value)
-
-
 def _check_int(value: object, what: str, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidRequest(f"{what} must be an int, not {value!r}")
@@ -193,7 +158,9 @@ class EnqueueRequest:
 
     ``run_at=None`` means now.  ``priority``: larger runs first.
     ``idempotency_key``: while a stored job holds this key, enqueueing the same
-    key again stores nothing and returns that job.
+    key again stores nothing and returns that job.  ``retry``: how long the job
+    waits after a failed attempt, stored with it so that a rescue
+    (``lease_expired``) waits as a reported failure would.
     """
 
     task: str
@@ -204,6 +171,7 @@ class EnqueueRequest:
     run_at: datetime | None = None
     max_attempts: int = 3
     idempotency_key: str | None = None
+    retry: RetryPolicy = DEFAULT_RETRY
 
     def __post_init__(self) -> None:
         check_name(self.task, "task name")
@@ -222,6 +190,8 @@ class EnqueueRequest:
             check_aware(self.run_at, "run_at")
         if self.idempotency_key is not None:
             check_name(self.idempotency_key, "idempotency_key")
+        if type(self.retry) is not RetryPolicy:
+            raise InvalidRequest(f"retry must be a RetryPolicy, not {self.retry!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +231,7 @@ class JobRecord:
     except on a ``running`` workflow step whose workflow was cancelled: there it
     is already ``WORKFLOW_CANCELLED``, the reason its cancel will end with.
     ``depends_on`` holds the job ids of the workflow steps it waits for.
+    ``retry`` is the policy it was enqueued with (see :mod:`taskharbor.spec.retry`).
     """
 
     id: JobId
@@ -285,6 +256,7 @@ class JobRecord:
     reason: str | None = None
     workflow_id: WorkflowId | None = None
     depends_on: tuple[JobId, ...] = ()
+    retry: RetryPolicy = DEFAULT_RETRY
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,8 @@ target)``), and the conformance suite checks every driver against that data:
 an event changes the fields named there, and no other.
 
 =============== ==============================================================
-enqueue         ``attempt=0``; ``run_at`` = request's or now; ``created_at`` = now
+enqueue         ``attempt=0``; ``run_at`` = request's or now; ``created_at`` = now;
+                ``retry`` = the request's policy, kept for the job's life
 release         ``args`` = (value of ``input``,) + args when the step has an
                 input; ``run_at`` stays when it is in the future (the job
                 goes to ``scheduled``), else becomes now
@@ -73,7 +74,10 @@ snooze          ``attempt -= 1``; lease fields cleared; to ``scheduled``:
                 ``run_at`` = requested; to ``cancelled``: ``finished_at = now``
 lease_expired   ``ErrorInfo`` with ``LEASE_EXPIRED_TYPE`` and
                 ``LEASE_EXPIRED_MESSAGE`` appended; lease fields
-                cleared; to ``available``: ``run_at = now``; to dead or
+                cleared; to ``retrying``: ``run_at = now +
+                retry_delay(retry, id, attempt)`` (the job's stored policy,
+                :func:`taskharbor.spec.retry.retry_delay`, the same function
+                the worker uses for a reported failure); to dead or
                 cancelled: ``finished_at = now``
 cancel          ``finished_at = now``; ``reason`` set (see below)
 requeue         ``attempt = 0``; ``run_at = now``; ``cancel_requested``,
@@ -82,6 +86,14 @@ requeue         ``attempt = 0``; ``run_at = now``; ``cancel_requested``,
                 args, with its input put in front again when it goes
                 straight to ``available``
 =============== ==============================================================
+
+Retry policies: every job carries the :class:`~taskharbor.spec.retry.RetryPolicy`
+it was enqueued with (``EnqueueRequest.retry``, default ``DEFAULT_RETRY``), and
+returns it unchanged in ``JobRecord.retry``.  ``rescue`` computes a rescued
+job's wait with :func:`~taskharbor.spec.retry.retry_delay` (a pure function of
+policy, job id and attempt: compute it in the driver's language, never
+re-implement it in SQL), exactly as the worker computes ``retry_at`` for a
+reported failure.
 
 Cancellation reasons (constants in :mod:`taskharbor.spec.records`):
 ``CANCELLED_BY_REQUEST`` for :meth:`Driver.cancel`, directly or for a running
@@ -228,7 +240,7 @@ class Capabilities:
     caller's own database transaction.
     ``notifications``: :meth:`Driver.wait_for_jobs` wakes up, from any
     process, on every transition into ``available`` (enqueue, release,
-    promote, rescue, requeue) instead of only polling.
+    promote, requeue) instead of only polling.
     ``schedules``: the store keeps periodic schedules (the "Schedules" calls
     of :class:`Driver`); without it those calls raise ``NotImplementedError``.
     """

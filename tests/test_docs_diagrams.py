@@ -22,7 +22,7 @@ def test_committed_diagrams_are_up_to_date() -> None:
 def test_dot_has_one_edge_per_table_choice() -> None:
     dot = render("job", "dot")
     assert 'running -> dead [label="fail [permanent or attempts_exhausted]"];' in dot
-    assert 'running -> available [label="lease_expired"];' in dot
+    assert 'running -> retrying [label="lease_expired"];' in dot
     choices = sum(len(JOB.options(event, state)) for event in JOB.events for state in JOB.states)
     assert dot.count(" -> ") == 1 + choices  # the start arrow, then every choice of the table
 

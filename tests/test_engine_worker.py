@@ -36,6 +36,7 @@ from taskharbor.spec import (
     JobState,
     StoreError,
     SystemClock,
+    retry_delay,
 )
 
 pytestmark = pytest.mark.timing
@@ -406,17 +407,54 @@ def test_an_expired_lease_is_rescued_and_the_job_runs_again(driver_factory: Driv
     (crashed,) = app.driver.lease(["default"], 1, 30.0, "a-worker-that-died")
     clock.advance(31)
     burst(app)
+    rescued = app.get_job(job)
+    assert rescued.state is JobState.RETRYING
+    clock.set(rescued.run_at)
+    burst(app)
     done = app.get_job(job)
     assert (done.state, done.attempt, done.result) == (JobState.SUCCEEDED, 2, 2)
     assert [e.type for e in done.errors] == ["LeaseExpired"]
     assert crashed.id == job.id
 
 
+def test_a_rescued_job_waits_its_tasks_backoff_as_a_failed_attempt_does(
+    driver_factory: DriverFactory,
+) -> None:
+    """A job that kills its worker must not crash-loop through the fleet: its rescue
+    is a failed attempt and waits the task's backoff, exactly as a reported failure."""
+    app, clock = fake_app(driver_factory)
+    backoff = th.Backoff.exponential(base=10.0, cap=600.0)
+    ran: list[int] = []
+
+    @app.task(name="crashy", max_attempts=5, backoff=backoff)
+    def crashy() -> None:
+        ran.append(th.current_job().id)
+        raise ValueError("boom")
+
+    killer = crashy.enqueue()
+    (crashed,) = app.driver.lease(["default"], 1, 30.0, "a-worker-that-died")
+    failing = crashy.enqueue()
+    start = clock.advance(31)
+    burst(app)
+    assert ran == [failing.id]  # the rescued job did not run again at once
+    rescued, failed = app.get_job(killer), app.get_job(failing)
+    assert (rescued.state, rescued.attempt) == (JobState.RETRYING, 1)
+    assert rescued.run_at == start + retry_delay(backoff.policy, killer.id, 1)
+    assert failed.run_at == start + retry_delay(backoff.policy, failing.id, 1)
+    assert [e.type for e in rescued.errors] == ["LeaseExpired"]
+    clock.set(rescued.run_at - timedelta(microseconds=1))
+    burst(app)
+    assert app.get_job(killer).attempt == 1 and crashed.id == killer.id
+    clock.set(max(rescued.run_at, failed.run_at))
+    burst(app)
+    assert killer.id in ran
+
+
 def test_a_worker_that_lost_its_lease_does_not_report(driver_factory: DriverFactory) -> None:
     app, clock = fake_app(driver_factory)
     first_attempt_running = threading.Event()
 
-    @app.task
+    @app.task(backoff=th.Backoff.constant(0))  # rescued, it is due again at once
     def stubborn() -> str:
         context = th.current_job()
         if context.attempt == 1:
@@ -559,7 +597,7 @@ def test_reports_the_store_could_not_write_are_retried_not_dropped(
     app = make_app(driver_factory)
     runs: list[int] = []
 
-    @app.task
+    @app.task(backoff=th.Backoff.constant(0))  # rescued, it is due again at once
     def once() -> int:
         runs.append(1)
         return 7
@@ -590,7 +628,7 @@ def test_a_report_the_store_cannot_write_is_kept_while_its_lease_may_live(
     lease = 1.0
     runs: list[int] = []
 
-    @app.task
+    @app.task(backoff=th.Backoff.constant(0))  # rescued, it is due again at once
     def once() -> int:
         runs.append(th.current_job().attempt)
         return 7

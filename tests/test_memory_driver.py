@@ -38,6 +38,7 @@ from taskharbor.spec import (
     JobState,
     LeaseLost,
     LeaseRef,
+    RetryPolicy,
     SnoozeRequest,
     StepSpec,
     WorkflowGraph,
@@ -222,12 +223,14 @@ def make_available_by_requeue(driver: MemoryDriver, clock: FakeClock) -> Callabl
 
 
 def make_available_by_rescue(driver: MemoryDriver, clock: FakeClock) -> Callable[[], object]:
-    enqueue(driver)
+    """A rescued job waits its retry delay in ``retrying``; promote makes it available."""
+    enqueue(driver, retry=RetryPolicy("constant", base=0, jitter=False))
     driver.lease(["default"], 1, 5.0, "w")
 
     def rescue() -> None:
         clock.advance(5)
         driver.rescue()
+        driver.promote()
 
     return rescue
 
@@ -473,7 +476,7 @@ def test_every_spi_method_in_one_pass(driver: MemoryDriver, clock: FakeClock) ->
     assert driver.get_workflow(record.id).state is WorkflowState.CANCELLED
     counts = driver.count()
     assert counts == {
-        ("default", JobState.AVAILABLE): 2,
+        ("default", JobState.RETRYING): 2,
         ("default", JobState.CANCELLED): 1,
         ("callbacks", JobState.CANCELLED): 1,
     }

@@ -86,7 +86,7 @@ def test_promote_and_rescue_from_every_worker_at_once_move_each_job_once(
     ids = Counter(job_id for result in rescued for job_id in result)
     assert (len(ids), max(ids.values())) == (300, 1)
     counts = driver.count()
-    assert counts == {("default", JobState.AVAILABLE): 300, ("leased", JobState.AVAILABLE): 300}
+    assert counts == {("default", JobState.AVAILABLE): 300, ("leased", JobState.RETRYING): 300}
 
 
 def test_prune_works_through_a_backlog_in_batches(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -13,8 +13,17 @@ from test_postgres_support import MakeDriver, make_driver, unique_schema
 
 from driver_registry import POSTGRES_URL
 from taskharbor.drivers.postgres import PostgresDriver
+from taskharbor.drivers.postgres import schema as postgres_schema
 from taskharbor.drivers.postgres.schema import CURRENT_VERSION, MIGRATIONS, migrate
-from taskharbor.spec import EnqueueRequest, FakeClock, InvalidRequest, SchemaError
+from taskharbor.spec import (
+    DEFAULT_RETRY,
+    EnqueueRequest,
+    FakeClock,
+    InvalidRequest,
+    JobState,
+    SchemaError,
+    retry_delay,
+)
 
 __all__ = ["make_driver"]
 
@@ -145,3 +154,31 @@ def test_without_a_clock_time_is_the_database_clock(make_driver: MakeDriver) -> 
 def test_bad_driver_options_are_refused_by_name(options: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         PostgresDriver(POSTGRES_URL, **options)
+
+
+def test_a_store_from_before_retry_policies_upgrades_and_its_jobs_back_off_at_rescue(
+    make_driver: MakeDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = unique_schema()
+    make_driver(schema, migrate=False)  # registers the schema for dropping
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        monkeypatch.setattr(postgres_schema, "MIGRATIONS", MIGRATIONS[:1])
+        assert migrate(conn, schema) == [1]
+        monkeypatch.undo()
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (task, queue, state, args, kwargs, priority, run_at, attempt,"
+                " max_attempts, created_at) VALUES ('old', 'default', 'available', '[]', '{{}}',"
+                " 0, now(), 0, 3, now())"
+            ).format(sql.Identifier(schema, "jobs"))
+        )
+    clock = FakeClock(datetime.now(UTC) + timedelta(days=1))
+    driver = make_driver(schema, clock=clock)
+    assert applied_versions(schema) == [m.version for m in MIGRATIONS]
+    (job,) = driver.lease(["default"], 1, 30, "w")
+    assert job.retry == DEFAULT_RETRY
+    rescued_at = clock.advance(30)
+    assert driver.rescue() == [job.id]
+    (stored,) = driver.get([job.id])
+    assert stored.state is JobState.RETRYING
+    assert stored.run_at == rescued_at + retry_delay(DEFAULT_RETRY, job.id, 1)

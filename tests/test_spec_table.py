@@ -36,7 +36,7 @@ def test_fail_guards_decide_between_cancelled_dead_and_retrying() -> None:
 
 def test_lease_expired_counts_the_attempt() -> None:
     running = JobState.RUNNING
-    assert JOB.resolve(JobEvent.LEASE_EXPIRED, running, {}) == JobState.AVAILABLE
+    assert JOB.resolve(JobEvent.LEASE_EXPIRED, running, {}) == JobState.RETRYING
     exhausted = {"attempts_exhausted": True}
     assert JOB.resolve(JobEvent.LEASE_EXPIRED, running, exhausted) == JobState.DEAD
 

@@ -88,14 +88,7 @@ def test_lease_promote_and_rescue_are_index_searches(tmp_path: Path) -> None:
         ),
         "promote": (sqlite_driver._PROMOTE, {**sqlite_driver._PROMOTE_PARAMS, **now}),
         "next due": (sqlite_driver._NEXT_DUE, {}),
-        "rescue": (
-            sqlite_driver._RESCUE,
-            dict.fromkeys(
-                ["error_type", "error_message", "available", "cancelled", "by_request"], ""
-            )
-            | sqlite_driver._RESCUE_PARAMS
-            | now,
-        ),
+        "rescue": (sqlite_driver._EXPIRED, now),
     }
     indexes = {
         "lease one queue": "jobs_lease",
@@ -121,6 +114,15 @@ def test_lease_promote_and_rescue_are_index_searches(tmp_path: Path) -> None:
             | now,
         ),
         "read by id": (JOBS_BY_ID, ("[1, 2]",)),
+        "rescue by id": (
+            sqlite_driver._RESCUE,
+            dict.fromkeys(
+                ["error_type", "error_message", "retrying", "cancelled", "by_request"], ""
+            )
+            | {"ids": "[1, 2]", "retry_at": "{}"}
+            | sqlite_driver._RESCUE_PARAMS
+            | now,
+        ),
     }
     for name, (sql, params) in by_id.items():
         steps = plan(conn, sql, params)

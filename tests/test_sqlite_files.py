@@ -20,16 +20,20 @@ from unprivileged import AS_ROOT, ordinary_python, python_without_write_rights
 
 from taskharbor.drivers.sqlite import SQLiteDriver
 from taskharbor.drivers.sqlite import driver as sqlite_module
+from taskharbor.drivers.sqlite import schema as sqlite_schema
 from taskharbor.drivers.sqlite.schema import SCHEMA_VERSION, DatabaseFileError
 from taskharbor.spec import (
+    DEFAULT_RETRY,
     Completion,
     EnqueueRequest,
+    FakeClock,
     InvalidRequest,
     JobFilter,
     JobNotFound,
     JobState,
     SchemaError,
     StoreError,
+    retry_delay,
 )
 
 
@@ -455,3 +459,34 @@ def test_bugs_and_the_contracts_own_errors_are_not_taken_for_store_problems(
         driver.cancel([41])
     assert driver.enqueue([EnqueueRequest("task")])[0].job.id == 1  # no transaction left open
     driver.close()
+
+
+def test_a_store_from_before_retry_policies_upgrades_and_its_jobs_back_off_at_rescue(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    for statement in sqlite_schema.MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(
+        f"INSERT INTO {sqlite_schema.META_TABLE} (key, value) VALUES ('schema_version', '1')"
+    )
+    conn.execute(
+        "INSERT INTO jobs (task, queue, state, args, kwargs, priority, run_at, attempt,"
+        " max_attempts, created_at) VALUES ('old', 'default', 'available', '[]', '{}', 0, 0, 0,"
+        " 3, 0)"
+    )
+    conn.commit()
+    conn.close()
+    clock = FakeClock()
+    driver = SQLiteDriver(path, clock=clock)
+    try:
+        (job,) = driver.lease(["default"], 1, 30, "w")
+        assert job.retry == DEFAULT_RETRY
+        rescued_at = clock.advance(30)
+        assert driver.rescue() == [job.id]
+        (stored,) = driver.get([job.id])
+        assert stored.state is JobState.RETRYING
+        assert stored.run_at == rescued_at + retry_delay(DEFAULT_RETRY, job.id, 1)
+    finally:
+        driver.close()

@@ -218,10 +218,12 @@ def test_a_worker_killed_mid_batch_leaves_a_consistent_store_and_its_jobs_are_re
 
     assert driver.rescue() == stranded
     for job in driver.get(stranded):
-        assert job.state == JobState.AVAILABLE and job.lease_token is None
+        assert job.state == JobState.RETRYING and job.lease_token is None
         assert [error.type for error in job.errors] == ["LeaseExpired"]
     late = driver.complete([Completion(i, tokens[i], "late") for i in stranded])
-    assert late == [LeaseLost.stale(i, tokens[i], JobState.AVAILABLE) for i in stranded]
+    assert late == [LeaseLost.stale(i, tokens[i], JobState.RETRYING) for i in stranded]
+    clock.set(max(job.run_at for job in driver.get(stranded)))  # past their retry delays
+    assert driver.promote().promoted == len(stranded)
 
     while jobs := driver.lease(["default"], 100, 30.0, "survivor"):
         assert (

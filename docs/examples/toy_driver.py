@@ -74,6 +74,7 @@ from taskharbor.spec import (
     LeaseRef,
     PromoteResult,
     ResultRef,
+    RetryPolicy,
     SchemaError,
     SnoozeRequest,
     SystemClock,
@@ -85,6 +86,7 @@ from taskharbor.spec import (
     WorkflowState,
     dependency_reason,
     derive_workflow_state,
+    retry_delay,
 )
 from taskharbor.spec.records import (
     LEASE_EXPIRED_MESSAGE,
@@ -169,6 +171,7 @@ def _job_from_json(data: dict[str, Any]) -> JobRecord:
                 for error in data["errors"]
             ),
             "depends_on": tuple(data["depends_on"]),
+            "retry": RetryPolicy(**data.get("retry", {})),  # files older than policies: default
         }
     )
 
@@ -281,6 +284,7 @@ def _new_job(
         idempotency_key=request.idempotency_key,
         workflow_id=workflow_id,
         depends_on=depends_on,
+        retry=request.retry,
     )
     store.next_job_id += 1
     store.jobs[job.id] = job
@@ -674,8 +678,8 @@ class JsonFileDriver(Driver):
                     continue
                 target = _target(store, job, JobEvent.LEASE_EXPIRED)
                 changes: dict[str, Any] = {"errors": _error(store, job, expired_error)}
-                if target == JobState.AVAILABLE:
-                    changes["run_at"] = store.now
+                if target == JobState.RETRYING:  # a failed attempt: its policy's delay
+                    changes["run_at"] = store.now + retry_delay(job.retry, job.id, job.attempt)
                 _after_change(store, _enter(store, job, target, **changes))
                 rescued.append(job_id)
             return rescued

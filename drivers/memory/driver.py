@@ -63,6 +63,7 @@ from taskharbor.spec.records import (
     ref_indexes,
 )
 from taskharbor.spec.records import job_ids as check_job_ids
+from taskharbor.spec.retry import retry_delay
 from taskharbor.spec.spi import Capabilities, Driver
 from taskharbor.spec.table import (
     FINISHED_JOB_STATES,
@@ -180,6 +181,7 @@ class MemoryDriver(MemorySchedules, Driver):
             workflow_id=workflow_id,
             depends_on=depends_on,
             input=input_ref,
+            retry=request.retry,
         )
         self._jobs[row.id] = row
         if row.idempotency_key is not None:
@@ -373,8 +375,8 @@ class MemoryDriver(MemorySchedules, Driver):
                 row.errors.append(
                     ErrorInfo(row.attempt, now, LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE)
                 )
-                if target is JobState.AVAILABLE:
-                    row.run_at = now
+                if target is JobState.RETRYING:
+                    row.run_at = now + retry_delay(row.retry, row.id, row.attempt)
                 self._enter(row, target, now)
                 self._after_step_finished(row, now, touched)
             self._settle_workflows(touched, now)

@@ -20,6 +20,7 @@ from taskharbor.spec.records import (
     WorkflowId,
     WorkflowRecord,
 )
+from taskharbor.spec.retry import DEFAULT_RETRY, RetryPolicy
 from taskharbor.spec.table import JobState, WorkflowState
 
 
@@ -67,6 +68,7 @@ class JobRow:
     workflow_id: WorkflowId | None = None
     depends_on: tuple[JobId, ...] = ()
     input: ResultRef | None = None
+    retry: RetryPolicy = DEFAULT_RETRY
     dependents: list[JobId] = field(default_factory=list)
     args: tuple[JSON, ...] = field(init=False)
 
@@ -98,6 +100,7 @@ class JobRow:
             reason=self.reason,
             workflow_id=self.workflow_id,
             depends_on=self.depends_on,
+            retry=self.retry,
         )
 
 

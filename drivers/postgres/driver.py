@@ -42,7 +42,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -94,8 +94,9 @@ from taskharbor.spec.records import (
     job_ids,
     map_ref,
 )
+from taskharbor.spec.retry import policy_text, retry_delay
 
-from ..corrupt_rows import split_leased
+from ..corrupt_rows import rescue_policy, split_leased
 from . import enqueue as enqueueing
 from . import statements, workflows
 from .connect import check_reachable, with_connect_timeout
@@ -376,6 +377,7 @@ class PostgresDriver(PostgresSchedules, Driver):
                 "input_ref": [
                     None if s.input is None else Json(map_ref(s.input, by_index)) for s in steps
                 ],
+                "retry": [policy_text(s.request.retry) for s in steps],
             }
             row = cur.execute(statements.insert_workflow(self._tables), values).fetchone()
             assert row is not None
@@ -583,8 +585,21 @@ class PostgresDriver(PostgresSchedules, Driver):
 
     def rescue(self) -> list[JobId]:
         def body(cur: psycopg.Cursor[Row], params: Params) -> list[JobId]:
+            expired = cur.execute(statements.expired(self._tables), params).fetchall()
+            if not expired:
+                return []
             report = Json({"type": LEASE_EXPIRED_TYPE, "message": LEASE_EXPIRED_MESSAGE})
-            values = {**params, "report": report, "by_request": CANCELLED_BY_REQUEST}
+            values = {
+                **params,
+                "report": report,
+                "by_request": CANCELLED_BY_REQUEST,
+                "ids": [row["id"] for row in expired],
+                "delays_us": [
+                    retry_delay(rescue_policy(row["id"], row["retry"]), row["id"], row["attempt"])
+                    // _MICROSECOND
+                    for row in expired
+                ],
+            }
             rows = sorted(
                 cur.execute(statements.rescue(self._tables), values).fetchall(),
                 key=lambda row: row["id"],
@@ -751,6 +766,9 @@ class PostgresDriver(PostgresSchedules, Driver):
             return bool(row and row["ready"])
 
         return self._run(body, transaction=False)
+
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _lost(rows: Sequence[Row]) -> list[LeaseLost]:

@@ -9,6 +9,7 @@ from typing import Any
 from psycopg import sql
 
 from taskharbor.spec import ErrorInfo, JobRecord, JobState, WorkflowRecord, WorkflowState
+from taskharbor.spec.retry import policy_from_text
 
 from ..corrupt_rows import decode_job, payload_args, payload_kwargs
 
@@ -35,6 +36,7 @@ JOB_FIELDS = (
     "reason",
     "workflow_id",
     "depends_on",
+    "retry",
 )
 """The columns a :class:`JobRecord` is read from (the record's fields, in order)."""
 
@@ -93,6 +95,7 @@ def _job_record(row: Mapping[str, Any]) -> JobRecord:
         reason=row["reason"],
         workflow_id=row["workflow_id"],
         depends_on=tuple(row["depends_on"]),
+        retry=policy_from_text(row["retry"]),
     )
 
 

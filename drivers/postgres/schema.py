@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, SchemaError, WorkflowState
+from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
 from .schedules import schedules_table
 from .transitions import event_sources, state_literals
@@ -121,9 +122,20 @@ def _initial_tables(schema: str) -> list[sql.Composed]:
     return [sql.SQL(text).format(**names) for text in texts]
 
 
+def _retry_policies(schema: str) -> list[sql.Composed]:
+    """Each job's retry policy (taskharbor.spec.retry, as JSON text), by which a rescue
+    waits; jobs stored before it get the contract's default policy."""
+    return [
+        sql.SQL("ALTER TABLE {} ADD COLUMN retry text NOT NULL DEFAULT {}").format(
+            sql.Identifier(schema, "jobs"), sql.Literal(DEFAULT_RETRY_TEXT)
+        )
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and workflows", _initial_tables),
     Migration(2, "periodic schedules", schedules_table),
+    Migration(3, "retry policy of each job", _retry_policies),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

@@ -195,17 +195,32 @@ def next_due(tables: Tables) -> sql.Composed:
     return tables.sql(_NEXT_DUE, due=job_states(event_sources(JobEvent.PROMOTE)))
 
 
+_EXPIRED = """
+SELECT j.id, j.attempt, j.retry FROM {jobs} j
+WHERE j.state IN {leased} AND j.lease_expires_at <= {now}
+ORDER BY j.id FOR UPDATE SKIP LOCKED
+"""
+
+
+@statement
+def expired(tables: Tables) -> sql.Composed:
+    """Lock the running jobs whose lease ran out (skipping those another call holds),
+    with what their retry delays are computed from."""
+    return tables.sql(_EXPIRED, leased=job_states(event_sources(JobEvent.LEASE_EXPIRED)))
+
+
 _RESCUE = """
 WITH expired AS (
-    SELECT j.id, {target} AS target FROM {jobs} j
-    WHERE j.state IN {leased} AND j.lease_expires_at <= {now}
-    ORDER BY j.id FOR UPDATE SKIP LOCKED
+    SELECT j.id, {target} AS target, e.delay_us
+    FROM unnest(%(ids)s::bigint[], %(delays_us)s::bigint[]) AS e(id, delay_us)
+    JOIN {jobs} j ON j.id = e.id
 )
 UPDATE {jobs} j
 SET state = e.target,
     errors = j.errors || json_build_object('attempt', j.attempt, 'at', {now},
                                            'report', %(report)s::json),
-    run_at = CASE WHEN e.target = {available} THEN {now} ELSE j.run_at END,
+    run_at = CASE WHEN e.target = {retrying}
+                  THEN {now} + e.delay_us * interval '1 microsecond' ELSE j.run_at END,
     {ending}, {cleared}
 FROM expired e WHERE j.id = e.id
 RETURNING j.id, j.state, j.queue, j.workflow_id
@@ -214,12 +229,12 @@ RETURNING j.id, j.state, j.queue, j.workflow_id
 
 @statement
 def rescue(tables: Tables) -> sql.Composed:
-    """Event ``lease_expired`` for every running job whose lease ran out."""
+    """Event ``lease_expired`` for the jobs ``ids`` (locked by :func:`expired`); a job
+    going to ``retrying`` waits its ``delays_us`` (its policy's delay, in microseconds)."""
     return tables.sql(
         _RESCUE,
         target=target_case(JobEvent.LEASE_EXPIRED, _GUARDS),
-        leased=job_states(event_sources(JobEvent.LEASE_EXPIRED)),
-        available=job_state(JobState.AVAILABLE),
+        retrying=job_state(JobState.RETRYING),
         ending=sql.SQL(_ENDING).format(now=tables.now, **_ends("e.target")),
         cleared=sql.SQL(_LEASE_CLEARED),
     )
@@ -331,8 +346,10 @@ input AS (
     SELECT * FROM unnest(
         %(ids)s::bigint[], %(task)s::text[], %(queue)s::text[], %(args)s::json[],
         %(kwargs)s::json[], %(priority)s::smallint[], %(run_at)s::timestamptz[],
-        %(max_attempts)s::integer[], %(depends_on)s::json[], %(input_ref)s::json[]
-    ) AS i(id, task, queue, args, kwargs, priority, run_at, max_attempts, depends_on, input_ref)
+        %(max_attempts)s::integer[], %(depends_on)s::json[], %(input_ref)s::json[],
+        %(retry)s::text[]
+    ) AS i(id, task, queue, args, kwargs, priority, run_at, max_attempts, depends_on, input_ref,
+           retry)
 ),
 steps AS (
     SELECT i.*, ARRAY(SELECT json_array_elements_text(i.depends_on)::bigint) AS after
@@ -341,10 +358,10 @@ steps AS (
 inserted AS (
     INSERT INTO {jobs} (id, task, queue, state, args, kwargs, priority, run_at, attempt,
                         max_attempts, created_at, workflow_id, depends_on, waiting_on,
-                        step_args, input_ref)
+                        step_args, input_ref, retry)
     SELECT s.id, s.task, s.queue, {first_state}, s.args, s.kwargs, s.priority,
            COALESCE(s.run_at, {now}), 0, s.max_attempts, {now}, %(workflow_id)s, s.after,
-           cardinality(s.after), s.args, s.input_ref
+           cardinality(s.after), s.args, s.input_ref, s.retry
     FROM steps s
     RETURNING queue, state
 )

@@ -89,9 +89,10 @@ from taskharbor.spec.records import (
     job_ids,
     map_ref,
 )
+from taskharbor.spec.retry import policy_text, retry_delay
 from taskharbor.spec.table import NEW, QUEUED_JOB_STATES
 
-from ..corrupt_rows import split_leased
+from ..corrupt_rows import rescue_policy, split_leased
 from . import schema as sqlite_schema
 from .rows import (
     JOB_COLUMNS,
@@ -143,6 +144,9 @@ _LEAVING_RUNNING_PARAMS = {
 }
 """The parameters of :func:`leaving_running`'s assignments (with ``:now``)."""
 
+_EXPIRED = f"SELECT id, attempt, retry FROM jobs WHERE {LEASED_ROWS} AND lease_expires_at <= :now"
+"""The leases a rescue ends: each job's retry time is computed from these, in Python."""
+
 _RESCUE_CASE, _RESCUE_PARAMS = target_case(JobEvent.LEASE_EXPIRED)
 _RESCUE_EFFECTS = leaving_running("expired.target")
 _RESCUE = f"""
@@ -151,15 +155,17 @@ _RESCUE = f"""
         errors = json_insert(errors, '$[#]', json_object(
             'attempt', attempt, 'at', :now, 'type', :error_type,
             'message', :error_message, 'traceback', NULL)),
-        run_at = CASE WHEN expired.target = :available THEN :now ELSE run_at END,
+        run_at = CASE WHEN expired.target = :retrying THEN expired.retry_at ELSE run_at END,
         {_RESCUE_EFFECTS}
     FROM (
-        SELECT id, {_RESCUE_CASE} AS target FROM jobs
-        WHERE {LEASED_ROWS} AND lease_expires_at <= :now
+        SELECT id, {_RESCUE_CASE} AS target, json_extract(:retry_at, '$.' || id) AS retry_at
+        FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))
     ) AS expired
     WHERE jobs.id = expired.id
     RETURNING jobs.id, jobs.state, jobs.workflow_id
 """
+"""Event ``lease_expired`` for the jobs ``:ids`` lists; ``:retry_at`` maps each id to its
+retry time (microseconds), taken when the event's target is ``retrying``."""
 
 _SUCCEED_CASE, _SUCCEED_PARAMS = target_case(JobEvent.SUCCEED)
 _COMPLETE_EFFECTS = leaving_running("done.target")
@@ -617,10 +623,23 @@ class SQLiteDriver(SQLiteSchedules, Driver):
             **_LEAVING_RUNNING_PARAMS,
             "error_type": LEASE_EXPIRED_TYPE,
             "error_message": LEASE_EXPIRED_MESSAGE,
-            "available": JobState.AVAILABLE.value,
+            "retrying": JobState.RETRYING.value,
         }
         with self._transaction(durable=False) as tx:
-            rescued = tx.conn.execute(_RESCUE, {**params, "now": tx.now_us}).fetchall()
+            expired = tx.conn.execute(_EXPIRED, {"now": tx.now_us}).fetchall()
+            if not expired:
+                return []
+            retry_at = {
+                str(job_id): to_micros(
+                    tx.now + retry_delay(rescue_policy(job_id, retry), job_id, attempt)
+                )
+                for job_id, attempt, retry in expired
+            }
+            values = {
+                "ids": dump_json([row[0] for row in expired]),
+                "retry_at": dump_json(retry_at),
+            }
+            rescued = tx.conn.execute(_RESCUE, {**params, **values, "now": tx.now_us}).fetchall()
             rescued.sort(key=lambda row: row["id"])
             for row in rescued:
                 tx.after_step_finished(row["id"], JobState(row["state"]), row["workflow_id"])
@@ -809,6 +828,7 @@ def _job_values(
         dump_json(list(depends_on)) if depends_on else "[]",
         None if workflow_id is None else args,
         None if step_input is None else dump_json(step_input),
+        policy_text(request.retry),
     )
 
 

@@ -6,7 +6,7 @@ exact to the microsecond.  JSON values (args, kwargs, results, errors, workflow
 references) are stored as compact JSON text.
 
 Every statement that reads job rows names :data:`JOB_COLUMNS`, in that order,
-so that :func:`job_record` can unpack a row by position: reading 24 columns of
+so that :func:`job_record` can unpack a row by position: reading 25 columns of
 a ``sqlite3.Row`` by name cost more than the rest of the decoding.
 """
 
@@ -27,6 +27,7 @@ from taskharbor.spec import (
     WorkflowState,
 )
 from taskharbor.spec.records import JSON
+from taskharbor.spec.retry import policy_from_text
 
 from ..corrupt_rows import decode_job, payload_args, payload_kwargs
 
@@ -38,7 +39,7 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 JOB_COLUMNS = (
     "id, task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, "
     "created_at, idempotency_key, lease_token, lease_expires_at, leased_by, cancel_requested, "
-    "result, errors, finished_at, reason, workflow_id, depends_on, step_args, step_input"
+    "result, errors, finished_at, reason, workflow_id, depends_on, step_args, step_input, retry"
 )
 """The ``jobs`` columns every job-reading statement selects, in the order :func:`job_record`
 unpacks them."""
@@ -133,6 +134,7 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         depends_on,
         _step_args,
         _step_input,
+        retry,
     ) = row
     return JobRecord(
         id=job_id,
@@ -157,6 +159,7 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         reason=reason,
         workflow_id=workflow_id,
         depends_on=_load_tuple(depends_on),
+        retry=policy_from_text(retry),
     )
 
 

@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from taskharbor.spec import SchemaError, StoreError
+from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
 from . import schedules
 from .transitions import ALL_STATES, AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS
@@ -111,7 +112,13 @@ _V1 = (
     "WHERE idempotency_key IS NOT NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, schedules.MIGRATION)
+_V3 = (
+    # The retry policy each job was enqueued with (taskharbor.spec.retry, as JSON text):
+    # a rescue waits by it.  Jobs stored before it get the contract's default policy.
+    f"ALTER TABLE jobs ADD COLUMN retry TEXT NOT NULL DEFAULT '{DEFAULT_RETRY_TEXT}'",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, schedules.MIGRATION, _V3)
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -149,12 +149,12 @@ def leaving_running(target: str) -> str:
 
 INSERT_COLUMNS = (
     "task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, created_at, "
-    "idempotency_key, workflow_id, depends_on, step_args, step_input"
+    "idempotency_key, workflow_id, depends_on, step_args, step_input, retry"
 )
 """The columns an enqueue writes, in the order :data:`INSERT_JOB` binds them."""
 
 INSERT_JOB = (
-    f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 """Insert one job, binding :data:`INSERT_COLUMNS` (run with ``executemany`` for a batch)."""
 
