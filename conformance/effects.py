@@ -136,7 +136,7 @@ CASES = [
         given=lambda h, job: {"run_at": h.later(90)},
     ),
     Case(JobEvent.SNOOZE, JobState.CANCELLED, _asked_to_cancel, _snooze),
-    Case(JobEvent.LEASE_EXPIRED, JobState.AVAILABLE, lambda h: h.running(max_attempts=3), _expire),
+    Case(JobEvent.LEASE_EXPIRED, JobState.RETRYING, lambda h: h.running(max_attempts=3), _expire),
     Case(JobEvent.LEASE_EXPIRED, JobState.DEAD, lambda h: h.running(max_attempts=1), _expire),
     Case(JobEvent.LEASE_EXPIRED, JobState.CANCELLED, _asked_to_cancel, _expire),
     *(

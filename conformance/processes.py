@@ -50,6 +50,7 @@ from taskharbor.spec import (
     JobRecord,
     JobState,
     LeaseRef,
+    RetryPolicy,
     StepSpec,
     WorkflowGraph,
     WorkflowState,
@@ -146,6 +147,10 @@ def run_fleet(open_store: OpenStore, ledgers: Path, plan: FleetPlan = FleetPlan(
         store.close()
 
 
+RETRY_AT_ONCE = RetryPolicy("constant", base=0.0, jitter=False)
+"""The crash jobs' retry policy: a rescued job is due again at once."""
+
+
 def run_crash(open_store: OpenStore, ledgers: Path, plan: CrashPlan = CrashPlan()) -> None:
     """Kill a worker process mid-batch with ``SIGKILL``; check every job is recovered.
 
@@ -155,7 +160,10 @@ def run_crash(open_store: OpenStore, ledgers: Path, plan: CrashPlan = CrashPlan(
     store = open_store()
     try:
         enqueued = store.enqueue(
-            [EnqueueRequest("crash.job", queue=QUEUE, args=(n,)) for n in range(plan.jobs)]
+            [
+                EnqueueRequest("crash.job", queue=QUEUE, args=(n,), retry=RETRY_AT_ONCE)
+                for n in range(plan.jobs)
+            ]
         )
     finally:
         store.close()
@@ -253,6 +261,7 @@ def _recover(store: Driver, plan: CrashPlan, orphaned: set[int]) -> None:
     assert sorted(rescued) == sorted(orphaned), f"rescued {rescued}, expected {sorted(orphaned)}"
     while own:
         assert store.complete([Completion(job.id, _token(job), _result(job)) for job in own]) == []
+        store.promote()  # a rescued job waits in retrying; its policy makes it due at once
         own = store.lease([QUEUE], plan.jobs, SURVIVOR_LEASE_SECONDS, "survivor")
 
 

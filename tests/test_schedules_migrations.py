@@ -27,9 +27,10 @@ def test_a_sqlite_file_of_version_1_is_upgraded_with_its_jobs(tmp_path: Path) ->
     driver.close()
     with sqlite3.connect(path) as raw:  # back to the schema before schedules
         raw.execute("DROP TABLE schedules")
+        raw.execute("ALTER TABLE jobs DROP COLUMN retry")  # added by the migration after it
         raw.execute("UPDATE taskharbor_meta SET value = '1' WHERE key = 'schema_version'")
     old = SQLiteDriver(path, migrate=False)
-    with pytest.raises(SchemaError, match="older than 2"):
+    with pytest.raises(SchemaError, match="older than"):
         old.list_schedules()
     old.migrate()
     assert old.get([job.job.id])[0].task == "kept"
