@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict
@@ -31,10 +32,15 @@ def closed_port() -> int:
     return port
 
 
+def first_use_of_an_app(url: str) -> object:
+    """An app opens a store given by URL on first use (here, a read), not when made."""
+    return th.App(url).list_jobs()
+
+
 @pytest.mark.timing
-@pytest.mark.parametrize("open_store", [PostgresDriver, th.App], ids=["driver", "app"])
+@pytest.mark.parametrize("open_store", [PostgresDriver, first_use_of_an_app], ids=["driver", "app"])
 def test_a_closed_port_fails_at_once_naming_the_server_without_the_password(
-    open_store: type,
+    open_store: Callable[[str], object],
 ) -> None:
     port = closed_port()
     started = time.monotonic()
