@@ -27,15 +27,21 @@ def test_guide_example_runs(index: int, tmp_path: Path) -> None:
     assert done.returncode == 0, f"example {index} failed:\n{EXAMPLES[index]}\n{done.stderr}"
 
 
-def test_the_demo_runs_on_the_embedded_store(tmp_path: Path) -> None:
+def run_demo(folder: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m taskharbor.demo`` in ``folder``; it must succeed."""
     done = subprocess.run(
         [sys.executable, "-m", "taskharbor.demo"],
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_the_demo_runs_on_the_embedded_store(tmp_path: Path) -> None:
+    done = run_demo(tmp_path)
     assert (tmp_path / "taskharbor.db").exists()
     assert "demo.flaky_upload attempt 1/3 -> retrying" in done.stderr
     assert "demo.charge_card attempt 2/2 -> dead" in done.stderr
@@ -43,20 +49,9 @@ def test_the_demo_runs_on_the_embedded_store(tmp_path: Path) -> None:
 
 
 def test_the_demo_says_whether_it_reuses_its_store(tmp_path: Path) -> None:
-    def demo() -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "taskharbor.demo"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    first = demo()
+    first = run_demo(tmp_path).stdout
     assert f"on SQLiteDriver: {tmp_path / 'taskharbor.db'}" in first
     assert "a new store: nothing from earlier runs" in first
-    second = demo()
+    second = run_demo(tmp_path).stdout
     assert "reusing this store: it holds 8 job(s) from earlier runs" in second
     assert "dead-letter queue of 'demo': 2 job(s) (1 from this run)" in second
