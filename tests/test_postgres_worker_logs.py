@@ -44,7 +44,11 @@ def test_a_connection_reset_logs_one_line_per_failure_with_its_cause(
     own_task = own.task(name="noop")(lambda: "ok")
     app.task(name="noop")(lambda: "ok")
     try:
-        with caplog.at_level(logging.DEBUG), running_worker(app):
+        with (
+            caplog.at_level(logging.DEBUG),
+            caplog.at_level(logging.DEBUG, logger="taskharbor"),  # the CLI tests set its level
+            running_worker(app),
+        ):
             first = own_task.enqueue()
             eventually(lambda: own.get_job(first).state == JobState.SUCCEEDED, what="a first job")
             assert terminate(application) > 0
