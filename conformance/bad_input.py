@@ -123,6 +123,9 @@ WRONG_TYPES: dict[str, Call] = {
     "get-workflow-a-string": lambda h, s: h.driver.get_workflow(wrong("1")),
     "prune-a-string": lambda h, s: h.driver.prune(wrong("2030-01-01T00:00:00+00:00")),
     "prune-a-naive-datetime": lambda h, s: h.driver.prune(datetime(2100, 1, 1)),
+    "prune-no-states": lambda h, s: h.driver.prune(h.later(9), frozenset()),
+    "prune-an-unfinished-state": lambda h, s: h.driver.prune(h.later(9), {JobState.AVAILABLE}),
+    "prune-a-state-as-string": lambda h, s: h.driver.prune(h.later(9), wrong({"dead"})),
 }
 
 NAMED_TWICE: dict[str, Call] = {

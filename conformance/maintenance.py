@@ -9,6 +9,7 @@ import pytest
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
     DEFAULT_RETRY,
+    EnqueueRequest,
     JobNotFound,
     JobState,
     PromoteResult,
@@ -151,17 +152,55 @@ class RescuingRules(HarborFixture):
         assert [error.type for error in stored.errors] == [LEASE_EXPIRED_TYPE]
 
 
+FINISHED = (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)
+
+
 class PruningRules(HarborFixture):
-    def test_prune_deletes_jobs_finished_before_the_horizon(self, harbor: Harbor) -> None:
-        finished = [
-            harbor.job_in(state)
-            for state in (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)
-        ]
+    def test_prune_deletes_succeeded_and_cancelled_jobs_finished_before_the_horizon(
+        self, harbor: Harbor
+    ) -> None:
+        finished = [harbor.job_in(state) for state in (JobState.SUCCEEDED, JobState.CANCELLED)]
         horizon = harbor.advance(0.000001)
-        assert harbor.driver.prune(horizon) == 3
+        assert harbor.driver.prune(horizon) == 2
         for job in finished:
             with pytest.raises(JobNotFound):
                 harbor.get(job.id)
+
+    def test_prune_keeps_the_dead_letter_queue_unless_told(self, harbor: Harbor) -> None:
+        dead = harbor.job_in(JobState.DEAD, idempotency_key="held")
+        horizon = harbor.advance(3600)
+        assert harbor.driver.prune(horizon) == 0
+        assert harbor.get(dead.id) == dead
+        (again,) = harbor.driver.enqueue([EnqueueRequest("task", idempotency_key="held")])
+        assert (again.created, again.job.id) == (False, dead.id)  # its key stays held
+        assert harbor.driver.prune(horizon, {JobState.DEAD}) == 1
+        with pytest.raises(JobNotFound):
+            harbor.get(dead.id)
+
+    @pytest.mark.parametrize("state", FINISHED)
+    def test_prune_deletes_only_the_states_it_is_given(
+        self, harbor: Harbor, state: JobState
+    ) -> None:
+        jobs = {finished: harbor.job_in(finished) for finished in FINISHED}
+        horizon = harbor.advance(1)
+        assert harbor.driver.prune(horizon, frozenset({state})) == 1
+        with pytest.raises(JobNotFound):
+            harbor.get(jobs[state].id)
+        for other in set(FINISHED) - {state}:
+            assert harbor.get(jobs[other].id) == jobs[other]
+
+    def test_a_dry_run_counts_what_prune_would_delete_and_deletes_nothing(
+        self, harbor: Harbor
+    ) -> None:
+        for state in (*FINISHED, JobState.AVAILABLE, JobState.SUCCEEDED):
+            harbor.job_in(state)
+        horizon = harbor.advance(1)
+        harbor.job_in(JobState.SUCCEEDED)  # after the horizon
+        before = harbor.snapshot()
+        assert harbor.driver.prune(horizon, dry_run=True) == 3
+        assert harbor.driver.prune(horizon, set(FINISHED), dry_run=True) == 4
+        assert harbor.snapshot() == before
+        assert harbor.driver.prune(horizon, set(FINISHED)) == 4
 
     def test_prune_keeps_jobs_finished_at_or_after_the_horizon(self, harbor: Harbor) -> None:
         job = harbor.job_in(JobState.SUCCEEDED)
@@ -172,8 +211,8 @@ class PruningRules(HarborFixture):
 
     def test_prune_keeps_unfinished_jobs(self, harbor: Harbor) -> None:
         for state in JobState:
-            if state not in (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED):
+            if state not in FINISHED:
                 harbor.job_in(state)
         before = harbor.snapshot()
-        assert harbor.driver.prune(harbor.now() + timedelta(days=365)) == 0
+        assert harbor.driver.prune(harbor.now() + timedelta(days=365), set(FINISHED)) == 0
         assert harbor.snapshot() == before

@@ -518,11 +518,22 @@ class WorkflowPruningRules(HarborFixture):
         assert harbor.driver.prune(harbor.advance(3600)) == 0
         assert harbor.snapshot() == before
 
-    def test_prune_keeps_the_steps_of_a_failed_workflow(self, harbor: Harbor) -> None:
+    def test_a_failed_workflow_stays_with_its_dead_step_until_dead_jobs_are_pruned(
+        self, harbor: Harbor
+    ) -> None:
         record = workflow(harbor, step("a"), step("b", after=(0,)), result=1)
         harbor.fail(harbor.lease_job(harbor.get(record.steps[0])), permanent=True)
         assert harbor.driver.get_workflow(record.id).state is WorkflowState.FAILED
         before = harbor.snapshot()
-        assert harbor.driver.prune(harbor.advance(3600)) == 0
+        horizon = harbor.advance(3600)
+        assert harbor.driver.prune(horizon) == 0
         assert harbor.snapshot() == before
         assert harbor.driver.get_workflow(record.id).state is WorkflowState.FAILED
+        everything = {JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED}
+        assert harbor.driver.prune(horizon, everything, dry_run=True) == 2
+        assert harbor.snapshot() == before
+        assert harbor.driver.prune(horizon, everything) == 2
+        with pytest.raises(WorkflowNotFound):
+            harbor.driver.get_workflow(record.id)
+        with pytest.raises(JobNotFound):
+            harbor.driver.get(list(record.steps))

@@ -21,6 +21,7 @@ from taskharbor.spec import (
     JobState,
     WorkflowGraph,
 )
+from taskharbor.spec.records import PRUNED_BY_DEFAULT
 from taskharbor.spec.schedules import MissedPolicy, Schedule
 
 from .backoff import Backoff, as_backoff
@@ -487,14 +488,19 @@ class App:
             counts.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] = count
         return counts
 
-    def prune(self, older_than: float | timedelta) -> int:
-        """Delete jobs finished more than ``older_than`` (seconds or timedelta) ago."""
+    def prune(
+        self, older_than: float | timedelta, *, dead: bool = False, dry_run: bool = False
+    ) -> int:
+        """Delete succeeded and cancelled jobs finished more than ``older_than`` (seconds
+        or timedelta) ago; with ``dead``, dead jobs (the dead-letter queue) and failed
+        workflows too.  ``dry_run`` counts them and deletes nothing."""
         if isinstance(older_than, bool) or not isinstance(older_than, int | float | timedelta):
             raise InvalidRequest(f"older_than must be seconds or a timedelta, not {older_than!r}")
         age = older_than if isinstance(older_than, timedelta) else timedelta(seconds=older_than)
         if age < timedelta(0):
             raise InvalidRequest(f"older_than must not be negative, not {older_than}")
-        return self.driver.prune(self.driver.clock.now() - age)
+        states = PRUNED_BY_DEFAULT | ({JobState.DEAD} if dead else set())
+        return self.driver.prune(self.driver.clock.now() - age, states, dry_run=dry_run)
 
 
 def default_task_name(function: Callable[..., Any]) -> str:

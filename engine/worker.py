@@ -116,8 +116,10 @@ class Worker:
     a long job is not rescued while its worker lives.  ``shutdown_timeout`` is
     how long a graceful stop waits for running jobs; the ones still running
     then are released (they run again later, their attempt given back).
-    ``retention`` (seconds, ``None`` to keep everything) is how long finished
-    jobs are kept before the maintenance loop prunes them.  ``periodic=False``
+    ``retention`` (seconds, ``None`` to keep everything) is how long succeeded
+    and cancelled jobs are kept before the maintenance loop prunes them; dead
+    jobs (the dead-letter queue) are never pruned by a worker, and a failed
+    workflow stays with them.  ``periodic=False``
     leaves the app's periodic schedules to other workers (by default every
     worker enqueues due ticks in its maintenance pass; the store makes one job
     per tick however many do).

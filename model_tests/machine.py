@@ -62,6 +62,7 @@ from .strategies import (
     LEASE_SECONDS,
     LEASED_QUEUES,
     PRUNE_HORIZONS,
+    PRUNE_STATES,
     QUEUES,
     REQUESTS,
     RESULTS,
@@ -606,16 +607,22 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
             self.clock.set(min(ahead))
 
     @precondition(lambda self: self._any(*FINISHED_JOB_STATES))
-    @rule(horizon=st.sampled_from(PRUNE_HORIZONS))
-    def prune(self, horizon: float) -> None:
+    @rule(
+        horizon=st.sampled_from(PRUNE_HORIZONS),
+        states=st.sampled_from(PRUNE_STATES),
+        dry_run=st.booleans(),
+    )
+    def prune(self, horizon: float, states: frozenset[JobState], dry_run: bool) -> None:
         before = offset(self.clock.now(), horizon)
         outcome = self._both(
-            "prune", lambda: self.model.prune(before), lambda: self.driver.prune(before)
+            "prune",
+            lambda: self.model.prune(before, states, dry_run=dry_run),
+            lambda: self.driver.prune(before, states, dry_run=dry_run),
         )
         if outcome is not None:
             expected, got = outcome
             _expect("prune", [] if expected == got else [f"model deleted {expected}, driver {got}"])
-            self.pruned = expected
+            self.pruned = 0 if dry_run else expected
 
     # -- reading ----------------------------------------------------------------
 

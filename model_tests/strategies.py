@@ -18,13 +18,14 @@ from taskharbor.spec import (
     EnqueueRequest,
     ErrorReport,
     Failure,
+    JobState,
     LeaseRef,
     ResultRef,
     RetryPolicy,
     StepSpec,
     WorkflowGraph,
 )
-from taskharbor.spec.records import JSON
+from taskharbor.spec.records import JSON, PRUNED_BY_DEFAULT
 
 TASKS = ("alpha", "beta")
 QUEUES = ("default", "mail")
@@ -35,6 +36,12 @@ LEASE_SECONDS = (1.0, 5.0, 30.0)
 SMALL_STEPS = (0.25, 1.0, 3.0)
 LARGE_STEPS = (30.0, 600.0, 86_400.0)
 PRUNE_HORIZONS = (-3_600.0, -5.0, 0.0, 10.0)
+PRUNE_STATES = (
+    PRUNED_BY_DEFAULT,
+    frozenset({JobState.DEAD}),
+    frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED}),
+)
+"""Retention's default, the dead-letter queue alone, and everything finished."""
 """``finished_before`` offsets from now, for prune: long ago up to a little ahead."""
 
 RESULTS: st.SearchStrategy[JSON] = st.one_of(
@@ -88,13 +95,16 @@ class RequestPlan:
         )
 
 
+RETRY_AT_ONCE = RetryPolicy("constant", base=0.0, jitter=False)
 RETRY_POLICIES = (
+    RETRY_AT_ONCE,
+    RETRY_AT_ONCE,
     DEFAULT_RETRY,
-    RetryPolicy("constant", base=0.0, jitter=False),
     RetryPolicy("linear", base=1.5, cap=4.0, jitter=False),
     RetryPolicy("exponential", base=0.25, cap=30.0, factor=3.0, jitter=True),
 )
-"""Policies by which a rescue delays a job: at once, bounded, jittered."""
+"""Policies by which a rescue delays a job: mostly at once (so a rescued job is soon
+leased again, where stale leases matter), else bounded or jittered."""
 
 
 def _request_plans(keys: st.SearchStrategy[str | None]) -> st.SearchStrategy[RequestPlan]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +25,8 @@ from .records import (
     JSON,
     LEASE_EXPIRED_MESSAGE,
     LEASE_EXPIRED_TYPE,
+    PRUNABLE_WORKFLOW_STATES,
+    PRUNED_BY_DEFAULT,
     WORKFLOW_CANCELLED,
     Completion,
     EnqueueRequest,
@@ -48,6 +50,7 @@ from .records import (
     check_batch,
     check_lease_args,
     check_lease_seconds,
+    check_prune_states,
     check_workflow_id,
     dependency_reason,
     job_ids,
@@ -499,23 +502,32 @@ class ReferenceModel(Driver):
         result: list[JobId] = self._call(body)
         return result
 
-    def prune(self, finished_before: datetime) -> int:
+    def prune(
+        self,
+        finished_before: datetime,
+        states: Collection[JobState] = PRUNED_BY_DEFAULT,
+        *,
+        dry_run: bool = False,
+    ) -> int:
         check_aware(finished_before, "finished_before")
+        pruned = check_prune_states(states)
         horizon = _utc(finished_before)
 
         def old(job: JobRecord) -> bool:
-            return job.state in FINISHED_JOB_STATES and (
+            return job.state in pruned and (
                 job.finished_at is not None and job.finished_at < horizon
             )
 
         def body(s: _Store) -> int:
             doomed = [j.id for j in s.jobs.values() if j.workflow_id is None and old(j)]
-            prunable = (WorkflowState.SUCCEEDED, WorkflowState.CANCELLED)
             for workflow in list(s.workflows.values()):
                 steps = [s.jobs[step_id] for step_id in workflow.steps]
-                if workflow.state in prunable and all(old(step) for step in steps):
+                if workflow.state in PRUNABLE_WORKFLOW_STATES and all(map(old, steps)):
                     doomed.extend(workflow.steps)
-                    del s.workflows[workflow.id]
+                    if not dry_run:
+                        del s.workflows[workflow.id]
+            if dry_run:
+                return len(doomed)
             for job_id in doomed:
                 del s.jobs[job_id]
                 s.step_args.pop(job_id, None)

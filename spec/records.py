@@ -509,6 +509,30 @@ def _check_page(before_id: object, limit: object, newest_first: object) -> None:
         raise InvalidRequest(f"newest_first must be a bool, not {newest_first!r}")
 
 
+PRUNED_BY_DEFAULT: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.CANCELLED})
+"""What ``Driver.prune`` deletes unless told otherwise (retention): never the dead-letter
+queue, which stays until an operator requeues it or prunes ``dead`` explicitly."""
+
+PRUNABLE_WORKFLOW_STATES: frozenset[WorkflowState] = frozenset(
+    {WorkflowState.SUCCEEDED, WorkflowState.CANCELLED, WorkflowState.FAILED}
+)
+"""The workflow states in which a workflow may be pruned (with all its steps)."""
+
+
+def check_prune_states(states: object) -> frozenset[JobState]:
+    """A non-empty set of finished job states for ``Driver.prune``."""
+    finished = {JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED}
+    if not isinstance(states, set | frozenset | list | tuple) or not states:
+        raise InvalidRequest(f"prune: states must be a non-empty set of job states, not {states!r}")
+    for state in states:
+        if not isinstance(state, JobState) or state not in finished:
+            raise InvalidRequest(
+                f"prune: only finished jobs can be pruned ({', '.join(sorted(finished))}), "
+                f"not {state!r}"
+            )
+    return frozenset(states)
+
+
 def job_ids(values: object, what: str, *, distinct: bool = True) -> tuple[JobId, ...]:
     """Validate a non-empty batch of job ids (each named once, unless not ``distinct``)."""
     if not isinstance(values, list | tuple) or not values:

@@ -201,7 +201,7 @@ Durability and time
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -209,6 +209,7 @@ from typing import Any
 from .clock import Clock
 from .errors import InvalidRequest, LeaseLost
 from .records import (
+    PRUNED_BY_DEFAULT,
     Completion,
     EnqueueRequest,
     EnqueueResult,
@@ -395,13 +396,24 @@ class Driver(abc.ABC):
         ``lease_expires_at <= now``.  Returns their ids, ascending."""
 
     @abc.abstractmethod
-    def prune(self, finished_before: datetime) -> int:
-        """Delete finished jobs (succeeded, dead, cancelled) whose ``finished_at``
-        is earlier than ``finished_before``; returns how many.
+    def prune(
+        self,
+        finished_before: datetime,
+        states: Collection[JobState] = PRUNED_BY_DEFAULT,
+        *,
+        dry_run: bool = False,
+    ) -> int:
+        """Delete finished jobs in ``states`` (by default ``succeeded`` and
+        ``cancelled``: the dead-letter queue stays until an operator requeues it
+        or names ``dead``) whose ``finished_at`` is earlier than
+        ``finished_before``; returns how many.  ``states`` must be a non-empty
+        set of finished states (``check_prune_states``).  With ``dry_run`` the
+        call deletes nothing and returns how many it would delete.
 
         A workflow's steps are deleted only together with the workflow, when
-        the workflow is ``succeeded`` or ``cancelled`` and every one of its
-        steps qualifies.  Deleted jobs free their idempotency keys.
+        the workflow is finished (``succeeded``, ``cancelled`` or ``failed``)
+        and every one of its steps qualifies.  Deleted jobs free their
+        idempotency keys.
 
         The one exception to "each call is one transaction": a store may
         delete in batches, each atomic (a workflow with all its steps in one),

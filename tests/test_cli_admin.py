@@ -12,11 +12,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import Result
+from click.testing import CliRunner, Result
 from test_cli_support import AppModule, CliStore, app_module, cli_store, invoke, one_error_line
 
 from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.app import App
+from taskharbor.cli import main as cli_main
+from taskharbor.cli.admin import PRUNE_SCREENFUL
 from taskharbor.spec import EnqueueRequest, JobNotFound, JobState
 from taskharbor.spec.diagrams import FORMATS, render
 from taskharbor.spec.lifecycle import JOB_GUARDS
@@ -73,13 +75,75 @@ def test_prune_deletes_jobs_finished_longer_ago_than_given(cli_store: CliStore) 
     with pytest.raises(JobNotFound):
         cli_store.driver.get([done.id])
     assert cli_store.driver.get([waiting.id])[0].state == JobState.AVAILABLE
-    assert "pruned 0 job(s)" in cli_store.ok("prune", "--older-than", "1h30m").stdout
+    assert (
+        "pruned 0 cancelled and succeeded job(s)"
+        in cli_store.ok("prune", "--older-than", "1h30m").stdout
+    )
 
 
 def test_prune_refuses_a_bad_duration(cli_store: CliStore) -> None:
     result = cli_store.run("prune", "--older-than", "soon")
     assert result.exit_code == 2
     assert "'soon' is not a duration" in one_error_line(result)
+
+
+@pytest.mark.parametrize("bare", ["3", "0", "2.5"])
+def test_prune_refuses_a_duration_without_its_unit(cli_store: CliStore, bare: str) -> None:
+    done = cli_store.succeeded()
+    cli_store.clock.advance(3600)
+    result = cli_store.run("prune", "--older-than", bare)
+    assert result.exit_code == 2
+    assert f"{bare!r} has no unit: write {bare}s, {bare}m" in one_error_line(result)
+    assert cli_store.driver.get([done.id])[0] == done
+    for spelled in ("3s", "10m", "7d"):
+        cli_store.ok("prune", "--older-than", spelled)
+
+
+def test_prune_keeps_the_dead_letter_queue_unless_asked(cli_store: CliStore) -> None:
+    (dead,) = cli_store.dead()
+    done = cli_store.succeeded()
+    cli_store.clock.advance(3600)
+    shape = cli_store.json("prune", "--older-than", "1m")
+    assert (shape["pruned"], shape["states"]) == (1, ["cancelled", "succeeded"])
+    assert cli_store.driver.get([dead.id])[0] == dead
+    with pytest.raises(JobNotFound):
+        cli_store.driver.get([done.id])
+    assert "pruned 1 cancelled and dead and succeeded job(s)" in (
+        cli_store.ok("prune", "--older-than", "1m", "--dead").stdout
+    )
+    with pytest.raises(JobNotFound):
+        cli_store.driver.get([dead.id])
+
+
+def test_prune_dry_run_counts_and_deletes_nothing(cli_store: CliStore) -> None:
+    cli_store.dead(count=2)
+    cli_store.succeeded()
+    cli_store.clock.advance(3600)
+    before = cli_store.driver.count()
+    shape = cli_store.json("prune", "--older-than", "1m", "--dead", "--dry-run")
+    assert (shape["pruned"], shape["dry_run"]) == (3, True)
+    text = cli_store.ok("prune", "--older-than", "1m", "--dry-run").stdout
+    assert "would prune 1 cancelled and succeeded job(s)" in text and "nothing deleted" in text
+    assert cli_store.driver.count() == before
+
+
+def test_prune_asks_before_deleting_more_than_a_screenful(cli_store: CliStore) -> None:
+    many = PRUNE_SCREENFUL + 1
+    cli_store.dead(count=many)
+    cli_store.clock.advance(3600)
+    args = ["--app", cli_store.app_path, "prune", "--older-than", "1m", "--dead"]
+    refused = CliRunner().invoke(cli_main, args, input="n\n")
+    assert refused.exit_code == 1 and f"delete {many} " in refused.stderr
+    assert cli_store.driver.count()[("dlq-source", JobState.DEAD)] == many
+    closed = CliRunner().invoke(cli_main, args, input="")  # no terminal to answer: no
+    assert closed.exit_code == 1
+    agreed = CliRunner().invoke(cli_main, args, input="y\n")
+    assert agreed.exit_code == 0 and f"pruned {many} " in agreed.stdout
+    cli_store.dead(count=many)
+    cli_store.clock.advance(3600)
+    assert (
+        f"pruned {many} " in cli_store.ok("prune", "--older-than", "1m", "--dead", "--yes").stdout
+    )
 
 
 def test_migrate_on_a_current_store(cli_store: CliStore) -> None:
@@ -354,6 +418,7 @@ def test_worker_flags_and_json_lines(cli_store: CliStore) -> None:
         "heartbeat_interval_seconds": 2.5,
         "poll_interval_seconds": 0.25,
         "shutdown_timeout_seconds": 7.0,
+        "retention_seconds": 7 * 86_400.0,
         "burst": True,
     }
     assert stopped == {"event": "stopped", "worker_id": started["worker_id"]}
@@ -363,6 +428,22 @@ def test_worker_flags_and_json_lines(cli_store: CliStore) -> None:
     assert cli_store.app.get_job(job.id).result == 5
     defaults = json.loads(cli_store.ok("worker", "--burst", "--json").stdout.splitlines()[0])
     assert defaults["heartbeat_interval_seconds"] == 10.0  # a third of the 30 s lease
+
+
+@pytest.mark.parametrize(
+    ("flags", "retention"),
+    [(("--retention", "36h"), 36 * 3600.0), (("--retention", "1d", "--keep-finished"), None)],
+)
+def test_worker_retention_flags(
+    cli_store: CliStore, flags: tuple[str, ...], retention: float | None
+) -> None:
+    result = cli_store.ok("worker", "--burst", "--json", *flags)
+    assert json.loads(result.stdout.splitlines()[0])["retention_seconds"] == retention
+
+
+def test_worker_retention_needs_a_unit(cli_store: CliStore) -> None:
+    result = cli_store.run("worker", "--burst", "--retention", "7")
+    assert result.exit_code == 2 and "'7' has no unit" in one_error_line(result)
 
 
 @pytest.mark.parametrize("flag", ["--heartbeat-interval", "--poll-interval", "--shutdown-timeout"])

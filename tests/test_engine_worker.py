@@ -728,6 +728,30 @@ def test_old_finished_jobs_are_pruned_past_the_retention(driver_factory: DriverF
         eventually(pruned, what="pruning")
 
 
+def test_retention_keeps_the_dead_letter_queue_and_its_idempotency_keys(
+    driver_factory: DriverFactory,
+) -> None:
+    """Dead jobs stay until an operator requeues them or prunes them explicitly: a
+    worker's retention prunes succeeded and cancelled jobs only."""
+    app, clock = fake_app(driver_factory)
+    done = app.task(name="done")(lambda: None)
+
+    @app.task(name="doomed", max_attempts=1)
+    def doomed() -> None:
+        raise th.PermanentError("no")
+
+    dead = doomed.options(idempotency_key="charge-1").enqueue()
+    succeeded = done.enqueue()
+    burst(app)
+    clock.advance(8 * 86_400)
+    with counting(app, "prune") as prunes, running_worker(app, prune_interval=0):
+        eventually(lambda: len(prunes) >= 2, what="two prune passes")
+    with pytest.raises(JobNotFound):
+        app.get_job(succeeded)
+    assert app.get_job(dead).state is JobState.DEAD
+    assert doomed.options(idempotency_key="charge-1").enqueue().id == dead.id  # still held
+
+
 def test_the_workers_pruning_keeps_recent_finished_and_unfinished_jobs(
     driver_factory: DriverFactory,
 ) -> None:

@@ -38,7 +38,7 @@ import os
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -91,10 +91,13 @@ from taskharbor.spec import (
 from taskharbor.spec.records import (
     LEASE_EXPIRED_MESSAGE,
     LEASE_EXPIRED_TYPE,
+    PRUNABLE_WORKFLOW_STATES,
+    PRUNED_BY_DEFAULT,
     check_aware,
     check_batch,
     check_lease_args,
     check_lease_seconds,
+    check_prune_states,
     check_workflow_id,
     job_ids,
     map_ref,
@@ -684,27 +687,33 @@ class JsonFileDriver(Driver):
                 rescued.append(job_id)
             return rescued
 
-    def prune(self, finished_before: datetime) -> int:
-        """Delete old finished jobs; a workflow's steps only with the whole workflow."""
+    def prune(
+        self,
+        finished_before: datetime,
+        states: Collection[JobState] = PRUNED_BY_DEFAULT,
+        *,
+        dry_run: bool = False,
+    ) -> int:
+        """Delete old finished jobs in ``states``; a workflow's steps only with the whole
+        (finished) workflow.  A dry run counts them and deletes nothing."""
         check_aware(finished_before, "finished_before")
+        pruned = check_prune_states(states)
         horizon = finished_before.astimezone(UTC)
 
         def old(job: JobRecord) -> bool:
             finished_at = job.finished_at
-            return (
-                job.state in FINISHED_JOB_STATES
-                and finished_at is not None
-                and finished_at < horizon
-            )
+            return job.state in pruned and finished_at is not None and finished_at < horizon
 
-        prunable = (WorkflowState.SUCCEEDED, WorkflowState.CANCELLED)
         with self._transaction() as store:
             doomed = [job.id for job in store.jobs.values() if job.workflow_id is None and old(job)]
             for workflow in list(store.workflows.values()):
                 steps = [store.jobs[step_id] for step_id in workflow.steps]
-                if workflow.state in prunable and all(old(step) for step in steps):
+                if workflow.state in PRUNABLE_WORKFLOW_STATES and all(map(old, steps)):
                     doomed.extend(workflow.steps)
-                    del store.workflows[workflow.id]
+                    if not dry_run:
+                        del store.workflows[workflow.id]
+            if dry_run:
+                return len(doomed)
             for job_id in doomed:
                 del store.jobs[job_id]
                 store.steps.pop(job_id, None)

@@ -18,7 +18,7 @@ import itertools
 import math
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -35,6 +35,8 @@ from taskharbor.spec.records import (
     JSON,
     LEASE_EXPIRED_MESSAGE,
     LEASE_EXPIRED_TYPE,
+    PRUNABLE_WORKFLOW_STATES,
+    PRUNED_BY_DEFAULT,
     WORKFLOW_CANCELLED,
     Completion,
     EnqueueRequest,
@@ -57,6 +59,7 @@ from taskharbor.spec.records import (
     check_batch,
     check_lease_args,
     check_lease_seconds,
+    check_prune_states,
     check_queues,
     dependency_reason,
     map_ref,
@@ -85,8 +88,6 @@ _Report = TypeVar("_Report", Completion, Failure, SnoozeRequest)
 
 _STATES = {state.value: state for state in JobState}
 """The table's target names as states, without an enum call per transition."""
-PRUNABLE_WORKFLOW_STATES = frozenset({WorkflowState.SUCCEEDED, WorkflowState.CANCELLED})
-"""A workflow (with its steps) may be pruned only in these states."""
 
 
 class MemoryDriver(MemorySchedules, Driver):
@@ -382,27 +383,38 @@ class MemoryDriver(MemorySchedules, Driver):
             self._settle_workflows(touched, now)
             return expired
 
-    def prune(self, finished_before: datetime) -> int:
+    def prune(
+        self,
+        finished_before: datetime,
+        states: Collection[JobState] = PRUNED_BY_DEFAULT,
+        *,
+        dry_run: bool = False,
+    ) -> int:
         check_aware(finished_before, "finished_before")
+        pruned = check_prune_states(states)
+
+        def qualifies(row: JobRow) -> bool:
+            return row.state in pruned and _finished_before(row, finished_before)
+
         with self._lock:
             candidates = [self._jobs[i] for i in self._index.take_finished_before(finished_before)]
             deleted = 0
             workflows: dict[WorkflowId, None] = {}
             for row in candidates:
-                if row.workflow_id is None:
-                    self._delete_job(row)
-                    deleted += 1
-                else:
+                if row.workflow_id is not None:
                     workflows[row.workflow_id] = None
+                elif qualifies(row):
+                    if not dry_run:
+                        self._delete_job(row)
+                    deleted += 1
             for workflow_id in workflows:
                 workflow = self._workflows[workflow_id]
                 steps = [self._jobs[step_id] for step_id in workflow.steps]
-                if workflow.state in PRUNABLE_WORKFLOW_STATES and all(
-                    _finished_before(step, finished_before) for step in steps
-                ):
-                    for step in steps:
-                        self._delete_job(step)
-                    del self._workflows[workflow_id]
+                if workflow.state in PRUNABLE_WORKFLOW_STATES and all(map(qualifies, steps)):
+                    if not dry_run:
+                        for step in steps:
+                            self._delete_job(step)
+                        del self._workflows[workflow_id]
                     deleted += len(steps)
             for row in candidates:
                 if row.id in self._jobs:

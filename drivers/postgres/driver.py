@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -87,10 +87,12 @@ from taskharbor.spec import (
 from taskharbor.spec.records import (
     LEASE_EXPIRED_MESSAGE,
     LEASE_EXPIRED_TYPE,
+    PRUNED_BY_DEFAULT,
     check_aware,
     check_batch,
     check_lease_args,
     check_lease_seconds,
+    check_prune_states,
     job_ids,
     map_ref,
 )
@@ -610,16 +612,33 @@ class PostgresDriver(PostgresSchedules, Driver):
 
         return self._run(body)
 
-    def prune(self, finished_before: datetime) -> int:
+    def prune(
+        self,
+        finished_before: datetime,
+        states: Collection[JobState] = PRUNED_BY_DEFAULT,
+        *,
+        dry_run: bool = False,
+    ) -> int:
         """Delete old finished jobs, in batches of :data:`PRUNE_BATCH` rows.
 
         Each batch is its own transaction so that pruning a large backlog never
-        holds locks for long; a batch never splits a workflow.
+        holds locks for long; a batch never splits a workflow.  A dry run is one
+        count, locking nothing.
         """
         check_aware(finished_before, "finished_before")
+        pruned = sorted(state.value for state in check_prune_states(states))
+        values = {"before": finished_before, "batch": PRUNE_BATCH, "states": pruned}
+        if dry_run:
+            query = statements.count_prunable(self._tables)
+
+            def count(cur: psycopg.Cursor[Row], params: Params) -> int:
+                row = cur.execute(query, {**params, **values}).fetchone()
+                assert row is not None
+                return int(row["n"])
+
+            return self._run(count, transaction=False)
         single_jobs = statements.prune_jobs(self._tables)
         whole_workflows = statements.prune_workflows(self._tables)
-        values = {"before": finished_before, "batch": PRUNE_BATCH}
 
         def jobs_batch(cur: psycopg.Cursor[Row], params: Params) -> tuple[int, int]:
             deleted = cur.execute(single_jobs, {**params, **values}).rowcount

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 
 from psycopg import sql
 
-from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, WorkflowState
+from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState
+from taskharbor.spec.records import PRUNABLE_WORKFLOW_STATES
 
 from .rows import job_columns
 from .tables import Tables, statement
@@ -292,24 +293,44 @@ def cancel_workflow_steps(tables: Tables) -> sql.Composed:
     )
 
 
-_PRUNE_JOBS = """
-WITH doomed AS (
+_PRUNED_JOBS = """
     SELECT j.id FROM {jobs} j
-    WHERE j.workflow_id IS NULL AND j.state IN {finished} AND j.finished_at < %(before)s
+    WHERE j.workflow_id IS NULL AND j.state IN {finished} AND j.state = ANY(%(states)s::text[])
+      AND j.finished_at < %(before)s"""
+
+_PRUNED_WORKFLOWS = """
+    SELECT w.id FROM {workflows} w
+    WHERE w.state IN {prunable} AND w.finished_at < %(before)s
+      AND NOT EXISTS (
+          SELECT 1 FROM {jobs} j
+          WHERE j.workflow_id = w.id
+            AND NOT (j.state = ANY(%(states)s::text[]) AND j.finished_at < %(before)s))"""
+"""What a prune deletes: old finished jobs in ``%(states)s`` outside workflows, and the
+finished workflows whose every step is such a job (with those steps)."""
+
+_PRUNE_JOBS = (
+    "WITH doomed AS ("
+    + _PRUNED_JOBS
+    + """
     ORDER BY j.finished_at LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM {jobs} j USING doomed d WHERE j.id = d.id
 """
+)
 
-_PRUNE_WORKFLOWS = """
-WITH doomed AS (
-    SELECT w.id FROM {workflows} w
-    WHERE w.state IN ({succeeded}, {cancelled}) AND w.finished_at < %(before)s
-      AND NOT EXISTS (
-          SELECT 1 FROM {jobs} j
-          WHERE j.workflow_id = w.id
-            AND NOT (j.state IN {finished} AND j.finished_at < %(before)s))
+_COUNT_PRUNABLE = (
+    "SELECT (SELECT count(*) FROM ("
+    + _PRUNED_JOBS
+    + ") single) + (SELECT count(*) FROM {jobs} s WHERE s.workflow_id IN ("
+    + _PRUNED_WORKFLOWS
+    + ")) AS n"
+)
+
+_PRUNE_WORKFLOWS = (
+    "WITH doomed AS ("
+    + _PRUNED_WORKFLOWS
+    + """
     ORDER BY w.id LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 ),
@@ -317,23 +338,34 @@ steps AS (DELETE FROM {jobs} j USING doomed d WHERE j.workflow_id = d.id RETURNI
 gone AS (DELETE FROM {workflows} w USING doomed d WHERE w.id = d.id RETURNING w.id)
 SELECT (SELECT count(*) FROM steps) AS jobs, (SELECT count(*) FROM gone) AS workflows
 """
+)
+
+
+def _prune_parts() -> dict[str, sql.Composable]:
+    return {
+        "finished": job_states(FINISHED_JOB_STATES),
+        "prunable": sql.SQL("({})").format(
+            sql.SQL(", ").join(workflow_state(state) for state in sorted(PRUNABLE_WORKFLOW_STATES))
+        ),
+    }
 
 
 @statement
 def prune_jobs(tables: Tables) -> sql.Composed:
     """Delete one batch of old finished jobs that belong to no workflow."""
-    return tables.sql(_PRUNE_JOBS, finished=job_states(FINISHED_JOB_STATES))
+    return tables.sql(_PRUNE_JOBS, **_prune_parts())
 
 
 @statement
 def prune_workflows(tables: Tables) -> sql.Composed:
     """Delete one batch of finished workflows whose steps all qualify, with their steps."""
-    return tables.sql(
-        _PRUNE_WORKFLOWS,
-        finished=job_states(FINISHED_JOB_STATES),
-        succeeded=workflow_state(WorkflowState.SUCCEEDED),
-        cancelled=workflow_state(WorkflowState.CANCELLED),
-    )
+    return tables.sql(_PRUNE_WORKFLOWS, **_prune_parts())
+
+
+@statement
+def count_prunable(tables: Tables) -> sql.Composed:
+    """How many jobs a prune with the same parameters would delete (a dry run)."""
+    return tables.sql(_COUNT_PRUNABLE, **_prune_parts())
 
 
 _WORKFLOW_INSERT = """

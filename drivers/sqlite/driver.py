@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import cache
@@ -80,10 +80,13 @@ from taskharbor.spec import (
 from taskharbor.spec.records import (
     LEASE_EXPIRED_MESSAGE,
     LEASE_EXPIRED_TYPE,
+    PRUNABLE_WORKFLOW_STATES,
+    PRUNED_BY_DEFAULT,
     check_aware,
     check_batch,
     check_lease_args,
     check_lease_seconds,
+    check_prune_states,
     check_queues,
     check_workflow_id,
     job_ids,
@@ -183,21 +186,32 @@ _COMPLETE = f"""
 """Event ``succeed`` for every live lease of ``:items``, a JSON array of ``[job id, token,
 result as JSON text]``; returns the rows it changed (in no particular order)."""
 
-_PRUNE_JOBS = f"""
-    DELETE FROM jobs
-    WHERE workflow_id IS NULL AND state IN {FINISHED_STATES} AND finished_at < :horizon
+_PRUNED_STATES = "(SELECT value FROM json_each(:states))"
+"""The states a prune deletes: a JSON array parameter."""
+_PRUNED_JOBS = f"""
+    workflow_id IS NULL AND state IN {FINISHED_STATES} AND state IN {_PRUNED_STATES}
+    AND finished_at < :horizon
 """
-_PRUNABLE_WORKFLOW_STATES = literal_list({WorkflowState.SUCCEEDED, WorkflowState.CANCELLED})
-_PRUNE_WORKFLOW_STEPS = f"""
-    DELETE FROM jobs WHERE workflow_id IN (
+_PRUNABLE_WORKFLOW_STATES = literal_list(PRUNABLE_WORKFLOW_STATES)
+_PRUNED_STEPS = f"""
+    workflow_id IN (
         SELECT w.id FROM workflows AS w
         WHERE w.state IN {_PRUNABLE_WORKFLOW_STATES} AND NOT EXISTS (
             SELECT 1 FROM jobs AS step
             WHERE step.workflow_id = w.id
-            AND NOT (step.state IN {FINISHED_STATES} AND COALESCE(step.finished_at < :horizon, 0))
+            AND NOT (step.state IN {_PRUNED_STATES} AND COALESCE(step.finished_at < :horizon, 0))
         )
     )
 """
+"""The jobs a prune deletes: old finished jobs outside workflows, and the steps of
+finished workflows whose every step qualifies (``WHERE`` conditions, for the delete
+and for a dry run's count)."""
+_PRUNE_JOBS = f"DELETE FROM jobs WHERE {_PRUNED_JOBS}"
+_PRUNE_STEPS = f"DELETE FROM jobs WHERE {_PRUNED_STEPS}"
+_COUNT_PRUNABLE = (
+    f"SELECT (SELECT COUNT(*) FROM jobs WHERE {_PRUNED_JOBS})"
+    f" + (SELECT COUNT(*) FROM jobs WHERE {_PRUNED_STEPS})"
+)
 _PRUNE_WORKFLOWS = f"""
     DELETE FROM workflows
     WHERE state IN {_PRUNABLE_WORKFLOW_STATES}
@@ -645,12 +659,22 @@ class SQLiteDriver(SQLiteSchedules, Driver):
                 tx.after_step_finished(row["id"], JobState(row["state"]), row["workflow_id"])
             return [row["id"] for row in rescued]
 
-    def prune(self, finished_before: datetime) -> int:
+    def prune(
+        self,
+        finished_before: datetime,
+        states: Collection[JobState] = PRUNED_BY_DEFAULT,
+        *,
+        dry_run: bool = False,
+    ) -> int:
         check_aware(finished_before, "finished_before")
-        horizon = {"horizon": to_micros(finished_before)}
+        pruned = sorted(state.value for state in check_prune_states(states))
+        params = {"horizon": to_micros(finished_before), "states": dump_json(pruned)}
+        if dry_run:
+            with self._transaction(write=False) as tx:
+                return int(tx.conn.execute(_COUNT_PRUNABLE, params).fetchone()[0])
         with self._transaction(durable=False) as tx:
-            deleted = tx.conn.execute(_PRUNE_JOBS, horizon).rowcount
-            deleted += tx.conn.execute(_PRUNE_WORKFLOW_STEPS, horizon).rowcount
+            deleted = tx.conn.execute(_PRUNE_JOBS, params).rowcount
+            deleted += tx.conn.execute(_PRUNE_STEPS, params).rowcount
             tx.conn.execute(_PRUNE_WORKFLOWS)
             return deleted
 

@@ -12,10 +12,11 @@ from click.core import ParameterSource
 
 from taskharbor.spec import JobFilter, JobState, SchemaError
 from taskharbor.spec.diagrams import FORMATS, Format, Lifecycle, render
+from taskharbor.spec.records import PRUNED_BY_DEFAULT
 
 from . import render as cli_render
 from .jobs import json_option, scan
-from .params import SECONDS, duration_value
+from .params import SECONDS, span_value
 from .shapes import dumps, iso, lifecycle_shape, stats_shape
 from .store import Session, pass_session
 
@@ -73,6 +74,20 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
     metavar="SECONDS",
     help="Seconds running jobs get to finish after SIGTERM or Ctrl-C before they are released.",
 )
+@click.option(
+    "--retention",
+    metavar="DURATION",
+    default="7d",
+    show_default=True,
+    callback=span_value,
+    help="Prune succeeded and cancelled jobs finished longer ago than this (dead jobs stay "
+    "until requeued or pruned with `taskharbor prune --dead`).",
+)
+@click.option(
+    "--keep-finished",
+    is_flag=True,
+    help="Never prune: keep every finished job (overrides --retention).",
+)
 @click.option("--burst", is_flag=True, help="Stop once no job is ready, instead of waiting.")
 @click.option(
     "--periodic/--no-periodic",
@@ -98,6 +113,8 @@ def worker(
     heartbeat_interval: float | None,
     poll_interval: float,
     shutdown_timeout: float,
+    retention: timedelta,
+    keep_finished: bool,
     burst: bool,
     periodic: bool,
     log_level: str,
@@ -122,6 +139,7 @@ def worker(
         heartbeat_interval=heartbeat_interval,
         poll_interval=poll_interval,
         shutdown_timeout=shutdown_timeout,
+        retention=None if keep_finished else retention.total_seconds(),
         periodic=periodic,
     )
     handler = logging.StreamHandler()
@@ -149,6 +167,7 @@ def worker_shape(runner: Worker, burst: bool) -> dict[str, object]:
         "heartbeat_interval_seconds": runner.heartbeat_interval,
         "poll_interval_seconds": runner.poll_interval,
         "shutdown_timeout_seconds": runner.shutdown_timeout,
+        "retention_seconds": runner.retention,
         "burst": burst,
     }
 
@@ -235,29 +254,65 @@ def migrate(ctx: click.Context, check: bool, as_json: bool) -> None:
         click.echo(f"the schema of {where} is up to date")
 
 
+PRUNE_SCREENFUL = 20
+"""Past this many jobs, ``prune`` asks before deleting (unless ``--yes``)."""
+
+
 @click.command()
 @click.option(
     "--older-than",
     metavar="DURATION",
-    callback=duration_value,
+    callback=span_value,
     required=True,
-    help="Delete jobs finished longer ago than this: 90s, 30m, 12h, 7d, 2w, 1h30m.",
+    help="Delete jobs finished longer ago than this, with its unit: 90s, 30m, 12h, 7d, 2w, 1h30m.",
+)
+@click.option(
+    "--dead",
+    is_flag=True,
+    help="Also delete dead jobs (the dead-letter queue) and failed workflows; "
+    "without it they stay until requeued.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    help=f"Do not ask before deleting more than {PRUNE_SCREENFUL} jobs.",
 )
 @json_option
 @pass_session
-def prune(session: Session, older_than: timedelta, as_json: bool) -> None:
-    """Delete finished jobs (succeeded, dead, cancelled) older than a duration.
+def prune(
+    session: Session, older_than: timedelta, dead: bool, dry_run: bool, yes: bool, as_json: bool
+) -> None:
+    """Delete succeeded and cancelled jobs finished longer ago than a duration.
 
-    A workflow's steps go only with the whole workflow, once it has succeeded or
-    was cancelled. With --json, prints {"pruned": n, "finished_before": time}.
+    Dead jobs (the dead-letter queue) are kept unless --dead is given. A
+    workflow's steps go only with the whole finished workflow (a failed one
+    only with --dead). Asks before deleting more than a screenful of jobs
+    unless --yes. With --json, prints {"pruned": n, "finished_before": time,
+    "states": [...], "dry_run": bool}.
     """
     driver = session.driver()
+    states = PRUNED_BY_DEFAULT | ({JobState.DEAD} if dead else set())
     cutoff = driver.clock.now() - older_than
-    pruned = driver.prune(cutoff)
+    count = driver.prune(cutoff, states, dry_run=True)
+    when = f"finished before {cli_render.short_time(cutoff)} UTC"
+    names = " and ".join(sorted(state.value for state in states))
+    if not dry_run and count > PRUNE_SCREENFUL and not yes:
+        click.confirm(f"delete {count} {names} jobs {when}?", abort=True, err=True)
+    pruned = count if dry_run or count == 0 else driver.prune(cutoff, states)
     if as_json:
-        click.echo(dumps({"pruned": pruned, "finished_before": iso(cutoff)}))
+        shape = {
+            "pruned": pruned,
+            "finished_before": iso(cutoff),
+            "states": sorted(state.value for state in states),
+            "dry_run": dry_run,
+        }
+        click.echo(dumps(shape))
+    elif dry_run:
+        click.echo(f"would prune {pruned} {names} job(s) {when} (dry run: nothing deleted)")
     else:
-        click.echo(f"pruned {pruned} job(s) finished before {cli_render.short_time(cutoff)} UTC")
+        click.echo(f"pruned {pruned} {names} job(s) {when}")
 
 
 @click.group()

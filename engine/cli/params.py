@@ -40,6 +40,21 @@ def duration_value(
         raise click.BadParameter(str(exc), ctx, param) from None
 
 
+def span_value(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    """Option callback: a duration that must say its unit (``3`` alone is refused: seconds or
+    days?), such as ``3s``, ``10m``, ``7d`` or ``1h30m``."""
+    if value is None:
+        return None
+    if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", value):
+        number = value.strip()
+        raise click.BadParameter(
+            f"{value!r} has no unit: write {number}s, {number}m, {number}h, {number}d or {number}w",
+            ctx,
+            param,
+        )
+    return duration_value(ctx, param, value)
+
+
 def since_value(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> timedelta | datetime | None:
