@@ -7,7 +7,7 @@ name before it changes anything, so one that raises leaves the store as it was.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -39,12 +39,8 @@ class MemorySchedules:
     _jobs: dict[JobId, JobRow]
     _keys: dict[str, JobId]
     _schedules: dict[str, ScheduleRecord]
-
-    def _now(self) -> datetime:
-        raise NotImplementedError
-
-    def _store_job(self, request: EnqueueRequest, now: datetime) -> JobRow:
-        raise NotImplementedError
+    _now: Callable[[], datetime]
+    _store_job: Callable[[EnqueueRequest, datetime], JobRow]
 
     def _records(self, names: Sequence[str]) -> list[ScheduleRecord]:
         for name in names:

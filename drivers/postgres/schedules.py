@@ -13,6 +13,7 @@ once.  The rules come from :mod:`taskharbor.spec.schedules`.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -87,19 +88,16 @@ class PostgresSchedules:
     _tables: Tables
     _prepare: bool | None
 
+    @abc.abstractmethod
     def _run(
         self, body: Callable[[psycopg.Cursor[Row], Params], T], *, transaction: bool = True
     ) -> T:
-        raise NotImplementedError
+        """One call in one transaction (the driver's own, see ``PostgresDriver._run``)."""
 
-    def _enqueue_on(
-        self,
-        cur: psycopg.Cursor[Row],
-        requests: Sequence[EnqueueRequest],
-        now: datetime | None,
-        prepare: bool | None,
-    ) -> list[EnqueueResult]:
-        raise NotImplementedError
+    _enqueue_on: Callable[
+        [psycopg.Cursor[Row], Sequence[EnqueueRequest], datetime | None, bool | None],
+        list[EnqueueResult],
+    ]
 
     def _table(self) -> sql.Identifier:
         return sql.Identifier(self._tables.schema, "schedules")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 
@@ -98,13 +98,8 @@ def _plans(tx: Writes, records: Sequence[ScheduleRecord]) -> list[TickPlan]:
 class SQLiteSchedules:
     """The ``schedules`` calls of :class:`~taskharbor.drivers.sqlite.SQLiteDriver`."""
 
-    def _transaction(
-        self, *, write: bool = True, durable: bool = True
-    ) -> AbstractContextManager[Writes]:
-        raise NotImplementedError
-
-    def _insert(self, tx: Writes, request: EnqueueRequest) -> EnqueueResult:
-        raise NotImplementedError
+    _transaction: Callable[..., AbstractContextManager[Writes]]
+    _insert: Callable[[Writes, EnqueueRequest], EnqueueResult]
 
     def sync_schedules(self, schedules: Sequence[Schedule]) -> list[ScheduleRecord]:
         declared = check_schedules(schedules, "sync_schedules")
