@@ -150,10 +150,10 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock(START)
-        self.model: Driver = ReferenceModel(clock=self.clock)
+        self.ids = IdentityMap()
+        self.model: Driver = ReferenceModel(clock=self.clock, jitter_id=self.ids.jobs.to_driver)
         self.driver = self.factory.make(self.clock)
         self.driver.migrate()
-        self.ids = IdentityMap()
         for unknown in UNKNOWN_IDS:
             self.ids.link_job(unknown, unknown)
             self.ids.workflows.link(unknown, unknown)

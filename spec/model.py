@@ -125,8 +125,16 @@ class ReferenceModel(Driver):
 
     capabilities = Capabilities(schedules=True)
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(
+        self, clock: Clock | None = None, *, jitter_id: Callable[[JobId], JobId] | None = None
+    ) -> None:
+        """``jitter_id`` maps the model's id of a job to the id that seeds its retry
+        jitter (:func:`~taskharbor.spec.retry.retry_delay`).  The identity by default;
+        a harness comparing the model with a store that numbers jobs differently (a
+        PostgreSQL sequence skips a number on every idempotency conflict) passes
+        the store's id, since the contract seeds the jitter with the store's own id."""
         self.clock = clock or SystemClock()
+        self._jitter_id = jitter_id or (lambda job_id: job_id)
         self._lock = threading.Lock()
         self._store = _Store()
         self._now = datetime.min.replace(tzinfo=UTC)
@@ -494,7 +502,9 @@ class ReferenceModel(Driver):
                 target = self._resolve(s, job, JobEvent.LEASE_EXPIRED)
                 changes: dict[str, Any] = {"errors": self._error(job, report)}
                 if target == JobState.RETRYING:
-                    changes["run_at"] = self._now + retry_delay(job.retry, job.id, job.attempt)
+                    changes["run_at"] = self._now + retry_delay(
+                        job.retry, self._jitter_id(job.id), job.attempt
+                    )
                 self._after_step_finished(s, self._set(s, job, target, **changes))
                 rescued.append(job.id)
             return rescued

@@ -49,6 +49,7 @@ from taskharbor.spec import (
     JobState,
     dependency_reason,
 )
+from taskharbor.spec.clock import Clock
 from taskharbor.spec.model import ReferenceModel
 from taskharbor.spec.records import job_ids
 from taskharbor.spec.schedules import TickResult
@@ -177,6 +178,22 @@ def test_the_harness_finds_a_broken_store(broken: type[ReferenceModel], symptom:
     with pytest.raises(Divergence) as found:
         run_state_machine_as_test(machine, settings=HUNT)
     assert re.search(symptom, str(found.value)), found.value
+
+
+class NumbersFromFiveHundred(ReferenceModel):
+    """A correct store that numbers jobs its own way (as a PostgreSQL sequence
+    skips numbers): its retry jitter, seeded by its own ids, differs from the
+    model's numbering, and the harness must still find it faithful."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock=clock)
+        self._store.next_job_id = 500
+
+
+def test_the_harness_accepts_a_store_that_numbers_jobs_its_own_way() -> None:
+    run_state_machine_as_test(
+        driver_state_machine(lambda clock: NumbersFromFiveHundred(clock)), settings=HUNT
+    )
 
 
 # -- the harness's own parts -------------------------------------------------------
