@@ -39,6 +39,7 @@ from .canvas import (
     group,
 )
 from .context import JobCancelled, JobContext, PermanentError, Snooze, current_job
+from .events import Event
 from .jobs import Job
 from .middleware import Middleware
 from .task import Task, TaskCall
@@ -49,6 +50,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "Backoff",
+    "Event",
     "InvalidRequest",
     "InvalidTransition",
     "Job",

@@ -20,14 +20,16 @@ from taskharbor.spec import (
     JobId,
     JobState,
     WorkflowGraph,
+    WorkflowRecord,
 )
 from taskharbor.spec.records import PRUNED_BY_DEFAULT
 from taskharbor.spec.schedules import MissedPolicy, Schedule
 
 from .backoff import Backoff, as_backoff
 from .canvas import Signature, Workflow, WorkflowHandle, build_graph
+from .events import ENQUEUED, WORKFLOW_ENQUEUED, Event, Events, F
 from .jobs import Job
-from .middleware import Middleware, chain_enqueue
+from .middleware import Middleware, chain_enqueue, chain_enqueue_workflow
 from .options import TaskDefaults, check_exception_types, check_timeout
 from .periodic import Schedules, periodic_decorator
 from .task import Task
@@ -105,6 +107,9 @@ class App:
         self._middleware: list[Middleware] = []
         for layer in middleware:
             self.use(layer)
+        self.events = Events()
+        """The event hooks: ``app.events.subscribe(callback, "dead")``; see
+        :mod:`taskharbor.events`."""
 
     @staticmethod
     def _open(opener: Callable[[], Driver], migrate: bool) -> Driver:
@@ -255,6 +260,11 @@ class App:
         """The middleware, outermost first."""
         return tuple(self._middleware)
 
+    def on(self, *kinds: str) -> Callable[[F], F]:
+        """``@app.on("dead", "retrying")`` above ``def alert(event): ...`` subscribes it to
+        those events (every kind if none is named); see :mod:`taskharbor.events`."""
+        return self.events.on(*kinds)
+
     # -- periodic jobs ------------------------------------------------------------
 
     @overload
@@ -392,7 +402,7 @@ class App:
         if isinstance(target, Workflow):
             graph = build_graph(target, self._step_request, name=name)
             self._check_steps(graph)
-            record = self.driver.enqueue_workflow(graph)
+            record = chain_enqueue_workflow(self._middleware, self._store_workflow)(graph)
             return WorkflowHandle(self, record.id)
         raise InvalidRequest(
             f"app.enqueue takes a signature (task.s(...)) or a workflow, not {target!r}"
@@ -410,7 +420,18 @@ class App:
         return chain_enqueue(self._middleware, self._store)(requests)
 
     def _store(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
-        return [Job.from_record(result.job) for result in self.driver.enqueue(list(requests))]
+        results = self.driver.enqueue(list(requests))
+        if self.events.wants(ENQUEUED):
+            for result in results:
+                if result.created:
+                    self.events.emit(Event(ENQUEUED, job=result.job))
+        return [Job.from_record(result.job) for result in results]
+
+    def _store_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
+        record = self.driver.enqueue_workflow(graph)
+        if self.events.wants(WORKFLOW_ENQUEUED):
+            self.events.emit(Event(WORKFLOW_ENQUEUED, workflow=record))
+        return record
 
     # -- reading and operating ------------------------------------------------------
 

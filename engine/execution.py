@@ -32,12 +32,16 @@ from taskharbor.spec.schedules import tick_of
 
 from . import threads
 from .context import JobCancelled, JobContext, PermanentError, Snooze, enter_job, leave_job
+from .events import job_fields, outcome_kind
 from .middleware import Middleware, around_job
 
 if TYPE_CHECKING:
     from .task import Task
 
 logger = logging.getLogger("taskharbor")
+
+FIELDS = "taskharbor_fields"
+"""The log record attribute holding a line's structured fields (a dict), if it has any."""
 
 MESSAGE_LIMIT = 2_000
 """Longest error message kept per attempt (characters); longer ones are cut."""
@@ -57,6 +61,8 @@ class Failed:
     permanent: bool = False
     decided_at: datetime | None = None
     """The store's time when ``retry_at`` was set (for the log's "in 4.2s")."""
+    exception: BaseException | None = None
+    """What the handler raised, when it raised (for event subscribers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +197,8 @@ def outcome_of_error(
     if isinstance(exc, JobCancelled):
         return cancelled(record)
     if isinstance(exc, PermanentError) or not task.defaults.retries(exc):
-        return Failed(error_report(exc), None, permanent=True)
-    return Failed(error_report(exc), retry_time(record, task, now), decided_at=now)
+        return Failed(error_report(exc), None, permanent=True, exception=exc)
+    return Failed(error_report(exc), retry_time(record, task, now), decided_at=now, exception=exc)
 
 
 def call_sync(
@@ -247,20 +253,39 @@ def expected_state(outcome: Outcome, record: JobRecord, cancel_requested: bool) 
     return JobState(JOB.resolve(event, JobState.RUNNING, facts, subject=record.id))
 
 
-def log_outcome(record: JobRecord, outcome: Outcome, state: JobState, seconds: float) -> None:
+def log_outcome(
+    record: JobRecord,
+    outcome: Outcome,
+    state: JobState,
+    seconds: float,
+    worker_id: str | None = None,
+) -> None:
     """One INFO line per finished attempt: id, task, attempt, the new state, how long the
     attempt ran and, when it runs again, when that is::
 
         job 3 demo.flaky_upload attempt 1/3 -> retrying; ran 0.011s;
             next attempt at 12:00:03 UTC (in 4.2s); ConnectionError: storage timed out
+
+    The same facts go with the record as fields (:data:`FIELDS`), named as the tracing
+    integration names its span attributes, for ``worker --log-format json``.
     """
     parts = [f"ran {seconds:.3f}s"]
+    fields = job_fields(record)
+    fields["taskharbor.job.outcome"] = outcome_kind(state, isinstance(outcome, Snoozed))
+    fields["taskharbor.job.max_attempts"] = record.max_attempts
+    fields["taskharbor.job.duration_seconds"] = round(seconds, 6)
+    if worker_id is not None:
+        fields["taskharbor.worker.id"] = worker_id
     if isinstance(outcome, Snoozed):
         parts.append(f"runs again at {_when(outcome.run_at, outcome.decided_at)}")
+        fields["taskharbor.job.run_at"] = outcome.run_at.astimezone(UTC).isoformat()
     elif isinstance(outcome, Failed):
         if state == JobState.RETRYING and outcome.retry_at is not None:
             parts.append(f"next attempt at {_when(outcome.retry_at, outcome.decided_at)}")
+            fields["taskharbor.job.run_at"] = outcome.retry_at.astimezone(UTC).isoformat()
         parts.append(f"{outcome.error.type}: {outcome.error.message}")
+        fields["exception.type"] = outcome.error.type
+        fields["exception.message"] = outcome.error.message
     logger.info(
         "job %d %s attempt %d/%d -> %s; %s",
         record.id,
@@ -269,6 +294,7 @@ def log_outcome(record: JobRecord, outcome: Outcome, state: JobState, seconds: f
         record.max_attempts,
         state,
         "; ".join(parts),
+        extra={FIELDS: fields},
     )
 
 

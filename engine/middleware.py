@@ -7,11 +7,12 @@ middleware is the outermost: it sees a call first and its outcome last.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
-from taskharbor.spec import EnqueueRequest
+from taskharbor.spec import EnqueueRequest, WorkflowGraph, WorkflowRecord
 
 from .context import JobContext
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 EnqueueCall = Callable[[Sequence[EnqueueRequest]], "list[Job]"]
 """Stores a batch of requests and returns the jobs, one per request."""
+WorkflowCall = Callable[[WorkflowGraph], WorkflowRecord]
+"""Stores a workflow's graph in one piece and returns the stored workflow."""
 
 
 class Middleware:
@@ -30,11 +33,22 @@ class Middleware:
     ) -> list[Job]:
         """Wrap the storing of a batch of jobs; call ``call_next(requests)`` once.
 
-        May log, time, or replace requests (for instance to add a tracing
-        kwarg); must return what ``call_next`` returned.  Workflow graphs are
-        stored in one piece and do not pass through this hook.
+        May log, time, or replace requests (for instance to add tracing
+        headers); must return what ``call_next`` returned.  Workflow graphs are
+        stored in one piece and pass through :meth:`around_enqueue_workflow`
+        instead.
         """
         return call_next(requests)
+
+    def around_enqueue_workflow(
+        self, graph: WorkflowGraph, call_next: WorkflowCall
+    ) -> WorkflowRecord:
+        """Wrap the storing of a whole workflow; call ``call_next(graph)`` once.
+
+        May replace the graph (its steps' requests, for instance); must return
+        what ``call_next`` returned.
+        """
+        return call_next(graph)
 
     def around_job(self, job: JobContext) -> AbstractContextManager[None]:
         """A context manager entered before the handler runs and exited after.
@@ -53,6 +67,14 @@ def chain_enqueue(middleware: Sequence[Middleware], store: EnqueueCall) -> Enque
     call = store
     for layer in reversed(middleware):
         call = _wrap_enqueue(layer, call)
+    return call
+
+
+def chain_enqueue_workflow(middleware: Sequence[Middleware], store: WorkflowCall) -> WorkflowCall:
+    """``store`` wrapped by every middleware's ``around_enqueue_workflow``, the first outermost."""
+    call = store
+    for layer in reversed(middleware):
+        call = functools.partial(layer.around_enqueue_workflow, call_next=call)
     return call
 
 

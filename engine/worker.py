@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -37,6 +38,8 @@ from taskharbor.spec import (
     Completion,
     Failure,
     InvalidRequest,
+    JobId,
+    JobNotFound,
     JobRecord,
     LeaseLost,
     LeaseRef,
@@ -45,9 +48,10 @@ from taskharbor.spec import (
 )
 from taskharbor.spec.records import check_lease_seconds, check_name, check_seconds
 
-from . import execution
+from . import events, execution
 from .app import App
 from .context import JobContext
+from .events import Event
 from .execution import Outcome
 from .periodic import Ticker
 from .task import Task
@@ -56,6 +60,9 @@ from .threads import DaemonThreadPool
 logger = logging.getLogger("taskharbor")
 T = TypeVar("T")
 Report = Completion | Failure | SnoozeRequest
+Queued = tuple[float, Report, Event | None]
+"""A report waiting to be written: when it was queued, the report, the event it fires once
+written (``None`` when nobody listens)."""
 
 IO_THREADS = 4
 """Threads for driver calls: lease, heartbeat, reports, maintenance and the idle wait
@@ -70,7 +77,10 @@ class _Active:
     task: Task[Any] | None
     context: JobContext
     started: float
+    """``time.monotonic()`` when the attempt started."""
     token: str
+    started_at: float
+    """``time.time()`` when the attempt started (for events)."""
     run: asyncio.Task[None] | None = None
     """The task running this job (:meth:`Worker._run`)."""
     handler: asyncio.Task[Any] | None = None
@@ -179,7 +189,7 @@ class Worker:
         self._active: dict[str, _Active] = {}  # by lease token: a job may be here twice
         self._by_job: dict[int, _Active] = {}  # each job's latest lease, found without a scan
         self._runs: set[asyncio.Task[None]] = set()
-        self._outbox: list[tuple[float, Report]] = []  # (monotonic time queued, report)
+        self._outbox: list[Queued] = []
         self._flushing = False
         self._last_prune = float("-inf")
         self._waiter: asyncio.Future[None] | None = None
@@ -221,6 +231,7 @@ class Worker:
         ]
         logger.info("worker %s started on queues %s", self.worker_id, ", ".join(self.queues))
         self._warn_unserved_queues()
+        self._emit_worker(events.WORKER_STARTED)
         try:
             with self._thread_lock:
                 asked = self._stop_asked
@@ -241,7 +252,23 @@ class Worker:
             with self._thread_lock:
                 self._loop = None
                 self._stop_asked = None
+            self._emit_worker(events.WORKER_STOPPED)
             logger.info("worker %s stopped", self.worker_id)
+
+    def _emit_worker(self, kind: str) -> None:
+        if self.app.events.wants(kind):
+            self.app.events.emit(Event(kind, worker=self))
+
+    @property
+    def busy(self) -> int:
+        """How many of the ``concurrency`` slots hold a job now (running, or its outcome
+        waiting to be written)."""
+        return len(self._active)
+
+    @property
+    def leases(self) -> int:
+        """How many leases this worker holds and heartbeats now."""
+        return sum(1 for a in self._active.values() if not a.reported and not a.released)
 
     def _warn_unserved_queues(self) -> None:
         """Warn when the app has tasks whose default queue this worker does not lease from:
@@ -391,6 +418,7 @@ class Worker:
             context=execution.context_for(record, timeout, now),
             started=time.monotonic(),
             token=record.lease_token,
+            started_at=time.time(),
         )
         older = self._by_job.get(record.id)
         if older is not None and not older.reported and not older.released:
@@ -400,6 +428,29 @@ class Worker:
         self._by_job[record.id] = active
         active.run = asyncio.create_task(self._run(active), name=f"taskharbor-job-{record.id}")
         self._runs.add(active.run)  # the run discards itself as it ends
+        if self.app.events.wants(events.STARTED):
+            self.app.events.emit(self._event(events.STARTED, active))
+
+    def _event(self, kind: str, active: _Active, outcome: Outcome | None = None) -> Event:
+        """The event of ``kind`` about an attempt (ended with ``outcome``, when it has one)."""
+        ended = kind != events.STARTED
+        failed = outcome if isinstance(outcome, execution.Failed) else None
+        run_at = None
+        if isinstance(outcome, execution.Snoozed):
+            run_at = outcome.run_at
+        elif failed is not None and kind == events.RETRYING:
+            run_at = failed.retry_at
+        return Event(
+            kind,
+            job=active.record,
+            context=active.context if active.task is not None else None,
+            worker=self,
+            started_at=active.started_at,
+            finished_at=time.time() if ended else None,
+            error=None if failed is None else failed.error,
+            exception=None if failed is None else failed.exception,
+            run_at=run_at,
+        )
 
     async def _run(self, active: _Active) -> None:
         try:
@@ -548,13 +599,25 @@ class Worker:
 
     def _queue_report(self, active: _Active, outcome: Outcome) -> None:
         record = active.record
-        if logger.isEnabledFor(logging.INFO):  # the expected state is only worth it for the log
+        event = None
+        logging_on = logger.isEnabledFor(logging.INFO)
+        # The expected state is only worth computing for the log or a subscriber.
+        if logging_on or self._events_on:
             state = execution.expected_state(outcome, record, active.cancel_requested)
-            execution.log_outcome(record, outcome, state, time.monotonic() - active.started)
+            if logging_on:
+                seconds = time.monotonic() - active.started
+                execution.log_outcome(record, outcome, state, seconds, self.worker_id)
+            kind = events.outcome_kind(state, isinstance(outcome, execution.Snoozed))
+            if self.app.events.wants(kind) or self.app.events.wants(events.LOST):
+                event = self._event(kind, active, outcome)
         report = execution.report_for(outcome, record)
         active.reported = True
-        self._outbox.append((time.monotonic(), report))
+        self._outbox.append((time.monotonic(), report, event))
         self._outbox_ready.set()
+
+    @property
+    def _events_on(self) -> bool:
+        return any(self.app.events.wants(kind) for kind in (*events.OUTCOMES, events.LOST))
 
     # -- reporting -------------------------------------------------------------------
 
@@ -578,12 +641,14 @@ class Worker:
             batch, self._outbox = self._outbox, []
             self._flushing = True
             try:
-                await self._io_call(self._write, [report for _, report in batch])
+                lost = await self._io_call(self._write, [report for _, report, _ in batch])
                 failures = 0
+                self._emit_written(batch, lost)
             except Exception as error:
                 if is_refusal(error):
                     # A refusal (a bad request, an unknown job): sending it again cannot help.
                     self._store_failed("writing reports", error, f"{len(batch)} reports dropped")
+                    self._emit_dropped(batch)
                     continue
                 failures += 1
                 horizon = time.monotonic() - self.lease
@@ -595,6 +660,7 @@ class Worker:
                         self.worker_id,
                         len(batch) - len(kept),
                     )
+                    self._emit_dropped([item for item in batch if item[0] < horizon])
                 self._outbox[:0] = kept
                 if kept:
                     await asyncio.sleep(min(self.heartbeat_interval, 0.1 * 2 ** min(failures, 10)))
@@ -602,8 +668,25 @@ class Worker:
                 self._flushing = False
                 self._wake.set()
 
-    def _write(self, reports: list[Report]) -> None:
-        """One driver call per kind of report (runs on an I/O thread)."""
+    def _emit_written(self, batch: list[Queued], lost: set[str]) -> None:
+        """Fire the events of written reports: its outcome for each the store took, ``lost``
+        for each it refused (a stale lease)."""
+        for _, report, event in batch:
+            if event is not None:
+                if report.token in lost:
+                    event = dataclasses.replace(event, kind=events.LOST)
+                self.app.events.emit(event)  # a kind nobody listens to calls nobody
+
+    def _emit_dropped(self, batch: list[Queued]) -> None:
+        """Fire ``lost`` for reports that will never be written."""
+        if self.app.events.wants(events.LOST):
+            for _, _, event in batch:
+                if event is not None:
+                    self.app.events.emit(dataclasses.replace(event, kind=events.LOST))
+
+    def _write(self, reports: list[Report]) -> set[str]:
+        """One driver call per kind of report (runs on an I/O thread); returns the lease
+        tokens of the reports the store refused."""
         driver = self.app.driver
         lost: list[LeaseLost] = []
         completions = [r for r in reports if isinstance(r, Completion)]
@@ -617,6 +700,7 @@ class Worker:
             lost += driver.snooze(snoozes)
         for refused in lost:
             logger.warning("worker %s: report refused: %s", self.worker_id, refused)
+        return {refused.token for refused in lost}
 
     # -- heartbeats ------------------------------------------------------------------
 
@@ -655,6 +739,8 @@ class Worker:
         )
         active.released = True
         active.stop()
+        if self.app.events.wants(events.LOST):
+            self.app.events.emit(self._event(events.LOST, active))
 
     # -- maintenance -----------------------------------------------------------------
 
@@ -692,6 +778,8 @@ class Worker:
         rescued = await self._io_call(driver.rescue)
         if rescued:
             logger.info("worker %s rescued expired leases of jobs %s", self.worker_id, rescued)
+            if self.app.events.wants(events.RESCUED):
+                await self._emit_rescued(rescued)
         if promoted.promoted or rescued:
             self._wake.set()
         if prune and self.retention is not None:
@@ -704,6 +792,19 @@ class Worker:
                     logger.info("worker %s pruned %d finished jobs", self.worker_id, pruned)
         due = [promoted.next_due, None if ticked is None else ticked.next_tick]
         return min((moment for moment in due if moment is not None), default=None)
+
+    async def _emit_rescued(self, job_ids: list[JobId]) -> None:
+        """Fire ``rescued`` for each job, read as the rescue left it (a job pruned or
+        deleted meanwhile is left out)."""
+        try:
+            records = await self._io_call(self.app.driver.get, job_ids)
+        except JobNotFound:
+            records = []
+            for job_id in job_ids:
+                with contextlib.suppress(JobNotFound):
+                    records += await self._io_call(self.app.driver.get, [job_id])
+        for record in records:
+            self.app.events.emit(Event(events.RESCUED, job=record, worker=self))
 
     # -- stopping --------------------------------------------------------------------
 
@@ -724,11 +825,13 @@ class Worker:
                 self.worker_id,
                 [a.record.id for a in unfinished],
             )
+            released = self.app.events.wants(events.RELEASED)
             for active in unfinished:
                 active.released = True
                 active.stop()
                 release = SnoozeRequest(active.record.id, active.token, now)
-                self._outbox.append((time.monotonic(), release))
+                event = self._event(events.RELEASED, active) if released else None
+                self._outbox.append((time.monotonic(), release, event))
         while self._flushing:
             await asyncio.sleep(0.01)
         await self._flush()

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 from test_cli_support import AppModule, CliStore, app_module, cli_store, invoke, one_error_line
 
+import taskharbor as th
 from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.app import App
 from taskharbor.cli import main as cli_main
@@ -428,6 +429,38 @@ def test_worker_flags_and_json_lines(cli_store: CliStore) -> None:
     assert cli_store.app.get_job(job.id).result == 5
     defaults = json.loads(cli_store.ok("worker", "--burst", "--json").stdout.splitlines()[0])
     assert defaults["heartbeat_interval_seconds"] == 10.0  # a third of the 30 s lease
+
+
+def test_worker_log_format_json_gives_each_outcome_its_fields(cli_store: CliStore) -> None:
+    @cli_store.app.task(name="tasks.flaky", max_attempts=2, backoff=th.Backoff.constant(0))
+    def flaky() -> None:
+        raise ConnectionError("storage timed out")
+
+    job = flaky.options(queue="mail").enqueue()
+    result = cli_store.ok("worker", "--burst", "-q", "mail", "--log-format", "json")
+    assert result.stdout == ""  # only --json prints the started and stopped lines
+    logged = [json.loads(line) for line in result.stderr.splitlines()]
+    outcomes = [entry for entry in logged if "taskharbor.job.outcome" in entry]
+    common = {
+        "level": "info",
+        "logger": "taskharbor",
+        "messaging.system": "taskharbor",
+        "messaging.destination.name": "mail",
+        "messaging.message.id": str(job.id),
+        "taskharbor.task": "tasks.flaky",
+        "taskharbor.job.max_attempts": 2,
+        "exception.type": "ConnectionError",
+        "exception.message": "storage timed out",
+    }
+    assert [{key: entry.get(key) for key in common} for entry in outcomes] == [common] * 2
+    assert [
+        (e["taskharbor.job.attempt"], e["taskharbor.job.outcome"], "taskharbor.job.run_at" in e)
+        for e in outcomes
+    ] == [(1, "retrying", True), (2, "dead", False)]
+    assert all(entry["taskharbor.job.duration_seconds"] >= 0 for entry in outcomes)
+    assert len({entry["taskharbor.worker.id"] for entry in outcomes}) == 1
+    text = cli_store.ok("worker", "--burst", "--log-format", "text").stderr
+    assert not text.lstrip().startswith("{")
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from taskharbor.spec import JobFilter, JobState, SchemaError
 from taskharbor.spec.diagrams import FORMATS, Format, Lifecycle, render
 from taskharbor.spec.records import PRUNED_BY_DEFAULT
 
+from ..execution import FIELDS
 from . import render as cli_render
 from .jobs import json_option, scan
 from .params import SECONDS, span_value
@@ -103,6 +104,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
     show_default=True,
     help="info logs each job's outcome.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, each attempt's outcome with its fields "
+    "(job id, task, queue, attempt, outcome, duration, error) named as the tracing "
+    "integration names its span attributes.",
+)
 @json_option
 @pass_session
 def worker(
@@ -118,6 +128,7 @@ def worker(
     burst: bool,
     periodic: bool,
     log_level: str,
+    log_format: str,
     as_json: bool,
 ) -> None:
     """Run jobs of the app's tasks (needs --app). Logs each outcome on stderr.
@@ -125,8 +136,9 @@ def worker(
     SIGTERM or Ctrl-C stops leasing and lets running jobs finish (a second
     signal releases them at once); the command then exits with status 0.
 
-    With --json, each log line is a JSON object, and stdout gets one JSON line
-    when the worker starts (its id and settings) and one when it stops.
+    With --json, each log line is a JSON object (as with --log-format json),
+    and stdout gets one JSON line when the worker starts (its id and settings)
+    and one when it stops.
     """
     from ..worker import Worker
 
@@ -143,7 +155,8 @@ def worker(
         periodic=periodic,
     )
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter() if as_json else logging.Formatter(LOG_FORMAT))
+    json_lines = as_json or log_format.lower() == "json"
+    handler.setFormatter(JsonLogFormatter() if json_lines else logging.Formatter(LOG_FORMAT))
     logger = logging.getLogger("taskharbor")
     logger.addHandler(handler)
     logger.setLevel(log_level.upper())
@@ -174,15 +187,20 @@ def worker_shape(runner: Worker, burst: bool) -> dict[str, object]:
 
 class JsonLogFormatter(logging.Formatter):
     """A log record as one JSON object: ``at`` (ISO 8601, UTC), ``level``, ``logger``,
-    ``message``, and ``traceback`` when the record carries an exception."""
+    ``message``, the record's structured fields when it has some (an attempt's outcome:
+    ``messaging.message.id``, ``taskharbor.task``, ``taskharbor.job.outcome``, ...), and
+    ``traceback`` when the record carries an exception."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "at": iso(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, FIELDS, None)
+        if isinstance(fields, dict):
+            entry.update(fields)
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
