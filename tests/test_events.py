@@ -18,6 +18,20 @@ from taskharbor.spec import FakeClock, InvalidRequest, JobState
 pytestmark = pytest.mark.timing
 
 
+MIX_OUTCOMES = {
+    ("ok", "succeeded"): 1,
+    ("flaky", "retrying"): 1,
+    ("flaky", "succeeded"): 1,
+    ("doomed", "retrying"): 1,
+    ("doomed", "dead"): 1,
+    ("refused", "dead"): 1,
+    ("sleepy", "snoozed"): 1,
+    ("sleepy", "succeeded"): 1,
+    ("stopped", "cancelled"): 1,
+}
+"""What :func:`mixed_app`'s six jobs end with, attempt by attempt: (task, outcome) -> count."""
+
+
 def recorder(app: th.App, *kinds: str) -> list[Event]:
     heard: list[Event] = []
     app.events.subscribe(heard.append, *kinds)
@@ -28,6 +42,13 @@ def mixed_app() -> tuple[th.App, dict[str, th.Job]]:
     """An app with one job of each outcome, enqueued: succeeded, retried then succeeded,
     retried then dead, dead at once, snoozed then succeeded, cancelled while running."""
     app = th.App("memory://")
+    declare_mixed_tasks(app)
+    jobs = {task: app.enqueue(app.tasks[task].s()) for task in app.tasks}
+    return app, jobs
+
+
+def declare_mixed_tasks(app: th.App) -> None:
+    """The tasks of :func:`mixed_app` (each keeps its state in this process)."""
     flaky_runs: list[int] = []
     snoozed: list[int] = []
 
@@ -64,9 +85,6 @@ def mixed_app() -> tuple[th.App, dict[str, th.Job]]:
         job.cancel_event.wait(EVENTUALLY)
         job.raise_if_cancelled()
 
-    jobs = {task: app.enqueue(app.tasks[task].s()) for task in app.tasks}
-    return app, jobs
-
 
 def test_a_worker_fires_one_outcome_per_attempt_after_the_store_recorded_it() -> None:
     app, _ = mixed_app()
@@ -78,19 +96,7 @@ def test_a_worker_fires_one_outcome_per_attempt_after_the_store_recorded_it() ->
     )
     burst(app)
     outcomes = Counter((e.job.task, e.kind) for e in heard if e.kind in events.OUTCOMES)  # type: ignore[union-attr]
-    assert outcomes == Counter(
-        {
-            ("ok", "succeeded"): 1,
-            ("flaky", "retrying"): 1,
-            ("flaky", "succeeded"): 1,
-            ("doomed", "retrying"): 1,
-            ("doomed", "dead"): 1,
-            ("refused", "dead"): 1,
-            ("sleepy", "snoozed"): 1,
-            ("sleepy", "succeeded"): 1,
-            ("stopped", "cancelled"): 1,
-        }
-    )
+    assert outcomes == Counter(MIX_OUTCOMES)
     # Fired once the store has the outcome: a subscriber reading the job sees it.
     assert JobState.RUNNING not in seen_states
     started = [e for e in heard if e.kind == events.STARTED]

@@ -15,6 +15,8 @@ relative ones resolved, is checked against the layer rules of DESIGN.md:
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from importlib.util import resolve_name
 from pathlib import Path
@@ -199,3 +201,42 @@ def test_the_driver_guide_shows_every_driver_module() -> None:
         if path.name != "__init__.py"
     }
     assert shown == existing
+
+
+OPTIONAL_LIBRARIES = {
+    "prometheus_client": f"{PACKAGE}.contrib.prometheus",
+    "opentelemetry": f"{PACKAGE}.contrib.otel",
+}
+"""Libraries of the extras -> the one module that may import each (DESIGN.md: each
+integration imports its third-party library only inside itself)."""
+
+
+def library_imports(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, top-level name) for every absolute import in one file."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node.lineno, node.module.split(".")[0]
+
+
+def test_each_extras_library_is_imported_by_its_integration_only() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {library}, which only {owner} may import"
+        for path in package_files()
+        for line, library in library_imports(path)
+        if (owner := OPTIONAL_LIBRARIES.get(library)) and module_name(path) != owner
+    ]
+    assert found == []
+
+
+def test_importing_taskharbor_needs_no_extra() -> None:
+    """The integrations' libraries stay unloaded by ``import taskharbor``, its CLI and its
+    worker: a missing extra can only break the integration that needs it."""
+    probe = (
+        "import sys, taskharbor, taskharbor.cli, taskharbor.worker, taskharbor.contrib\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {set(OPTIONAL_LIBRARIES)!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -22,6 +22,8 @@ from .shapes import dumps, iso, lifecycle_shape, stats_shape
 from .store import Session, pass_session
 
 if TYPE_CHECKING:
+    from ..app import App
+    from ..contrib.prometheus import Metrics
     from ..worker import Worker
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -113,6 +115,20 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
     "(job id, task, queue, attempt, outcome, duration, error) named as the tracing "
     "integration names its span attributes.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics on http://ADDR:PORT/metrics (9464 is the usual port; "
+    "0 picks a free one and logs it); needs taskharbor[prometheus].",
+)
+@click.option(
+    "--metrics-addr",
+    default="0.0.0.0",
+    show_default=True,
+    metavar="ADDR",
+    help="The address --metrics-port listens on.",
+)
 @json_option
 @pass_session
 def worker(
@@ -129,6 +145,8 @@ def worker(
     periodic: bool,
     log_level: str,
     log_format: str,
+    metrics_port: int | None,
+    metrics_addr: str,
     as_json: bool,
 ) -> None:
     """Run jobs of the app's tasks (needs --app). Logs each outcome on stderr.
@@ -160,6 +178,7 @@ def worker(
     logger = logging.getLogger("taskharbor")
     logger.addHandler(handler)
     logger.setLevel(log_level.upper())
+    metrics = None if metrics_port is None else serve_metrics(app, metrics_port, metrics_addr)
     try:
         if as_json:
             click.echo(json.dumps({"event": "started", **worker_shape(runner, burst)}))
@@ -167,7 +186,25 @@ def worker(
         if as_json:
             click.echo(json.dumps({"event": "stopped", "worker_id": runner.worker_id}))
     finally:
+        if metrics is not None:
+            metrics.close()
         logger.removeHandler(handler)
+
+
+def serve_metrics(app: App, port: int, addr: str) -> Metrics:
+    """Measure ``app`` and serve ``/metrics``; a missing extra is a usage error naming it."""
+    try:
+        from ..contrib.prometheus import instrument
+    except ImportError as error:
+        raise click.UsageError(f"--metrics-port: {error}") from None
+    metrics = instrument(app)
+    try:
+        bound = metrics.serve(port, addr)
+    except OSError as error:
+        metrics.close()
+        raise click.UsageError(f"--metrics-port {port}: cannot listen on {addr}: {error}") from None
+    logging.getLogger("taskharbor").info("metrics on http://%s:%d/metrics", addr, bound)
+    return metrics
 
 
 def worker_shape(runner: Worker, burst: bool) -> dict[str, object]:
