@@ -4,7 +4,7 @@ Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
 rule covers), grouped by area: enqueueing, leasing, fencing, completing, failing,
 snoozing, maintenance, operators, reading, bad input, workflows, waiting,
-own clock, schedules, field effects, corrupt data, transient failures,
+own clock, schedules, flow control, field effects, corrupt data, transient failures,
 transactional enqueue, processes.  Time is a :class:`~taskharbor.spec.FakeClock`
 made by each test, so every timestamp is compared exactly (to the microsecond);
 only the own-clock group and the process harnesses run on the driver's
@@ -62,6 +62,7 @@ from .effects import FieldEffectRules
 from .enqueueing import EnqueueingRules
 from .failing import FailingRules
 from .fencing import FencingRules
+from .flow import FlowControlRules
 from .harness import CallerTransaction, DriverHooks, FailNextCall, Harbor, PlantCorruptJob, requires
 from .leasing import LeasingRules
 from .maintenance import PromotingRules, PruningRules, RescuingRules
@@ -111,6 +112,7 @@ class ConformanceSuite(
     ProcessRules,
     TransactionalEnqueueRules,
     FieldEffectRules,
+    FlowControlRules,
 ):
     """Every rule of the contract as a test; subclass it with a ``driver_factory`` fixture."""
 

@@ -42,6 +42,7 @@ from taskharbor.spec.model import ReferenceModel
 from taskharbor.spec.records import JSON
 
 from .divergence import Divergence
+from .flow import LIMITED_REQUESTS, flow_problems, sequence_problems
 from .identity import IdentityMap
 from .invariants import not_utc, snapshot_problems
 from .observe import (
@@ -345,6 +346,14 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
                 self._link_new_job(mine.job.id, theirs.job.id)
         self._compare_jobs("enqueue", [r.job for r in expected], [r.job for r in got])
 
+    @precondition(
+        lambda self: self._backlog() < MAX_BACKLOG and self.driver.capabilities.flow_control
+    )
+    @rule(plans=st.lists(LIMITED_REQUESTS, min_size=1, max_size=3))
+    def enqueue_limited(self, plans: list[RequestPlan]) -> None:
+        """Jobs with flow limits (:mod:`taskharbor.model_tests.flow`)."""
+        self.enqueue(plans)
+
     @precondition(lambda self: self._backlog() < MAX_BACKLOG)
     @rule(plan=WORKFLOWS)
     def enqueue_workflow(self, plan: WorkflowPlan) -> None:
@@ -391,6 +400,9 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
             return []
         expected, got = outcome
         leased = ([job.id for job in expected], [self.ids.jobs.to_model(job.id) for job in got])
+        for side, ids in (("model", leased[0]), ("driver", leased[1])):
+            _expect(f"{side} lease: sequence order", sequence_problems(self.view, ids))
+            _expect(f"{side} lease: flow limits", flow_problems(self.view, ids))
         _expect("lease: jobs leased", [] if leased[0] == leased[1] else [f"{leased}"])
         for mine, theirs in zip(expected, got, strict=True):
             if mine.lease_token is None or theirs.lease_token is None:
@@ -763,6 +775,7 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
         for side, view in (("model", model_view), ("driver", driver_view)):
             problems += [f"{side}: {problem}" for problem in self._unexplained_changes(view)]
             problems += [f"{side}: {problem}" for problem in snapshot_problems(view)]
+            problems += [f"{side}: {problem}" for problem in flow_problems(view)]
         problems += snapshot_differences(model_view, driver_view)
         _expect("after the step", problems)
         self.view = model_view

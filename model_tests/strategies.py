@@ -18,6 +18,7 @@ from taskharbor.spec import (
     EnqueueRequest,
     ErrorReport,
     Failure,
+    FlowLimits,
     JobState,
     LeaseRef,
     ResultRef,
@@ -80,6 +81,7 @@ class RequestPlan:
     max_attempts: int
     idempotency_key: str | None
     retry: RetryPolicy = DEFAULT_RETRY
+    flow: FlowLimits | None = None
 
     def request(self, now: datetime) -> EnqueueRequest:
         return EnqueueRequest(
@@ -92,6 +94,7 @@ class RequestPlan:
             max_attempts=self.max_attempts,
             idempotency_key=self.idempotency_key,
             retry=self.retry,
+            flow=self.flow,
         )
 
 

@@ -22,6 +22,7 @@ from .errors import (
     WorkflowNotFound,
     is_refusal,
 )
+from .flow import FLOW_GUARDS, MAX_RATE_WINDOW_SECONDS, FlowLimits, OnDead, RateLimit, rate_bucket
 from .lifecycle import JOB_GUARDS, JobLifecycle, WorkflowLifecycle
 from .records import (
     CANCELLED_BY_REQUEST,
@@ -88,6 +89,7 @@ __all__ = [
     "EARLIEST_INSTANT",
     "EVENT_EFFECTS",
     "FINISHED_JOB_STATES",
+    "FLOW_GUARDS",
     "JOB",
     "JOB_GUARDS",
     "JSON",
@@ -95,6 +97,7 @@ __all__ = [
     "LEASE_EXPIRED_MESSAGE",
     "LEASE_EXPIRED_TYPE",
     "MAX_DURATION_SECONDS",
+    "MAX_RATE_WINDOW_SECONDS",
     "MISSING_JOB_STATE",
     "NEW",
     "QUEUED_JOB_STATES",
@@ -114,6 +117,7 @@ __all__ = [
     "Failure",
     "FakeClock",
     "FieldEffect",
+    "FlowLimits",
     "HeartbeatResult",
     "InvalidRequest",
     "InvalidTransition",
@@ -126,7 +130,9 @@ __all__ = [
     "JobState",
     "LeaseLost",
     "LeaseRef",
+    "OnDead",
     "PromoteResult",
+    "RateLimit",
     "ResultRef",
     "RetryPolicy",
     "SchemaError",
@@ -159,6 +165,7 @@ __all__ = [
     "is_refusal",
     "job_ids",
     "map_ref",
+    "rate_bucket",
     "ref_indexes",
     "retry_delay",
 ]

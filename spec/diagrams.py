@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from .lifecycle import JobLifecycle, WorkflowLifecycle
-from .table import JOB, WORKFLOW, TransitionTable
+from .table import JOB, WORKFLOW, Choice, TransitionTable
 
 Lifecycle = Literal["job", "workflow"]
 Format = Literal["mermaid", "dot", "table"]
@@ -44,7 +44,17 @@ def _dot(name: str, machine: type, table: TransitionTable) -> str:
     for event in sorted(table.events):
         for source in table.states:
             for choice in table.options(event, source):
-                label = event + (f" [{' or '.join(choice.guards)}]" if choice.guards else "")
+                label = event + _guard_label(choice)
                 lines.append(f'    {source} -> {choice.target} [label="{label}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _guard_label(choice: Choice) -> str:
+    """`` [a or b]``, `` [unless c or d]``, both, or nothing."""
+    parts = []
+    if choice.guards:
+        parts.append(" or ".join(choice.guards))
+    if choice.unless:
+        parts.append("unless " + " or ".join(choice.unless))
+    return f" [{'; '.join(parts)}]" if parts else ""

@@ -12,7 +12,9 @@ Guards
 A transition may carry a guard (``cond=``).  The transitions of one event from
 one source are tried in the order written here; the first whose guards all hold
 is taken.  A transition without a guard is the fallback.  A guard is one name
-or several joined by ``or`` (nothing else: the table refuses other forms).  The guards are
+or several joined by ``or`` (nothing else: the table refuses other forms); a
+transition may also list guards under ``unless=``, and is then taken only while
+none of those holds.  The guards are
 *named facts about a job*, each defined in :data:`JOB_GUARDS` below; a driver
 evaluates them however suits its storage (a Python predicate, a SQL ``CASE``).
 """
@@ -59,8 +61,12 @@ class JobLifecycle(StateMachine):
     promote = scheduled.to(available) | retrying.to(available)
     """``run_at`` has come (only jobs whose ``run_at <= now`` are promoted)."""
 
-    lease = available.to(running)
-    """A worker takes the job: ``attempt`` += 1, a new lease token, an expiry."""
+    lease = available.to(
+        running, unless=["task_at_limit", "key_at_limit", "sequence_waits", "rate_exhausted"]
+    )
+    """A worker takes the job: ``attempt`` += 1, a new lease token, an expiry.
+    Unless one of the job's flow limits holds it back (:mod:`taskharbor.spec.flow`):
+    then it stays ``available``, and the lease takes the next job instead."""
 
     heartbeat = running.to.itself(internal=True)  # type: ignore[no-untyped-call]
     """The lease holder extends its lease.  Fenced by the lease token."""
@@ -114,6 +120,22 @@ JOB_GUARDS: MappingProxyType[str, str] = MappingProxyType(
         "cancel_requested": "somebody asked to cancel the job while it was running",
         "permanent": "the failure was reported as permanent (th.PermanentError)",
         "attempts_exhausted": "the job's attempt counter has reached max_attempts",
+        "task_at_limit": (
+            "the job carries a concurrency limit N and N or more jobs of its task are running"
+        ),
+        "key_at_limit": (
+            "the job carries a key concurrency limit N and N or more jobs with its key "
+            "(any task, any queue) are running"
+        ),
+        "sequence_waits": (
+            "the job is in its key's sequence and an earlier sequence job of that key "
+            "(smaller id) is unfinished, or dead with on-dead mode 'block'"
+        ),
+        "rate_exhausted": (
+            "the job carries a rate limit of N starts per window and N or more jobs of its "
+            "rate bucket (its task, or its key when per key) were leased in the window "
+            "ending now (a start at t counts while now < t + window)"
+        ),
     }
 )
 """Every guard name used by :class:`JobLifecycle`, with its meaning."""

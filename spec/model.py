@@ -20,6 +20,7 @@ from typing import Any
 
 from .clock import Clock, SystemClock
 from .errors import InvalidRequest, InvalidTransition, JobNotFound, LeaseLost, WorkflowNotFound
+from .flow import OnDead, rate_bucket
 from .records import (
     CANCELLED_BY_REQUEST,
     JSON,
@@ -103,6 +104,8 @@ class _Store:
     next_job_id: int = 1
     next_workflow_id: int = 1
     schedules: dict[str, ScheduleRecord] = field(default_factory=dict)
+    starts: list[tuple[str, datetime]] = field(default_factory=list)
+    """Every start (lease) of a job with a rate limit: its rate bucket and when."""
 
     def copy(self) -> _Store:
         return _Store(
@@ -113,6 +116,7 @@ class _Store:
             self.next_job_id,
             self.next_workflow_id,
             dict(self.schedules),
+            list(self.starts),
         )
 
 
@@ -120,10 +124,21 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def _holds_sequence(earlier: JobRecord, job: JobRecord) -> bool:
+    """Whether ``earlier`` holds back ``job`` in their key's sequence."""
+    if earlier.id >= job.id or earlier.flow is None or earlier.flow.sequence is None:
+        return False
+    if job.flow is None or earlier.flow.key != job.flow.key:
+        return False
+    if earlier.state == JobState.DEAD:
+        return earlier.flow.sequence == OnDead.BLOCK
+    return earlier.state not in FINISHED_JOB_STATES
+
+
 class ReferenceModel(Driver):
     """The executable contract.  Implements :class:`~taskharbor.spec.spi.Driver`."""
 
-    capabilities = Capabilities(schedules=True)
+    capabilities = Capabilities(schedules=True, flow_control=True)
 
     def __init__(
         self, clock: Clock | None = None, *, jitter_id: Callable[[JobId], JobId] | None = None
@@ -161,6 +176,26 @@ class ReferenceModel(Driver):
             "cancel_requested": job.cancel_requested,
             "permanent": permanent,
             "attempts_exhausted": job.attempt >= job.max_attempts,
+        }
+
+    def _flow_facts(self, s: _Store, job: JobRecord) -> dict[str, bool]:
+        """The guards of ``lease`` (:mod:`taskharbor.spec.flow`), counted the plain way."""
+        flow = job.flow
+        if flow is None:
+            return {}
+        running = [j for j in s.jobs.values() if j.state == JobState.RUNNING]
+        with_key = [j for j in running if j.flow is not None and j.flow.key == flow.key]
+        bucket = rate_bucket(job.task, flow)
+        window = timedelta(seconds=flow.rate.window if flow.rate is not None else 0)
+        recent = [at for name, at in s.starts if name == bucket and self._now < at + window]
+        return {
+            "task_at_limit": flow.concurrency is not None
+            and len([j for j in running if j.task == job.task]) >= flow.concurrency,
+            "key_at_limit": flow.key_concurrency is not None
+            and len(with_key) >= flow.key_concurrency,
+            "sequence_waits": flow.sequence is not None
+            and any(_holds_sequence(earlier, job) for earlier in s.jobs.values()),
+            "rate_exhausted": flow.rate is not None and len(recent) >= flow.rate.starts,
         }
 
     def _resolve(
@@ -227,6 +262,7 @@ class ReferenceModel(Driver):
             workflow_id=workflow_id,
             depends_on=depends_on,
             retry=request.retry,
+            flow=request.flow,
         )
         s.next_job_id += 1
         s.jobs[job.id] = job
@@ -301,18 +337,28 @@ class ReferenceModel(Driver):
                 if j.state == JobState.AVAILABLE and j.queue in args.queues
             ]
             ready.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-            return [
-                self._move(
-                    s,
-                    job,
-                    JobEvent.LEASE,
-                    attempt=job.attempt + 1,
-                    lease_token=secrets.token_hex(16),
-                    lease_expires_at=self._now + timedelta(seconds=args.lease_seconds),
-                    leased_by=args.worker_id,
+            leased: list[JobRecord] = []
+            for job in ready:
+                if len(leased) == args.limit:
+                    break
+                target = JOB.permits(JobEvent.LEASE, job.state, self._flow_facts(s, job))
+                if target is None:
+                    continue  # held back by a flow limit: it stays available
+                bucket = rate_bucket(job.task, job.flow)
+                if bucket is not None:
+                    s.starts.append((bucket, self._now))
+                leased.append(
+                    self._set(
+                        s,
+                        job,
+                        JobState(target),
+                        attempt=job.attempt + 1,
+                        lease_token=secrets.token_hex(16),
+                        lease_expires_at=self._now + timedelta(seconds=args.lease_seconds),
+                        leased_by=args.worker_id,
+                    )
                 )
-                for job in ready[: args.limit]
-            ]
+            return leased
 
         result: list[JobRecord] = self._call(body)
         return result

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from .errors import InvalidRequest, LeaseLost
+from .flow import FlowLimits
 from .limits import EARLIEST_INSTANT as EARLIEST_INSTANT
 from .limits import LATEST_INSTANT as LATEST_INSTANT
 from .limits import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS
@@ -160,7 +161,9 @@ class EnqueueRequest:
     ``idempotency_key``: while a stored job holds this key, enqueueing the same
     key again stores nothing and returns that job.  ``retry``: how long the job
     waits after a failed attempt, stored with it so that a rescue
-    (``lease_expired``) waits as a reported failure would.
+    (``lease_expired``) waits as a reported failure would.  ``flow``: the limits
+    that hold the job back from ``lease`` (:mod:`taskharbor.spec.flow`), stored
+    with it; only a driver with the ``flow_control`` capability accepts them.
     """
 
     task: str
@@ -172,6 +175,7 @@ class EnqueueRequest:
     max_attempts: int = 3
     idempotency_key: str | None = None
     retry: RetryPolicy = DEFAULT_RETRY
+    flow: FlowLimits | None = None
 
     def __post_init__(self) -> None:
         check_name(self.task, "task name")
@@ -192,6 +196,8 @@ class EnqueueRequest:
             check_name(self.idempotency_key, "idempotency_key")
         if type(self.retry) is not RetryPolicy:
             raise InvalidRequest(f"retry must be a RetryPolicy, not {self.retry!r}")
+        if self.flow is not None and type(self.flow) is not FlowLimits:
+            raise InvalidRequest(f"flow must be FlowLimits or None, not {self.flow!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +237,8 @@ class JobRecord:
     except on a ``running`` workflow step whose workflow was cancelled: there it
     is already ``WORKFLOW_CANCELLED``, the reason its cancel will end with.
     ``depends_on`` holds the job ids of the workflow steps it waits for.
-    ``retry`` is the policy it was enqueued with (see :mod:`taskharbor.spec.retry`).
+    ``retry`` is the policy it was enqueued with (see :mod:`taskharbor.spec.retry`);
+    ``flow`` the flow limits (see :mod:`taskharbor.spec.flow`).
     """
 
     id: JobId
@@ -257,6 +264,7 @@ class JobRecord:
     workflow_id: WorkflowId | None = None
     depends_on: tuple[JobId, ...] = ()
     retry: RetryPolicy = DEFAULT_RETRY
+    flow: FlowLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,8 @@ an event changes the fields named there, and no other.
 
 =============== ==============================================================
 enqueue         ``attempt=0``; ``run_at`` = request's or now; ``created_at`` = now;
-                ``retry`` = the request's policy, kept for the job's life
+                ``retry`` = the request's policy and ``flow`` = the request's
+                limits, both kept for the job's life
 release         ``args`` = (value of ``input``,) + args when the step has an
                 input; ``run_at`` stays when it is in the future (the job
                 goes to ``scheduled``), else becomes now
@@ -244,6 +245,10 @@ class Capabilities:
     promote, requeue) instead of only polling.
     ``schedules``: the store keeps periodic schedules (the "Schedules" calls
     of :class:`Driver`); without it those calls raise ``NotImplementedError``.
+    ``flow_control``: the store keeps each job's ``flow`` limits and enforces them
+    as the guards of ``lease`` (:mod:`taskharbor.spec.flow`).  A store without it
+    is never given limits: the engine refuses them first (``InvalidRequest``
+    naming the store), so no limit is silently ignored.
     """
 
     persistent: bool = False
@@ -251,6 +256,7 @@ class Capabilities:
     transactional_enqueue: bool = False
     notifications: bool = False
     schedules: bool = False
+    flow_control: bool = False
 
 
 class Driver(abc.ABC):
@@ -321,7 +327,13 @@ class Driver(abc.ABC):
         """Lease up to ``limit`` ``available`` jobs of ``queues`` (event ``lease``).
 
         Order: ``priority`` descending, then ``run_at`` ascending, then id
-        ascending.  Two concurrent calls never return the same job.  Only
+        ascending.  A job whose flow limits hold it back (guards ``unless`` of
+        ``lease``: :mod:`taskharbor.spec.flow`) is passed over and stays
+        ``available``; the guards are evaluated job by job in that order, counting
+        the jobs this same call has leased before it, and atomically with every
+        other lease (two workers never both take the last slot of a limit).
+        A leased job with a rate limit records its start in its rate bucket.
+        Two concurrent calls never return the same job.  Only
         ``available`` jobs are leased: due ``scheduled``/``retrying`` jobs wait
         for :meth:`promote`.  ``limit`` >= 1; ``queues`` non-empty.
         """

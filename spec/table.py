@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidTransition
+from .flow import FLOW_GUARDS
 from .lifecycle import JOB_GUARDS, JobLifecycle, WorkflowLifecycle
 
 
@@ -84,21 +85,31 @@ NEW = "new"
 class Choice:
     """One transition of an event from a source.
 
-    Taken when any of ``guards`` holds; a choice with no guards always holds.
+    Taken when any of ``guards`` holds (a choice with no guards always does) and
+    none of ``unless`` holds.
     """
 
     guards: tuple[str, ...]
     target: str
+    unless: tuple[str, ...] = ()
 
     def holds(self, facts: Mapping[str, bool] | None) -> bool:
+        if self.unless and facts is not None and any(facts.get(g, False) for g in self.unless):
+            return False
         if not self.guards:
             return True
         return facts is not None and any(facts.get(guard, False) for guard in self.guards)
 
 
+def _unless_names(transition: Any) -> tuple[str, ...]:
+    """The ``unless=`` guard names of a transition (python-statemachine keeps them
+    among its conds, expecting them false)."""
+    return tuple(str(spec.func) for spec in transition.cond if spec.expected_value is False)
+
+
 def _guard_names(transition: Any) -> tuple[str, ...]:
     """The guard names of a transition: one ``cond``, a name or names joined by ``or``."""
-    specs = list(transition.cond)
+    specs = [spec for spec in transition.cond if spec.expected_value is not False]
     if not specs:
         return ()
     if len(specs) > 1:
@@ -125,11 +136,13 @@ class TransitionTable:
         for state in machine.states:
             for transition in state.transitions:
                 names = _guard_names(transition)
-                guards.update(names)
+                unless = _unless_names(transition)
+                guards.update(names, unless)
                 for event in transition.events:
                     event_id = str(event)
                     target = transition.target.id
-                    choices.setdefault((event_id, state.id), []).append(Choice(names, target))
+                    choice = Choice(names, target, unless)
+                    choices.setdefault((event_id, state.id), []).append(choice)
                     self._event_for.setdefault((state.id, target), event_id)
         self._choices = {key: tuple(value) for key, value in choices.items()}
         sources: dict[str, set[str]] = {}
@@ -176,6 +189,16 @@ class TransitionTable:
                 return choice.target
         raise InvalidTransition(self.kind, subject, event, source, self.sources(event))
 
+    def permits(
+        self, event: str, source: str, facts: Mapping[str, bool] | None = None
+    ) -> str | None:
+        """Like :meth:`resolve`, but ``None`` where the event's guards hold the job
+        back (a lease that a flow limit refuses) instead of raising."""
+        for choice in self._choices.get((event, source), ()):
+            if choice.holds(facts):
+                return choice.target
+        return None
+
     def event_for(self, source: str, target: str, *, subject: object = None) -> str:
         """The event that moves from ``source`` to ``target``; raises if there is none."""
         event = self._event_for.get((source, target))
@@ -199,6 +222,11 @@ def _check_enums() -> None:
         ("job events", set(JOB.events), {e.value for e in JobEvent}),
         ("workflow events", set(WORKFLOW.events), {e.value for e in WorkflowEvent}),
         ("job guards", set(JOB.guards), set(JOB_GUARDS)),
+        (
+            "lease guards",
+            {g for c in JOB.options("lease", "available") for g in c.unless},
+            set(FLOW_GUARDS),
+        ),
     ]
     for what, in_class, in_enum in pairs:
         if in_class != in_enum:

@@ -160,6 +160,20 @@ class RunsPausedSchedules(ReferenceModel):
         return super().enqueue_due_ticks(names)
 
 
+class IgnoresKeyLimits(ReferenceModel):
+    """A job's key concurrency limit never holds it back."""
+
+    def _flow_facts(self, s: Any, job: JobRecord) -> dict[str, bool]:
+        return {**super()._flow_facts(s, job), "key_at_limit": False}
+
+
+class IgnoresSequenceOrder(ReferenceModel):
+    """A sequence job starts while an earlier job of its key is unfinished."""
+
+    def _flow_facts(self, s: Any, job: JobRecord) -> dict[str, bool]:
+        return {**super()._flow_facts(s, job), "sequence_waits": False}
+
+
 @pytest.mark.parametrize(
     ("broken", "symptom"),
     [
@@ -171,6 +185,14 @@ class RunsPausedSchedules(ReferenceModel):
         (ReleasesOnFirstDependency, r"\.(state: model=<JobState\.PENDING|args: model=)"),
         (CancelsPartOfARefusedBatch, "driver: the refused call changed job"),
         (RunsPausedSchedules, "stored schedules:|enqueue_due_ticks: model="),
+        (
+            IgnoresKeyLimits,
+            r"driver lease: flow limits:\s+\d+ jobs with key acct-1 running, limit 1",
+        ),
+        (
+            IgnoresSequenceOrder,
+            r"driver lease: sequence order:\s+sequence seq-\w+: job \d+ started while",
+        ),
     ],
 )
 def test_the_harness_finds_a_broken_store(broken: type[ReferenceModel], symptom: str) -> None:

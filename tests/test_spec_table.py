@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
+from statemachine.exceptions import TransitionNotAllowed
 
 from taskharbor.spec import (
     EVENT_EFFECTS,
+    FLOW_GUARDS,
     JOB,
+    JOB_GUARDS,
     WORKFLOW,
     InvalidTransition,
     JobEvent,
@@ -91,12 +95,51 @@ def test_table_agrees_with_a_machine_instance(facts: dict[str, bool]) -> None:
         def attempts_exhausted(self) -> bool:
             return bool(facts.get("attempts_exhausted"))
 
+        def task_at_limit(self) -> bool:
+            return False
+
+        def key_at_limit(self) -> bool:
+            return False
+
+        def sequence_waits(self) -> bool:
+            return False
+
+        def rate_exhausted(self) -> bool:
+            return False
+
     machine = Probe()
     machine.send("enqueue")
     machine.send("lease")
     machine.send("fail")
     expected = JOB.resolve(JobEvent.FAIL, JobState.RUNNING, facts)
     assert machine.current_state_value == expected
+
+
+@pytest.mark.parametrize("held_by", [None, *FLOW_GUARDS])
+def test_flow_guards_hold_a_lease_back_in_the_table_and_the_machine(held_by: str | None) -> None:
+    """``lease`` is taken only while none of its ``unless`` guards holds."""
+
+    def holds(name: str) -> Callable[[object], bool]:
+        return lambda self: name == held_by
+
+    probe = type(
+        "FlowProbe",
+        (JobLifecycle,),
+        {name: holds(name) for name in JOB_GUARDS},
+    )
+    machine = probe()
+    machine.send("enqueue")
+    facts = {name: name == held_by for name in FLOW_GUARDS}
+    expected = JOB.permits(JobEvent.LEASE, JobState.AVAILABLE, facts)
+    if held_by is None:
+        machine.send("lease")
+        assert machine.current_state_value == expected == JobState.RUNNING
+    else:
+        with pytest.raises(TransitionNotAllowed):
+            machine.send("lease")
+        assert expected is None
+        with pytest.raises(InvalidTransition):
+            JOB.resolve(JobEvent.LEASE, JobState.AVAILABLE, facts)
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,7 @@ _STATES = {state.value: state for state in JobState}
 class MemoryDriver(MemorySchedules, Driver):
     """Jobs and workflows in this process's memory.  Safe to share between threads."""
 
-    capabilities = Capabilities(schedules=True)
+    capabilities = Capabilities(schedules=True, flow_control=True)
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock if clock is not None else SystemClock()
@@ -183,6 +183,7 @@ class MemoryDriver(MemorySchedules, Driver):
             depends_on=depends_on,
             input=input_ref,
             retry=request.retry,
+            flow=request.flow,
         )
         self._jobs[row.id] = row
         if row.idempotency_key is not None:
@@ -204,18 +205,27 @@ class MemoryDriver(MemorySchedules, Driver):
         with self._lock:
             now = self._now()
             leased: list[JobRow] = []
+            passed: list[JobRow] = []
             while len(leased) < args.limit:
                 job_id = self._index.take_ready(args.queues)
                 if job_id is None:
                     break
                 row = self._jobs[job_id]
-                target = self._resolve(row, JobEvent.LEASE, now)
+                held = self._index.flow.held_back(row, now)
+                leasing = JOB.permits(JobEvent.LEASE, row.state, held)
+                if leasing is None:
+                    passed.append(row)  # held back by a flow limit: stays available
+                    continue
+                target = _STATES[leasing]
+                self._index.flow.started(row, now)
                 row.attempt += 1
                 row.lease_token = self._new_token()
                 row.leased_by = args.worker_id
                 row.lease_expires_at = now + duration
                 self._enter(row, target, now)
                 leased.append(row)
+            for row in passed:
+                self._index.place(row)
             return [row.snapshot() for row in leased]
 
     def _new_token(self) -> str:

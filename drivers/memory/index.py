@@ -10,6 +10,9 @@ heap, chosen by its state:
 * ``succeeded`` / ``dead`` / ``cancelled``: the *finished* heap, ordered by
   ``finished_at`` (prune).
 
+Beside the heaps, :class:`~taskharbor.drivers.memory.flow.FlowIndex` keeps the
+counts that the flow-control guards of ``lease`` read.
+
 Heaps cannot delete from the middle cheaply, so invalidation is lazy: every
 time a job is (re)placed it gets a new sequence number, and a heap entry
 counts only while its number is the job's current one.  Stale entries are
@@ -30,6 +33,7 @@ from typing import Any, Generic, TypeVar
 from taskharbor.spec.records import JobId
 from taskharbor.spec.table import FINISHED_JOB_STATES, JobState
 
+from .flow import FlowIndex
 from .rows import JobRow
 
 Key = TypeVar("Key")
@@ -96,6 +100,7 @@ class JobIndex:
         self._leases: LazyHeap[datetime] = LazyHeap(self._is_current)
         self._finished: LazyHeap[datetime] = LazyHeap(self._is_current)
         self._counts: Counter[tuple[str, JobState]] = Counter()
+        self.flow = FlowIndex()
 
     def _is_current(self, job_id: JobId, seq: int) -> bool:
         placement = self._placements.get(job_id)
@@ -129,6 +134,7 @@ class JobIndex:
             heap = None
         self._placements[row.id] = _Placement(seq, state, heap)
         self._counts[row.queue, state] += 1
+        self.flow.enter(row, state)
 
     def remove(self, row: JobRow) -> None:
         """Forget ``row`` (before re-placing it, or because it is deleted)."""
@@ -137,6 +143,7 @@ class JobIndex:
             return
         if placement.heap is not None:
             placement.heap.forget()
+        self.flow.leave(row, placement.state)
         self._counts[row.queue, placement.state] -= 1
         if not self._counts[row.queue, placement.state]:
             del self._counts[row.queue, placement.state]

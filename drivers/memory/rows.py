@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from taskharbor.spec.flow import FlowLimits
 from taskharbor.spec.records import (
     JSON,
     ErrorInfo,
@@ -69,6 +70,7 @@ class JobRow:
     depends_on: tuple[JobId, ...] = ()
     input: ResultRef | None = None
     retry: RetryPolicy = DEFAULT_RETRY
+    flow: FlowLimits | None = None
     dependents: list[JobId] = field(default_factory=list)
     args: tuple[JSON, ...] = field(init=False)
 
@@ -101,6 +103,7 @@ class JobRow:
             workflow_id=self.workflow_id,
             depends_on=self.depends_on,
             retry=self.retry,
+            flow=self.flow,
         )
 
 

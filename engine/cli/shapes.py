@@ -185,6 +185,7 @@ def lifecycle_shape(lifecycle: Lifecycle) -> dict[str, Any]:
                 "source": source,
                 "target": choice.target,
                 "guards": list(choice.guards),
+                "unless": list(choice.unless),
             }
             for event in sorted(table.events)
             for source in table.states
