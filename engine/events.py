@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from taskharbor.spec import ErrorReport, InvalidRequest, JobRecord, JobState, WorkflowRecord
 
@@ -59,6 +59,8 @@ WORKER_STOPPED = "worker_stopped"
 
 OUTCOMES = (SUCCEEDED, RETRYING, DEAD, CANCELLED, SNOOZED)
 """What an attempt's recorded outcome can be (:attr:`Event.kind`)."""
+OUTCOMES_OR_LOST = frozenset({*OUTCOMES, LOST})
+"""The kinds a reported outcome may fire as (``lost`` when the store refuses it)."""
 ATTEMPT_ENDS = (*OUTCOMES, RELEASED, LOST)
 """Every kind that ends an attempt a ``started`` event began."""
 KINDS = (
@@ -86,9 +88,13 @@ def outcome_kind(state: JobState, snoozed: bool) -> str:
     return SNOOZED if snoozed else _OUTCOME_OF_STATE[state]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """Something that happened: ``kind`` says what, the other fields say to what.
+
+    Every subscriber of a kind gets the same event: read it, never change it.  (It is
+    not frozen only because a frozen dataclass costs twice as much to build, on a path
+    that runs per attempt.)
 
     ``job`` is the job as it was enqueued, leased for the attempt, or (for
     ``rescued``) as the rescue left it: not read again, so its ``state`` is not
@@ -133,6 +139,8 @@ class Events:
         self._lock = threading.Lock()
         # Replaced whole on each change (copy on write): emit reads it without a lock.
         self._by_kind: Mapping[str, tuple[Subscriber, ...]] = {}
+        self.heard: frozenset[str] = frozenset()
+        """The kinds somebody listens to now (``heard.isdisjoint(kinds)``: one C call)."""
 
     def subscribe(self, callback: Subscriber, *kinds: str) -> Callable[[], None]:
         """Call ``callback(event)`` for each event of these kinds (every kind if none
@@ -150,7 +158,7 @@ class Events:
             by_kind = dict(self._by_kind)
             for kind in chosen:
                 by_kind[kind] = (*by_kind.get(kind, ()), callback)
-            self._by_kind = by_kind
+            self._by_kind, self.heard = by_kind, frozenset(by_kind)
 
         def unsubscribe() -> None:
             with self._lock:
@@ -163,7 +171,7 @@ class Events:
                         by_kind[kind] = tuple(left)
                     else:
                         by_kind.pop(kind, None)
-                self._by_kind = by_kind
+                self._by_kind, self.heard = by_kind, frozenset(by_kind)
 
         return unsubscribe
 
@@ -189,7 +197,20 @@ class Events:
                 logger.exception("event subscriber %r failed on a %s event", callback, event.kind)
 
 
-def job_fields(record: JobRecord) -> dict[str, Any]:
+class JobLike(Protocol):
+    """What :func:`job_fields` reads: a stored job or a handler's context."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+def job_fields(record: JobLike) -> dict[str, Any]:
     """A job's attributes as the integrations name them, after OpenTelemetry's messaging
     conventions: span attributes (``contrib.otel``) and JSON log fields carry these keys."""
     return {

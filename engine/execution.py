@@ -6,6 +6,7 @@ decide outcomes, retry times and log lines the same way.
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from collections.abc import Sequence
@@ -238,19 +239,30 @@ def report_for(outcome: Outcome, record: JobRecord) -> Completion | Failure | Sn
 
 
 def expected_state(outcome: Outcome, record: JobRecord, cancel_requested: bool) -> JobState:
-    """The state the driver will move the job to (the contract's table decides; for logs)."""
+    """The state the driver will move the job to (the contract's table decides; for logs
+    and event subscribers)."""
     if isinstance(outcome, Succeeded):
         event = JobEvent.SUCCEED
     elif isinstance(outcome, Snoozed):
         event = JobEvent.SNOOZE
     else:
         event = JobEvent.FAIL
+    permanent = isinstance(outcome, Failed) and outcome.permanent
+    return _resolved(event, cancel_requested, permanent, record.attempt >= record.max_attempts)
+
+
+@functools.cache
+def _resolved(
+    event: JobEvent, cancel_requested: bool, permanent: bool, attempts_exhausted: bool
+) -> JobState:
+    """The table's answer for a running job, once per combination of facts (a dozen):
+    it is asked per attempt."""
     facts = {
         "cancel_requested": cancel_requested,
-        "permanent": isinstance(outcome, Failed) and outcome.permanent,
-        "attempts_exhausted": record.attempt >= record.max_attempts,
+        "permanent": permanent,
+        "attempts_exhausted": attempts_exhausted,
     }
-    return JobState(JOB.resolve(event, JobState.RUNNING, facts, subject=record.id))
+    return JobState(JOB.resolve(event, JobState.RUNNING, facts))
 
 
 def log_outcome(

@@ -601,23 +601,20 @@ class Worker:
         record = active.record
         event = None
         logging_on = logger.isEnabledFor(logging.INFO)
+        heard = not self.app.events.heard.isdisjoint(events.OUTCOMES_OR_LOST)
         # The expected state is only worth computing for the log or a subscriber.
-        if logging_on or self._events_on:
+        if logging_on or heard:
             state = execution.expected_state(outcome, record, active.cancel_requested)
             if logging_on:
                 seconds = time.monotonic() - active.started
                 execution.log_outcome(record, outcome, state, seconds, self.worker_id)
-            kind = events.outcome_kind(state, isinstance(outcome, execution.Snoozed))
-            if self.app.events.wants(kind) or self.app.events.wants(events.LOST):
+            if heard:
+                kind = events.outcome_kind(state, isinstance(outcome, execution.Snoozed))
                 event = self._event(kind, active, outcome)
         report = execution.report_for(outcome, record)
         active.reported = True
         self._outbox.append((time.monotonic(), report, event))
         self._outbox_ready.set()
-
-    @property
-    def _events_on(self) -> bool:
-        return any(self.app.events.wants(kind) for kind in (*events.OUTCOMES, events.LOST))
 
     # -- reporting -------------------------------------------------------------------
 

@@ -19,8 +19,10 @@ docs/observability.md has a scrape configuration, alerts and dashboard panels.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -34,9 +36,9 @@ from ..events import Event
 from . import missing
 
 try:
-    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+    from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client import start_http_server as _start_http_server
-    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.registry import Collector
 except ImportError as error:  # pragma: no cover - the message is what is tested
     raise missing("prometheus_client", "prometheus", __name__) from error
@@ -57,6 +59,8 @@ PAGE = 500
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+Samples = tuple[list[tuple[str, float]], float]
+"""A histogram as scraped: its cumulative buckets by upper bound, and its sum."""
 COUNTED = (*events.ATTEMPT_ENDS, events.RESCUED)
 """The kinds counted in ``taskharbor_job_outcomes_total`` (the ``outcome`` label)."""
 
@@ -72,65 +76,19 @@ class Metrics:
     ) -> None:
         self.app = app
         self.registry = registry
-        self.enqueued = Counter(
-            "taskharbor_jobs_enqueued",
-            "Jobs created by enqueues in this process.",
-            ["task", "queue"],
-            registry=registry,
-        )
-        self.outcomes = Counter(
-            "taskharbor_job_outcomes",
-            "Attempts ended in this process by outcome (succeeded, retrying, dead, cancelled, "
-            "snoozed, released, lost) and leases rescued by its workers (rescued).",
-            ["task", "queue", "outcome"],
-            registry=registry,
-        )
-        self.start_delay = Histogram(
-            "taskharbor_job_start_delay_seconds",
-            "From when a job was due (enqueued, or its run_at, retry or snooze time) to the "
-            "start of its attempt.",
-            ["task", "queue"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "taskharbor_job_duration_seconds",
-            "How long attempts ran, by outcome.",
-            ["task", "queue", "outcome"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
+        self.tally = Tally()
         self.workers = WorkerCollector()
         self.store = StoreCollector(app, store_interval)
-        registry.register(self.workers)
-        registry.register(self.store)
+        self._collectors = (self.tally, self.workers, self.store)
+        for collector in self._collectors:
+            registry.register(collector)
         self._unsubscribe = [
-            app.events.subscribe(self._on_enqueued, events.ENQUEUED),
-            app.events.subscribe(self._on_started, events.STARTED),
-            app.events.subscribe(self._on_ended, *COUNTED),
+            app.events.subscribe(self.tally.on_enqueued, events.ENQUEUED),
+            app.events.subscribe(self.tally.on_ended, *COUNTED),
             app.events.subscribe(self.workers.on_worker, events.WORKER_STARTED),
             app.events.subscribe(self.workers.on_worker, events.WORKER_STOPPED),
         ]
         self._server: WSGIServer | None = None
-
-    def _on_enqueued(self, event: Event) -> None:
-        job = event.job
-        assert job is not None, "an enqueued event has its job"
-        self.enqueued.labels(job.task, job.queue).inc()
-
-    def _on_started(self, event: Event) -> None:
-        job = event.job
-        assert job is not None and event.started_at is not None, "a started event has both"
-        waited = max(0.0, event.started_at - job.run_at.timestamp())
-        self.start_delay.labels(job.task, job.queue).observe(waited)
-
-    def _on_ended(self, event: Event) -> None:
-        job = event.job
-        assert job is not None, "an attempt's end or a rescue has its job"
-        self.outcomes.labels(job.task, job.queue, event.kind).inc()
-        duration = event.duration
-        if duration is not None:
-            self.duration.labels(job.task, job.queue, event.kind).observe(duration)
 
     def serve(self, port: int = DEFAULT_PORT, addr: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` over HTTP on a daemon thread; returns the port (``0`` picks a
@@ -147,10 +105,8 @@ class Metrics:
             self._server = None
         for unsubscribe in self._unsubscribe:
             unsubscribe()
-        for collector in (self.enqueued, self.outcomes, self.start_delay, self.duration):
+        for collector in self._collectors:
             self.registry.unregister(collector)
-        self.registry.unregister(self.workers)
-        self.registry.unregister(self.store)
 
 
 def instrument(
@@ -159,6 +115,114 @@ def instrument(
     """Measure ``app`` and its workers in this process into ``registry`` (by default
     prometheus_client's global one, beside your own metrics)."""
     return Metrics(app, registry, store_interval)
+
+
+class _Histogram:
+    """Bucket counts and a sum, as Prometheus exposes a histogram (made cumulative when
+    scraped)."""
+
+    __slots__ = ("buckets", "counts", "total")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+
+    def samples(self) -> Samples:
+        """Cumulative ``(le, count)`` buckets, and the sum."""
+        cumulative: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.buckets, math.inf), self.counts, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == math.inf else repr(float(bound)), running))
+        return cumulative, self.total
+
+
+class Tally(Collector):
+    """The counters and histograms fed by events, kept as plain numbers under one lock
+    and turned into metric families when scraped: an attempt costs a dict lookup and a
+    few additions, not prometheus_client's per-child locks and label lookups."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._enqueued: dict[tuple[str, str], int] = {}
+        self._ended: dict[tuple[str, str, str], list[Any]] = {}  # [count, duration histogram]
+        self._delays: dict[tuple[str, str], _Histogram] = {}
+
+    def on_enqueued(self, event: Event) -> None:
+        job = event.job
+        assert job is not None, "an enqueued event has its job"
+        key = (job.task, job.queue)
+        with self._lock:
+            self._enqueued[key] = self._enqueued.get(key, 0) + 1
+
+    def on_ended(self, event: Event) -> None:
+        """Count an attempt's end (or a rescue) with its duration, and the delay before
+        the attempt started (every started attempt ends with one of these events)."""
+        job = event.job
+        assert job is not None, "an attempt's end or a rescue has its job"
+        key = (job.task, job.queue, event.kind)
+        started, finished = event.started_at, event.finished_at
+        with self._lock:
+            ended = self._ended.get(key)
+            if ended is None:
+                ended = self._ended[key] = [0, _Histogram(DURATION_BUCKETS)]
+            ended[0] += 1
+            if started is not None:
+                delays = self._delays.get(key[:2])
+                if delays is None:
+                    delays = self._delays[key[:2]] = _Histogram(LATENCY_BUCKETS)
+                delays.observe(max(0.0, started - job.run_at.timestamp()))
+                if finished is not None:
+                    ended[1].observe(max(0.0, finished - started))
+
+    def collect(self) -> Iterable[Any]:
+        with self._lock:
+            enqueued = dict(self._enqueued)
+            ended = {key: (n, histogram.samples()) for key, (n, histogram) in self._ended.items()}
+            delays = {key: histogram.samples() for key, histogram in self._delays.items()}
+        yield _counter(
+            "taskharbor_jobs_enqueued", "Jobs created by enqueues in this process.", enqueued
+        )
+        yield _counter(
+            "taskharbor_job_outcomes",
+            "Attempts ended in this process by outcome (succeeded, retrying, dead, cancelled, "
+            "snoozed, released, lost) and leases rescued by its workers (rescued).",
+            {key: count for key, (count, _) in ended.items()},
+        )
+        yield _histogram(
+            "taskharbor_job_start_delay_seconds",
+            "From when a job was due (enqueued, or its run_at, retry or snooze time) to the "
+            "start of its attempt.",
+            delays,
+        )
+        yield _histogram(
+            "taskharbor_job_duration_seconds",
+            "How long attempts ran, by outcome.",
+            {key: samples for key, (_, samples) in ended.items() if samples[0][-1][1]},
+        )
+
+
+def _labels(key: tuple[str, ...]) -> list[str]:
+    return ["task", "queue", "outcome"][: len(key)]
+
+
+def _counter(name: str, documentation: str, values: dict[Any, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=_labels(next(iter(values), ())))
+    for key, count in sorted(values.items()):
+        family.add_metric(list(key), count)
+    return family
+
+
+def _histogram(name: str, documentation: str, values: dict[Any, Samples]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=_labels(next(iter(values), ())))
+    for key, (buckets, total) in sorted(values.items()):
+        family.add_metric(list(key), buckets, total)
+    return family
 
 
 class WorkerCollector(Collector):
