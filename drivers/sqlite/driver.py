@@ -77,6 +77,7 @@ from taskharbor.spec import (
     WorkflowRecord,
     WorkflowState,
 )
+from taskharbor.spec.flow import FlowLimits, flow_from_text, flow_text
 from taskharbor.spec.records import (
     LEASE_EXPIRED_MESSAGE,
     LEASE_EXPIRED_TYPE,
@@ -96,7 +97,9 @@ from taskharbor.spec.retry import policy_text, retry_delay
 from taskharbor.spec.table import NEW, QUEUED_JOB_STATES
 
 from ..corrupt_rows import rescue_policy, split_leased
+from ..flow_gate import FlowGate
 from . import schema as sqlite_schema
+from .flow import SQLiteFlowCounts, record_starts
 from .rows import (
     JOB_COLUMNS,
     dump_json,
@@ -244,7 +247,9 @@ class SQLiteDriver(SQLiteSchedules, Driver):
     call changes nothing.
     """
 
-    capabilities = Capabilities(persistent=True, multi_process=True, schedules=True)
+    capabilities = Capabilities(
+        persistent=True, multi_process=True, schedules=True, flow_control=True
+    )
 
     def __init__(
         self,
@@ -489,12 +494,7 @@ class SQLiteDriver(SQLiteSchedules, Driver):
         target = JobState(JOB.resolve(JobEvent.LEASE, JobState.AVAILABLE))
         with self._transaction(durable=False) as tx:
             expires = to_micros(tx.now + timedelta(seconds=args.lease_seconds))
-            ready = [
-                row[0]
-                for row in tx.conn.execute(
-                    ready_jobs_query(len(queue_params)), {**queue_params, "limit": args.limit}
-                )
-            ]
+            ready = self._ready(tx, queue_params, args.limit)
             if not ready:
                 return []
             rows = tx.conn.execute(
@@ -512,6 +512,32 @@ class SQLiteDriver(SQLiteSchedules, Driver):
             self.fail(corrupt)
         position = {job_id: index for index, job_id in enumerate(ready)}
         return sorted(leased, key=lambda job: position[job.id])
+
+    def _ready(self, tx: Writes, queue_params: dict[str, str], limit: int) -> list[JobId]:
+        """The ids to lease, in lease order: candidates without flow limits, and those
+        the flow gate admits.  While held-back candidates leave the batch short, the
+        walk reads on (four times as far each time) until the queues run out."""
+        gate = FlowGate(SQLiteFlowCounts(tx.conn), tx.now)
+        chosen: list[JobId] = []
+        seen: set[JobId] = set()
+        window = limit
+        while True:
+            query = ready_jobs_query(len(queue_params))
+            rows = tx.conn.execute(query, {**queue_params, "limit": window}).fetchall()
+            for job_id, task, flow in rows:
+                if job_id in seen:
+                    continue
+                seen.add(job_id)
+                if flow is None or gate.admits(job_id, task, flow_from_text(flow)):
+                    chosen.append(job_id)
+                    if len(chosen) == limit:
+                        break
+            if len(chosen) == limit or len(rows) < window:
+                break
+            window *= 4
+        if gate.starts:
+            record_starts(tx.conn, gate.starts)
+        return chosen
 
     def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
         check_batch(leases, LeaseRef, "heartbeat")
@@ -853,7 +879,16 @@ def _job_values(
         None if workflow_id is None else args,
         None if step_input is None else dump_json(step_input),
         policy_text(request.retry),
+        *_flow_values(request.flow),
     )
+
+
+def _flow_values(limits: FlowLimits | None) -> tuple[str | None, str | None, str | None]:
+    """The ``flow``, ``flow_key`` and ``flow_sequence`` columns of a new job."""
+    if limits is None:
+        return None, None, None
+    sequence = None if limits.sequence is None else limits.sequence.value
+    return flow_text(limits), limits.key, sequence
 
 
 def _live(row: sqlite3.Row, token: str) -> bool:

@@ -26,6 +26,7 @@ from taskharbor.spec import (
     WorkflowRecord,
     WorkflowState,
 )
+from taskharbor.spec.flow import flow_from_text
 from taskharbor.spec.records import JSON
 from taskharbor.spec.retry import policy_from_text
 
@@ -39,7 +40,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 JOB_COLUMNS = (
     "id, task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, "
     "created_at, idempotency_key, lease_token, lease_expires_at, leased_by, cancel_requested, "
-    "result, errors, finished_at, reason, workflow_id, depends_on, step_args, step_input, retry"
+    "result, errors, finished_at, reason, workflow_id, depends_on, step_args, step_input, retry, "
+    "flow"
 )
 """The ``jobs`` columns every job-reading statement selects, in the order :func:`job_record`
 unpacks them."""
@@ -135,6 +137,7 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         _step_args,
         _step_input,
         retry,
+        flow,
     ) = row
     return JobRecord(
         id=job_id,
@@ -160,6 +163,7 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         workflow_id=workflow_id,
         depends_on=_load_tuple(depends_on),
         retry=policy_from_text(retry),
+        flow=None if flow is None else flow_from_text(flow),
     )
 
 

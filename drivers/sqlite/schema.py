@@ -15,7 +15,7 @@ from pathlib import Path
 from taskharbor.spec import SchemaError, StoreError
 from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
-from . import schedules
+from . import flow, schedules
 from .transitions import ALL_STATES, AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS
 
 META_TABLE = "taskharbor_meta"
@@ -118,7 +118,7 @@ _V3 = (
     f"ALTER TABLE jobs ADD COLUMN retry TEXT NOT NULL DEFAULT '{DEFAULT_RETRY_TEXT}'",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, schedules.MIGRATION, _V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, schedules.MIGRATION, _V3, flow.MIGRATION)
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

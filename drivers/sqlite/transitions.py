@@ -97,7 +97,8 @@ LEASE_ORDER = "priority DESC, run_at, id"
 
 @cache
 def ready_jobs_query(queue_count: int) -> str:
-    """The ids of the next jobs to lease from ``queue_count`` queues, in lease order.
+    """The next jobs to lease from ``queue_count`` queues, in lease order: their
+    ids, tasks and flow limits (text, or NULL).
 
     Parameters ``:q0``, ``:q1``, ... name the queues and ``:limit`` the batch.
     Each queue is its own walk of the lease index that stops after ``limit``
@@ -105,11 +106,11 @@ def ready_jobs_query(queue_count: int) -> str:
     the backlog is; only those few candidates are merged and sorted.
     """
     walks = " UNION ALL ".join(
-        f"SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE {AVAILABLE_ROWS} "
+        f"SELECT * FROM (SELECT id, priority, run_at, task, flow FROM jobs WHERE {AVAILABLE_ROWS} "
         f"AND queue = :q{index} ORDER BY {LEASE_ORDER} LIMIT :limit)"
         for index in range(queue_count)
     )
-    return f"SELECT id FROM ({walks}) ORDER BY {LEASE_ORDER} LIMIT :limit"
+    return f"SELECT id, task, flow FROM ({walks}) ORDER BY {LEASE_ORDER} LIMIT :limit"
 
 
 JOBS_BY_ID = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
@@ -149,12 +150,14 @@ def leaving_running(target: str) -> str:
 
 INSERT_COLUMNS = (
     "task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, created_at, "
-    "idempotency_key, workflow_id, depends_on, step_args, step_input, retry"
+    "idempotency_key, workflow_id, depends_on, step_args, step_input, retry, "
+    "flow, flow_key, flow_sequence"
 )
 """The columns an enqueue writes, in the order :data:`INSERT_JOB` binds them."""
 
 INSERT_JOB = (
-    f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO jobs ({INSERT_COLUMNS}) "
+    f"VALUES ({', '.join('?' for _ in INSERT_COLUMNS.split(','))})"
 )
 """Insert one job, binding :data:`INSERT_COLUMNS` (run with ``executemany`` for a batch)."""
 

@@ -1,0 +1,108 @@
+"""Shared by the SQL drivers: the flow-control guards of ``lease``, decided in Python.
+
+A lease walks its candidates in lease order.  A candidate without limits is taken;
+one with limits asks the gate, which answers each guard of
+:mod:`taskharbor.spec.flow` from a few indexed lookups (one per task, key and rate
+bucket met in the call, each then counted on in memory as the call leases), so a
+lease costs no scan of the jobs whatever their number.  The store supplies the
+lookups (:class:`FlowCounts`); the caller makes them atomic with the lease (one
+SQLite write transaction; PostgreSQL locks each task, key and bucket first).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from taskharbor.spec.flow import FlowLimits, rate_bucket
+from taskharbor.spec.records import JobId
+from taskharbor.spec.table import JOB, JobEvent, JobState
+
+
+class FlowCounts(Protocol):
+    """The lookups a store answers for the gate, each in the lease's transaction."""
+
+    def running_of_task(self, task: str) -> int:
+        """How many jobs of ``task`` are running."""
+
+    def running_with_key(self, key: str) -> int:
+        """How many running jobs carry ``key``."""
+
+    def sequence_head(self, key: str) -> JobId | None:
+        """The smallest id among the jobs holding ``key``'s sequence (unfinished
+        sequence jobs of the key, and its dead ones that block)."""
+
+    def starts_since(self, bucket: str, since: datetime) -> int:
+        """How many starts the rate bucket recorded after ``since``."""
+
+
+class FlowGate:
+    """The guards' facts for the candidates of one lease call."""
+
+    def __init__(self, counts: FlowCounts, now: datetime) -> None:
+        self._counts = counts
+        self._now = now
+        self._tasks: Counter[str] = Counter()
+        self._keys: Counter[str] = Counter()
+        self._heads: dict[str, JobId | None] = {}
+        self._starts: dict[tuple[str, float], int] = {}
+        self._started: Counter[str] = Counter()
+        self.starts: list[tuple[str, datetime]] = []
+        """The starts to record: (bucket, now) for each leased job with a rate limit."""
+
+    def admits(self, job_id: JobId, task: str, flow: FlowLimits) -> bool:
+        """Whether the lease takes this candidate; if so it is counted as running."""
+        facts = self._facts(job_id, task, flow)
+        if JOB.permits(JobEvent.LEASE, JobState.AVAILABLE, facts) is None:
+            return False
+        self._tasks[task] = self._running_of_task(task) + 1
+        if flow.key is not None:
+            self._keys[flow.key] = self._running_with_key(flow.key) + 1
+        bucket = rate_bucket(task, flow)
+        if bucket is not None:
+            self._started[bucket] += 1
+            self.starts.append((bucket, self._now))
+        return True
+
+    def _facts(self, job_id: JobId, task: str, flow: FlowLimits) -> dict[str, bool]:
+        key = flow.key
+        rate = flow.rate
+        bucket = rate_bucket(task, flow)
+        return {
+            "task_at_limit": flow.concurrency is not None
+            and self._running_of_task(task) >= flow.concurrency,
+            "key_at_limit": flow.key_concurrency is not None
+            and key is not None
+            and self._running_with_key(key) >= flow.key_concurrency,
+            "sequence_waits": flow.sequence is not None
+            and key is not None
+            and self._head(key) != job_id,
+            "rate_exhausted": rate is not None
+            and bucket is not None
+            and self._recent(bucket, rate.window) >= rate.starts,
+        }
+
+    def _running_of_task(self, task: str) -> int:
+        if task not in self._tasks:
+            self._tasks[task] = self._counts.running_of_task(task)
+        return self._tasks[task]
+
+    def _running_with_key(self, key: str) -> int:
+        if key not in self._keys:
+            self._keys[key] = self._counts.running_with_key(key)
+        return self._keys[key]
+
+    def _head(self, key: str) -> JobId | None:
+        """The key's sequence head as the call began: once the lease takes it, it
+        runs (still the head), so no later job of the key passes in this call."""
+        if key not in self._heads:
+            self._heads[key] = self._counts.sequence_head(key)
+        return self._heads[key]
+
+    def _recent(self, bucket: str, window: float) -> int:
+        """Starts of ``bucket`` in the window ending now, this call's own included."""
+        if (bucket, window) not in self._starts:
+            since = self._now - timedelta(seconds=window)
+            self._starts[bucket, window] = self._counts.starts_since(bucket, since)
+        return self._starts[bucket, window] + self._started[bucket]
