@@ -61,6 +61,7 @@ from .damage import CorruptDataRules, TransientFailureRules
 from .effects import FieldEffectRules
 from .enqueueing import EnqueueingRules
 from .failing import FailingRules
+from .failure_callbacks import WorkflowFailureCallbackRules
 from .fencing import FencingRules
 from .flow import FlowControlRules
 from .harness import CallerTransaction, DriverHooks, FailNextCall, Harbor, PlantCorruptJob, requires
@@ -101,6 +102,7 @@ class ConformanceSuite(
     WorkflowShapeRules,
     WorkflowDataRules,
     WorkflowFailureRules,
+    WorkflowFailureCallbackRules,
     WorkflowCancellationRules,
     WorkflowPruningRules,
     WaitingRules,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-from taskharbor.spec import JobId, JobState, WorkflowId, dependency_reason
+from taskharbor.spec import JSON, JobId, JobState, WorkflowId, dependency_reason
 
 from .divergence import Divergence
 
@@ -69,6 +69,9 @@ class IdentityMap:
         self.jobs: Bijection[JobId] = Bijection("job id")
         self.workflows: Bijection[WorkflowId] = Bijection("workflow id")
         self.tokens: Bijection[str] = Bijection("lease token")
+        self.callbacks: set[JobId] = set()
+        """The driver's ids of failure callbacks, whose first arg (once released)
+        names a workflow and a job in the driver's ids."""
         self._reasons: dict[str, str] = {}
 
     def link_job(self, model: JobId, driver: JobId) -> None:
@@ -77,6 +80,16 @@ class IdentityMap:
         # translated like an id; remember every reason the pair can produce.
         for state in JobState:
             self._reasons[dependency_reason(driver, state)] = dependency_reason(model, state)
+
+    def args_to_model(self, job_id: JobId, args: tuple[JSON, ...]) -> tuple[JSON, ...]:
+        """A job's args in the model's ids: a released failure callback's first arg
+        (:func:`~taskharbor.spec.step_failure`) names a workflow and a step."""
+        if job_id not in self.callbacks or not args or not isinstance(args[0], dict):
+            return args
+        failure = dict(args[0])
+        failure["workflow_id"] = self.workflows.to_model(failure["workflow_id"])
+        failure["job_id"] = self.jobs.to_model(failure["job_id"])
+        return (failure, *args[1:])
 
     def reason_to_model(self, reason: str | None) -> str | None:
         """A ``reason`` in the model's ids (reasons naming no job pass through)."""

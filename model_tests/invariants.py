@@ -77,7 +77,10 @@ def job_problems(job: JobRecord) -> list[str]:
 def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord]) -> list[str]:
     if not isinstance(workflow.state, WorkflowState):
         return [f"workflow {workflow.id}: state {workflow.state!r} is not a WorkflowState"]
-    missing = [step for step in workflow.steps if step not in jobs]
+    members = (
+        workflow.steps if workflow.on_failure is None else (*workflow.steps, workflow.on_failure)
+    )
+    missing = [step for step in members if step not in jobs]
     if missing:
         return [f"workflow {workflow.id}: steps {missing} are gone but the workflow is not"]
     steps = [jobs[step] for step in workflow.steps]
@@ -93,6 +96,12 @@ def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord])
         waiting = any(jobs[dep].state is not JobState.SUCCEEDED for dep in step.depends_on)
         if step.state is JobState.PENDING and not waiting:
             problems.append(f"step {step.id} is pending but all its dependencies succeeded")
+    if workflow.on_failure is not None:
+        callback = jobs[workflow.on_failure]
+        if workflow.on_failure in workflow.steps or callback.depends_on:
+            problems.append(f"failure callback {callback.id} is a step or waits on steps")
+        if callback.workflow_id != workflow.id:
+            problems.append(f"failure callback {callback.id} names workflow {callback.workflow_id}")
     return [f"workflow {workflow.id}: {problem}" for problem in problems]
 
 

@@ -11,7 +11,7 @@ invariants on both.  The harness talks in the model's ids throughout (see
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, TypeVar
 
@@ -358,6 +358,8 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
     @rule(plan=WORKFLOWS)
     def enqueue_workflow(self, plan: WorkflowPlan) -> None:
         graph = plan.graph(self.clock.now())
+        if not self.driver.capabilities.failure_callbacks:
+            graph = replace(graph, on_failure=None)
         outcome = self._both(
             "enqueue_workflow",
             lambda: self.model.enqueue_workflow(graph),
@@ -371,6 +373,11 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
         self.ids.workflows.link(expected.id, got.id)
         for mine, theirs in zip(expected.steps, got.steps, strict=True):
             self._link_new_job(mine, theirs)
+        if (expected.on_failure is None) != (got.on_failure is None):
+            raise Divergence(f"enqueue_workflow: on_failure model={expected} driver={got}")
+        if expected.on_failure is not None and got.on_failure is not None:
+            self._link_new_job(expected.on_failure, got.on_failure)
+            self.ids.callbacks.add(got.on_failure)
         self.workflow_ids.append(expected.id)
         _expect(
             "enqueue_workflow",

@@ -29,6 +29,7 @@ def job_to_model(record: JobRecord, ids: IdentityMap) -> JobRecord:
     return dataclasses.replace(
         record,
         id=ids.jobs.to_model(record.id),
+        args=ids.args_to_model(record.id, record.args),
         kwargs=dict(record.kwargs),
         lease_token=(
             None if record.lease_token is None else ids.tokens.to_model(record.lease_token)
@@ -53,6 +54,7 @@ def workflow_to_model(record: WorkflowRecord, ids: IdentityMap) -> WorkflowRecor
         id=ids.workflows.to_model(record.id),
         steps=tuple(ids.jobs.to_model(step) for step in record.steps),
         result=map_ref(record.result, job_of),
+        on_failure=None if record.on_failure is None else ids.jobs.to_model(record.on_failure),
     )
 
 

@@ -240,15 +240,18 @@ class _GraphBuilder:
 
 @dataclass(frozen=True, slots=True)
 class WorkflowPlan:
-    """A workflow shape and name; it becomes a graph at the moment it is sent."""
+    """A workflow shape, name and failure callback; it becomes a graph at the moment
+    it is sent."""
 
     shape: Shape
     name: str | None
+    on_failure: RequestPlan | None = None
 
     def graph(self, now: datetime) -> WorkflowGraph:
         builder = _GraphBuilder(now)
         result, _ = builder.add(self.shape, (), None)
-        return WorkflowGraph(tuple(builder.steps), result, self.name)
+        callback = None if self.on_failure is None else self.on_failure.request(now)
+        return WorkflowGraph(tuple(builder.steps), result, self.name, on_failure=callback)
 
 
 def _nest(children: st.SearchStrategy[Shape]) -> st.SearchStrategy[Shape]:
@@ -272,5 +275,7 @@ WORKFLOWS = st.builds(
     WorkflowPlan,
     st.one_of(st.recursive(_STEP_TASKS, _nest, max_leaves=5), _FLAT_CHORDS),
     st.one_of(st.none(), st.sampled_from(WORKFLOW_NAMES)),
+    st.one_of(st.none(), _request_plans(st.none())),
 )
-"""Small nested chains, groups and chords (at most five steps); steps carry no keys."""
+"""Small nested chains, groups and chords (at most five steps), half of them with a
+failure callback; steps and callbacks carry no keys."""

@@ -33,6 +33,7 @@ from .records import (
     LEASE_EXPIRED_TYPE,
     MAX_DURATION_SECONDS,
     WORKFLOW_CANCELLED,
+    WORKFLOW_SUCCEEDED,
     Completion,
     EnqueueRequest,
     EnqueueResult,
@@ -65,6 +66,7 @@ from .records import (
     job_ids,
     map_ref,
     ref_indexes,
+    step_failure,
 )
 from .retry import DEFAULT_RETRY, RetryPolicy, retry_delay
 from .spi import Capabilities, Driver
@@ -104,6 +106,7 @@ __all__ = [
     "STATE_EFFECTS",
     "WORKFLOW",
     "WORKFLOW_CANCELLED",
+    "WORKFLOW_SUCCEEDED",
     "Capabilities",
     "Clock",
     "Completion",
@@ -168,4 +171,5 @@ __all__ = [
     "rate_bucket",
     "ref_indexes",
     "retry_delay",
+    "step_failure",
 ]

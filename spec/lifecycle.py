@@ -115,6 +115,7 @@ JOB_GUARDS: MappingProxyType[str, str] = MappingProxyType(
     {
         "waits_on_dependencies": (
             "the job is a workflow step and at least one step it depends on has not succeeded"
+            " (a workflow's failure callback: always; its workflow moves it on)"
         ),
         "run_at_in_future": "the job's run_at is later than the driver clock's now",
         "cancel_requested": "somebody asked to cancel the job while it was running",

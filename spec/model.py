@@ -22,6 +22,7 @@ from .clock import Clock, SystemClock
 from .errors import InvalidRequest, InvalidTransition, JobNotFound, LeaseLost, WorkflowNotFound
 from .flow import OnDead, rate_bucket
 from .records import (
+    CALLBACK_CANCELS,
     CANCELLED_BY_REQUEST,
     JSON,
     LEASE_EXPIRED_MESSAGE,
@@ -56,6 +57,7 @@ from .records import (
     dependency_reason,
     job_ids,
     map_ref,
+    step_failure,
 )
 from .retry import retry_delay
 from .schedules import (
@@ -138,7 +140,7 @@ def _holds_sequence(earlier: JobRecord, job: JobRecord) -> bool:
 class ReferenceModel(Driver):
     """The executable contract.  Implements :class:`~taskharbor.spec.spi.Driver`."""
 
-    capabilities = Capabilities(schedules=True, flow_control=True)
+    capabilities = Capabilities(schedules=True, flow_control=True, failure_callbacks=True)
 
     def __init__(
         self, clock: Clock | None = None, *, jitter_id: Callable[[JobId], JobId] | None = None
@@ -169,9 +171,8 @@ class ReferenceModel(Driver):
 
     def _facts(self, s: _Store, job: JobRecord, *, permanent: bool = False) -> dict[str, bool]:
         return {
-            "waits_on_dependencies": any(
-                s.jobs[dep].state != JobState.SUCCEEDED for dep in job.depends_on
-            ),
+            "waits_on_dependencies": _is_callback(s, job)
+            or any(s.jobs[dep].state != JobState.SUCCEEDED for dep in job.depends_on),
             "run_at_in_future": job.run_at > self._now,
             "cancel_requested": job.cancel_requested,
             "permanent": permanent,
@@ -243,9 +244,13 @@ class ReferenceModel(Driver):
         *,
         depends_on: tuple[JobId, ...] = (),
         workflow_id: WorkflowId | None = None,
+        waits: bool = False,
     ) -> JobRecord:
         run_at = _utc(request.run_at) if request.run_at is not None else self._now
-        facts = {"waits_on_dependencies": bool(depends_on), "run_at_in_future": run_at > self._now}
+        facts = {
+            "waits_on_dependencies": waits or bool(depends_on),
+            "run_at_in_future": run_at > self._now,
+        }
         job = JobRecord(
             id=s.next_job_id,
             task=request.task,
@@ -305,6 +310,13 @@ class ReferenceModel(Driver):
                 ids.append(job.id)
                 s.step_args[job.id] = step.request.args
                 s.step_input[job.id] = None if step.input is None else _to_job_ids(step.input, ids)
+            callback = None
+            if graph.on_failure is not None:
+                callback = self._store_job(
+                    s, graph.on_failure, workflow_id=workflow_id, waits=True
+                ).id
+                s.step_args[callback] = graph.on_failure.args
+                s.step_input[callback] = None
             record = WorkflowRecord(
                 id=workflow_id,
                 state=WorkflowState.RUNNING,
@@ -312,6 +324,7 @@ class ReferenceModel(Driver):
                 result=_to_job_ids(graph.result, ids),
                 created_at=self._now,
                 name=graph.name,
+                on_failure=callback,
             )
             s.workflows[workflow_id] = record
             return record
@@ -486,7 +499,7 @@ class ReferenceModel(Driver):
                 self._requeue_one(s, job)
                 if job.workflow_id is not None:
                     workflow = s.workflows[job.workflow_id]
-                    for step_id in workflow.steps:
+                    for step_id in _jobs_of(workflow):
                         if s.jobs[step_id].state == JobState.CANCELLED:
                             self._requeue_one(s, s.jobs[step_id])
                     self._derive_workflow(s, workflow.id)
@@ -577,9 +590,10 @@ class ReferenceModel(Driver):
         def body(s: _Store) -> int:
             doomed = [j.id for j in s.jobs.values() if j.workflow_id is None and old(j)]
             for workflow in list(s.workflows.values()):
-                steps = [s.jobs[step_id] for step_id in workflow.steps]
+                members = _jobs_of(workflow)
+                steps = [s.jobs[job_id] for job_id in members]
                 if workflow.state in PRUNABLE_WORKFLOW_STATES and all(map(old, steps)):
-                    doomed.extend(workflow.steps)
+                    doomed.extend(members)
                     if not dry_run:
                         del s.workflows[workflow.id]
             if dry_run:
@@ -668,7 +682,7 @@ class ReferenceModel(Driver):
             workflow = s.workflows[workflow_id]
             if workflow.state in WORKFLOW.final_states:
                 raise InvalidTransition.workflow_finished(workflow_id, workflow.state)
-            for step_id in workflow.steps:
+            for step_id in _jobs_of(workflow):
                 step = s.jobs[step_id]
                 if step.state == JobState.RUNNING:
                     # the reason is recorded now; the cancel resolves with it
@@ -793,7 +807,7 @@ class ReferenceModel(Driver):
             elif self._depends_on(s, step, job.id):
                 reason = dependency_reason(job.id, job.state)
                 self._move(s, step, JobEvent.CANCEL, reason=reason)
-        self._derive_workflow(s, job.workflow_id)
+        self._derive_workflow(s, job.workflow_id, dead=job if job.state == JobState.DEAD else None)
 
     def _release(self, s: _Store, step: JobRecord) -> None:
         target = self._resolve(s, step, JobEvent.RELEASE)
@@ -807,7 +821,11 @@ class ReferenceModel(Driver):
             dep == ancestor or self._depends_on(s, s.jobs[dep], ancestor) for dep in job.depends_on
         )
 
-    def _derive_workflow(self, s: _Store, workflow_id: WorkflowId) -> None:
+    def _derive_workflow(
+        self, s: _Store, workflow_id: WorkflowId, *, dead: JobRecord | None = None
+    ) -> None:
+        """Derive the workflow's state from its steps; ``dead`` is the step that just
+        ended dead, if one did (it is the one a failure callback hears about)."""
         workflow = s.workflows[workflow_id]
         target = derive_workflow_state(s.jobs[step_id].state for step_id in workflow.steps)
         if target == workflow.state:
@@ -815,6 +833,31 @@ class ReferenceModel(Driver):
         WORKFLOW.event_for(workflow.state, target, subject=workflow_id)
         finished_at = None if target == WorkflowState.RUNNING else self._now
         s.workflows[workflow_id] = replace(workflow, state=target, finished_at=finished_at)
+        callback = None if workflow.on_failure is None else s.jobs[workflow.on_failure]
+        if callback is None or callback.state != JobState.PENDING:
+            return
+        if target == WorkflowState.FAILED:
+            assert dead is not None, "a workflow fails only in the call a step dies in"
+            self._release(s, callback)
+            released = s.jobs[callback.id]
+            s.jobs[callback.id] = replace(
+                released, args=(step_failure(workflow_id, dead), *released.args)
+            )
+        elif target in CALLBACK_CANCELS:
+            reason = CALLBACK_CANCELS[target]
+            self._move(s, callback, JobEvent.CANCEL, reason=reason)
+
+
+def _is_callback(s: _Store, job: JobRecord) -> bool:
+    """Whether ``job`` is its workflow's failure callback."""
+    return job.workflow_id is not None and s.workflows[job.workflow_id].on_failure == job.id
+
+
+def _jobs_of(workflow: WorkflowRecord) -> tuple[JobId, ...]:
+    """Every job of ``workflow``: its steps, then its failure callback if it has one."""
+    if workflow.on_failure is None:
+        return workflow.steps
+    return (*workflow.steps, workflow.on_failure)
 
 
 def _to_job_ids(ref: ResultRef, ids: list[JobId]) -> ResultRef:

@@ -44,6 +44,16 @@ CANCELLED_BY_REQUEST = "cancelled by request"
 WORKFLOW_CANCELLED = "workflow cancelled"
 """``reason`` of a step cancelled by ``Driver.cancel_workflow`` (at once, or after running)."""
 
+WORKFLOW_SUCCEEDED = "workflow succeeded"
+"""``reason`` of a failure callback cancelled because its workflow succeeded."""
+
+CALLBACK_CANCELS: Mapping[WorkflowState, str] = {
+    WorkflowState.SUCCEEDED: WORKFLOW_SUCCEEDED,
+    WorkflowState.CANCELLED: WORKFLOW_CANCELLED,
+}
+"""The workflow states whose arrival cancels a pending failure callback, with the
+``reason`` it ends with (spec/spi.py, "Failure callbacks")."""
+
 
 LEASE_EXPIRED_TYPE = "LeaseExpired"
 LEASE_EXPIRED_MESSAGE = "the lease expired before its worker reported"
@@ -380,10 +390,19 @@ class WorkflowGraph:
     steps: tuple[StepSpec, ...]
     result: ResultRef
     name: str | None = None
+    on_failure: EnqueueRequest | None = None
+    """The failure callback: a job stored ``pending`` with the workflow, outside its
+    steps, released with :func:`step_failure` in front of its args by the call in
+    which the workflow becomes ``failed`` (see "Workflows" in spec/spi.py)."""
 
     def __post_init__(self) -> None:
         if not self.steps:
             raise InvalidRequest("a workflow needs at least one step")
+        if self.on_failure is not None:
+            if not isinstance(self.on_failure, EnqueueRequest):
+                raise InvalidRequest("a workflow's on_failure must be an EnqueueRequest")
+            if self.on_failure.idempotency_key is not None:
+                raise InvalidRequest("a workflow's on_failure cannot carry an idempotency key")
         for index, step in enumerate(self.steps):
             if not isinstance(step, StepSpec):
                 raise InvalidRequest(f"workflow step {index} is not a StepSpec")
@@ -422,6 +441,20 @@ def ref_indexes(ref: ResultRef) -> list[int]:
     return found
 
 
+def step_failure(workflow_id: WorkflowId, step: JobRecord) -> dict[str, JSON]:
+    """What a failure callback receives in front of its args: the workflow, and the
+    step that ended ``dead`` (its job id, task, attempt and last error)."""
+    last = step.errors[-1] if step.errors else None
+    return {
+        "workflow_id": workflow_id,
+        "job_id": step.id,
+        "task": step.task,
+        "attempt": step.attempt,
+        "type": None if last is None else last.type,
+        "message": None if last is None else last.message,
+    }
+
+
 def map_ref(ref: ResultRef, value_of: Mapping[int, JSON]) -> JSON:
     """Replace every index in ``ref`` by ``value_of[index]``; lists stay lists."""
     if isinstance(ref, int):
@@ -444,6 +477,8 @@ class WorkflowRecord:
     created_at: datetime
     finished_at: datetime | None = None
     name: str | None = None
+    on_failure: JobId | None = None
+    """The job id of the workflow's failure callback (not one of ``steps``), if any."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,34 @@ transaction:
   ``finished_at`` (now) when the new state is not ``running``, clears it
   otherwise.
 
+Failure callbacks (capability ``failure_callbacks``).  A graph's ``on_failure``
+request is stored by the same ``enqueue_workflow`` call as the steps' jobs,
+after them (the next job id), as a job of the workflow (``workflow_id`` set,
+no ``depends_on``) that is *not* one of its ``steps``: it never counts when
+the workflow's state is derived.  The record's ``on_failure`` holds its id.
+For a callback the ``waits_on_dependencies`` fact is always true, so it is
+enqueued ``pending``, and it leaves ``pending`` only through its workflow, in
+the call that changes the workflow's state:
+
+* the workflow becomes ``failed`` while the callback is ``pending``: the
+  callback gets ``release``, with ``step_failure(workflow id, step)`` put in
+  front of its own args, where ``step`` is the first step (in the order the
+  call applied its items; ``rescue`` applies them by ascending id) that ended
+  ``dead`` in this call;
+* the workflow becomes ``succeeded`` or ``cancelled`` while the callback is
+  ``pending``: the callback gets ``cancel`` with ``reason =
+  WORKFLOW_SUCCEEDED`` or ``WORKFLOW_CANCELLED``.
+
+So a workflow that fails after it was cancelled does not call it.  Otherwise
+the callback is a job of the workflow like its steps: ``cancel_workflow``
+cancels it (or asks it to stop), and a requeued step requeues it with the
+workflow's other cancelled jobs (back to ``pending``, its own args).  Two
+steps of one workflow ending ``dead`` at the same instant in different calls
+release the callback once: the calls serialise on the workflow, and only the
+first sees it change to ``failed``.  Once released it is an ordinary job
+(retried, ``dead``, requeued); its own end never changes the workflow's
+state.  Prune deletes it with its workflow.
+
 Failures of the store
 ---------------------
 * **Refused or transient.**  An error is a *refusal* when
@@ -249,6 +277,9 @@ class Capabilities:
     as the guards of ``lease`` (:mod:`taskharbor.spec.flow`).  A store without it
     is never given limits: the engine refuses them first (``InvalidRequest``
     naming the store), so no limit is silently ignored.
+    ``failure_callbacks``: :meth:`Driver.enqueue_workflow` stores a graph's
+    ``on_failure`` job ("Failure callbacks" under "Workflows" above); without
+    it the engine refuses such a workflow before it reaches the driver.
     """
 
     persistent: bool = False
@@ -257,6 +288,7 @@ class Capabilities:
     notifications: bool = False
     schedules: bool = False
     flow_control: bool = False
+    failure_callbacks: bool = False
 
 
 class Driver(abc.ABC):

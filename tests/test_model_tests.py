@@ -47,7 +47,9 @@ from taskharbor.spec import (
     JobFilter,
     JobRecord,
     JobState,
+    WorkflowState,
     dependency_reason,
+    step_failure,
 )
 from taskharbor.spec.clock import Clock
 from taskharbor.spec.model import ReferenceModel
@@ -128,6 +130,20 @@ class ReleasesChordCallbackTwice(ReferenceModel):
             s.jobs[step.id] = dataclasses.replace(released, args=(released.args[0], *released.args))
 
 
+class ReleasesFailureCallbackAgain(ReferenceModel):
+    """Every step that dies releases the failure callback again (its failure put in front
+    once more), as a store does whose calls do not serialise on the workflow."""
+
+    def _derive_workflow(self, s: Any, workflow_id: int, *, dead: JobRecord | None = None) -> None:
+        was_failed = s.workflows[workflow_id].state is WorkflowState.FAILED
+        super()._derive_workflow(s, workflow_id, dead=dead)
+        callback_id = s.workflows[workflow_id].on_failure
+        if was_failed and dead is not None and callback_id is not None:
+            callback = s.jobs[callback_id]
+            again = (step_failure(workflow_id, dead), *callback.args)
+            s.jobs[callback_id] = dataclasses.replace(callback, args=again)
+
+
 class ReleasesOnFirstDependency(ReferenceModel):
     """A step stops waiting as soon as any one of its dependencies succeeded."""
 
@@ -181,6 +197,7 @@ class IgnoresSequenceOrder(ReferenceModel):
         (ExpiryDoesNotCountTheAttempt, "state: model=<JobState.DEAD"),
         (IgnoresIdempotencyKeys, "created flags"),
         (ReleasesChordCallbackTwice, ".args: model="),
+        (ReleasesFailureCallbackAgain, ".args: model="),
         # released too early: still pending in the model, or its input not all there
         (ReleasesOnFirstDependency, r"\.(state: model=<JobState\.PENDING|args: model=)"),
         (CancelsPartOfARefusedBatch, "driver: the refused call changed job"),

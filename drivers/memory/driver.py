@@ -20,7 +20,7 @@ import secrets
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from taskharbor.spec.clock import Clock, SystemClock
 from taskharbor.spec.errors import (
@@ -31,6 +31,7 @@ from taskharbor.spec.errors import (
     WorkflowNotFound,
 )
 from taskharbor.spec.records import (
+    CALLBACK_CANCELS,
     CANCELLED_BY_REQUEST,
     JSON,
     LEASE_EXPIRED_MESSAGE,
@@ -64,6 +65,7 @@ from taskharbor.spec.records import (
     dependency_reason,
     map_ref,
     ref_indexes,
+    step_failure,
 )
 from taskharbor.spec.records import job_ids as check_job_ids
 from taskharbor.spec.retry import retry_delay
@@ -86,6 +88,10 @@ from .schedules import MemorySchedules
 _Report = TypeVar("_Report", Completion, Failure, SnoozeRequest)
 """A fenced report: applied only while its lease is live."""
 
+Touched: TypeAlias = dict[WorkflowId, JobRow | None]
+"""The workflows a call touched, each with the first of its steps that ended dead in
+the call (None if none did): the step a failure callback is released with."""
+
 _STATES = {state.value: state for state in JobState}
 """The table's target names as states, without an enum call per transition."""
 
@@ -93,7 +99,7 @@ _STATES = {state.value: state for state in JobState}
 class MemoryDriver(MemorySchedules, Driver):
     """Jobs and workflows in this process's memory.  Safe to share between threads."""
 
-    capabilities = Capabilities(schedules=True, flow_control=True)
+    capabilities = Capabilities(schedules=True, flow_control=True, failure_callbacks=True)
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock if clock is not None else SystemClock()
@@ -144,12 +150,18 @@ class MemoryDriver(MemorySchedules, Driver):
                 job_of_step[index] = row.id
                 for dep in row.depends_on:
                     self._jobs[dep].dependents.append(row.id)
+            callback = None
+            if graph.on_failure is not None:
+                callback = self._store_job(
+                    graph.on_failure, now, workflow_id=workflow_id, callback=True
+                ).id
             workflow = WorkflowRow(
                 id=workflow_id,
                 steps=tuple(job_of_step.values()),
                 result=map_ref(graph.result, job_of_step),
                 created_at=now,
                 name=graph.name,
+                on_failure=callback,
             )
             self._workflows[workflow_id] = workflow
             return workflow.snapshot()
@@ -162,10 +174,15 @@ class MemoryDriver(MemorySchedules, Driver):
         workflow_id: WorkflowId | None = None,
         depends_on: tuple[JobId, ...] = (),
         input_ref: ResultRef | None = None,
+        callback: bool = False,
     ) -> JobRow:
-        """Event ``enqueue`` for one new job (a new step's dependencies are never done)."""
+        """Event ``enqueue`` for one new job (a new step's dependencies are never done;
+        a failure callback always waits)."""
         run_at = _utc(request.run_at) if request.run_at is not None else now
-        facts = {"waits_on_dependencies": bool(depends_on), "run_at_in_future": run_at > now}
+        facts = {
+            "waits_on_dependencies": callback or bool(depends_on),
+            "run_at_in_future": run_at > now,
+        }
         self._last_job_id += 1
         row = JobRow(
             id=self._last_job_id,
@@ -184,6 +201,7 @@ class MemoryDriver(MemorySchedules, Driver):
             input=input_ref,
             retry=request.retry,
             flow=request.flow,
+            callback=callback,
         )
         self._jobs[row.id] = row
         if row.idempotency_key is not None:
@@ -276,7 +294,7 @@ class MemoryDriver(MemorySchedules, Driver):
         with self._lock:
             now = self._now()
             lost: list[LeaseLost] = []
-            touched: set[WorkflowId] = set()
+            touched: Touched = {}
             for item in items:
                 row = self._jobs.get(item.job_id)
                 if row is None:  # pruned while its worker held it: a lost lease
@@ -322,7 +340,7 @@ class MemoryDriver(MemorySchedules, Driver):
                 if row.state is not JobState.RUNNING:
                     self._resolve(row, JobEvent.CANCEL, now)  # refuse the whole call early
             before = {row.id: row.state for row in rows}
-            touched: set[WorkflowId] = set()
+            touched: Touched = {}
             for row in rows:
                 if row.state is not before[row.id]:
                     continue  # cancelled earlier in this call by a workflow cascade
@@ -342,14 +360,14 @@ class MemoryDriver(MemorySchedules, Driver):
             for row in rows:
                 self._resolve(row, JobEvent.REQUEUE, now)  # refuse the whole call early
             before = {row.id: row.state for row in rows}
-            touched: set[WorkflowId] = set()
+            touched: Touched = {}
             for row in rows:
                 if row.state is not before[row.id]:
                     continue  # requeued earlier in this call with the rest of its workflow
                 self._requeue_row(row, now)
                 if row.workflow_id is not None:
-                    touched.add(row.workflow_id)
-                    for step_id in self._workflows[row.workflow_id].steps:
+                    touched.setdefault(row.workflow_id, None)
+                    for step_id in self._workflows[row.workflow_id].jobs():
                         step = self._jobs[step_id]
                         if step.state is JobState.CANCELLED:
                             self._requeue_row(step, now)
@@ -379,7 +397,7 @@ class MemoryDriver(MemorySchedules, Driver):
         with self._lock:
             now = self._now()
             expired = sorted(self._index.take_expired(now))
-            touched: set[WorkflowId] = set()
+            touched: Touched = {}
             for job_id in expired:
                 row = self._jobs[job_id]
                 target = self._resolve(row, JobEvent.LEASE_EXPIRED, now)
@@ -419,7 +437,7 @@ class MemoryDriver(MemorySchedules, Driver):
                     deleted += 1
             for workflow_id in workflows:
                 workflow = self._workflows[workflow_id]
-                steps = [self._jobs[step_id] for step_id in workflow.steps]
+                steps = [self._jobs[job_id] for job_id in workflow.jobs()]
                 if workflow.state in PRUNABLE_WORKFLOW_STATES and all(map(qualifies, steps)):
                     if not dry_run:
                         for step in steps:
@@ -494,7 +512,7 @@ class MemoryDriver(MemorySchedules, Driver):
             if workflow.state in WORKFLOW.final_states:
                 raise InvalidTransition.workflow_finished(workflow_id, workflow.state)
             now = self._now()
-            for step_id in workflow.steps:
+            for step_id in workflow.jobs():
                 step = self._jobs[step_id]
                 if step.state is JobState.RUNNING:
                     step.cancel_requested = True
@@ -502,7 +520,7 @@ class MemoryDriver(MemorySchedules, Driver):
                 elif step.state not in FINISHED_JOB_STATES:
                     target = self._resolve(step, JobEvent.CANCEL, now)
                     self._enter(step, target, now, reason=WORKFLOW_CANCELLED)
-            self._settle_workflows({workflow_id}, now)
+            self._settle_workflows({workflow_id: None}, now)
             return workflow.snapshot()
 
     # -- waiting --------------------------------------------------------------
@@ -543,7 +561,7 @@ class MemoryDriver(MemorySchedules, Driver):
     def _waits(self, row: JobRow) -> bool:
         """Guard ``waits_on_dependencies``: a step it depends on has not succeeded."""
         if not row.depends_on:  # every job outside a workflow: the common case
-            return False
+            return row.callback
         return any(self._jobs[dep].state is not JobState.SUCCEEDED for dep in row.depends_on)
 
     def _enter(
@@ -576,11 +594,14 @@ class MemoryDriver(MemorySchedules, Driver):
 
     # -- workflows ----------------------------------------------------------------
 
-    def _after_step_finished(self, row: JobRow, now: datetime, touched: set[WorkflowId]) -> None:
+    def _after_step_finished(self, row: JobRow, now: datetime, touched: Touched) -> None:
         """The same-call workflow effects of a step that may just have finished."""
         if row.workflow_id is None or row.state not in FINISHED_JOB_STATES:
             return
-        touched.add(row.workflow_id)
+        if touched.get(row.workflow_id) is None and row.state is JobState.DEAD:
+            touched[row.workflow_id] = row  # the first step dead in this call
+        else:
+            touched.setdefault(row.workflow_id, None)
         if row.state is JobState.SUCCEEDED:
             self._release_dependents(row, now)
         else:
@@ -623,8 +644,9 @@ class MemoryDriver(MemorySchedules, Driver):
                 target = self._resolve(dependent, JobEvent.CANCEL, now)
                 self._enter(dependent, target, now, reason=reason)
 
-    def _settle_workflows(self, touched: Iterable[WorkflowId], now: datetime) -> None:
-        """Derive each touched workflow's state from its steps; change it through the table."""
+    def _settle_workflows(self, touched: Touched, now: datetime) -> None:
+        """Derive each touched workflow's state from its steps; change it through the table,
+        and move a pending failure callback on with it."""
         for workflow_id in sorted(touched):
             workflow = self._workflows[workflow_id]
             target = derive_workflow_state(self._jobs[step].state for step in workflow.steps)
@@ -633,6 +655,26 @@ class MemoryDriver(MemorySchedules, Driver):
             WORKFLOW.event_for(workflow.state, target, subject=workflow_id)
             workflow.state = target
             workflow.finished_at = None if target is WorkflowState.RUNNING else now
+            if workflow.on_failure is not None:
+                self._move_callback(self._jobs[workflow.on_failure], touched[workflow_id], now)
+
+    def _move_callback(self, callback: JobRow, dead: JobRow | None, now: datetime) -> None:
+        """Release a pending failure callback when its workflow failed (``dead``: the first
+        step dead in this call), cancel it when the workflow succeeded or was cancelled."""
+        if callback.state is not JobState.PENDING or callback.workflow_id is None:
+            return
+        state = self._workflows[callback.workflow_id].state
+        if state is WorkflowState.FAILED:
+            assert dead is not None, "a workflow fails only in the call a step dies in"
+            target = self._resolve(callback, JobEvent.RELEASE, now)
+            failure = step_failure(callback.workflow_id, dead.snapshot())
+            callback.args = (failure, *callback.own_args)
+            if target is not JobState.SCHEDULED:
+                callback.run_at = now
+            self._enter(callback, target, now)
+        elif state in CALLBACK_CANCELS:
+            target = self._resolve(callback, JobEvent.CANCEL, now)
+            self._enter(callback, target, now, reason=CALLBACK_CANCELS[state])
 
     # -- lookups --------------------------------------------------------------------
 

@@ -72,6 +72,9 @@ class JobRow:
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
     dependents: list[JobId] = field(default_factory=list)
+    callback: bool = False
+    """Whether the job is its workflow's failure callback (it waits until its workflow
+    fails, and is not one of the workflow's steps)."""
     args: tuple[JSON, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +121,11 @@ class WorkflowRow:
     name: str | None = None
     state: WorkflowState = WorkflowState.RUNNING
     finished_at: datetime | None = None
+    on_failure: JobId | None = None
+
+    def jobs(self) -> tuple[JobId, ...]:
+        """Every job of the workflow: its steps, then its failure callback if any."""
+        return self.steps if self.on_failure is None else (*self.steps, self.on_failure)
 
     def snapshot(self) -> WorkflowRecord:
         return WorkflowRecord(
@@ -128,4 +136,5 @@ class WorkflowRow:
             created_at=self.created_at,
             finished_at=self.finished_at,
             name=self.name,
+            on_failure=self.on_failure,
         )
