@@ -33,11 +33,12 @@ from taskharbor.spec.schedules import tick_of
 
 from . import threads
 from .context import JobCancelled, JobContext, PermanentError, Snooze, enter_job, leave_job
-from .events import job_fields, outcome_kind
+from .events import RETRYING, Event, job_fields, outcome_kind
 from .middleware import Middleware, around_job
 
 if TYPE_CHECKING:
     from .task import Task
+    from .worker import Worker
 
 logger = logging.getLogger("taskharbor")
 
@@ -224,6 +225,37 @@ async def call_async(
             return await task.fn(*record.args, **record.kwargs)
     finally:
         leave_job(token)
+
+
+def attempt_event(
+    kind: str,
+    record: JobRecord,
+    context: JobContext | None,
+    started_at: float,
+    finished_at: float | None,
+    *,
+    outcome: Outcome | None = None,
+    worker: Worker | None = None,
+) -> Event:
+    """The event of ``kind`` about an attempt of ``record`` (ended with ``outcome``, when it
+    has one): what the worker and the testing kit fire."""
+    failed = outcome if isinstance(outcome, Failed) else None
+    run_at = None
+    if isinstance(outcome, Snoozed):
+        run_at = outcome.run_at
+    elif failed is not None and kind == RETRYING:
+        run_at = failed.retry_at
+    return Event(
+        kind,
+        job=record,
+        context=context,
+        worker=worker,
+        started_at=started_at,
+        finished_at=finished_at,
+        error=None if failed is None else failed.error,
+        exception=None if failed is None else failed.exception,
+        run_at=run_at,
+    )
 
 
 def report_for(outcome: Outcome, record: JobRecord) -> Completion | Failure | SnoozeRequest:

@@ -90,6 +90,8 @@ def around_job(middleware: Sequence[Middleware], job: JobContext) -> AbstractCon
     no-op context without middleware, the common case on the worker's hot path."""
     if not middleware:
         return nullcontext()
+    if len(middleware) == 1:  # no stack to keep for one layer (tracing alone, say)
+        return middleware[0].around_job(job)
     return _around_job(middleware, job)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -37,7 +38,7 @@ from taskharbor.spec import (
     SnoozeRequest,
 )
 
-from . import execution
+from . import events, execution
 from .app import App
 from .context import JobContext
 from .execution import Outcome
@@ -146,13 +147,14 @@ class Harness:
         while (record := self._next(advance_time)) is not None:
             self._check_budget(ran, max_jobs)
             task, context = self._prepare(record)
+            started_at = time.time()
             if task is None:
                 outcome: Outcome = execution.unknown_task(record)
             elif task.is_async:
                 outcome = asyncio.run(self._call_async(task, record, context))
             else:
                 outcome = self._call_sync(task, record, context)
-            ran.append(self._report(record, outcome))
+            ran.append(self._report(record, outcome, context if task else None, started_at))
         return ran
 
     async def drain_async(self, *, advance_time: bool = False, max_jobs: int = 10_000) -> list[Job]:
@@ -161,13 +163,14 @@ class Harness:
         while (record := self._next(advance_time)) is not None:
             self._check_budget(ran, max_jobs)
             task, context = self._prepare(record)
+            started_at = time.time()
             if task is None:
                 outcome: Outcome = execution.unknown_task(record)
             elif task.is_async:
                 outcome = await self._call_async(task, record, context)
             else:
                 outcome = self._call_sync(task, record, context)
-            ran.append(self._report(record, outcome))
+            ran.append(self._report(record, outcome, context if task else None, started_at))
         return ran
 
     @staticmethod
@@ -238,8 +241,13 @@ class Harness:
             return execution.outcome_of_error(exc, record, task, self.clock.now())
         return execution.outcome_of_value(value)
 
-    def _report(self, record: JobRecord, outcome: Outcome) -> Job:
+    def _report(
+        self, record: JobRecord, outcome: Outcome, context: JobContext | None, started_at: float
+    ) -> Job:
+        """Record the outcome, then fire its event as a worker does (with the handler's
+        context when a handler ran)."""
         driver = self.app.driver
+        finished_at = time.time()
         state = execution.expected_state(outcome, record, cancel_requested=False)
         execution.log_outcome(record, outcome, state, 0.0)
         report = execution.report_for(outcome, record)
@@ -249,6 +257,13 @@ class Harness:
             driver.snooze([report])
         else:
             driver.fail([report])
+        kind = events.outcome_kind(state, isinstance(outcome, execution.Snoozed))
+        if self.app.events.wants(kind):
+            self.app.events.emit(
+                execution.attempt_event(
+                    kind, record, context, started_at, finished_at, outcome=outcome
+                )
+            )
         return self.app.get_job(record.id)
 
     # -- looking -----------------------------------------------------------------------

@@ -433,23 +433,14 @@ class Worker:
 
     def _event(self, kind: str, active: _Active, outcome: Outcome | None = None) -> Event:
         """The event of ``kind`` about an attempt (ended with ``outcome``, when it has one)."""
-        ended = kind != events.STARTED
-        failed = outcome if isinstance(outcome, execution.Failed) else None
-        run_at = None
-        if isinstance(outcome, execution.Snoozed):
-            run_at = outcome.run_at
-        elif failed is not None and kind == events.RETRYING:
-            run_at = failed.retry_at
-        return Event(
+        return execution.attempt_event(
             kind,
-            job=active.record,
-            context=active.context if active.task is not None else None,
+            active.record,
+            active.context if active.task is not None else None,
+            active.started_at,
+            None if kind == events.STARTED else time.time(),
+            outcome=outcome,
             worker=self,
-            started_at=active.started_at,
-            finished_at=time.time() if ended else None,
-            error=None if failed is None else failed.error,
-            exception=None if failed is None else failed.exception,
-            run_at=run_at,
         )
 
     async def _run(self, active: _Active) -> None:

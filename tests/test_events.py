@@ -14,6 +14,7 @@ from taskharbor import events
 from taskharbor.drivers.memory import MemoryDriver
 from taskharbor.events import Event
 from taskharbor.spec import FakeClock, InvalidRequest, JobState
+from taskharbor.testing import Harness
 
 pytestmark = pytest.mark.timing
 
@@ -206,8 +207,24 @@ def test_nobody_listening_builds_no_event(monkeypatch: pytest.MonkeyPatch) -> No
         raise AssertionError("an event was built with nobody listening")
 
     monkeypatch.setattr("taskharbor.worker.Event", forbidden)
+    monkeypatch.setattr("taskharbor.execution.Event", forbidden)
     monkeypatch.setattr("taskharbor.app.Event", forbidden)
     app, jobs = mixed_app()
     app.enqueue(th.chain(app.tasks["ok"].s(), app.tasks["ok"].si()))
     burst(app, **FAST)
     assert app.get_job(jobs["doomed"]).state is JobState.DEAD
+
+
+def test_the_testing_kit_fires_outcomes_as_a_worker_does() -> None:
+    app = th.App("memory://")
+    task = app.task(name="t", max_attempts=2)(lambda: 1 / 0)
+    heard = recorder(app, *events.OUTCOMES)
+    with Harness(app) as harness:
+        job = task.enqueue()
+        harness.drain(advance_time=True)
+    assert [(e.kind, e.job.id, e.job.attempt) for e in heard] == [  # type: ignore[union-attr]
+        ("retrying", job.id, 1),
+        ("dead", job.id, 2),
+    ]
+    assert isinstance(heard[0].exception, ZeroDivisionError) and heard[0].run_at is not None
+    assert heard[1].context is not None and heard[1].context.attempt == 2
