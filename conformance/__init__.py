@@ -75,6 +75,7 @@ from .schedules import ScheduleDeclarationRules, ScheduleRules
 from .snoozing import SnoozingRules
 from .transactional import TransactionalEnqueueRules
 from .waiting import WaitingRules
+from .workflow_keys import WorkflowIdempotencyRules
 from .workflows import (
     WorkflowCancellationRules,
     WorkflowDataRules,
@@ -105,6 +106,7 @@ class ConformanceSuite(
     WorkflowFailureCallbackRules,
     WorkflowCancellationRules,
     WorkflowPruningRules,
+    WorkflowIdempotencyRules,
     WaitingRules,
     OwnClockRules,
     CorruptDataRules,

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, overload
@@ -380,33 +381,56 @@ class App:
             task.check_call(step.request.args, step.request.kwargs, leading=leading)
 
     @overload
-    def enqueue(self, target: Signature) -> Job: ...
+    def enqueue(self, target: Signature, *, idempotency_key: str | None = None) -> Job: ...
 
     @overload
-    def enqueue(self, target: Workflow, *, name: str | None = None) -> WorkflowHandle: ...
+    def enqueue(
+        self, target: Workflow, *, name: str | None = None, idempotency_key: str | None = None
+    ) -> WorkflowHandle: ...
 
     def enqueue(
-        self, target: Signature | Workflow, *, name: str | None = None
+        self,
+        target: Signature | Workflow,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Job | WorkflowHandle:
         """Store a signature's job (-> :class:`Job`) or a whole workflow (-> its handle).
 
         ``name`` names a workflow (``taskharbor workflows show`` and ``list`` show
         it, ``workflows list --name`` selects by it); a single job has no name.
+        ``idempotency_key``: while a stored job (for a signature) or workflow
+        (for a workflow) holds the key, enqueueing it again stores nothing and
+        returns the one stored, whatever it contains; the key is freed when
+        that job or workflow is pruned.  Job keys and workflow keys are apart.
         """
         if isinstance(target, Signature):
             if name is not None:
                 raise InvalidRequest(
                     f"name={name!r} names a workflow; a single job has its task's name"
                 )
-            return self.enqueue_requests([self.request_for(target)])[0]
+            request = self.request_for(target)
+            if idempotency_key is not None:
+                request = replace(request, idempotency_key=idempotency_key)
+            return self.enqueue_requests([request])[0]
         if isinstance(target, Workflow):
             graph = build_graph(target, self._step_request, name=name)
+            if idempotency_key is not None:
+                self._require_workflow_keys()
+                graph = replace(graph, idempotency_key=idempotency_key)
             self._check_steps(graph)
             record = chain_enqueue_workflow(self._middleware, self._store_workflow)(graph)
             return WorkflowHandle(self, record.id)
         raise InvalidRequest(
             f"app.enqueue takes a signature (task.s(...)) or a workflow, not {target!r}"
         )
+
+    def _require_workflow_keys(self) -> None:
+        if not self.driver.capabilities.workflow_idempotency:
+            raise InvalidRequest(
+                f"{type(self.driver).__name__} does not declare capability "
+                "'workflow_idempotency': it cannot keep a workflow's idempotency key"
+            )
 
     def enqueue_many(self, signatures: Iterable[Signature]) -> list[Job]:
         """Store many jobs in one driver call (all or none); one :class:`Job` each, in order."""

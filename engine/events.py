@@ -9,8 +9,9 @@ an alert to a chat room or an error tracker, without wrapping handlers.
 Which process fires what:
 
 * ``enqueued`` (one per job created; an idempotent hit creates none) and
-  ``workflow_enqueued`` fire in the process that enqueues, once the store
-  has the jobs;
+  ``workflow_enqueued`` (one per enqueue of a workflow; a repeat of a
+  workflow's idempotency key fires it with the workflow it found) fire in
+  the process that enqueues, once the store has the jobs;
 * the worker fires ``started`` as an attempt starts, and one outcome per
   attempt once the store has recorded it: ``succeeded``, ``retrying``,
   ``dead``, ``cancelled`` or ``snoozed``; ``released`` when a stopping worker

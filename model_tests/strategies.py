@@ -32,6 +32,7 @@ TASKS = ("alpha", "beta")
 QUEUES = ("default", "mail")
 WORKERS = ("worker-1", "worker-2")
 IDEMPOTENCY_KEYS = ("key-a", "key-b", "key-c")
+WORKFLOW_KEYS = ("order-a", "order-b")
 WORKFLOW_NAMES = ("nightly", "report")
 LEASE_SECONDS = (1.0, 5.0, 30.0)
 SMALL_STEPS = (0.25, 1.0, 3.0)
@@ -240,18 +241,21 @@ class _GraphBuilder:
 
 @dataclass(frozen=True, slots=True)
 class WorkflowPlan:
-    """A workflow shape, name and failure callback; it becomes a graph at the moment
-    it is sent."""
+    """A workflow shape, name, failure callback and idempotency key; it becomes a
+    graph at the moment it is sent."""
 
     shape: Shape
     name: str | None
     on_failure: RequestPlan | None = None
+    key: str | None = None
 
     def graph(self, now: datetime) -> WorkflowGraph:
         builder = _GraphBuilder(now)
         result, _ = builder.add(self.shape, (), None)
         callback = None if self.on_failure is None else self.on_failure.request(now)
-        return WorkflowGraph(tuple(builder.steps), result, self.name, on_failure=callback)
+        return WorkflowGraph(
+            tuple(builder.steps), result, self.name, on_failure=callback, idempotency_key=self.key
+        )
 
 
 def _nest(children: st.SearchStrategy[Shape]) -> st.SearchStrategy[Shape]:
@@ -276,6 +280,8 @@ WORKFLOWS = st.builds(
     st.one_of(st.recursive(_STEP_TASKS, _nest, max_leaves=5), _FLAT_CHORDS),
     st.one_of(st.none(), st.sampled_from(WORKFLOW_NAMES)),
     st.one_of(st.none(), _request_plans(st.none())),
+    st.one_of(st.none(), st.sampled_from(WORKFLOW_KEYS)),
 )
 """Small nested chains, groups and chords (at most five steps), half of them with a
-failure callback; steps and callbacks carry no keys."""
+failure callback; steps and callbacks carry no keys, some workflows do (from a pool
+of two, so that repeats and keys freed by prune come up)."""

@@ -140,7 +140,9 @@ def _holds_sequence(earlier: JobRecord, job: JobRecord) -> bool:
 class ReferenceModel(Driver):
     """The executable contract.  Implements :class:`~taskharbor.spec.spi.Driver`."""
 
-    capabilities = Capabilities(schedules=True, flow_control=True, failure_callbacks=True)
+    capabilities = Capabilities(
+        schedules=True, flow_control=True, failure_callbacks=True, workflow_idempotency=True
+    )
 
     def __init__(
         self, clock: Clock | None = None, *, jitter_id: Callable[[JobId], JobId] | None = None
@@ -299,6 +301,11 @@ class ReferenceModel(Driver):
             raise InvalidRequest(f"enqueue_workflow needs a WorkflowGraph, not {graph!r}")
 
         def body(s: _Store) -> WorkflowRecord:
+            key = graph.idempotency_key
+            held = (w for w in s.workflows.values() if key and w.idempotency_key == key)
+            holder = next(held, None)
+            if holder is not None:
+                return holder
             workflow_id = s.next_workflow_id
             s.next_workflow_id += 1
             ids: list[JobId] = []
@@ -325,6 +332,7 @@ class ReferenceModel(Driver):
                 created_at=self._now,
                 name=graph.name,
                 on_failure=callback,
+                idempotency_key=key,
             )
             s.workflows[workflow_id] = record
             return record

@@ -394,6 +394,10 @@ class WorkflowGraph:
     """The failure callback: a job stored ``pending`` with the workflow, outside its
     steps, released with :func:`step_failure` in front of its args by the call in
     which the workflow becomes ``failed`` (see "Workflows" in spec/spi.py)."""
+    idempotency_key: str | None = None
+    """While a stored workflow holds this key, enqueueing a graph with the same key
+    stores nothing and returns that workflow (capability ``workflow_idempotency``).
+    Workflow keys and job keys are separate: a job's key never answers a graph."""
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -403,6 +407,8 @@ class WorkflowGraph:
                 raise InvalidRequest("a workflow's on_failure must be an EnqueueRequest")
             if self.on_failure.idempotency_key is not None:
                 raise InvalidRequest("a workflow's on_failure cannot carry an idempotency key")
+        if self.idempotency_key is not None:
+            check_name(self.idempotency_key, "workflow idempotency_key")
         for index, step in enumerate(self.steps):
             if not isinstance(step, StepSpec):
                 raise InvalidRequest(f"workflow step {index} is not a StepSpec")
@@ -479,6 +485,7 @@ class WorkflowRecord:
     name: str | None = None
     on_failure: JobId | None = None
     """The job id of the workflow's failure callback (not one of ``steps``), if any."""
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,8 +122,12 @@ Workflows
 ---------
 A workflow is a graph of jobs (steps) written by one :meth:`Driver.enqueue_workflow`
 call.  Steps with no dependencies are enqueued at once; the others are
-``pending``.  These effects are part of the call that causes them, in the same
-transaction:
+``pending``.  A graph may carry an ``idempotency_key`` (capability
+``workflow_idempotency``): while a stored workflow holds it, the call stores
+nothing and returns that workflow, so a producer that retries, or two that
+race, create one workflow; pruning the workflow frees its key.
+
+These effects are part of the call that causes them, in the same transaction:
 
 * A step **succeeds**: each ``pending`` step of the same workflow all of whose
   dependencies have now succeeded gets ``release`` (its input resolved from
@@ -280,6 +284,9 @@ class Capabilities:
     ``failure_callbacks``: :meth:`Driver.enqueue_workflow` stores a graph's
     ``on_failure`` job ("Failure callbacks" under "Workflows" above); without
     it the engine refuses such a workflow before it reaches the driver.
+    ``workflow_idempotency``: :meth:`Driver.enqueue_workflow` honours a graph's
+    ``idempotency_key`` ("Workflows" above); without it the engine refuses a
+    keyed workflow before it reaches the driver.
     """
 
     persistent: bool = False
@@ -289,6 +296,7 @@ class Capabilities:
     schedules: bool = False
     flow_control: bool = False
     failure_callbacks: bool = False
+    workflow_idempotency: bool = False
 
 
 class Driver(abc.ABC):
@@ -344,6 +352,12 @@ class Driver(abc.ABC):
         Jobs are created in step order (so job ids follow the step indexes);
         the record's ``steps`` lists their ids, its ``result`` is the graph's
         result ref with step indexes replaced by job ids.
+
+        With ``workflow_idempotency``: a graph whose ``idempotency_key`` is
+        held by a stored workflow (any state, until pruned) stores nothing
+        and returns that workflow as stored now, whatever its steps; two
+        calls with one key at the same instant store one workflow, and both
+        return it.  The record keeps the key (``WorkflowRecord.idempotency_key``).
         """
 
     # -- consuming (fenced by lease tokens) -----------------------------------

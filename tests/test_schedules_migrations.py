@@ -33,6 +33,8 @@ def test_a_sqlite_file_of_version_1_is_upgraded_with_its_jobs(tmp_path: Path) ->
         for column in ("flow", "flow_key", "flow_sequence"):
             raw.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
         raw.execute("DROP TABLE flow_starts")
+        raw.execute("DROP INDEX workflows_idempotency_key")
+        raw.execute("ALTER TABLE workflows DROP COLUMN idempotency_key")
         raw.execute("UPDATE taskharbor_meta SET value = '1' WHERE key = 'schema_version'")
     old = SQLiteDriver(path, migrate=False)
     with pytest.raises(SchemaError, match="older than"):

@@ -99,7 +99,9 @@ _STATES = {state.value: state for state in JobState}
 class MemoryDriver(MemorySchedules, Driver):
     """Jobs and workflows in this process's memory.  Safe to share between threads."""
 
-    capabilities = Capabilities(schedules=True, flow_control=True, failure_callbacks=True)
+    capabilities = Capabilities(
+        schedules=True, flow_control=True, failure_callbacks=True, workflow_idempotency=True
+    )
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock if clock is not None else SystemClock()
@@ -108,6 +110,7 @@ class MemoryDriver(MemorySchedules, Driver):
         self._jobs: dict[JobId, JobRow] = {}
         self._workflows: dict[WorkflowId, WorkflowRow] = {}
         self._keys: dict[str, JobId] = {}
+        self._workflow_keys: dict[str, WorkflowId] = {}
         self._schedules = {}
         self._index = JobIndex()
         self._last_job_id = 0
@@ -135,6 +138,10 @@ class MemoryDriver(MemorySchedules, Driver):
         if not isinstance(graph, WorkflowGraph):
             raise InvalidRequest(f"enqueue_workflow expects a WorkflowGraph, not {graph!r}")
         with self._lock:
+            key = graph.idempotency_key
+            held_by = self._workflow_keys.get(key) if key is not None else None
+            if held_by is not None:
+                return self._workflows[held_by].snapshot()
             now = self._now()
             self._last_workflow_id += 1
             workflow_id = self._last_workflow_id
@@ -162,8 +169,11 @@ class MemoryDriver(MemorySchedules, Driver):
                 created_at=now,
                 name=graph.name,
                 on_failure=callback,
+                idempotency_key=key,
             )
             self._workflows[workflow_id] = workflow
+            if key is not None:
+                self._workflow_keys[key] = workflow_id
             return workflow.snapshot()
 
     def _store_job(
@@ -443,6 +453,8 @@ class MemoryDriver(MemorySchedules, Driver):
                         for step in steps:
                             self._delete_job(step)
                         del self._workflows[workflow_id]
+                        if workflow.idempotency_key is not None:
+                            del self._workflow_keys[workflow.idempotency_key]
                     deleted += len(steps)
             for row in candidates:
                 if row.id in self._jobs:

@@ -122,6 +122,7 @@ class WorkflowRow:
     state: WorkflowState = WorkflowState.RUNNING
     finished_at: datetime | None = None
     on_failure: JobId | None = None
+    idempotency_key: str | None = None
 
     def jobs(self) -> tuple[JobId, ...]:
         """Every job of the workflow: its steps, then its failure callback if any."""
@@ -137,4 +138,5 @@ class WorkflowRow:
             finished_at=self.finished_at,
             name=self.name,
             on_failure=self.on_failure,
+            idempotency_key=self.idempotency_key,
         )

@@ -206,6 +206,7 @@ class PostgresDriver(PostgresSchedules, Driver):
             transactional_enqueue=True,
             notifications=notifications,
             schedules=True,
+            workflow_idempotency=True,
         )
         self._listener = Listener(conninfo, self._tables.channel) if notifications else None
         self._schema_ok = False
@@ -348,45 +349,60 @@ class PostgresDriver(PostgresSchedules, Driver):
     def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
         if not isinstance(graph, WorkflowGraph):
             raise InvalidRequest(f"enqueue_workflow needs a WorkflowGraph, not {graph!r}")
+        return self._run(lambda cur, params: self._store_workflow(cur, graph, params))
 
-        def body(cur: psycopg.Cursor[Row], params: Params) -> WorkflowRecord:
-            allocated = cur.execute(
-                "SELECT nextval(%(workflow_ids)s::regclass) AS workflow_id,"
-                " ARRAY(SELECT nextval(%(job_ids)s::regclass)"
-                "       FROM generate_series(1, %(n)s)) AS job_ids",
-                {**params, "n": len(graph.steps)},
-            ).fetchone()
-            assert allocated is not None
-            ids: list[JobId] = sorted(allocated["job_ids"])
-            by_index = dict(enumerate(ids))
-            steps = graph.steps
-            values = {
-                **params,
-                "workflow_id": allocated["workflow_id"],
-                "name": graph.name,
-                "state": WorkflowState.RUNNING.value,
-                "steps": ids,
-                "result": Json(map_ref(graph.result, by_index)),
-                "ids": ids,
-                "task": [s.request.task for s in steps],
-                "queue": [s.request.queue for s in steps],
-                "args": [Json(list(s.request.args)) for s in steps],
-                "kwargs": [Json(dict(s.request.kwargs)) for s in steps],
-                "priority": [s.request.priority for s in steps],
-                "run_at": [s.request.run_at for s in steps],
-                "max_attempts": [s.request.max_attempts for s in steps],
-                "depends_on": [Json([by_index[i] for i in s.after]) for s in steps],
-                "input_ref": [
-                    None if s.input is None else Json(map_ref(s.input, by_index)) for s in steps
-                ],
-                "retry": [policy_text(s.request.retry) for s in steps],
-            }
-            row = cur.execute(statements.insert_workflow(self._tables), values).fetchone()
-            assert row is not None
-            self._announce_queues(cur, row["ready"])
-            return workflow_record(row)
+    def _store_workflow(
+        self, cur: psycopg.Cursor[Row], graph: WorkflowGraph, params: Params
+    ) -> WorkflowRecord:
+        """Insert the workflow and its steps in one statement, or read the holder of its key.
 
-        return self._run(body)
+        A key's holder pruned between the two raises ``KeyReleased`` (the call
+        starts over).  In a caller's REPEATABLE READ or SERIALIZABLE
+        transaction, a holder committed after its snapshot makes the insert
+        raise PostgreSQL's serialization failure instead: the caller's
+        transaction must be retried, and its retry finds the holder.
+        """
+        allocated = cur.execute(
+            "SELECT nextval(%(workflow_ids)s::regclass) AS workflow_id,"
+            " ARRAY(SELECT nextval(%(job_ids)s::regclass)"
+            "       FROM generate_series(1, %(n)s)) AS job_ids",
+            {**params, "n": len(graph.steps)},
+        ).fetchone()
+        assert allocated is not None
+        ids: list[JobId] = sorted(allocated["job_ids"])
+        by_index = dict(enumerate(ids))
+        steps = graph.steps
+        values = {
+            **params,
+            "workflow_id": allocated["workflow_id"],
+            "name": graph.name,
+            "key": graph.idempotency_key,
+            "state": WorkflowState.RUNNING.value,
+            "steps": ids,
+            "result": Json(map_ref(graph.result, by_index)),
+            "ids": ids,
+            "task": [s.request.task for s in steps],
+            "queue": [s.request.queue for s in steps],
+            "args": [Json(list(s.request.args)) for s in steps],
+            "kwargs": [Json(dict(s.request.kwargs)) for s in steps],
+            "priority": [s.request.priority for s in steps],
+            "run_at": [s.request.run_at for s in steps],
+            "max_attempts": [s.request.max_attempts for s in steps],
+            "depends_on": [Json([by_index[i] for i in s.after]) for s in steps],
+            "input_ref": [
+                None if s.input is None else Json(map_ref(s.input, by_index)) for s in steps
+            ],
+            "retry": [policy_text(s.request.retry) for s in steps],
+        }
+        row = cur.execute(statements.insert_workflow(self._tables), values).fetchone()
+        if row is None:  # the key is held
+            key = str(graph.idempotency_key)
+            held = cur.execute(statements.workflow_by_key(self._tables), {"key": key}).fetchone()
+            if held is None:
+                raise enqueueing.KeyReleased(key)
+            return workflow_record(held)
+        self._announce_queues(cur, row["ready"])
+        return workflow_record(row)
 
     # -- consuming ----------------------------------------------------------
 

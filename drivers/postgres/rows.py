@@ -109,4 +109,5 @@ def workflow_record(row: Mapping[str, Any]) -> WorkflowRecord:
         created_at=row["created_at"].astimezone(UTC),
         finished_at=_utc(row["finished_at"]),
         name=row["name"],
+        idempotency_key=row["idempotency_key"],
     )

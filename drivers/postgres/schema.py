@@ -132,10 +132,22 @@ def _retry_policies(schema: str) -> list[sql.Composed]:
     ]
 
 
+def _workflow_keys(schema: str) -> list[sql.Composed]:
+    """A workflow's idempotency key, unique among workflows (separate from the jobs' keys)."""
+    workflows = sql.Identifier(schema, "workflows")
+    return [
+        sql.SQL("ALTER TABLE {} ADD COLUMN idempotency_key text").format(workflows),
+        sql.SQL(
+            "CREATE UNIQUE INDEX ON {} (idempotency_key) WHERE idempotency_key IS NOT NULL"
+        ).format(workflows),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and workflows", _initial_tables),
     Migration(2, "periodic schedules", schedules_table),
     Migration(3, "retry policy of each job", _retry_policies),
+    Migration(4, "idempotency keys of workflows", _workflow_keys),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

@@ -370,8 +370,9 @@ def count_prunable(tables: Tables) -> sql.Composed:
 
 _WORKFLOW_INSERT = """
 WITH workflow AS (
-    INSERT INTO {workflows} (id, name, state, steps, result, created_at)
-    VALUES (%(workflow_id)s, %(name)s, %(state)s, %(steps)s, %(result)s, {now})
+    INSERT INTO {workflows} (id, name, state, steps, result, created_at, idempotency_key)
+    VALUES (%(workflow_id)s, %(name)s, %(state)s, %(steps)s, %(result)s, {now}, %(key)s)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
 ),
 input AS (
@@ -395,6 +396,7 @@ inserted AS (
            COALESCE(s.run_at, {now}), 0, s.max_attempts, {now}, %(workflow_id)s, s.after,
            cardinality(s.after), s.args, s.input_ref, s.retry
     FROM steps s
+    WHERE EXISTS (SELECT FROM workflow)
     RETURNING queue, state
 )
 SELECT w.*, ARRAY(SELECT DISTINCT queue FROM inserted WHERE state = {available}) AS ready
@@ -414,6 +416,12 @@ def insert_workflow(tables: Tables) -> sql.Composed:
     return tables.sql(
         _WORKFLOW_INSERT, first_state=first_state, available=job_state(JobState.AVAILABLE)
     )
+
+
+@statement
+def workflow_by_key(tables: Tables) -> sql.Composed:
+    """The workflow holding the idempotency key ``%(key)s``, if any."""
+    return tables.sql("SELECT * FROM {workflows} w WHERE w.idempotency_key = %(key)s")
 
 
 @statement

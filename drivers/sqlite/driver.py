@@ -248,7 +248,11 @@ class SQLiteDriver(SQLiteSchedules, Driver):
     """
 
     capabilities = Capabilities(
-        persistent=True, multi_process=True, schedules=True, flow_control=True
+        persistent=True,
+        multi_process=True,
+        schedules=True,
+        flow_control=True,
+        workflow_idempotency=True,
     )
 
     def __init__(
@@ -458,10 +462,22 @@ class SQLiteDriver(SQLiteSchedules, Driver):
         if not isinstance(graph, WorkflowGraph):
             raise InvalidRequest(f"enqueue_workflow needs a WorkflowGraph, not {graph!r}")
         with self._transaction() as tx:
+            if graph.idempotency_key is not None:
+                holder = tx.conn.execute(
+                    "SELECT id FROM workflows WHERE idempotency_key = ?", (graph.idempotency_key,)
+                ).fetchone()
+                if holder is not None:
+                    return self._workflow(tx, holder["id"])
             workflow_id = tx.conn.execute(
-                "INSERT INTO workflows (name, state, result, created_at) VALUES (?, ?, ?, ?) "
-                "RETURNING id",
-                (graph.name, WorkflowState.RUNNING.value, dump_json(None), tx.now_us),
+                "INSERT INTO workflows (name, state, result, created_at, idempotency_key) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (
+                    graph.name,
+                    WorkflowState.RUNNING.value,
+                    dump_json(None),
+                    tx.now_us,
+                    graph.idempotency_key,
+                ),
             ).fetchone()["id"]
             ids: list[JobId] = []
             for step in graph.steps:

@@ -183,4 +183,5 @@ def workflow_record(row: sqlite3.Row, steps: tuple[int, ...]) -> WorkflowRecord:
         created_at=from_micros(row["created_at"]),
         finished_at=optional_datetime(row["finished_at"]),
         name=row["name"],
+        idempotency_key=row["idempotency_key"],
     )

@@ -118,7 +118,15 @@ _V3 = (
     f"ALTER TABLE jobs ADD COLUMN retry TEXT NOT NULL DEFAULT '{DEFAULT_RETRY_TEXT}'",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, schedules.MIGRATION, _V3, flow.MIGRATION)
+_V5 = (
+    # A workflow's idempotency key: while a workflow holds it, a graph with the same
+    # key stores nothing.  Separate from the jobs' keys.
+    "ALTER TABLE workflows ADD COLUMN idempotency_key TEXT",
+    "CREATE UNIQUE INDEX workflows_idempotency_key ON workflows (idempotency_key) "
+    "WHERE idempotency_key IS NOT NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, schedules.MIGRATION, _V3, flow.MIGRATION, _V5)
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
