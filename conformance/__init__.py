@@ -2,7 +2,7 @@
 
 Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
-rule covers), grouped by area: enqueueing, leasing, fencing, completing, failing,
+rule covers), grouped by area: enqueueing, job metadata, leasing, fencing, completing, failing,
 snoozing, maintenance, operators, reading, bad input, workflows, waiting,
 own clock, schedules, flow control, field effects, corrupt data, transient failures,
 transactional enqueue, processes.  Time is a :class:`~taskharbor.spec.FakeClock`
@@ -67,6 +67,7 @@ from .flow import FlowControlRules
 from .harness import CallerTransaction, DriverHooks, FailNextCall, Harbor, PlantCorruptJob, requires
 from .leasing import LeasingRules
 from .maintenance import PromotingRules, PruningRules, RescuingRules
+from .metadata import JobMetadataRules
 from .operators import CancellingRules, RequeueingRules
 from .own_clock import OwnClockRules
 from .processes import CrashPlan, FleetPlan, OpenStore, ProcessRules, run_crash, run_fleet
@@ -87,6 +88,7 @@ from .workflows import (
 
 class ConformanceSuite(
     EnqueueingRules,
+    JobMetadataRules,
     LeasingRules,
     FencingRules,
     CompletingRules,

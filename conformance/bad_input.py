@@ -189,6 +189,12 @@ BAD_REQUESTS: dict[str, Call] = {
     "max-attempts-too-high": enqueue(task="t", max_attempts=10_001),
     "empty-idempotency-key": enqueue(task="t", idempotency_key=""),
     "retry-not-a-policy": enqueue(task="t", retry="exponential"),
+    "headers-not-a-mapping": enqueue(task="t", headers=[("a", "b")]),
+    "header-value-not-a-string": enqueue(task="t", headers={"a": 1}),
+    "header-name-empty": enqueue(task="t", headers={"": "b"}),
+    "header-value-with-nul": enqueue(task="t", headers={"a": "b\x00"}),
+    "header-value-too-long": enqueue(task="t", headers={"a": "x" * 2049}),
+    "too-many-headers": enqueue(task="t", headers={f"h{i}": "v" for i in range(33)}),
     "retry-unknown-kind": lambda h, s: h.driver.enqueue(
         [EnqueueRequest("t", retry=RetryPolicy("x"))]
     ),

@@ -60,6 +60,14 @@ def payload_kwargs(value: Any) -> dict[str, Any]:
     return value
 
 
+def payload_headers(value: Any) -> dict[str, str]:
+    """Stored ``headers``: a JSON object of strings, or ``TypeError`` (a shape no driver
+    writes)."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise TypeError(f"headers must be a JSON object of strings, not {value!r}")
+    return value
+
+
 def split_leased(
     rows: Iterable[Row], decode: Callable[[Row], JobRecord]
 ) -> tuple[list[JobRecord], list[Failure]]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextvars
 import functools
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from taskharbor.spec import JobId
@@ -55,6 +56,9 @@ class JobContext:
     tick: datetime | None = None
     """The schedule's tick this job runs for (UTC; an operator's ``schedules run``: when
     it was asked); ``None`` for a job no schedule made."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """The headers the job was enqueued with (``EnqueueRequest.headers``: a trace
+    context, for instance), read-only."""
 
     @functools.cached_property
     def cancel_event(self) -> threading.Event:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from taskharbor.spec import FINISHED_JOB_STATES, JSON, ErrorInfo, JobId, JobRecord, JobState
@@ -19,6 +19,7 @@ class Job:
     the job has ``succeeded``.  ``reason`` says why a job was cancelled (or,
     on a running workflow step whose workflow was cancelled, why it will be).
     The lease's fencing token stays inside the worker and is not shown here.
+    ``headers`` are the ones it was enqueued with (a trace context, say).
     """
 
     id: JobId
@@ -42,6 +43,7 @@ class Job:
     lease_expires_at: datetime | None
     workflow_id: int | None
     depends_on: tuple[JobId, ...]
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_record(cls, record: JobRecord) -> Job:
@@ -68,6 +70,7 @@ class Job:
             lease_expires_at=record.lease_expires_at,
             workflow_id=record.workflow_id,
             depends_on=record.depends_on,
+            headers=record.headers,
         )
 
     @property

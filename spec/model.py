@@ -270,6 +270,7 @@ class ReferenceModel(Driver):
             depends_on=depends_on,
             retry=request.retry,
             flow=request.flow,
+            headers=dict(request.headers),
         )
         s.next_job_id += 1
         s.jobs[job.id] = job

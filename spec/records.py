@@ -36,6 +36,10 @@ PRIORITY_MAX = 32767
 MAX_ATTEMPTS_LIMIT = 10_000
 NAME_MAX_LENGTH = 255
 JSON_MAX_DEPTH = 64
+HEADERS_MAX_ITEMS = 32
+HEADER_VALUE_MAX_LENGTH = 2048
+"""Bounds of a job's ``headers``: at most 32, each value at most 2048 characters (a
+W3C ``traceparent`` is 55, a ``tracestate`` should fit in 512)."""
 
 
 CANCELLED_BY_REQUEST = "cancelled by request"
@@ -146,6 +150,26 @@ _CHECKED_NAMES_LIMIT = 4096
 """Beyond this many (idempotency keys are names too, and each is new) stop remembering."""
 
 
+def check_headers(value: object, what: str = "headers") -> None:
+    """A job's headers: a mapping of at most :data:`HEADERS_MAX_ITEMS` names (each a
+    :func:`check_name`) to str values of at most :data:`HEADER_VALUE_MAX_LENGTH`
+    characters, without NUL.  Carried for propagation (a W3C trace context), never
+    interpreted by the store."""
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"{what} must be a mapping of str to str, not {type(value).__name__}")
+    if len(value) > HEADERS_MAX_ITEMS:
+        raise InvalidRequest(f"{what}: {len(value)} headers, at most {HEADERS_MAX_ITEMS} allowed")
+    for name, text in value.items():
+        check_name(name, f"{what} name")
+        if not isinstance(text, str):
+            raise InvalidRequest(f"{what}[{name!r}] must be a str, not {type(text).__name__}")
+        if len(text) > HEADER_VALUE_MAX_LENGTH:
+            raise InvalidRequest(
+                f"{what}[{name!r}] is longer than {HEADER_VALUE_MAX_LENGTH} characters"
+            )
+        _check_text(text, f"{what}[{name!r}]")
+
+
 def _check_int(value: object, what: str, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidRequest(f"{what} must be an int, not {value!r}")
@@ -174,6 +198,10 @@ class EnqueueRequest:
     (``lease_expired``) waits as a reported failure would.  ``flow``: the limits
     that hold the job back from ``lease`` (:mod:`taskharbor.spec.flow`), stored
     with it; only a driver with the ``flow_control`` capability accepts them.
+    ``headers``: small
+    str-to-str metadata carried with the job for propagation (a W3C trace
+    context's ``traceparent`` and ``tracestate``), stored as given and returned
+    with the job; bounded by :func:`check_headers`.
     """
 
     task: str
@@ -186,6 +214,7 @@ class EnqueueRequest:
     idempotency_key: str | None = None
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_name(self.task, "task name")
@@ -208,6 +237,8 @@ class EnqueueRequest:
             raise InvalidRequest(f"retry must be a RetryPolicy, not {self.retry!r}")
         if self.flow is not None and type(self.flow) is not FlowLimits:
             raise InvalidRequest(f"flow must be FlowLimits or None, not {self.flow!r}")
+        if type(self.headers) is not dict or self.headers:  # most jobs carry none
+            check_headers(self.headers, f"{self.task} headers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +279,8 @@ class JobRecord:
     is already ``WORKFLOW_CANCELLED``, the reason its cancel will end with.
     ``depends_on`` holds the job ids of the workflow steps it waits for.
     ``retry`` is the policy it was enqueued with (see :mod:`taskharbor.spec.retry`);
-    ``flow`` the flow limits (see :mod:`taskharbor.spec.flow`).
+    ``flow`` the flow limits (see :mod:`taskharbor.spec.flow`);
+    ``headers`` the headers it was enqueued with (an empty mapping when none).
     """
 
     id: JobId
@@ -275,6 +307,7 @@ class JobRecord:
     depends_on: tuple[JobId, ...] = ()
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

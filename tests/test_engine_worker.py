@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -864,6 +865,33 @@ def test_middleware_wraps_enqueue_and_execution_in_order(driver_factory: DriverF
     burst(app)
     assert events[-2:] == ["inner error boom", "outer error boom"]
     assert app.get_job(failing).state == JobState.DEAD
+
+
+class TraceHeaders(th.Middleware):
+    """Adds a header to every request, as a tracing integration does."""
+
+    def around_enqueue(self, requests: Any, call_next: Any) -> list[th.Job]:
+        trace = {"traceparent": "00-ab-cd-01"}
+        stamped = [replace(r, headers={**r.headers, **trace}) for r in requests]
+        jobs: list[th.Job] = call_next(stamped)
+        return jobs
+
+
+def test_headers_added_at_enqueue_reach_the_handler_and_get_job(
+    driver_factory: DriverFactory,
+) -> None:
+    app = th.App(driver=driver_factory(SystemClock()), middleware=[TraceHeaders()])
+    seen: list[dict[str, str]] = []
+
+    @app.task()
+    def traced() -> None:
+        seen.append(dict(th.current_job().headers))
+
+    job = traced.enqueue()
+    assert dict(job.headers) == {"traceparent": "00-ab-cd-01"}
+    burst(app)
+    assert seen == [{"traceparent": "00-ab-cd-01"}]
+    assert dict(app.get_job(job).headers) == {"traceparent": "00-ab-cd-01"}
 
 
 def test_one_info_line_per_job_outcome(

@@ -288,6 +288,7 @@ def _new_job(
         workflow_id=workflow_id,
         depends_on=depends_on,
         retry=request.retry,
+        headers=dict(request.headers),
     )
     store.next_job_id += 1
     store.jobs[job.id] = job

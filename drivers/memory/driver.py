@@ -212,6 +212,7 @@ class MemoryDriver(MemorySchedules, Driver):
             retry=request.retry,
             flow=request.flow,
             callback=callback,
+            headers=dict(request.headers),
         )
         self._jobs[row.id] = row
         if row.idempotency_key is not None:

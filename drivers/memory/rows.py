@@ -71,6 +71,7 @@ class JobRow:
     input: ResultRef | None = None
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     dependents: list[JobId] = field(default_factory=list)
     callback: bool = False
     """Whether the job is its workflow's failure callback (it waits until its workflow
@@ -107,6 +108,7 @@ class JobRow:
             depends_on=self.depends_on,
             retry=self.retry,
             flow=self.flow,
+            headers=dict(self.headers) if self.headers else {},
         )
 
 

@@ -393,6 +393,7 @@ class PostgresDriver(PostgresSchedules, Driver):
                 None if s.input is None else Json(map_ref(s.input, by_index)) for s in steps
             ],
             "retry": [policy_text(s.request.retry) for s in steps],
+            "headers": [Json(dict(s.request.headers)) for s in steps],
         }
         row = cur.execute(statements.insert_workflow(self._tables), values).fetchone()
         if row is None:  # the key is held

@@ -11,7 +11,7 @@ from psycopg import sql
 from taskharbor.spec import ErrorInfo, JobRecord, JobState, WorkflowRecord, WorkflowState
 from taskharbor.spec.retry import policy_from_text
 
-from ..corrupt_rows import decode_job, payload_args, payload_kwargs
+from ..corrupt_rows import decode_job, payload_args, payload_headers, payload_kwargs
 
 JOB_FIELDS = (
     "id",
@@ -37,6 +37,7 @@ JOB_FIELDS = (
     "workflow_id",
     "depends_on",
     "retry",
+    "headers",
 )
 """The columns a :class:`JobRecord` is read from (the record's fields, in order)."""
 
@@ -96,6 +97,7 @@ def _job_record(row: Mapping[str, Any]) -> JobRecord:
         workflow_id=row["workflow_id"],
         depends_on=tuple(row["depends_on"]),
         retry=policy_from_text(row["retry"]),
+        headers=payload_headers(row["headers"]),
     )
 
 

@@ -143,11 +143,22 @@ def _workflow_keys(schema: str) -> list[sql.Composed]:
     ]
 
 
+def _headers(schema: str) -> list[sql.Composed]:
+    """Each job's headers (``EnqueueRequest.headers``, str to str), carried for propagation
+    such as a trace context; jobs stored before it have none."""
+    return [
+        sql.SQL("ALTER TABLE {} ADD COLUMN headers json NOT NULL DEFAULT '{{}}'").format(
+            sql.Identifier(schema, "jobs")
+        )
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and workflows", _initial_tables),
     Migration(2, "periodic schedules", schedules_table),
     Migration(3, "retry policy of each job", _retry_policies),
     Migration(4, "idempotency keys of workflows", _workflow_keys),
+    Migration(5, "headers of each job", _headers),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

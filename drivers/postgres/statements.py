@@ -380,9 +380,9 @@ input AS (
         %(ids)s::bigint[], %(task)s::text[], %(queue)s::text[], %(args)s::json[],
         %(kwargs)s::json[], %(priority)s::smallint[], %(run_at)s::timestamptz[],
         %(max_attempts)s::integer[], %(depends_on)s::json[], %(input_ref)s::json[],
-        %(retry)s::text[]
+        %(retry)s::text[], %(headers)s::json[]
     ) AS i(id, task, queue, args, kwargs, priority, run_at, max_attempts, depends_on, input_ref,
-           retry)
+           retry, headers)
 ),
 steps AS (
     SELECT i.*, ARRAY(SELECT json_array_elements_text(i.depends_on)::bigint) AS after
@@ -391,10 +391,10 @@ steps AS (
 inserted AS (
     INSERT INTO {jobs} (id, task, queue, state, args, kwargs, priority, run_at, attempt,
                         max_attempts, created_at, workflow_id, depends_on, waiting_on,
-                        step_args, input_ref, retry)
+                        step_args, input_ref, retry, headers)
     SELECT s.id, s.task, s.queue, {first_state}, s.args, s.kwargs, s.priority,
            COALESCE(s.run_at, {now}), 0, s.max_attempts, {now}, %(workflow_id)s, s.after,
-           cardinality(s.after), s.args, s.input_ref, s.retry
+           cardinality(s.after), s.args, s.input_ref, s.retry, s.headers
     FROM steps s
     WHERE EXISTS (SELECT FROM workflow)
     RETURNING queue, state

@@ -896,6 +896,7 @@ def _job_values(
         None if step_input is None else dump_json(step_input),
         policy_text(request.retry),
         *_flow_values(request.flow),
+        dump_json(dict(request.headers)) if request.headers else "{}",
     )
 
 

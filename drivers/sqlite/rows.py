@@ -30,7 +30,7 @@ from taskharbor.spec.flow import flow_from_text
 from taskharbor.spec.records import JSON
 from taskharbor.spec.retry import policy_from_text
 
-from ..corrupt_rows import decode_job, payload_args, payload_kwargs
+from ..corrupt_rows import decode_job, payload_args, payload_headers, payload_kwargs
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -41,7 +41,8 @@ JOB_COLUMNS = (
     "id, task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, "
     "created_at, idempotency_key, lease_token, lease_expires_at, leased_by, cancel_requested, "
     "result, errors, finished_at, reason, workflow_id, depends_on, step_args, step_input, retry, "
-    "flow"
+    "flow, "
+    "headers"
 )
 """The ``jobs`` columns every job-reading statement selects, in the order :func:`job_record`
 unpacks them."""
@@ -138,6 +139,7 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         _step_input,
         retry,
         flow,
+        headers,
     ) = row
     return JobRecord(
         id=job_id,
@@ -164,6 +166,7 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         depends_on=_load_tuple(depends_on),
         retry=policy_from_text(retry),
         flow=None if flow is None else flow_from_text(flow),
+        headers={} if headers == "{}" else payload_headers(load_json(headers)),
     )
 
 

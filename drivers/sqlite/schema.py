@@ -126,7 +126,20 @@ _V5 = (
     "WHERE idempotency_key IS NOT NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, schedules.MIGRATION, _V3, flow.MIGRATION, _V5)
+_V6 = (
+    # Each job's headers (EnqueueRequest.headers: str to str, as a JSON object), carried
+    # for propagation such as a trace context.  Jobs stored before it have none.
+    "ALTER TABLE jobs ADD COLUMN headers TEXT NOT NULL DEFAULT '{}'",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _V1,
+    schedules.MIGRATION,
+    _V3,
+    flow.MIGRATION,
+    _V5,
+    _V6,
+)
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -151,7 +151,8 @@ def leaving_running(target: str) -> str:
 INSERT_COLUMNS = (
     "task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, created_at, "
     "idempotency_key, workflow_id, depends_on, step_args, step_input, retry, "
-    "flow, flow_key, flow_sequence"
+    "flow, flow_key, flow_sequence, "
+    "headers"
 )
 """The columns an enqueue writes, in the order :data:`INSERT_JOB` binds them."""
 

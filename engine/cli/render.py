@@ -200,6 +200,8 @@ def job_detail(job: JobRecord) -> RenderableType:
     parts: list[RenderableType] = [fields, Text("\nargs", style="bold"), _pretty(list(job.args))]
     if job.kwargs:
         parts += [Text("kwargs", style="bold"), _pretty(dict(job.kwargs))]
+    if job.headers:
+        parts += [Text("headers", style="bold"), _pretty(dict(job.headers))]
     if job.state == JobState.SUCCEEDED:
         parts += [Text("result", style="bold"), _pretty(job.result)]
     parts.append(Text(f"errors ({len(job.errors)})", style="bold"))

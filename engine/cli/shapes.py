@@ -75,6 +75,7 @@ def job_shape(job: JobRecord) -> dict[str, Any]:
         ],
         "workflow_id": job.workflow_id,
         "depends_on": list(job.depends_on),
+        "headers": dict(job.headers),
     }
 
 
