@@ -17,7 +17,14 @@ from taskharbor.spec import Driver, InvalidRequest
 DEFAULT_URL = "sqlite:///taskharbor.db"
 """The embedded default store: ``./taskharbor.db`` in the working directory."""
 
-SCHEMES = ("memory://", "sqlite:///<path>", "postgresql://...", "postgres://...")
+SCHEMES = (
+    "memory://",
+    "sqlite:///<path>",
+    "postgresql://...",
+    "postgres://...",
+    "redis://...",
+    "rediss://...",
+)
 
 ENTRY_POINT_GROUP = "taskharbor.drivers"
 """Entry points of this group map a URL scheme (the entry point's name, lower
@@ -43,7 +50,9 @@ def driver_opener(url: str) -> Callable[[], Driver]:
     ``sqlite:////absolute/path.db`` opens a SQLite file; ``postgresql://`` and
     ``postgres://`` URLs go to PostgreSQL as they are, except for an optional
     ``?schema=name`` that picks the schema TaskHarbor's tables live in
-    (default ``taskharbor``).  Any other scheme goes to the factory an
+    (default ``taskharbor``); ``redis://`` and ``rediss://`` URLs go to Redis
+    (extra ``taskharbor[redis]``), with an optional ``?prefix=name`` that picks
+    the store's key prefix (default ``taskharbor``).  Any other scheme goes to the factory an
     installed distribution registers for it (:data:`ENTRY_POINT_GROUP`).
     Creating or upgrading the schema is the caller's choice (``driver.migrate()``).
     A malformed URL or an unknown scheme is an ``InvalidRequest`` here; a store
@@ -74,6 +83,17 @@ def driver_opener(url: str) -> Callable[[], Driver]:
         if schema is None:
             return lambda: PostgresDriver(conninfo)
         return lambda: PostgresDriver(conninfo, schema=schema)
+    if scheme in ("redis", "rediss"):
+        from taskharbor.drivers.redis.connect import split_prefix
+
+        split_prefix(url)  # checked now, without importing the client or connecting
+
+        def open_redis() -> Driver:
+            from taskharbor.drivers.redis import open_store
+
+            return open_store(url)
+
+        return open_redis
     registered = registered_schemes()
     if scheme in registered:
         points = registered[scheme]

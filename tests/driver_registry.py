@@ -20,6 +20,9 @@ from taskharbor.spec import Clock, Driver
 POSTGRES_URL = os.environ.get("TASKHARBOR_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
 REQUIRE_POSTGRES = os.environ.get("TASKHARBOR_REQUIRE_POSTGRES") == "1"
 
+REDIS_URL = os.environ.get("TASKHARBOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REQUIRE_REDIS = os.environ.get("TASKHARBOR_REQUIRE_REDIS") == "1"
+
 DriverFactory = Callable[[Clock | None], Driver]
 """Takes the test's clock, or None for the driver's own default clock."""
 
@@ -43,6 +46,38 @@ def skip_without_postgres() -> None:
     if REQUIRE_POSTGRES:
         pytest.fail(f"TASKHARBOR_REQUIRE_POSTGRES=1 but {reason}")
     pytest.skip(f"SKIPPED POSTGRES TESTS: {reason}")
+
+
+def redis_available() -> str | None:
+    """None when the test Redis answers, else the reason it does not."""
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+        return None
+    except Exception as exc:  # any failure to connect means: no Redis here
+        return f"Redis at {REDIS_URL} is not reachable: {exc}"
+
+
+def skip_without_redis() -> None:
+    """Skip loudly without Redis, or fail when TASKHARBOR_REQUIRE_REDIS=1."""
+    reason = redis_available()
+    if reason is None:
+        return
+    if REQUIRE_REDIS:
+        pytest.fail(f"TASKHARBOR_REQUIRE_REDIS=1 but {reason}")
+    pytest.skip(f"SKIPPED REDIS TESTS: {reason}")
+
+
+def drop_redis_prefix(prefix: str) -> None:
+    """Delete every key of one test store (its keys share the ``{prefix}:`` hash tag)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match="{" + prefix + "}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    client.close()
 
 
 @contextmanager
@@ -102,11 +137,34 @@ def postgres_store(tmp: Path) -> Iterator[DriverFactory]:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@contextmanager
+def redis_store(tmp: Path) -> Iterator[DriverFactory]:
+    skip_without_redis()
+    from taskharbor.drivers.redis import RedisDriver
+
+    opened: list[tuple[Driver, str]] = []
+
+    def make(clock: Clock | None) -> Driver:
+        prefix = f"th_test_{uuid.uuid4().hex[:12]}"
+        driver = RedisDriver(REDIS_URL, prefix=prefix, clock=clock)
+        opened.append((driver, prefix))
+        driver.migrate()
+        return driver
+
+    try:
+        yield make
+    finally:
+        for driver, prefix in opened:
+            driver.close()
+            drop_redis_prefix(prefix)
+
+
 DRIVERS: dict[str, Callable[[Path], AbstractContextManager[DriverFactory]]] = {
     "model": model_store,
     "memory": memory_store,
     "sqlite": sqlite_store,
     "postgres": postgres_store,
+    "redis": redis_store,
 }
 """Driver name -> a context manager giving a factory of fresh stores."""
 
@@ -164,6 +222,24 @@ def fail_next_postgres_call(driver: Driver) -> None:
     fail_once(driver._pool, "connection", error)
 
 
+def plant_corrupt_redis_job(driver: Driver, job_id: int) -> None:
+    """Write ``args`` that are not a JSON list, as a hand edit could."""
+    from taskharbor.drivers.redis import RedisDriver
+
+    assert isinstance(driver, RedisDriver)
+    driver._client.hset(f"{driver.prefix}j:{job_id}", "args", '{"n": 1}')
+
+
+def fail_next_redis_call(driver: Driver) -> None:
+    """The next call finds its connection reset by the server, before the script runs."""
+    import redis
+
+    from taskharbor.drivers.redis import RedisDriver
+
+    assert isinstance(driver, RedisDriver)
+    fail_once(driver, "_script", redis.ConnectionError("Connection reset by peer"))
+
+
 def fail_once(owner: object, method: str, error: Exception) -> None:
     """Make ``owner.method`` raise ``error`` at its next call, then work again."""
     original = getattr(owner, method)
@@ -178,12 +254,14 @@ def fail_once(owner: object, method: str, error: Exception) -> None:
 PLANT_CORRUPT_JOB: dict[str, Callable[[Driver, int], None]] = {
     "sqlite": plant_corrupt_sqlite_job,
     "postgres": plant_corrupt_postgres_job,
+    "redis": plant_corrupt_redis_job,
 }
 """Driver name -> the conformance hook that damages a stored job (stores in memory have none)."""
 
 FAIL_NEXT_CALL: dict[str, Callable[[Driver], None]] = {
     "sqlite": fail_next_sqlite_call,
     "postgres": fail_next_postgres_call,
+    "redis": fail_next_redis_call,
 }
 """Driver name -> the conformance hook that makes the next call fail transiently."""
 
@@ -213,9 +291,29 @@ def shared_postgres_store(tmp: Path) -> Iterator[Callable[[], Driver]]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@contextmanager
+def shared_redis_store(tmp: Path) -> Iterator[Callable[[], Driver]]:
+    """Opens handles on one Redis key prefix, from any process; deleted afterwards."""
+    skip_without_redis()
+    from taskharbor.drivers.redis import RedisDriver
+
+    prefix = f"th_shared_{uuid.uuid4().hex[:12]}"
+
+    def open_handle() -> Driver:
+        driver = RedisDriver(REDIS_URL, prefix=prefix)
+        driver.migrate()
+        return driver
+
+    try:
+        yield open_handle
+    finally:
+        drop_redis_prefix(prefix)
+
+
 SHARED_STORES: dict[str, Callable[[Path], AbstractContextManager[Callable[[], Driver]]]] = {
     "sqlite": shared_sqlite_store,
     "postgres": shared_postgres_store,
+    "redis": shared_redis_store,
 }
 """Driver name -> openers of one store shared by processes (the process harnesses' hook)."""
 

@@ -347,7 +347,7 @@ def test_urls_open_their_driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("redis://localhost", "unknown storage URL scheme 'redis'"),
+        ("mongodb://localhost", "unknown storage URL scheme 'mongodb'"),
         ("jobs.db", "unknown storage URL scheme '\\(none\\)'"),
         ("sqlite://", "has no file path"),
         ("", "non-empty string"),

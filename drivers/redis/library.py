@@ -1,0 +1,801 @@
+"""The store's Lua script library: every SPI call is one run of this one script.
+
+Redis runs a script atomically, so each call is one transaction with no
+``WATCH`` and no retries, whatever the number of workers.  The state changes
+themselves are the compiled table (:mod:`.transitions`); this module adds the
+parts the table does not say: where a job is kept (its hash and the indexes a
+state puts it in), the workflow effects, and the commands.
+
+Key layout (``P`` is the store's prefix, ``{name}:``: one hash tag, so a Redis
+Cluster keeps the whole store in one slot):
+
+=================== ==============================================================
+``P j:<id>``        hash: the job's fields (times as 18-digit microsecond strings)
+``P ids``           hash: the last job id and workflow id drawn
+``P keys``          hash: idempotency key -> job id
+``P ready:<queue>`` sorted set of ``available`` jobs: score ``-priority``, member
+                    ``run_at .. id`` (fixed width, so ties sort by run_at, then id)
+``P delayed``       sorted set of ``scheduled``/``retrying`` jobs by ``run_at``
+``P running``       sorted set of ``running`` jobs by ``lease_expires_at``
+``P finished``      sorted set of finished jobs by ``finished_at``
+``P st:<state>``    sorted set of job ids in a state (score: the id)
+``P q:<queue>``     sorted set of a queue's job ids; ``P all``: every job id
+``P counts``        hash: ``queue NUL state`` -> how many jobs
+``P w:<id>``        hash: a workflow (state, steps, result, per-state step counts)
+``P wfs``           sorted set of workflow ids; ``P wst:<state>`` per state
+``P wake``          pub/sub channel: a queue's name when one of its jobs became available
+=================== ==============================================================
+
+Lua's numbers are doubles, and a microsecond count since year 1 exceeds 2**53:
+times stay strings (compared as strings, added with :func:`t_add` on split
+parts), and a sorted set's score gets the string itself (Redis parses it, so
+rounding is monotonic), with the exact order restored by the member, which
+starts with the same fixed-width string.  Payloads (args, kwargs, results) are
+opaque strings, never decoded by cjson.  Lease tokens come from the caller
+(scripts cannot draw random values).
+"""
+
+from __future__ import annotations
+
+import json
+
+from taskharbor.spec.records import (
+    LEASE_EXPIRED_MESSAGE,
+    LEASE_EXPIRED_TYPE,
+    PRUNABLE_WORKFLOW_STATES,
+    WORKFLOW_CANCELLED,
+    dependency_reason,
+)
+from taskharbor.spec.table import WORKFLOW, WorkflowState
+
+from .transitions import CONSTANTS_LUA, TRANSITIONS_LUA
+
+
+def lua_string(text: str) -> str:
+    """``text`` as a Lua string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def error_fragment(kind: str, message: str, traceback: str | None) -> str:
+    """An error report as the inside of a JSON object; the script adds attempt and time."""
+    return json.dumps({"type": kind, "message": message, "traceback": traceback})[1:-1]
+
+
+def _workflow_constants() -> str:
+    states = ", ".join(f"{s.name.lower()} = {lua_string(s)}" for s in WorkflowState)
+    moves = ", ".join(
+        f"[{lua_string(a + '>' + b)}] = true"
+        for a in WORKFLOW.states
+        for b in WORKFLOW.states
+        if a != b and _has_event(a, b)
+    )
+    final = ", ".join(f"[{lua_string(s)}] = true" for s in sorted(WORKFLOW.final_states))
+    prunable = ", ".join(f"[{lua_string(s)}] = true" for s in sorted(PRUNABLE_WORKFLOW_STATES))
+    sample_id, sample_state = 987654321012345, "\x01"
+    reason = dependency_reason(sample_id, sample_state)
+    head, rest = reason.split(str(sample_id), 1)
+    middle, tail = rest.split(sample_state, 1)
+    reason_lua = f"{lua_string(head)} .. id .. {lua_string(middle)} .. state .. {lua_string(tail)}"
+    return "\n".join(
+        [
+            f"local W = {{{states}}}",
+            f"local W_MOVES = {{{moves}}}",
+            f"local W_FINAL = {{{final}}}",
+            f"local W_PRUNABLE = {{{prunable}}}",
+            f"local WORKFLOW_CANCELLED = {lua_string(WORKFLOW_CANCELLED)}",
+            "local LEASE_EXPIRED_ERROR = "
+            + lua_string(error_fragment(LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE, None)),
+            f"local function dependency_reason(id, state) return {reason_lua} end",
+        ]
+    )
+
+
+def _has_event(source: str, target: str) -> bool:
+    try:
+        WORKFLOW.event_for(source, target)
+    except Exception:
+        return False
+    return True
+
+
+_HELPERS = r"""
+local P = KEYS[1]
+local REQUEST_FIELDS = 10
+local NOW
+local H = {}
+local CMD = {}
+local WAKE = {}
+
+function H.server_now()
+  local t = redis.call('TIME')
+  return string.format('%012d%06d', tonumber(t[1]) + 62135596800, tonumber(t[2]))
+end
+
+function H.t_add(t, delta)
+  local s = tonumber(string.sub(t, 1, 12))
+  local us = tonumber(string.sub(t, 13)) + tonumber(delta)
+  local carry = math.floor(us / 1000000)
+  return string.format('%012d%06d', s + carry, us - carry * 1000000)
+end
+
+function H.pad(id) return string.format('%015d', tonumber(id)) end
+
+function H.split(text)
+  local out = {}
+  if text then for part in string.gmatch(text, '[^,]+') do out[#out + 1] = part end end
+  return out
+end
+
+function H.set(j, f, v) j[f] = v; j._dirty[f] = true end
+
+function H.load(id)
+  local flat = redis.call('HGETALL', P .. 'j:' .. id)
+  if #flat == 0 then return nil end
+  local j = {_dirty = {}}
+  for i = 1, #flat, 2 do j[flat[i]] = flat[i + 1] end
+  return j
+end
+
+function H.flat(j)
+  local out = {}
+  for k, v in pairs(j) do
+    if k ~= '_dirty' and type(v) == 'string' then out[#out + 1] = k; out[#out + 1] = v end
+  end
+  return out
+end
+
+function H.flush(j)
+  local sets, dels = {}, {}
+  for f in pairs(j._dirty) do
+    if j[f] == nil then dels[#dels + 1] = f else sets[#sets + 1] = f; sets[#sets + 1] = j[f] end
+  end
+  local key = P .. 'j:' .. j.id
+  if #sets > 0 then redis.call('HSET', key, unpack(sets)) end
+  if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end
+  j._dirty = {}
+end
+
+function H.unindex(j)
+  local s, id = j.state, j.id
+  if s == S.available then
+    redis.call('ZREM', P .. 'ready:' .. j.queue, j.run_at .. H.pad(id))
+  elseif DELAYED[s] then
+    redis.call('ZREM', P .. 'delayed', j.run_at .. ':' .. id)
+  elseif s == S.running then
+    redis.call('ZREM', P .. 'running', j.lease_expires_at .. ':' .. id)
+  elseif FINISHED[s] then
+    redis.call('ZREM', P .. 'finished', j.finished_at .. ':' .. id)
+  end
+  redis.call('ZREM', P .. 'st:' .. s, id)
+  redis.call('HINCRBY', P .. 'counts', j.queue .. '\0' .. s, -1)
+  if j.workflow_id then redis.call('HINCRBY', P .. 'w:' .. j.workflow_id, 'n:' .. s, -1) end
+end
+
+function H.index(j)
+  local s, id = j.state, j.id
+  if s == S.available then
+    redis.call('ZADD', P .. 'ready:' .. j.queue, -tonumber(j.priority), j.run_at .. H.pad(id))
+    WAKE[j.queue] = true
+  elseif DELAYED[s] then
+    redis.call('ZADD', P .. 'delayed', j.run_at, j.run_at .. ':' .. id)
+  elseif s == S.running then
+    redis.call('ZADD', P .. 'running', j.lease_expires_at, j.lease_expires_at .. ':' .. id)
+  elseif FINISHED[s] then
+    redis.call('ZADD', P .. 'finished', j.finished_at, j.finished_at .. ':' .. id)
+  end
+  redis.call('ZADD', P .. 'st:' .. s, id, id)
+  redis.call('HINCRBY', P .. 'counts', j.queue .. '\0' .. s, 1)
+  if j.workflow_id then redis.call('HINCRBY', P .. 'w:' .. j.workflow_id, 'n:' .. s, 1) end
+end
+
+-- Event ``event`` to ``target`` (resolved by the caller), with its field effects.
+function H.move(j, event, target, C)
+  H.unindex(j)
+  APPLY[event](j, target, C)
+  H.flush(j)
+  H.index(j)
+end
+
+function H.append_error(errors, attempt, fragment)
+  local e = '{"attempt":' .. attempt .. ',"at":"' .. NOW .. '",' .. fragment .. '}'
+  if errors == nil or errors == '[]' then return '[' .. e .. ']' end
+  return string.sub(errors, 1, -2) .. ',' .. e .. ']'
+end
+
+function H.released_args(j)
+  local own = j.own_args or j.args
+  if not j.input then return own end
+  local value = (string.gsub(j.input, '#(%d+)#', function(id)
+    local result = redis.call('HGET', P .. 'j:' .. id, 'result')
+    if not result then return 'null' end
+    return result
+  end))
+  if own == '[]' then return '[' .. value .. ']' end
+  return '[' .. value .. ',' .. string.sub(own, 2)
+end
+
+function H.requeued_args(j, target)
+  if target == S.available then return H.released_args(j) end
+  return j.own_args or j.args
+end
+
+function H.new_job(a, b, workflow_id, deps, input)
+  local id = tostring(redis.call('HINCRBY', P .. 'ids', 'job', 1))
+  local j = {
+    _dirty = {}, id = id, task = a[b + 1], queue = a[b + 2], args = a[b + 3],
+    kwargs = a[b + 4], priority = a[b + 5], attempt = '0', max_attempts = a[b + 7],
+    created_at = NOW, errors = '[]', retry = a[b + 9], state = NEW,
+  }
+  j.run_at = a[b + 6] ~= '' and a[b + 6] or NOW
+  if a[b + 10] ~= '' then j.headers = a[b + 10] end
+  if a[b + 8] ~= '' then
+    j.idempotency_key = a[b + 8]
+    redis.call('HSET', P .. 'keys', a[b + 8], id)
+  end
+  if workflow_id then
+    j.workflow_id = workflow_id
+    if #deps > 0 then
+      j.depends_on = table.concat(deps, ',')
+      j.left = tostring(#deps)
+    end
+    if input then j.input = input; j.own_args = j.args end
+  end
+  j.state = RESOLVE.enqueue(j, {})
+  local fields = H.flat(j)
+  redis.call('HSET', P .. 'j:' .. id, unpack(fields))
+  H.index(j)
+  redis.call('ZADD', P .. 'all', id, id)
+  redis.call('ZADD', P .. 'q:' .. j.queue, id, id)
+  return j
+end
+
+function H.delete_job(j)
+  H.unindex(j)
+  if j.idempotency_key then redis.call('HDEL', P .. 'keys', j.idempotency_key) end
+  redis.call('ZREM', P .. 'all', j.id)
+  redis.call('ZREM', P .. 'q:' .. j.queue, j.id)
+  redis.call('DEL', P .. 'j:' .. j.id)
+end
+
+-- Workflow effects of a step that may just have finished (same script, same call).
+function H.after_finished(j, touched)
+  if not j.workflow_id or not FINISHED[j.state] then return end
+  touched[j.workflow_id] = true
+  if j.state == S.succeeded then H.release_dependents(j) else H.cancel_dependents(j) end
+end
+
+-- Each dependent counts its dependencies that have not succeeded (``left``): the
+-- call that brings it to 0 releases it, so a chord's callback is released once.
+function H.release_dependents(j)
+  for _, d in ipairs(H.split(j.dependents)) do
+    local dj = H.load(d)
+    local left = tonumber(dj.left or '1') - 1
+    H.set(dj, 'left', tostring(left))
+    local target = dj.state == S.pending and left == 0 and RESOLVE.release(dj, {})
+    if target then H.move(dj, 'release', target, {}) else H.flush(dj) end
+  end
+end
+
+function H.cancel_dependents(j)
+  local reason = dependency_reason(j.id, j.state)
+  local seen, stack = {}, H.split(j.dependents)
+  while #stack > 0 do
+    local d = table.remove(stack)
+    if not seen[d] then
+      seen[d] = true
+      local dj = H.load(d)
+      for _, x in ipairs(H.split(dj.dependents)) do stack[#stack + 1] = x end
+      if dj.state == S.running then
+        H.set(dj, 'cancel_requested', '1'); H.flush(dj)
+      elseif not FINISHED[dj.state] then
+        H.move(dj, 'cancel', RESOLVE.cancel(dj, {}), {reason = reason})
+      end
+    end
+  end
+end
+
+-- A workflow's state derived from its per-state step counts, changed through the table.
+function H.settle(touched)
+  local ids = {}
+  for w in pairs(touched) do ids[#ids + 1] = tonumber(w) end
+  table.sort(ids)
+  for _, w in ipairs(ids) do
+    local key = P .. 'w:' .. w
+    local f = redis.call('HMGET', key, 'state', 'total', 'n:' .. S.dead, 'n:' .. S.cancelled,
+      'n:' .. S.succeeded)
+    local target = W.running
+    if tonumber(f[3] or '0') > 0 then target = W.failed
+    elseif tonumber(f[4] or '0') > 0 then target = W.cancelled
+    elseif tonumber(f[5] or '0') == tonumber(f[2]) then target = W.succeeded end
+    if target ~= f[1] then
+      if not W_MOVES[f[1] .. '>' .. target] then
+        error('workflow ' .. w .. ': no event moves it from ' .. f[1] .. ' to ' .. target)
+      end
+      redis.call('HSET', key, 'state', target)
+      if target == W.running then
+        redis.call('HDEL', key, 'finished_at')
+      else
+        redis.call('HSET', key, 'finished_at', NOW)
+      end
+      redis.call('ZREM', P .. 'wst:' .. f[1], w)
+      redis.call('ZADD', P .. 'wst:' .. target, w, w)
+    end
+  end
+end
+
+function H.workflow_flat(w)
+  return redis.call('HGETALL', P .. 'w:' .. w)
+end
+
+-- The fenced item's job while its lease is live; else nil, and the item is reported.
+function H.fenced(id, token, lost, index)
+  local j = H.load(id)
+  if not j then
+    lost[#lost + 1] = index; lost[#lost + 1] = ''
+    return nil
+  end
+  if j.state ~= S.running or j.lease_token ~= token then
+    lost[#lost + 1] = index; lost[#lost + 1] = j.state
+    return nil
+  end
+  return j
+end
+"""
+
+_COMMANDS = r"""
+CMD.enqueue = function(a)
+  local out = {}
+  for b = 0, #a - 1, REQUEST_FIELDS do
+    local held = a[b + 8] ~= '' and redis.call('HGET', P .. 'keys', a[b + 8])
+    if held then
+      out[#out + 1] = {0, H.flat(H.load(held))}
+    else
+      out[#out + 1] = {1, H.flat(H.new_job(a, b, nil, {}, nil))}
+    end
+  end
+  return out
+end
+
+CMD.enqueue_workflow = function(a)
+  local wid = tostring(redis.call('HINCRBY', P .. 'ids', 'wf', 1))
+  local n = tonumber(a[3])
+  local ids, jobs = {}, {}
+  local function remap(template)
+    return (string.gsub(template, '#(%d+)#', function(i) return '#' .. ids[tonumber(i)] .. '#' end))
+  end
+  for s = 0, n - 1 do
+    local b = 3 + s * (REQUEST_FIELDS + 2)
+    local deps = {}
+    for index in string.gmatch(a[b + REQUEST_FIELDS + 1], '%d+') do
+      deps[#deps + 1] = ids[tonumber(index)]
+    end
+    local input = nil
+    if a[b + REQUEST_FIELDS + 2] ~= '' then input = remap(a[b + REQUEST_FIELDS + 2]) end
+    local j = H.new_job(a, b, wid, deps, input)
+    ids[s] = j.id
+    jobs[j.id] = j
+    for _, d in ipairs(deps) do
+      local dj = jobs[d]
+      dj.dependents = dj.dependents and (dj.dependents .. ',' .. j.id) or j.id
+      redis.call('HSET', P .. 'j:' .. d, 'dependents', dj.dependents)
+    end
+  end
+  local steps = {}
+  for s = 0, n - 1 do steps[#steps + 1] = ids[s] end
+  local key = P .. 'w:' .. wid
+  redis.call('HSET', key, 'id', wid, 'state', W.running, 'steps', table.concat(steps, ','),
+    'result', remap(a[2]), 'created_at', NOW, 'total', tostring(n))
+  if a[1] ~= '' then redis.call('HSET', key, 'name', a[1]) end
+  redis.call('ZADD', P .. 'wfs', wid, wid)
+  redis.call('ZADD', P .. 'wst:' .. W.running, wid, wid)
+  return H.workflow_flat(wid)
+end
+
+CMD.lease = function(a)
+  local lease_until, worker, limit, nq = H.t_add(NOW, a[1]), a[2], tonumber(a[3]), tonumber(a[4])
+  local candidates = {}
+  for qi = 1, nq do
+    local items = redis.call('ZRANGE', P .. 'ready:' .. a[4 + qi], 0, limit - 1, 'WITHSCORES')
+    for i = 1, #items, 2 do candidates[#candidates + 1] = {tonumber(items[i + 1]), items[i]} end
+  end
+  if nq > 1 then
+    table.sort(candidates, function(x, y)
+      if x[1] ~= y[1] then return x[1] < y[1] end
+      return x[2] < y[2]
+    end)
+  end
+  local out = {}
+  for i = 1, math.min(limit, #candidates) do
+    local j = H.load(tonumber(string.sub(candidates[i][2], 19)))
+    local C = {token = a[4 + nq + i], worker = worker, lease_until = lease_until}
+    H.move(j, 'lease', RESOLVE.lease(j, C), C)
+    out[#out + 1] = H.flat(j)
+  end
+  return out
+end
+
+CMD.heartbeat = function(a)
+  local C = {lease_until = H.t_add(NOW, a[1])}
+  local lost, asked = {}, {}
+  for i = 2, #a, 2 do
+    local j = H.fenced(a[i], a[i + 1], lost, i / 2)
+    if j then
+      H.move(j, 'heartbeat', RESOLVE.heartbeat(j, C), C)
+      if j.cancel_requested == '1' then asked[#asked + 1] = j.id end
+    end
+  end
+  return {lost, asked}
+end
+
+-- A fenced report (complete, fail, snooze): items of ``width`` arguments, each
+-- ``id, token, ...``; ``context`` turns an item's arguments into what the event gives.
+function H.report(a, width, event, context)
+  local lost, touched = {}, {}
+  for i = 1, #a, width do
+    local j = H.fenced(a[i], a[i + 1], lost, (i - 1) / width + 1)
+    if j then
+      local C = context(i)
+      H.move(j, event, RESOLVE[event](j, C), C)
+      H.after_finished(j, touched)
+    end
+  end
+  H.settle(touched)
+  return lost
+end
+
+CMD.complete = function(a)
+  return H.report(a, 3, 'succeed', function(i) return {result = a[i + 2]} end)
+end
+
+CMD.fail = function(a)
+  return H.report(a, 5, 'fail', function(i)
+    local run_at = a[i + 3] ~= '' and a[i + 3] or NOW
+    return {error = a[i + 2], run_at = run_at, permanent = a[i + 4] == '1'}
+  end)
+end
+
+CMD.snooze = function(a)
+  return H.report(a, 3, 'snooze', function(i) return {run_at = a[i + 2]} end)
+end
+
+-- The jobs of ``ids`` in order, or an error naming the first missing one.
+function H.load_all(ids)
+  local jobs = {}
+  for i, id in ipairs(ids) do
+    local j = H.load(id)
+    if not j then return nil, {'!', 'job_not_found', id} end
+    jobs[i] = j
+  end
+  return jobs
+end
+
+function H.reloaded(jobs)
+  local out = {}
+  for i, j in ipairs(jobs) do out[i] = H.flat(H.load(j.id)) end
+  return out
+end
+
+CMD.cancel = function(a)
+  local jobs, err = H.load_all(a)
+  if not jobs then return err end
+  for _, j in ipairs(jobs) do
+    if j.state ~= S.running and not RESOLVE.cancel(j, {}) then
+      return {'!', 'invalid', 'cancel', j.id, j.state}
+    end
+  end
+  local touched = {}
+  for _, j in ipairs(jobs) do
+    local now = H.load(j.id)
+    if now.state == j.state then  -- else cancelled earlier in this call by a cascade
+      if now.state == S.running then
+        H.set(now, 'cancel_requested', '1'); H.flush(now)
+      else
+        H.move(now, 'cancel', RESOLVE.cancel(now, {}), {})
+        H.after_finished(now, touched)
+      end
+    end
+  end
+  H.settle(touched)
+  return H.reloaded(jobs)
+end
+
+function H.requeue(j)
+  H.move(j, 'requeue', RESOLVE.requeue(j, {}), {})
+end
+
+CMD.requeue = function(a)
+  local jobs, err = H.load_all(a)
+  if not jobs then return err end
+  for _, j in ipairs(jobs) do
+    if not RESOLVE.requeue(j, {}) then return {'!', 'invalid', 'requeue', j.id, j.state} end
+  end
+  local touched = {}
+  for _, j in ipairs(jobs) do
+    local now = H.load(j.id)
+    if now.state == j.state then  -- else requeued earlier in this call with its workflow
+      H.requeue(now)
+      if now.workflow_id then
+        touched[now.workflow_id] = true
+        local steps = redis.call('HGET', P .. 'w:' .. now.workflow_id, 'steps')
+        for _, id in ipairs(H.split(steps)) do
+          local step = H.load(id)
+          if step.state == S.cancelled then H.requeue(step) end
+        end
+      end
+    end
+  end
+  H.settle(touched)
+  return H.reloaded(jobs)
+end
+
+CMD.cancel_workflow = function(a)
+  local w = a[1]
+  local f = redis.call('HMGET', P .. 'w:' .. w, 'state', 'steps')
+  if not f[1] then return {'!', 'workflow_not_found', w} end
+  if W_FINAL[f[1]] then return {'!', 'workflow_finished', w, f[1]} end
+  for _, id in ipairs(H.split(f[2])) do
+    local j = H.load(id)
+    if j.state == S.running then
+      H.set(j, 'cancel_requested', '1'); H.set(j, 'reason', WORKFLOW_CANCELLED); H.flush(j)
+    elseif not FINISHED[j.state] then
+      H.move(j, 'cancel', RESOLVE.cancel(j, {}), {reason = WORKFLOW_CANCELLED})
+    end
+  end
+  H.settle({[w] = true})
+  return H.workflow_flat(w)
+end
+
+-- Promote up to a batch of due jobs.  Members whose exact time is not due yet can only
+-- share the last score with due ones, and sort after them: so a batch that promoted
+-- fewer than it read has left nothing due behind.
+CMD.promote = function(a)
+  local members = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', NOW, 'LIMIT', 0, a[1])
+  local n = 0
+  for _, m in ipairs(members) do
+    if string.sub(m, 1, 18) <= NOW then
+      local j = H.load(string.sub(m, 20))
+      H.move(j, 'promote', RESOLVE.promote(j, {}), {})
+      n = n + 1
+    end
+  end
+  local first = redis.call('ZRANGE', P .. 'delayed', 0, 0)
+  return {n, first[1] and string.sub(first[1], 1, 18) or ''}
+end
+
+-- Rescue reads the expired leases (the caller computes each job's retry delay: the
+-- spec's function, never re-implemented here), then applies lease_expired to those
+-- still running under the same token and expired at this call's now.
+CMD.expired = function(a)
+  local members = redis.call('ZRANGEBYSCORE', P .. 'running', '-inf', NOW, 'LIMIT', 0, a[1])
+  local out = {}
+  for _, m in ipairs(members) do
+    if string.sub(m, 1, 18) <= NOW then
+      local f = redis.call('HMGET', P .. 'j:' .. string.sub(m, 20), 'id', 'lease_token', 'attempt',
+        'retry')
+      out[#out + 1] = f
+    end
+  end
+  return out
+end
+
+CMD.rescue = function(a)
+  local touched, done = {}, {}
+  for i = 1, #a, 3 do
+    local j = H.load(a[i])
+    if j and j.state == S.running and j.lease_token == a[i + 1] and j.lease_expires_at <= NOW then
+      local C = {delay_us = a[i + 2], error = LEASE_EXPIRED_ERROR}
+      H.move(j, 'lease_expired', RESOLVE.lease_expired(j, C), C)
+      H.after_finished(j, touched)
+      done[#done + 1] = j.id
+    end
+  end
+  H.settle(touched)
+  return done
+end
+
+function H.workflow_prunable(w, states, cutoff)
+  local f = redis.call('HMGET', P .. 'w:' .. w, 'state', 'steps')
+  if not W_PRUNABLE[f[1]] then return false end
+  for _, id in ipairs(H.split(f[2])) do
+    local g = redis.call('HMGET', P .. 'j:' .. id, 'state', 'finished_at')
+    if not states[g[1]] or not g[2] or g[2] >= cutoff then return false end
+  end
+  return true
+end
+
+function H.delete_workflow(w)
+  local f = redis.call('HMGET', P .. 'w:' .. w, 'state', 'steps')
+  local steps = H.split(f[2])
+  for _, id in ipairs(steps) do H.delete_job(H.load(id)) end
+  redis.call('DEL', P .. 'w:' .. w)
+  redis.call('ZREM', P .. 'wfs', w)
+  redis.call('ZREM', P .. 'wst:' .. f[1], w)
+  return #steps
+end
+
+-- One batch of prune: the finished jobs from ``offset`` on, in finished_at order.
+-- Returns how many were (or would be) deleted, how many of the batch stay in the
+-- index (the next batch's offset moves by that), and how many were read.
+CMD.prune = function(a)
+  local cutoff, dry, batch, offset = a[1], a[3] == '1', tonumber(a[4]), tonumber(a[5])
+  local states = {}
+  for _, s in ipairs(H.split(a[2])) do states[s] = true end
+  local members = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', cutoff, 'LIMIT', offset,
+    batch)
+  local deleted, stay, decided = 0, 0, {}
+  for _, m in ipairs(members) do
+    local j = H.load(string.sub(m, 20))
+    if j then  -- else deleted above in this batch with its workflow
+      if j.workflow_id then
+        local w = j.workflow_id
+        if decided[w] == nil then decided[w] = H.workflow_prunable(w, states, cutoff) end
+        if not decided[w] then
+          stay = stay + 1
+        elseif dry then
+          deleted = deleted + 1
+          stay = stay + 1
+        else
+          deleted = deleted + H.delete_workflow(w)
+        end
+      elseif states[j.state] and j.finished_at < cutoff then
+        deleted = deleted + 1
+        if dry then stay = stay + 1 else H.delete_job(j) end
+      else
+        stay = stay + 1
+      end
+    end
+  end
+  return {deleted, stay, #members}
+end
+
+CMD.get = function(a)
+  local out = {}
+  for i, id in ipairs(a) do
+    local flat = redis.call('HGETALL', P .. 'j:' .. id)
+    if #flat == 0 then return {'!', 'job_not_found', id} end
+    out[i] = flat
+  end
+  return out
+end
+
+-- list_jobs: the matching ids of one index (a sorted set scored by id), in order,
+-- at most ``limit``; the other filters are checked on each job's hash.
+function H.scan(key, f, found)
+  local lo = f.after ~= '' and ('(' .. f.after) or '-inf'
+  local hi = f.before ~= '' and ('(' .. f.before) or '+inf'
+  local offset, chunk, count = 0, 256, 0
+  while count < f.limit do
+    local ids
+    if f.newest then
+      ids = redis.call('ZREVRANGEBYSCORE', key, hi, lo, 'LIMIT', offset, chunk)
+    else
+      ids = redis.call('ZRANGEBYSCORE', key, lo, hi, 'LIMIT', offset, chunk)
+    end
+    for _, id in ipairs(ids) do
+      if H.matches(id, f) then
+        found[#found + 1] = tonumber(id)
+        count = count + 1
+        if count >= f.limit then break end
+      end
+    end
+    if #ids < chunk then break end
+    offset = offset + chunk
+  end
+end
+
+function H.matches(id, f)
+  local g = redis.call('HMGET', P .. 'j:' .. id, 'state', 'task', 'queue', 'created_at')
+  return (not f.states or f.states[g[1]]) and (f.task == '' or g[2] == f.task)
+    and (f.queue == '' or g[3] == f.queue) and (f.since == '' or g[4] >= f.since)
+end
+
+CMD.list_jobs = function(a)
+  local f = {task = a[2], queue = a[3], after = a[5], before = a[6], since = a[7],
+    limit = tonumber(a[8]), newest = a[9] == '1'}
+  if a[1] ~= '' then
+    f.states = {}
+    for _, s in ipairs(H.split(a[1])) do f.states[s] = true end
+  end
+  local found = {}
+  if a[4] ~= '' then
+    local steps = H.split(redis.call('HGET', P .. 'w:' .. a[4], 'steps') or nil)
+    local lo, hi = tonumber(f.after) or -1, tonumber(f.before) or math.huge
+    local first, last, step = 1, #steps, 1
+    if f.newest then first, last, step = #steps, 1, -1 end
+    for i = first, last, step do
+      local id = tonumber(steps[i])
+      if #found >= f.limit then break end
+      if id > lo and id < hi and H.matches(id, f) then found[#found + 1] = id end
+    end
+  elseif f.states then
+    for s in pairs(f.states) do H.scan(P .. 'st:' .. s, f, found) end
+    if f.newest then table.sort(found, function(x, y) return x > y end) else table.sort(found) end
+  elseif f.queue ~= '' then
+    H.scan(P .. 'q:' .. f.queue, f, found)
+  else
+    H.scan(P .. 'all', f, found)
+  end
+  local out = {}
+  for i = 1, math.min(#found, f.limit) do
+    out[i] = redis.call('HGETALL', P .. 'j:' .. found[i])
+  end
+  return out
+end
+
+CMD.count = function(a)
+  return redis.call('HGETALL', P .. 'counts')
+end
+
+CMD.get_workflow = function(a)
+  return H.workflow_flat(a[1])
+end
+
+CMD.list_workflows = function(a)
+  local name, after, before, limit, newest = a[2], a[3], a[4], tonumber(a[5]), a[6] == '1'
+  local lo = after ~= '' and ('(' .. after) or '-inf'
+  local hi = before ~= '' and ('(' .. before) or '+inf'
+  local keys = {}
+  if a[1] ~= '' then
+    for _, s in ipairs(H.split(a[1])) do keys[#keys + 1] = P .. 'wst:' .. s end
+  else
+    keys[1] = P .. 'wfs'
+  end
+  local found = {}
+  for _, key in ipairs(keys) do
+    local offset, count = 0, 0
+    while count < limit do
+      local ids
+      if newest then
+        ids = redis.call('ZREVRANGEBYSCORE', key, hi, lo, 'LIMIT', offset, 256)
+      else
+        ids = redis.call('ZRANGEBYSCORE', key, lo, hi, 'LIMIT', offset, 256)
+      end
+      for _, id in ipairs(ids) do
+        local named = name == '' or redis.call('HGET', P .. 'w:' .. id, 'name') == name
+        if count < limit and named then
+          found[#found + 1] = tonumber(id)
+          count = count + 1
+        end
+      end
+      if #ids < 256 then break end
+      offset = offset + 256
+    end
+  end
+  if newest then table.sort(found, function(x, y) return x > y end) else table.sort(found) end
+  local out = {}
+  for i = 1, math.min(#found, limit) do out[i] = H.workflow_flat(found[i]) end
+  return out
+end
+
+CMD.ready = function(a)
+  local n = 0
+  for _, q in ipairs(a) do n = n + redis.call('ZCARD', P .. 'ready:' .. q) end
+  return n
+end
+"""
+
+_DISPATCH = r"""
+NOW = ARGV[2] ~= '' and ARGV[2] or H.server_now()
+local args = {}
+for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+local result = CMD[ARGV[1]](args)
+for q in pairs(WAKE) do redis.call('PUBLISH', P .. 'wake', q) end
+return result
+"""
+
+
+def build_library(extra: str = "") -> str:
+    """The whole script: constants, the compiled table, helpers, commands, dispatch.
+
+    ``extra`` adds commands (the schedules capability's)."""
+    return "\n".join(
+        [
+            CONSTANTS_LUA,
+            _workflow_constants(),
+            _HELPERS,
+            TRANSITIONS_LUA,
+            _COMMANDS,
+            extra,
+            _DISPATCH,
+        ]
+    )

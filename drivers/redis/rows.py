@@ -1,0 +1,148 @@
+"""Encoding values for the store's hashes, and decoding jobs and workflows from them.
+
+Times are kept as 18-digit strings of microseconds since 0001-01-01 UTC: exact
+for every instant the spec allows, ordered as strings, and never a Lua double.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from taskharbor.drivers.corrupt_rows import payload_args, payload_headers, payload_kwargs
+from taskharbor.spec import CorruptJob
+from taskharbor.spec.records import (
+    JSON,
+    EnqueueRequest,
+    ErrorInfo,
+    JobRecord,
+    ResultRef,
+    WorkflowRecord,
+)
+from taskharbor.spec.retry import policy_from_text, policy_text
+from taskharbor.spec.table import JobState, WorkflowState
+
+EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def encode_time(moment: datetime) -> str:
+    """An aware instant as the store keeps it."""
+    return f"{(moment - EPOCH) // _MICROSECOND:018d}"
+
+
+def decode_time(text: str) -> datetime:
+    return EPOCH + timedelta(microseconds=int(text))
+
+
+def micros(seconds: float) -> int:
+    """A duration in whole microseconds, rounded as ``timedelta`` rounds it."""
+    return timedelta(seconds=seconds) // _MICROSECOND
+
+
+def encode_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def request_fields(request: EnqueueRequest) -> list[str]:
+    """The script arguments of one new job (``REQUEST_FIELDS`` of the library)."""
+    run_at = request.run_at
+    return [
+        request.task,
+        request.queue,
+        encode_json(list(request.args)),
+        encode_json(dict(request.kwargs)),
+        str(request.priority),
+        "" if run_at is None else encode_time(run_at),
+        str(request.max_attempts),
+        request.idempotency_key or "",
+        policy_text(request.retry),
+        encode_json(dict(request.headers)) if request.headers else "",
+    ]
+
+
+def ref_template(ref: ResultRef) -> str:
+    """A result reference as text with each step index written ``#i#`` (the script
+    swaps in job ids, then results)."""
+    if isinstance(ref, int):
+        return f"#{ref}#"
+    return "[" + ",".join(ref_template(item) for item in ref) + "]"
+
+
+_REF = re.compile(r"#(\d+)#")
+
+
+def ref_from_template(text: str) -> ResultRef:
+    value: ResultRef = json.loads(_REF.sub(r"\1", text))
+    return value
+
+
+def as_dict(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def decode_job(fields: dict[str, Any]) -> JobRecord:
+    """The job a hash holds; :class:`CorruptJob` naming it when it cannot be read."""
+    try:
+        return _decode(fields)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CorruptJob(int(fields.get("id", 0)), f"{type(exc).__name__}: {exc}") from exc
+
+
+def _optional_time(fields: dict[str, Any], name: str) -> datetime | None:
+    text = fields.get(name)
+    return None if text is None else decode_time(text)
+
+
+def _result(fields: dict[str, Any]) -> JSON:
+    text = fields.get("result")
+    return None if text is None else json.loads(text)
+
+
+def _decode(f: dict[str, Any]) -> JobRecord:
+    depends = f.get("depends_on")
+    workflow = f.get("workflow_id")
+    return JobRecord(
+        id=int(f["id"]),
+        task=f["task"],
+        queue=f["queue"],
+        state=JobState(f["state"]),
+        args=payload_args(json.loads(f["args"])),
+        kwargs=payload_kwargs(json.loads(f["kwargs"])),
+        priority=int(f["priority"]),
+        run_at=decode_time(f["run_at"]),
+        attempt=int(f["attempt"]),
+        max_attempts=int(f["max_attempts"]),
+        created_at=decode_time(f["created_at"]),
+        idempotency_key=f.get("idempotency_key"),
+        lease_token=f.get("lease_token"),
+        lease_expires_at=_optional_time(f, "lease_expires_at"),
+        leased_by=f.get("leased_by"),
+        cancel_requested=f.get("cancel_requested") == "1",
+        result=_result(f),
+        errors=tuple(
+            ErrorInfo(e["attempt"], decode_time(e["at"]), e["type"], e["message"], e["traceback"])
+            for e in json.loads(f["errors"])
+        ),
+        finished_at=_optional_time(f, "finished_at"),
+        reason=f.get("reason"),
+        workflow_id=None if workflow is None else int(workflow),
+        depends_on=tuple(int(x) for x in depends.split(",")) if depends else (),
+        retry=policy_from_text(f["retry"]),
+        headers=payload_headers(json.loads(f["headers"])) if "headers" in f else {},
+    )
+
+
+def decode_workflow(f: dict[str, str]) -> WorkflowRecord:
+    return WorkflowRecord(
+        id=int(f["id"]),
+        state=WorkflowState(f["state"]),
+        steps=tuple(int(x) for x in f["steps"].split(",")),
+        result=ref_from_template(f["result"]),
+        created_at=decode_time(f["created_at"]),
+        finished_at=_optional_time(f, "finished_at"),
+        name=f.get("name"),
+    )
