@@ -24,6 +24,7 @@ from taskharbor.spec import InvalidRequest, TaskHarborError
 
 from .. import __version__
 from .admin import demo, migrate, prune, spec, stats, worker
+from .dashboard import dashboard
 from .jobs import dlq, jobs
 from .schedules import schedules
 from .store import APP_ENV, URL_ENV, Session, StoreSource, mask_secrets
@@ -118,7 +119,7 @@ def _store_source(ctx: click.Context, app_path: str | None, url: str | None) -> 
 @click.pass_context
 def main(ctx: click.Context, app_path: str | None, url: str | None) -> None:
     """Run and repair a TaskHarbor installation: workers, jobs, the dead-letter
-    queue, workflows, periodic schedules, the schema.
+    queue, workflows, periodic schedules, the schema, the web dashboard.
 
     Give the store with --app (the application) or --url (the store alone);
     with neither, the CLI uses the store th.App() uses by default:
@@ -130,5 +131,17 @@ def main(ctx: click.Context, app_path: str | None, url: str | None) -> None:
     ctx.call_on_close(session.close)
 
 
-for command in (worker, jobs, dlq, workflows, schedules, stats, migrate, prune, spec, demo):
+for command in (
+    worker,
+    jobs,
+    dlq,
+    workflows,
+    schedules,
+    stats,
+    migrate,
+    prune,
+    spec,
+    demo,
+    dashboard,
+):
     main.add_command(command)
