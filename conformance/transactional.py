@@ -1,4 +1,5 @@
-"""Rules of ``Driver.enqueue_in``: jobs enqueued inside the caller's transaction.
+"""Rules of ``Driver.enqueue_in`` and ``Driver.enqueue_workflow_in``: jobs and
+workflows enqueued inside the caller's transaction.
 
 They apply to a driver that declares ``transactional_enqueue`` and whose test
 class gives the ``caller_transaction`` hook (a connection of the store's own
@@ -9,7 +10,16 @@ from __future__ import annotations
 
 import pytest
 
-from taskharbor.spec import EnqueueRequest, InvalidRequest, JobFilter, JobState
+from taskharbor.spec import (
+    EnqueueRequest,
+    InvalidRequest,
+    JobFilter,
+    JobState,
+    StepSpec,
+    WorkflowFilter,
+    WorkflowGraph,
+    WorkflowState,
+)
 
 from .harness import CallerTransaction, DriverHooks, Harbor, HarborFixture, hook, requires
 
@@ -70,9 +80,68 @@ class TransactionalEnqueueRules(HarborFixture, DriverHooks):
             harbor.driver.enqueue_in(conn, [])
         assert harbor.snapshot() == ([], {})
 
+    @requires("transactional_enqueue")
+    def test_a_workflow_enqueued_in_a_transaction_exists_once_it_commits(
+        self, harbor: Harbor, caller_transaction: CallerTransaction | None
+    ) -> None:
+        transaction = hook(caller_transaction, "caller_transaction")
+        with transaction(harbor.driver) as conn:
+            record = harbor.driver.enqueue_workflow_in(conn, order_chain(None))
+            assert harbor.all_jobs() == [], "another connection saw a step before the commit"
+            assert harbor.driver.list_workflows(WorkflowFilter()) == []
+        assert harbor.driver.get_workflow(record.id) == record
+        assert (record.state, record.created_at) == (WorkflowState.RUNNING, harbor.now())
+        charge, ship = harbor.driver.get(list(record.steps))
+        assert (charge.state, ship.state) == (JobState.AVAILABLE, JobState.PENDING)
+        assert (charge.workflow_id, ship.depends_on) == (record.id, (charge.id,))
+        harbor.finish(charge, result=7)
+        assert harbor.get(ship.id).args == (7,)
+
+    @requires("transactional_enqueue")
+    def test_a_workflow_enqueued_in_a_transaction_rolled_back_never_exists(
+        self, harbor: Harbor, caller_transaction: CallerTransaction | None
+    ) -> None:
+        transaction = hook(caller_transaction, "caller_transaction")
+        with pytest.raises(RolledBack), transaction(harbor.driver) as conn:
+            harbor.driver.enqueue_workflow_in(conn, order_chain(None))
+            raise RolledBack
+        assert harbor.snapshot() == ([], {})
+        assert harbor.driver.list_workflows(WorkflowFilter()) == []
+
+    @requires("transactional_enqueue", "workflow_idempotency")
+    def test_a_workflow_key_held_by_a_stored_workflow_returns_it_in_a_transaction(
+        self, harbor: Harbor, caller_transaction: CallerTransaction | None
+    ) -> None:
+        transaction = hook(caller_transaction, "caller_transaction")
+        with pytest.raises(RolledBack), transaction(harbor.driver) as conn:
+            harbor.driver.enqueue_workflow_in(conn, order_chain("order-1"))
+            raise RolledBack
+        stored = harbor.driver.enqueue_workflow(order_chain("order-1"))  # never held before
+        assert stored.idempotency_key == "order-1"
+        with transaction(harbor.driver) as conn:
+            again = harbor.driver.enqueue_workflow_in(conn, order_chain("order-1"))
+            same_transaction = harbor.driver.enqueue_workflow_in(conn, order_chain("order-2"))
+            assert harbor.driver.enqueue_workflow_in(conn, order_chain("order-2")) == (
+                same_transaction
+            ), "a key held by a workflow of the same transaction"
+        assert again == stored
+        assert len(harbor.driver.list_workflows(WorkflowFilter())) == 2
+        assert len(harbor.all_jobs()) == 4
+
     def test_a_driver_without_the_capability_refuses_enqueue_in(self, harbor: Harbor) -> None:
         if harbor.driver.capabilities.transactional_enqueue:
             pytest.skip("the driver declares transactional_enqueue: the rules above apply")
         with pytest.raises(InvalidRequest, match="transactional_enqueue"):
             harbor.driver.enqueue_in(object(), [EnqueueRequest("task")])
+        with pytest.raises(InvalidRequest, match="transactional_enqueue"):
+            harbor.driver.enqueue_workflow_in(object(), order_chain(None))
         assert harbor.snapshot() == ([], {})
+
+
+def order_chain(key: str | None) -> WorkflowGraph:
+    """charge, then ship with charge's result, each in a queue named after its task."""
+    steps = (
+        StepSpec(EnqueueRequest("charge", queue="charge")),
+        StepSpec(EnqueueRequest("ship", queue="ship"), after=(0,), input=0),
+    )
+    return WorkflowGraph(steps, result=1, idempotency_key=key)

@@ -7,7 +7,9 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +28,7 @@ from taskharbor.spec import (
 from taskharbor.spec.records import PRUNED_BY_DEFAULT
 from taskharbor.spec.schedules import MissedPolicy, Schedule
 
+from . import transactional
 from .backoff import Backoff, as_backoff
 from .canvas import Signature, Workflow, WorkflowHandle, build_graph
 from .events import ENQUEUED, WORKFLOW_ENQUEUED, Event, Events, F
@@ -111,6 +114,9 @@ class App:
         self.events = Events()
         """The event hooks: ``app.events.subscribe(callback, "dead")``; see
         :mod:`taskharbor.events`."""
+        self._connection: ContextVar[object | None] = ContextVar(
+            f"taskharbor-connection-{id(self)}", default=None
+        )
 
     @staticmethod
     def _open(opener: Callable[[], Driver], migrate: bool) -> Driver:
@@ -380,12 +386,46 @@ class App:
             leading = 0 if step.input is None else 1
             task.check_call(step.request.args, step.request.kwargs, leading=leading)
 
-    @overload
-    def enqueue(self, target: Signature, *, idempotency_key: str | None = None) -> Job: ...
+    @contextmanager
+    def using(self, connection: object) -> Iterator[None]:
+        """Enqueue on ``connection``, inside its open transaction, for the block's duration.
+
+        Every enqueue of this app in the block (``app.enqueue``,
+        ``enqueue_many``, ``task.enqueue``, whole workflows, and their async
+        forms) goes through the enqueue middleware and is written on
+        ``connection``: the jobs and workflows exist if and only if that
+        transaction commits, and workers are woken at the commit.  For
+        PostgreSQL a psycopg ``Connection`` or, from async code, an
+        ``AsyncConnection``; for SQLite a ``sqlite3`` connection to the store's
+        file.  The block follows the code that entered it (this thread, or
+        this asyncio task); blocks nest, the innermost wins.
+        """
+        token = self._connection.set(transactional.bind(self.driver, connection))
+        try:
+            yield
+        finally:
+            self._connection.reset(token)
+
+    def _on(self, connection: object) -> AbstractContextManager[None]:
+        return nullcontext() if connection is None else self.using(connection)
 
     @overload
     def enqueue(
-        self, target: Workflow, *, name: str | None = None, idempotency_key: str | None = None
+        self,
+        target: Signature,
+        *,
+        idempotency_key: str | None = None,
+        connection: object = None,
+    ) -> Job: ...
+
+    @overload
+    def enqueue(
+        self,
+        target: Workflow,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        connection: object = None,
     ) -> WorkflowHandle: ...
 
     def enqueue(
@@ -394,6 +434,7 @@ class App:
         *,
         name: str | None = None,
         idempotency_key: str | None = None,
+        connection: object = None,
     ) -> Job | WorkflowHandle:
         """Store a signature's job (-> :class:`Job`) or a whole workflow (-> its handle).
 
@@ -403,7 +444,49 @@ class App:
         (for a workflow) holds the key, enqueueing it again stores nothing and
         returns the one stored, whatever it contains; the key is freed when
         that job or workflow is pruned.  Job keys and workflow keys are apart.
+        ``connection``: enqueue inside that connection's open transaction, as
+        :meth:`using` does.
         """
+        with self._on(connection):
+            return self._enqueue(target, name, idempotency_key)
+
+    @overload
+    async def enqueue_async(
+        self,
+        target: Signature,
+        *,
+        idempotency_key: str | None = None,
+        connection: object = None,
+    ) -> Job: ...
+
+    @overload
+    async def enqueue_async(
+        self,
+        target: Workflow,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        connection: object = None,
+    ) -> WorkflowHandle: ...
+
+    async def enqueue_async(
+        self,
+        target: Signature | Workflow,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        connection: object = None,
+    ) -> Job | WorkflowHandle:
+        """:meth:`enqueue` for event loops: the store is called on a thread.
+
+        ``connection`` may be an asynchronous connection of this loop (a
+        psycopg ``AsyncConnection`` with a transaction open)."""
+        with self._on(connection):
+            return await asyncio.to_thread(self._enqueue, target, name, idempotency_key)
+
+    def _enqueue(
+        self, target: Signature | Workflow, name: str | None, idempotency_key: str | None
+    ) -> Job | WorkflowHandle:
         if isinstance(target, Signature):
             if name is not None:
                 raise InvalidRequest(
@@ -432,19 +515,40 @@ class App:
                 "'workflow_idempotency': it cannot keep a workflow's idempotency key"
             )
 
-    def enqueue_many(self, signatures: Iterable[Signature]) -> list[Job]:
-        """Store many jobs in one driver call (all or none); one :class:`Job` each, in order."""
+    def enqueue_many(
+        self, signatures: Iterable[Signature], *, connection: object = None
+    ) -> list[Job]:
+        """Store many jobs in one driver call (all or none); one :class:`Job` each, in order.
+
+        ``connection``: inside that connection's open transaction (:meth:`using`)."""
+        requests = self._requests(signatures)
+        with self._on(connection):
+            return self.enqueue_requests(requests)
+
+    async def enqueue_many_async(
+        self, signatures: Iterable[Signature], *, connection: object = None
+    ) -> list[Job]:
+        """:meth:`enqueue_many` for event loops: the store is called on a thread."""
+        requests = self._requests(signatures)
+        with self._on(connection):
+            return await asyncio.to_thread(self.enqueue_requests, requests)
+
+    def _requests(self, signatures: Iterable[Signature]) -> list[EnqueueRequest]:
         requests = [self.request_for(signature) for signature in signatures]
         if not requests:
             raise InvalidRequest("enqueue_many: nothing to enqueue")
-        return self.enqueue_requests(requests)
+        return requests
 
     def enqueue_requests(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
         """Store ready-made requests through the enqueue middleware, in one driver call."""
         return chain_enqueue(self._middleware, self._store)(requests)
 
     def _store(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
-        results = self.driver.enqueue(list(requests))
+        connection = self._connection.get()
+        if connection is None:
+            results = self.driver.enqueue(list(requests))
+        else:
+            results = transactional.enqueue_in(self.driver, connection, list(requests))
         if self.events.wants(ENQUEUED):
             for result in results:
                 if result.created:
@@ -452,7 +556,11 @@ class App:
         return [Job.from_record(result.job) for result in results]
 
     def _store_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
-        record = self.driver.enqueue_workflow(graph)
+        connection = self._connection.get()
+        if connection is None:
+            record = self.driver.enqueue_workflow(graph)
+        else:
+            record = transactional.enqueue_workflow_in(self.driver, connection, graph)
         if self.events.wants(WORKFLOW_ENQUEUED):
             self.events.emit(Event(WORKFLOW_ENQUEUED, workflow=record))
         return record

@@ -26,6 +26,7 @@ last steps, so waiting for them waits for everything before them too.)
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -312,6 +313,15 @@ _FIRST_POLL = 0.005
 _MAX_POLL = 0.25
 
 
+def _deadline(timeout: float | None) -> float | None:
+    """The monotonic instant a wait of ``timeout`` seconds ends; checks the timeout."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+    ):
+        raise InvalidRequest(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+    return None if timeout is None else time.monotonic() + timeout
+
+
 class WorkflowHandle:
     """A stored workflow, read through the App's driver."""
 
@@ -349,23 +359,35 @@ class WorkflowHandle:
         ``timeout=None`` waits as long as it takes; otherwise ``TimeoutError``
         after ``timeout`` seconds.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
-        ):
-            raise InvalidRequest(f"timeout must be a number of seconds >= 0, not {timeout!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         pause = _FIRST_POLL
         while True:
             state = self._app.driver.get_workflow(self._id).state
             if state != WorkflowState.RUNNING:
                 return state
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"workflow {self._id} still running after {timeout} s")
-                pause = min(pause, left)
-            time.sleep(pause)
+            time.sleep(self._pause(pause, deadline, timeout))
             pause = min(pause * 2, _MAX_POLL)
+
+    async def wait_async(self, timeout: float | None = None) -> WorkflowState:
+        """:meth:`wait` for event loops: each read of the store runs on a thread, and
+        the pauses between reads are ``asyncio.sleep``, so the loop is never blocked."""
+        deadline = _deadline(timeout)
+        pause = _FIRST_POLL
+        while True:
+            record = await asyncio.to_thread(self._app.driver.get_workflow, self._id)
+            if record.state != WorkflowState.RUNNING:
+                return record.state
+            await asyncio.sleep(self._pause(pause, deadline, timeout))
+            pause = min(pause * 2, _MAX_POLL)
+
+    def _pause(self, pause: float, deadline: float | None, timeout: float | None) -> float:
+        """The next pause, cut to the time left; ``TimeoutError`` when none is left."""
+        if deadline is None:
+            return pause
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"workflow {self._id} still running after {timeout} s")
+        return min(pause, left)
 
     def result(self) -> JSON:
         """The workflow's result: a chain's last result, a group's list, a chord's callback's.

@@ -270,8 +270,9 @@ class Capabilities:
     ``persistent``: jobs survive the process, and a server store's server
     (see "Durability and time" above; the crash harness applies).
     ``multi_process``: several processes may share the store safely.
-    ``transactional_enqueue``: :meth:`Driver.enqueue_in` enqueues inside the
-    caller's own database transaction.
+    ``transactional_enqueue``: :meth:`Driver.enqueue_in` and
+    :meth:`Driver.enqueue_workflow_in` enqueue inside the caller's own
+    database transaction.
     ``notifications``: :meth:`Driver.wait_for_jobs` wakes up, from any
     process, on every transition into ``available`` (enqueue, release,
     promote, requeue) instead of only polling.
@@ -337,13 +338,15 @@ class Driver(abc.ABC):
         is committed here: the jobs exist once the caller commits, never if
         it rolls back, and no other connection sees them before that commit
         (workers are woken then).  The rules of :meth:`enqueue` hold
-        (validation, idempotency keys, one result per request).  Default:
+        (validation, idempotency keys, one result per request).  In a
+        caller's REPEATABLE READ or SERIALIZABLE transaction, a key whose
+        holder committed after the caller's snapshot raises the store's
+        serialization error (PostgreSQL's ``SerializationFailure``), never a
+        result the snapshot could not explain: retry the whole transaction,
+        and the retry finds the holder.  Default:
         ``InvalidRequest`` naming the missing capability.
         """
-        raise InvalidRequest(
-            f"{type(self).__name__} does not declare capability 'transactional_enqueue': "
-            "it cannot enqueue inside the caller's transaction"
-        )
+        raise InvalidRequest(_NOT_TRANSACTIONAL.format(type(self).__name__))
 
     @abc.abstractmethod
     def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
@@ -359,6 +362,21 @@ class Driver(abc.ABC):
         calls with one key at the same instant store one workflow, and both
         return it.  The record keeps the key (``WorkflowRecord.idempotency_key``).
         """
+
+    def enqueue_workflow_in(self, conn: Any, graph: WorkflowGraph) -> WorkflowRecord:
+        """:meth:`enqueue_workflow` inside the caller's own open transaction on ``conn``.
+
+        For drivers with the ``transactional_enqueue`` capability, as
+        :meth:`enqueue_in`: the workflow and every step exist once the caller
+        commits, never if it rolls back, and no other connection sees any of
+        them before that commit.  With ``workflow_idempotency``, a key held by
+        a workflow the caller's transaction can see returns that workflow; a
+        store whose isolation cannot tell (a holder committed after the
+        caller's snapshot) raises its own serialization error, and the
+        caller's transaction, retried, finds the holder.  Default:
+        ``InvalidRequest`` naming the missing capability.
+        """
+        raise InvalidRequest(_NOT_TRANSACTIONAL.format(type(self).__name__))
 
     # -- consuming (fenced by lease tokens) -----------------------------------
 
@@ -597,3 +615,7 @@ class Driver(abc.ABC):
 
 
 _NO_SCHEDULES = "{} does not declare capability 'schedules'"
+_NOT_TRANSACTIONAL = (
+    "{} does not declare capability 'transactional_enqueue': "
+    "it cannot enqueue inside the caller's transaction"
+)

@@ -328,7 +328,26 @@ def postgres_caller_transaction(driver: Driver) -> Iterator[object]:
         yield conn
 
 
+@contextmanager
+def sqlite_caller_transaction(driver: Driver) -> Iterator[object]:
+    """An application's own sqlite3 connection to the store's file, in a transaction:
+    committed at the end of the block, rolled back if it raises."""
+    import sqlite3
+
+    from taskharbor.drivers.sqlite import SQLiteDriver
+
+    assert isinstance(driver, SQLiteDriver)
+    conn = sqlite3.connect(driver.path)
+    try:
+        with conn:  # commits, or rolls back on an exception
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+    finally:
+        conn.close()
+
+
 CALLER_TRANSACTION: dict[str, Callable[[Driver], AbstractContextManager[object]]] = {
     "postgres": postgres_caller_transaction,
+    "sqlite": sqlite_caller_transaction,
 }
 """Driver name -> the transactional-enqueue rules' hook (drivers with the capability)."""

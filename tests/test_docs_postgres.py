@@ -15,12 +15,12 @@ PAGE = Path(__file__).resolve().parent.parent / "docs" / "postgres.md"
 SCHEMA = "docs_transactional"
 
 
-def test_the_transactional_example_commits_one_job_and_rolls_back_the_other(
+def test_the_transactional_example_commits_one_order_once_and_rolls_back_the_other(
     tmp_path: Path,
 ) -> None:
     skip_without_postgres()
     examples = re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.DOTALL)
-    (example,) = [code for code in examples if "enqueue_in" in code]
+    (example,) = [code for code in examples if "connection=conn" in code]
     script = tmp_path / "example.py"
     script.write_text(example.replace("postgresql://root@127.0.0.1:5432/test", POSTGRES_URL))
     try:
@@ -28,7 +28,7 @@ def test_the_transactional_example_commits_one_job_and_rolls_back_the_other(
             [sys.executable, str(script)], capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == "[(42,)]"
+        assert done.stdout.strip() == "[(42,), ()]"
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')

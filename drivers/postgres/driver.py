@@ -81,7 +81,6 @@ from taskharbor.spec import (
     WorkflowId,
     WorkflowNotFound,
     WorkflowRecord,
-    WorkflowState,
     dependency_reason,
 )
 from taskharbor.spec.records import (
@@ -94,14 +93,14 @@ from taskharbor.spec.records import (
     check_lease_seconds,
     check_prune_states,
     job_ids,
-    map_ref,
 )
-from taskharbor.spec.retry import policy_text, retry_delay
+from taskharbor.spec.retry import retry_delay
 
 from ..corrupt_rows import rescue_policy, split_leased
 from . import enqueue as enqueueing
 from . import statements, workflows
 from .connect import check_reachable, with_connect_timeout
+from .graphs import ALLOCATE_IDS, workflow_values
 from .notify import Listener, sleep_until
 from .rows import job_record, workflow_record
 from .schedules import PostgresSchedules
@@ -119,6 +118,9 @@ idempotency key's holder was pruned mid-call.  Either way the attempt changed no
 
 NEVER_AUTOMATICALLY = sys.maxsize
 """psycopg's ``prepare_threshold`` for statements prepared only when asked (``prepare=True``)."""
+
+_NOTIFY_QUEUES = "SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue"
+"""Wake the listeners of each queue of ``%(queues)s`` (sent when the transaction commits)."""
 
 PRUNE_BATCH = 1000
 """Rows deleted per prune transaction: short transactions, short locks."""
@@ -265,10 +267,17 @@ class PostgresDriver(PostgresSchedules, Driver):
     def _announce_queues(self, cur: psycopg.Cursor[Row], queues: Sequence[str]) -> None:
         """Wake listeners of ``queues``; sent when the transaction commits, never if not."""
         if queues and self._listener is not None:
-            cur.execute(
-                "SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue",
-                {"channel": self._tables.channel, "queues": sorted(set(queues))},
-            )
+            cur.execute(_NOTIFY_QUEUES, self._wake_params(queues))
+
+    async def _announce_queues_async(
+        self, cur: psycopg.AsyncCursor[Row], queues: Sequence[str]
+    ) -> None:
+        """:meth:`_announce_queues` on an asynchronous cursor."""
+        if queues and self._listener is not None:
+            await cur.execute(_NOTIFY_QUEUES, self._wake_params(queues))
+
+    def _wake_params(self, queues: Sequence[str]) -> Params:
+        return {"channel": self._tables.channel, "queues": sorted(set(queues))}
 
     # -- producing ----------------------------------------------------------
 
@@ -296,8 +305,55 @@ class PostgresDriver(PostgresSchedules, Driver):
         never if the caller rolls back.  Workers are woken at that commit.
         """
         check_batch(requests, EnqueueRequest, "enqueue")
-        with conn.cursor(row_factory=dict_row) as cur:
-            return self._enqueue_on(cur, requests, self._now(), prepare=None)
+        keyed = any(request.idempotency_key is not None for request in requests)
+
+        def body(cur: psycopg.Cursor[Row], now: datetime | None) -> list[EnqueueResult]:
+            return self._enqueue_on(cur, requests, now, prepare=None)
+
+        return self._in_caller_transaction(conn, body, undoable=keyed)
+
+    def enqueue_workflow_in(
+        self, conn: psycopg.Connection[Any], graph: WorkflowGraph
+    ) -> WorkflowRecord:
+        """:meth:`enqueue_workflow` on the caller's connection, inside its transaction."""
+        if not isinstance(graph, WorkflowGraph):
+            raise InvalidRequest(f"enqueue_workflow_in needs a WorkflowGraph, not {graph!r}")
+
+        def body(cur: psycopg.Cursor[Row], now: datetime | None) -> WorkflowRecord:
+            return self._store_workflow(cur, graph, self._tables.params(now))
+
+        return self._in_caller_transaction(conn, body, undoable=graph.idempotency_key is not None)
+
+    def _in_caller_transaction(
+        self,
+        conn: psycopg.Connection[Any],
+        body: Callable[[psycopg.Cursor[Row], datetime | None], T],
+        *,
+        undoable: bool,
+    ) -> T:
+        """Run ``body`` on the caller's connection; in a savepoint when it may start over.
+
+        A key whose holder was pruned between the insert and the read
+        (``KeyReleased``, possible under READ COMMITTED) rolls back to the
+        savepoint and tries again; the caller's own work before it stays.
+        """
+        if not isinstance(conn, psycopg.Connection):
+            raise InvalidRequest(
+                f"transactional enqueue needs a psycopg Connection, not {type(conn).__name__}"
+                " (an AsyncConnection goes to the *_async methods)"
+            )
+        if not undoable:
+            with conn.cursor(row_factory=dict_row) as cur:
+                return body(cur, self._now())
+        attempt = 1
+        while True:
+            try:
+                with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                    return body(cur, self._now())
+            except enqueueing.KeyReleased:
+                if attempt >= RETRIES:
+                    raise
+                attempt += 1
 
     async def enqueue_in_async(
         self, conn: psycopg.AsyncConnection[Any], requests: Sequence[EnqueueRequest]
@@ -318,6 +374,30 @@ class PostgresDriver(PostgresSchedules, Driver):
                 )
                 held = await cur.fetchall()
         return enqueueing.results(requests, stored, held)
+
+    async def enqueue_workflow_in_async(
+        self, conn: psycopg.AsyncConnection[Any], graph: WorkflowGraph
+    ) -> WorkflowRecord:
+        """:meth:`enqueue_workflow_in` on an asynchronous connection."""
+        if not isinstance(graph, WorkflowGraph):
+            raise InvalidRequest(f"enqueue_workflow_in needs a WorkflowGraph, not {graph!r}")
+        params = self._tables.params(self._now())
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(ALLOCATE_IDS, {**params, "n": len(graph.steps)})
+            allocated = await cur.fetchone()
+            assert allocated is not None
+            values = workflow_values(graph, allocated, params)
+            await cur.execute(statements.insert_workflow(self._tables), values)
+            row = await cur.fetchone()
+            if row is None:  # the key is held
+                key = str(graph.idempotency_key)
+                await cur.execute(statements.workflow_by_key(self._tables), {"key": key})
+                held = await cur.fetchone()
+                if held is None:
+                    raise enqueueing.KeyReleased(key)
+                return workflow_record(held)
+            await self._announce_queues_async(cur, row["ready"])
+            return workflow_record(row)
 
     def _insert(
         self, requests: Sequence[EnqueueRequest], now: datetime | None
@@ -362,39 +442,8 @@ class PostgresDriver(PostgresSchedules, Driver):
         raise PostgreSQL's serialization failure instead: the caller's
         transaction must be retried, and its retry finds the holder.
         """
-        allocated = cur.execute(
-            "SELECT nextval(%(workflow_ids)s::regclass) AS workflow_id,"
-            " ARRAY(SELECT nextval(%(job_ids)s::regclass)"
-            "       FROM generate_series(1, %(n)s)) AS job_ids",
-            {**params, "n": len(graph.steps)},
-        ).fetchone()
-        assert allocated is not None
-        ids: list[JobId] = sorted(allocated["job_ids"])
-        by_index = dict(enumerate(ids))
-        steps = graph.steps
-        values = {
-            **params,
-            "workflow_id": allocated["workflow_id"],
-            "name": graph.name,
-            "key": graph.idempotency_key,
-            "state": WorkflowState.RUNNING.value,
-            "steps": ids,
-            "result": Json(map_ref(graph.result, by_index)),
-            "ids": ids,
-            "task": [s.request.task for s in steps],
-            "queue": [s.request.queue for s in steps],
-            "args": [Json(list(s.request.args)) for s in steps],
-            "kwargs": [Json(dict(s.request.kwargs)) for s in steps],
-            "priority": [s.request.priority for s in steps],
-            "run_at": [s.request.run_at for s in steps],
-            "max_attempts": [s.request.max_attempts for s in steps],
-            "depends_on": [Json([by_index[i] for i in s.after]) for s in steps],
-            "input_ref": [
-                None if s.input is None else Json(map_ref(s.input, by_index)) for s in steps
-            ],
-            "retry": [policy_text(s.request.retry) for s in steps],
-            "headers": [Json(dict(s.request.headers)) for s in steps],
-        }
+        allocated = cur.execute(ALLOCATE_IDS, {**params, "n": len(graph.steps)})
+        values = workflow_values(graph, allocated.fetchone(), params)
         row = cur.execute(statements.insert_workflow(self._tables), values).fetchone()
         if row is None:  # the key is held
             key = str(graph.idempotency_key)

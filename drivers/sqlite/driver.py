@@ -250,6 +250,7 @@ class SQLiteDriver(SQLiteSchedules, Driver):
     capabilities = Capabilities(
         persistent=True,
         multi_process=True,
+        transactional_enqueue=True,
         schedules=True,
         flow_control=True,
         workflow_idempotency=True,
@@ -419,15 +420,74 @@ class SQLiteDriver(SQLiteSchedules, Driver):
         the jobs of the requests before it.
         """
         check_batch(requests, EnqueueRequest, "enqueue")
-        results: list[EnqueueResult] = []
         with self._transaction() as tx:
-            for keyed, run in groupby(requests, _has_key):
-                if keyed:
-                    results += [self._insert(tx, request) for request in run]
-                else:
-                    rows = tx.insert([_job_values(tx, request) for request in run])
-                    results += [EnqueueResult(job_record(row), created=True) for row in rows]
+            return self._enqueue_on(tx, requests)
+
+    def enqueue_in(
+        self, conn: sqlite3.Connection, requests: Sequence[EnqueueRequest]
+    ) -> list[EnqueueResult]:
+        """:meth:`enqueue` on the caller's ``sqlite3`` connection to this store's file,
+        inside the caller's transaction (see :meth:`_caller_transaction`)."""
+        check_batch(requests, EnqueueRequest, "enqueue")
+        with self._caller_transaction(conn) as tx:
+            return self._enqueue_on(tx, requests)
+
+    def _enqueue_on(self, tx: Writes, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        results: list[EnqueueResult] = []
+        for keyed, run in groupby(requests, _has_key):
+            if keyed:
+                results += [self._insert(tx, request) for request in run]
+            else:
+                rows = tx.insert([_job_values(tx, request) for request in run])
+                results += [EnqueueResult(job_record(row), created=True) for row in rows]
         return results
+
+    @contextmanager
+    def _caller_transaction(self, conn: sqlite3.Connection) -> Iterator[Writes]:
+        """One call on the caller's connection: in its transaction, never committed here.
+
+        The connection must be to this store's file.  Without a transaction
+        open, one is begun (``BEGIN IMMEDIATE``) for the caller to commit or
+        roll back; the call's writes are under a savepoint, so a call that
+        fails leaves the caller's transaction as it was.  A caller's deferred
+        transaction that has only read may be refused by SQLite ("database is
+        locked") when another process wrote meanwhile: begin it with
+        ``BEGIN IMMEDIATE``.  Workers notice the jobs when the caller commits.
+        """
+        if not isinstance(conn, sqlite3.Connection):
+            raise InvalidRequest(
+                f"transactional enqueue needs a sqlite3 connection, not {type(conn).__name__}"
+            )
+        factory = conn.row_factory
+        try:
+            conn.row_factory = sqlite3.Row
+            self._check_same_file(conn)
+            sqlite_schema.require_current(conn, self.path)
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            conn.execute("SAVEPOINT taskharbor_enqueue")
+            try:
+                yield Writes(conn, self.clock.now())
+            except BaseException:
+                conn.execute("ROLLBACK TO taskharbor_enqueue")
+                raise
+            finally:
+                conn.execute("RELEASE taskharbor_enqueue")
+        except sqlite3.Error as exc:
+            error = sqlite_schema.storage_error(self.path, exc, BUSY_TIMEOUT_SECONDS)
+            if error is None:
+                raise
+            raise error from exc
+        finally:
+            conn.row_factory = factory
+
+    def _check_same_file(self, conn: sqlite3.Connection) -> None:
+        main = next(row for row in conn.execute("PRAGMA database_list") if row[1] == "main")
+        if not main[2] or os.path.realpath(main[2]) != os.path.realpath(self.path):
+            raise InvalidRequest(
+                f"the connection is to {main[2] or 'an in-memory database'!r}, not to this "
+                f"store's file {str(self.path)!r}"
+            )
 
     def _insert(
         self,
@@ -462,39 +522,49 @@ class SQLiteDriver(SQLiteSchedules, Driver):
         if not isinstance(graph, WorkflowGraph):
             raise InvalidRequest(f"enqueue_workflow needs a WorkflowGraph, not {graph!r}")
         with self._transaction() as tx:
-            if graph.idempotency_key is not None:
-                holder = tx.conn.execute(
-                    "SELECT id FROM workflows WHERE idempotency_key = ?", (graph.idempotency_key,)
-                ).fetchone()
-                if holder is not None:
-                    return self._workflow(tx, holder["id"])
-            workflow_id = tx.conn.execute(
-                "INSERT INTO workflows (name, state, result, created_at, idempotency_key) "
-                "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (
-                    graph.name,
-                    WorkflowState.RUNNING.value,
-                    dump_json(None),
-                    tx.now_us,
-                    graph.idempotency_key,
-                ),
-            ).fetchone()["id"]
-            ids: list[JobId] = []
-            for step in graph.steps:
-                index_to_id = dict(enumerate(ids))
-                result = self._insert(
-                    tx,
-                    step.request,
-                    workflow_id=workflow_id,
-                    depends_on=tuple(ids[index] for index in step.after),
-                    step_input=None if step.input is None else map_ref(step.input, index_to_id),
-                )
-                ids.append(result.job.id)
-            result_ref = map_ref(graph.result, dict(enumerate(ids)))
-            tx.conn.execute(
-                "UPDATE workflows SET result = ? WHERE id = ?", (dump_json(result_ref), workflow_id)
+            return self._store_workflow(tx, graph)
+
+    def enqueue_workflow_in(self, conn: sqlite3.Connection, graph: WorkflowGraph) -> WorkflowRecord:
+        """:meth:`enqueue_workflow` on the caller's connection, inside its transaction."""
+        if not isinstance(graph, WorkflowGraph):
+            raise InvalidRequest(f"enqueue_workflow_in needs a WorkflowGraph, not {graph!r}")
+        with self._caller_transaction(conn) as tx:
+            return self._store_workflow(tx, graph)
+
+    def _store_workflow(self, tx: Writes, graph: WorkflowGraph) -> WorkflowRecord:
+        if graph.idempotency_key is not None:
+            holder = tx.conn.execute(
+                "SELECT id FROM workflows WHERE idempotency_key = ?", (graph.idempotency_key,)
+            ).fetchone()
+            if holder is not None:
+                return self._workflow(tx, holder["id"])
+        workflow_id = tx.conn.execute(
+            "INSERT INTO workflows (name, state, result, created_at, idempotency_key) "
+            "VALUES (?, ?, ?, ?, ?) RETURNING id",
+            (
+                graph.name,
+                WorkflowState.RUNNING.value,
+                dump_json(None),
+                tx.now_us,
+                graph.idempotency_key,
+            ),
+        ).fetchone()["id"]
+        ids: list[JobId] = []
+        for step in graph.steps:
+            index_to_id = dict(enumerate(ids))
+            result = self._insert(
+                tx,
+                step.request,
+                workflow_id=workflow_id,
+                depends_on=tuple(ids[index] for index in step.after),
+                step_input=None if step.input is None else map_ref(step.input, index_to_id),
             )
-            return self._workflow(tx, workflow_id)
+            ids.append(result.job.id)
+        result_ref = map_ref(graph.result, dict(enumerate(ids)))
+        tx.conn.execute(
+            "UPDATE workflows SET result = ? WHERE id = ?", (dump_json(result_ref), workflow_id)
+        )
+        return self._workflow(tx, workflow_id)
 
     # -- consuming ------------------------------------------------------------------
 
