@@ -116,8 +116,9 @@ class TransactionalEnqueueRules(HarborFixture, DriverHooks):
         with pytest.raises(RolledBack), transaction(harbor.driver) as conn:
             harbor.driver.enqueue_workflow_in(conn, order_chain("order-1"))
             raise RolledBack
+        assert harbor.driver.list_workflows(WorkflowFilter()) == [], "the rollback kept it"
         stored = harbor.driver.enqueue_workflow(order_chain("order-1"))  # never held before
-        assert stored.idempotency_key == "order-1"
+        assert (stored.idempotency_key, len(harbor.all_jobs())) == ("order-1", 2)
         with transaction(harbor.driver) as conn:
             again = harbor.driver.enqueue_workflow_in(conn, order_chain("order-1"))
             same_transaction = harbor.driver.enqueue_workflow_in(conn, order_chain("order-2"))

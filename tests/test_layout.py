@@ -206,6 +206,8 @@ def test_the_driver_guide_shows_every_driver_module() -> None:
 OPTIONAL_LIBRARIES = {
     "prometheus_client": f"{PACKAGE}.contrib.prometheus",
     "opentelemetry": f"{PACKAGE}.contrib.otel",
+    "fastapi": f"{PACKAGE}.contrib.fastapi",
+    "sqlalchemy": f"{PACKAGE}.contrib.fastapi",
 }
 """Libraries of the extras -> the one module that may import each (DESIGN.md: each
 integration imports its third-party library only inside itself)."""

@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool
@@ -331,11 +332,15 @@ class PostgresDriver(PostgresSchedules, Driver):
         *,
         undoable: bool,
     ) -> T:
-        """Run ``body`` on the caller's connection; in a savepoint when it may start over.
+        """Run ``body`` on the caller's connection; under a savepoint when it may start over.
 
         A key whose holder was pruned between the insert and the read
         (``KeyReleased``, possible under READ COMMITTED) rolls back to the
-        savepoint and tries again; the caller's own work before it stays.
+        savepoint and tries again; the caller's own work before it stays.  The
+        savepoint is plain SQL, not ``conn.transaction()``: on a connection
+        that is not in autocommit mode and has run nothing yet (a SQLAlchemy
+        or Django transaction that has not written), psycopg would take that
+        block for the outermost transaction and commit it.
         """
         if not isinstance(conn, psycopg.Connection):
             raise InvalidRequest(
@@ -345,6 +350,32 @@ class PostgresDriver(PostgresSchedules, Driver):
         if not undoable:
             with conn.cursor(row_factory=dict_row) as cur:
                 return body(cur, self._now())
+        if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+            return self._own_transaction(conn, body)  # the caller has no transaction open
+        attempt = 1
+        with conn.cursor(row_factory=dict_row) as cur:
+            while True:
+                cur.execute("SAVEPOINT taskharbor_enqueue")
+                try:
+                    answer = body(cur, self._now())
+                except enqueueing.KeyReleased:
+                    cur.execute("ROLLBACK TO SAVEPOINT taskharbor_enqueue")
+                    if attempt >= RETRIES:
+                        raise
+                    attempt += 1
+                    continue
+                finally:
+                    if conn.info.transaction_status == TransactionStatus.INTRANS:
+                        cur.execute("RELEASE SAVEPOINT taskharbor_enqueue")
+                return answer
+
+    def _own_transaction(
+        self,
+        conn: psycopg.Connection[Any],
+        body: Callable[[psycopg.Cursor[Row], datetime | None], T],
+    ) -> T:
+        """``body`` in a transaction of its own on an autocommit connection, started over
+        when a key's holder was pruned mid-call."""
         attempt = 1
         while True:
             try:

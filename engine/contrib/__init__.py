@@ -3,7 +3,9 @@
 * :mod:`taskharbor.contrib.prometheus` (``pip install 'taskharbor[prometheus]'``):
   Prometheus metrics of outcomes, latencies, the store's queues and the workers;
 * :mod:`taskharbor.contrib.otel` (``pip install 'taskharbor[otel]'``): OpenTelemetry
-  traces from the enqueue to each attempt, across processes.
+  traces from the enqueue to each attempt, across processes;
+* :mod:`taskharbor.contrib.fastapi` (``pip install 'taskharbor[fastapi]'``): a FastAPI
+  lifespan, and enqueue in a SQLAlchemy session's transaction.
 
 Each module imports its third-party library only inside itself, and says which extra
 to install when the library is missing (:func:`missing`).
