@@ -59,6 +59,8 @@ class JobContext:
     headers: Mapping[str, str] = field(default_factory=dict)
     """The headers the job was enqueued with (``EnqueueRequest.headers``: a trace
     context, for instance), read-only."""
+    workflow_id: int | None = None
+    """The workflow this job is a step of (``None`` for a job enqueued on its own)."""
 
     @functools.cached_property
     def cancel_event(self) -> threading.Event:

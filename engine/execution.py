@@ -97,6 +97,7 @@ def context_for(record: JobRecord, timeout: float | None, now: datetime | None) 
         schedule=None if made_by is None else made_by[0],
         tick=None if made_by is None else made_by[1],
         headers=record.headers,
+        workflow_id=record.workflow_id,
     )
 
 
