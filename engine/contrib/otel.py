@@ -1,0 +1,234 @@
+"""OpenTelemetry traces of an app's jobs (``pip install 'taskharbor[otel]'``).
+
+``instrument(app)`` adds a middleware and an event subscriber to the app:
+
+* each enqueue (a job, a batch, a whole workflow) is a ``PRODUCER`` span
+  (``send <queue>``); its W3C trace context (``traceparent``, ``tracestate``,
+  through the globally configured propagator) is stored in the headers of
+  every job it enqueues;
+* each attempt is a ``CONSUMER`` span (``process <queue>``) whose parent is that
+  stored context, so it continues the producer's trace in whichever process or
+  host runs it; a workflow step also links to its workflow's enqueue span.
+  The span is current while the handler runs (spans the handler makes are its
+  children), records the exception the handler raised, and ends with the
+  attempt's outcome once the store has recorded it.
+
+Attributes follow OpenTelemetry's messaging conventions (``messaging.system``
+``taskharbor``, ``messaging.destination.name`` the queue,
+``messaging.message.id`` the job id, ``messaging.operation.type`` ``send`` or
+``process``) with ``taskharbor.task``, ``taskharbor.job.attempt`` and
+``taskharbor.job.outcome``.  Only ``opentelemetry-api`` is needed: spans go
+wherever the application's SDK (``TracerProvider``) sends them, and nowhere
+without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from taskharbor.spec import EnqueueRequest, WorkflowGraph, WorkflowRecord
+
+from .. import __version__, events
+from ..context import JobCancelled, JobContext, Snooze
+from ..events import Event, job_fields
+from ..execution import context_for
+from ..middleware import EnqueueCall, Middleware, WorkflowCall
+from . import missing
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import Link, Span, SpanKind, StatusCode, TracerProvider
+except ImportError as error:  # pragma: no cover - the message is what is tested
+    raise missing("opentelemetry-api", "otel", __name__) from error
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..jobs import Job
+
+SYSTEM = {"messaging.system": "taskharbor"}
+WORKFLOW_LINK = {"taskharbor.link": "workflow enqueue"}
+"""The attribute of the link from a workflow step's span to its workflow's enqueue span."""
+FAILED = frozenset({events.RETRYING, events.DEAD, events.LOST})
+"""Outcomes that mark the attempt's span as an error."""
+NOT_ERRORS = (Snooze, JobCancelled)
+"""What a handler raises to reschedule or stop: not recorded as the span's exception."""
+
+
+class Tracing(Middleware):
+    """The middleware and subscriber :func:`instrument` adds to an app."""
+
+    def __init__(self, app: App, tracer_provider: TracerProvider | None = None) -> None:
+        self.app = app
+        self.tracer = trace.get_tracer("taskharbor", __version__, tracer_provider=tracer_provider)
+        self._open: dict[int, tuple[JobContext, Span]] = {}  # by id(context); keeps it alive
+        self._lock = threading.Lock()
+        self._unsubscribe = app.events.subscribe(self._on_end, *events.ATTEMPT_ENDS)
+
+    # -- producing ----------------------------------------------------------------
+
+    def around_enqueue(
+        self, requests: Sequence[EnqueueRequest], call_next: EnqueueCall
+    ) -> list[Job]:
+        queues = sorted({request.queue for request in requests})
+        attributes: dict[str, Any] = {
+            **SYSTEM,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "enqueue",
+        }
+        if len(queues) == 1:
+            attributes["messaging.destination.name"] = queues[0]
+        if len(requests) == 1:
+            attributes["taskharbor.task"] = requests[0].task
+        else:
+            attributes["messaging.batch.message_count"] = len(requests)
+        name = f"send {queues[0]}" if len(queues) == 1 else "send"
+        with self.tracer.start_as_current_span(
+            name, kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            carried = _carrier()
+            jobs = call_next([_with_headers(request, carried) for request in requests])
+            if len(jobs) == 1:
+                span.set_attribute("messaging.message.id", str(jobs[0].id))
+            return jobs
+
+    def around_enqueue_workflow(
+        self, graph: WorkflowGraph, call_next: WorkflowCall
+    ) -> WorkflowRecord:
+        attributes: dict[str, Any] = {
+            **SYSTEM,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "enqueue_workflow",
+            "messaging.batch.message_count": len(graph.steps),
+        }
+        if graph.name is not None:
+            attributes["taskharbor.workflow.name"] = graph.name
+        with self.tracer.start_as_current_span(
+            f"send workflow {graph.name or ''}".strip(),
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+        ) as span:
+            carried = _carrier()
+            steps = tuple(
+                dataclasses.replace(step, request=_with_headers(step.request, carried))
+                for step in graph.steps
+            )
+            on_failure = graph.on_failure
+            if on_failure is not None:
+                on_failure = _with_headers(on_failure, carried)
+            record = call_next(dataclasses.replace(graph, steps=steps, on_failure=on_failure))
+            span.set_attribute("taskharbor.workflow.id", record.id)
+            return record
+
+    # -- consuming ----------------------------------------------------------------
+
+    def around_job(self, job: JobContext) -> _Attempt:
+        span = self._start(job)
+        with self._lock:
+            self._open[id(job)] = (job, span)
+        return _Attempt(span)
+
+    def _start(self, job: JobContext, start_time: int | None = None) -> Span:
+        parent = _extract(tuple(job.headers.items()))
+        links = []
+        if job.workflow_id is not None:
+            producer = trace.get_current_span(parent).get_span_context()
+            if producer.is_valid:
+                links.append(Link(producer, WORKFLOW_LINK))
+        attributes = {
+            **job_fields(job),
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+        }
+        span = self.tracer.start_span(
+            f"process {job.queue}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+            start_time=start_time,
+        )
+        return span
+
+    def _on_end(self, event: Event) -> None:
+        """End the attempt's span with its outcome (a span is made now for an attempt
+        whose handler never ran, such as a job of an unknown task)."""
+        context = event.context
+        found = None
+        if context is not None:
+            with self._lock:
+                found = self._open.pop(id(context), None)
+        if found is not None:
+            span = found[1]
+        else:
+            job = event.job
+            assert job is not None, "an attempt's end has its job"
+            started = None if event.started_at is None else int(event.started_at * 1e9)
+            span = self._start(context or context_for(job, None, None), started)
+        span.set_attribute("taskharbor.job.outcome", event.kind)
+        if event.worker is not None:
+            span.set_attribute("messaging.client.id", event.worker.worker_id)
+        if event.kind in FAILED:
+            error = event.error
+            span.set_status(
+                StatusCode.ERROR, None if error is None else f"{error.type}: {error.message}"
+            )
+        finished = None if event.finished_at is None else int(event.finished_at * 1e9)
+        span.end(end_time=finished)
+
+    def close(self) -> None:
+        """Stop ending spans (the middleware stays on the app: it has no way off)."""
+        self._unsubscribe()
+
+
+class _Attempt:
+    """The attempt's span made current around the handler, the handler's exception recorded
+    on it (a class, not a generator: it runs per attempt)."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> None:
+        self.token = otel_context.attach(trace.set_span_in_context(self.span))
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        otel_context.detach(self.token)
+        if error is not None and not isinstance(error, NOT_ERRORS):
+            self.span.record_exception(error)
+
+
+def instrument(app: App, *, tracer_provider: TracerProvider | None = None) -> Tracing:
+    """Trace ``app``'s enqueues and the attempts its workers in this process run; spans go
+    to ``tracer_provider`` (default: the global one the application's SDK set up)."""
+    tracing = Tracing(app, tracer_provider)
+    app.use(tracing)
+    return tracing
+
+
+@functools.lru_cache(maxsize=256)
+def _extract(headers: tuple[tuple[str, str], ...]) -> otel_context.Context:
+    """The trace context stored in a job's headers.  Jobs enqueued together (a batch, a
+    workflow's steps) carry the same headers, and parsing them is most of what tracing an
+    attempt costs TaskHarbor: the answer (an immutable context) is kept for the next one."""
+    return propagate.extract(dict(headers))
+
+
+def _carrier() -> dict[str, str]:
+    """The current trace context as headers (``traceparent``, ``tracestate``, ...)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def _with_headers(request: EnqueueRequest, carried: Mapping[str, str]) -> EnqueueRequest:
+    if not carried:
+        return request
+    return dataclasses.replace(request, headers={**request.headers, **carried})
