@@ -61,6 +61,7 @@ from taskharbor.spec.records import (
 )
 from taskharbor.spec.records import job_ids as check_job_ids
 from taskharbor.spec.retry import policy_from_text, retry_delay
+from taskharbor.spec.schedules import ScheduleNotFound
 from taskharbor.spec.spi import Capabilities, Driver
 from taskharbor.spec.table import JOB, JobEvent, JobState
 
@@ -78,6 +79,7 @@ from .rows import (
     ref_template,
     request_fields,
 )
+from .schedules import SCHEDULES_LUA, RedisSchedules, ScheduleConflict
 
 logger = logging.getLogger("taskharbor")
 
@@ -87,10 +89,10 @@ server for long (each run is atomic; the call loops until the work is done)."""
 
 SCHEMA_VERSION = "1"
 
-_LIBRARY = build_library()
+_LIBRARY = build_library(SCHEDULES_LUA)
 
 
-class RedisDriver(Driver):
+class RedisDriver(RedisSchedules, Driver):
     """Jobs and workflows in one Redis database, under one key prefix.
 
     ``url`` is a ``redis://`` or ``rediss://`` URL (the ``?prefix=`` parameter
@@ -114,7 +116,7 @@ class RedisDriver(Driver):
         self.clock = clock if clock is not None else ServerClock(self._client)
         self._persistent = persistent
         self.capabilities = Capabilities(
-            persistent=bool(persistent), multi_process=True, notifications=True
+            persistent=bool(persistent), multi_process=True, notifications=True, schedules=True
         )
         self._script = self._client.register_script(_LIBRARY)
         self._token_prefix = secrets.token_hex(12)
@@ -145,7 +147,7 @@ class RedisDriver(Driver):
         if self._persistent is None:
             persistent = self.durability is not None and self.durability.persistent
             self.capabilities = Capabilities(
-                persistent=persistent, multi_process=True, notifications=True
+                persistent=persistent, multi_process=True, notifications=True, schedules=True
             )
 
     def close(self) -> None:
@@ -157,10 +159,12 @@ class RedisDriver(Driver):
         where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
         return StoreError(f"Redis at {where}: {type(exc).__name__}: {exc}")
 
-    def _call(self, command: str, *args: Any) -> Any:
-        """One atomic run of the library; the call's now is the injected clock's or
-        the server's.  Refusals come back as ``["!", kind, ...]``."""
-        now = encode_time(self.clock.now()) if self._injected else ""
+    def _call(self, command: str, *args: Any, now: str | None = None) -> Any:
+        """One atomic run of the library; the call's now is ``now`` when given (a time
+        an earlier run read), else the injected clock's or the server's.  Refusals
+        come back as ``["!", kind, ...]``."""
+        if now is None:
+            now = encode_time(self.clock.now()) if self._injected else ""
         try:
             reply = self._script(keys=[self.prefix], args=[command, now, *args])
         except redis.RedisError as exc:
@@ -435,6 +439,10 @@ def _refusal(reply: list[Any]) -> Exception:
     kind = reply[1]
     if kind == "job_not_found":
         return JobNotFound(int(reply[2]))
+    if kind == "schedule_not_found":
+        return ScheduleNotFound(reply[2])
+    if kind == "conflict":
+        return ScheduleConflict()
     if kind == "workflow_not_found":
         return WorkflowNotFound(int(reply[2]))
     if kind == "workflow_finished":
