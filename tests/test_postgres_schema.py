@@ -183,3 +183,50 @@ def test_a_store_from_before_retry_policies_upgrades_and_its_jobs_back_off_at_re
     (stored,) = driver.get([job.id])
     assert stored.state is JobState.RETRYING
     assert stored.run_at == rescued_at + retry_delay(DEFAULT_RETRY, job.id, 1)
+
+
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ({"state": "available", "queue": "q1"}, "jobs_queue_state_id_idx"),
+        ({"state": "dead"}, "jobs_state_id_idx"),
+    ],
+)
+def test_listing_one_state_reads_its_index_wherever_those_jobs_lie(
+    make_driver: MakeDriver, where: dict[str, str], index: str
+) -> None:
+    """A dead-letter queue behind newer successes, a backlog after older ones: the
+    listing in id order reads the (queue, state, id) or (state, id) index, not every
+    job by id (the plan PostgreSQL picks when it assumes states are spread evenly)."""
+    from taskharbor.drivers.postgres import statements
+
+    driver = make_driver()
+    schema = driver._tables.schema
+    jobs = sql.Identifier(schema, "jobs")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        # 20,000 finished jobs, the dead ones first, then a backlog: copies of one
+        # stored job (every column as the driver writes it).
+        (template,) = driver.enqueue([EnqueueRequest("t", queue="q1")])
+        columns = [
+            row[0]
+            for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                "AND table_name = 'jobs' AND column_name NOT IN ('id', 'state')",
+                (schema,),
+            )
+        ]
+        names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {jobs} ({names}, state) SELECT {names}, CASE WHEN g <= 200 "
+                "THEN 'dead' WHEN g <= 20000 THEN 'succeeded' ELSE 'available' END "
+                "FROM {jobs}, generate_series(1, 20100) g WHERE id = %s"
+            ).format(jobs=jobs, names=names),
+            (template.job.id,),
+        )
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(jobs))
+        query = statements.list_jobs(driver._tables, tuple(where), True)
+        plan = "\n".join(
+            row[0] for row in conn.execute(b"EXPLAIN " + query, {**where, "limit": 51})
+        )
+    assert index in plan, plan

@@ -775,8 +775,11 @@ class PostgresDriver(PostgresSchedules, Driver):
     def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         if not isinstance(where, JobFilter):
             raise InvalidRequest(f"list_jobs needs a JobFilter, not {where!r}")
+        states = None if where.states is None else sorted(s.value for s in where.states)
+        one_state = states is not None and len(states) == 1
         asked: Params = {
-            "states": None if where.states is None else sorted(s.value for s in where.states),
+            "states": None if one_state else states,
+            "state": states[0] if states is not None and one_state else None,
             "task": where.task,
             "queue": where.queue,
             "workflow_id": where.workflow_id,

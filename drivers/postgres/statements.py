@@ -435,6 +435,9 @@ def select_jobs(tables: Tables) -> sql.Composed:
 
 _FILTERS: Mapping[str, str] = {
     "states": "j.state = ANY(%(states)s::text[])",
+    # One state as an equality: the (state, id) index then gives the id order (an
+    # ANY(array) condition does not, on PostgreSQL 15).
+    "state": "j.state = %(state)s",
     "task": "j.task = %(task)s",
     "queue": "j.queue = %(queue)s",
     "workflow_id": "j.workflow_id = %(workflow_id)s",

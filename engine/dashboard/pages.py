@@ -18,16 +18,15 @@ if TYPE_CHECKING:
 
 
 def overview(board: Dashboard, request: Request) -> Response:
-    driver = board.driver
-    now = driver.clock.now()
-    counts = driver.count()
-    board.throughput.observe(now, counts)
-    queues = queue_summaries(driver, counts, now)
+    sample = board.counts()
+    now = board.driver.clock.now()
+    queues = queue_summaries(board.driver, sample.counts, now)
     totals = {state: sum(q.counts[state] for q in queues) for state in JobState}
     return board.renderer.render(
         request,
         "overview.html",
         now=now,
+        counted_at=sample.at,
         queues=queues,
         totals=totals,
         chart=svg.throughput_chart(board.throughput.series(now)),
@@ -48,7 +47,7 @@ def _listing(
 ) -> Response:
     """A page of jobs (of one state when given), with the queues and dead jobs counted."""
     query = JobQuery.parse(request.query_params, state=state)
-    counts = board.driver.count()
+    counts = board.counts().counts
     return board.renderer.render(
         request,
         template,

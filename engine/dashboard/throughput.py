@@ -1,7 +1,7 @@
 """Throughput and failures over the last hour, from samples of ``Driver.count``.
 
 The SPI has no history of finished jobs, so the dashboard samples the
-per-state counts (every few seconds, and at every overview) and charts how
+per-state counts (every few seconds, shared by every page) and charts how
 many jobs reached ``succeeded`` and ``dead`` between samples, by minute.  The
 chart therefore covers the time since the dashboard started, up to an hour;
 a requeue or a prune that lowers a count between two samples counts as zero.
