@@ -110,38 +110,96 @@ def workflow_graph(jobs: Sequence[JobRecord], *, link: str = "/jobs/{}") -> Mark
 
 
 def lifecycle_diagram(table: TransitionTable, initial: str) -> Markup:
-    """A lifecycle's states in columns by distance from ``initial``, one arrow per
-    (source, target) labelled with its events, as the transition table says."""
-    edges: dict[tuple[str, str], list[str]] = {}
-    for event in sorted(table.events):
-        for source in table.states:
-            for choice in table.options(event, source):
-                edges.setdefault((source, choice.target), [])
-                if event not in edges[(source, choice.target)]:
-                    edges[(source, choice.target)].append(event)
+    """A lifecycle as its transition table says: states in columns by distance from
+    ``initial`` (ordered to cross little), one arrow per (source, target) labelled
+    with its events; arrows back to an earlier column run in lanes above or below."""
+    edges = _edges(table)
     depth = _distances(initial, edges)
     columns: dict[int, list[str]] = {}
     for state in table.states:
         columns.setdefault(depth.get(state, 0), []).append(state)
-    box_w, box_h, gap_x, gap_y, pad = 110, 34, 110, 44, 24
+    rank: dict[str, float] = {}
+    for col in sorted(columns):  # each column by the mean row of its earlier neighbours
+        members = columns[col]
+        for row, state in enumerate(members):
+            rank[state] = row
+        if col:
+            members.sort(key=lambda t: _mean([rank[s] for s, u in edges if u == t and s in rank
+                                              and depth.get(s, 0) < col], rank[t]))  # fmt: skip
+            for row, state in enumerate(members):
+                rank[state] = row
+    box_w, box_h, gap_x, gap_y, pad, lane = 120, 34, 140, 44, 24, 24
     rows = max(len(c) for c in columns.values())
-    width = pad * 2 + len(columns) * box_w + (len(columns) - 1) * gap_x
-    height = pad * 2 + rows * box_h + (rows - 1) * gap_y
+    back = [e for e in edges if depth.get(e[1], 0) < depth.get(e[0], 0)]
+    up = [e for e in back if rank[e[1]] < (rows - 1) / 2]
+    down = [e for e in back if e not in up]
+    top = pad + 30 + lane * len(up)
+    body = rows * box_h + (rows - 1) * gap_y
+    width = pad * 2 + len(columns) * box_w + (len(columns) - 1) * gap_x + 60
+    height = top + body + lane * (len(down) + 1) + pad
     where: dict[str, tuple[float, float]] = {}
     for col, members in columns.items():
         offset = (rows - len(members)) * (box_h + gap_y) / 2
         for row, state in enumerate(members):
-            where[state] = (pad + col * (box_w + gap_x), pad + offset + row * (box_h + gap_y))
+            where[state] = (pad + 60 + col * (box_w + gap_x), top + offset + row * (box_h + gap_y))
+    kind = escape(table.kind)
     parts = [
-        f'<svg class="lifecycle" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{escape(table.kind)} lifecycle">',
-        f'<defs><marker id="arrow-{escape(table.kind)}" viewBox="0 0 10 10" refX="9" refY="5" '
+        f'<svg class="lifecycle" viewBox="0 0 {width} {height:.0f}" role="img" '
+        f'aria-label="{kind} lifecycle">',
+        f'<defs><marker id="arrow-{kind}" viewBox="0 0 10 10" refX="9" refY="5" '
         'markerWidth="7" markerHeight="7" orient="auto">'
-        '<path d="M0,0 L10,5 L0,10 z" class="arrowhead"/></marker>'
-        "</defs>",
+        '<path d="M0,0 L10,5 L0,10 z" class="arrowhead"/></marker></defs>',
     ]
+    fan_out = {s: sum(1 for a, _ in edges if a == s) for s in table.states}
+    fan_in = {s: sum(1 for _, b in edges if b == s) for s in table.states}
     for (source, target), events in edges.items():
-        parts.append(_arrow(where[source], where[target], box_w, box_h, events, table.kind))
+        (x1, y1), (x2, y2) = where[source], where[target]
+        anchor = "middle"
+        if source == target:  # a loop on the box's right edge
+            rx, cy = x1 + box_w, y1 + box_h / 2
+            curve = ((rx, cy - 8), (rx + 40, cy - 30), (rx + 40, cy + 30), (rx, cy + 8))
+        elif (source, target) in back:
+            above = (source, target) in up
+            n = (up if above else down).index((source, target))
+            sx, tx = x1 + box_w / 2 - 10, x2 + box_w / 2 + 10
+            if above:
+                y_lane = top - 30 - lane * n
+                curve = ((sx, y1), (sx, y_lane), (tx, y_lane), (tx, y2))
+            else:
+                y_lane = top + body + 30 + lane * n
+                curve = ((sx, y1 + box_h), (sx, y_lane), (tx, y_lane), (tx, y2 + box_h))
+        elif depth.get(source, 0) == depth.get(target, 0):
+            if abs(y2 - y1) > box_h + gap_y:  # past a box between them: bow to the left
+                curve = (
+                    (x1, y1 + box_h / 2),
+                    (x1 - 60, y1),
+                    (x2 - 60, y2 + box_h),
+                    (x2, y2 + box_h / 2),
+                )
+            else:  # the next box: straight, downwards left of centre and upwards right of it
+                cx = x1 + box_w / 2 + (-18 if y2 > y1 else 18)
+                sy, ey = (y1 + box_h, y2) if y2 > y1 else (y1, y2 + box_h)
+                curve = ((cx, sy), (cx, sy), (cx, ey), (cx, ey))
+                anchor = "end" if y2 > y1 else "start"
+        else:
+            sx, sy, ex, ey = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
+            mid = (sx + ex) / 2
+            curve = ((sx, sy), (mid, sy), (mid, ey), (ex, ey))
+        at = min(0.7, max(0.3, 0.5 + 0.1 * (fan_out[source] - fan_in[target])))
+        if (source, target) in back:
+            at = 0.5
+        lx, ly = _bezier(curve, at)
+        if source == target:
+            lx, anchor = lx + 4, "start"
+        elif anchor != "middle":
+            lx += -5 if anchor == "end" else 5
+        (a, b), (c, d), (e, f), (g, h) = curve
+        parts.append(
+            f'<path class="edge" marker-end="url(#arrow-{kind})" '
+            f'd="M{a:.0f},{b:.0f} C{c:.0f},{d:.0f} {e:.0f},{f:.0f} {g:.0f},{h:.0f}"/>'
+            f'<text class="edge-label" x="{lx:.0f}" y="{ly - 4:.0f}" text-anchor="{anchor}">'
+            f"{escape(', '.join(events))}</text>"
+        )
     for state in table.states:
         x, y = where[state]
         final = " final" if state in table.final_states else ""
@@ -153,6 +211,18 @@ def lifecycle_diagram(table: TransitionTable, initial: str) -> Markup:
         )
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def _edges(table: TransitionTable) -> dict[tuple[str, str], list[str]]:
+    """(source, target) -> the events that move a subject from one to the other."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for event in sorted(table.events):
+        for source in table.states:
+            for choice in table.options(event, source):
+                found = edges.setdefault((source, choice.target), [])
+                if event not in found:
+                    found.append(event)
+    return edges
 
 
 def _distances(initial: str, edges: Mapping[tuple[str, str], object]) -> dict[str, int]:
@@ -170,43 +240,19 @@ def _distances(initial: str, edges: Mapping[tuple[str, str], object]) -> dict[st
     return depth
 
 
-def _arrow(
-    start: tuple[float, float],
-    end: tuple[float, float],
-    box_w: int,
-    box_h: int,
-    events: Sequence[str],
-    kind: str,
-) -> str:
-    (x1, y1), (x2, y2) = start, end
-    label = escape(", ".join(events))
-    marker = f'marker-end="url(#arrow-{escape(kind)})"'
-    if (x1, y1) == (x2, y2):  # a self-loop (heartbeat) above the box
-        cx, top = x1 + box_w / 2, y1
-        return (
-            f'<path class="edge" {marker} d="M{cx - 14:.0f},{top:.0f} '
-            f"C{cx - 30:.0f},{top - 30:.0f} {cx + 30:.0f},{top - 30:.0f} "
-            f'{cx + 14:.0f},{top:.0f}"/>'
-            f'<text class="edge-label" x="{cx:.0f}" y="{top - 24:.0f}" text-anchor="middle">'
-            f"{label}</text>"
-        )
-    forward = x2 > x1
-    sx = x1 + box_w if forward else x1 + box_w / 2
-    sy = y1 + box_h / 2 if forward else (y1 + box_h if y2 >= y1 else y1)
-    ex = x2 if forward else x2 + box_w / 2
-    ey = y2 + box_h / 2 if forward else (y2 if y2 > y1 else y2 + box_h)
-    if forward:
-        mid = (sx + ex) / 2
-        path = f"M{sx:.0f},{sy:.0f} C{mid:.0f},{sy:.0f} {mid:.0f},{ey:.0f} {ex:.0f},{ey:.0f}"
-        lx, ly = mid, (sy + ey) / 2 - 4
-    else:  # backwards or within a column: bow below (or above) the boxes
-        bow = 46 if ey >= sy else -46
-        path = (
-            f"M{sx:.0f},{sy:.0f} C{sx:.0f},{max(sy, ey) + bow:.0f} "
-            f"{ex:.0f},{max(sy, ey) + bow:.0f} {ex:.0f},{ey:.0f}"
-        )
-        lx, ly = (sx + ex) / 2, max(sy, ey) + bow * 0.75
+def _mean(values: list[float], default: float) -> float:
+    return sum(values) / len(values) if values else default
+
+
+Point = tuple[float, float]
+
+
+def _bezier(curve: tuple[Point, Point, Point, Point], t: float) -> Point:
+    """The point at ``t`` of a cubic Bézier curve."""
+    (a, b), (c, d), (e, f), (g, h) = curve
+    u = 1 - t
+    weights = (u**3, 3 * u * u * t, 3 * u * t * t, t**3)
     return (
-        f'<path class="edge" {marker} d="{path}"/>'
-        f'<text class="edge-label" x="{lx:.0f}" y="{ly:.0f}" text-anchor="middle">{label}</text>'
+        sum(w * v for w, v in zip(weights, (a, c, e, g), strict=True)),
+        sum(w * v for w, v in zip(weights, (b, d, f, h), strict=True)),
     )
