@@ -4,7 +4,7 @@ Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
 rule covers), grouped by area: enqueueing, job metadata, leasing, fencing, completing, failing,
 snoozing, maintenance, operators, reading, bad input, workflows, waiting,
-own clock, schedules, flow control, field effects, corrupt data, transient failures,
+own clock, schedules, flow control, paused queues, field effects, corrupt data, transient failures,
 transactional enqueue, processes.  Time is a :class:`~taskharbor.spec.FakeClock`
 made by each test, so every timestamp is compared exactly (to the microsecond);
 only the own-clock group and the process harnesses run on the driver's
@@ -71,6 +71,7 @@ from .metadata import JobMetadataRules
 from .operators import CancellingRules, RequeueingRules
 from .own_clock import OwnClockRules
 from .processes import CrashPlan, FleetPlan, OpenStore, ProcessRules, run_crash, run_fleet
+from .queues import QueuePauseRules
 from .reading import ReadingRules, WorkflowListingRules
 from .schedules import ScheduleDeclarationRules, ScheduleRules
 from .snoozing import SnoozingRules
@@ -115,6 +116,7 @@ class ConformanceSuite(
     TransientFailureRules,
     ScheduleRules,
     ScheduleDeclarationRules,
+    QueuePauseRules,
     ProcessRules,
     TransactionalEnqueueRules,
     FieldEffectRules,

@@ -42,6 +42,7 @@ from .context import JobCancelled, JobContext, PermanentError, Snooze, current_j
 from .events import Event
 from .jobs import Job
 from .middleware import Middleware
+from .queues import QueueStatus
 from .task import Task, TaskCall
 from .worker import Worker
 
@@ -61,6 +62,7 @@ __all__ = [
     "LeaseLost",
     "Middleware",
     "PermanentError",
+    "QueueStatus",
     "Signature",
     "Snooze",
     "StoreError",

@@ -36,6 +36,7 @@ from .jobs import Job
 from .middleware import Middleware, chain_enqueue, chain_enqueue_workflow
 from .options import TaskDefaults, check_exception_types, check_timeout
 from .periodic import Schedules, periodic_decorator
+from .queues import QueueStatus, pause_queues, queue_statuses
 from .task import Task
 from .urls import DEFAULT_URL, driver_opener
 
@@ -640,6 +641,22 @@ class App:
         for (queue, state), count in self.driver.count().items():
             counts.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] = count
         return counts
+
+    def pause_queue(self, *queues: str) -> list[QueueStatus]:
+        """Pause queues in the store: no worker leases their jobs from its next
+        poll on, while enqueueing into them goes on and their due jobs become
+        ready (they wait).  Pausing a paused queue keeps its first instant."""
+        pause_queues(self.driver, queues, True)
+        return queue_statuses(self.driver, list(dict.fromkeys(queues)))
+
+    def resume_queue(self, *queues: str) -> list[QueueStatus]:
+        """Resume paused queues: workers take their jobs again at their next poll."""
+        pause_queues(self.driver, queues, False)
+        return queue_statuses(self.driver, list(dict.fromkeys(queues)))
+
+    def list_queues(self) -> list[QueueStatus]:
+        """Every queue that holds jobs or is paused, by name, with its jobs by state."""
+        return queue_statuses(self.driver)
 
     def prune(
         self, older_than: float | timedelta, *, dead: bool = False, dry_run: bool = False

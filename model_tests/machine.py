@@ -55,6 +55,7 @@ from .observe import (
     snapshot_model,
     workflow_to_model,
 )
+from .queues import PAUSES, QueueSteps
 from .schedules import ScheduleSteps
 from .strategies import (
     FAILURES,
@@ -139,7 +140,7 @@ def _expect(what: str, problems: list[str]) -> None:
         raise Divergence(f"{what}:\n  " + "\n  ".join(problems))
 
 
-class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
+class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
     """Random operations on a driver and on the reference model, compared step by step.
 
     Not used directly: :func:`driver_state_machine` makes a subclass bound to
@@ -395,8 +396,18 @@ class DriverVsModel(ScheduleSteps, RuleBasedStateMachine):
         limit=LEASE_LIMITS,
         seconds=st.sampled_from(LEASE_SECONDS),
         worker=st.sampled_from(WORKERS),
+        pause=PAUSES,
     )
-    def lease(self, queues: list[str], limit: int, seconds: float, worker: str) -> None:
+    def lease(
+        self,
+        queues: list[str],
+        limit: int,
+        seconds: float,
+        worker: str,
+        pause: tuple[list[str], bool] | None,
+    ) -> None:
+        if pause is not None and self._pause_supported():
+            self.pause_queues(*pause)
         self._lease(queues, limit, seconds, worker)
 
     def _lease(self, queues: list[str], limit: int, seconds: float, worker: str) -> list[LeaseRef]:

@@ -21,6 +21,7 @@ from typing import Any
 from .clock import Clock, SystemClock
 from .errors import InvalidRequest, InvalidTransition, JobNotFound, LeaseLost, WorkflowNotFound
 from .flow import OnDead, rate_bucket
+from .queues import QueueRecord, check_paused, paused_record, queue_names
 from .records import (
     CALLBACK_CANCELS,
     CANCELLED_BY_REQUEST,
@@ -108,6 +109,8 @@ class _Store:
     schedules: dict[str, ScheduleRecord] = field(default_factory=dict)
     starts: list[tuple[str, datetime]] = field(default_factory=list)
     """Every start (lease) of a job with a rate limit: its rate bucket and when."""
+    paused: dict[str, QueueRecord] = field(default_factory=dict)
+    """The paused queues' records, by name."""
 
     def copy(self) -> _Store:
         return _Store(
@@ -119,6 +122,7 @@ class _Store:
             self.next_workflow_id,
             dict(self.schedules),
             list(self.starts),
+            dict(self.paused),
         )
 
 
@@ -141,7 +145,11 @@ class ReferenceModel(Driver):
     """The executable contract.  Implements :class:`~taskharbor.spec.spi.Driver`."""
 
     capabilities = Capabilities(
-        schedules=True, flow_control=True, failure_callbacks=True, workflow_idempotency=True
+        schedules=True,
+        flow_control=True,
+        failure_callbacks=True,
+        workflow_idempotency=True,
+        queue_pause=True,
     )
 
     def __init__(
@@ -356,7 +364,9 @@ class ReferenceModel(Driver):
             ready = [
                 j
                 for j in s.jobs.values()
-                if j.state == JobState.AVAILABLE and j.queue in args.queues
+                if j.state == JobState.AVAILABLE
+                and j.queue in args.queues
+                and j.queue not in s.paused
             ]
             ready.sort(key=lambda j: (-j.priority, j.run_at, j.id))
             leased: list[JobRecord] = []
@@ -703,6 +713,30 @@ class ReferenceModel(Driver):
             return s.workflows[workflow_id]
 
         result: WorkflowRecord = self._call(body)
+        return result
+
+    # -- queues -----------------------------------------------------------------
+
+    def pause_queues(self, queues: Sequence[str], paused: bool) -> list[QueueRecord]:
+        names = queue_names(queues, "pause_queues")
+        check_paused(paused, "pause_queues")
+
+        def body(s: _Store) -> list[QueueRecord]:
+            records = []
+            for name in names:
+                record = paused_record(s.paused.get(name), name, paused, self._now)
+                if record.paused:
+                    s.paused[name] = record
+                else:
+                    s.paused.pop(name, None)
+                records.append(record)
+            return records
+
+        result: list[QueueRecord] = self._call(body)
+        return result
+
+    def paused_queues(self) -> list[QueueRecord]:
+        result: list[QueueRecord] = self._call(lambda s: [s.paused[n] for n in sorted(s.paused)])
         return result
 
     # -- schedules --------------------------------------------------------------

@@ -241,6 +241,7 @@ from typing import Any
 
 from .clock import Clock
 from .errors import InvalidRequest, LeaseLost
+from .queues import QueueRecord
 from .records import (
     PRUNED_BY_DEFAULT,
     Completion,
@@ -288,6 +289,9 @@ class Capabilities:
     ``workflow_idempotency``: :meth:`Driver.enqueue_workflow` honours a graph's
     ``idempotency_key`` ("Workflows" above); without it the engine refuses a
     keyed workflow before it reaches the driver.
+    ``queue_pause``: the store keeps paused queues (the "Queues" calls of
+    :class:`Driver`, :mod:`taskharbor.spec.queues`) and ``lease`` leaves their
+    jobs alone; without it those calls raise ``NotImplementedError``.
     """
 
     persistent: bool = False
@@ -298,6 +302,7 @@ class Capabilities:
     flow_control: bool = False
     failure_callbacks: bool = False
     workflow_idempotency: bool = False
+    queue_pause: bool = False
 
 
 class Driver(abc.ABC):
@@ -399,7 +404,9 @@ class Driver(abc.ABC):
         A leased job with a rate limit records its start in its rate bucket.
         Two concurrent calls never return the same job.  Only
         ``available`` jobs are leased: due ``scheduled``/``retrying`` jobs wait
-        for :meth:`promote`.  ``limit`` >= 1; ``queues`` non-empty.
+        for :meth:`promote`.  ``limit`` >= 1; ``queues`` non-empty.  A store
+        with the ``queue_pause`` capability leases no job of a queue that is
+        paused when the call begins (:mod:`taskharbor.spec.queues`).
         """
 
     @abc.abstractmethod
@@ -557,7 +564,10 @@ class Driver(abc.ABC):
         on every transition into ``available`` of a job of ``queues``: an
         enqueue, a workflow step's release, and the ``promote``, ``rescue``
         and ``requeue`` that make a job ready (the conformance suite tests
-        each).  The default sleeps ``timeout`` seconds (the worker polls).
+        each).  Jobs of a paused queue are not ready: a driver that returns as
+        soon as it sees ready jobs leaves them out, so that a worker on a paused
+        queue waits instead of asking again and again.  The default sleeps
+        ``timeout`` seconds (the worker polls).
         """
         import time
 
@@ -613,9 +623,27 @@ class Driver(abc.ABC):
         declares one stores it again, afresh, at its next sync."""
         raise NotImplementedError(_NO_SCHEDULES.format(type(self).__name__))
 
+    # -- queues (capability ``queue_pause``; see taskharbor.spec.queues) -------
+
+    def pause_queues(self, queues: Sequence[str], paused: bool) -> list[QueueRecord]:
+        """Pause (``paused=True``) or resume queues, atomically (``queues.paused_record``).
+
+        Returns each queue's record after the call, in the order given.
+        ``InvalidRequest`` for an empty batch, a name that is not a queue name
+        or is given twice, or a ``paused`` that is not a bool.  Once it
+        returns, no ``lease`` that begins afterwards hands out a job of a
+        queue it paused; ``enqueue`` and ``promote`` go on as before.
+        """
+        raise NotImplementedError(_NO_QUEUE_PAUSE.format(type(self).__name__))
+
+    def paused_queues(self) -> list[QueueRecord]:
+        """The record of every paused queue, by name."""
+        raise NotImplementedError(_NO_QUEUE_PAUSE.format(type(self).__name__))
+
 
 _NO_SCHEDULES = "{} does not declare capability 'schedules'"
 _NOT_TRANSACTIONAL = (
     "{} does not declare capability 'transactional_enqueue': "
     "it cannot enqueue inside the caller's transaction"
 )
+_NO_QUEUE_PAUSE = "{} does not declare capability 'queue_pause'"

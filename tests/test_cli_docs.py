@@ -31,7 +31,8 @@ COMMANDS = [path for path, _ in generator().commands(generator().main)]
 def test_every_command_is_documented() -> None:
     assert {"taskharbor worker", "taskharbor jobs list", "taskharbor dlq requeue"} <= set(COMMANDS)
     assert "taskharbor schedules drop" in COMMANDS
-    assert len(COMMANDS) == 27
+    assert "taskharbor queues pause" in COMMANDS
+    assert len(COMMANDS) == 31
 
 
 @pytest.mark.parametrize("path", COMMANDS)

@@ -439,7 +439,11 @@ def test_datetimes_come_back_in_utc(driver: MemoryDriver, clock: FakeClock) -> N
 
 def test_every_spi_method_in_one_pass(driver: MemoryDriver, clock: FakeClock) -> None:
     assert driver.capabilities == Capabilities(
-        schedules=True, flow_control=True, failure_callbacks=True, workflow_idempotency=True
+        schedules=True,
+        flow_control=True,
+        failure_callbacks=True,
+        workflow_idempotency=True,
+        queue_pause=True,
     )
     driver.migrate()
     keyed = EnqueueRequest("task", idempotency_key="k")

@@ -190,6 +190,20 @@ class IgnoresSequenceOrder(ReferenceModel):
         return {**super()._flow_facts(s, job), "sequence_waits": False}
 
 
+class LeasesPausedQueues(ReferenceModel):
+    """A lease hands out the jobs of a paused queue."""
+
+    def lease(
+        self, queues: Sequence[str], limit: int, lease_seconds: float, worker_id: str
+    ) -> list[JobRecord]:
+        paused = self._store.paused
+        self._store.paused = {}
+        try:
+            return super().lease(queues, limit, lease_seconds, worker_id)
+        finally:
+            self._store.paused = paused
+
+
 @pytest.mark.parametrize(
     ("broken", "symptom"),
     [
@@ -204,12 +218,13 @@ class IgnoresSequenceOrder(ReferenceModel):
         (RunsPausedSchedules, "stored schedules:|enqueue_due_ticks: model="),
         (
             IgnoresKeyLimits,
-            r"driver lease: flow limits:\s+\d+ jobs with key acct-1 running, limit 1",
+            r"driver lease: flow limits:\s+\d+ jobs with key acct-\d running, limit \d",
         ),
         (
             IgnoresSequenceOrder,
             r"driver lease: sequence order:\s+sequence seq-\w+: job \d+ started while",
         ),
+        (LeasesPausedQueues, "lease: jobs leased"),
     ],
 )
 def test_the_harness_finds_a_broken_store(broken: type[ReferenceModel], symptom: str) -> None:

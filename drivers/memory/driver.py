@@ -82,6 +82,7 @@ from taskharbor.spec.table import (
 )
 
 from .index import JobIndex
+from .queues import MemoryQueues
 from .rows import JobRow, WorkflowRow, copy_json
 from .schedules import MemorySchedules
 
@@ -96,14 +97,19 @@ _STATES = {state.value: state for state in JobState}
 """The table's target names as states, without an enum call per transition."""
 
 
-class MemoryDriver(MemorySchedules, Driver):
+class MemoryDriver(MemorySchedules, MemoryQueues, Driver):
     """Jobs and workflows in this process's memory.  Safe to share between threads."""
 
     capabilities = Capabilities(
-        schedules=True, flow_control=True, failure_callbacks=True, workflow_idempotency=True
+        schedules=True,
+        flow_control=True,
+        failure_callbacks=True,
+        workflow_idempotency=True,
+        queue_pause=True,
     )
 
     def __init__(self, clock: Clock | None = None) -> None:
+        MemoryQueues.__init__(self)
         self.clock = clock if clock is not None else SystemClock()
         self._lock = threading.Lock()
         self._job_available = threading.Condition(self._lock)
@@ -233,10 +239,11 @@ class MemoryDriver(MemorySchedules, Driver):
         duration = timedelta(seconds=args.lease_seconds)
         with self._lock:
             now = self._now()
+            queues = self._leased_queues(args.queues)
             leased: list[JobRow] = []
             passed: list[JobRow] = []
             while len(leased) < args.limit:
-                job_id = self._index.take_ready(args.queues)
+                job_id = self._index.take_ready(queues)
                 if job_id is None:
                     break
                 row = self._jobs[job_id]
@@ -548,7 +555,7 @@ class MemoryDriver(MemorySchedules, Driver):
         seconds = max(0.0, float(timeout))
         with self._job_available:
             self._job_available.wait_for(
-                lambda: self._index.has_ready(wanted),
+                lambda: self._index.has_ready(self._leased_queues(wanted)),
                 timeout=None if seconds == math.inf else seconds,
             )
 

@@ -103,6 +103,7 @@ from . import statements, workflows
 from .connect import check_reachable, with_connect_timeout
 from .graphs import ALLOCATE_IDS, workflow_values
 from .notify import Listener, sleep_until
+from .queues import PostgresQueues
 from .rows import job_record, workflow_record
 from .schedules import PostgresSchedules
 from .schema import check_schema, migrate
@@ -159,7 +160,7 @@ class PooledConnection(psycopg.Connection[tuple[Any, ...]]):
         return self._calls_cursor
 
 
-class PostgresDriver(PostgresSchedules, Driver):
+class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
     """Jobs and workflows in PostgreSQL tables (see the module documentation)."""
 
     def __init__(
@@ -210,6 +211,7 @@ class PostgresDriver(PostgresSchedules, Driver):
             notifications=notifications,
             schedules=True,
             workflow_idempotency=True,
+            queue_pause=True,
         )
         self._listener = Listener(conninfo, self._tables.channel) if notifications else None
         self._schema_ok = False

@@ -33,6 +33,7 @@ from psycopg import sql
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, SchemaError, WorkflowState
 from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
+from .queues import paused_queues_table
 from .schedules import schedules_table
 from .transitions import event_sources, state_literals
 
@@ -173,6 +174,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "idempotency keys of workflows", _workflow_keys),
     Migration(5, "headers of each job", _headers),
     Migration(6, "jobs by state in id order", _state_order),
+    Migration(7, "paused queues", paused_queues_table),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

@@ -20,6 +20,7 @@ from psycopg import sql
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState
 from taskharbor.spec.records import PRUNABLE_WORKFLOW_STATES
 
+from .queues import paused_table
 from .rows import job_columns
 from .tables import Tables, statement
 from .transitions import (
@@ -158,16 +159,33 @@ def lease(tables: Tables, *, one_queue: bool) -> sql.Composed:
     lease index (queue, priority, run_at, id) in order and stops at the limit;
     ``queue = ANY(...)`` cannot use that order and sorts the candidates instead.
     """
-    in_queues = (
-        "j.queue = (%(queues)s::text[])[1]" if one_queue else "j.queue = ANY(%(queues)s::text[])"
-    )
     return tables.sql(
         _LEASE,
-        in_queues=sql.SQL(in_queues),
+        in_queues=unpaused_queues(tables, one_queue=one_queue),
         available=job_state(JobState.AVAILABLE),
         target=target_case(JobEvent.LEASE, {}),
         columns=job_columns(),
     )
+
+
+def unpaused_queues(tables: Tables, *, one_queue: bool) -> sql.Composed:
+    """``j.queue`` is one of ``%(queues)s`` that is not paused.
+
+    The pauses are read once per statement, before the jobs: with one queue a
+    ``NOT EXISTS`` the planner evaluates once (a one-time filter), with several
+    an array of the unpaused ones; either way a paused queue's backlog is never
+    walked.
+    """
+    paused = paused_table(tables.schema)
+    if one_queue:
+        return sql.SQL(
+            "j.queue = (%(queues)s::text[])[1] AND NOT EXISTS"
+            " (SELECT 1 FROM {paused} p WHERE p.name = (%(queues)s::text[])[1])"
+        ).format(paused=paused)
+    return sql.SQL(
+        "j.queue = ANY(ARRAY(SELECT q FROM unnest(%(queues)s::text[]) AS q"
+        " WHERE NOT EXISTS (SELECT 1 FROM {paused} p WHERE p.name = q)))"
+    ).format(paused=paused)
 
 
 _PROMOTE = """
@@ -503,6 +521,7 @@ def any_ready(tables: Tables) -> sql.Composed:
     """Whether a job of ``%(queues)s`` is available (the polling fallback's question)."""
     return tables.sql(
         "SELECT EXISTS (SELECT 1 FROM {jobs} j"
-        " WHERE j.state = {available} AND j.queue = ANY(%(queues)s::text[])) AS ready",
+        " WHERE j.state = {available} AND {in_queues}) AS ready",
         available=job_state(JobState.AVAILABLE),
+        in_queues=unpaused_queues(tables, one_queue=False),
     )

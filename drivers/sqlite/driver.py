@@ -100,6 +100,7 @@ from ..corrupt_rows import rescue_policy, split_leased
 from ..flow_gate import FlowGate
 from . import schema as sqlite_schema
 from .flow import SQLiteFlowCounts, record_starts
+from .queues import SQLiteQueues, leased_queues
 from .rows import (
     JOB_COLUMNS,
     dump_json,
@@ -230,7 +231,7 @@ class _Connection(NamedTuple):
     pid: int
 
 
-class SQLiteDriver(SQLiteSchedules, Driver):
+class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
     """A job store in one SQLite file.  Implements :class:`~taskharbor.spec.spi.Driver`.
 
     ``migrate=True`` creates or upgrades the schema when the store is opened;
@@ -254,6 +255,7 @@ class SQLiteDriver(SQLiteSchedules, Driver):
         schedules=True,
         flow_control=True,
         workflow_idempotency=True,
+        queue_pause=True,
     )
 
     def __init__(
@@ -576,9 +578,11 @@ class SQLiteDriver(SQLiteSchedules, Driver):
         worker_id: str,
     ) -> list[JobRecord]:
         args = check_lease_args(queues, limit, lease_seconds, worker_id)
-        queue_params = _queue_params(args.queues)
         target = JobState(JOB.resolve(JobEvent.LEASE, JobState.AVAILABLE))
         with self._transaction(durable=False) as tx:
+            queue_params = _queue_params(leased_queues(tx, args.queues))
+            if not queue_params:
+                return []
             expires = to_micros(tx.now + timedelta(seconds=args.lease_seconds))
             ready = self._ready(tx, queue_params, args.limit)
             if not ready:
@@ -877,13 +881,13 @@ class SQLiteDriver(SQLiteSchedules, Driver):
         :data:`WAIT_POLL_SECONDS` for jobs that fall due, are the two index
         lookups made.
         """
-        queue_params = _queue_params(check_queues(queues, "wait_for_jobs"))
+        wanted = check_queues(queues, "wait_for_jobs")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
             raise InvalidRequest(f"wait_for_jobs: timeout must be seconds, not {timeout!r}")
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             version = self._data_version()
-            if self._anything_ready(queue_params):
+            if self._anything_ready(wanted):
                 return
             next_look = min(deadline, time.monotonic() + WAIT_POLL_SECONDS)
             while (left := next_look - time.monotonic()) > 0:
@@ -898,11 +902,12 @@ class SQLiteDriver(SQLiteSchedules, Driver):
         with self._using() as conn:
             return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def _anything_ready(self, queue_params: dict[str, str]) -> bool:
-        """A job of the queues is available, or a waiting job is due."""
+    def _anything_ready(self, queues: tuple[str, ...]) -> bool:
+        """A job of the queues that are not paused is available, or a waiting job is due."""
         with self._transaction(write=False) as tx:
+            queue_params = _queue_params(leased_queues(tx, queues))
             query = ready_jobs_query(len(queue_params))
-            if tx.conn.execute(query, {**queue_params, "limit": 1}).fetchone():
+            if queue_params and tx.conn.execute(query, {**queue_params, "limit": 1}).fetchone():
                 return True
             next_due = tx.conn.execute(_NEXT_DUE).fetchone()[0]
             return next_due is not None and next_due <= tx.now_us

@@ -26,6 +26,7 @@ from .. import __version__
 from .admin import demo, migrate, prune, spec, stats, worker
 from .dashboard import dashboard
 from .jobs import dlq, jobs
+from .queues import queues
 from .schedules import schedules
 from .store import APP_ENV, URL_ENV, Session, StoreSource, mask_secrets
 from .workflows import workflows
@@ -119,7 +120,7 @@ def _store_source(ctx: click.Context, app_path: str | None, url: str | None) -> 
 @click.pass_context
 def main(ctx: click.Context, app_path: str | None, url: str | None) -> None:
     """Run and repair a TaskHarbor installation: workers, jobs, the dead-letter
-    queue, workflows, periodic schedules, the schema, the web dashboard.
+    queue, workflows, periodic schedules, paused queues, the schema, the web dashboard.
 
     Give the store with --app (the application) or --url (the store alone);
     with neither, the CLI uses the store th.App() uses by default:
@@ -137,6 +138,7 @@ for command in (
     dlq,
     workflows,
     schedules,
+    queues,
     stats,
     migrate,
     prune,

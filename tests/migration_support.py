@@ -1,0 +1,65 @@
+"""Stores taken back to the schema before one migration, for the upgrade tests (no tests here).
+
+Each helper migrates a fresh store, enqueues one job (task ``kept``, queue
+``a``), undoes what the later migrations added and gives a driver opened
+without migrating, so a test checks the refusal, migrates and finds the job.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from driver_registry import POSTGRES_URL, skip_without_postgres
+from taskharbor.drivers.sqlite import SQLiteDriver
+from taskharbor.spec import Driver, EnqueueRequest, JobRecord
+
+
+def sqlite_before(path: Path, version: int, undo: Sequence[str]) -> tuple[SQLiteDriver, JobRecord]:
+    """A SQLite file at schema ``version`` after running the ``undo`` statements."""
+    driver = SQLiteDriver(path)
+    (kept,) = driver.enqueue([EnqueueRequest("kept", queue="a")])
+    driver.close()
+    with sqlite3.connect(path) as raw:
+        for statement in undo:
+            raw.execute(statement)
+        raw.execute(
+            "UPDATE taskharbor_meta SET value = ? WHERE key = 'schema_version'", (str(version),)
+        )
+    return SQLiteDriver(path, migrate=False), kept.job
+
+
+@contextmanager
+def postgres_before(schema: str, table: str, version: int) -> Iterator[tuple[Driver, JobRecord]]:
+    """A PostgreSQL ``schema`` without migration ``version``, which added ``table``."""
+    skip_without_postgres()
+    from taskharbor.drivers.postgres import PostgresDriver
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    driver = PostgresDriver(POSTGRES_URL, schema=schema, notifications=False)
+    old: Driver | None = None
+    try:
+        driver.migrate()
+        (kept,) = driver.enqueue([EnqueueRequest("kept", queue="a")])
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, table)))
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE version = %s").format(
+                    sql.Identifier(schema, "schema_migrations")
+                ),
+                (version,),
+            )
+        old = PostgresDriver(POSTGRES_URL, schema=schema, notifications=False)
+        yield old, kept.job
+    finally:
+        if old is not None:
+            old.close()
+        driver.close()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
