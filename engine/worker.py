@@ -3,7 +3,8 @@
 One asyncio event loop drives everything; the driver is called on a small
 I/O thread pool so the loop never blocks on storage:
 
-* the **fetch loop** leases batches sized to the free concurrency slots and
+* the **fetch loop** leases batches sized to the free concurrency slots,
+  shared between the worker's queues in turn (:mod:`taskharbor.fairness`), and
   waits (``driver.wait_for_jobs``) when nothing is ready;
 * each leased job runs in its own asyncio task: ``async def`` handlers on the
   loop, sync handlers on a thread pool of ``concurrency`` threads;
@@ -29,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -53,6 +54,7 @@ from .app import App
 from .context import JobContext
 from .events import Event
 from .execution import Outcome
+from .fairness import Rotation, queue_weights
 from .periodic import Ticker
 from .task import Task
 from .threads import DaemonThreadPool
@@ -121,6 +123,13 @@ def _seconds(value: object, what: str) -> float:
 class Worker:
     """Runs the jobs of ``queues`` with up to ``concurrency`` handlers at once.
 
+    ``queues`` is a name, a list of names, or a mapping of names to weights
+    (``{"mail": 3, "reports": 1}``): when several queues have jobs ready, the
+    free slots go to them in turn, in proportion to their weights (1 each for a
+    list), so a backlog in one queue never starves the others; a slot a queue
+    cannot fill goes to the others (:mod:`taskharbor.fairness`).  Priority
+    orders the jobs within each queue.
+
     ``lease`` (seconds) is how long a job stays leased without a heartbeat; the
     worker heartbeats every ``heartbeat_interval`` (default a third of it), so
     a long job is not rescued while its worker lives.  ``shutdown_timeout`` is
@@ -138,7 +147,7 @@ class Worker:
     def __init__(
         self,
         app: App,
-        queues: Sequence[str] | str = ("default",),
+        queues: Sequence[str] | str | Mapping[str, int] = ("default",),
         concurrency: int = 8,
         lease: float = 30.0,
         *,
@@ -153,15 +162,16 @@ class Worker:
     ) -> None:
         if not isinstance(app, App):
             raise InvalidRequest(f"Worker needs a th.App, not {app!r}")
-        names = [queues] if isinstance(queues, str) else list(queues)
-        if not names:
+        weights = queue_weights([queues] if isinstance(queues, str) else queues)
+        if not weights:
             raise InvalidRequest("Worker needs at least one queue")
-        for name in names:
-            check_name(name, "queue name")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidRequest(f"concurrency must be an int >= 1, not {concurrency!r}")
         self.app = app
-        self.queues = tuple(dict.fromkeys(names))
+        self.queues = tuple(weights)
+        self.queue_weights = weights
+        """Each queue's share of the free slots when several have jobs ready."""
+        self._rotation = Rotation(weights)
         self.concurrency = concurrency
         self.lease = check_lease_seconds(lease)
         self.heartbeat_interval = (
@@ -337,7 +347,6 @@ class Worker:
         return not self._active and not self._outbox and not self._flushing
 
     async def _fetch_loop(self, burst: bool) -> None:
-        driver = self.app.driver
         while not self._stopping.is_set():
             self._wake.clear()
             free = self.concurrency - len(self._active)
@@ -345,16 +354,12 @@ class Worker:
                 await self._wake.wait()
                 continue
             try:
-                records = await self._io_call(
-                    driver.lease, self.queues, free, self.lease, self.worker_id
-                )
+                records = await self._lease_shared(free)
                 if not records and burst and self._quiet():
                     # Nothing running here could make jobs ready any more: one last
                     # promote/rescue pass, one last lease, and the burst is over.
                     await self._maintain(prune=False)
-                    records = await self._io_call(
-                        driver.lease, self.queues, free, self.lease, self.worker_id
-                    )
+                    records = await self._lease_shared(free)
                     if not records and self._quiet():
                         return
             except Exception as error:
@@ -366,6 +371,35 @@ class Worker:
                 self._start(record, now)
             if not records:
                 await self._idle_wait(burst)
+
+    async def _lease_shared(self, free: int) -> list[JobRecord]:
+        """Lease up to ``free`` jobs, the slots shared between the queues in turn.
+
+        Each queue of the rotation's split is asked for its share; slots a
+        queue left empty go to one lease over all the queues (in the store's
+        order), unless every queue was asked and none had more.  A store
+        failure after some leases keeps the jobs already leased (the failure
+        is logged; the next pass tries again).
+        """
+        lease = functools.partial(self._io_call, self.app.driver.lease)
+        if len(self.queues) == 1:
+            return await lease(self.queues, free, self.lease, self.worker_id)
+        shares = self._rotation.split(free)
+        records: list[JobRecord] = []
+        try:
+            may_have_more = len(shares) < len(self.queues)  # a queue was not asked
+            for queue, share in shares.items():
+                got = await lease((queue,), share, self.lease, self.worker_id)
+                may_have_more = may_have_more or len(got) == share
+                records += got
+            left = free - len(records)
+            if left and may_have_more:
+                records += await lease(self.queues, left, self.lease, self.worker_id)
+        except Exception as error:
+            if not records:
+                raise
+            self._store_failed("leasing", error)
+        return records
 
     async def _idle_wait(self, burst: bool) -> None:
         """Wait for a wake-up (stop, a slot freed, jobs promoted) or a hint from the store."""

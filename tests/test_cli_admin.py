@@ -414,6 +414,7 @@ def test_worker_flags_and_json_lines(cli_store: CliStore) -> None:
         "event": "started",
         "worker_id": started["worker_id"],
         "queues": ["default"],
+        "queue_weights": {"default": 1},
         "concurrency": 8,
         "lease_seconds": 12.0,
         "heartbeat_interval_seconds": 2.5,

@@ -15,6 +15,7 @@ from taskharbor.spec.diagrams import FORMATS, Format, Lifecycle, render
 from taskharbor.spec.records import PRUNED_BY_DEFAULT
 
 from ..execution import FIELDS
+from ..fairness import MAX_WEIGHT
 from . import render as cli_render
 from .jobs import json_option, scan
 from .params import SECONDS, span_value
@@ -38,6 +39,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
     default=("default",),
     show_default=True,
     help="A queue to work on (repeat for several).",
+)
+@click.option(
+    "--weight",
+    "weights",
+    multiple=True,
+    metavar="QUEUE=N",
+    help="A queue's share of the free slots when several queues have jobs ready "
+    "(repeat; 1 each by default): --weight mail=3 gives mail three slots for each "
+    "one of a queue of weight 1.",
 )
 @click.option(
     "-c",
@@ -134,6 +144,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 def worker(
     session: Session,
     queues: tuple[str, ...],
+    weights: tuple[str, ...],
     concurrency: int,
     lease: float,
     heartbeat_interval: float | None,
@@ -163,7 +174,7 @@ def worker(
     app = session.app("worker")
     runner = Worker(
         app,
-        queues=queues,
+        queues=_weighted(queues, weights),
         concurrency=concurrency,
         lease=lease,
         heartbeat_interval=heartbeat_interval,
@@ -207,11 +218,30 @@ def serve_metrics(app: App, port: int, addr: str) -> Metrics:
     return metrics
 
 
+def _weighted(queues: tuple[str, ...], weights: tuple[str, ...]) -> dict[str, int]:
+    """The worker's queues with their weights: 1 each, or as ``--weight QUEUE=N`` says."""
+    chosen = dict.fromkeys(queues, 1)
+    for given in weights:
+        name, sep, number = given.rpartition("=")
+        if not sep or not number.isdigit() or not 1 <= int(number) <= MAX_WEIGHT:
+            raise click.BadParameter(
+                f"{given!r} is not QUEUE=N with N from 1 to {MAX_WEIGHT}", param_hint="--weight"
+            )
+        if name not in chosen:
+            raise click.BadParameter(
+                f"queue {name!r} is not one of the worker's queues (add -q {name})",
+                param_hint="--weight",
+            )
+        chosen[name] = int(number)
+    return chosen
+
+
 def worker_shape(runner: Worker, burst: bool) -> dict[str, object]:
     """The settings ``worker --json`` prints when it starts."""
     return {
         "worker_id": runner.worker_id,
         "queues": list(runner.queues),
+        "queue_weights": dict(runner.queue_weights),
         "concurrency": runner.concurrency,
         "lease_seconds": runner.lease,
         "heartbeat_interval_seconds": runner.heartbeat_interval,
