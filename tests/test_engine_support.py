@@ -4,6 +4,8 @@ test, and workers that run in a background thread with short intervals."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -123,3 +125,17 @@ def _forward(name: str) -> Callable[..., Any]:
 
     call.__name__ = name
     return call
+
+
+def import_error_without(library: str, module: str) -> str:
+    """The ImportError ``import module`` raises in a fresh process where ``library`` is
+    not installed (an integration's message, which names its extra)."""
+    probe = (
+        f"import sys; sys.modules[{library!r}] = None\n"
+        "try:\n"
+        f"    import {module}\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return done.stdout

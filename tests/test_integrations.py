@@ -17,6 +17,7 @@ from typing import Annotated
 import psycopg
 import pytest
 from psycopg import sql
+from test_engine_support import import_error_without
 from test_postgres_support import drop_schema, unique_schema
 
 from driver_registry import POSTGRES_URL, skip_without_postgres
@@ -116,15 +117,8 @@ def test_an_async_sqlalchemy_session_enqueues_in_the_requests_transaction(schema
 
 
 def test_the_integration_says_which_extra_is_missing() -> None:
-    probe = (
-        "import sys; sys.modules['fastapi'] = None\n"
-        "try:\n"
-        "    import taskharbor.contrib.fastapi\n"
-        "except ImportError as error:\n"
-        "    print(error)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert "pip install 'taskharbor[fastapi]'" in done.stdout
+    message = import_error_without("fastapi", "taskharbor.contrib.fastapi")
+    assert "pip install 'taskharbor[fastapi]'" in message
 
 
 def test_a_session_on_another_driver_is_refused() -> None:

@@ -5,7 +5,9 @@
 * :mod:`taskharbor.contrib.otel` (``pip install 'taskharbor[otel]'``): OpenTelemetry
   traces from the enqueue to each attempt, across processes;
 * :mod:`taskharbor.contrib.fastapi` (``pip install 'taskharbor[fastapi]'``): a FastAPI
-  lifespan, and enqueue in a SQLAlchemy session's transaction.
+  lifespan, and enqueue in a SQLAlchemy session's transaction;
+* :mod:`taskharbor.contrib.django` (``pip install 'taskharbor[django]'``): settings,
+  an app, ``manage.py taskharbor``, enqueue on Django's connection.
 
 Each module imports its third-party library only inside itself, and says which extra
 to install when the library is missing (:func:`missing`).

@@ -1,0 +1,1 @@
+"""A shop whose orders are charged and shipped by TaskHarbor jobs."""
