@@ -156,10 +156,10 @@ INSERT_COLUMNS = (
 )
 """The columns an enqueue writes, in the order :data:`INSERT_JOB` binds them."""
 
-INSERT_JOB = (
-    f"INSERT INTO jobs ({INSERT_COLUMNS}) "
-    f"VALUES ({', '.join('?' for _ in INSERT_COLUMNS.split(','))})"
-)
+INSERT_MARKS = ", ".join("?" for _ in INSERT_COLUMNS.split(","))
+"""One ``?`` placeholder per column of :data:`INSERT_COLUMNS`."""
+
+INSERT_JOB = f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ({INSERT_MARKS})"
 """Insert one job, binding :data:`INSERT_COLUMNS` (run with ``executemany`` for a batch)."""
 
 JOBS_AFTER = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id > ? ORDER BY id"

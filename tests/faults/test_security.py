@@ -47,7 +47,6 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("postgres/statements.py", "sql.SQL(assignments)"): "a template from _FENCED_PARTS",
     ("postgres/statements.py", "sql.SQL(arrays)"): "a template from _FENCED_PARTS",
     ("postgres/statements.py", "sql.SQL(names)"): "a template from _FENCED_PARTS",
-    ("postgres/statements.py", "sql.SQL(in_queues)"): "one of two literals, %(queues)s a parameter",
     ("postgres/statements.py", "sql.SQL(which)"): "the driver's two literal conditions",
     ("postgres/statements.py", "sql.SQL(_FILTERS[name])"): "literal conditions with %(name)s",
     ("postgres/statements.py", "sql.SQL(_WORKFLOW_FILTERS[name])"): "literal conditions, %(name)s",
