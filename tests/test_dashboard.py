@@ -258,3 +258,18 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def test_a_queue_is_paused_and_resumed_from_the_overview(app: th.App) -> None:
+    with client(app) as web:
+        csrf = sign_in(web)
+        assert "Pause</button>" in web.get("/").text
+        form = {"action": "pause_queue", "names": "default", "csrf": csrf, "back": "/"}
+        web.post("/actions/apply", data=form)
+        assert [r.name for r in app.driver.paused_queues()] == ["default"]
+        assert "paused</span> since" in web.get("/").text
+        web.post("/actions/apply", data={**form, "action": "resume_queue"})
+        assert app.driver.paused_queues() == []
+        unsigned = TestClient(create_app(app.driver, token=TOKEN))
+        assert unsigned.post("/actions/apply", data=form).status_code == 403
+    assert app.driver.paused_queues() == []

@@ -1,4 +1,4 @@
-"""Signing in and the actions: requeue or cancel jobs, pause or resume schedules.
+"""Signing in and the actions: requeue or cancel jobs, pause or resume schedules and queues.
 
 Every action is a POST from a signed-in session carrying its CSRF token (and no
 foreign ``Origin``); job actions go through a confirmation page that lists what
@@ -7,6 +7,7 @@ will change and what cannot (a state the contract does not allow it from).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import FormData
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from taskharbor.spec import InvalidRequest, JobRecord
+from taskharbor.spec import Driver, InvalidRequest, JobRecord
 from taskharbor.spec.table import JOB
 
 from .security import SESSION_COOKIE, same_origin
@@ -23,7 +24,13 @@ if TYPE_CHECKING:
     from .app import Dashboard
 
 JOB_ACTIONS = {"requeue": "Requeue", "cancel": "Cancel"}
-SCHEDULE_ACTIONS = {"pause": True, "resume": False}
+NAMED_ACTIONS: dict[str, Callable[[Driver, list[str]], object]] = {
+    "pause": lambda driver, names: driver.pause_schedules(names, True),
+    "resume": lambda driver, names: driver.pause_schedules(names, False),
+    "pause_queue": lambda driver, names: driver.pause_queues(names, True),
+    "resume_queue": lambda driver, names: driver.pause_queues(names, False),
+}
+"""The actions on schedules and queues, by name (no confirmation: each undoes the other)."""
 MAX_SELECTED = 500
 
 
@@ -83,11 +90,11 @@ def apply(board: Dashboard, request: Request) -> Response:
     form = _authorise(board, request)
     back = _local(str(form.get("back", "")))
     action = str(form.get("action", ""))
-    if action in SCHEDULE_ACTIONS:
+    if action in NAMED_ACTIONS:
         names = [str(name) for name in form.getlist("names")]
         if not names:
-            raise InvalidRequest("no schedule selected")
-        board.driver.pause_schedules(names, SCHEDULE_ACTIONS[action])
+            raise InvalidRequest("nothing selected: name a schedule or queue")
+        NAMED_ACTIONS[action](board.driver, names)
         return RedirectResponse(back, status_code=303)
     action, records = _job_action(board, form)
     ready = [r.id for r in records if JOB.allows(action, r.state)]

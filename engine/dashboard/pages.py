@@ -20,13 +20,17 @@ if TYPE_CHECKING:
 def overview(board: Dashboard, request: Request) -> Response:
     sample = board.counts()
     now = board.driver.clock.now()
-    queues = queue_summaries(board.driver, sample.counts, now)
+    pausable = board.driver.capabilities.queue_pause
+    paused = {r.name: r for r in board.driver.paused_queues()} if pausable else {}
+    queues = queue_summaries(board.driver, sample.counts, now, also=paused)
     totals = {state: sum(q.counts[state] for q in queues) for state in JobState}
     return board.renderer.render(
         request,
         "overview.html",
         now=now,
         counted_at=sample.at,
+        pausable=pausable,
+        paused=paused,
         queues=queues,
         totals=totals,
         chart=svg.throughput_chart(board.throughput.series(now)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -28,11 +28,15 @@ class QueueSummary:
 
 
 def queue_summaries(
-    driver: Driver, counts: Mapping[tuple[str, JobState], int], now: datetime
+    driver: Driver,
+    counts: Mapping[tuple[str, JobState], int],
+    now: datetime,
+    also: Collection[str] = (),
 ) -> list[QueueSummary]:
-    """Every queue with jobs, by name.  The oldest ready job is the first
-    ``available`` one in enqueue order; its age counts from its ``run_at``."""
-    by_queue: dict[str, dict[JobState, int]] = {}
+    """Every queue with jobs, and those named in ``also`` (paused ones), by name.  The
+    oldest ready job is the first ``available`` one in enqueue order; its age counts
+    from its ``run_at``."""
+    by_queue: dict[str, dict[JobState, int]] = {name: dict.fromkeys(JobState, 0) for name in also}
     for (queue, state), n in counts.items():
         by_queue.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] = n
     summaries = []
