@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from taskharbor.spec import (
+    CANCELLED_BY_REQUEST,
     LEASE_EXPIRED_MESSAGE,
     LEASE_EXPIRED_TYPE,
     WORKFLOW_CANCELLED,
@@ -142,6 +143,28 @@ class WorkflowFailureCallbackRules(HarborFixture):
         assert callback_of(harbor, record) == callback
 
     @requires("failure_callbacks")
+    def test_the_callback_moves_by_the_state_a_call_leaves_its_workflow_in(
+        self, harbor: Harbor
+    ) -> None:
+        record = with_callback(harbor, step("a"), step("b"), result=[0, 1])
+        a, _ = harbor.driver.get(list(record.steps))
+        assert record.on_failure is not None
+        harbor.driver.cancel([a.id, record.on_failure])  # a's cancel cancels the workflow first
+        callback = callback_of(harbor, record)
+        assert (callback.state, callback.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
+        other = with_callback(harbor, step("c"), step("d"), result=[0, 1])
+        asked = harbor.lease_job(harbor.get(other.steps[0]))
+        dying = harbor.lease_job(harbor.get(other.steps[1]))
+        harbor.driver.cancel([asked.id])  # running: only asked to stop
+        reports = [
+            Failure(job.id, str(job.lease_token), BOOM, permanent=True) for job in (asked, dying)
+        ]
+        assert harbor.driver.fail(reports) == []  # cancelled, then dead: the call ends it failed
+        assert harbor.driver.get_workflow(other.id).state is WorkflowState.FAILED
+        released = callback_of(harbor, other)
+        assert (released.state, released.args[0]["job_id"]) == (JobState.AVAILABLE, dying.id)
+
+    @requires("failure_callbacks")
     def test_resuming_a_cancelled_workflow_puts_its_callback_back(self, harbor: Harbor) -> None:
         record = with_callback(harbor, step("a"), step("b", after=(0,)), result=1)
         a = harbor.get(record.steps[0])
@@ -183,6 +206,16 @@ class WorkflowFailureCallbackRules(HarborFixture):
         harbor.finish(harbor.get(record.steps[1]))
         assert harbor.driver.get_workflow(record.id).state is WorkflowState.SUCCEEDED
         assert callback_of(harbor, record) == done
+
+    @requires("failure_callbacks")
+    def test_a_requeued_dead_callback_keeps_its_failure(self, harbor: Harbor) -> None:
+        record = with_callback(harbor, step("a"), max_attempts=1)
+        harbor.fail(harbor.lease_job(harbor.get(record.steps[0])), permanent=True)
+        released = callback_of(harbor, record)
+        harbor.fail(harbor.lease_job(released))
+        (requeued,) = harbor.driver.requeue([released.id])
+        assert (requeued.state, requeued.args) == (JobState.AVAILABLE, released.args)
+        assert harbor.driver.get_workflow(record.id).state is WorkflowState.FAILED
 
     @requires("failure_callbacks")
     def test_a_released_callback_waits_for_its_run_at(self, harbor: Harbor) -> None:

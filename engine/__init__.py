@@ -29,6 +29,7 @@ from .app import App
 from .backoff import Backoff
 from .canvas import (
     Signature,
+    StepFailure,
     Workflow,
     WorkflowFailed,
     WorkflowHandle,
@@ -65,6 +66,7 @@ __all__ = [
     "QueueStatus",
     "Signature",
     "Snooze",
+    "StepFailure",
     "StoreError",
     "Task",
     "TaskCall",

@@ -386,6 +386,14 @@ class App:
             task = self._tasks[step.request.task]
             leading = 0 if step.input is None else 1
             task.check_call(step.request.args, step.request.kwargs, leading=leading)
+        if graph.on_failure is not None:
+            if not self.driver.capabilities.failure_callbacks:
+                raise InvalidRequest(
+                    f"{type(self.driver).__name__} does not store failure callbacks "
+                    "(capability failure_callbacks): enqueue the workflow without on_failure"
+                )
+            callback = graph.on_failure
+            self._tasks[callback.task].check_call(callback.args, callback.kwargs, leading=1)
 
     @contextmanager
     def using(self, connection: object) -> Iterator[None]:

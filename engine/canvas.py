@@ -17,7 +17,10 @@ What each shape means (docs/workflows.md says the same with examples):
 * a chord callback receives the list of its header members' results, in
   header order; so does an element that follows a group in a chain;
 * every member of a group that follows an element in a chain receives that
-  element's result.
+  element's result;
+* ``workflow.on_failure(alert.s(...))`` gives the whole workflow a failure
+  callback: it runs once if a step ends dead, with a :class:`StepFailure` in
+  front of its arguments.
 
 An element waits exactly for the steps its input is made of: the steps named
 by the previous element's result.  (Those are always the previous element's
@@ -31,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypedDict
 
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
@@ -100,6 +103,18 @@ class Workflow:
 
     __slots__ = ()
 
+    def on_failure(self, callback: Signature) -> OnFailure:
+        """This workflow with a failure callback, for enqueueing.
+
+        When a step ends ``dead`` the workflow becomes ``failed`` and, in the same
+        store transaction, ``callback`` is released once with a
+        :class:`StepFailure` describing that step in front of its own arguments
+        (``alert.s("ops")`` runs ``alert(failure, "ops")``).  It is cancelled if
+        the workflow succeeds or is cancelled.  Give it to the outermost workflow
+        (the one you enqueue); the workflow's own state does not depend on it.
+        """
+        return OnFailure(self, callback)
+
 
 Item: TypeAlias = Signature | Workflow
 """What workflows are made of: signatures and other workflows."""
@@ -139,6 +154,43 @@ class Chord(Workflow):
                 "chord callback must be a signature (task.s(...)) or a workflow, "
                 f"not {type(self.callback).__name__}"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class OnFailure(Workflow):
+    """A workflow and the callback that runs once if it fails (see :meth:`Workflow.on_failure`)."""
+
+    workflow: Workflow
+    callback: Signature
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workflow, Workflow):
+            raise InvalidRequest(
+                f"on_failure belongs to a chain, group or chord, not {type(self.workflow).__name__}"
+            )
+        if isinstance(self.workflow, OnFailure):
+            raise InvalidRequest("this workflow already has an on_failure callback")
+        if not isinstance(self.callback, Signature):
+            raise InvalidRequest(
+                f"on_failure takes a signature (task.s(...)), not {type(self.callback).__name__}"
+            )
+        if self.callback.immutable:
+            raise InvalidRequest(
+                f"on_failure({self.callback.task}.si(...)): the callback receives the failure "
+                "as its first argument, so give it as task.s(...)"
+            )
+
+
+class StepFailure(TypedDict):
+    """What a failure callback receives first: the workflow, and the step that ended
+    dead (its job id, task, attempt, and its last error's type and message)."""
+
+    workflow_id: int
+    job_id: int
+    task: str
+    attempt: int
+    type: str | None
+    message: str | None
 
 
 def chain(*elements: Item) -> Chain:
@@ -203,9 +255,13 @@ def build_graph(
             f"a workflow must be a signature or a chain, group or chord, "
             f"not {type(workflow).__name__}"
         )
+    callback = None
+    if isinstance(workflow, OnFailure):
+        callback = request_for(workflow.callback)
+        workflow = workflow.workflow
     builder = _GraphBuilder(request_for)
     result = builder.add(workflow, None)
-    return WorkflowGraph(tuple(builder.steps), result, name)
+    return WorkflowGraph(tuple(builder.steps), result, name, on_failure=callback)
 
 
 class _GraphBuilder:
@@ -230,6 +286,11 @@ class _GraphBuilder:
             case Chord(header=header, callback=callback):
                 results: ResultRef = [self.add(member, before) for member in header]
                 return self.add(callback, results)
+            case OnFailure():
+                raise InvalidRequest(
+                    "on_failure applies to a whole workflow: give it to the outermost "
+                    "workflow, the one you enqueue, not to a part of it"
+                )
         raise InvalidRequest(f"unknown workflow item {item!r}")
 
     def _add_step(self, signature: Signature, before: ResultRef | None) -> int:
@@ -271,6 +332,8 @@ class WorkflowStatus:
     steps: tuple[StepStatus, ...]
     name: str | None = None
     """The name given at enqueue (``app.enqueue(workflow, name=...)``), if any."""
+    on_failure: StepStatus | None = None
+    """The failure callback (not a step), if the workflow has one."""
 
 
 class WorkflowFailed(TaskHarborError):
@@ -339,8 +402,11 @@ class WorkflowHandle:
     def status(self) -> WorkflowStatus:
         """The workflow's state and each step's job id, task and state."""
         record = self._app.driver.get_workflow(self._id)
-        jobs = self._app.driver.get(record.steps)
+        callback = () if record.on_failure is None else (record.on_failure,)
+        jobs = self._app.driver.get((*record.steps, *callback))
         steps = tuple(StepStatus(job.id, job.task, job.state, job.reason) for job in jobs)
+        if callback:
+            return WorkflowStatus(record.id, record.state, steps[:-1], record.name, steps[-1])
         return WorkflowStatus(record.id, record.state, steps, record.name)
 
     def cancel(self) -> WorkflowState:
@@ -423,7 +489,9 @@ __all__ = [
     "Chord",
     "Group",
     "Item",
+    "OnFailure",
     "Signature",
+    "StepFailure",
     "StepStatus",
     "Workflow",
     "WorkflowFailed",

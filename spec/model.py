@@ -165,6 +165,10 @@ class ReferenceModel(Driver):
         self._lock = threading.Lock()
         self._store = _Store()
         self._now = datetime.min.replace(tzinfo=UTC)
+        self._states_before: dict[WorkflowId, WorkflowState] = {}
+        """The state each workflow the current call touched had when it first touched it."""
+        self._first_dead: dict[WorkflowId, JobRecord] = {}
+        """The first step of each workflow that ended dead in the current call."""
 
     # -- the one way each call runs -----------------------------------------
 
@@ -172,8 +176,11 @@ class ReferenceModel(Driver):
         """Run ``body`` on a copy of the store; keep the copy only if it returns."""
         with self._lock:
             self._now = _utc(self.clock.now())
+            self._states_before = {}
+            self._first_dead = {}
             work = self._store.copy()
             result = body(work)
+            self._move_callbacks(work)
             self._store = work
             return result
 
@@ -539,7 +546,8 @@ class ReferenceModel(Driver):
             reason=None,
             result=None,
         )
-        if job.id in s.step_args:
+        released_callback = _is_callback(s, job) and moved.state != JobState.PENDING
+        if job.id in s.step_args and not released_callback:  # that one keeps its failure
             moved = replace(moved, args=self._step_args_for(s, moved))
             s.jobs[job.id] = moved
         return moved
@@ -870,25 +878,36 @@ class ReferenceModel(Driver):
         """Derive the workflow's state from its steps; ``dead`` is the step that just
         ended dead, if one did (it is the one a failure callback hears about)."""
         workflow = s.workflows[workflow_id]
+        self._states_before.setdefault(workflow_id, workflow.state)
+        if dead is not None:
+            self._first_dead.setdefault(workflow_id, dead)
         target = derive_workflow_state(s.jobs[step_id].state for step_id in workflow.steps)
         if target == workflow.state:
             return
         WORKFLOW.event_for(workflow.state, target, subject=workflow_id)
         finished_at = None if target == WorkflowState.RUNNING else self._now
         s.workflows[workflow_id] = replace(workflow, state=target, finished_at=finished_at)
-        callback = None if workflow.on_failure is None else s.jobs[workflow.on_failure]
-        if callback is None or callback.state != JobState.PENDING:
-            return
-        if target == WorkflowState.FAILED:
-            assert dead is not None, "a workflow fails only in the call a step dies in"
-            self._release(s, callback)
-            released = s.jobs[callback.id]
-            s.jobs[callback.id] = replace(
-                released, args=(step_failure(workflow_id, dead), *released.args)
-            )
-        elif target in CALLBACK_CANCELS:
-            reason = CALLBACK_CANCELS[target]
-            self._move(s, callback, JobEvent.CANCEL, reason=reason)
+
+    def _move_callbacks(self, s: _Store) -> None:
+        """At the end of a call, move each pending failure callback whose workflow's state
+        the call changed, by the state the workflow ends the call in."""
+        for workflow_id, before in sorted(self._states_before.items()):
+            workflow = s.workflows[workflow_id]
+            if workflow.on_failure is None or workflow.state == before:
+                continue
+            callback = s.jobs[workflow.on_failure]
+            if callback.state != JobState.PENDING:
+                continue
+            if workflow.state == WorkflowState.FAILED:
+                dead = self._first_dead[workflow_id]  # a workflow fails in a call a step dies in
+                self._release(s, callback)
+                released = s.jobs[callback.id]
+                s.jobs[callback.id] = replace(
+                    released, args=(step_failure(workflow_id, dead), *released.args)
+                )
+            elif workflow.state in CALLBACK_CANCELS:
+                reason = CALLBACK_CANCELS[workflow.state]
+                self._move(s, callback, JobEvent.CANCEL, reason=reason)
 
 
 def _is_callback(s: _Store, job: JobRecord) -> bool:

@@ -152,16 +152,17 @@ after them (the next job id), as a job of the workflow (``workflow_id`` set,
 no ``depends_on``) that is *not* one of its ``steps``: it never counts when
 the workflow's state is derived.  The record's ``on_failure`` holds its id.
 For a callback the ``waits_on_dependencies`` fact is always true, so it is
-enqueued ``pending``, and it leaves ``pending`` only through its workflow, in
-the call that changes the workflow's state:
+enqueued ``pending``, and it leaves ``pending`` only through its workflow, at
+the end of a call that changed the workflow's state, by the state the call
+leaves the workflow in (however many states its items took it through):
 
-* the workflow becomes ``failed`` while the callback is ``pending``: the
+* the workflow ends the call ``failed`` while the callback is ``pending``: the
   callback gets ``release``, with ``step_failure(workflow id, step)`` put in
   front of its own args, where ``step`` is the first step (in the order the
   call applied its items; ``rescue`` applies them by ascending id) that ended
   ``dead`` in this call;
-* the workflow becomes ``succeeded`` or ``cancelled`` while the callback is
-  ``pending``: the callback gets ``cancel`` with ``reason =
+* the workflow ends the call ``succeeded`` or ``cancelled`` while the
+  callback is ``pending``: the callback gets ``cancel`` with ``reason =
   WORKFLOW_SUCCEEDED`` or ``WORKFLOW_CANCELLED``.
 
 So a workflow that fails after it was cancelled does not call it.  Otherwise
@@ -171,8 +172,9 @@ workflow's other cancelled jobs (back to ``pending``, its own args).  Two
 steps of one workflow ending ``dead`` at the same instant in different calls
 release the callback once: the calls serialise on the workflow, and only the
 first sees it change to ``failed``.  Once released it is an ordinary job
-(retried, ``dead``, requeued); its own end never changes the workflow's
-state.  Prune deletes it with its workflow.
+(retried, ``dead``, requeued with its failure still in front of its args);
+its own end never changes the workflow's state.  Prune deletes it with its
+workflow.
 
 Failures of the store
 ---------------------

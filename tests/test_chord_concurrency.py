@@ -1,4 +1,5 @@
-"""A chord's callback is released exactly once when its 50 members finish at the same instant.
+"""A chord's callback is released exactly once when its 50 members finish at the same instant;
+a workflow's failure callback, once when its steps die at the same instant.
 
 Several threads, each with its own connection to the store (SQLite and
 PostgreSQL: one driver per thread on the same file or schema; memory: the
@@ -11,6 +12,9 @@ Then the same threads race to lease: exactly one of them gets the callback.
 
 Half of the rounds complete one member per call (many short transactions), the
 other half one batch per thread (a few long ones): both must release once.
+The failure-callback rounds do the same with permanent failures of a group's
+members: only the transaction that sees the workflow become ``failed`` may
+release the callback, with one failure in front of its arguments.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from taskharbor.spec import (
     Completion,
     Driver,
     EnqueueRequest,
+    ErrorReport,
+    Failure,
     FakeClock,
     JobRecord,
     JobState,
@@ -237,3 +243,63 @@ def test_the_callback_is_released_once_every_time(store: str, tmp_path: Path) ->
     with STORES[store](tmp_path, clock) as drivers:
         for round_number in range(ROUNDS):
             play_round(drivers, clock, round_number, rng)
+
+
+def failing_graph(round_number: int) -> WorkflowGraph:
+    """A group of ``MEMBERS`` members with a failure callback."""
+    members = tuple(
+        StepSpec(EnqueueRequest("group.member", args=(round_number, index)))
+        for index in range(MEMBERS)
+    )
+    alert = EnqueueRequest("group.alert", args=(round_number,))
+    return WorkflowGraph(steps=members, result=list(range(MEMBERS)), on_failure=alert)
+
+
+def play_failing_round(
+    drivers: Sequence[Driver], clock: FakeClock, round_number: int, rng: random.Random
+) -> None:
+    main = drivers[0]
+    workflow = main.enqueue_workflow(failing_graph(round_number))
+    assert workflow.on_failure is not None
+    members = main.lease(["default"], MEMBERS + 1, LEASE_SECONDS, "leaser")
+    assert sorted(job.id for job in members) == list(workflow.steps)
+    rng.shuffle(members)
+    shares = [members[index :: len(drivers)] for index in range(len(drivers))]
+    error = ErrorReport("RuntimeError", f"round {round_number}")
+
+    def fail(index: int, driver: Driver) -> list[object]:
+        failures = [
+            Failure(job.id, str(job.lease_token), error, permanent=True) for job in shares[index]
+        ]
+        if round_number % 2:
+            return list(driver.fail(failures))
+        return [lost for item in failures for lost in driver.fail([item])]
+
+    clock.advance(1.0)
+    assert race(drivers, fail) == [[]] * len(drivers), "live leases were refused"
+    assert main.get_workflow(workflow.id).state is WorkflowState.FAILED
+    (callback,) = main.get([workflow.on_failure])
+    assert callback.state is JobState.AVAILABLE, f"round {round_number}: callback {callback.state}"
+    failure, *own = callback.args
+    assert own == [round_number], "the failure was put in front once"
+    assert failure["job_id"] in workflow.steps and failure["message"] == f"round {round_number}"
+    leased = race(
+        drivers,
+        lambda index, driver: driver.lease(["default"], MEMBERS, LEASE_SECONDS, f"racer-{index}"),
+    )
+    assert [job.id for batch in leased for job in batch] == [workflow.on_failure]
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
+        for name in STORES
+    ],
+)
+def test_the_failure_callback_is_released_once_every_time(store: str, tmp_path: Path) -> None:
+    clock = FakeClock()
+    rng = random.Random(f"failure race on {store}")
+    with STORES[store](tmp_path, clock) as drivers:
+        for round_number in range(ROUNDS // 3):
+            play_failing_round(drivers, clock, round_number, rng)

@@ -34,7 +34,7 @@ from workflow_crash_fleet import Fleet, kill_until
 import taskharbor as th
 from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.canvas import Chain, Chord, Group, Item
-from taskharbor.spec import JobRecord, JobState, WorkflowState
+from taskharbor.spec import FINISHED_JOB_STATES, JobRecord, JobState, WorkflowState
 from taskharbor.spec.records import LEASE_EXPIRED_TYPE
 
 SEEDS = (1, 2, 3)
@@ -282,3 +282,70 @@ def test_a_workflow_survives_random_kills(store_kind: str, seed: int, tmp_path: 
             assert len(killed) >= MIN_KILLS
             assert interrupted >= 1, "no kill landed in the middle of a handler"
             check_run(tasks, handle, workflow, ledger, killed)
+
+
+# -- a failing workflow and its failure callback -----------------------------------------
+
+FAILING_KILLS = 4
+
+
+def callback_done(handle: th.WorkflowHandle) -> Callable[[], int | None]:
+    """How many steps of the workflow have finished; None once they all have and its
+    failure callback has succeeded."""
+
+    def progress() -> int | None:
+        status = handle.status()
+        assert status.on_failure is not None
+        finished = sum(1 for step in status.steps if step.state in FINISHED_JOB_STATES)
+        if status.on_failure.state is JobState.SUCCEEDED and finished == len(status.steps):
+            return None
+        return finished
+
+    return progress
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+@pytest.mark.parametrize(
+    "store_kind",
+    [
+        pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
+        for name in STORES
+    ],
+)
+def test_a_failure_callback_runs_once_through_random_kills(
+    store_kind: str, seed: int, tmp_path: Path
+) -> None:
+    """Several steps of one group fail for good at about the same time on different
+    workers, while workers are killed: the workflow fails, and its callback is
+    released once (one failure in front of its arguments) and succeeds once."""
+    rng = random.Random(seed)
+    ledger = tmp_path / "ledger.jsonl"
+    with STORES[store_kind](tmp_path) as store:
+        tasks = make_app(store, ledger)
+        with tasks.app:
+            members = [tasks.add.s(k) for k in range(4)] + [tasks.broken.s(k) for k in range(4)]
+            rng.shuffle(members)
+            workflow = th.chain(tasks.start.s(1), th.group(*members), tasks.total.s())
+            handle = tasks.app.enqueue(workflow.on_failure(tasks.alert.s("ops")))
+            with Fleet(store, ledger) as fleet:
+                plan = rng.sample(range(8), FAILING_KILLS)
+                kill_until(fleet, callback_done(handle), plan, rng, KILL_EVERY, TIMEOUT)
+            killed = set(fleet.killed)
+            assert len(killed) >= FAILING_KILLS
+            status = handle.status()
+            assert status.state is WorkflowState.FAILED
+            assert status.on_failure is not None
+            by_job = read_ledger(ledger)
+            callback = tasks.app.driver.get([status.on_failure.job_id])[0]
+            check_step(callback, by_job[callback.id], killed)
+            failure, *own = callback.args
+            assert own == ["ops"], "the failure was put in front of the callback's args once"
+            jobs = tasks.app.driver.get([step.job_id for step in status.steps])
+            dead = {job.id: job for job in jobs if job.state is JobState.DEAD}
+            assert {job.task for job in dead.values()} == {"crash.broken"}
+            assert failure["job_id"] in dead and callback.result == failure["job_id"]
+            assert failure["type"] == "PermanentError"
+            for job in jobs:
+                if job.task == "crash.add":
+                    check_step(job, by_job[job.id], killed)
+            assert jobs[-1].state is JobState.CANCELLED

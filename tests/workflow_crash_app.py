@@ -80,11 +80,23 @@ def total(values: list[Any]) -> int:
     return fold(values)
 
 
+def broken(value: Any, k: int) -> int:
+    """A step that always fails for good: it sends the workflow to ``failed``."""
+    raise th.PermanentError(f"step {k} is broken (input {fold(value)})")
+
+
+def alert(failure: th.StepFailure, tag: str) -> int:
+    """The failure callback: its result is the id of the dead step it was told about."""
+    return failure["job_id"]
+
+
 STEPS: dict[str, Callable[..., int]] = {
     "crash.start": start,
     "crash.add": add,
     "crash.mul": mul,
     "crash.total": total,
+    "crash.broken": broken,
+    "crash.alert": alert,
 }
 """What each task computes, by task name, as plain functions (the test's oracle uses them)."""
 
@@ -130,6 +142,8 @@ class CrashApp:
     add: th.Task[Any]
     mul: th.Task[Any]
     total: th.Task[Any]
+    broken: th.Task[Any]
+    alert: th.Task[Any]
 
 
 def write_ledger(ledger: Path, line: dict[str, Any]) -> None:
@@ -165,6 +179,8 @@ def make_app(store: Store, ledger: Path) -> CrashApp:
         add=register("crash.add"),
         mul=register("crash.mul"),
         total=register("crash.total"),
+        broken=register("crash.broken"),
+        alert=register("crash.alert"),
     )
 
 

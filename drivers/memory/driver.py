@@ -397,7 +397,10 @@ class MemoryDriver(MemorySchedules, MemoryQueues, Driver):
         row.attempt = 0
         row.run_at = now
         row.result = None
-        row.args = self._released_args(row) if target is JobState.AVAILABLE else row.own_args
+        if target is JobState.PENDING:
+            row.args = row.own_args
+        elif not row.callback:  # a released failure callback keeps its failure
+            row.args = self._released_args(row)
         self._enter(row, target, now)
 
     # -- maintenance ------------------------------------------------------------
@@ -488,7 +491,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, Driver):
         with self._lock:
             if where.workflow_id is not None:
                 workflow = self._workflows.get(where.workflow_id)
-                ids: Iterable[JobId] = workflow.steps if workflow is not None else ()
+                ids: Iterable[JobId] = workflow.jobs() if workflow is not None else ()
             else:
                 ids = self._jobs  # insertion order is id order
             found: list[JobRecord] = []

@@ -101,7 +101,7 @@ from ..corrupt_rows import rescue_policy, split_leased
 from . import enqueue as enqueueing
 from . import statements, workflows
 from .connect import check_reachable, with_connect_timeout
-from .graphs import ALLOCATE_IDS, workflow_values
+from .graphs import ALLOCATE_IDS, callback_values, id_count, workflow_values
 from .notify import Listener, sleep_until
 from .queues import PostgresQueues
 from .rows import job_record, workflow_record
@@ -212,6 +212,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
             schedules=True,
             workflow_idempotency=True,
             queue_pause=True,
+            failure_callbacks=True,
         )
         self._listener = Listener(conninfo, self._tables.channel) if notifications else None
         self._schema_ok = False
@@ -416,7 +417,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
             raise InvalidRequest(f"enqueue_workflow_in needs a WorkflowGraph, not {graph!r}")
         params = self._tables.params(self._now())
         async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(ALLOCATE_IDS, {**params, "n": len(graph.steps)})
+            await cur.execute(ALLOCATE_IDS, {**params, "n": id_count(graph)})
             allocated = await cur.fetchone()
             assert allocated is not None
             values = workflow_values(graph, allocated, params)
@@ -430,6 +431,11 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
                     raise enqueueing.KeyReleased(key)
                 return workflow_record(held)
             await self._announce_queues_async(cur, row["ready"])
+            if graph.on_failure is not None:
+                values = callback_values(graph, allocated, params)
+                await cur.execute(workflows.insert_callback(self._tables), values)
+                row = await cur.fetchone()
+                assert row is not None
             return workflow_record(row)
 
     def _insert(
@@ -475,8 +481,9 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
         raise PostgreSQL's serialization failure instead: the caller's
         transaction must be retried, and its retry finds the holder.
         """
-        allocated = cur.execute(ALLOCATE_IDS, {**params, "n": len(graph.steps)})
-        values = workflow_values(graph, allocated.fetchone(), params)
+        allocated = cur.execute(ALLOCATE_IDS, {**params, "n": id_count(graph)}).fetchone()
+        assert allocated is not None
+        values = workflow_values(graph, allocated, params)
         row = cur.execute(statements.insert_workflow(self._tables), values).fetchone()
         if row is None:  # the key is held
             key = str(graph.idempotency_key)
@@ -485,6 +492,10 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
                 raise enqueueing.KeyReleased(key)
             return workflow_record(held)
         self._announce_queues(cur, row["ready"])
+        if graph.on_failure is not None:
+            values = callback_values(graph, allocated, params)
+            row = cur.execute(workflows.insert_callback(self._tables), values).fetchone()
+            assert row is not None
         return workflow_record(row)
 
     # -- consuming ----------------------------------------------------------
@@ -619,7 +630,12 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
             return
         origins = [(row["id"], dependency_reason(row["id"], row["state"])) for row in ended]
         workflows.cascade(cur, self._tables, params, origins)
-        workflows.derive(cur, self._tables, params, {row["workflow_id"] for row in ended})
+        dead: dict[WorkflowId, JobId] = {}
+        for row in ended:
+            if row["state"] == JobState.DEAD:
+                dead.setdefault(row["workflow_id"], row["id"])  # the first one in call order
+        touched = {row["workflow_id"] for row in ended}
+        self._announce(cur, workflows.derive(cur, self._tables, params, touched, dead=dead))
 
     # -- operators ------------------------------------------------------------
 

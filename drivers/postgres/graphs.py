@@ -24,13 +24,41 @@ ALLOCATE_IDS = (
 to them (a key found held wastes them: ids may skip, never repeat)."""
 
 
+def id_count(graph: WorkflowGraph) -> int:
+    """How many job ids :data:`ALLOCATE_IDS` takes: the steps', and the failure callback's."""
+    return len(graph.steps) + (graph.on_failure is not None)
+
+
+def callback_values(
+    graph: WorkflowGraph, allocated: Mapping[str, Any], params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The parameters of ``workflows.insert_callback``: the graph's ``on_failure``
+    request, with the last id allocated (after the steps')."""
+    request = graph.on_failure
+    assert request is not None, "only a graph with a failure callback has one to insert"
+    return {
+        **params,
+        "id": max(allocated["job_ids"]),
+        "workflow_id": allocated["workflow_id"],
+        "task": request.task,
+        "queue": request.queue,
+        "args": Json(list(request.args)),
+        "kwargs": Json(dict(request.kwargs)),
+        "priority": request.priority,
+        "run_at": request.run_at,
+        "max_attempts": request.max_attempts,
+        "retry": policy_text(request.retry),
+        "headers": Json(dict(request.headers)),
+    }
+
+
 def workflow_values(
     graph: WorkflowGraph, allocated: Mapping[str, Any] | None, params: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The insert's parameters: ``params`` (the tables' names and now), the ids
     ``allocated`` by :data:`ALLOCATE_IDS`, and one array per column of the steps."""
     assert allocated is not None, "ALLOCATE_IDS returns one row"
-    ids: list[JobId] = sorted(allocated["job_ids"])
+    ids: list[JobId] = sorted(allocated["job_ids"])[: len(graph.steps)]
     by_index = dict(enumerate(ids))
     steps = graph.steps
     return {

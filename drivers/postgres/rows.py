@@ -112,4 +112,5 @@ def workflow_record(row: Mapping[str, Any]) -> WorkflowRecord:
         finished_at=_utc(row["finished_at"]),
         name=row["name"],
         idempotency_key=row["idempotency_key"],
+        on_failure=row["on_failure"],
     )

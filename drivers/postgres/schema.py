@@ -167,6 +167,15 @@ def _state_order(schema: str) -> list[sql.Composed]:
     ]
 
 
+def _failure_callbacks(schema: str) -> list[sql.Composed]:
+    """The job id of each workflow's failure callback (a job of the workflow, not a step)."""
+    return [
+        sql.SQL("ALTER TABLE {} ADD COLUMN on_failure bigint").format(
+            sql.Identifier(schema, "workflows")
+        )
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and workflows", _initial_tables),
     Migration(2, "periodic schedules", schedules_table),
@@ -175,6 +184,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "headers of each job", _headers),
     Migration(6, "jobs by state in id order", _state_order),
     Migration(7, "paused queues", paused_queues_table),
+    Migration(8, "failure callback of each workflow", _failure_callbacks),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

@@ -14,7 +14,12 @@
 * :func:`requeue` - moves jobs back into the queue, with a workflow step's
   args rebuilt from its own args and its resolved input.
 * :func:`derive` - each touched workflow's state, derived from its steps and
-  changed only through ``WORKFLOW.event_for``.
+  changed only through ``WORKFLOW.event_for``; a pending failure callback is
+  released or cancelled with the change (its row is locked before the
+  workflow rows, in the lock order below).
+* :func:`insert_callback` - the statement storing a workflow's failure callback, ``pending`` with
+  ``waiting_on = 1`` for good (no step counts it down), so ``requeue``'s
+  ``waits_on_dependencies`` holds for it as the contract says.
 
 Lock order everywhere: job rows by ascending id, then workflow rows by
 ascending id, so concurrent calls cannot deadlock on one another.
@@ -29,6 +34,7 @@ from psycopg import Cursor, sql
 from psycopg.types.json import Json
 
 from taskharbor.spec import (
+    JOB,
     WORKFLOW,
     JobEvent,
     JobId,
@@ -36,9 +42,11 @@ from taskharbor.spec import (
     WorkflowId,
     WorkflowState,
 )
-from taskharbor.spec.records import map_ref
-from taskharbor.spec.table import FINISHED_JOB_STATES, QUEUED_JOB_STATES
+from taskharbor.spec.records import CALLBACK_CANCELS, map_ref, step_failure
+from taskharbor.spec.table import FINISHED_JOB_STATES, NEW, QUEUED_JOB_STATES
 
+from . import statements
+from .rows import job_record
 from .tables import Tables, statement
 from .transitions import job_state, job_states, target_case, workflow_state
 
@@ -127,7 +135,8 @@ WITH chosen AS (
 )
 SELECT j.id, {requeue} AS target, j.input_ref, j.step_args,
        (SELECT json_object_agg(d.id, d.result) FROM {jobs} d WHERE d.id = ANY(j.depends_on))
-           AS inputs
+           AS inputs,
+       j.id = (SELECT w.on_failure FROM {workflows} w WHERE w.id = j.workflow_id) AS callback
 FROM {jobs} j WHERE j.id IN (SELECT id FROM chosen)
 ORDER BY j.id FOR UPDATE OF j
 """
@@ -141,8 +150,14 @@ WHERE j.id = m.id
 RETURNING j.queue, j.state
 """
 
+_LOCK_CALLBACKS = """
+SELECT j.id FROM {jobs} j
+WHERE j.id IN (SELECT w.on_failure FROM {workflows} w WHERE w.id = ANY(%(ids)s::bigint[]))
+ORDER BY j.id FOR UPDATE OF j
+"""
+
 _LOCK_WORKFLOWS = """
-SELECT w.id, w.state FROM {workflows} w
+SELECT w.id, w.state, w.on_failure FROM {workflows} w
 WHERE w.id = ANY(%(ids)s::bigint[]) ORDER BY w.id FOR UPDATE
 """
 
@@ -152,7 +167,40 @@ SELECT j.workflow_id AS id,
             WHEN bool_or(j.state = {cancelled}) THEN {wf_cancelled}
             WHEN bool_and(j.state = {succeeded}) THEN {wf_succeeded}
             ELSE {wf_running} END AS state
-FROM {jobs} j WHERE j.workflow_id = ANY(%(ids)s::bigint[]) GROUP BY j.workflow_id
+FROM {jobs} j JOIN {workflows} w ON w.id = j.workflow_id
+WHERE j.workflow_id = ANY(%(ids)s::bigint[]) AND j.id IS DISTINCT FROM w.on_failure
+GROUP BY j.workflow_id
+"""
+
+_INSERT_CALLBACK = """
+WITH callback AS (
+    INSERT INTO {jobs} (id, task, queue, state, args, kwargs, priority, run_at, attempt,
+                        max_attempts, created_at, workflow_id, waiting_on, step_args, retry,
+                        headers)
+    VALUES (%(id)s, %(task)s, %(queue)s, {pending}, %(args)s, %(kwargs)s, %(priority)s,
+            COALESCE(%(run_at)s::timestamptz, {now}), 0, %(max_attempts)s, {now},
+            %(workflow_id)s, 1, %(args)s, %(retry)s, %(headers)s)
+    RETURNING id
+)
+UPDATE {workflows} w SET on_failure = (SELECT id FROM callback)
+WHERE w.id = %(workflow_id)s RETURNING w.*
+"""
+
+_RELEASE_CALLBACKS = """
+UPDATE {jobs} j
+SET state = {release}, run_at = CASE WHEN {release} = {scheduled} THEN j.run_at ELSE {now} END,
+    args = m.args
+FROM unnest(%(ids)s::bigint[], %(args)s::json[]) AS m(id, args)
+WHERE j.id = m.id AND j.state = {pending}
+RETURNING j.queue, j.state
+"""
+
+_OWN_ARGS = "SELECT j.id, j.step_args FROM {jobs} j WHERE j.id = ANY(%(ids)s::bigint[])"
+
+_CANCEL_CALLBACKS = """
+UPDATE {jobs} j SET state = {cancel}, finished_at = {now}, reason = m.reason
+FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS m(id, reason)
+WHERE j.id = m.id AND j.state = {pending}
 """
 
 _SET_WORKFLOWS = """
@@ -207,6 +255,49 @@ def _requeue(tables: Tables) -> sql.Composed:
 @statement
 def _lock_workflows(tables: Tables) -> sql.Composed:
     return tables.sql(_LOCK_WORKFLOWS)
+
+
+@statement
+def _lock_callbacks(tables: Tables) -> sql.Composed:
+    return tables.sql(_LOCK_CALLBACKS)
+
+
+@statement
+def insert_callback(tables: Tables) -> sql.Composed:
+    """Insert a workflow's failure callback (``graphs.callback_values``) and note its id
+    on the workflow; returns the workflow's row."""
+    return tables.sql(_INSERT_CALLBACK, pending=_first_callback_state())
+
+
+def _first_callback_state() -> sql.Placeholder:
+    """A failure callback's first state: ``enqueue`` with ``waits_on_dependencies``."""
+    facts = {"waits_on_dependencies": True, "run_at_in_future": False}
+    return job_state(JOB.resolve(JobEvent.ENQUEUE, NEW, facts))
+
+
+@statement
+def _release_callbacks(tables: Tables) -> sql.Composed:
+    in_future = sql.SQL("j.run_at > {}").format(tables.now)
+    return tables.sql(
+        _RELEASE_CALLBACKS,
+        release=target_case(JobEvent.RELEASE, {"run_at_in_future": in_future}),
+        scheduled=job_state(JobState.SCHEDULED),
+        pending=job_state(JobState.PENDING),
+    )
+
+
+@statement
+def _own_args(tables: Tables) -> sql.Composed:
+    return tables.sql(_OWN_ARGS)
+
+
+@statement
+def _cancel_callbacks(tables: Tables) -> sql.Composed:
+    return tables.sql(
+        _CANCEL_CALLBACKS,
+        cancel=target_case(JobEvent.CANCEL, {}),
+        pending=job_state(JobState.PENDING),
+    )
 
 
 @statement
@@ -302,10 +393,11 @@ def _moves(params: Params, moves: Sequence[Row]) -> dict[str, Any]:
 def _step_args(move: Row) -> Json | None:
     """A step's own args, with its input in front unless it goes back to ``pending``.
 
-    ``None`` for a job that is no workflow step: its args stay as they are.
+    ``None`` for a job that is no workflow step, or a failure callback that stays
+    released: its args stay as they are (the callback's failure in front).
     """
     own = move["step_args"]
-    if own is None:
+    if own is None or (move.get("callback") and move["target"] != JobState.PENDING):
         return None
     if move["input_ref"] is None or move["target"] == JobState.PENDING:
         return Json(own)
@@ -313,19 +405,33 @@ def _step_args(move: Row) -> Json | None:
     return Json([map_ref(move["input_ref"], results), *own])
 
 
-def derive(cur: Cursor[Row], tables: Tables, params: Params, ids: Iterable[WorkflowId]) -> None:
-    """Give each workflow of ``ids`` the state its steps say, through ``WORKFLOW``.
+def derive(
+    cur: Cursor[Row],
+    tables: Tables,
+    params: Params,
+    ids: Iterable[WorkflowId],
+    *,
+    dead: Mapping[WorkflowId, JobId] | None = None,
+) -> list[Row]:
+    """Give each workflow of ``ids`` the state its steps say, through ``WORKFLOW``,
+    and move its pending failure callback on with it.
 
     The workflow rows are locked first and the steps read by the *next*
     statement: its fresh snapshot sees every step committed by a transaction
     that held those locks before, so two calls finishing the last steps of a
-    workflow at once cannot both derive from a stale view of the other.
+    workflow at once cannot both derive from a stale view of the other (and
+    only one of two steps dying at once sees the workflow become ``failed``
+    and releases its callback).  ``dead`` maps a workflow to the first of its
+    steps that ended dead in this call.  Returns the released callbacks'
+    queue and state.
     """
     wanted = sorted(set(ids))
     if not wanted:
-        return
+        return []
+    cur.execute(_lock_callbacks(tables), {**params, "ids": wanted})
     locked = cur.execute(_lock_workflows(tables), {**params, "ids": wanted}).fetchall()
     current = {row["id"]: WorkflowState(row["state"]) for row in locked}
+    callbacks = {row["id"]: row["on_failure"] for row in locked if row["on_failure"] is not None}
     derived = cur.execute(_derived(tables), {**params, "ids": wanted}).fetchall()
     changes = {
         row["id"]: WorkflowState(row["state"])
@@ -334,9 +440,47 @@ def derive(cur: Cursor[Row], tables: Tables, params: Params, ids: Iterable[Workf
     }
     for workflow_id, target in changes.items():
         WORKFLOW.event_for(current[workflow_id], target, subject=workflow_id)
-    if changes:
-        values = {**params, "ids": list(changes), "states": [s.value for s in changes.values()]}
-        cur.execute(_set_workflows(tables), values)
+    if not changes:
+        return []
+    values = {**params, "ids": list(changes), "states": [s.value for s in changes.values()]}
+    cur.execute(_set_workflows(tables), values)
+    moved = {wid: state for wid, state in changes.items() if wid in callbacks}
+    return _move_callbacks(cur, tables, params, moved, callbacks, dead or {})
+
+
+def _move_callbacks(
+    cur: Cursor[Row],
+    tables: Tables,
+    params: Params,
+    changes: Mapping[WorkflowId, WorkflowState],
+    callbacks: Mapping[WorkflowId, JobId],
+    dead: Mapping[WorkflowId, JobId],
+) -> list[Row]:
+    """Release the pending callbacks of the workflows that failed, with their first
+    dead step's :func:`step_failure` in front of their own args; cancel those of the
+    workflows that succeeded or were cancelled."""
+    cancels = [
+        (callbacks[w], CALLBACK_CANCELS[s]) for w, s in changes.items() if s in CALLBACK_CANCELS
+    ]
+    if cancels:
+        values = {**params, "ids": [c for c, _ in cancels], "reasons": [r for _, r in cancels]}
+        cur.execute(_cancel_callbacks(tables), values)
+    failed = [w for w, state in changes.items() if state is WorkflowState.FAILED]
+    if not failed:
+        return []
+    steps = {
+        row["id"]: job_record(row)
+        for row in cur.execute(
+            statements.select_jobs(tables), {**params, "ids": [dead[w] for w in failed]}
+        )
+    }
+    own = {
+        row["id"]: row["step_args"]
+        for row in cur.execute(_own_args(tables), {**params, "ids": [callbacks[w] for w in failed]})
+    }
+    args = [Json([step_failure(w, steps[dead[w]]), *own[callbacks[w]]]) for w in failed]
+    values = {**params, "ids": [callbacks[w] for w in failed], "args": args}
+    return cur.execute(_release_callbacks(tables), values).fetchall()
 
 
 def ended_badly(state: str) -> bool:

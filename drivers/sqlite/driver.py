@@ -256,6 +256,7 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
         flow_control=True,
         workflow_idempotency=True,
         queue_pause=True,
+        failure_callbacks=True,
     )
 
     def __init__(
@@ -405,7 +406,9 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
             try:
                 # Read once the write lock is held, so that the writes of calls
                 # from every process are in the order of their "now".
-                yield Writes(conn, self.clock.now())
+                writes = Writes(conn, self.clock.now())
+                yield writes
+                writes.settle_callbacks()
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:  # SQLite rolls back by itself after some failures
@@ -469,7 +472,9 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
                 conn.execute("BEGIN IMMEDIATE")
             conn.execute("SAVEPOINT taskharbor_enqueue")
             try:
-                yield Writes(conn, self.clock.now())
+                writes = Writes(conn, self.clock.now())
+                yield writes
+                writes.settle_callbacks()
             except BaseException:
                 conn.execute("ROLLBACK TO taskharbor_enqueue")
                 raise
@@ -563,8 +568,14 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
             )
             ids.append(result.job.id)
         result_ref = map_ref(graph.result, dict(enumerate(ids)))
+        callback = None
+        if graph.on_failure is not None:
+            values = _job_values(tx, graph.on_failure, workflow_id=workflow_id, waits=True)
+            [callback_row] = tx.insert([values])
+            callback = callback_row["id"]
         tx.conn.execute(
-            "UPDATE workflows SET result = ? WHERE id = ?", (dump_json(result_ref), workflow_id)
+            "UPDATE workflows SET result = ?, on_failure = ? WHERE id = ?",
+            (dump_json(result_ref), callback, workflow_id),
         )
         return self._workflow(tx, workflow_id)
 
@@ -846,13 +857,15 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
                 (*params, where.limit),
             ).fetchall()
             steps: dict[int, list[int]] = {row["id"]: [] for row in rows}
+            callbacks = {row["on_failure"] for row in rows}
             if steps:
                 marks = ", ".join("?" * len(steps))
                 for step in tx.conn.execute(
                     f"SELECT id, workflow_id FROM jobs WHERE workflow_id IN ({marks}) ORDER BY id",
                     tuple(steps),
                 ):
-                    steps[step["workflow_id"]].append(step["id"])
+                    if step["id"] not in callbacks:
+                        steps[step["workflow_id"]].append(step["id"])
         return [workflow_record(row, tuple(steps[row["id"]])) for row in rows]
 
     def cancel_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
@@ -861,7 +874,8 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
             workflow = self._workflow(tx, workflow_id)
             if workflow.state in WORKFLOW.final_states:
                 raise InvalidTransition.workflow_finished(workflow_id, workflow.state)
-            for step in tx.rows(workflow.steps):
+            callback = () if workflow.on_failure is None else (workflow.on_failure,)
+            for step in tx.rows((*workflow.steps, *callback)):
                 if step["state"] == JobState.RUNNING:
                     tx.request_cancel(step["id"], reason=WORKFLOW_CANCELLED)
                 elif step["state"] in QUEUED_JOB_STATES:
@@ -919,7 +933,8 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
         if row is None:
             raise WorkflowNotFound(workflow_id)
         steps = tx.conn.execute(
-            "SELECT id FROM jobs WHERE workflow_id = ? ORDER BY id", (workflow_id,)
+            "SELECT id FROM jobs WHERE workflow_id = ? AND id IS NOT ? ORDER BY id",
+            (workflow_id, row["on_failure"]),
         ).fetchall()
         return workflow_record(row, tuple(step["id"] for step in steps))
 
@@ -948,10 +963,12 @@ def _job_values(
     workflow_id: WorkflowId | None = None,
     depends_on: tuple[JobId, ...] = (),
     step_input: object = None,
+    waits: bool = False,
 ) -> tuple[object, ...]:
-    """The new job's column values, in the order of ``INSERT_COLUMNS``."""
+    """The new job's column values, in the order of ``INSERT_COLUMNS`` (``waits``: a
+    failure callback, which waits whatever its dependencies)."""
     run_at = tx.now_us if request.run_at is None else to_micros(request.run_at)
-    state = _enqueue_target(bool(depends_on), run_at > tx.now_us)
+    state = _enqueue_target(waits or bool(depends_on), run_at > tx.now_us)
     args = dump_json(list(request.args)) if request.args else "[]"
     return (
         request.task,

@@ -187,4 +187,5 @@ def workflow_record(row: sqlite3.Row, steps: tuple[int, ...]) -> WorkflowRecord:
         finished_at=optional_datetime(row["finished_at"]),
         name=row["name"],
         idempotency_key=row["idempotency_key"],
+        on_failure=row["on_failure"],
     )

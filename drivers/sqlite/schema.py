@@ -132,6 +132,11 @@ _V6 = (
     "ALTER TABLE jobs ADD COLUMN headers TEXT NOT NULL DEFAULT '{}'",
 )
 
+_V8 = (
+    # The job id of a workflow's failure callback: a job of the workflow, not a step.
+    "ALTER TABLE workflows ADD COLUMN on_failure INTEGER",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V1,
     schedules.MIGRATION,
@@ -140,6 +145,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V5,
     _V6,
     queues.MIGRATION,
+    _V8,
 )
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
 

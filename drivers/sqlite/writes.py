@@ -29,9 +29,9 @@ from taskharbor.spec import (
     dependency_reason,
     derive_workflow_state,
 )
-from taskharbor.spec.records import map_ref
+from taskharbor.spec.records import CALLBACK_CANCELS, map_ref, step_failure
 
-from .rows import JOB_COLUMNS, dump_json, load_json, to_micros
+from .rows import JOB_COLUMNS, dump_json, job_record, load_json, to_micros
 from .transitions import INSERT_JOB, JOBS_AFTER, JOBS_BY_ID
 
 _LEASE_CLEARED: Mapping[str, Any] = {
@@ -56,6 +56,10 @@ class Writes:
         self.now_us = to_micros(now)
         self.touched: set[JobId] = set()
         """Jobs this call has changed so far."""
+        self._states_before: dict[WorkflowId, WorkflowState] = {}
+        """The state of each workflow this call derived, before its first change."""
+        self._first_dead: dict[WorkflowId, JobId] = {}
+        """The first step of each workflow that ended dead in this call."""
 
     # -- reading inside the transaction ----------------------------------------
 
@@ -156,8 +160,8 @@ class Writes:
     def requeue(self, row: sqlite3.Row) -> None:
         """Event ``requeue``: back to ``pending`` while the step still waits, else ``available``."""
         depends_on = load_json(row["depends_on"])
-        facts = {"waits_on_dependencies": bool(depends_on) and self._unsucceeded(depends_on)}
-        target = self.resolve(row, JobEvent.REQUEUE, facts)
+        waits = self._unsucceeded(depends_on) if depends_on else self._is_callback(row)
+        target = self.resolve(row, JobEvent.REQUEUE, {"waits_on_dependencies": waits})
         changes: dict[str, Any] = {
             "attempt": 0,
             "run_at": self.now_us,
@@ -166,8 +170,10 @@ class Writes:
             "reason": None,
             "result": dump_json(None),
         }
-        if row["step_args"] is not None:
-            changes["args"] = self._step_args(row, released=target != JobState.PENDING)
+        released = target != JobState.PENDING
+        if row["step_args"] is not None and not (released and waits and not depends_on):
+            # a released failure callback (it waits, on no step) keeps its failure
+            changes["args"] = self._step_args(row, released=released)
         self.apply(row, target, **changes)
 
     # -- workflows ----------------------------------------------------------------
@@ -182,7 +188,16 @@ class Writes:
             self._release_dependents(job_id, workflow_id)
         else:
             self._cancel_dependents(job_id, state, workflow_id)
-        self.derive_workflow(workflow_id)
+        self.derive_workflow(workflow_id, dead=job_id if state == JobState.DEAD else None)
+
+    def _is_callback(self, row: sqlite3.Row) -> bool:
+        """Whether the job is its workflow's failure callback (it always waits)."""
+        if row["workflow_id"] is None:
+            return False
+        found = self.conn.execute(
+            "SELECT on_failure FROM workflows WHERE id = ?", (row["workflow_id"],)
+        ).fetchone()
+        return bool(found["on_failure"] == row["id"])
 
     def _release_dependents(self, job_id: JobId, workflow_id: WorkflowId) -> None:
         """Event ``release`` for each pending step whose last dependency just succeeded."""
@@ -228,17 +243,22 @@ class Writes:
         }
         return dump_json([map_ref(load_json(step["step_input"]), results), *own])
 
-    def derive_workflow(self, workflow_id: WorkflowId) -> None:
-        """Set the workflow's state from its steps' states, through the workflow table."""
-        current = WorkflowState(
-            self.conn.execute(
-                "SELECT state FROM workflows WHERE id = ?", (workflow_id,)
-            ).fetchone()["state"]
-        )
+    def derive_workflow(self, workflow_id: WorkflowId, *, dead: JobId | None = None) -> None:
+        """Set the workflow's state from its steps' states, through the workflow table,
+        and move a pending failure callback on with it (``dead``: the step that just
+        ended dead, if one did)."""
+        workflow = self.conn.execute(
+            "SELECT state, on_failure FROM workflows WHERE id = ?", (workflow_id,)
+        ).fetchone()
+        current = WorkflowState(workflow["state"])
+        self._states_before.setdefault(workflow_id, current)
+        if dead is not None:
+            self._first_dead.setdefault(workflow_id, dead)
         target = derive_workflow_state(
             JobState(row["state"])
             for row in self.conn.execute(
-                "SELECT DISTINCT state FROM jobs WHERE workflow_id = ?", (workflow_id,)
+                "SELECT DISTINCT state FROM jobs WHERE workflow_id = ? AND id IS NOT ?",
+                (workflow_id, workflow["on_failure"]),
             )
         )
         if target == current:
@@ -249,3 +269,38 @@ class Writes:
             "UPDATE workflows SET state = ?, finished_at = ? WHERE id = ?",
             (target.value, finished_at, workflow_id),
         )
+
+    def settle_callbacks(self) -> None:
+        """At the end of the call: move each pending failure callback whose workflow's
+        state the call changed, by the state the workflow ends the call in."""
+        for workflow_id, before in sorted(self._states_before.items()):
+            workflow = self.conn.execute(
+                "SELECT state, on_failure FROM workflows WHERE id = ?", (workflow_id,)
+            ).fetchone()
+            state = WorkflowState(workflow["state"])
+            if workflow["on_failure"] is not None and state != before:
+                self._move_callback(workflow_id, workflow["on_failure"], state)
+        self._states_before.clear()
+
+    def _move_callback(
+        self, workflow_id: WorkflowId, callback_id: JobId, state: WorkflowState
+    ) -> None:
+        """Release a pending failure callback when its workflow failed, with the first
+        step dead in this call in front of its own args; cancel it when the workflow
+        succeeded or was cancelled."""
+        [callback] = self.rows([callback_id])
+        if callback["state"] != JobState.PENDING:
+            return
+        if state == WorkflowState.FAILED:
+            [died] = self.rows([self._first_dead[workflow_id]])
+            failure = step_failure(workflow_id, job_record(died))
+            in_future = callback["run_at"] > self.now_us
+            self.move(
+                callback,
+                JobEvent.RELEASE,
+                {"run_at_in_future": in_future},
+                run_at=callback["run_at"] if in_future else self.now_us,
+                args=dump_json([failure, *load_json(callback["step_args"])]),
+            )
+        elif state in CALLBACK_CANCELS:
+            self.move(callback, JobEvent.CANCEL, reason=CALLBACK_CANCELS[state])
