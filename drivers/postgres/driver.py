@@ -99,7 +99,7 @@ from taskharbor.spec.retry import retry_delay
 
 from ..corrupt_rows import rescue_policy, split_leased
 from . import enqueue as enqueueing
-from . import statements, workflows
+from . import flow, statements, workflows
 from .connect import check_reachable, with_connect_timeout
 from .graphs import ALLOCATE_IDS, callback_values, id_count, workflow_values
 from .notify import Listener, sleep_until
@@ -213,9 +213,13 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
             workflow_idempotency=True,
             queue_pause=True,
             failure_callbacks=True,
+            flow_control=True,
         )
         self._listener = Listener(conninfo, self._tables.channel) if notifications else None
         self._schema_ok = False
+        self._limited_recently = False
+        """The last lease met jobs with flow limits (or came short while it did): the
+        next one goes straight to ``lease_limited`` instead of trying the plain lease."""
 
     # -- lifecycle of the store ---------------------------------------------
 
@@ -517,9 +521,20 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
                 "seconds": args.lease_seconds,
                 "worker": args.worker_id,
             }
-            query = statements.lease(self._tables, one_queue=len(args.queues) == 1)
-            rows = cur.execute(query, values).fetchall()
-            return split_leased(rows, job_record)
+            rows: list[Row] = []
+            if not self._limited_recently:
+                query = statements.lease(self._tables, one_queue=len(args.queues) == 1)
+                found = cur.execute(query, values).fetchall()
+                rows = [row for row in found if row["id"] is not None]
+                if not found or not found[0]["limited"]:
+                    return split_leased(rows, job_record)
+            # Limited candidates: lease_limited walks on from where the plain lease stopped.
+            values["limit"] = args.limit - len(rows)
+            more = cur.execute(flow.lease_limited(self._tables), values).fetchall()
+            self._limited_recently = len(more) < values["limit"] or any(
+                row["flow"] is not None for row in more
+            )
+            return split_leased([*rows, *more], job_record)
 
         leased, corrupt = self._run(body, transaction=False)
         if corrupt:

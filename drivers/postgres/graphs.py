@@ -15,6 +15,8 @@ from taskharbor.spec import JobId, WorkflowGraph, WorkflowState
 from taskharbor.spec.records import map_ref
 from taskharbor.spec.retry import policy_text
 
+from .flow import flow_params
+
 ALLOCATE_IDS = (
     "SELECT nextval(%(workflow_ids)s::regclass) AS workflow_id,"
     " ARRAY(SELECT nextval(%(job_ids)s::regclass)"
@@ -81,4 +83,5 @@ def workflow_values(
         "input_ref": [None if s.input is None else Json(map_ref(s.input, by_index)) for s in steps],
         "retry": [policy_text(s.request.retry) for s in steps],
         "headers": [Json(dict(s.request.headers)) for s in steps],
+        **flow_params([s.request for s in steps]),
     }

@@ -9,6 +9,7 @@ from typing import Any
 from psycopg import sql
 
 from taskharbor.spec import ErrorInfo, JobRecord, JobState, WorkflowRecord, WorkflowState
+from taskharbor.spec.flow import flow_from_text
 from taskharbor.spec.retry import policy_from_text
 
 from ..corrupt_rows import decode_job, payload_args, payload_headers, payload_kwargs
@@ -38,6 +39,7 @@ JOB_FIELDS = (
     "depends_on",
     "retry",
     "headers",
+    "flow",
 )
 """The columns a :class:`JobRecord` is read from (the record's fields, in order)."""
 
@@ -98,6 +100,7 @@ def _job_record(row: Mapping[str, Any]) -> JobRecord:
         depends_on=tuple(row["depends_on"]),
         retry=policy_from_text(row["retry"]),
         headers=payload_headers(row["headers"]),
+        flow=None if row["flow"] is None else flow_from_text(row["flow"]),
     )
 
 

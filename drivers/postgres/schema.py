@@ -33,6 +33,7 @@ from psycopg import sql
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, SchemaError, WorkflowState
 from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
+from .flow import flow_control
 from .queues import paused_queues_table
 from .schedules import schedules_table
 from .transitions import event_sources, state_literals
@@ -185,6 +186,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "jobs by state in id order", _state_order),
     Migration(7, "paused queues", paused_queues_table),
     Migration(8, "failure callback of each workflow", _failure_callbacks),
+    Migration(9, "flow control", flow_control),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

@@ -135,25 +135,34 @@ _FENCED_PARTS: Mapping[JobEvent, tuple[str, str, str]] = {
 
 _LEASE = """
 WITH picked AS (
-    SELECT j.id FROM {jobs} j
+    SELECT j.id, j.flow IS NOT NULL AS limited FROM {jobs} j
     WHERE j.state = {available} AND {in_queues}
     ORDER BY j.priority DESC, j.run_at, j.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+),
+leased AS (
+    UPDATE {jobs} j
+    SET state = {target}, attempt = j.attempt + 1,
+        lease_token = replace(gen_random_uuid()::text, '-', ''),
+        lease_expires_at = {now} + make_interval(secs => %(seconds)s),
+        leased_by = %(worker)s
+    FROM picked WHERE j.id = picked.id AND NOT picked.limited
+    RETURNING {columns}
 )
-UPDATE {jobs} j
-SET state = {target}, attempt = j.attempt + 1,
-    lease_token = replace(gen_random_uuid()::text, '-', ''),
-    lease_expires_at = {now} + make_interval(secs => %(seconds)s),
-    leased_by = %(worker)s
-FROM picked WHERE j.id = picked.id
-RETURNING {columns}
+SELECT j.*, p.limited FROM (SELECT bool_or(limited) AS limited FROM picked) p
+LEFT JOIN leased j ON TRUE
 """
 
 
 @statement
 def lease(tables: Tables, *, one_queue: bool) -> sql.Composed:
     """Lease up to ``%(limit)s`` available jobs of ``%(queues)s``; never one job twice.
+
+    Only candidates without flow limits are leased here: the answer has one row
+    per leased job, or one row of NULLs when none was, and ``limited`` on every
+    row says whether the candidates included limited jobs, which the caller
+    then leases through ``lease_limited`` (:mod:`.flow`).
 
     With ``one_queue`` the queue test is an equality, so the planner walks the
     lease index (queue, priority, run_at, id) in order and stops at the limit;
@@ -398,9 +407,10 @@ input AS (
         %(ids)s::bigint[], %(task)s::text[], %(queue)s::text[], %(args)s::json[],
         %(kwargs)s::json[], %(priority)s::smallint[], %(run_at)s::timestamptz[],
         %(max_attempts)s::integer[], %(depends_on)s::json[], %(input_ref)s::json[],
-        %(retry)s::text[], %(headers)s::json[]
+        %(retry)s::text[], %(headers)s::json[], %(flow)s::text[], %(flow_key)s::text[],
+        %(flow_sequence)s::text[], %(flow_locks)s::text[]
     ) AS i(id, task, queue, args, kwargs, priority, run_at, max_attempts, depends_on, input_ref,
-           retry, headers)
+           retry, headers, flow, flow_key, flow_sequence, flow_locks)
 ),
 steps AS (
     SELECT i.*, ARRAY(SELECT json_array_elements_text(i.depends_on)::bigint) AS after
@@ -409,10 +419,12 @@ steps AS (
 inserted AS (
     INSERT INTO {jobs} (id, task, queue, state, args, kwargs, priority, run_at, attempt,
                         max_attempts, created_at, workflow_id, depends_on, waiting_on,
-                        step_args, input_ref, retry, headers)
+                        step_args, input_ref, retry, headers, flow, flow_key,
+                        flow_sequence, flow_locks)
     SELECT s.id, s.task, s.queue, {first_state}, s.args, s.kwargs, s.priority,
            COALESCE(s.run_at, {now}), 0, s.max_attempts, {now}, %(workflow_id)s, s.after,
-           cardinality(s.after), s.args, s.input_ref, s.retry, s.headers
+           cardinality(s.after), s.args, s.input_ref, s.retry, s.headers, s.flow,
+           s.flow_key, s.flow_sequence, s.flow_locks::text[]
     FROM steps s
     WHERE EXISTS (SELECT FROM workflow)
     RETURNING queue, state
