@@ -22,6 +22,7 @@ from taskharbor.spec import (
     JobFilter,
     JobId,
     JobState,
+    RateLimit,
     WorkflowGraph,
     WorkflowRecord,
 )
@@ -32,6 +33,7 @@ from . import transactional
 from .backoff import Backoff, as_backoff
 from .canvas import Signature, Workflow, WorkflowHandle, build_graph
 from .events import ENQUEUED, WORKFLOW_ENQUEUED, Event, Events, F
+from .flow import KeySource, TaskFlow, check_store_enforces
 from .jobs import Job
 from .middleware import Middleware, chain_enqueue, chain_enqueue_workflow
 from .options import TaskDefaults, check_exception_types, check_timeout
@@ -192,6 +194,12 @@ class App:
         timeout: float | None = None,
         retry_on: type[Exception] | Sequence[type[Exception]] = (),
         no_retry_on: type[Exception] | Sequence[type[Exception]] = (),
+        concurrency: int | None = None,
+        global_concurrency: int | None = None,
+        concurrency_key: KeySource | None = None,
+        sequence: bool | str = False,
+        rate_limit: str | RateLimit | None = None,
+        rate_limit_per_key: bool = False,
     ) -> TaskDecorator: ...
 
     def task(
@@ -207,6 +215,12 @@ class App:
         timeout: float | None = None,
         retry_on: type[Exception] | Sequence[type[Exception]] = (),
         no_retry_on: type[Exception] | Sequence[type[Exception]] = (),
+        concurrency: int | None = None,
+        global_concurrency: int | None = None,
+        concurrency_key: KeySource | None = None,
+        sequence: bool | str = False,
+        rate_limit: str | RateLimit | None = None,
+        rate_limit_per_key: bool = False,
     ) -> Task[Any] | TaskDecorator:
         """Register a function (sync or ``async def``) as a task.
 
@@ -219,6 +233,14 @@ class App:
         ``retry_on``/``no_retry_on``).  ``no_retry_on`` (exception classes)
         sends a matching failure straight to the dead-letter queue, like
         ``PermanentError``; with ``retry_on`` only matching failures retry.
+
+        Flow control (enforced by the store, across every worker): ``concurrency``
+        (at most N running per key when the job has one, else per task),
+        ``global_concurrency`` (per task, whatever the keys), ``concurrency_key``
+        (an argument's name, or a function of the call's arguments), ``sequence``
+        (``True``/``"block"`` or ``"skip"``: a key's jobs one at a time, in enqueue
+        order), ``rate_limit`` (``"100/m"``; per key with ``rate_limit_per_key``).
+        See :mod:`taskharbor.flow`.
         """
         backoff_policy = as_backoff(backoff)
         checked_timeout = check_timeout(timeout)
@@ -229,6 +251,15 @@ class App:
             if not callable(function):
                 raise InvalidRequest(f"@app.task needs a function, not {function!r}")
             task_name = default_task_name(function) if name is None else name
+            flow = TaskFlow.declare(
+                task_name,
+                concurrency=concurrency,
+                global_concurrency=global_concurrency,
+                concurrency_key=concurrency_key,
+                sequence=sequence,
+                rate_limit=rate_limit,
+                rate_limit_per_key=rate_limit_per_key,
+            )
             defaults = TaskDefaults(
                 queue,
                 priority,
@@ -237,10 +268,11 @@ class App:
                 checked_timeout,
                 retry_types,
                 no_retry_types,
+                flow,
             )
             registered = Task(self, function, task_name, defaults)
-            # Refuses bad defaults now, not at the first enqueue.
-            registered.request((), {}, {}, check=False)
+            # Refuses bad defaults now, not at the first enqueue (flow: checked above).
+            registered.request((), {}, {}, check=False, with_flow=False)
             if task_name in self._tasks:
                 raise InvalidRequest(f"a task named {task_name!r} is already registered")
             self._tasks[task_name] = registered
@@ -553,6 +585,7 @@ class App:
         return chain_enqueue(self._middleware, self._store)(requests)
 
     def _store(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
+        check_store_enforces(self.driver, requests)
         connection = self._connection.get()
         if connection is None:
             results = self.driver.enqueue(list(requests))
@@ -565,6 +598,7 @@ class App:
         return [Job.from_record(result.job) for result in results]
 
     def _store_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
+        check_store_enforces(self.driver, [step.request for step in graph.steps])
         connection = self._connection.get()
         if connection is None:
             record = self.driver.enqueue_workflow(graph)

@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from taskharbor.spec import FINISHED_JOB_STATES, JSON, ErrorInfo, JobId, JobRecord, JobState
+from taskharbor.spec import (
+    FINISHED_JOB_STATES,
+    JSON,
+    ErrorInfo,
+    FlowLimits,
+    JobId,
+    JobRecord,
+    JobState,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +28,8 @@ class Job:
     on a running workflow step whose workflow was cancelled, why it will be).
     The lease's fencing token stays inside the worker and is not shown here.
     ``headers`` are the ones it was enqueued with (a trace context, say).
+    ``flow`` holds the flow limits the job carries (its key, concurrency,
+    sequence and rate limit), if any.
     """
 
     id: JobId
@@ -44,6 +54,7 @@ class Job:
     workflow_id: int | None
     depends_on: tuple[JobId, ...]
     headers: Mapping[str, str] = field(default_factory=dict)
+    flow: FlowLimits | None = None
 
     @classmethod
     def from_record(cls, record: JobRecord) -> Job:
@@ -71,6 +82,7 @@ class Job:
             workflow_id=record.workflow_id,
             depends_on=record.depends_on,
             headers=record.headers,
+            flow=record.flow,
         )
 
     @property

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from taskharbor.spec import JSON, EnqueueRequest, InvalidRequest
-from taskharbor.spec.records import check_aware, check_seconds
+from taskharbor.spec import JSON, EnqueueRequest, FlowLimits, InvalidRequest
+from taskharbor.spec.records import check_aware, check_name, check_seconds
 
 from .backoff import Backoff
+from .flow import TaskFlow
 
 ENQUEUE_OPTIONS = frozenset(
-    {"delay", "run_at", "idempotency_key", "priority", "queue", "max_attempts"}
+    {"delay", "run_at", "idempotency_key", "priority", "queue", "max_attempts", "concurrency_key"}
 )
 """What ``task.options(...)`` accepts; ``None`` for any of them means the task's default."""
 
@@ -42,6 +43,8 @@ class TaskDefaults:
     """When not empty, only exceptions of these types retry; any other fails permanently."""
     no_retry_on: tuple[type[BaseException], ...] = ()
     """Exceptions of these types fail permanently (to the DLQ), like ``PermanentError``."""
+    flow: TaskFlow | None = None
+    """The task's flow control (concurrency, keys, sequences, rate limits), if any."""
 
     def retries(self, error: BaseException) -> bool:
         """Whether a failed attempt that raised ``error`` may be retried, by this task's
@@ -99,6 +102,11 @@ def check_options(opts: Mapping[str, Any], where: str) -> dict[str, Any]:
             check_aware(given["run_at"], "run_at")
         except InvalidRequest as exc:
             raise InvalidRequest(f"{where}: {exc}") from None
+    if "concurrency_key" in given:
+        try:
+            check_name(given["concurrency_key"], "concurrency_key")
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{where}: {exc}") from None
     return given
 
 
@@ -109,8 +117,10 @@ def build_request(
     args: tuple[JSON, ...],
     kwargs: Mapping[str, JSON],
     now: Callable[[], datetime],
+    flow: FlowLimits | None = None,
 ) -> EnqueueRequest:
-    """The stored request for one call: the task's defaults, then checked ``opts``.
+    """The stored request for one call: the task's defaults, then checked ``opts``;
+    ``flow`` is the job's limits (:meth:`~taskharbor.flow.TaskFlow.limits`).
 
     ``now`` (the driver's clock) is read only for a ``delay``.  Raises
     ``InvalidRequest`` naming the task for a bad option or a non-JSON payload.
@@ -135,6 +145,7 @@ def build_request(
             max_attempts=given.get("max_attempts", defaults.max_attempts),
             idempotency_key=given.get("idempotency_key"),
             retry=defaults.backoff.policy,
+            flow=flow,
         )
     except InvalidRequest as exc:
         raise InvalidRequest(f"cannot enqueue {task}: {exc}") from None

@@ -8,9 +8,10 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec
 
-from taskharbor.spec import JSON, EnqueueRequest, InvalidRequest
+from taskharbor.spec import JSON, EnqueueRequest, FlowLimits, InvalidRequest
 
 from .canvas import Signature
+from .flow import TaskFlow, call_arguments
 from .jobs import Job
 from .options import TaskDefaults, build_request, check_options
 
@@ -53,7 +54,8 @@ class Task(Generic[P]):
     def options(self, **opts: Any) -> TaskCall[P]:
         """This task with enqueue options: ``delay`` (seconds or timedelta),
         ``run_at`` (aware datetime), ``idempotency_key``, ``priority``,
-        ``queue``, ``max_attempts``.  Bad options are refused here."""
+        ``queue``, ``max_attempts``, ``concurrency_key`` (this job's key, as it
+        is).  Bad options are refused here."""
         return TaskCall(self, opts)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
@@ -129,12 +131,28 @@ class Task(Generic[P]):
         opts: Mapping[str, Any],
         *,
         check: bool = True,
+        with_flow: bool = True,
     ) -> EnqueueRequest:
         """The stored request for a call of this task with ``opts``; ``check=False`` leaves
-        the arguments to the caller's :meth:`check_call` (a workflow step's input)."""
+        the arguments to the caller's :meth:`check_call` (a workflow step's input: its
+        positional arguments may still get a parent's result in front, so its key
+        argument is looked up among its keyword arguments only).  ``with_flow=False``
+        leaves the flow limits out (a check of the task's other defaults)."""
         if check:
             self.check_call(args, kwargs)
-        return build_request(self.name, self.defaults, opts, args, kwargs, self._now)
+        flow = self._flow(args if check else (), kwargs, opts) if with_flow else None
+        return build_request(self.name, self.defaults, opts, args, kwargs, self._now, flow)
+
+    def _flow(
+        self, args: tuple[JSON, ...], kwargs: Mapping[str, JSON], opts: Mapping[str, Any]
+    ) -> FlowLimits | None:
+        """The job's flow limits, from the task's declaration and the call."""
+        key = opts.get("concurrency_key")
+        if self.defaults.flow is None and key is None:
+            return None
+        declared = self.defaults.flow or TaskFlow()
+        arguments = call_arguments(self._signature, args, kwargs) if declared.key else {}
+        return declared.limits(self.name, arguments, key=key)
 
     def _now(self) -> datetime:
         """The store's time, for a ``delay``: the store is opened only when one is given."""

@@ -203,6 +203,8 @@ class Worker:
         self._flushing = False
         self._last_prune = float("-inf")
         self._waiter: asyncio.Future[None] | None = None
+        self._waiter_started = 0.0
+        """When the running ``_waiter`` began (event loop time)."""
         self._clock_read: asyncio.Future[datetime] | None = None
 
     # -- running -------------------------------------------------------------------
@@ -347,6 +349,8 @@ class Worker:
         return not self._active and not self._outbox and not self._flushing
 
     async def _fetch_loop(self, burst: bool) -> None:
+        hinted = False
+        """The last wait ended on the store's hint that jobs may be ready."""
         while not self._stopping.is_set():
             self._wake.clear()
             free = self.concurrency - len(self._active)
@@ -369,8 +373,13 @@ class Worker:
             now = await self._lease_time(records)  # never raises: the jobs are leased now
             for record in records:
                 self._start(record, now)
-            if not records:
-                await self._idle_wait(burst)
+            if records:
+                hinted = False
+            else:
+                # Ready jobs that a lease right after the store's hint did not get are
+                # held back by flow limits (or taken by another worker): the hint would
+                # only repeat itself, so this wait is for a freed slot or the next poll.
+                hinted = await self._idle_wait(burst, store_hint=not hinted)
 
     async def _lease_shared(self, free: int) -> list[JobRecord]:
         """Lease up to ``free`` jobs, the slots shared between the queues in turn.
@@ -401,11 +410,14 @@ class Worker:
             self._store_failed("leasing", error)
         return records
 
-    async def _idle_wait(self, burst: bool) -> None:
-        """Wait for a wake-up (stop, a slot freed, jobs promoted) or a hint from the store."""
+    async def _idle_wait(self, burst: bool, *, store_hint: bool = True) -> bool:
+        """Wait for a wake-up (stop, a slot freed, jobs promoted), the poll interval, or
+        (``store_hint``) a hint from the store; return whether the store's hint ended it
+        (its wait returned before its timeout: jobs may be ready)."""
+        loop = asyncio.get_running_loop()
         wake = asyncio.ensure_future(self._wake.wait())
         waits: set[asyncio.Future[Any]] = {wake}
-        if burst:
+        if burst or not store_hint:
             waits.add(asyncio.ensure_future(asyncio.sleep(self.poll_interval)))
         else:
             if self._waiter is None or self._waiter.done():
@@ -413,11 +425,14 @@ class Worker:
                     self._io_call(self.app.driver.wait_for_jobs, self.queues, self.poll_interval)
                 )
                 self._waiter.add_done_callback(self._waiter_done)
+                self._waiter_started = loop.time()
             waits.add(self._waiter)
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiting in waits:
             if waiting is not self._waiter:
                 waiting.cancel()
+        early = loop.time() - self._waiter_started < self.poll_interval
+        return self._waiter in done and wake not in done and early
 
     def _waiter_done(self, future: asyncio.Future[None]) -> None:
         if not future.cancelled() and (error := future.exception()) is not None:

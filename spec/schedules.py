@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import InvalidRequest, TaskHarborError
+from .flow import flow_from_text, flow_text
 from .records import EnqueueRequest, JobId, JobRecord, check_name
 
 if TYPE_CHECKING:
@@ -470,6 +471,7 @@ def schedule_to_json(schedule: Schedule) -> str:
             "queue": request.queue,
             "priority": request.priority,
             "max_attempts": request.max_attempts,
+            "flow": None if request.flow is None else flow_text(request.flow),
             "cron": schedule.cron,
             "every": schedule.every,
             "tz": schedule.tz,
@@ -499,6 +501,7 @@ def schedule_from_json(name: str, text: str) -> Schedule:
         queue=data["queue"],
         priority=data["priority"],
         max_attempts=data["max_attempts"],
+        flow=None if data.get("flow") is None else flow_from_text(data["flow"]),
     )
     return Schedule(
         name=name,

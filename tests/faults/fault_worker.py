@@ -12,7 +12,8 @@ Run as a script by :class:`fault_fleet.Fleet`::
 the ledger (a file the test owns), sleeps ``seconds`` (``slow_first`` on its
 first attempt), raises on attempts up to ``fail_below``, and appends an ``end``
 line before returning ``[n, attempt]``, so the stored result says which
-attempt won.  Each ledger line is one ``write`` in append mode (see
+attempt won (``fault.keyed`` likewise, under flow limits).  Each ledger line is
+one ``write`` in append mode (see
 :func:`workflow_crash_app.write_ledger`), so the file's order is the order in
 time, and a killed handler leaves a ``start`` without an ``end``.
 """
@@ -33,6 +34,10 @@ import taskharbor as th
 
 TASK = "fault.work"
 TICK_TASK = "fault.tick"
+KEYED_TASK = "fault.keyed"
+"""``fault.keyed(n, key, seconds)``: one job per key at a time, in enqueue order, and at
+most :data:`KEYED_CAP` at all; its ledger lines carry the key."""
+KEYED_CAP = 6
 
 
 def add_ticks(app: th.App, ledger: Path, every: int) -> None:
@@ -66,6 +71,23 @@ def make_app(store: Store, ledger: Path) -> tuple[th.App, th.Task[Any]]:
         if job.attempt <= fail_below:
             write_ledger(ledger, {**line, "event": "error", "t": time.monotonic()})
             raise RuntimeError(f"planned failure of job {n} attempt {job.attempt}")
+        write_ledger(ledger, {**line, "event": "end", "t": time.monotonic()})
+        return [n, job.attempt]
+
+    @app.task(
+        name=KEYED_TASK,
+        max_attempts=100,
+        backoff=th.Backoff.constant(0.1),
+        concurrency=1,
+        concurrency_key="key",
+        global_concurrency=KEYED_CAP,
+        sequence=True,
+    )
+    def keyed(n: int, key: str, seconds: float) -> list[int]:
+        job = th.current_job()
+        line = {"pid": os.getpid(), "job": job.id, "attempt": job.attempt, "key": key}
+        write_ledger(ledger, {**line, "event": "start", "t": time.monotonic()})
+        time.sleep(seconds)
         write_ledger(ledger, {**line, "event": "end", "t": time.monotonic()})
         return [n, job.attempt]
 
