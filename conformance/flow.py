@@ -252,3 +252,12 @@ class FlowControlRules(HarborFixture):
             thread.join()
         keys = sorted(str(job.flow.key) for job in leased if job.flow is not None)
         assert keys == ["a", "b"]
+
+    @requires("flow_control", "queue_pause")
+    def test_a_paused_queues_limited_jobs_are_not_leased(self, harbor: Harbor) -> None:
+        flow = FlowLimits(key="k", key_concurrency=1)
+        held = harbor.enqueue(queue="paused", flow=flow)
+        other = harbor.enqueue(queue="open", flow=flow)
+        harbor.driver.pause_queues(["paused"], True)
+        assert ids(harbor.lease(["paused", "open"], limit=10)) == [other.id]
+        assert harbor.get(held.id).state is JobState.AVAILABLE
