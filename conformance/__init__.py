@@ -2,13 +2,13 @@
 
 Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
-rule covers), grouped by area: enqueueing, job metadata, leasing, fencing, completing, failing,
-snoozing, maintenance, operators, reading, bad input, workflows, waiting,
-own clock, schedules, flow control, paused queues, field effects, corrupt data, transient failures,
-transactional enqueue, processes.  Time is a :class:`~taskharbor.spec.FakeClock`
-made by each test, so every timestamp is compared exactly (to the microsecond);
-only the own-clock group and the process harnesses run on the driver's
-default clock.
+rule covers), grouped by area: enqueueing, job metadata, leasing, fencing,
+completing, failing, snoozing, maintenance, operators, reading, bad input,
+workflows, waiting, own clock, schedules, workers registry, flow control,
+paused queues, field effects, corrupt data, transient failures, transactional
+enqueue, processes.  Time is a :class:`~taskharbor.spec.FakeClock` made by each
+test, so every timestamp is compared exactly (to the microsecond); only the
+own-clock group and the process harnesses run on the driver's default clock.
 
 To prove a driver, subclass :class:`ConformanceSuite` in a test module and
 give it a ``driver_factory`` fixture: a callable that takes a clock and
@@ -77,6 +77,7 @@ from .schedules import ScheduleDeclarationRules, ScheduleRules
 from .snoozing import SnoozingRules
 from .transactional import TransactionalEnqueueRules
 from .waiting import WaitingRules
+from .workers import WorkerRegistryRules
 from .workflow_keys import WorkflowIdempotencyRules
 from .workflows import (
     WorkflowCancellationRules,
@@ -121,6 +122,7 @@ class ConformanceSuite(
     TransactionalEnqueueRules,
     FieldEffectRules,
     FlowControlRules,
+    WorkerRegistryRules,
 ):
     """Every rule of the contract as a test; subclass it with a ``driver_factory`` fixture."""
 

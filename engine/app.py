@@ -23,6 +23,7 @@ from taskharbor.spec import (
     JobId,
     JobState,
     RateLimit,
+    WorkerRecord,
     WorkflowGraph,
     WorkflowRecord,
 )
@@ -699,6 +700,19 @@ class App:
     def list_queues(self) -> list[QueueStatus]:
         """Every queue that holds jobs or is paused, by name, with its jobs by state."""
         return queue_statuses(self.driver)
+
+    def list_workers(self) -> list[WorkerRecord]:
+        """The workers registered in the store, by id: each one's host, pid, queues,
+        concurrency, version, when it started and was last seen, the ids of the jobs it
+        is running, and whether it is gone (unseen for a few lease lengths).  A store
+        without a workers registry is an ``InvalidRequest`` naming the capability."""
+        driver = self.driver
+        if not driver.capabilities.workers:
+            raise InvalidRequest(
+                f"{type(driver).__name__} does not declare capability 'workers': "
+                "it keeps no workers registry"
+            )
+        return driver.list_workers()
 
     def prune(
         self, older_than: float | timedelta, *, dead: bool = False, dry_run: bool = False

@@ -56,6 +56,7 @@ from .events import Event
 from .execution import Outcome
 from .fairness import Rotation, queue_weights
 from .periodic import Ticker
+from .registry import Registration
 from .task import Task
 from .threads import DaemonThreadPool
 
@@ -235,6 +236,15 @@ class Worker:
         self._maintaining = asyncio.Lock()
         self._handlers = DaemonThreadPool(self.concurrency, "taskharbor-job")
         self._io = DaemonThreadPool(IO_THREADS, "taskharbor-io")
+        self._registration = Registration.of(
+            self.app.driver,
+            self.worker_id,
+            self.queues,
+            self.concurrency,
+            self.lease,
+            self.heartbeat_interval,
+        )
+        await self._in_registry("register", self._registration.register)
         signals = self._install_signals(loop) if handle_signals else []
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="taskharbor-heartbeat"),
@@ -251,6 +261,7 @@ class Worker:
                 self._request_stop(asked)
             await self._fetch_loop(burst)
             await self._drain()
+            await self._in_registry("deregister", self._registration.deregister)
         finally:
             for task in background:
                 task.cancel()
@@ -745,12 +756,15 @@ class Worker:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             live = self._live()
+            if not live or self._registration.unsure:  # a lease heartbeat sees the worker too
+                await self._in_registry("heartbeat", self._registration.confirm)
             if not live:
                 continue
             refs = [LeaseRef(a.record.id, a.token) for a in live]
             try:
                 result = await self._io_call(self.app.driver.heartbeat, refs, self.lease)
             except Exception as error:
+                self._registration.unsure = True
                 self._store_failed("heartbeat", error)
                 continue
             for lost in result.lost:
@@ -762,6 +776,19 @@ class Worker:
                     logger.info("job %d %s: cancel requested", active.record.id, active.record.task)
                     active.cancel_requested = True
                     active.stop()
+
+    async def _in_registry(self, what: str, call: Callable[[], None]) -> None:
+        """A call on this worker's registration (``engine.registry``), if the store keeps
+        a workers registry; a failure is logged and the next heartbeat tries again."""
+        if not self._registration.enabled:
+            return
+        try:
+            await self._io_call(call)
+        except Exception as error:
+            self._registration.unsure = True
+            self._store_failed(
+                f"workers registry {what}", error, "trying again at the next heartbeat"
+            )
 
     def _live(self) -> list[_Active]:
         """The jobs whose lease this worker still holds and has not reported on."""

@@ -62,6 +62,7 @@ except ImportError as missing:
 from .divergence import Divergence
 from .machine import DriverFactory, DriverVsModel, driver_state_machine
 from .profiles import PROFILE_ENV, PROFILES, Profile, hypothesis_settings
+from .workers import WorkersVsModel, workers_state_machine
 
 __all__ = [
     "PROFILES",
@@ -70,6 +71,8 @@ __all__ = [
     "DriverFactory",
     "DriverVsModel",
     "Profile",
+    "WorkersVsModel",
     "driver_state_machine",
     "hypothesis_settings",
+    "workers_state_machine",
 ]

@@ -86,6 +86,7 @@ from .table import (
     WorkflowState,
     derive_workflow_state,
 )
+from .workers import WorkerInfo, WorkerRecord
 
 __all__ = [
     "CANCELLED_BY_REQUEST",
@@ -150,6 +151,8 @@ __all__ = [
     "SystemClock",
     "TaskHarborError",
     "TransitionTable",
+    "WorkerInfo",
+    "WorkerRecord",
     "WorkflowEvent",
     "WorkflowFilter",
     "WorkflowGraph",

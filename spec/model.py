@@ -87,6 +87,16 @@ from .table import (
     WorkflowState,
     derive_workflow_state,
 )
+from .workers import (
+    WorkerInfo,
+    WorkerRecord,
+    check_worker_ids,
+    check_workers,
+    is_forgotten,
+    is_gone,
+    ordered,
+    registered,
+)
 
 _LEASE_FIELDS_CLEARED: dict[str, Any] = {
     "lease_token": None,
@@ -111,6 +121,8 @@ class _Store:
     """Every start (lease) of a job with a rate limit: its rate bucket and when."""
     paused: dict[str, QueueRecord] = field(default_factory=dict)
     """The paused queues' records, by name."""
+    workers: dict[str, WorkerRecord] = field(default_factory=dict)
+    """The workers registry, each record as registered and last seen."""
 
     def copy(self) -> _Store:
         return _Store(
@@ -123,6 +135,7 @@ class _Store:
             dict(self.schedules),
             list(self.starts),
             dict(self.paused),
+            dict(self.workers),
         )
 
 
@@ -150,6 +163,7 @@ class ReferenceModel(Driver):
         failure_callbacks=True,
         workflow_idempotency=True,
         queue_pause=True,
+        workers=True,
     )
 
     def __init__(
@@ -418,6 +432,7 @@ class ReferenceModel(Driver):
                 moved = self._move(s, job, JobEvent.HEARTBEAT, lease_expires_at=expires)
                 if moved.cancel_requested:
                     cancel_requested.add(job.id)
+                self._seen(s, [str(job.leased_by)])
             return HeartbeatResult(tuple(lost), frozenset(cancel_requested))
 
         result: HeartbeatResult = self._call(body)
@@ -908,6 +923,73 @@ class ReferenceModel(Driver):
             elif workflow.state in CALLBACK_CANCELS:
                 reason = CALLBACK_CANCELS[workflow.state]
                 self._move(s, callback, JobEvent.CANCEL, reason=reason)
+
+    # -- workers (spec.workers) ----------------------------------------------------
+
+    def _seen(self, s: _Store, worker_ids: Iterable[str]) -> list[str]:
+        """Mark the stored ones of ``worker_ids`` as seen now; the others, in order."""
+        unknown = []
+        for worker_id in worker_ids:
+            worker = s.workers.get(worker_id)
+            if worker is None:
+                unknown.append(worker_id)
+            else:
+                s.workers[worker_id] = replace(worker, last_seen_at=self._now)
+        return unknown
+
+    def _forget_workers(self, s: _Store) -> None:
+        for worker in list(s.workers.values()):
+            if is_forgotten(worker.last_seen_at, worker.ttl_seconds, self._now):
+                del s.workers[worker.id]
+
+    def register_workers(self, workers: Sequence[WorkerInfo]) -> list[WorkerRecord]:
+        infos = check_workers(workers)
+
+        def body(s: _Store) -> list[WorkerRecord]:
+            self._forget_workers(s)
+            for info in infos:
+                s.workers[info.id] = registered(info, self._now)
+            return [self._worker_view(s, s.workers[info.id]) for info in infos]
+
+        result: list[WorkerRecord] = self._call(body)
+        return result
+
+    def heartbeat_workers(self, worker_ids: Sequence[str]) -> list[str]:
+        ids = check_worker_ids(worker_ids, "heartbeat_workers")
+
+        def body(s: _Store) -> list[str]:
+            self._forget_workers(s)
+            return self._seen(s, ids)
+
+        result: list[str] = self._call(body)
+        return result
+
+    def deregister_workers(self, worker_ids: Sequence[str]) -> None:
+        ids = check_worker_ids(worker_ids, "deregister_workers")
+
+        def body(s: _Store) -> None:
+            self._forget_workers(s)
+            for worker_id in ids:
+                s.workers.pop(worker_id, None)
+
+        self._call(body)
+
+    def list_workers(self) -> list[WorkerRecord]:
+        def body(s: _Store) -> list[WorkerRecord]:
+            return [self._worker_view(s, worker) for worker in ordered(list(s.workers.values()))]
+
+        result: list[WorkerRecord] = self._call(body)
+        return result
+
+    def _worker_view(self, s: _Store, worker: WorkerRecord) -> WorkerRecord:
+        """The record as read now: its running jobs, and whether it is gone."""
+        running = sorted(
+            job.id
+            for job in s.jobs.values()
+            if job.state == JobState.RUNNING and job.leased_by == worker.id
+        )
+        gone = is_gone(worker.last_seen_at, worker.ttl_seconds, self._now)
+        return replace(worker, running=tuple(running), gone=gone)
 
 
 def _is_callback(s: _Store, job: JobRecord) -> bool:

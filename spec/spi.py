@@ -264,6 +264,7 @@ from .records import (
 )
 from .schedules import Schedule, ScheduleRecord, TickResult
 from .table import JobState
+from .workers import WorkerInfo, WorkerRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +295,10 @@ class Capabilities:
     ``queue_pause``: the store keeps paused queues (the "Queues" calls of
     :class:`Driver`, :mod:`taskharbor.spec.queues`) and ``lease`` leaves their
     jobs alone; without it those calls raise ``NotImplementedError``.
+    ``workers``: the store keeps the workers registry (the "Workers" calls of
+    :class:`Driver`, rules in :mod:`taskharbor.spec.workers`), and ``heartbeat``
+    marks the workers holding the leases it extends as seen; without it those
+    calls raise ``NotImplementedError`` and the engine does not register.
     """
 
     persistent: bool = False
@@ -305,6 +310,7 @@ class Capabilities:
     failure_callbacks: bool = False
     workflow_idempotency: bool = False
     queue_pause: bool = False
+    workers: bool = False
 
 
 class Driver(abc.ABC):
@@ -418,6 +424,8 @@ class Driver(abc.ABC):
         A lease is live when the job is ``running`` with that token (an expired
         lease that was not rescued yet is still live).  Others are reported in
         ``lost``.  ``cancel_requested`` lists the live ones somebody asked to cancel.
+        With the ``workers`` capability, every registered worker that holds one of
+        the live leases (``leased_by``) is marked as seen, in the same call.
         """
 
     @abc.abstractmethod
@@ -642,6 +650,34 @@ class Driver(abc.ABC):
         """The record of every paused queue, by name."""
         raise NotImplementedError(_NO_QUEUE_PAUSE.format(type(self).__name__))
 
+    # -- workers (capability ``workers``; rules in taskharbor.spec.workers) ----------
+    #
+    # Each call reads now once; register_workers, heartbeat_workers and
+    # deregister_workers first forget the workers unseen for twice their
+    # ttl_seconds (spec.workers.is_forgotten).  With the capability, heartbeat
+    # also sets last_seen_at = now on the registered workers named by the
+    # leased_by of the live leases it extends, in the same transaction.
+
+    def register_workers(self, workers: Sequence[WorkerInfo]) -> list[WorkerRecord]:
+        """Store each worker by id, replacing a known one (``started_at = last_seen_at =
+        now``); records in order.  ``InvalidRequest`` for an empty batch, a
+        non-``WorkerInfo`` item or an id given twice (``spec.workers.check_workers``)."""
+        raise NotImplementedError(_NO_WORKERS.format(type(self).__name__))
+
+    def heartbeat_workers(self, worker_ids: Sequence[str]) -> list[str]:
+        """Mark the named workers as seen (``last_seen_at = now``); returns the ids that
+        are not stored (never registered, or forgotten), in the order given."""
+        raise NotImplementedError(_NO_WORKERS.format(type(self).__name__))
+
+    def deregister_workers(self, worker_ids: Sequence[str]) -> None:
+        """Delete the named workers (a clean stop); ids not stored are ignored."""
+        raise NotImplementedError(_NO_WORKERS.format(type(self).__name__))
+
+    def list_workers(self) -> list[WorkerRecord]:
+        """Every stored worker by id, gone ones too, each with the ids of the running
+        jobs it holds (ascending) and ``gone`` as of now.  Changes nothing."""
+        raise NotImplementedError(_NO_WORKERS.format(type(self).__name__))
+
 
 _NO_SCHEDULES = "{} does not declare capability 'schedules'"
 _NOT_TRANSACTIONAL = (
@@ -649,3 +685,4 @@ _NOT_TRANSACTIONAL = (
     "it cannot enqueue inside the caller's transaction"
 )
 _NO_QUEUE_PAUSE = "{} does not declare capability 'queue_pause'"
+_NO_WORKERS = "{} does not declare capability 'workers'"

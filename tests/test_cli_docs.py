@@ -32,7 +32,8 @@ def test_every_command_is_documented() -> None:
     assert {"taskharbor worker", "taskharbor jobs list", "taskharbor dlq requeue"} <= set(COMMANDS)
     assert "taskharbor schedules drop" in COMMANDS
     assert "taskharbor queues pause" in COMMANDS
-    assert len(COMMANDS) == 31
+    assert "taskharbor workers" in COMMANDS
+    assert len(COMMANDS) == 32
 
 
 @pytest.mark.parametrize("path", COMMANDS)

@@ -444,6 +444,7 @@ def test_every_spi_method_in_one_pass(driver: MemoryDriver, clock: FakeClock) ->
         failure_callbacks=True,
         workflow_idempotency=True,
         queue_pause=True,
+        workers=True,
     )
     driver.migrate()
     keyed = EnqueueRequest("task", idempotency_key="k")

@@ -27,6 +27,7 @@ from taskharbor.model_tests import (
     Divergence,
     driver_state_machine,
     hypothesis_settings,
+    workers_state_machine,
 )
 from taskharbor.model_tests.identity import IdentityMap
 from taskharbor.model_tests.machine import START
@@ -42,6 +43,7 @@ from taskharbor.spec import (
     JOB,
     EnqueueRequest,
     EnqueueResult,
+    FakeClock,
     InvalidRequest,
     JobEvent,
     JobFilter,
@@ -55,10 +57,21 @@ from taskharbor.spec.clock import Clock
 from taskharbor.spec.model import ReferenceModel
 from taskharbor.spec.records import job_ids
 from taskharbor.spec.schedules import TickResult
+from taskharbor.spec.workers import is_gone
 
 
 def test_driver_matches_the_model(driver_name: str, driver_factory: DriverFactory) -> None:
     machine = driver_state_machine(driver_factory)
+    slow = driver_name in ("sqlite", "postgres")
+    run_state_machine_as_test(machine, settings=hypothesis_settings(slow_store=slow))
+
+
+def test_driver_registry_matches_the_model(driver_name: str, driver_factory: DriverFactory) -> None:
+    probe = driver_factory(FakeClock())
+    probe.close()
+    if not probe.capabilities.workers:
+        pytest.skip(f"{type(probe).__name__} keeps no workers registry")
+    machine = workers_state_machine(driver_factory)
     slow = driver_name in ("sqlite", "postgres")
     run_state_machine_as_test(machine, settings=hypothesis_settings(slow_store=slow))
 
@@ -128,6 +141,15 @@ class ReleasesChordCallbackTwice(ReferenceModel):
         released = s.jobs[step.id]
         if len(step.depends_on) > 1 and released.args:
             s.jobs[step.id] = dataclasses.replace(released, args=(released.args[0], *released.args))
+
+
+class ForgetsWorkersTooSoon(ReferenceModel):
+    """Deletes a worker as soon as it is gone, not after twice its ttl."""
+
+    def _forget_workers(self, s: Any) -> None:
+        for worker in list(s.workers.values()):
+            if is_gone(worker.last_seen_at, worker.ttl_seconds, self._now):
+                del s.workers[worker.id]
 
 
 class ReleasesFailureCallbackAgain(ReferenceModel):
@@ -242,6 +264,24 @@ class NumbersFromFiveHundred(ReferenceModel):
     def __init__(self, clock: Clock) -> None:
         super().__init__(clock=clock)
         self._store.next_job_id = 500
+
+
+class SeesNoLeaseHolder(ReferenceModel):
+    """A lease heartbeat does not mark the worker holding the lease as seen."""
+
+    def heartbeat(self, leases: Any, lease_seconds: float) -> Any:
+        before = dict(self._store.workers)
+        result = super().heartbeat(leases, lease_seconds)
+        self._store.workers.update(before)  # as they were: nobody seen
+        return result
+
+
+@pytest.mark.parametrize("broken", [ForgetsWorkersTooSoon, SeesNoLeaseHolder])
+def test_the_registry_harness_finds_a_broken_store(broken: type[ReferenceModel]) -> None:
+    machine = workers_state_machine(lambda clock: broken(clock=clock))
+    with pytest.raises(Divergence) as found:
+        run_state_machine_as_test(machine, settings=HUNT)
+    assert re.search("stored workers|heartbeat_workers|register_workers", str(found.value))
 
 
 def test_the_harness_accepts_a_store_that_numbers_jobs_its_own_way() -> None:

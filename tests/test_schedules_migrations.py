@@ -30,6 +30,7 @@ def test_a_sqlite_file_of_version_1_is_upgraded_with_its_jobs(tmp_path: Path) ->
         "ALTER TABLE workflows DROP COLUMN idempotency_key",
         "DROP TABLE paused_queues",
         "ALTER TABLE workflows DROP COLUMN on_failure",
+        "DROP TABLE workers",
     ]
     old, kept = sqlite_before(tmp_path / "old.db", 1, undo)
     with pytest.raises(SchemaError, match="older than"):

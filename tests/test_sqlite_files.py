@@ -484,6 +484,7 @@ def test_a_store_from_before_retry_policies_upgrades_and_its_jobs_back_off_at_re
         (job,) = driver.lease(["default"], 1, 30, "w")
         assert job.retry == DEFAULT_RETRY
         assert dict(job.headers) == {}  # and no headers: they came later
+        assert driver.list_workers() == []  # the registry came later too, empty
         rescued_at = clock.advance(30)
         assert driver.rescue() == [job.id]
         (stored,) = driver.get([job.id])

@@ -85,6 +85,7 @@ from .index import JobIndex
 from .queues import MemoryQueues
 from .rows import JobRow, WorkflowRow, copy_json
 from .schedules import MemorySchedules
+from .workers import MemoryWorkers
 
 _Report = TypeVar("_Report", Completion, Failure, SnoozeRequest)
 """A fenced report: applied only while its lease is live."""
@@ -97,7 +98,7 @@ _STATES = {state.value: state for state in JobState}
 """The table's target names as states, without an enum call per transition."""
 
 
-class MemoryDriver(MemorySchedules, MemoryQueues, Driver):
+class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
     """Jobs and workflows in this process's memory.  Safe to share between threads."""
 
     capabilities = Capabilities(
@@ -106,6 +107,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, Driver):
         failure_callbacks=True,
         workflow_idempotency=True,
         queue_pause=True,
+        workers=True,
     )
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -118,6 +120,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, Driver):
         self._keys: dict[str, JobId] = {}
         self._workflow_keys: dict[str, WorkflowId] = {}
         self._schedules = {}
+        self._workers = {}
         self._index = JobIndex()
         self._last_job_id = 0
         self._last_workflow_id = 0
@@ -276,6 +279,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, Driver):
             now = self._now()
             lost: list[LeaseLost] = []
             cancel_requested: set[JobId] = set()
+            holders: set[str] = set()
             for ref in leases:
                 row = self._jobs.get(ref.job_id)
                 if row is None:
@@ -290,6 +294,9 @@ class MemoryDriver(MemorySchedules, MemoryQueues, Driver):
                 self._enter(row, target, now)
                 if row.cancel_requested:
                     cancel_requested.add(row.id)
+                holders.add(str(row.leased_by))
+            if self._workers:
+                self._seen(holders, now)
             return HeartbeatResult(tuple(lost), frozenset(cancel_requested))
 
     def complete(self, completions: Sequence[Completion]) -> list[LeaseLost]:

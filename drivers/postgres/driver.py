@@ -108,6 +108,7 @@ from .rows import job_record, workflow_record
 from .schedules import PostgresSchedules
 from .schema import check_schema, migrate
 from .tables import Tables
+from .workers import PostgresWorkers
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -160,7 +161,7 @@ class PooledConnection(psycopg.Connection[tuple[Any, ...]]):
         return self._calls_cursor
 
 
-class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
+class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver):
     """Jobs and workflows in PostgreSQL tables (see the module documentation)."""
 
     def __init__(
@@ -214,6 +215,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, Driver):
             queue_pause=True,
             failure_callbacks=True,
             flow_control=True,
+            workers=True,
         )
         self._listener = Listener(conninfo, self._tables.channel) if notifications else None
         self._schema_ok = False

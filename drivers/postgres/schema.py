@@ -37,6 +37,7 @@ from .flow import flow_control
 from .queues import paused_queues_table
 from .schedules import schedules_table
 from .transitions import event_sources, state_literals
+from .workers import workers_table
 
 MIGRATE_COMMAND = "taskharbor migrate"
 
@@ -187,6 +188,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "paused queues", paused_queues_table),
     Migration(8, "failure callback of each workflow", _failure_callbacks),
     Migration(9, "flow control", flow_control),
+    Migration(10, "workers registry", workers_table),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

@@ -31,6 +31,7 @@ from .transitions import (
     target_case,
     workflow_state,
 )
+from .workers import SEEN_BY_HEARTBEAT
 
 _LEASE_CLEARED = (
     "lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, cancel_requested = false"
@@ -51,8 +52,8 @@ applied AS (
     UPDATE {jobs} j SET state = l.target, {assignments}
     FROM live l JOIN input i ON i.id = l.id
     WHERE j.id = l.id
-    RETURNING j.id, j.state, j.queue, j.workflow_id, j.cancel_requested
-)
+    RETURNING j.id, j.state, j.queue, j.workflow_id, j.cancel_requested, j.leased_by
+){seen}
 SELECT i.id, i.token, a.id IS NOT NULL AS applied, COALESCE(a.state, j.state) AS state,
        a.workflow_id, a.cancel_requested, j.id IS NULL AS missing
 FROM input i LEFT JOIN applied a ON a.id = i.id LEFT JOIN {jobs} j ON j.id = i.id
@@ -94,8 +95,10 @@ def fenced(tables: Tables, event: JobEvent) -> sql.Composed:
         scheduled=job_state(JobState.SCHEDULED),
         ending=sql.SQL(_ENDING).format(now=tables.now, **_ends("l.target")),
     )
+    seen = SEEN_BY_HEARTBEAT if event is JobEvent.HEARTBEAT else ""
     return tables.sql(
         _FENCED,
+        seen=sql.SQL(seen).format(workers=sql.Identifier(tables.schema, "workers"), now=tables.now),
         arrays=sql.SQL(arrays),
         names=sql.SQL(names),
         target=target_case(event, _GUARDS),

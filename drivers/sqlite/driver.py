@@ -123,6 +123,7 @@ from .transitions import (
     ready_jobs_query,
     target_case,
 )
+from .workers import SQLiteWorkers, mark_seen
 from .writes import INTEGER_MAX, Writes
 
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -231,7 +232,7 @@ class _Connection(NamedTuple):
     pid: int
 
 
-class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
+class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
     """A job store in one SQLite file.  Implements :class:`~taskharbor.spec.spi.Driver`.
 
     ``migrate=True`` creates or upgrades the schema when the store is opened;
@@ -257,6 +258,7 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
         workflow_idempotency=True,
         queue_pause=True,
         failure_callbacks=True,
+        workers=True,
     )
 
     def __init__(
@@ -651,6 +653,7 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, Driver):
                 tx.move(row, JobEvent.HEARTBEAT, lease_expires_at=expires)
                 if row["cancel_requested"]:
                     cancel_requested.add(row["id"])
+            mark_seen(tx, {row["leased_by"] for _, row in live})
         return HeartbeatResult(tuple(lost), frozenset(cancel_requested))
 
     def complete(self, completions: Sequence[Completion]) -> list[LeaseLost]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from taskharbor.spec import SchemaError, StoreError
 from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
-from . import flow, queues, schedules
+from . import flow, queues, schedules, workers
 from .transitions import ALL_STATES, AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS
 
 META_TABLE = "taskharbor_meta"
@@ -146,6 +146,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V6,
     queues.MIGRATION,
     _V8,
+    workers.MIGRATION,
 )
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
 

@@ -29,6 +29,7 @@ from .jobs import dlq, jobs
 from .queues import queues
 from .schedules import schedules
 from .store import APP_ENV, URL_ENV, Session, StoreSource, mask_secrets
+from .workers import workers
 from .workflows import workflows
 
 USAGE_ERROR = 2
@@ -134,6 +135,7 @@ def main(ctx: click.Context, app_path: str | None, url: str | None) -> None:
 
 for command in (
     worker,
+    workers,
     jobs,
     dlq,
     workflows,
