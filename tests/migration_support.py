@@ -8,7 +8,7 @@ without migrating, so a test checks the refusal, migrates and finds the job.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,15 +19,38 @@ from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.drivers.sqlite import SQLiteDriver
 from taskharbor.spec import Driver, EnqueueRequest, JobRecord
 
+SQLITE_UNDO: dict[int, tuple[str, ...]] = {
+    2: ("DROP TABLE schedules",),
+    3: ("ALTER TABLE jobs DROP COLUMN retry",),
+    4: (
+        "DROP INDEX jobs_running_task",
+        "DROP INDEX jobs_running_key",
+        "DROP INDEX jobs_sequence",
+        *(f"ALTER TABLE jobs DROP COLUMN {name}" for name in ("flow", "flow_key", "flow_sequence")),
+        "DROP TABLE flow_starts",
+    ),
+    5: (
+        "DROP INDEX workflows_idempotency_key",
+        "ALTER TABLE workflows DROP COLUMN idempotency_key",
+    ),
+    6: ("ALTER TABLE jobs DROP COLUMN headers",),
+    7: ("DROP TABLE paused_queues",),
+    8: ("ALTER TABLE workflows DROP COLUMN on_failure",),
+    9: ("DROP TABLE workers",),
+}
+"""SQLite schema version -> the statements that undo the migration reaching it.  A new
+migration adds its undo here (a test checks that every version has one)."""
 
-def sqlite_before(path: Path, version: int, undo: Sequence[str]) -> tuple[SQLiteDriver, JobRecord]:
-    """A SQLite file at schema ``version`` after running the ``undo`` statements."""
+
+def sqlite_before(path: Path, version: int) -> tuple[SQLiteDriver, JobRecord]:
+    """A SQLite file taken back to schema ``version``: every later migration undone."""
     driver = SQLiteDriver(path)
     (kept,) = driver.enqueue([EnqueueRequest("kept", queue="a")])
     driver.close()
     with sqlite3.connect(path) as raw:
-        for statement in undo:
-            raw.execute(statement)
+        for later in sorted((v for v in SQLITE_UNDO if v > version), reverse=True):
+            for statement in SQLITE_UNDO[later]:
+                raw.execute(statement)
         raw.execute(
             "UPDATE taskharbor_meta SET value = ? WHERE key = 'schema_version'", (str(version),)
         )

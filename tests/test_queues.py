@@ -137,7 +137,7 @@ def test_cli_needs_queue_names_and_says_when_there_are_no_queues(cli_store: CliS
 
 
 def test_a_sqlite_file_without_paused_queues_is_upgraded_with_its_jobs(tmp_path: Path) -> None:
-    old, kept = sqlite_before(tmp_path / "old.db", 6, ["DROP TABLE paused_queues"])
+    old, kept = sqlite_before(tmp_path / "old.db", 6)
     with pytest.raises(SchemaError, match="older than"):
         old.paused_queues()
     upgraded_keeps_its_jobs_and_pauses(old, kept)

@@ -17,22 +17,7 @@ def declare(driver: Driver) -> None:
 
 
 def test_a_sqlite_file_of_version_1_is_upgraded_with_its_jobs(tmp_path: Path) -> None:
-    undo = [  # back to the schema before schedules, and what later migrations added
-        "DROP TABLE schedules",
-        *(f"ALTER TABLE jobs DROP COLUMN {name}" for name in ("retry", "headers")),
-        *(
-            f"DROP INDEX {name}"
-            for name in ("jobs_running_task", "jobs_running_key", "jobs_sequence")
-        ),
-        *(f"ALTER TABLE jobs DROP COLUMN {name}" for name in ("flow", "flow_key", "flow_sequence")),
-        "DROP TABLE flow_starts",
-        "DROP INDEX workflows_idempotency_key",
-        "ALTER TABLE workflows DROP COLUMN idempotency_key",
-        "DROP TABLE paused_queues",
-        "ALTER TABLE workflows DROP COLUMN on_failure",
-        "DROP TABLE workers",
-    ]
-    old, kept = sqlite_before(tmp_path / "old.db", 1, undo)
+    old, kept = sqlite_before(tmp_path / "old.db", 1)
     with pytest.raises(SchemaError, match="older than"):
         old.list_schedules()
     old.migrate()
