@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import taskharbor as th
-from taskharbor.spec import Driver
+from taskharbor.spec import Driver, WorkerInfo
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -115,8 +115,27 @@ def populate(driver: Driver) -> Demo:
         app.periodic(charge_card.s(0, 0.0), every=300, name="settle-cards")
         driver.sync_schedules(list(app.schedules))
         driver.pause_schedules(["settle-cards"], True)
+    if driver.capabilities.workers:
+        register_workers(app)
     failed = next(j for j in app.list_jobs(state="dead", task="billing.charge_card"))
     return Demo(app, flaky, dead_flaky, dead_hostile, failed.id, workflow)
+
+
+def register_workers(app: th.App) -> None:
+    """Two workers of another fleet in the registry, one of them running two jobs of
+    its own queue (the demo's workers run in burst mode and leave when done)."""
+
+    @app.task(name="video.transcode", queue="video")
+    def transcode(clip: str) -> None: ...
+
+    fleet = [
+        WorkerInfo(f"media-{n}:{pid}", f"media-{n}", pid, ("video",), 4, "1.0", 3600.0)
+        for n, pid in ((1, 4242), (2, 5150))
+    ]
+    app.driver.register_workers(fleet)
+    for clip in ("intro.mov", "keynote.mov"):
+        transcode.enqueue(clip)
+    app.driver.lease(["video"], 2, 3600.0, fleet[0].id)
 
 
 def run_worker(app: th.App, queues: list[str]) -> None:

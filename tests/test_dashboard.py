@@ -273,3 +273,39 @@ def test_a_queue_is_paused_and_resumed_from_the_overview(app: th.App) -> None:
         unsigned = TestClient(create_app(app.driver, token=TOKEN))
         assert unsigned.post("/actions/apply", data=form).status_code == 403
     assert app.driver.paused_queues() == []
+
+
+def test_live_workers_on_the_overview_and_the_jobs_each_runs(tmp_path: Path) -> None:
+    from taskharbor.drivers.memory import MemoryDriver
+    from taskharbor.spec import EnqueueRequest, FakeClock, WorkerInfo
+
+    clock = FakeClock()
+    driver = MemoryDriver(clock=clock)
+    busy = WorkerInfo(HOSTILE, HOSTILE, 4242, (HOSTILE,), 4, "1.0", ttl_seconds=90.0)
+    lost = WorkerInfo("lost-1", "node-9", 77, ("default",), 2, "1.0", ttl_seconds=30.0)
+    driver.register_workers([busy, lost])
+    driver.enqueue([EnqueueRequest(HOSTILE, args=(HOSTILE,), queue=HOSTILE)])
+    (job,) = driver.lease([HOSTILE], 1, 60.0, HOSTILE)
+    clock.advance(45)
+    with TestClient(create_app(driver, token=TOKEN)) as web:
+        overview = web.get("/").text
+        page = web.get("/workers").text
+    assert "1 alive, 1 gone" in overview
+    for html in (overview, page):
+        assert HOSTILE not in html and "&lt;script&gt;" in html
+        assert re.search(r'<tr class="gone">\s*<td class="mono">lost-1</td>', html)
+        assert "1/4" in html and "0/2" in html and "45 s ago" in html
+    assert f'href="/jobs/{job.id}">#{job.id}</a>' in page
+    assert "attempt 1" in page
+
+
+def test_a_store_without_a_workers_registry_says_so() -> None:
+    from taskharbor.drivers.memory import MemoryDriver
+    from taskharbor.spec import Capabilities
+
+    class Plain(MemoryDriver):
+        capabilities = Capabilities()
+
+    with TestClient(create_app(Plain(), token=TOKEN)) as web:
+        for path in ("/", "/workers"):
+            assert "it keeps no registry of live workers" in web.get(path).text

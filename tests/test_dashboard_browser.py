@@ -71,6 +71,7 @@ def test_every_page_loads_without_an_error(browser: Any, demo: Any, served: str)
         "/workflows": "warehouse-sync",
         f"/workflows/{demo.workflow}": "etl.load",
         "/schedules": "daily-report",
+        "/workers": "video.transcode",
         "/contract": "lease_expired",
     }
     for path, expected in paths.items():
@@ -81,6 +82,8 @@ def test_every_page_loads_without_an_error(browser: Any, demo: Any, served: str)
     page.goto(f"{served}/workflows/{demo.workflow}")
     assert page.locator("svg.graph g.node").count() == 4
     assert page.locator("svg.graph g.node.state-dead").count() == 1
+    page.goto(served + "/")
+    assert page.locator("table.workers tr.alive").count() == 2
     assert watch.errors == []
 
 

@@ -7,6 +7,7 @@ and the store forgets it after as long again (``taskharbor.spec.workers``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -23,15 +24,20 @@ from .shapes import dumps, iso
 from .store import Session, pass_session
 
 
-def _running_jobs(driver: Driver, records: Sequence[WorkerRecord]) -> dict[JobId, JobRecord]:
-    """The jobs the workers run, read in one call (none if one ended and was pruned since)."""
+def running_jobs(driver: Driver, records: Sequence[WorkerRecord]) -> dict[JobId, JobRecord]:
+    """The jobs the workers run, read in one call; those that finished and were pruned
+    since the registry was read are left out (read one by one then)."""
     ids = [job_id for record in records for job_id in record.running]
     if not ids:
         return {}
     try:
         return {job.id: job for job in driver.get(ids)}
     except JobNotFound:
-        return {}
+        found = {}
+        for job_id in ids:
+            with contextlib.suppress(JobNotFound):
+                found[job_id] = driver.get([job_id])[0]
+        return found
 
 
 def _status(record: WorkerRecord) -> str:
@@ -109,7 +115,7 @@ def workers(session: Session, as_json: bool) -> None:
         )
     records = driver.list_workers()
     if as_json:
-        jobs = _running_jobs(driver, records)
+        jobs = running_jobs(driver, records)
         click.echo(dumps({"workers": [worker_shape(record, jobs) for record in records]}))
         return
     if not records:

@@ -115,6 +115,7 @@ def create_app(
         Route("/workflows", _page(board, pages.workflows)),
         Route("/workflows/{workflow_id:int}", _page(board, pages.workflow)),
         Route("/schedules", _page(board, pages.schedules)),
+        Route("/workers", _page(board, pages.workers)),
         Route("/contract", _page(board, pages.contract)),
         Route("/login", _page(board, actions.login_form)),
         Route("/login", _page(board, actions.login), methods=["POST"]),

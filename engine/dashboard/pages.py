@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
-from taskharbor.spec import InvalidRequest, JobState, WorkflowFilter
+from taskharbor.cli.workers import running_jobs
+from taskharbor.spec import Driver, InvalidRequest, JobState, WorkerRecord, WorkflowFilter
 from taskharbor.spec.table import JOB, NEW, WORKFLOW, TransitionTable, WorkflowState
 
 from . import svg
@@ -35,7 +36,24 @@ def overview(board: Dashboard, request: Request) -> Response:
         totals=totals,
         chart=svg.throughput_chart(board.throughput.series(now)),
         sampled_since=board.throughput.since,
+        workers=_workers(board.driver),
     )
+
+
+def workers(board: Dashboard, request: Request) -> Response:
+    records = _workers(board.driver)
+    return board.renderer.render(
+        request,
+        "workers.html",
+        now=board.driver.clock.now(),
+        workers=records,
+        jobs=running_jobs(board.driver, records or []),
+    )
+
+
+def _workers(driver: Driver) -> list[WorkerRecord] | None:
+    """The registered workers, gone ones too; ``None`` when the store keeps no registry."""
+    return driver.list_workers() if driver.capabilities.workers else None
 
 
 def jobs(board: Dashboard, request: Request) -> Response:
