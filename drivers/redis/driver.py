@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -89,6 +90,14 @@ server for long (each run is atomic; the call loops until the work is done)."""
 
 SCHEMA_VERSION = "1"
 
+CAPABILITIES = Capabilities(
+    multi_process=True,
+    notifications=True,
+    schedules=True,
+    workflow_idempotency=True,
+)
+"""What every Redis store declares; ``persistent`` depends on the server (:meth:`migrate`)."""
+
 _LIBRARY = build_library(SCHEDULES_LUA)
 
 
@@ -115,9 +124,7 @@ class RedisDriver(RedisSchedules, Driver):
         self._injected = clock is not None
         self.clock = clock if clock is not None else ServerClock(self._client)
         self._persistent = persistent
-        self.capabilities = Capabilities(
-            persistent=bool(persistent), multi_process=True, notifications=True, schedules=True
-        )
+        self.capabilities = replace(CAPABILITIES, persistent=bool(persistent))
         self._script = self._client.register_script(_LIBRARY)
         self._token_prefix = secrets.token_hex(12)
         self._tokens = itertools.count(1)
@@ -146,9 +153,7 @@ class RedisDriver(RedisSchedules, Driver):
             logger.warning("Redis store %s: %s", self.prefix, self.durability.describe())
         if self._persistent is None:
             persistent = self.durability is not None and self.durability.persistent
-            self.capabilities = Capabilities(
-                persistent=persistent, multi_process=True, notifications=True, schedules=True
-            )
+            self.capabilities = replace(CAPABILITIES, persistent=persistent)
 
     def close(self) -> None:
         self._listener.close()
@@ -188,7 +193,12 @@ class RedisDriver(RedisSchedules, Driver):
     def enqueue_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
         if not isinstance(graph, WorkflowGraph):
             raise InvalidRequest(f"enqueue_workflow expects a WorkflowGraph, not {graph!r}")
-        args: list[str] = [graph.name or "", ref_template(graph.result), str(len(graph.steps))]
+        args = [
+            graph.name or "",
+            ref_template(graph.result),
+            graph.idempotency_key or "",
+            str(len(graph.steps)),
+        ]
         for step in graph.steps:
             args += _checked_request(step.request)
             args.append(",".join(str(index) for index in step.after))

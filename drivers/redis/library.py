@@ -23,6 +23,7 @@ Cluster keeps the whole store in one slot):
 ``P counts``        hash: ``queue NUL state`` -> how many jobs
 ``P w:<id>``        hash: a workflow (state, steps, result, per-state step counts)
 ``P wfs``           sorted set of workflow ids; ``P wst:<state>`` per state
+``P wkeys``         hash: workflow idempotency key -> workflow id
 ``P wake``          pub/sub channel: a queue's name when one of its jobs became available
 =================== ==============================================================
 
@@ -356,15 +357,19 @@ CMD.enqueue = function(a)
   return out
 end
 
+-- Arguments: name, result template, idempotency key, then the steps (count first).
 CMD.enqueue_workflow = function(a)
+  local wkey = a[3]
+  local held = wkey ~= '' and redis.call('HGET', P .. 'wkeys', wkey)
+  if held then return H.workflow_flat(held) end
   local wid = tostring(redis.call('HINCRBY', P .. 'ids', 'wf', 1))
-  local n = tonumber(a[3])
+  local n = tonumber(a[4])
   local ids, jobs = {}, {}
   local function remap(template)
     return (string.gsub(template, '#(%d+)#', function(i) return '#' .. ids[tonumber(i)] .. '#' end))
   end
   for s = 0, n - 1 do
-    local b = 3 + s * (REQUEST_FIELDS + 2)
+    local b = 4 + s * (REQUEST_FIELDS + 2)
     local deps = {}
     for index in string.gmatch(a[b + REQUEST_FIELDS + 1], '%d+') do
       deps[#deps + 1] = ids[tonumber(index)]
@@ -386,6 +391,10 @@ CMD.enqueue_workflow = function(a)
   redis.call('HSET', key, 'id', wid, 'state', W.running, 'steps', table.concat(steps, ','),
     'result', remap(a[2]), 'created_at', NOW, 'total', tostring(n))
   if a[1] ~= '' then redis.call('HSET', key, 'name', a[1]) end
+  if wkey ~= '' then
+    redis.call('HSET', key, 'idempotency_key', wkey)
+    redis.call('HSET', P .. 'wkeys', wkey, wid)
+  end
   redis.call('ZADD', P .. 'wfs', wid, wid)
   redis.call('ZADD', P .. 'wst:' .. W.running, wid, wid)
   return H.workflow_flat(wid)
@@ -604,9 +613,10 @@ function H.workflow_prunable(w, states, cutoff)
 end
 
 function H.delete_workflow(w)
-  local f = redis.call('HMGET', P .. 'w:' .. w, 'state', 'steps')
+  local f = redis.call('HMGET', P .. 'w:' .. w, 'state', 'steps', 'idempotency_key')
   local steps = H.split(f[2])
   for _, id in ipairs(steps) do H.delete_job(H.load(id)) end
+  if f[3] then redis.call('HDEL', P .. 'wkeys', f[3]) end
   redis.call('DEL', P .. 'w:' .. w)
   redis.call('ZREM', P .. 'wfs', w)
   redis.call('ZREM', P .. 'wst:' .. f[1], w)

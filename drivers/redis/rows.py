@@ -145,4 +145,5 @@ def decode_workflow(f: dict[str, str]) -> WorkflowRecord:
         created_at=decode_time(f["created_at"]),
         finished_at=_optional_time(f, "finished_at"),
         name=f.get("name"),
+        idempotency_key=f.get("idempotency_key"),
     )
