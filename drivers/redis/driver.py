@@ -69,6 +69,7 @@ from taskharbor.spec.table import JOB, JobEvent, JobState
 from .connect import DEFAULT_PREFIX, Durability, ServerClock, key_prefix, read_durability
 from .library import build_library, error_fragment
 from .notify import Listener
+from .queues import QUEUES_LUA, RedisQueues
 from .rows import (
     as_dict,
     decode_job,
@@ -95,13 +96,14 @@ CAPABILITIES = Capabilities(
     notifications=True,
     schedules=True,
     workflow_idempotency=True,
+    queue_pause=True,
 )
 """What every Redis store declares; ``persistent`` depends on the server (:meth:`migrate`)."""
 
-_LIBRARY = build_library(SCHEDULES_LUA)
+_LIBRARY = build_library(SCHEDULES_LUA + QUEUES_LUA)
 
 
-class RedisDriver(RedisSchedules, Driver):
+class RedisDriver(RedisSchedules, RedisQueues, Driver):
     """Jobs and workflows in one Redis database, under one key prefix.
 
     ``url`` is a ``redis://`` or ``rediss://`` URL (the ``?prefix=`` parameter

@@ -24,6 +24,7 @@ Cluster keeps the whole store in one slot):
 ``P w:<id>``        hash: a workflow (state, steps, result, per-state step counts)
 ``P wfs``           sorted set of workflow ids; ``P wst:<state>`` per state
 ``P wkeys``         hash: workflow idempotency key -> workflow id
+``P paused``        hash: paused queue -> when it was paused (:mod:`.queues`)
 ``P wake``          pub/sub channel: a queue's name when one of its jobs became available
 =================== ==============================================================
 
@@ -400,14 +401,25 @@ CMD.enqueue_workflow = function(a)
   return H.workflow_flat(wid)
 end
 
+-- The queues of ``names`` that are not paused, in order.
+function H.unpaused(names)
+  if #names == 0 or redis.call('EXISTS', P .. 'paused') == 0 then return names end
+  local paused, out = redis.call('HMGET', P .. 'paused', unpack(names)), {}
+  for i, q in ipairs(names) do
+    if not paused[i] then out[#out + 1] = q end
+  end
+  return out
+end
+
 CMD.lease = function(a)
   local lease_until, worker, limit, nq = H.t_add(NOW, a[1]), a[2], tonumber(a[3]), tonumber(a[4])
+  local queues = H.unpaused({unpack(a, 5, 4 + nq)})
   local candidates = {}
-  for qi = 1, nq do
-    local items = redis.call('ZRANGE', P .. 'ready:' .. a[4 + qi], 0, limit - 1, 'WITHSCORES')
+  for _, q in ipairs(queues) do
+    local items = redis.call('ZRANGE', P .. 'ready:' .. q, 0, limit - 1, 'WITHSCORES')
     for i = 1, #items, 2 do candidates[#candidates + 1] = {tonumber(items[i + 1]), items[i]} end
   end
-  if nq > 1 then
+  if #queues > 1 then
     table.sort(candidates, function(x, y)
       if x[1] ~= y[1] then return x[1] < y[1] end
       return x[2] < y[2]
@@ -779,7 +791,7 @@ end
 
 CMD.ready = function(a)
   local n = 0
-  for _, q in ipairs(a) do n = n + redis.call('ZCARD', P .. 'ready:' .. q) end
+  for _, q in ipairs(H.unpaused(a)) do n = n + redis.call('ZCARD', P .. 'ready:' .. q) end
   return n
 end
 """
