@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_engine_support import PRODUCER_PATHS, Producer
 
-from driver_registry import DRIVERS, DriverFactory
+from driver_registry import DRIVERS, DriverFactory, drop_free_schemas
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,6 +66,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "driver_name" in metafunc.fixturenames:
         metafunc.parametrize("driver_name", selected_drivers(metafunc.config))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_reused_schemas() -> Iterator[None]:
+    """The PostgreSQL stores reuse closed test schemas (emptied); drop them at the end."""
+    yield
+    drop_free_schemas()
 
 
 @pytest.fixture

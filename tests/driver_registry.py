@@ -7,7 +7,10 @@ over :data:`DRIVERS`.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -94,6 +97,22 @@ def memory_store(tmp: Path) -> Iterator[DriverFactory]:
     yield lambda clock: MemoryDriver(clock=clock)
 
 
+_SQLITE_TEMPLATE: list[Path] = []
+"""One migrated, empty SQLite file per test session, copied for each new store: a copy
+is the file a fresh migration gives, without its dozen fsynced DDL commits."""
+
+
+def _sqlite_template() -> Path:
+    from taskharbor.drivers.sqlite import SQLiteDriver
+
+    if not _SQLITE_TEMPLATE:
+        path = Path(tempfile.mkdtemp(prefix="th_sqlite_template_")) / "empty.db"
+        SQLiteDriver(path).close()
+        atexit.register(shutil.rmtree, path.parent, ignore_errors=True)
+        _SQLITE_TEMPLATE.append(path)
+    return _SQLITE_TEMPLATE[0]
+
+
 @contextmanager
 def sqlite_store(tmp: Path) -> Iterator[DriverFactory]:
     from taskharbor.drivers.sqlite import SQLiteDriver
@@ -101,7 +120,9 @@ def sqlite_store(tmp: Path) -> Iterator[DriverFactory]:
     opened: list[Driver] = []
 
     def make(clock: Clock | None) -> Driver:
-        driver = SQLiteDriver(tmp / f"store-{uuid.uuid4().hex}.db", clock=clock)
+        path = tmp / f"store-{uuid.uuid4().hex}.db"
+        shutil.copyfile(_sqlite_template(), path)
+        driver = SQLiteDriver(path, clock=clock)
         opened.append(driver)
         return driver
 
@@ -112,29 +133,79 @@ def sqlite_store(tmp: Path) -> Iterator[DriverFactory]:
             driver.close()
 
 
+_FREE_SCHEMAS: list[str] = []
+"""Test schemas whose store was closed, emptied before a new store takes one: a fresh
+schema costs its migrations (dozens of DDL statements and a function) every time."""
+
+
+def _empty_schema(schema: str) -> None:
+    """Truncate every table but the migrations' record and restart every sequence, so the
+    schema holds what a fresh migration leaves: no rows, numbering from 1."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        tables = [
+            sql.Identifier(schema, name)
+            for (name,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s"
+                " AND tablename <> 'schema_migrations'",
+                (schema,),
+            ).fetchall()
+        ]
+        if tables:
+            conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(sql.SQL(", ").join(tables)))
+        sequences = conn.execute(
+            "SELECT sequencename FROM pg_sequences WHERE schemaname = %s", (schema,)
+        ).fetchall()
+        for (name,) in sequences:
+            conn.execute(sql.SQL("ALTER SEQUENCE {} RESTART").format(sql.Identifier(schema, name)))
+
+
+def drop_free_schemas() -> None:
+    """Drop the schemas kept for reuse (at the end of the test session)."""
+    if not _FREE_SCHEMAS or postgres_available() is not None:
+        return
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        while _FREE_SCHEMAS:
+            schema = sql.Identifier(_FREE_SCHEMAS.pop())
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
+
+
 @contextmanager
 def postgres_store(tmp: Path) -> Iterator[DriverFactory]:
     skip_without_postgres()
-    import psycopg
-
     from taskharbor.drivers.postgres import PostgresDriver
 
-    opened: list[tuple[Driver, str]] = []
+    class TestStore(PostgresDriver):
+        """A store whose schema goes back to the free list once it is closed."""
+
+        def close(self) -> None:
+            super().close()
+            if self._tables.schema not in _FREE_SCHEMAS:
+                _FREE_SCHEMAS.append(self._tables.schema)
+
+    opened: list[Driver] = []
 
     def make(clock: Clock | None) -> Driver:
-        schema = f"th_test_{uuid.uuid4().hex[:12]}"
-        driver = PostgresDriver(POSTGRES_URL, schema=schema, clock=clock)
-        opened.append((driver, schema))
+        if _FREE_SCHEMAS:
+            schema = _FREE_SCHEMAS.pop()
+            _empty_schema(schema)
+        else:
+            schema = f"th_test_{uuid.uuid4().hex[:12]}"
+        driver = TestStore(POSTGRES_URL, schema=schema, clock=clock)
+        opened.append(driver)
         driver.migrate()
         return driver
 
     try:
         yield make
     finally:
-        for driver, schema in opened:
+        for driver in opened:
             driver.close()
-            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from taskharbor.model_tests import (
 from taskharbor.model_tests.identity import IdentityMap
 from taskharbor.model_tests.machine import START
 from taskharbor.model_tests.strategies import (
+    RETRY_POLICIES,
     Chain,
     Chord,
     Group,
@@ -290,9 +291,22 @@ def test_the_registry_harness_finds_a_broken_store(broken: type[ReferenceModel])
 
 
 def test_the_harness_accepts_a_store_that_numbers_jobs_its_own_way() -> None:
-    run_state_machine_as_test(
-        driver_state_machine(lambda clock: NumbersFromFiveHundred(clock)), settings=HUNT
-    )
+    """A lease that runs out of a job with a jittered retry policy: the store numbers the
+    job 500, the model 1, each seeds the rescue's jitter with its own id, and the
+    harness must pair them so that both wait the same time."""
+    machine = driver_state_machine(lambda clock: NumbersFromFiveHundred(clock))()
+    jittered = next(policy for policy in RETRY_POLICIES if policy.jitter)
+    try:  # each step followed by the check Hypothesis runs after every rule
+        machine.enqueue([RequestPlan("alpha", 0, {}, "default", 0, None, 3, None, jittered)])
+        machine.stores_agree()
+        machine._lease(["default"], 1, 30.0, "w1")
+        machine.stores_agree()
+        machine.next_lease_runs_out()
+        machine.stores_agree()
+        (rescued,) = machine.driver.get([500])
+        assert rescued.state is JobState.RETRYING and rescued.run_at > machine.clock.now()
+    finally:
+        machine.teardown()
 
 
 # -- the harness's own parts -------------------------------------------------------
