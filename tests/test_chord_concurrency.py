@@ -1,9 +1,9 @@
 """A chord's callback is released exactly once when its 50 members finish at the same instant;
 a workflow's failure callback, once when its steps die at the same instant.
 
-Several threads, each with its own connection to the store (SQLite and
-PostgreSQL: one driver per thread on the same file or schema; memory: the
-threads share the one driver), wait at a barrier and then complete the
+Several threads, each with its own connection to the store (SQLite,
+PostgreSQL and Redis: one driver per thread on the same file, schema or key
+prefix; memory: the threads share the one driver), wait at a barrier and then complete the
 members they hold, all together.  The last completions race to observe "every
 member has succeeded"; a lost race leaves the callback ``pending`` forever, a
 double release puts the members' results in front of its arguments twice (or
@@ -29,7 +29,13 @@ from typing import TypeVar
 
 import pytest
 
-from driver_registry import POSTGRES_URL, skip_without_postgres
+from driver_registry import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_redis_prefix,
+    skip_without_postgres,
+    skip_without_redis,
+)
 from taskharbor.spec import (
     Completion,
     Driver,
@@ -103,10 +109,28 @@ def postgres_connections(tmp_path: Path, clock: FakeClock) -> Iterator[list[Driv
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@contextmanager
+def redis_connections(tmp_path: Path, clock: FakeClock) -> Iterator[list[Driver]]:
+    skip_without_redis()
+    from taskharbor.drivers.redis import RedisDriver
+
+    prefix = f"th_chord_{uuid.uuid4().hex[:12]}"
+    drivers: list[Driver] = [
+        RedisDriver(REDIS_URL, prefix=prefix, clock=clock) for _ in range(THREADS)
+    ]
+    try:
+        yield drivers
+    finally:
+        for driver in drivers:
+            driver.close()
+        drop_redis_prefix(prefix)
+
+
 STORES = {
     "memory": memory_connections,
     "sqlite": sqlite_connections,
     "postgres": postgres_connections,
+    "redis": redis_connections,
 }
 
 

@@ -95,6 +95,7 @@ CAPABILITIES = Capabilities(
     multi_process=True,
     notifications=True,
     schedules=True,
+    failure_callbacks=True,
     workflow_idempotency=True,
     queue_pause=True,
 )
@@ -205,6 +206,8 @@ class RedisDriver(RedisSchedules, RedisQueues, Driver):
             args += _checked_request(step.request)
             args.append(",".join(str(index) for index in step.after))
             args.append("" if step.input is None else ref_template(step.input))
+        if graph.on_failure is not None:
+            args += _checked_request(graph.on_failure)
         return decode_workflow(as_dict(self._call("enqueue_workflow", *args)))
 
     # -- consuming ----------------------------------------------------------
@@ -304,7 +307,7 @@ class RedisDriver(RedisSchedules, RedisQueues, Driver):
             if not expired:
                 break
             args: list[str] = []
-            for job_id, token, attempt, retry in expired:
+            for job_id, token, attempt, retry in sorted(expired, key=lambda row: int(row[0])):
                 delay = retry_delay(policy_from_text(retry), int(job_id), int(attempt))
                 args += [job_id, token, str(micros(delay.total_seconds()))]
             rescued += [int(job_id) for job_id in self._call("rescue", *args)]

@@ -21,7 +21,8 @@ Cluster keeps the whole store in one slot):
 ``P st:<state>``    sorted set of job ids in a state (score: the id)
 ``P q:<queue>``     sorted set of a queue's job ids; ``P all``: every job id
 ``P counts``        hash: ``queue NUL state`` -> how many jobs
-``P w:<id>``        hash: a workflow (state, steps, result, per-state step counts)
+``P w:<id>``        hash: a workflow (state, steps, result, per-state step counts, the
+                    failure callback's job id ``on_failure``, the idempotency key)
 ``P wfs``           sorted set of workflow ids; ``P wst:<state>`` per state
 ``P wkeys``         hash: workflow idempotency key -> workflow id
 ``P paused``        hash: paused queue -> when it was paused (:mod:`.queues`)
@@ -42,6 +43,7 @@ from __future__ import annotations
 import json
 
 from taskharbor.spec.records import (
+    CALLBACK_CANCELS,
     LEASE_EXPIRED_MESSAGE,
     LEASE_EXPIRED_TYPE,
     PRUNABLE_WORKFLOW_STATES,
@@ -73,6 +75,10 @@ def _workflow_constants() -> str:
     )
     final = ", ".join(f"[{lua_string(s)}] = true" for s in sorted(WORKFLOW.final_states))
     prunable = ", ".join(f"[{lua_string(s)}] = true" for s in sorted(PRUNABLE_WORKFLOW_STATES))
+    cancels = ", ".join(
+        f"[{lua_string(state)}] = {lua_string(reason)}"
+        for state, reason in CALLBACK_CANCELS.items()
+    )
     sample_id, sample_state = 987654321012345, "\x01"
     reason = dependency_reason(sample_id, sample_state)
     head, rest = reason.split(str(sample_id), 1)
@@ -85,11 +91,32 @@ def _workflow_constants() -> str:
             f"local W_FINAL = {{{final}}}",
             f"local W_PRUNABLE = {{{prunable}}}",
             f"local WORKFLOW_CANCELLED = {lua_string(WORKFLOW_CANCELLED)}",
+            f"local CALLBACK_CANCELS = {{{cancels}}}",
+            *_error_layout(),
             "local LEASE_EXPIRED_ERROR = "
             + lua_string(error_fragment(LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE, None)),
             f"local function dependency_reason(id, state) return {reason_lua} end",
         ]
     )
+
+
+def _error_layout() -> list[str]:
+    """Lua constants for reading a stored error back: where each error object starts
+    (``H.append_error``), and the text before its type and its message tokens."""
+    sample = error_fragment("\x01", "\x02", None)
+    kind, message = json.dumps("\x01"), json.dumps("\x02")
+    before_type, rest = sample.split(kind, 1)
+    before_message = rest.split(message, 1)[0]
+    return [
+        f"local ERROR_START = {lua_string(ERROR_START)}",
+        f"local FRAGMENT_TYPE = {lua_string(before_type)}",
+        f"local FRAGMENT_MESSAGE = {lua_string(before_message)}",
+    ]
+
+
+ERROR_START = '{"attempt":'
+"""How each stored error object starts (the text cannot occur inside a JSON string,
+where every quote is escaped)."""
 
 
 def _has_event(source: str, target: str) -> bool:
@@ -157,6 +184,10 @@ function H.flush(j)
   j._dirty = {}
 end
 
+-- A workflow's step (its failure callback is a job of the workflow, not a step: it never
+-- counts when the workflow's state is derived).
+function H.is_step(j) return j.workflow_id ~= nil and j.callback == nil end
+
 function H.unindex(j)
   local s, id = j.state, j.id
   if s == S.available then
@@ -170,7 +201,7 @@ function H.unindex(j)
   end
   redis.call('ZREM', P .. 'st:' .. s, id)
   redis.call('HINCRBY', P .. 'counts', j.queue .. '\0' .. s, -1)
-  if j.workflow_id then redis.call('HINCRBY', P .. 'w:' .. j.workflow_id, 'n:' .. s, -1) end
+  if H.is_step(j) then redis.call('HINCRBY', P .. 'w:' .. j.workflow_id, 'n:' .. s, -1) end
 end
 
 function H.index(j)
@@ -187,7 +218,7 @@ function H.index(j)
   end
   redis.call('ZADD', P .. 'st:' .. s, id, id)
   redis.call('HINCRBY', P .. 'counts', j.queue .. '\0' .. s, 1)
-  if j.workflow_id then redis.call('HINCRBY', P .. 'w:' .. j.workflow_id, 'n:' .. s, 1) end
+  if H.is_step(j) then redis.call('HINCRBY', P .. 'w:' .. j.workflow_id, 'n:' .. s, 1) end
 end
 
 -- Event ``event`` to ``target`` (resolved by the caller), with its field effects.
@@ -199,29 +230,38 @@ function H.move(j, event, target, C)
 end
 
 function H.append_error(errors, attempt, fragment)
-  local e = '{"attempt":' .. attempt .. ',"at":"' .. NOW .. '",' .. fragment .. '}'
+  local e = ERROR_START .. attempt .. ',"at":"' .. NOW .. '",' .. fragment .. '}'
   if errors == nil or errors == '[]' then return '[' .. e .. ']' end
   return string.sub(errors, 1, -2) .. ',' .. e .. ']'
 end
 
-function H.released_args(j)
+-- A released job's args: its own, with the value of its input (or what the call puts
+-- in front: a failure callback's failure) first.
+function H.released_args(j, C)
   local own = j.own_args or j.args
-  if not j.input then return own end
-  local value = (string.gsub(j.input, '#(%d+)#', function(id)
-    local result = redis.call('HGET', P .. 'j:' .. id, 'result')
-    if not result then return 'null' end
-    return result
-  end))
+  local value = C and C.front
+  if not value and j.input then
+    value = (string.gsub(j.input, '#(%d+)#', function(id)
+      local result = redis.call('HGET', P .. 'j:' .. id, 'result')
+      if not result then return 'null' end
+      return result
+    end))
+  end
+  if not value then return own end
   if own == '[]' then return '[' .. value .. ']' end
   return '[' .. value .. ',' .. string.sub(own, 2)
 end
 
+-- A released failure callback requeued keeps its failure in front of its args.
 function H.requeued_args(j, target)
-  if target == S.available then return H.released_args(j) end
+  if target == S.available then
+    if j.callback then return j.args end
+    return H.released_args(j)
+  end
   return j.own_args or j.args
 end
 
-function H.new_job(a, b, workflow_id, deps, input)
+function H.new_job(a, b, workflow_id, deps, input, callback)
   local id = tostring(redis.call('HINCRBY', P .. 'ids', 'job', 1))
   local j = {
     _dirty = {}, id = id, task = a[b + 1], queue = a[b + 2], args = a[b + 3],
@@ -241,6 +281,7 @@ function H.new_job(a, b, workflow_id, deps, input)
       j.left = tostring(#deps)
     end
     if input then j.input = input; j.own_args = j.args end
+    if callback then j.callback = '1'; j.own_args = j.args end
   end
   j.state = RESOLVE.enqueue(j, {})
   local fields = H.flat(j)
@@ -260,9 +301,16 @@ function H.delete_job(j)
 end
 
 -- Workflow effects of a step that may just have finished (same script, same call).
+-- ``touched`` maps each workflow a call touched to the first of its steps that ended
+-- dead in the call (the one its failure callback hears of), else true.
 function H.after_finished(j, touched)
   if not j.workflow_id or not FINISHED[j.state] then return end
-  touched[j.workflow_id] = true
+  local w = j.workflow_id
+  if j.state == S.dead and H.is_step(j) and type(touched[w]) ~= 'string' then
+    touched[w] = j.id
+  else
+    touched[w] = touched[w] or true
+  end
   if j.state == S.succeeded then H.release_dependents(j) else H.cancel_dependents(j) end
 end
 
@@ -297,10 +345,11 @@ function H.cancel_dependents(j)
 end
 
 -- A workflow's state derived from its per-state step counts, changed through the table.
+-- A workflow whose state changes moves its pending failure callback on (H.move_callback).
 function H.settle(touched)
   local ids = {}
-  for w in pairs(touched) do ids[#ids + 1] = tonumber(w) end
-  table.sort(ids)
+  for w in pairs(touched) do ids[#ids + 1] = w end
+  table.sort(ids, function(x, y) return tonumber(x) < tonumber(y) end)
   for _, w in ipairs(ids) do
     local key = P .. 'w:' .. w
     local f = redis.call('HMGET', key, 'state', 'total', 'n:' .. S.dead, 'n:' .. S.cancelled,
@@ -321,8 +370,76 @@ function H.settle(touched)
       end
       redis.call('ZREM', P .. 'wst:' .. f[1], w)
       redis.call('ZADD', P .. 'wst:' .. target, w, w)
+      H.move_callback(w, target, touched[w])
     end
   end
+end
+
+-- A pending failure callback, at the end of a call that changed its workflow's state:
+-- released with the failure of ``dead`` (the first step dead in the call) in front of
+-- its args when the workflow failed, cancelled when it succeeded or was cancelled.
+function H.move_callback(w, state, dead)
+  local id = redis.call('HGET', P .. 'w:' .. w, 'on_failure')
+  local cb = id and H.load(id)
+  if not cb or cb.state ~= S.pending then return end
+  if state == W.failed then
+    local C = {front = H.step_failure(w, dead)}
+    H.move(cb, 'release', RESOLVE.release(cb, C), C)
+  elseif CALLBACK_CANCELS[state] then
+    H.move(cb, 'cancel', RESOLVE.cancel(cb, {}), {reason = CALLBACK_CANCELS[state]})
+  end
+end
+
+-- ``spec.records.step_failure`` of the dead step ``id`` as JSON, written here: the
+-- step's last error is read from its stored errors, never decoded and re-encoded.
+function H.step_failure(w, id)
+  local f = redis.call('HMGET', P .. 'j:' .. id, 'task', 'attempt', 'errors')
+  local kind, message = H.last_error(f[3])
+  return '{"workflow_id":' .. w .. ',"job_id":' .. id .. ',"task":' .. H.json_string(f[1])
+    .. ',"attempt":' .. f[2] .. ',"type":' .. kind .. ',"message":' .. message .. '}'
+end
+
+function H.json_string(text)
+  local escaped = string.gsub(text, '[%c"\\]', function(c)
+    return string.format('\\u%04x', string.byte(c))
+  end)
+  return '"' .. escaped .. '"'
+end
+
+-- The JSON string token that starts at ``from`` (a quote) in ``text``, and where it ends.
+function H.json_token(text, from)
+  local i = from + 1
+  while true do
+    local at = string.find(text, '["\\]', i)
+    if not at then return nil end
+    if string.sub(text, at, at) == '"' then return string.sub(text, from, at), at end
+    i = at + 2
+  end
+end
+
+-- The type and message of the last error in a job's errors (each written by
+-- H.append_error around an ``error_fragment``), as JSON tokens; null when none.
+function H.last_error(errors)
+  local start, from = nil, 1
+  while true do
+    local at = string.find(errors, ERROR_START, from, true)
+    if not at then break end
+    start, from = at, at + 1
+  end
+  if not start then return 'null', 'null' end
+  local _, type_at = string.find(errors, FRAGMENT_TYPE, start, true)
+  local kind, after = H.json_token(errors, type_at + 1)
+  local _, message_at = string.find(errors, FRAGMENT_MESSAGE, after, true)
+  local message = H.json_token(errors, message_at + 1)
+  return kind, message
+end
+
+-- Every job of workflow ``w``: its steps, then its failure callback if it has one.
+function H.workflow_jobs(w)
+  local f = redis.call('HMGET', P .. 'w:' .. w, 'steps', 'on_failure')
+  local ids = H.split(f[1])
+  if f[2] then ids[#ids + 1] = f[2] end
+  return ids
 end
 
 function H.workflow_flat(w)
@@ -358,7 +475,8 @@ CMD.enqueue = function(a)
   return out
 end
 
--- Arguments: name, result template, idempotency key, then the steps (count first).
+-- Arguments: name, result template, idempotency key, then the steps (count first), then
+-- the failure callback's request, if the graph has one.
 CMD.enqueue_workflow = function(a)
   local wkey = a[3]
   local held = wkey ~= '' and redis.call('HGET', P .. 'wkeys', wkey)
@@ -389,6 +507,10 @@ CMD.enqueue_workflow = function(a)
   local steps = {}
   for s = 0, n - 1 do steps[#steps + 1] = ids[s] end
   local key = P .. 'w:' .. wid
+  local b = 4 + n * (REQUEST_FIELDS + 2)
+  if #a > b then
+    redis.call('HSET', key, 'on_failure', H.new_job(a, b, wid, {}, nil, true).id)
+  end
   redis.call('HSET', key, 'id', wid, 'state', W.running, 'steps', table.concat(steps, ','),
     'result', remap(a[2]), 'created_at', NOW, 'total', tostring(n))
   if a[1] ~= '' then redis.call('HSET', key, 'name', a[1]) end
@@ -537,8 +659,7 @@ CMD.requeue = function(a)
       H.requeue(now)
       if now.workflow_id then
         touched[now.workflow_id] = true
-        local steps = redis.call('HGET', P .. 'w:' .. now.workflow_id, 'steps')
-        for _, id in ipairs(H.split(steps)) do
+        for _, id in ipairs(H.workflow_jobs(now.workflow_id)) do
           local step = H.load(id)
           if step.state == S.cancelled then H.requeue(step) end
         end
@@ -551,10 +672,10 @@ end
 
 CMD.cancel_workflow = function(a)
   local w = a[1]
-  local f = redis.call('HMGET', P .. 'w:' .. w, 'state', 'steps')
-  if not f[1] then return {'!', 'workflow_not_found', w} end
-  if W_FINAL[f[1]] then return {'!', 'workflow_finished', w, f[1]} end
-  for _, id in ipairs(H.split(f[2])) do
+  local state = redis.call('HGET', P .. 'w:' .. w, 'state')
+  if not state then return {'!', 'workflow_not_found', w} end
+  if W_FINAL[state] then return {'!', 'workflow_finished', w, state} end
+  for _, id in ipairs(H.workflow_jobs(w)) do
     local j = H.load(id)
     if j.state == S.running then
       H.set(j, 'cancel_requested', '1'); H.set(j, 'reason', WORKFLOW_CANCELLED); H.flush(j)
@@ -615,9 +736,8 @@ CMD.rescue = function(a)
 end
 
 function H.workflow_prunable(w, states, cutoff)
-  local f = redis.call('HMGET', P .. 'w:' .. w, 'state', 'steps')
-  if not W_PRUNABLE[f[1]] then return false end
-  for _, id in ipairs(H.split(f[2])) do
+  if not W_PRUNABLE[redis.call('HGET', P .. 'w:' .. w, 'state')] then return false end
+  for _, id in ipairs(H.workflow_jobs(w)) do
     local g = redis.call('HMGET', P .. 'j:' .. id, 'state', 'finished_at')
     if not states[g[1]] or not g[2] or g[2] >= cutoff then return false end
   end
@@ -625,14 +745,14 @@ function H.workflow_prunable(w, states, cutoff)
 end
 
 function H.delete_workflow(w)
-  local f = redis.call('HMGET', P .. 'w:' .. w, 'state', 'steps', 'idempotency_key')
-  local steps = H.split(f[2])
-  for _, id in ipairs(steps) do H.delete_job(H.load(id)) end
-  if f[3] then redis.call('HDEL', P .. 'wkeys', f[3]) end
+  local f = redis.call('HMGET', P .. 'w:' .. w, 'state', 'idempotency_key')
+  local jobs = H.workflow_jobs(w)
+  for _, id in ipairs(jobs) do H.delete_job(H.load(id)) end
+  if f[2] then redis.call('HDEL', P .. 'wkeys', f[2]) end
   redis.call('DEL', P .. 'w:' .. w)
   redis.call('ZREM', P .. 'wfs', w)
   redis.call('ZREM', P .. 'wst:' .. f[1], w)
-  return #steps
+  return #jobs
 end
 
 -- One batch of prune: the finished jobs from ``offset`` on, in finished_at order.
@@ -720,7 +840,7 @@ CMD.list_jobs = function(a)
   end
   local found = {}
   if a[4] ~= '' then
-    local steps = H.split(redis.call('HGET', P .. 'w:' .. a[4], 'steps') or nil)
+    local steps = H.workflow_jobs(a[4])
     local lo, hi = tonumber(f.after) or -1, tonumber(f.before) or math.huge
     local first, last, step = 1, #steps, 1
     if f.newest then first, last, step = #steps, 1, -1 end

@@ -145,5 +145,6 @@ def decode_workflow(f: dict[str, str]) -> WorkflowRecord:
         created_at=decode_time(f["created_at"]),
         finished_at=_optional_time(f, "finished_at"),
         name=f.get("name"),
+        on_failure=int(f["on_failure"]) if "on_failure" in f else None,
         idempotency_key=f.get("idempotency_key"),
     )

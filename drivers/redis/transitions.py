@@ -23,17 +23,18 @@ from taskharbor.spec.records import CANCELLED_BY_REQUEST
 from taskharbor.spec.table import FINISHED_JOB_STATES, JOB, NEW, JobEvent, JobState
 
 GUARD_LUA = {
-    "waits_on_dependencies": "(tonumber(j.left or '0') > 0)",
+    "waits_on_dependencies": "(j.callback ~= nil or tonumber(j.left or '0') > 0)",
     "run_at_in_future": "(j.run_at > NOW)",
     "cancel_requested": "(j.cancel_requested == '1')",
     "permanent": "C.permanent",
     "attempts_exhausted": "(tonumber(j.attempt) >= tonumber(j.max_attempts))",
 }
 """Each guard of ``JOB_GUARDS`` as a Lua predicate on the stored job ``j`` (times are
-fixed-width microsecond strings, so comparing them as strings is exact)."""
+fixed-width microsecond strings, so comparing them as strings is exact; a workflow's
+failure callback, marked ``callback``, always waits: its workflow moves it on)."""
 
 GIVEN_LUA = {
-    (JobEvent.RELEASE, "args"): "H.released_args(j)",
+    (JobEvent.RELEASE, "args"): "H.released_args(j, C)",
     (JobEvent.REQUEUE, "args"): "H.requeued_args(j, target)",
     (JobEvent.LEASE, "leased_by"): "C.worker",
     (JobEvent.SUCCEED, "result"): "C.result",
