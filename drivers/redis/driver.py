@@ -89,7 +89,9 @@ BATCH = 500
 """Jobs per script run of promote, rescue and prune: a large backlog never blocks the
 server for long (each run is atomic; the call loops until the work is done)."""
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+"""1: the first store; 2: flow control (the running counts its guards read, which a store
+of version 1 gets from its running jobs when it is migrated)."""
 
 CAPABILITIES = Capabilities(
     multi_process=True,
@@ -98,6 +100,7 @@ CAPABILITIES = Capabilities(
     failure_callbacks=True,
     workflow_idempotency=True,
     queue_pause=True,
+    flow_control=True,
 )
 """What every Redis store declares; ``persistent`` depends on the server (:meth:`migrate`)."""
 
@@ -139,9 +142,9 @@ class RedisDriver(RedisSchedules, RedisQueues, Driver):
     # -- the store ------------------------------------------------------------
 
     def migrate(self) -> None:
-        """Mark the store's version, and read what durability the server gives."""
+        """Bring the store to this version, and read what durability the server gives."""
         try:
-            self._client.hsetnx(self.prefix + "meta", "version", SCHEMA_VERSION)
+            self._call("migrate", SCHEMA_VERSION)
             self.durability = read_durability(self._client)
         except redis.RedisError as exc:
             raise self._store_error(exc) from exc

@@ -27,7 +27,11 @@ Cluster keeps the whole store in one slot):
 ``P wkeys``         hash: workflow idempotency key -> workflow id
 ``P paused``        hash: paused queue -> when it was paused (:mod:`.queues`)
 ``P wake``          pub/sub channel: a queue's name when one of its jobs became available
+``P meta``          hash: the store's ``version``
 =================== ==============================================================
+
+Flow control's counts and sets (``P run:task``, ``P run:key``, ``P seq:<key>``,
+``P starts:<bucket>``) and the lease's walk past held-back jobs are :mod:`.flow`'s.
 
 Lua's numbers are doubles, and a microsecond count since year 1 exceeds 2**53:
 times stay strings (compared as strings, added with :func:`t_add` on split
@@ -52,6 +56,8 @@ from taskharbor.spec.records import (
 )
 from taskharbor.spec.table import WORKFLOW, WorkflowState
 
+from .flow import FLOW_LUA
+from .rows import REQUEST_FIELDS
 from .transitions import CONSTANTS_LUA, TRANSITIONS_LUA
 
 
@@ -129,9 +135,9 @@ def _has_event(source: str, target: str) -> bool:
 
 _HELPERS = r"""
 local P = KEYS[1]
-local REQUEST_FIELDS = 10
 local NOW
 local H = {}
+local F = {}
 local CMD = {}
 local WAKE = {}
 
@@ -200,6 +206,7 @@ function H.unindex(j)
     redis.call('ZREM', P .. 'finished', j.finished_at .. ':' .. id)
   end
   redis.call('ZREM', P .. 'st:' .. s, id)
+  F.leave(j, s)
   redis.call('HINCRBY', P .. 'counts', j.queue .. '\0' .. s, -1)
   if H.is_step(j) then redis.call('HINCRBY', P .. 'w:' .. j.workflow_id, 'n:' .. s, -1) end
 end
@@ -217,6 +224,7 @@ function H.index(j)
     redis.call('ZADD', P .. 'finished', j.finished_at, j.finished_at .. ':' .. id)
   end
   redis.call('ZADD', P .. 'st:' .. s, id, id)
+  F.enter(j, s)
   redis.call('HINCRBY', P .. 'counts', j.queue .. '\0' .. s, 1)
   if H.is_step(j) then redis.call('HINCRBY', P .. 'w:' .. j.workflow_id, 'n:' .. s, 1) end
 end
@@ -270,6 +278,7 @@ function H.new_job(a, b, workflow_id, deps, input, callback)
   }
   j.run_at = a[b + 6] ~= '' and a[b + 6] or NOW
   if a[b + 10] ~= '' then j.headers = a[b + 10] end
+  F.fields(j, a, b + 10)
   if a[b + 8] ~= '' then
     j.idempotency_key = a[b + 8]
     redis.call('HSET', P .. 'keys', a[b + 8], id)
@@ -533,26 +542,28 @@ function H.unpaused(names)
   return out
 end
 
+-- The candidates in lease order; one that a flow guard holds back (RESOLVE gives nil)
+-- stays available, and the walk goes on to the next, past LOOK_AHEAD of them at most.
 CMD.lease = function(a)
   local lease_until, worker, limit, nq = H.t_add(NOW, a[1]), a[2], tonumber(a[3]), tonumber(a[4])
-  local queues = H.unpaused({unpack(a, 5, 4 + nq)})
-  local candidates = {}
-  for _, q in ipairs(queues) do
-    local items = redis.call('ZRANGE', P .. 'ready:' .. q, 0, limit - 1, 'WITHSCORES')
-    for i = 1, #items, 2 do candidates[#candidates + 1] = {tonumber(items[i + 1]), items[i]} end
-  end
-  if #queues > 1 then
-    table.sort(candidates, function(x, y)
-      if x[1] ~= y[1] then return x[1] < y[1] end
-      return x[2] < y[2]
-    end)
-  end
-  local out = {}
-  for i = 1, math.min(limit, #candidates) do
-    local j = H.load(tonumber(string.sub(candidates[i][2], 19)))
-    local C = {token = a[4 + nq + i], worker = worker, lease_until = lease_until}
-    H.move(j, 'lease', RESOLVE.lease(j, C), C)
-    out[#out + 1] = H.flat(j)
+  local names = H.unpaused({unpack(a, 5, 4 + nq)})
+  local next_candidate = F.candidates(names, limit, limit + LOOK_AHEAD)
+  local out, passed = {}, 0
+  while #out < limit and passed < LOOK_AHEAD do
+    local member, cursor = next_candidate()
+    if not member then break end
+    local id = string.match(string.sub(member, 19), '^0*(%d+)$')
+    local C = {token = a[4 + nq + #out + 1], worker = worker, lease_until = lease_until}
+    local target = RESOLVE.lease(F.guarded(id), C)
+    if target then
+      local j = H.load(id)
+      H.move(j, 'lease', target, C)
+      F.started(j, C.token)
+      out[#out + 1] = H.flat(j)
+    else
+      cursor.held = cursor.held + 1
+      passed = passed + 1
+    end
   end
   return out
 end
@@ -909,6 +920,20 @@ CMD.list_workflows = function(a)
   return out
 end
 
+-- Mark a new store with version ``a[1]``; bring an older one to it.  Version 1 kept
+-- no running counts: they are counted from its running jobs (none of which has a key).
+CMD.migrate = function(a)
+  local version = redis.call('HGET', P .. 'meta', 'version')
+  if version == '1' then
+    redis.call('DEL', P .. 'run:task')
+    for _, id in ipairs(redis.call('ZRANGE', P .. 'st:' .. S.running, 0, -1)) do
+      redis.call('HINCRBY', P .. 'run:task', redis.call('HGET', P .. 'j:' .. id, 'task'), 1)
+    end
+  end
+  if version == nil or version == '1' then redis.call('HSET', P .. 'meta', 'version', a[1]) end
+  return redis.call('HGET', P .. 'meta', 'version')
+end
+
 CMD.ready = function(a)
   local n = 0
   for _, q in ipairs(H.unpaused(a)) do n = n + redis.call('ZCARD', P .. 'ready:' .. q) end
@@ -934,7 +959,9 @@ def build_library(extra: str = "") -> str:
         [
             CONSTANTS_LUA,
             _workflow_constants(),
+            f"local REQUEST_FIELDS = {REQUEST_FIELDS}",
             _HELPERS,
+            FLOW_LUA,
             TRANSITIONS_LUA,
             _COMMANDS,
             extra,

@@ -14,6 +14,7 @@ from typing import Any
 
 from taskharbor.drivers.corrupt_rows import payload_args, payload_headers, payload_kwargs
 from taskharbor.spec import CorruptJob
+from taskharbor.spec.flow import FlowLimits, flow_from_text, flow_text, rate_bucket
 from taskharbor.spec.records import (
     JSON,
     EnqueueRequest,
@@ -47,8 +48,47 @@ def encode_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+FLOW_FIELDS = (
+    "flow",
+    "flow_key",
+    "flow_concurrency",
+    "flow_key_concurrency",
+    "flow_sequence",
+    "flow_rate",
+    "flow_window",
+    "flow_bucket",
+)
+"""A job's flow fields (:mod:`.flow`), in the order :func:`flow_fields` gives them."""
+
+
+def flow_fields(limits: FlowLimits | None, task: str) -> list[str]:
+    """The script arguments of a new job's limits (empty strings: no such limit)."""
+    if limits is None:
+        return [""] * len(FLOW_FIELDS)
+    rate = limits.rate
+    return [
+        flow_text(limits),
+        limits.key or "",
+        _count(limits.concurrency),
+        _count(limits.key_concurrency),
+        "" if limits.sequence is None else limits.sequence.value,
+        "" if rate is None else str(rate.starts),
+        "" if rate is None else str(micros(rate.window)),
+        rate_bucket(task, limits) or "",
+    ]
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+REQUEST_FIELDS = 10 + len(FLOW_FIELDS)
+"""How many script arguments :func:`request_fields` gives per job."""
+
+
 def request_fields(request: EnqueueRequest) -> list[str]:
-    """The script arguments of one new job (``REQUEST_FIELDS`` of the library)."""
+    """The script arguments of one new job (``REQUEST_FIELDS`` of the library): its
+    fields, then its flow fields."""
     run_at = request.run_at
     return [
         request.task,
@@ -61,6 +101,7 @@ def request_fields(request: EnqueueRequest) -> list[str]:
         request.idempotency_key or "",
         policy_text(request.retry),
         encode_json(dict(request.headers)) if request.headers else "",
+        *flow_fields(request.flow, request.task),
     ]
 
 
@@ -133,6 +174,7 @@ def _decode(f: dict[str, Any]) -> JobRecord:
         depends_on=tuple(int(x) for x in depends.split(",")) if depends else (),
         retry=policy_from_text(f["retry"]),
         headers=payload_headers(json.loads(f["headers"])) if "headers" in f else {},
+        flow=flow_from_text(f["flow"]) if "flow" in f else None,
     )
 
 

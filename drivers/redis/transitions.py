@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from taskharbor.spec.effects import Effect, field_effects
 from taskharbor.spec.records import CANCELLED_BY_REQUEST
-from taskharbor.spec.table import FINISHED_JOB_STATES, JOB, NEW, JobEvent, JobState
+from taskharbor.spec.table import FINISHED_JOB_STATES, JOB, NEW, Choice, JobEvent, JobState
+
+from .flow import GUARDS_LUA
 
 GUARD_LUA = {
     "waits_on_dependencies": "(j.callback ~= nil or tonumber(j.left or '0') > 0)",
@@ -28,10 +30,12 @@ GUARD_LUA = {
     "cancel_requested": "(j.cancel_requested == '1')",
     "permanent": "C.permanent",
     "attempts_exhausted": "(tonumber(j.attempt) >= tonumber(j.max_attempts))",
+    **GUARDS_LUA,
 }
 """Each guard of ``JOB_GUARDS`` as a Lua predicate on the stored job ``j`` (times are
 fixed-width microsecond strings, so comparing them as strings is exact; a workflow's
-failure callback, marked ``callback``, always waits: its workflow moves it on)."""
+failure callback, marked ``callback``, always waits: its workflow moves it on; the flow
+guards are :mod:`.flow`'s)."""
 
 GIVEN_LUA = {
     (JobEvent.RELEASE, "args"): "H.released_args(j, C)",
@@ -70,14 +74,25 @@ def _effect_lua(event: JobEvent, field: str, effect: Effect) -> str:
     return f"H.set(j, {_lua_string(field)}, {value})"
 
 
+def _condition(choice: Choice) -> str:
+    """When ``choice`` is taken: one of its guards holds (if it has any) and none of
+    its ``unless`` guards (a lease's flow guards; ``nil`` then: the job is held back)."""
+    parts = []
+    if choice.guards:
+        parts.append("(" + " or ".join(GUARD_LUA[guard] for guard in choice.guards) + ")")
+    if choice.unless:
+        parts.append("not (" + " or ".join(GUARD_LUA[guard] for guard in choice.unless) + ")")
+    return " and ".join(parts)
+
+
 def _resolve_function(event: JobEvent) -> str:
     lines = [f"RESOLVE[{_lua_string(event)}] = function(j, C)", "  local s = j.state"]
     for source in sorted(JOB.sources(event)):
         lines.append(f"  if s == {_state(source)} then")
         for choice in JOB.options(event, source):
             target = _state(choice.target)
-            if choice.guards:
-                condition = " or ".join(GUARD_LUA[guard] for guard in choice.guards)
+            condition = _condition(choice)
+            if condition:
                 lines.append(f"    if {condition} then return {target} end")
             else:
                 lines.append(f"    do return {target} end")

@@ -1,0 +1,52 @@
+"""Flow control in the Redis store: a store from before it upgrades with its running
+jobs counted, and a lease passes over a bounded number of held-back jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from driver_registry import DriverFactory, redis_store
+from taskharbor.spec import Completion, EnqueueRequest, FakeClock, FlowLimits, JobState
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[DriverFactory]:
+    with redis_store(tmp_path) as factory:
+        yield factory
+
+
+def test_a_store_from_before_flow_control_counts_its_running_jobs(make: DriverFactory) -> None:
+    from taskharbor.drivers.redis import RedisDriver
+
+    driver = make(FakeClock())
+    assert isinstance(driver, RedisDriver)
+    driver.enqueue([EnqueueRequest("t")])
+    (running,) = driver.lease(["default"], 1, 30, "w")
+    client = driver._client
+    client.hset(driver.prefix + "meta", "version", "1")  # as version 1 left it: no counts
+    client.delete(driver.prefix + "run:task")
+    driver.migrate()
+    driver.migrate()  # a second worker starting: counted once
+    assert client.hget(driver.prefix + "meta", "version") == "2"
+    held = driver.enqueue([EnqueueRequest("t", flow=FlowLimits(concurrency=1))])[0].job
+    assert driver.lease(["default"], 10, 30, "w") == []
+    assert not driver.complete([Completion(running.id, str(running.lease_token))])
+    assert [job.id for job in driver.lease(["default"], 10, 30, "w")] == [held.id]
+
+
+def test_a_lease_passes_over_at_most_look_ahead_held_back_jobs(make: DriverFactory) -> None:
+    from taskharbor.drivers.redis.flow import LOOK_AHEAD
+
+    driver = make(FakeClock())
+    limited = EnqueueRequest("t", flow=FlowLimits(key="k", key_concurrency=1))
+    driver.enqueue([limited])
+    assert len(driver.lease(["default"], 1, 30, "w")) == 1  # the key's one slot is taken
+    results = driver.enqueue(
+        [limited] * (LOOK_AHEAD - 1) + [EnqueueRequest("free"), limited, EnqueueRequest("late")]
+    )
+    free, late = results[LOOK_AHEAD - 1].job, results[-1].job
+    assert [job.id for job in driver.lease(["default"], 2, 30, "w")] == [free.id]
+    assert driver.get([late.id])[0].state is JobState.AVAILABLE
