@@ -111,6 +111,7 @@ class Store:
     kind: str
     location: str
     schema: str | None = None
+    """The PostgreSQL schema, or the Redis key prefix."""
 
     def argv(self) -> list[str]:
         return [self.kind, self.location] + ([] if self.schema is None else [self.schema])
@@ -119,13 +120,19 @@ class Store:
     def from_argv(cls, argv: list[str]) -> Store:
         if len(argv) == 2 and argv[0] == "sqlite":
             return cls("sqlite", argv[1])
-        if len(argv) == 3 and argv[0] == "postgres":
-            return cls("postgres", argv[1], argv[2])
-        raise SystemExit(f"usage: sqlite PATH | postgres CONNINFO SCHEMA, not {argv}")
+        if len(argv) == 3 and argv[0] in ("postgres", "redis"):
+            return cls(argv[0], argv[1], argv[2])
+        raise SystemExit(
+            f"usage: sqlite PATH | postgres CONNINFO SCHEMA | redis URL PREFIX, not {argv}"
+        )
 
     def open_app(self) -> th.App:
         if self.kind == "sqlite":
             return th.App(f"sqlite:///{self.location}")
+        if self.kind == "redis" and self.schema is not None:
+            from taskharbor.drivers.redis import RedisDriver
+
+            return th.App(driver=RedisDriver(self.location, prefix=self.schema))
         from taskharbor.drivers.postgres import PostgresDriver
 
         if self.schema is None:

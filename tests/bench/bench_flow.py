@@ -2,6 +2,7 @@
 same jobs without limits, on each store in the same run (target: at least 0.5).
 
 Run: ``make bench``, or ``.venv/bin/python tests/bench/bench_flow.py [--scale F]``.
+Redis runs on a redis-server of the script's own (skipped without ``redis-server``).
 
 ``JOBS`` jobs are enqueued over ``KEYS`` keys (job ``n`` has key ``n % KEYS``, so
 the keys take turns in lease order), each with ``key_concurrency=1``; then
@@ -15,15 +16,17 @@ every job succeeded once.
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 from common import POSTGRES_URL, scratch_schema
+from redis_server import private_server
 from rich.console import Console
 from rich.table import Table
 
@@ -32,7 +35,7 @@ from taskharbor.spec import Completion, Driver, EnqueueRequest, FlowLimits, JobS
 WORKERS = 4
 KEYS = 1_000
 BATCH = 10
-JOBS = {"memory": 20_000, "sqlite": 10_000, "postgres": 10_000}
+JOBS = {"memory": 20_000, "sqlite": 10_000, "postgres": 10_000, "redis": 10_000}
 TARGET = 0.5
 
 Factory = Callable[[], Driver]
@@ -110,22 +113,36 @@ def postgres(url: str) -> Iterator[Factory]:
         yield lambda: PostgresDriver(url, schema=schema, notifications=False, pool_size=1)
 
 
+@contextmanager
+def redis_store(url: str) -> Iterator[Factory]:
+    from taskharbor.drivers.redis import RedisDriver
+
+    prefix = f"bench_{uuid.uuid4().hex[:8]}"
+    yield lambda: RedisDriver(url, prefix=prefix, poll_interval=0.05)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--url", default=POSTGRES_URL, help="PostgreSQL URL (a scratch server)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every job count")
+    parser.add_argument("--stores", default=",".join(JOBS), help="comma-separated stores to run")
     args = parser.parse_args(argv)
     title = f"lease + complete, {WORKERS} workers, batches of {BATCH}, {KEYS:,} keys"
     table = Table(title=title)
     for column in ("store", "jobs", "per-key limit jobs/s", "no limits jobs/s", "ratio", "≥ 0.5"):
         table.add_column(column, justify="right")
-    with tempfile.TemporaryDirectory() as folder:
-        stores = {
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as servers:
+        stores: dict[str, Callable[[], AbstractContextManager[Factory]]] = {
             "memory": lambda: memory(),
             "sqlite": lambda: sqlite(Path(folder)),
             "postgres": lambda: postgres(args.url),
         }
+        if shutil.which("redis-server") is not None:
+            redis_url = servers.enter_context(private_server())
+            stores["redis"] = lambda: redis_store(redis_url)
         for name, store in stores.items():
+            if name not in args.stores.split(","):
+                continue
             count = max(KEYS, int(JOBS[name] * args.scale))
             with store() as make:
                 plain = lease_rate(make, count, limited=False)

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -23,39 +19,11 @@ import peers_redis
 import redis
 import taskharbor_harness as harbor
 from common import Figures
+from redis_server import private_server
 from rich.console import Console
 from rich.table import Table
 
 SIZES = {"process": 5_000, "single": 2_000, "bulk": 20_000, "latency": 100}
-
-
-@contextmanager
-def private_server() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="taskharbor-bench-redis-") as folder:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = subprocess.Popen(
-            [
-                "redis-server",
-                *("--port", str(port), "--bind", "127.0.0.1", "--dir", folder),
-                *("--save", "", "--appendonly", "no", "--logfile", f"{folder}/redis.log"),
-            ]
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        try:
-            yield url
-        finally:
-            client.close()
-            server.terminate()
-            server.wait(30)
 
 
 def harbor_stores(url: str) -> Callable[[], AbstractContextManager[str]]:

@@ -18,7 +18,13 @@ from typing import Any
 from unprivileged import Python, ordinary_python
 from workflow_crash_app import Store
 
-from driver_registry import POSTGRES_URL, skip_without_postgres
+from driver_registry import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_redis_prefix,
+    skip_without_postgres,
+    skip_without_redis,
+)
 
 FAST_WORKER: dict[str, Any] = {
     "concurrency": 2,
@@ -32,9 +38,13 @@ FAST_WORKER: dict[str, Any] = {
 
 @contextmanager
 def fresh_store(kind: str, tmp_path: Path) -> Iterator[Store]:
-    """An empty, migrated store: a SQLite file, or a PostgreSQL schema dropped afterwards."""
+    """An empty, migrated store: a SQLite file, or a PostgreSQL schema or a Redis key
+    prefix dropped afterwards."""
     if kind == "sqlite":
         yield Store("sqlite", str(tmp_path / "jobs.db"))
+        return
+    if kind == "redis":
+        yield from _fresh_redis_store()
         return
     skip_without_postgres()
     import psycopg
@@ -50,6 +60,20 @@ def fresh_store(kind: str, tmp_path: Path) -> Iterator[Store]:
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _fresh_redis_store() -> Iterator[Store]:
+    skip_without_redis()
+    from taskharbor.drivers.redis import RedisDriver
+
+    prefix = f"th_fault_{uuid.uuid4().hex[:12]}"
+    driver = RedisDriver(REDIS_URL, prefix=prefix)
+    driver.migrate()
+    driver.close()
+    try:
+        yield Store("redis", REDIS_URL, prefix)
+    finally:
+        drop_redis_prefix(prefix)
 
 
 def read_ledger(ledger: Path) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Flow limits through SIGKILLs on PostgreSQL: caps never exceeded, sequences in order.
+"""Flow limits through SIGKILLs on PostgreSQL and Redis: caps never exceeded, sequences
+in order.
 
 Four worker processes (four slots each, so sixteen slots for a global cap of
 :data:`~fault_worker.KEYED_CAP`) run ``fault.keyed`` jobs over twenty keys with
@@ -41,7 +42,7 @@ KILLS = scaled(4, 12)
 KILL_EVERY = (0.3, 1.0)
 TIMEOUT = scaled(180, 900)
 
-pytestmark = pytest.mark.postgres
+STORES = [pytest.param("postgres", marks=pytest.mark.postgres), "redis"]
 
 
 def slots(
@@ -100,10 +101,11 @@ def sequence_breaks(jobs: dict[int, th.Job], entries: list[dict[str, Any]]) -> l
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_flow_limits_hold_through_random_kills(seed: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", STORES)
+def test_flow_limits_hold_through_random_kills(kind: str, seed: int, tmp_path: Path) -> None:
     rng = random.Random(seed)
     ledger = tmp_path / "ledger.jsonl"
-    with fresh_store("postgres", tmp_path) as store:
+    with fresh_store(kind, tmp_path) as store:
         app, _ = make_app(store, ledger)
         keyed = app.tasks[KEYED_TASK]
         ids = [keyed.enqueue(n, f"k{n % KEYS}", rng.uniform(0.02, 0.1)).id for n in range(JOBS)]
@@ -127,7 +129,7 @@ def test_flow_limits_hold_through_random_kills(seed: int, tmp_path: Path) -> Non
     most_key, most_total = most_at_once(slots(jobs, entries, fleet.kills))
     fault_table.record(
         fault_table.Row(
-            f"SIGKILL under flow limits (postgres, seed {seed})",
+            f"SIGKILL under flow limits ({kind}, seed {seed})",
             JOBS,
             KILLS,
             *vars(figures).values(),
