@@ -70,6 +70,7 @@ from .maintenance import PromotingRules, PruningRules, RescuingRules
 from .metadata import JobMetadataRules
 from .operators import CancellingRules, RequeueingRules
 from .own_clock import OwnClockRules
+from .partial_chords import PartialChordRules
 from .processes import CrashPlan, FleetPlan, OpenStore, ProcessRules, run_crash, run_fleet
 from .queues import QueuePauseRules
 from .reading import ReadingRules, WorkflowListingRules
@@ -108,6 +109,7 @@ class ConformanceSuite(
     WorkflowDataRules,
     WorkflowFailureRules,
     WorkflowFailureCallbackRules,
+    PartialChordRules,
     WorkflowCancellationRules,
     WorkflowPruningRules,
     WorkflowIdempotencyRules,

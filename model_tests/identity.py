@@ -72,6 +72,9 @@ class IdentityMap:
         self.callbacks: set[JobId] = set()
         """The driver's ids of failure callbacks, whose first arg (once released)
         names a workflow and a job in the driver's ids."""
+        self.partial: set[JobId] = set()
+        """The driver's ids of partial steps taking an input, whose second arg (once
+        released) lists :func:`~taskharbor.spec.member_failure` in the driver's ids."""
         self._reasons: dict[str, str] = {}
 
     def link_job(self, model: JobId, driver: JobId) -> None:
@@ -83,7 +86,18 @@ class IdentityMap:
 
     def args_to_model(self, job_id: JobId, args: tuple[JSON, ...]) -> tuple[JSON, ...]:
         """A job's args in the model's ids: a released failure callback's first arg
-        (:func:`~taskharbor.spec.step_failure`) names a workflow and a step."""
+        (:func:`~taskharbor.spec.step_failure`) names a workflow and a step, a released
+        partial step's second arg lists failed steps."""
+        if job_id in self.partial and len(args) >= 2 and _member_failures(args[1]):
+            failures = [
+                {
+                    **failure,
+                    "job_id": self.jobs.to_model(failure["job_id"]),
+                    "reason": self.reason_to_model(failure["reason"]),
+                }
+                for failure in args[1]
+            ]
+            return (args[0], failures, *args[2:])
         if job_id not in self.callbacks or not args or not isinstance(args[0], dict):
             return args
         failure = dict(args[0])
@@ -96,3 +110,17 @@ class IdentityMap:
         if reason is None:
             return None
         return self._reasons.get(reason, reason)
+
+
+_FAILURE_FIELDS = frozenset(
+    ("index", "job_id", "task", "state", "attempt", "type", "message", "reason")
+)
+"""The keys of :func:`~taskharbor.spec.member_failure`'s dict."""
+
+
+def _member_failures(value: JSON) -> bool:
+    """Whether ``value`` is a list of ``member_failure`` dicts (a drawn own arg never
+    has exactly their fields)."""
+    return isinstance(value, list) and all(
+        isinstance(item, dict) and item.keys() == _FAILURE_FIELDS for item in value
+    )

@@ -7,7 +7,7 @@ oracle, but an oracle that breaks the contract's own invariants is a bug too.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
 from taskharbor.spec import (
@@ -74,7 +74,14 @@ def job_problems(job: JobRecord) -> list[str]:
     return [f"job {job.id}: {problem}" for problem in problems]
 
 
-def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord]) -> list[str]:
+def workflow_problems(
+    workflow: WorkflowRecord,
+    jobs: Mapping[JobId, JobRecord],
+    tolerated: Collection[JobId] = (),
+    partial: Collection[JobId] = (),
+) -> list[str]:
+    """What is wrong with ``workflow`` in ``jobs``; ``tolerated`` and ``partial`` hold
+    the ids of the steps so marked in its graph."""
     if not isinstance(workflow.state, WorkflowState):
         return [f"workflow {workflow.id}: state {workflow.state!r} is not a WorkflowState"]
     members = (
@@ -85,7 +92,7 @@ def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord])
         return [f"workflow {workflow.id}: steps {missing} are gone but the workflow is not"]
     steps = [jobs[step] for step in workflow.steps]
     problems = not_utc({"created_at": workflow.created_at, "finished_at": workflow.finished_at})
-    expected = derive_workflow_state(step.state for step in steps)
+    expected = derive_workflow_state(step.state for step in steps if step.id not in tolerated)
     if workflow.state is not expected:
         problems.append(f"state {workflow.state}, but its steps make it {expected}")
     if (workflow.finished_at is not None) != (workflow.state is not WorkflowState.RUNNING):
@@ -93,9 +100,10 @@ def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord])
     for step in steps:
         if step.workflow_id != workflow.id:
             problems.append(f"step {step.id} says it belongs to workflow {step.workflow_id}")
-        waiting = any(jobs[dep].state is not JobState.SUCCEEDED for dep in step.depends_on)
+        awaited = FINISHED_JOB_STATES if step.id in partial else {JobState.SUCCEEDED}
+        waiting = any(jobs[dep].state not in awaited for dep in step.depends_on)
         if step.state is JobState.PENDING and not waiting:
-            problems.append(f"step {step.id} is pending but all its dependencies succeeded")
+            problems.append(f"step {step.id} is pending but its dependencies are done")
     if workflow.on_failure is not None:
         callback = jobs[workflow.on_failure]
         if workflow.on_failure in workflow.steps or callback.depends_on:
@@ -105,8 +113,11 @@ def workflow_problems(workflow: WorkflowRecord, jobs: Mapping[JobId, JobRecord])
     return [f"workflow {workflow.id}: {problem}" for problem in problems]
 
 
-def snapshot_problems(view: Snapshot) -> list[str]:
-    """Every invariant broken by one store's state."""
+def snapshot_problems(
+    view: Snapshot, tolerated: Collection[JobId] = (), partial: Collection[JobId] = ()
+) -> list[str]:
+    """Every invariant broken by one store's state (``tolerated`` and ``partial``: the
+    steps so marked in the graphs the harness enqueued)."""
     problems: list[str] = []
     for job in view.jobs.values():
         problems += job_problems(job)
@@ -117,5 +128,5 @@ def snapshot_problems(view: Snapshot) -> list[str]:
         problems.append(f"count() {dict(view.counts)} disagrees with the stored jobs {counted}")
     for workflow in view.workflows.values():
         if workflow is not None:
-            problems += workflow_problems(workflow, view.jobs)
+            problems += workflow_problems(workflow, view.jobs, tolerated, partial)
     return problems

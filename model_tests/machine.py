@@ -37,6 +37,7 @@ from taskharbor.spec import (
     WorkflowFilter,
     WorkflowId,
     WorkflowState,
+    tolerated_steps,
 )
 from taskharbor.spec.model import ReferenceModel
 from taskharbor.spec.records import JSON
@@ -163,6 +164,10 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
         """Every job either store created, by the model's id, in creation order."""
         self.newest_driver_id = 0
         self.workflow_ids: list[WorkflowId] = []
+        self.tolerated: set[JobId] = set()
+        """The model's ids of tolerated steps (``tolerated_steps``)."""
+        self.partial: set[JobId] = set()
+        """The model's ids of partial steps."""
         self.leases: list[LeaseRef] = []
         """Every lease ever given, in the model's terms: live ones and stale ones."""
         self.view = Snapshot({}, {}, {})
@@ -363,6 +368,8 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
             graph = replace(graph, on_failure=None)
         if not self.driver.capabilities.workflow_idempotency:
             graph = replace(graph, idempotency_key=None)
+        if not self.driver.capabilities.partial_chords:
+            graph = replace(graph, steps=tuple(replace(s, partial=False) for s in graph.steps))
         outcome = self._both(
             "enqueue_workflow",
             lambda: self.model.enqueue_workflow(graph),
@@ -377,6 +384,13 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
         if expected.id not in self.workflow_ids:  # a held key stores nothing
             for mine, theirs in zip(expected.steps, got.steps, strict=True):
                 self._link_new_job(mine, theirs)
+            for index in tolerated_steps(graph.steps):
+                self.tolerated.add(expected.steps[index])
+            for index, spec in enumerate(graph.steps):
+                if spec.partial:
+                    self.partial.add(expected.steps[index])
+                    if spec.input is not None:
+                        self.ids.partial.add(got.steps[index])
             if (expected.on_failure is None) != (got.on_failure is None):
                 raise Divergence(f"enqueue_workflow: on_failure model={expected} driver={got}")
             if expected.on_failure is not None and got.on_failure is not None:
@@ -795,7 +809,8 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
         problems: list[str] = []
         for side, view in (("model", model_view), ("driver", driver_view)):
             problems += [f"{side}: {problem}" for problem in self._unexplained_changes(view)]
-            problems += [f"{side}: {problem}" for problem in snapshot_problems(view)]
+            graphs = (self.tolerated, self.partial)
+            problems += [f"{side}: {problem}" for problem in snapshot_problems(view, *graphs)]
             problems += [f"{side}: {problem}" for problem in flow_problems(view)]
         problems += snapshot_differences(model_view, driver_view)
         _expect("after the step", problems)

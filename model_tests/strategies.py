@@ -196,6 +196,8 @@ class Chord:
 
     header: tuple[Shape, ...]
     callback: Shape
+    partial: bool = False
+    """The callback runs over the members that succeeded (``StepSpec.partial``)."""
 
 
 Shape = Task | Chain | Group | Chord
@@ -207,34 +209,44 @@ class _GraphBuilder:
         self.steps: list[StepSpec] = []
 
     def add(
-        self, shape: Shape, after: tuple[int, ...], input: ResultRef | None
+        self,
+        shape: Shape,
+        after: tuple[int, ...],
+        input: ResultRef | None,
+        partial: bool = False,
     ) -> tuple[ResultRef, tuple[int, ...]]:
         """Append ``shape``'s steps; return its result ref and its last steps.
 
         Every index of the result ref is one of the last steps, so a part
         that takes this result as input can wait for exactly those steps.
+        ``partial`` makes the steps that wait on ``after`` partial ones.
         """
         if isinstance(shape, Task):
             index = len(self.steps)
-            self.steps.append(StepSpec(shape.plan.request(self.now), after=after, input=input))
+            request = shape.plan.request(self.now)
+            self.steps.append(StepSpec(request, after=after, input=input, partial=partial))
             return index, (index,)
         if isinstance(shape, Chain):
-            result, last = self.add(shape.parts[0], after, input)
+            result, last = self.add(shape.parts[0], after, input, partial)
             for part in shape.parts[1:]:
                 result, last = self.add(part, last, result if shape.pass_results else None)
             return result, last
         if isinstance(shape, Group):
-            return self._side_by_side(shape.parts, after, input)
-        header, last = self._side_by_side(shape.header, after, input)
-        return self.add(shape.callback, last, header)
+            return self._side_by_side(shape.parts, after, input, partial)
+        header, last = self._side_by_side(shape.header, after, input, partial)
+        return self.add(shape.callback, last, header, shape.partial)
 
     def _side_by_side(
-        self, parts: tuple[Shape, ...], after: tuple[int, ...], input: ResultRef | None
+        self,
+        parts: tuple[Shape, ...],
+        after: tuple[int, ...],
+        input: ResultRef | None,
+        partial: bool,
     ) -> tuple[ResultRef, tuple[int, ...]]:
         results: list[ResultRef] = []
         last: list[int] = []
         for part in parts:
-            result, part_last = self.add(part, after, input)
+            result, part_last = self.add(part, after, input, partial)
             results.append(result)
             last.extend(part_last)
         return results, tuple(last)
@@ -264,17 +276,20 @@ def _nest(children: st.SearchStrategy[Shape]) -> st.SearchStrategy[Shape]:
     return st.one_of(
         st.builds(Chain, parts, st.booleans()),
         st.builds(Group, parts),
-        st.builds(Chord, st.lists(children, min_size=1, max_size=3).map(tuple), children),
+        st.builds(
+            Chord, st.lists(children, min_size=1, max_size=3).map(tuple), children, st.booleans()
+        ),
     )
 
 
 _STEP_TASKS: st.SearchStrategy[Shape] = _request_plans(st.none()).map(Task)
 
 _FLAT_CHORDS: st.SearchStrategy[Shape] = st.builds(
-    Chord, st.lists(_STEP_TASKS, min_size=2, max_size=3).map(tuple), _STEP_TASKS
+    Chord, st.lists(_STEP_TASKS, min_size=2, max_size=3).map(tuple), _STEP_TASKS, st.booleans()
 )
-"""The plain chord (two or three members, one callback), drawn often on purpose:
-its callback's single release is the hardest workflow rule to get right."""
+"""The plain chord (two or three members, one callback, half of them partial), drawn
+often on purpose: its callback's single release is the hardest workflow rule to get
+right."""
 
 WORKFLOWS = st.builds(
     WorkflowPlan,

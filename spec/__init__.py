@@ -68,8 +68,11 @@ from .records import (
     dependency_reason,
     job_ids,
     map_ref,
+    member_failure,
+    partial_input,
     ref_indexes,
     step_failure,
+    tolerated_steps,
 )
 from .retry import DEFAULT_RETRY, RetryPolicy, retry_delay
 from .spi import Capabilities, Driver
@@ -177,8 +180,11 @@ __all__ = [
     "is_refusal",
     "job_ids",
     "map_ref",
+    "member_failure",
+    "partial_input",
     "rate_bucket",
     "ref_indexes",
     "retry_delay",
     "step_failure",
+    "tolerated_steps",
 ]

@@ -56,7 +56,8 @@ class JobLifecycle(StateMachine):
     """Store a new job.  Idempotency keys are checked before this event."""
 
     release = pending.to(scheduled, cond="run_at_in_future") | pending.to(available)
-    """The last workflow step this job depends on has succeeded."""
+    """The last workflow step this job depends on has succeeded (for a partial step:
+    has ended, however it ended)."""
 
     promote = scheduled.to(available) | retrying.to(available)
     """``run_at`` has come (only jobs whose ``run_at <= now`` are promoted)."""
@@ -115,7 +116,8 @@ JOB_GUARDS: MappingProxyType[str, str] = MappingProxyType(
     {
         "waits_on_dependencies": (
             "the job is a workflow step and at least one step it depends on has not succeeded"
-            " (a workflow's failure callback: always; its workflow moves it on)"
+            " (a partial step: has not ended, succeeded, dead or cancelled;"
+            " a workflow's failure callback: always, its workflow moves it on)"
         ),
         "run_at_in_future": "the job's run_at is later than the driver clock's now",
         "cancel_requested": "somebody asked to cancel the job while it was running",
@@ -150,9 +152,10 @@ class WorkflowLifecycle(StateMachine):
     succeeded = State("Succeeded", final=True)
     """Every step succeeded.  Final."""
     failed = State("Failed")
-    """A step ended ``dead``; the steps depending on it were cancelled."""
+    """A step ended ``dead``; the steps depending on it were cancelled.  (A step whose
+    failure a partial step absorbs does not count: see ``tolerated_steps``.)"""
     cancelled = State("Cancelled")
-    """The workflow, or one of its steps, was cancelled."""
+    """The workflow, or one of its steps, was cancelled (a tolerated step: no)."""
 
     finish = running.to(succeeded)
     """The last step succeeded."""

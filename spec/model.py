@@ -58,7 +58,9 @@ from .records import (
     dependency_reason,
     job_ids,
     map_ref,
+    partial_input,
     step_failure,
+    tolerated_steps,
 )
 from .retry import retry_delay
 from .schedules import (
@@ -123,6 +125,10 @@ class _Store:
     """The paused queues' records, by name."""
     workers: dict[str, WorkerRecord] = field(default_factory=dict)
     """The workers registry, each record as registered and last seen."""
+    partial: set[JobId] = field(default_factory=set)
+    """The partial steps (``StepSpec.partial``)."""
+    tolerated: set[JobId] = field(default_factory=set)
+    """The tolerated steps (``tolerated_steps``): they do not count in the derived state."""
 
     def copy(self) -> _Store:
         return _Store(
@@ -136,6 +142,8 @@ class _Store:
             list(self.starts),
             dict(self.paused),
             dict(self.workers),
+            set(self.partial),
+            set(self.tolerated),
         )
 
 
@@ -161,6 +169,7 @@ class ReferenceModel(Driver):
         schedules=True,
         flow_control=True,
         failure_callbacks=True,
+        partial_chords=True,
         workflow_idempotency=True,
         queue_pause=True,
         workers=True,
@@ -203,7 +212,10 @@ class ReferenceModel(Driver):
     def _facts(self, s: _Store, job: JobRecord, *, permanent: bool = False) -> dict[str, bool]:
         return {
             "waits_on_dependencies": _is_callback(s, job)
-            or any(s.jobs[dep].state != JobState.SUCCEEDED for dep in job.depends_on),
+            or any(
+                s.jobs[dep].state not in _ENDS_AWAITED[job.id in s.partial]
+                for dep in job.depends_on
+            ),
             "run_at_in_future": job.run_at > self._now,
             "cancel_requested": job.cancel_requested,
             "permanent": permanent,
@@ -347,6 +359,9 @@ class ReferenceModel(Driver):
                 ids.append(job.id)
                 s.step_args[job.id] = step.request.args
                 s.step_input[job.id] = None if step.input is None else _to_job_ids(step.input, ids)
+                if step.partial:
+                    s.partial.add(job.id)
+            s.tolerated.update(ids[index] for index in tolerated_steps(graph.steps))
             callback = None
             if graph.on_failure is not None:
                 callback = self._store_job(
@@ -540,6 +555,8 @@ class ReferenceModel(Driver):
                 self._requeue_one(s, job)
                 if job.workflow_id is not None:
                     workflow = s.workflows[job.workflow_id]
+                    if workflow.state == WorkflowState.SUCCEEDED:
+                        continue  # a tolerated step, requeued alone
                     for step_id in _jobs_of(workflow):
                         if s.jobs[step_id].state == JobState.CANCELLED:
                             self._requeue_one(s, s.jobs[step_id])
@@ -573,6 +590,9 @@ class ReferenceModel(Driver):
         ref = s.step_input[job.id]
         if ref is None or job.state == JobState.PENDING:
             return own
+        if job.id in s.partial:
+            assert isinstance(ref, list), "a partial step's input is a list"
+            return (*partial_input(ref, {dep: s.jobs[dep] for dep in job.depends_on}), *own)
         results = {dep: s.jobs[dep].result for dep in job.depends_on}
         return (map_ref(ref, results), *own)
 
@@ -866,14 +886,18 @@ class ReferenceModel(Driver):
             step = s.jobs[step_id]
             if step.state != JobState.PENDING:
                 continue  # dependents of an unfinished step can only be pending
-            if job.state == JobState.SUCCEEDED:
-                ready = not self._facts(s, step)["waits_on_dependencies"]
+            ready = not self._facts(s, step)["waits_on_dependencies"]
+            if step_id in s.partial:
+                if ready:  # every step it waits for has ended, some maybe just now
+                    self._release(s, step)
+            elif job.state == JobState.SUCCEEDED:
                 if job.id in step.depends_on and ready:
                     self._release(s, step)
-            elif self._depends_on(s, step, job.id):
+            elif self._cascades_to(s, step, job.id):
                 reason = dependency_reason(job.id, job.state)
                 self._move(s, step, JobEvent.CANCEL, reason=reason)
-        self._derive_workflow(s, job.workflow_id, dead=job if job.state == JobState.DEAD else None)
+        counted_death = job.state == JobState.DEAD and job.id not in s.tolerated
+        self._derive_workflow(s, job.workflow_id, dead=job if counted_death else None)
 
     def _release(self, s: _Store, step: JobRecord) -> None:
         target = self._resolve(s, step, JobEvent.RELEASE)
@@ -881,10 +905,11 @@ class ReferenceModel(Driver):
         released = self._set(s, step, target, run_at=run_at)
         s.jobs[step.id] = replace(released, args=self._step_args_for(s, released))
 
-    def _depends_on(self, s: _Store, job: JobRecord, ancestor: JobId) -> bool:
-        """Whether ``job`` waits on ``ancestor``, directly or through other steps."""
-        return any(
-            dep == ancestor or self._depends_on(s, s.jobs[dep], ancestor) for dep in job.depends_on
+    def _cascades_to(self, s: _Store, job: JobRecord, ancestor: JobId) -> bool:
+        """Whether ``ancestor`` ending badly cancels ``job``: it waits on ``ancestor``,
+        directly or through other steps, and neither it nor a step between is partial."""
+        return job.id not in s.partial and any(
+            dep == ancestor or self._cascades_to(s, s.jobs[dep], ancestor) for dep in job.depends_on
         )
 
     def _derive_workflow(
@@ -896,7 +921,8 @@ class ReferenceModel(Driver):
         self._states_before.setdefault(workflow_id, workflow.state)
         if dead is not None:
             self._first_dead.setdefault(workflow_id, dead)
-        target = derive_workflow_state(s.jobs[step_id].state for step_id in workflow.steps)
+        counted = (step_id for step_id in workflow.steps if step_id not in s.tolerated)
+        target = derive_workflow_state(s.jobs[step_id].state for step_id in counted)
         if target == workflow.state:
             return
         WORKFLOW.event_for(workflow.state, target, subject=workflow_id)
@@ -990,6 +1016,13 @@ class ReferenceModel(Driver):
         )
         gone = is_gone(worker.last_seen_at, worker.ttl_seconds, self._now)
         return replace(worker, running=tuple(running), gone=gone)
+
+
+_ENDS_AWAITED: Mapping[bool, frozenset[JobState]] = {
+    False: frozenset({JobState.SUCCEEDED}),
+    True: frozenset(FINISHED_JOB_STATES),
+}
+"""The states of a step's dependencies it waits for, by whether it is partial."""
 
 
 def _is_callback(s: _Store, job: JobRecord) -> bool:

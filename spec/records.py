@@ -8,7 +8,7 @@ Requests (``EnqueueRequest``, ``Completion``, ...) validate themselves in
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -414,6 +414,13 @@ class StepSpec:
     request: EnqueueRequest
     after: tuple[int, ...] = ()
     input: ResultRef | None = None
+    partial: bool = False
+    """A partial step (capability ``partial_chords``) waits until every step in
+    ``after`` has *ended*, however it ended, and is released once; a step it waits
+    for that ends dead or cancelled does not cancel it.  Its ``input`` (a list)
+    gives, at release, :func:`partial_input`: the results of the steps that
+    succeeded, and one :func:`member_failure` for each that did not (see
+    "Partial steps" in spec/spi.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +462,14 @@ class WorkflowGraph:
                 raise InvalidRequest(f"workflow step {index} lists a dependency twice")
             if step.input is not None and not step.after:
                 raise InvalidRequest(f"workflow step {index} takes an input but waits for no step")
+            if not isinstance(step.partial, bool):
+                raise InvalidRequest(f"workflow step {index}: partial must be a bool")
+            if step.partial and not step.after:
+                raise InvalidRequest(f"workflow step {index} is partial but waits for no step")
+            if step.partial and not isinstance(step.input, list | None):
+                raise InvalidRequest(
+                    f"workflow step {index} is partial: its input must be a list of refs"
+                )
             if step.input is not None:
                 missing = set(ref_indexes(step.input)) - set(step.after)
                 if missing:
@@ -492,6 +507,72 @@ def step_failure(workflow_id: WorkflowId, step: JobRecord) -> dict[str, JSON]:
         "type": None if last is None else last.type,
         "message": None if last is None else last.message,
     }
+
+
+def tolerated_steps(steps: Sequence[StepSpec]) -> frozenset[int]:
+    """The indexes of the steps whose failure a partial step absorbs: a step with at
+    least one dependent, each of which is partial or itself tolerated.
+
+    A tolerated step that ends dead or cancelled does not fail or cancel its
+    workflow (its path ends at a partial step, which hears about it); every other
+    step counts when the workflow's state is derived.  A step nothing depends on
+    is never tolerated, so a workflow ends only through steps that count.
+    """
+    dependents: dict[int, list[int]] = {index: [] for index in range(len(steps))}
+    for index, step in enumerate(steps):
+        for dep in step.after:
+            dependents[dep].append(index)
+    tolerated: set[int] = set()
+    for index in reversed(range(len(steps))):
+        after = dependents[index]
+        if after and all(steps[d].partial or d in tolerated for d in after):
+            tolerated.add(index)
+    return frozenset(tolerated)
+
+
+def member_failure(index: int, step: JobRecord) -> dict[str, JSON]:
+    """What a partial step hears about one step of its input that did not succeed:
+    its ``index`` (its place among the job ids its input names, flattened, in
+    order: for a chord of jobs or chains, the member's position), its job id,
+    task, end state, attempt, last error (type and message, or None) and
+    ``reason`` (a cancelled step's, else None)."""
+    last = step.errors[-1] if step.errors else None
+    return {
+        "index": index,
+        "job_id": step.id,
+        "task": step.task,
+        "state": str(step.state.value),
+        "attempt": step.attempt,
+        "type": None if last is None else last.type,
+        "message": None if last is None else last.message,
+        "reason": step.reason,
+    }
+
+
+def partial_input(ref: list[ResultRef], steps: Mapping[int, JobRecord]) -> tuple[JSON, JSON]:
+    """The two values a partial step gets in front of its args at release.
+
+    First ``ref`` with each job id replaced by that job's result when it
+    succeeded and left out of its list when it did not (nested lists stay, so
+    a nested group keeps its place, holding its members that succeeded);
+    second the :func:`member_failure` of each job that did not, in ``ref``'s
+    order.  ``steps`` maps each job id ``ref`` names to its stored record.
+    """
+    failures: list[JSON] = []
+    position = 0
+
+    def resolve(item: ResultRef) -> tuple[bool, JSON]:
+        nonlocal position
+        if isinstance(item, int):
+            step, position = steps[item], position + 1
+            if step.state == JobState.SUCCEEDED:
+                return True, step.result
+            failures.append(member_failure(position - 1, step))
+            return False, None
+        values = [value for kept, value in map(resolve, item) if kept]
+        return True, values
+
+    return resolve(ref)[1], failures
 
 
 def map_ref(ref: ResultRef, value_of: Mapping[int, JSON]) -> JSON:

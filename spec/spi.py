@@ -139,12 +139,41 @@ These effects are part of the call that causes them, in the same transaction:
   that depend on an unfinished step are always ``pending`` or finished.)
 * A step is **requeued**: every ``cancelled`` step of the workflow is requeued
   too (``pending`` again while it waits on dependencies).
-* After any of these the workflow's state is derived from its steps: any step
-  ``dead`` -> ``failed``; else any step ``cancelled`` -> ``cancelled``; else
-  every step ``succeeded`` -> ``succeeded``; else ``running``.  A change goes
+* After any of these the workflow's state is derived from its steps that
+  count (all but the tolerated ones, "Partial steps" below): any ``dead`` ->
+  ``failed``; else any ``cancelled`` -> ``cancelled``; else every one
+  ``succeeded`` -> ``succeeded``; else ``running``.  A change goes
   through :data:`taskharbor.spec.table.WORKFLOW` (``event_for``), and sets
   ``finished_at`` (now) when the new state is not ``running``, clears it
   otherwise.
+
+Partial steps (capability ``partial_chords``): a step with ``StepSpec.partial``
+(a chord's callback run over the members that succeeded) waits until every
+step it depends on has *ended*: its ``waits_on_dependencies`` fact is "a step
+it depends on is not ``succeeded``, ``dead`` or ``cancelled``".  So:
+
+* the cascade of a step ending dead or cancelled does not enter a partial step
+  (nor pass through it to the steps after it);
+* any call that ends a step (succeed, fail, rescue, cancel, the cascade) then
+  releases each ``pending`` partial step of the workflow that no longer waits,
+  once: exactly one call observes its last dependency end, even when several
+  end at the same instant in different calls;
+* ``release`` puts the two values of :func:`~taskharbor.spec.records.partial_input`
+  in front of its own args when it has an ``input``: the input's results with
+  the steps that did not succeed left out, then their ``member_failure`` list
+  (``requeue`` straight to ``available`` rebuilds them from the stored steps).
+
+The graph's *tolerated* steps (:func:`~taskharbor.spec.records.tolerated_steps`:
+those whose every dependent is partial or tolerated) do not count when the
+workflow's state is derived, so a member that dies leaves its workflow
+``running`` until the partial step has run, and a workflow whose partial step
+and other counted steps succeed ``succeeded`` whatever its tolerated steps did
+(its failure callback is then cancelled, never called).  A failure callback
+hears about the first *counted* step that ended dead in the call.  Requeue of
+a tolerated step works as for any step while the workflow is unfinished (a
+partial step still pending waits for it again); once the workflow has
+``succeeded``, the step is requeued alone (no other job of the workflow is
+touched) and the workflow's state no longer changes.
 
 Failure callbacks (capability ``failure_callbacks``).  A graph's ``on_failure``
 request is stored by the same ``enqueue_workflow`` call as the steps' jobs,
@@ -295,6 +324,9 @@ class Capabilities:
     ``queue_pause``: the store keeps paused queues (the "Queues" calls of
     :class:`Driver`, :mod:`taskharbor.spec.queues`) and ``lease`` leaves their
     jobs alone; without it those calls raise ``NotImplementedError``.
+    ``partial_chords``: :meth:`Driver.enqueue_workflow` honours a step's
+    ``partial`` flag ("Partial steps" under "Workflows" above); without it the
+    engine refuses such a workflow before it reaches the driver.
     ``workers``: the store keeps the workers registry (the "Workers" calls of
     :class:`Driver`, rules in :mod:`taskharbor.spec.workers`), and ``heartbeat``
     marks the workers holding the leases it extends as seen; without it those
@@ -311,6 +343,7 @@ class Capabilities:
     workflow_idempotency: bool = False
     queue_pause: bool = False
     workers: bool = False
+    partial_chords: bool = False
 
 
 class Driver(abc.ABC):

@@ -246,7 +246,8 @@ def derive_workflow_state(step_states: Iterable[str]) -> WorkflowState:
 
     Any step dead -> failed; else any step cancelled -> cancelled; else every
     step succeeded -> succeeded; else running.  A change of the stored state
-    must then be one :data:`WORKFLOW` has (``WORKFLOW.event_for``).
+    must then be one :data:`WORKFLOW` has (``WORKFLOW.event_for``).  Give it the
+    states of the steps that count: not those in ``tolerated_steps``.
     """
     states = set(step_states)
     if JobState.DEAD in states:

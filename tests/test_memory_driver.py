@@ -445,6 +445,7 @@ def test_every_spi_method_in_one_pass(driver: MemoryDriver, clock: FakeClock) ->
         workflow_idempotency=True,
         queue_pause=True,
         workers=True,
+        partial_chords=True,
     )
     driver.migrate()
     keyed = EnqueueRequest("task", idempotency_key="k")

@@ -178,6 +178,15 @@ class ReleasesOnFirstDependency(ReferenceModel):
         return facts
 
 
+class CancelsPartialSteps(ReferenceModel):
+    """A member's death cancels a partial step too, as it does a plain one."""
+
+    def _cascades_to(self, s: Any, job: JobRecord, ancestor: int) -> bool:
+        return any(
+            dep == ancestor or self._cascades_to(s, s.jobs[dep], ancestor) for dep in job.depends_on
+        )
+
+
 class CancelsPartOfARefusedBatch(ReferenceModel):
     """Cancel is not atomic: the jobs before a finished one stay cancelled."""
 
@@ -238,6 +247,7 @@ class LeasesPausedQueues(ReferenceModel):
         pytest.param(ReleasesFailureCallbackAgain, ".args: model=", marks=pytest.mark.hunt(1500)),
         # released too early: still pending in the model, or its input not all there
         (ReleasesOnFirstDependency, r"\.(state: model=<JobState\.PENDING|args: model=)"),
+        (CancelsPartialSteps, r"\.state: model=<JobState\.(PENDING|AVAILABLE)"),
         (CancelsPartOfARefusedBatch, "driver: the refused call changed job"),
         (RunsPausedSchedules, "stored schedules:|enqueue_due_ticks: model="),
         (
@@ -324,6 +334,18 @@ def test_a_chord_callback_waits_for_and_takes_every_member() -> None:
         ((0, 1), [0, 1]),
     ]
     assert graph.result == 2
+
+
+def test_a_partial_chord_makes_the_steps_waiting_on_its_header_partial() -> None:
+    callback = Chain((Group((_task(2), _task(3))), _task(4)), pass_results=True)
+    graph = WorkflowPlan(Chord((_task(0), _task(1)), callback, partial=True), None).graph(START)
+    assert [(step.after, step.input, step.partial) for step in graph.steps] == [
+        ((), None, False),
+        ((), None, False),
+        ((0, 1), [0, 1], True),
+        ((0, 1), [0, 1], True),
+        ((2, 3), [2, 3], False),
+    ]
 
 
 def test_a_chain_passes_results_only_when_asked() -> None:

@@ -64,8 +64,10 @@ from taskharbor.spec.records import (
     check_queues,
     dependency_reason,
     map_ref,
+    partial_input,
     ref_indexes,
     step_failure,
+    tolerated_steps,
 )
 from taskharbor.spec.records import job_ids as check_job_ids
 from taskharbor.spec.retry import retry_delay
@@ -105,6 +107,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         schedules=True,
         flow_control=True,
         failure_callbacks=True,
+        partial_chords=True,
         workflow_idempotency=True,
         queue_pause=True,
         workers=True,
@@ -162,6 +165,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
                     workflow_id=workflow_id,
                     depends_on=tuple(job_of_step[dep] for dep in step.after),
                     input_ref=None if step.input is None else map_ref(step.input, job_of_step),
+                    partial=step.partial,
                 )
                 job_of_step[index] = row.id
                 for dep in row.depends_on:
@@ -171,9 +175,11 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
                 callback = self._store_job(
                     graph.on_failure, now, workflow_id=workflow_id, callback=True
                 ).id
+            tolerated = {job_of_step[index] for index in tolerated_steps(graph.steps)}
             workflow = WorkflowRow(
                 id=workflow_id,
                 steps=tuple(job_of_step.values()),
+                counted=tuple(job for job in job_of_step.values() if job not in tolerated),
                 result=map_ref(graph.result, job_of_step),
                 created_at=now,
                 name=graph.name,
@@ -194,6 +200,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         depends_on: tuple[JobId, ...] = (),
         input_ref: ResultRef | None = None,
         callback: bool = False,
+        partial: bool = False,
     ) -> JobRow:
         """Event ``enqueue`` for one new job (a new step's dependencies are never done;
         a failure callback always waits)."""
@@ -221,6 +228,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
             retry=request.retry,
             flow=request.flow,
             callback=callback,
+            partial=partial,
             headers=dict(request.headers),
         )
         self._jobs[row.id] = row
@@ -392,6 +400,8 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
                 self._requeue_row(row, now)
                 if row.workflow_id is not None:
                     touched.setdefault(row.workflow_id, None)
+                    if self._workflows[row.workflow_id].state is WorkflowState.SUCCEEDED:
+                        continue  # a tolerated step, requeued alone
                     for step_id in self._workflows[row.workflow_id].jobs():
                         step = self._jobs[step_id]
                         if step.state is JobState.CANCELLED:
@@ -589,9 +599,12 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         return _STATES[JOB.resolve(event, row.state, facts, subject=row.id)]
 
     def _waits(self, row: JobRow) -> bool:
-        """Guard ``waits_on_dependencies``: a step it depends on has not succeeded."""
+        """Guard ``waits_on_dependencies``: a step it depends on has not succeeded
+        (a partial step: has not ended)."""
         if not row.depends_on:  # every job outside a workflow: the common case
             return row.callback
+        if row.partial:
+            return any(self._jobs[dep].state not in FINISHED_JOB_STATES for dep in row.depends_on)
         return any(self._jobs[dep].state is not JobState.SUCCEEDED for dep in row.depends_on)
 
     def _enter(
@@ -628,8 +641,9 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         """The same-call workflow effects of a step that may just have finished."""
         if row.workflow_id is None or row.state not in FINISHED_JOB_STATES:
             return
-        if touched.get(row.workflow_id) is None and row.state is JobState.DEAD:
-            touched[row.workflow_id] = row  # the first step dead in this call
+        counted = row.id in self._workflows[row.workflow_id].counted
+        if touched.get(row.workflow_id) is None and row.state is JobState.DEAD and counted:
+            touched[row.workflow_id] = row  # the first counted step dead in this call
         else:
             touched.setdefault(row.workflow_id, None)
         if row.state is JobState.SUCCEEDED:
@@ -640,46 +654,61 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
     def _release_dependents(self, row: JobRow, now: datetime) -> None:
         """Event ``release`` for each pending dependent whose last dependency was ``row``."""
         for dependent_id in row.dependents:
-            dependent = self._jobs[dependent_id]
-            if dependent.state is not JobState.PENDING or self._waits(dependent):
-                continue
-            target = self._resolve(dependent, JobEvent.RELEASE, now)
-            dependent.args = self._released_args(dependent)
-            if target is not JobState.SCHEDULED:
-                dependent.run_at = now
-            self._enter(dependent, target, now)
+            self._release_ready(self._jobs[dependent_id], now)
+
+    def _release_ready(self, step: JobRow, now: datetime) -> None:
+        """Event ``release`` for ``step`` if it is pending and no longer waits."""
+        if step.state is not JobState.PENDING or self._waits(step):
+            return
+        target = self._resolve(step, JobEvent.RELEASE, now)
+        step.args = self._released_args(step)
+        if target is not JobState.SCHEDULED:
+            step.run_at = now
+        self._enter(step, target, now)
 
     def _released_args(self, row: JobRow) -> tuple[JSON, ...]:
-        """The args of a job whose dependencies succeeded: its input's value, if it
-        takes one, in front of its own args."""
+        """The args of a job whose dependencies succeeded (a partial step: ended): its
+        input's value, if it takes one, in front of its own args (a partial step: the
+        two values of ``partial_input``)."""
         if row.input is None:
             return row.own_args
+        if row.partial:
+            assert isinstance(row.input, list), "a partial step's input is a list"
+            steps = {job_id: self._jobs[job_id].snapshot() for job_id in ref_indexes(row.input)}
+            return (*partial_input(row.input, steps), *row.own_args)
         results = {job_id: self._jobs[job_id].result for job_id in ref_indexes(row.input)}
         return (copy_json(map_ref(row.input, results)), *row.own_args)
 
     def _cancel_dependents(self, row: JobRow, now: datetime) -> None:
-        """Cancel every unfinished step depending on ``row``, directly or not."""
+        """Cancel every unfinished step depending on ``row``, directly or not, up to
+        the partial steps; then release those of them that no longer wait."""
         reason = dependency_reason(row.id, row.state)
         seen: set[JobId] = set()
+        partial: list[JobRow] = []
         stack = list(row.dependents)
         while stack:
             dependent = self._jobs[stack.pop()]
             if dependent.id in seen:
                 continue
             seen.add(dependent.id)
+            if dependent.partial:
+                partial.append(dependent)
+                continue
             stack.extend(dependent.dependents)
             if dependent.state is JobState.RUNNING:
                 dependent.cancel_requested = True
             elif dependent.state not in FINISHED_JOB_STATES:
                 target = self._resolve(dependent, JobEvent.CANCEL, now)
                 self._enter(dependent, target, now, reason=reason)
+        for step in sorted(partial, key=lambda found: found.id):
+            self._release_ready(step, now)
 
     def _settle_workflows(self, touched: Touched, now: datetime) -> None:
         """Derive each touched workflow's state from its steps; change it through the table,
         and move a pending failure callback on with it."""
         for workflow_id in sorted(touched):
             workflow = self._workflows[workflow_id]
-            target = derive_workflow_state(self._jobs[step].state for step in workflow.steps)
+            target = derive_workflow_state(self._jobs[step].state for step in workflow.counted)
             if target is workflow.state:
                 continue
             WORKFLOW.event_for(workflow.state, target, subject=workflow_id)

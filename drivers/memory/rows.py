@@ -76,6 +76,8 @@ class JobRow:
     callback: bool = False
     """Whether the job is its workflow's failure callback (it waits until its workflow
     fails, and is not one of the workflow's steps)."""
+    partial: bool = False
+    """Whether the job is a partial step (it waits for its dependencies to end)."""
     args: tuple[JSON, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,6 +127,8 @@ class WorkflowRow:
     finished_at: datetime | None = None
     on_failure: JobId | None = None
     idempotency_key: str | None = None
+    counted: tuple[JobId, ...] = ()
+    """The steps that count when its state is derived: all but the tolerated ones."""
 
     def jobs(self) -> tuple[JobId, ...]:
         """Every job of the workflow: its steps, then its failure callback if any."""
