@@ -37,6 +37,10 @@ SQLITE_UNDO: dict[int, tuple[str, ...]] = {
     7: ("DROP TABLE paused_queues",),
     8: ("ALTER TABLE workflows DROP COLUMN on_failure",),
     9: ("DROP TABLE workers",),
+    10: (
+        "ALTER TABLE workflows DROP COLUMN partial",
+        "ALTER TABLE workflows DROP COLUMN tolerated",
+    ),
 }
 """SQLite schema version -> the statements that undo the migration reaching it.  A new
 migration adds its undo here (a test checks that every version has one)."""

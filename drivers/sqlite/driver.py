@@ -92,6 +92,7 @@ from taskharbor.spec.records import (
     check_workflow_id,
     job_ids,
     map_ref,
+    tolerated_steps,
 )
 from taskharbor.spec.retry import policy_text, retry_delay
 from taskharbor.spec.table import NEW, QUEUED_JOB_STATES
@@ -258,6 +259,7 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
         workflow_idempotency=True,
         queue_pause=True,
         failure_callbacks=True,
+        partial_chords=True,
         workers=True,
     )
 
@@ -570,6 +572,13 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
             )
             ids.append(result.job.id)
         result_ref = map_ref(graph.result, dict(enumerate(ids)))
+        partial = [ids[index] for index, step in enumerate(graph.steps) if step.partial]
+        if partial:
+            tolerated = [ids[index] for index in sorted(tolerated_steps(graph.steps))]
+            tx.conn.execute(
+                "UPDATE workflows SET partial = ?, tolerated = ? WHERE id = ?",
+                (dump_json(partial), dump_json(tolerated), workflow_id),
+            )
         callback = None
         if graph.on_failure is not None:
             values = _job_values(tx, graph.on_failure, workflow_id=workflow_id, waits=True)
@@ -741,8 +750,8 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
                     continue  # requeued already with an earlier item's workflow
                 tx.requeue(row)
                 workflow_id = row["workflow_id"]
-                if workflow_id is None:
-                    continue
+                if workflow_id is None or tx.succeeded(workflow_id):
+                    continue  # a tolerated step of a workflow that succeeded: requeued alone
                 cancelled_steps = tx.conn.execute(
                     f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = ? AND state = ? "
                     "ORDER BY id",

@@ -137,6 +137,13 @@ _V8 = (
     "ALTER TABLE workflows ADD COLUMN on_failure INTEGER",
 )
 
+_V10 = (
+    # A workflow's partial steps and tolerated steps (spec.records.tolerated_steps), as
+    # JSON lists of job ids; NULL for a workflow without partial steps.
+    "ALTER TABLE workflows ADD COLUMN partial TEXT",
+    "ALTER TABLE workflows ADD COLUMN tolerated TEXT",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V1,
     schedules.MIGRATION,
@@ -147,6 +154,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     queues.MIGRATION,
     _V8,
     workers.MIGRATION,
+    _V10,
 )
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
 

@@ -29,7 +29,7 @@ from taskharbor.spec import (
     dependency_reason,
     derive_workflow_state,
 )
-from taskharbor.spec.records import CALLBACK_CANCELS, map_ref, step_failure
+from taskharbor.spec.records import CALLBACK_CANCELS, map_ref, partial_input, step_failure
 
 from .rows import JOB_COLUMNS, dump_json, job_record, load_json, to_micros
 from .transitions import INSERT_JOB, JOBS_AFTER, JOBS_BY_ID
@@ -59,7 +59,9 @@ class Writes:
         self._states_before: dict[WorkflowId, WorkflowState] = {}
         """The state of each workflow this call derived, before its first change."""
         self._first_dead: dict[WorkflowId, JobId] = {}
-        """The first step of each workflow that ended dead in this call."""
+        """The first counted step of each workflow that ended dead in this call."""
+        self._marked: dict[WorkflowId, tuple[frozenset[JobId], frozenset[JobId]]] = {}
+        """Each workflow's partial and tolerated steps, read once per call."""
 
     # -- reading inside the transaction ----------------------------------------
 
@@ -96,14 +98,37 @@ class Writes:
         self.conn.executemany(INSERT_JOB, rows)
         return self.conn.execute(JOBS_AFTER, (last,)).fetchall()
 
-    def _unsucceeded(self, job_ids: Sequence[JobId]) -> bool:
-        """Whether any of these jobs has not succeeded (one query, however many)."""
+    def _unsucceeded(self, job_ids: Sequence[JobId], *, partial: bool = False) -> bool:
+        """Whether any of these jobs has not succeeded (``partial``: has not ended), in
+        one query however many."""
+        ends = FINISHED_JOB_STATES if partial else (JobState.SUCCEEDED,)
         row = self.conn.execute(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
-            "AND state <> ?)",
-            (dump_json(list(job_ids)), JobState.SUCCEEDED.value),
+            "AND state NOT IN (SELECT value FROM json_each(?)))",
+            (dump_json(list(job_ids)), dump_json([state.value for state in ends])),
         ).fetchone()
         return bool(row[0])
+
+    def _marks(self, workflow_id: WorkflowId) -> tuple[frozenset[JobId], frozenset[JobId]]:
+        """The workflow's partial steps and tolerated steps (both empty for most)."""
+        if workflow_id not in self._marked:
+            row = self.conn.execute(
+                "SELECT partial, tolerated FROM workflows WHERE id = ?", (workflow_id,)
+            ).fetchone()
+            self._marked[workflow_id] = (
+                frozenset(load_json(row["partial"] or "[]")),
+                frozenset(load_json(row["tolerated"] or "[]")),
+            )
+        return self._marked[workflow_id]
+
+    def _is_partial(self, row: sqlite3.Row) -> bool:
+        workflow_id = row["workflow_id"]
+        return workflow_id is not None and row["id"] in self._marks(workflow_id)[0]
+
+    def succeeded(self, workflow_id: WorkflowId) -> bool:
+        """Whether the workflow has succeeded (its tolerated steps are requeued alone)."""
+        row = self.conn.execute("SELECT state FROM workflows WHERE id = ?", (workflow_id,))
+        return bool(row.fetchone()["state"] == WorkflowState.SUCCEEDED)
 
     # -- moving one job through the table ---------------------------------------
 
@@ -160,7 +185,10 @@ class Writes:
     def requeue(self, row: sqlite3.Row) -> None:
         """Event ``requeue``: back to ``pending`` while the step still waits, else ``available``."""
         depends_on = load_json(row["depends_on"])
-        waits = self._unsucceeded(depends_on) if depends_on else self._is_callback(row)
+        partial = bool(depends_on) and self._is_partial(row)
+        waits = (
+            self._unsucceeded(depends_on, partial=partial) if depends_on else self._is_callback(row)
+        )
         target = self.resolve(row, JobEvent.REQUEUE, {"waits_on_dependencies": waits})
         changes: dict[str, Any] = {
             "attempt": 0,
@@ -188,7 +216,10 @@ class Writes:
             self._release_dependents(job_id, workflow_id)
         else:
             self._cancel_dependents(job_id, state, workflow_id)
-        self.derive_workflow(workflow_id, dead=job_id if state == JobState.DEAD else None)
+        counted = job_id not in self._marks(workflow_id)[1]
+        self.derive_workflow(
+            workflow_id, dead=job_id if state == JobState.DEAD and counted else None
+        )
 
     def _is_callback(self, row: sqlite3.Row) -> bool:
         """Whether the job is its workflow's failure callback (it always waits)."""
@@ -206,31 +237,45 @@ class Writes:
             (workflow_id, JobState.PENDING.value),
         ).fetchall()
         for step in pending:
-            depends_on = load_json(step["depends_on"])
-            if job_id not in depends_on or self._unsucceeded(depends_on):
-                continue
-            in_future = step["run_at"] > self.now_us
-            self.move(
-                step,
-                JobEvent.RELEASE,
-                {"run_at_in_future": in_future},
-                run_at=step["run_at"] if in_future else self.now_us,
-                args=self._step_args(step, released=True),
-            )
+            if job_id in load_json(step["depends_on"]):
+                self._release_if_ready(step)
+
+    def _release_if_ready(self, step: sqlite3.Row) -> None:
+        """Event ``release`` for a pending step that no longer waits."""
+        partial = self._is_partial(step)
+        if self._unsucceeded(load_json(step["depends_on"]), partial=partial):
+            return
+        in_future = step["run_at"] > self.now_us
+        self.move(
+            step,
+            JobEvent.RELEASE,
+            {"run_at_in_future": in_future},
+            run_at=step["run_at"] if in_future else self.now_us,
+            args=self._step_args(step, released=True),
+        )
 
     def _cancel_dependents(self, job_id: JobId, state: JobState, workflow_id: WorkflowId) -> None:
-        """Event ``cancel`` for every step that depends on ``job_id``, directly or not.
+        """Event ``cancel`` for every step that depends on ``job_id``, directly or not,
+        up to the partial steps; then ``release`` for those that no longer wait.
 
         Those steps are all ``pending``: a step leaves ``pending`` only once
-        every step it depends on has succeeded, and ``succeeded`` is final.
+        every step it depends on has succeeded (a partial one: ended).
         """
         reason = dependency_reason(job_id, state)
+        partial = self._marks(workflow_id)[0]
         dependents = {job_id}
+        reached: list[JobId] = []
         for step in self._steps(workflow_id):  # ascending ids: a topological order
             if dependents.intersection(load_json(step["depends_on"])):
+                if step["id"] in partial:
+                    reached.append(step["id"])
+                    continue
                 dependents.add(step["id"])
                 if step["state"] == JobState.PENDING:
                     self.move(step, JobEvent.CANCEL, reason=reason)
+        for step in self.rows(reached):
+            if step["state"] == JobState.PENDING:
+                self._release_if_ready(step)
 
     def _step_args(self, step: sqlite3.Row, *, released: bool) -> str:
         """A step's own args, with its input put in front once it is released."""
@@ -238,6 +283,9 @@ class Writes:
         if step["step_input"] is None or not released:
             return dump_json(own)
         depends_on = load_json(step["depends_on"])
+        if self._is_partial(step):
+            records = {dep: job_record(row) for dep, row in self.rows_by_id(depends_on).items()}
+            return dump_json([*partial_input(load_json(step["step_input"]), records), *own])
         results = {
             dep: load_json(row["result"]) for dep, row in self.rows_by_id(depends_on).items()
         }
@@ -254,11 +302,13 @@ class Writes:
         self._states_before.setdefault(workflow_id, current)
         if dead is not None:
             self._first_dead.setdefault(workflow_id, dead)
+        tolerated = dump_json(sorted(self._marks(workflow_id)[1]))
         target = derive_workflow_state(
             JobState(row["state"])
             for row in self.conn.execute(
-                "SELECT DISTINCT state FROM jobs WHERE workflow_id = ? AND id IS NOT ?",
-                (workflow_id, workflow["on_failure"]),
+                "SELECT DISTINCT state FROM jobs WHERE workflow_id = ? AND id IS NOT ? "
+                "AND id NOT IN (SELECT value FROM json_each(?))",
+                (workflow_id, workflow["on_failure"], tolerated),
             )
         )
         if target == current:
