@@ -1,5 +1,6 @@
 """A chord's callback is released exactly once when its 50 members finish at the same instant;
-a workflow's failure callback, once when its steps die at the same instant.
+a workflow's failure callback, once when its steps die at the same instant; a partial
+chord's callback, once when its members succeed and die at the same instant.
 
 Several threads, each with its own connection to the store (SQLite,
 PostgreSQL and Redis: one driver per thread on the same file, schema or key
@@ -19,6 +20,7 @@ release the callback, with one failure in front of its arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import uuid
@@ -327,3 +329,67 @@ def test_the_failure_callback_is_released_once_every_time(store: str, tmp_path: 
     with STORES[store](tmp_path, clock) as drivers:
         for round_number in range(ROUNDS // 3):
             play_failing_round(drivers, clock, round_number, rng)
+
+
+def partial_graph(round_number: int) -> WorkflowGraph:
+    """``chord_graph`` whose callback runs over the members that succeeded."""
+    graph = chord_graph(round_number)
+    callback = dataclasses.replace(graph.steps[-1], partial=True)
+    return dataclasses.replace(graph, steps=(*graph.steps[:-1], callback))
+
+
+def play_partial_round(
+    drivers: Sequence[Driver], clock: FakeClock, round_number: int, rng: random.Random
+) -> None:
+    main = drivers[0]
+    workflow = main.enqueue_workflow(partial_graph(round_number))
+    *member_ids, callback_id = workflow.steps
+    members = main.lease(["default"], MEMBERS + 1, LEASE_SECONDS, "leaser")
+    rng.shuffle(members)
+    doomed = {job.id for job in members[: MEMBERS // 3]}
+    shares = [members[index :: len(drivers)] for index in range(len(drivers))]
+    error = ErrorReport("RuntimeError", f"round {round_number}")
+
+    def end(index: int, driver: Driver) -> list[object]:
+        refused: list[object] = []
+        for job in shares[index]:
+            token = str(job.lease_token)
+            if job.id in doomed:
+                refused += driver.fail([Failure(job.id, token, error, permanent=True)])
+            else:
+                result = member_result(*job.args)
+                refused += driver.complete([Completion(job.id, token, result)])
+        return refused
+
+    clock.advance(1.0)
+    assert race(drivers, end) == [[]] * len(drivers), "live leases were refused"
+    (callback,) = main.get([callback_id])
+    assert callback.state is JobState.AVAILABLE, f"round {round_number}: callback {callback.state}"
+    results, failures, *own = callback.args
+    assert own == [round_number], "the input was put in front once"
+    assert results == [
+        member_result(round_number, index)
+        for index, job_id in enumerate(member_ids)
+        if job_id not in doomed
+    ]
+    assert [failure["job_id"] for failure in failures] == sorted(doomed)
+    assert main.get_workflow(workflow.id).state is WorkflowState.RUNNING
+    (winner,) = main.lease(["default"], MEMBERS, LEASE_SECONDS, "leaser")
+    assert winner.id == callback_id
+    assert main.complete([Completion(callback_id, str(winner.lease_token), round_number)]) == []
+    assert main.get_workflow(workflow.id).state is WorkflowState.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
+        for name in STORES
+    ],
+)
+def test_a_partial_callback_is_released_once_every_time(store: str, tmp_path: Path) -> None:
+    clock = FakeClock()
+    rng = random.Random(f"partial race on {store}")
+    with STORES[store](tmp_path, clock) as drivers:
+        for round_number in range(ROUNDS // 3):
+            play_partial_round(drivers, clock, round_number, rng)

@@ -214,6 +214,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             workflow_idempotency=True,
             queue_pause=True,
             failure_callbacks=True,
+            partial_chords=True,
             flow_control=True,
             workers=True,
         )
@@ -566,8 +567,9 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             if steps:
                 ids = [row["id"] for row in steps]
                 released = workflows.after_succeeded(cur, self._tables, params, ids)
+                touched = {row["workflow_id"] for row in steps}
+                released += workflows.derive(cur, self._tables, params, touched)
                 self._announce(cur, released)
-                workflows.derive(cur, self._tables, params, {row["workflow_id"] for row in steps})
             return _lost(rows)
 
         return self._run(body)
@@ -647,10 +649,10 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             return
         origins = [(row["id"], dependency_reason(row["id"], row["state"])) for row in ended]
         workflows.cascade(cur, self._tables, params, origins)
-        dead: dict[WorkflowId, JobId] = {}
+        dead: dict[WorkflowId, list[JobId]] = {}
         for row in ended:
             if row["state"] == JobState.DEAD:
-                dead.setdefault(row["workflow_id"], row["id"])  # the first one in call order
+                dead.setdefault(row["workflow_id"], []).append(row["id"])  # in call order
         touched = {row["workflow_id"] for row in ended}
         self._announce(cur, workflows.derive(cur, self._tables, params, touched, dead=dead))
 
@@ -684,7 +686,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             touched = workflows.cascade(
                 cur, self._tables, params, origins, self_reason=CANCELLED_BY_REQUEST
             )
-            workflows.derive(cur, self._tables, params, touched)
+            self._announce(cur, workflows.derive(cur, self._tables, params, touched))
             return self._records(cur, params, ids)
 
         return self._run(body)
@@ -698,8 +700,8 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
                 JOB.resolve(JobEvent.REQUEUE, row["state"], subject=row["id"])
             touched = {row["workflow_id"] for row in rows if row["workflow_id"] is not None}
             moved = workflows.requeue(cur, self._tables, params, ids, touched)
+            moved += workflows.derive(cur, self._tables, params, touched)
             self._announce(cur, moved)
-            workflows.derive(cur, self._tables, params, touched)
             return self._records(cur, params, ids)
 
         return self._run(body)

@@ -12,7 +12,7 @@ from typing import Any
 from psycopg.types.json import Json
 
 from taskharbor.spec import JobId, WorkflowGraph, WorkflowState
-from taskharbor.spec.records import map_ref
+from taskharbor.spec.records import map_ref, tolerated_steps
 from taskharbor.spec.retry import policy_text
 
 from .flow import flow_params
@@ -63,6 +63,7 @@ def workflow_values(
     ids: list[JobId] = sorted(allocated["job_ids"])[: len(graph.steps)]
     by_index = dict(enumerate(ids))
     steps = graph.steps
+    tolerated = tolerated_steps(steps)
     return {
         **params,
         "workflow_id": allocated["workflow_id"],
@@ -83,5 +84,7 @@ def workflow_values(
         "input_ref": [None if s.input is None else Json(map_ref(s.input, by_index)) for s in steps],
         "retry": [policy_text(s.request.retry) for s in steps],
         "headers": [Json(dict(s.request.headers)) for s in steps],
+        "partial": [s.partial for s in steps],
+        "tolerated": [index in tolerated for index in range(len(steps))],
         **flow_params([s.request for s in steps]),
     }

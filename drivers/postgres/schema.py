@@ -178,6 +178,21 @@ def _failure_callbacks(schema: str) -> list[sql.Composed]:
     ]
 
 
+def _partial_steps(schema: str) -> list[sql.Composed]:
+    """Whether each job is a partial step, and whether a partial step tolerates its end
+    (``spec.records.tolerated_steps``); false for every job stored before."""
+    return [
+        sql.SQL(
+            "ALTER TABLE {} ADD COLUMN partial boolean NOT NULL DEFAULT false,"
+            " ADD COLUMN tolerated boolean NOT NULL DEFAULT false"
+        ).format(sql.Identifier(schema, "jobs")),
+        # derive locks a touched workflow's partial steps: read them alone
+        sql.SQL("CREATE INDEX ON {} (workflow_id) WHERE partial").format(
+            sql.Identifier(schema, "jobs")
+        ),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and workflows", _initial_tables),
     Migration(2, "periodic schedules", schedules_table),
@@ -189,6 +204,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "failure callback of each workflow", _failure_callbacks),
     Migration(9, "flow control", flow_control),
     Migration(10, "workers registry", workers_table),
+    Migration(11, "partial steps of workflows", _partial_steps),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

@@ -411,9 +411,10 @@ input AS (
         %(kwargs)s::json[], %(priority)s::smallint[], %(run_at)s::timestamptz[],
         %(max_attempts)s::integer[], %(depends_on)s::json[], %(input_ref)s::json[],
         %(retry)s::text[], %(headers)s::json[], %(flow)s::text[], %(flow_key)s::text[],
-        %(flow_sequence)s::text[], %(flow_locks)s::text[]
+        %(flow_sequence)s::text[], %(flow_locks)s::text[], %(partial)s::boolean[],
+        %(tolerated)s::boolean[]
     ) AS i(id, task, queue, args, kwargs, priority, run_at, max_attempts, depends_on, input_ref,
-           retry, headers, flow, flow_key, flow_sequence, flow_locks)
+           retry, headers, flow, flow_key, flow_sequence, flow_locks, partial, tolerated)
 ),
 steps AS (
     SELECT i.*, ARRAY(SELECT json_array_elements_text(i.depends_on)::bigint) AS after
@@ -423,11 +424,11 @@ inserted AS (
     INSERT INTO {jobs} (id, task, queue, state, args, kwargs, priority, run_at, attempt,
                         max_attempts, created_at, workflow_id, depends_on, waiting_on,
                         step_args, input_ref, retry, headers, flow, flow_key,
-                        flow_sequence, flow_locks)
+                        flow_sequence, flow_locks, partial, tolerated)
     SELECT s.id, s.task, s.queue, {first_state}, s.args, s.kwargs, s.priority,
            COALESCE(s.run_at, {now}), 0, s.max_attempts, {now}, %(workflow_id)s, s.after,
            cardinality(s.after), s.args, s.input_ref, s.retry, s.headers, s.flow,
-           s.flow_key, s.flow_sequence, s.flow_locks::text[]
+           s.flow_key, s.flow_sequence, s.flow_locks::text[], s.partial, s.tolerated
     FROM steps s
     WHERE EXISTS (SELECT FROM workflow)
     RETURNING queue, state

@@ -8,14 +8,19 @@
   is a *later* statement of that transaction: under READ COMMITTED it takes a
   fresh snapshot, which sees the results committed by the other members.
 * :func:`cascade` - steps ended dead or cancelled: the pending steps that
-  depend on them, directly or not, are cancelled.  When several steps end in
+  depend on them, directly or not, are cancelled, up to the partial steps.  When several steps end in
   one call, a dependent takes the reason of the first of them (call order),
   as if the call's items were applied one after the other.
 * :func:`requeue` - moves jobs back into the queue, with a workflow step's
   args rebuilt from its own args and its resolved input.
-* :func:`derive` - each touched workflow's state, derived from its steps and
-  changed only through ``WORKFLOW.event_for``; a pending failure callback is
-  released or cancelled with the change (its row is locked before the
+* :func:`derive` - each touched workflow's pending partial steps that no longer
+  wait are released (their rows locked first, the steps they wait for read by a
+  later statement, so exactly one of two calls ending their last dependencies
+  at once releases them; ``waiting_on`` counts successes only, so a partial
+  step never leaves by it); then the workflow's state, derived from its
+  counted steps (``tolerated`` ones left out) and changed only through
+  ``WORKFLOW.event_for``; a pending failure callback is released or cancelled
+  with the change (its row is locked with the partial steps, before the
   workflow rows, in the lock order below).
 * :func:`insert_callback` - the statement storing a workflow's failure callback, ``pending`` with
   ``waiting_on = 1`` for good (no step counts it down), so ``requeue``'s
@@ -38,11 +43,12 @@ from taskharbor.spec import (
     WORKFLOW,
     JobEvent,
     JobId,
+    JobRecord,
     JobState,
     WorkflowId,
     WorkflowState,
 )
-from taskharbor.spec.records import CALLBACK_CANCELS, map_ref, step_failure
+from taskharbor.spec.records import CALLBACK_CANCELS, map_ref, partial_input, step_failure
 from taskharbor.spec.table import FINISHED_JOB_STATES, NEW, QUEUED_JOB_STATES
 
 from . import statements
@@ -52,8 +58,6 @@ from .transitions import job_state, job_states, target_case, workflow_state
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
-
-_WAITS = {"waits_on_dependencies": sql.SQL("j.waiting_on > 0")}
 
 _DECREMENT = """
 WITH finished AS (SELECT unnest(%(ids)s::bigint[]) AS id),
@@ -69,7 +73,7 @@ locked AS (
 )
 UPDATE {jobs} j SET waiting_on = j.waiting_on - l.n
 FROM locked l WHERE j.id = l.id
-RETURNING j.id, j.waiting_on, j.state
+RETURNING j.id, j.waiting_on, j.state, j.partial
 """
 
 _RELEASE_TARGETS = """
@@ -100,11 +104,11 @@ downstream (id, workflow_id, ord, reason, passed_on) AS (
     SELECT d.id, d.workflow_id, o.ord, o.reason, o.reason
     FROM origin o
     JOIN {jobs} s ON s.id = o.id
-    JOIN {jobs} d ON d.workflow_id = s.workflow_id AND s.id = ANY(d.depends_on)
+    JOIN {jobs} d ON d.workflow_id = s.workflow_id AND s.id = ANY(d.depends_on) AND NOT d.partial
     UNION
     SELECT d.id, d.workflow_id, w.ord, w.passed_on, w.passed_on
     FROM downstream w
-    JOIN {jobs} d ON d.workflow_id = w.workflow_id AND w.id = ANY(d.depends_on)
+    JOIN {jobs} d ON d.workflow_id = w.workflow_id AND w.id = ANY(d.depends_on) AND NOT d.partial
 ),
 claimed AS (
     SELECT DISTINCT ON (id) id, reason FROM downstream ORDER BY id, ord
@@ -132,8 +136,9 @@ WITH chosen AS (
     UNION
     SELECT j.id FROM {jobs} j
     WHERE j.workflow_id = ANY(%(workflows)s::bigint[]) AND j.state = {cancelled}
+      AND (SELECT w.state FROM {workflows} w WHERE w.id = j.workflow_id) <> {wf_succeeded}
 )
-SELECT j.id, {requeue} AS target, j.input_ref, j.step_args,
+SELECT j.id, {requeue} AS target, j.input_ref, j.step_args, j.partial, j.depends_on,
        (SELECT json_object_agg(d.id, d.result) FROM {jobs} d WHERE d.id = ANY(j.depends_on))
            AS inputs,
        j.id = (SELECT w.on_failure FROM {workflows} w WHERE w.id = j.workflow_id) AS callback
@@ -151,10 +156,26 @@ RETURNING j.queue, j.state
 """
 
 _LOCK_CALLBACKS = """
-SELECT j.id FROM {jobs} j
-WHERE j.id IN (SELECT w.on_failure FROM {workflows} w WHERE w.id = ANY(%(ids)s::bigint[]))
+SELECT j.id, j.partial AND j.state = {pending} AS waiting FROM {jobs} j
+WHERE j.id IN (
+    SELECT w.on_failure FROM {workflows} w WHERE w.id = ANY(%(ids)s::bigint[])
+    UNION ALL
+    SELECT p.id FROM {jobs} p WHERE p.workflow_id = ANY(%(ids)s::bigint[]) AND p.partial
+)
 ORDER BY j.id FOR UPDATE OF j
 """
+
+_READY_PARTIAL = """
+SELECT j.id, {release} AS target, j.input_ref, j.step_args, j.depends_on
+FROM {jobs} j
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state = {pending}
+  AND NOT EXISTS (
+      SELECT FROM {jobs} d WHERE d.id = ANY(j.depends_on) AND d.state NOT IN {finished}
+  )
+ORDER BY j.id
+"""
+
+_COUNTED = "SELECT j.id FROM {jobs} j WHERE j.id = ANY(%(ids)s::bigint[]) AND NOT j.tolerated"
 
 _LOCK_WORKFLOWS = """
 SELECT w.id, w.state, w.on_failure FROM {workflows} w
@@ -169,6 +190,7 @@ SELECT j.workflow_id AS id,
             ELSE {wf_running} END AS state
 FROM {jobs} j JOIN {workflows} w ON w.id = j.workflow_id
 WHERE j.workflow_id = ANY(%(ids)s::bigint[]) AND j.id IS DISTINCT FROM w.on_failure
+  AND NOT j.tolerated
 GROUP BY j.workflow_id
 """
 
@@ -238,12 +260,25 @@ def _cascade(tables: Tables, *, with_origins: bool) -> sql.Composed:
     )
 
 
+_REQUEUE_WAITS = """
+CASE WHEN j.partial THEN EXISTS (
+         SELECT FROM {jobs} d WHERE d.id = ANY(j.depends_on)
+         AND (d.state NOT IN {finished} OR d.id IN (SELECT id FROM chosen)))
+     ELSE j.waiting_on > 0 END
+"""
+"""``waits_on_dependencies`` at requeue: a partial step waits for a step that has not
+ended or that the same statement requeues; another step for a step that has not
+succeeded (``waiting_on`` counts those)."""
+
+
 @statement
 def _requeue_targets(tables: Tables) -> sql.Composed:
+    waits = tables.sql(_REQUEUE_WAITS, finished=job_states(FINISHED_JOB_STATES))
     return tables.sql(
         _REQUEUE_TARGETS,
-        requeue=target_case(JobEvent.REQUEUE, _WAITS),
+        requeue=target_case(JobEvent.REQUEUE, {"waits_on_dependencies": waits}),
         cancelled=job_state(JobState.CANCELLED),
+        wf_succeeded=workflow_state(WorkflowState.SUCCEEDED),
     )
 
 
@@ -259,7 +294,23 @@ def _lock_workflows(tables: Tables) -> sql.Composed:
 
 @statement
 def _lock_callbacks(tables: Tables) -> sql.Composed:
-    return tables.sql(_LOCK_CALLBACKS)
+    return tables.sql(_LOCK_CALLBACKS, pending=job_state(JobState.PENDING))
+
+
+@statement
+def _ready_partial(tables: Tables) -> sql.Composed:
+    in_future = sql.SQL("j.run_at > {}").format(tables.now)
+    return tables.sql(
+        _READY_PARTIAL,
+        release=target_case(JobEvent.RELEASE, {"run_at_in_future": in_future}),
+        pending=job_state(JobState.PENDING),
+        finished=job_states(FINISHED_JOB_STATES),
+    )
+
+
+@statement
+def _counted(tables: Tables) -> sql.Composed:
+    return tables.sql(_COUNTED)
 
 
 @statement
@@ -328,12 +379,14 @@ def after_succeeded(
     """
     rows = cur.execute(_decrement(tables), {**params, "ids": list(ids)}).fetchall()
     ready = [
-        row["id"] for row in rows if row["waiting_on"] == 0 and row["state"] == JobState.PENDING
-    ]
+        row["id"]
+        for row in rows
+        if row["waiting_on"] == 0 and row["state"] == JobState.PENDING and not row["partial"]
+    ]  # a partial step is released by derive, which sees every way a step ends
     if not ready:
         return []
     moves = cur.execute(_release_targets(tables), {**params, "ids": ready}).fetchall()
-    return cur.execute(_release(tables), _moves(params, moves)).fetchall()
+    return cur.execute(_release(tables), _moves(params, moves, {})).fetchall()
 
 
 def cascade(
@@ -377,21 +430,43 @@ def requeue(
     """
     values = {**params, "ids": list(ids), "workflows": list(workflows)}
     moves = cur.execute(_requeue_targets(tables), values).fetchall()
-    return cur.execute(_requeue(tables), _moves(params, moves)).fetchall()
+    partial = [move for move in moves if move["partial"] and _takes_input(move)]
+    steps = _records_of(cur, tables, params, partial)
+    return cur.execute(_requeue(tables), _moves(params, moves, steps)).fetchall()
 
 
-def _moves(params: Params, moves: Sequence[Row]) -> dict[str, Any]:
-    """Parameters moving each row to its target, with a workflow step's args rebuilt."""
+def _takes_input(move: Row) -> bool:
+    """Whether a step moves out of ``pending`` with its input put in front."""
+    return move["input_ref"] is not None and move["target"] != JobState.PENDING
+
+
+def _records_of(
+    cur: Cursor[Row], tables: Tables, params: Params, moves: Sequence[Row]
+) -> dict[JobId, JobRecord]:
+    """The stored records of the steps the partial steps of ``moves`` depend on."""
+    wanted = sorted({dep for move in moves for dep in move["depends_on"]})
+    if not wanted:
+        return {}
+    rows = cur.execute(statements.select_jobs(tables), {**params, "ids": wanted})
+    return {row["id"]: job_record(row) for row in rows}
+
+
+def _moves(
+    params: Params, moves: Sequence[Row], steps: Mapping[JobId, JobRecord]
+) -> dict[str, Any]:
+    """Parameters moving each row to its target, with a workflow step's args rebuilt
+    (``steps``: the records a partial step's input is made of)."""
     return {
         **params,
         "ids": [move["id"] for move in moves],
         "targets": [move["target"] for move in moves],
-        "args": [_step_args(move) for move in moves],
+        "args": [_step_args(move, steps) for move in moves],
     }
 
 
-def _step_args(move: Row) -> Json | None:
-    """A step's own args, with its input in front unless it goes back to ``pending``.
+def _step_args(move: Row, steps: Mapping[JobId, JobRecord]) -> Json | None:
+    """A step's own args, with its input in front unless it goes back to ``pending``
+    (a partial step's: the two values of ``partial_input``).
 
     ``None`` for a job that is no workflow step, or a failure callback that stays
     released: its args stay as they are (the callback's failure in front).
@@ -399,8 +474,10 @@ def _step_args(move: Row) -> Json | None:
     own = move["step_args"]
     if own is None or (move.get("callback") and move["target"] != JobState.PENDING):
         return None
-    if move["input_ref"] is None or move["target"] == JobState.PENDING:
+    if not _takes_input(move):
         return Json(own)
+    if move.get("partial"):
+        return Json([*partial_input(move["input_ref"], steps), *own])
     results = {int(job_id): value for job_id, value in (move["inputs"] or {}).items()}
     return Json([map_ref(move["input_ref"], results), *own])
 
@@ -411,7 +488,7 @@ def derive(
     params: Params,
     ids: Iterable[WorkflowId],
     *,
-    dead: Mapping[WorkflowId, JobId] | None = None,
+    dead: Mapping[WorkflowId, Sequence[JobId]] | None = None,
 ) -> list[Row]:
     """Give each workflow of ``ids`` the state its steps say, through ``WORKFLOW``,
     and move its pending failure callback on with it.
@@ -428,7 +505,9 @@ def derive(
     wanted = sorted(set(ids))
     if not wanted:
         return []
-    cur.execute(_lock_callbacks(tables), {**params, "ids": wanted})
+    jobs = cur.execute(_lock_callbacks(tables), {**params, "ids": wanted}).fetchall()
+    waiting = [row["id"] for row in jobs if row["waiting"]]
+    released = _release_partial(cur, tables, params, waiting) if waiting else []
     locked = cur.execute(_lock_workflows(tables), {**params, "ids": wanted}).fetchall()
     current = {row["id"]: WorkflowState(row["state"]) for row in locked}
     callbacks = {row["id"]: row["on_failure"] for row in locked if row["on_failure"] is not None}
@@ -441,11 +520,29 @@ def derive(
     for workflow_id, target in changes.items():
         WORKFLOW.event_for(current[workflow_id], target, subject=workflow_id)
     if not changes:
-        return []
+        return released
     values = {**params, "ids": list(changes), "states": [s.value for s in changes.values()]}
     cur.execute(_set_workflows(tables), values)
     moved = {wid: state for wid, state in changes.items() if wid in callbacks}
-    return _move_callbacks(cur, tables, params, moved, callbacks, dead or {})
+    return released + _move_callbacks(cur, tables, params, moved, callbacks, dead or {})
+
+
+def _release_partial(
+    cur: Cursor[Row], tables: Tables, params: Params, ids: Sequence[JobId]
+) -> list[Row]:
+    """Release the pending partial steps of ``ids`` (locked) that no longer wait.
+
+    The steps they wait for are read by this later statement, whose fresh
+    snapshot sees every step ended by a transaction that held these locks
+    before: of two calls ending a partial step's last dependencies at once,
+    exactly one sees them all ended and releases it.
+    """
+    moves = cur.execute(_ready_partial(tables), {**params, "ids": list(ids)}).fetchall()
+    if not moves:
+        return []
+    moves = [{**move, "partial": True} for move in moves]
+    steps = _records_of(cur, tables, params, moves)
+    return cur.execute(_release(tables), _moves(params, moves, steps)).fetchall()
 
 
 def _move_callbacks(
@@ -454,7 +551,7 @@ def _move_callbacks(
     params: Params,
     changes: Mapping[WorkflowId, WorkflowState],
     callbacks: Mapping[WorkflowId, JobId],
-    dead: Mapping[WorkflowId, JobId],
+    dead: Mapping[WorkflowId, Sequence[JobId]],
 ) -> list[Row]:
     """Release the pending callbacks of the workflows that failed, with their first
     dead step's :func:`step_failure` in front of their own args; cancel those of the
@@ -468,19 +565,31 @@ def _move_callbacks(
     failed = [w for w, state in changes.items() if state is WorkflowState.FAILED]
     if not failed:
         return []
+    first = _first_counted(cur, tables, params, {w: dead[w] for w in failed})
     steps = {
         row["id"]: job_record(row)
         for row in cur.execute(
-            statements.select_jobs(tables), {**params, "ids": [dead[w] for w in failed]}
+            statements.select_jobs(tables), {**params, "ids": [first[w] for w in failed]}
         )
     }
     own = {
         row["id"]: row["step_args"]
         for row in cur.execute(_own_args(tables), {**params, "ids": [callbacks[w] for w in failed]})
     }
-    args = [Json([step_failure(w, steps[dead[w]]), *own[callbacks[w]]]) for w in failed]
+    args = [Json([step_failure(w, steps[first[w]]), *own[callbacks[w]]]) for w in failed]
     values = {**params, "ids": [callbacks[w] for w in failed], "args": args}
     return cur.execute(_release_callbacks(tables), values).fetchall()
+
+
+def _first_counted(
+    cur: Cursor[Row], tables: Tables, params: Params, dead: Mapping[WorkflowId, Sequence[JobId]]
+) -> dict[WorkflowId, JobId]:
+    """For each workflow, the first of its steps dead in this call that is not tolerated
+    (a workflow fails only through one)."""
+    wanted = [job_id for ids in dead.values() for job_id in ids]
+    rows = cur.execute(_counted(tables), {**params, "ids": wanted})
+    counted = {row["id"] for row in rows}
+    return {w: next(i for i in ids if i in counted) for w, ids in dead.items()}
 
 
 def ended_badly(state: str) -> bool:
