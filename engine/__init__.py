@@ -30,6 +30,7 @@ from taskharbor.spec import (
 from .app import App
 from .backoff import Backoff
 from .canvas import (
+    MemberFailure,
     Signature,
     StepFailure,
     Workflow,
@@ -63,6 +64,7 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "LeaseLost",
+    "MemberFailure",
     "Middleware",
     "OnDead",
     "PermanentError",

@@ -417,8 +417,16 @@ class App:
         """Each step's arguments bind to its handler, a parent's result in front if it gets one."""
         for step in graph.steps:
             task = self._tasks[step.request.task]
-            leading = 0 if step.input is None else 1
+            leading = 0 if step.input is None else 2 if step.partial else 1
             task.check_call(step.request.args, step.request.kwargs, leading=leading)
+        if (
+            any(step.partial for step in graph.steps)
+            and not self.driver.capabilities.partial_chords
+        ):
+            raise InvalidRequest(
+                f"{type(self.driver).__name__} does not run partial chords "
+                "(capability partial_chords): use chord(..., partial=False)"
+            )
         if graph.on_failure is not None:
             if not self.driver.capabilities.failure_callbacks:
                 raise InvalidRequest(

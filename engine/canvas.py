@@ -16,6 +16,11 @@ What each shape means (docs/workflows.md says the same with examples):
   for nested groups); of a chord, its callback's result;
 * a chord callback receives the list of its header members' results, in
   header order; so does an element that follows a group in a chain;
+* a partial chord (``chord(header, callback, partial=True)``) runs its
+  callback once every member has ended, however it ended: the callback
+  receives the results of the members that succeeded, in header order, then a
+  list of :class:`MemberFailure` for the others; a member that dies does not
+  fail the workflow, which ends as its callback does;
 * every member of a group that follows an element in a chain receives that
   element's result;
 * ``workflow.on_failure(alert.s(...))`` gives the whole workflow a failure
@@ -142,13 +147,17 @@ class Group(Workflow):
 
 @dataclass(frozen=True, slots=True)
 class Chord(Workflow):
-    """A header group, then a callback that gets the list of the header's results."""
+    """A header group, then a callback that gets the list of the header's results
+    (``partial``: of those that succeeded, once all have ended, and their failures)."""
 
     header: tuple[Item, ...]
     callback: Item
+    partial: bool = False
 
     def __post_init__(self) -> None:
         _check_items(self.header, "chord header", "member")
+        if not isinstance(self.partial, bool):
+            raise InvalidRequest(f"chord partial must be True or False, not {self.partial!r}")
         if not isinstance(self.callback, Signature | Workflow):
             raise InvalidRequest(
                 "chord callback must be a signature (task.s(...)) or a workflow, "
@@ -193,6 +202,23 @@ class StepFailure(TypedDict):
     message: str | None
 
 
+class MemberFailure(TypedDict):
+    """What a partial chord's callback hears about one member that did not succeed:
+    its position in the header (``index``; a member that is a group takes one place
+    per job of it), its job id and task, whether it ended ``dead`` or ``cancelled``,
+    its attempts, its last error's type and message, and a cancelled member's
+    ``reason`` (a chain member whose earlier step died: ``dependency <id> dead``)."""
+
+    index: int
+    job_id: int
+    task: str
+    state: str
+    attempt: int
+    type: str | None
+    message: str | None
+    reason: str | None
+
+
 def chain(*elements: Item) -> Chain:
     """``chain(a.s(1), b.s(), c.s())``: ``b`` gets ``a``'s result, ``c`` gets ``b``'s."""
     return Chain(elements)
@@ -203,19 +229,22 @@ def group(*members: Item) -> Group:
     return Group(members)
 
 
-def chord(header: Iterable[Item] | Group, callback: Item) -> Chord:
+def chord(header: Iterable[Item] | Group, callback: Item, *, partial: bool = False) -> Chord:
     """``chord([a.s(1), a.s(2)], total.s())``: ``total`` gets ``[a(1), a(2)]``.
 
     ``header`` is an iterable of signatures and workflows, or a :class:`Group`.
+    With ``partial=True`` the callback runs once every member has ended, with the
+    results of those that succeeded and a list of :class:`MemberFailure` for the
+    others: ``total(results, failures)``.
     """
     if isinstance(header, Group):
-        return Chord(header.members, callback)
+        return Chord(header.members, callback, partial)
     if isinstance(header, Signature | Workflow) or not isinstance(header, Iterable):
         raise InvalidRequest(
             "chord header must be a list of signatures or workflows, "
             f"as in chord([a.s(1), a.s(2)], total.s()); got {type(header).__name__}"
         )
-    return Chord(tuple(header), callback)
+    return Chord(tuple(header), callback, partial)
 
 
 def _check_items(items: tuple[Item, ...], shape: str, noun: str) -> None:
@@ -271,21 +300,23 @@ class _GraphBuilder:
         self._request_for = request_for
         self.steps: list[StepSpec] = []
 
-    def add(self, item: Item, before: ResultRef | None) -> ResultRef:
-        """Add ``item`` after the element whose result is ``before`` (None: nothing)."""
+    def add(self, item: Item, before: ResultRef | None, partial: bool = False) -> ResultRef:
+        """Add ``item`` after the element whose result is ``before`` (None: nothing);
+        ``partial``: the steps of ``item`` that wait for ``before`` are partial."""
         match item:
             case Signature():
-                return self._add_step(item, before)
+                return self._add_step(item, before, partial)
             case Chain(elements=elements):
                 for element in elements:
-                    before = self.add(element, before)
+                    before = self.add(element, before, partial)
+                    partial = False  # only the first element waits for the header
                 assert before is not None  # a chain has at least one element
                 return before
             case Group(members=members):
-                return [self.add(member, before) for member in members]
-            case Chord(header=header, callback=callback):
-                results: ResultRef = [self.add(member, before) for member in header]
-                return self.add(callback, results)
+                return [self.add(member, before, partial) for member in members]
+            case Chord(header=header, callback=callback, partial=tolerant):
+                results: ResultRef = [self.add(member, before, partial) for member in header]
+                return self.add(callback, results, tolerant)
             case OnFailure():
                 raise InvalidRequest(
                     "on_failure applies to a whole workflow: give it to the outermost "
@@ -293,13 +324,13 @@ class _GraphBuilder:
                 )
         raise InvalidRequest(f"unknown workflow item {item!r}")
 
-    def _add_step(self, signature: Signature, before: ResultRef | None) -> int:
+    def _add_step(self, signature: Signature, before: ResultRef | None, partial: bool) -> int:
         request = self._request_for(signature)
         if not isinstance(request, EnqueueRequest):
             raise TypeError(f"request_for returned {type(request).__name__}, not EnqueueRequest")
         after = () if before is None else tuple(ref_indexes(before))
         step_input = None if signature.immutable else before
-        self.steps.append(StepSpec(request, after=after, input=step_input))
+        self.steps.append(StepSpec(request, after=after, input=step_input, partial=partial))
         return len(self.steps) - 1
 
 
@@ -476,12 +507,26 @@ _OWN_REASONS = frozenset({CANCELLED_BY_REQUEST, WORKFLOW_CANCELLED})
 
 
 def _culprit(state: WorkflowState, jobs: list[JobRecord]) -> JobRecord | None:
-    """The step that ended a failed or cancelled workflow (see :class:`WorkflowFailed`)."""
+    """The step that ended a failed or cancelled workflow (see :class:`WorkflowFailed`):
+    of a failed one, the first dead step whose failure no partial chord absorbed."""
     if state == WorkflowState.FAILED:
-        return next((job for job in jobs if job.state == JobState.DEAD), None)
+        dead = [job for job in jobs if job.state == JobState.DEAD]
+        return next((job for job in dead if not _absorbed(job, jobs)), next(iter(dead), None))
     cancelled = [job for job in jobs if job.state == JobState.CANCELLED]
     own = [job for job in cancelled if job.reason in _OWN_REASONS]
     return next(iter(own or cancelled), None)
+
+
+def _absorbed(step: JobRecord, jobs: list[JobRecord]) -> bool:
+    """Whether a step after ``step`` was not cancelled by it: a partial chord's callback
+    ran (or waits) after it, so its end did not fail the workflow."""
+    downstream = {step.id}
+    for job in jobs:  # graph order: every step after the steps it waits for
+        if downstream.intersection(job.depends_on):
+            if job.state != JobState.CANCELLED:
+                return True
+            downstream.add(job.id)
+    return False
 
 
 __all__ = [
@@ -489,6 +534,7 @@ __all__ = [
     "Chord",
     "Group",
     "Item",
+    "MemberFailure",
     "OnFailure",
     "Signature",
     "StepFailure",

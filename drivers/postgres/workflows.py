@@ -8,9 +8,10 @@
   is a *later* statement of that transaction: under READ COMMITTED it takes a
   fresh snapshot, which sees the results committed by the other members.
 * :func:`cascade` - steps ended dead or cancelled: the pending steps that
-  depend on them, directly or not, are cancelled, up to the partial steps.  When several steps end in
-  one call, a dependent takes the reason of the first of them (call order),
-  as if the call's items were applied one after the other.
+  depend on them, directly or not, are cancelled, up to the partial steps.
+  When several steps end in one call, a dependent takes the reason of the
+  first of them (call order), as if the call's items were applied one after
+  the other.
 * :func:`requeue` - moves jobs back into the queue, with a workflow step's
   args rebuilt from its own args and its resolved input.
 * :func:`derive` - each touched workflow's pending partial steps that no longer
