@@ -134,6 +134,23 @@ class PartialChordRules(HarborFixture):
         )
 
     @requires("partial_chords")
+    def test_cancelling_the_last_member_and_the_callback_together_releases_nothing(
+        self, harbor: Harbor
+    ) -> None:
+        record = partial_chord(harbor, 2)
+        m0, m1, callback = harbor.driver.get(list(record.steps))
+        harbor.finish(m0, "a")
+        run_at = harbor.get(callback.id).run_at
+        harbor.advance(5)
+        harbor.driver.cancel([m1.id, callback.id])
+        cancelled = harbor.get(callback.id)
+        assert (cancelled.state, cancelled.args, cancelled.run_at) == (
+            JobState.CANCELLED,
+            ("extra",),
+            run_at,
+        )
+
+    @requires("partial_chords")
     def test_a_workflow_whose_callback_succeeds_succeeds(self, harbor: Harbor) -> None:
         record = partial_chord(harbor, 2)
         m0, m1, callback = harbor.driver.get(list(record.steps))

@@ -203,6 +203,7 @@ class ReferenceModel(Driver):
             self._first_dead = {}
             work = self._store.copy()
             result = body(work)
+            self._release_partial_steps(work)
             self._move_callbacks(work)
             self._store = work
             return result
@@ -886,11 +887,10 @@ class ReferenceModel(Driver):
             step = s.jobs[step_id]
             if step.state != JobState.PENDING:
                 continue  # dependents of an unfinished step can only be pending
-            ready = not self._facts(s, step)["waits_on_dependencies"]
             if step_id in s.partial:
-                if ready:  # every step it waits for has ended, some maybe just now
-                    self._release(s, step)
-            elif job.state == JobState.SUCCEEDED:
+                continue  # released at the end of the call, once it no longer waits
+            if job.state == JobState.SUCCEEDED:
+                ready = not self._facts(s, step)["waits_on_dependencies"]
                 if job.id in step.depends_on and ready:
                     self._release(s, step)
             elif self._cascades_to(s, step, job.id):
@@ -928,6 +928,16 @@ class ReferenceModel(Driver):
         WORKFLOW.event_for(workflow.state, target, subject=workflow_id)
         finished_at = None if target == WorkflowState.RUNNING else self._now
         s.workflows[workflow_id] = replace(workflow, state=target, finished_at=finished_at)
+
+    def _release_partial_steps(self, s: _Store) -> None:
+        """At the end of a call, release each pending partial step of the workflows the
+        call touched that no longer waits (every step it depends on has ended)."""
+        for workflow_id in sorted(self._states_before):
+            for step_id in s.workflows[workflow_id].steps:
+                step = s.jobs[step_id]
+                waiting = step_id in s.partial and step.state == JobState.PENDING
+                if waiting and not self._facts(s, step)["waits_on_dependencies"]:
+                    self._release(s, step)
 
     def _move_callbacks(self, s: _Store) -> None:
         """At the end of a call, move each pending failure callback whose workflow's state

@@ -154,10 +154,12 @@ it depends on is not ``succeeded``, ``dead`` or ``cancelled``".  So:
 
 * the cascade of a step ending dead or cancelled does not enter a partial step
   (nor pass through it to the steps after it);
-* any call that ends a step (succeed, fail, rescue, cancel, the cascade) then
-  releases each ``pending`` partial step of the workflow that no longer waits,
-  once: exactly one call observes its last dependency end, even when several
-  end at the same instant in different calls;
+* at the end of a call that ended steps of a workflow (succeed, fail, rescue,
+  cancel, the cascade; like the failure callback's move, after every item),
+  each ``pending`` partial step of that workflow that no longer waits gets
+  ``release``, once: exactly one call observes its last dependency end, even
+  when several end at the same instant in different calls (so ``cancel`` of a
+  member and of the partial step in one call cancels the step, unreleased);
 * ``release`` puts the two values of :func:`~taskharbor.spec.records.partial_input`
   in front of its own args when it has an ``input``: the input's results with
   the steps that did not succeed left out, then their ``member_failure`` list

@@ -180,6 +180,9 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
                 id=workflow_id,
                 steps=tuple(job_of_step.values()),
                 counted=tuple(job for job in job_of_step.values() if job not in tolerated),
+                partial=tuple(
+                    job_of_step[index] for index, step in enumerate(graph.steps) if step.partial
+                ),
                 result=map_ref(graph.result, job_of_step),
                 created_at=now,
                 name=graph.name,
@@ -654,7 +657,9 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
     def _release_dependents(self, row: JobRow, now: datetime) -> None:
         """Event ``release`` for each pending dependent whose last dependency was ``row``."""
         for dependent_id in row.dependents:
-            self._release_ready(self._jobs[dependent_id], now)
+            dependent = self._jobs[dependent_id]
+            if not dependent.partial:  # that one at the end of the call
+                self._release_ready(dependent, now)
 
     def _release_ready(self, step: JobRow, now: datetime) -> None:
         """Event ``release`` for ``step`` if it is pending and no longer waits."""
@@ -681,10 +686,9 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
 
     def _cancel_dependents(self, row: JobRow, now: datetime) -> None:
         """Cancel every unfinished step depending on ``row``, directly or not, up to
-        the partial steps; then release those of them that no longer wait."""
+        the partial steps."""
         reason = dependency_reason(row.id, row.state)
         seen: set[JobId] = set()
-        partial: list[JobRow] = []
         stack = list(row.dependents)
         while stack:
             dependent = self._jobs[stack.pop()]
@@ -692,7 +696,6 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
                 continue
             seen.add(dependent.id)
             if dependent.partial:
-                partial.append(dependent)
                 continue
             stack.extend(dependent.dependents)
             if dependent.state is JobState.RUNNING:
@@ -700,12 +703,14 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
             elif dependent.state not in FINISHED_JOB_STATES:
                 target = self._resolve(dependent, JobEvent.CANCEL, now)
                 self._enter(dependent, target, now, reason=reason)
-        for step in sorted(partial, key=lambda found: found.id):
-            self._release_ready(step, now)
 
     def _settle_workflows(self, touched: Touched, now: datetime) -> None:
         """Derive each touched workflow's state from its steps; change it through the table,
-        and move a pending failure callback on with it."""
+        and move a pending failure callback on with it; first release the partial steps
+        that no longer wait."""
+        for workflow_id in sorted(touched):
+            for step_id in self._workflows[workflow_id].partial:
+                self._release_ready(self._jobs[step_id], now)
         for workflow_id in sorted(touched):
             workflow = self._workflows[workflow_id]
             target = derive_workflow_state(self._jobs[step].state for step in workflow.counted)

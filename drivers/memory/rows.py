@@ -129,6 +129,8 @@ class WorkflowRow:
     idempotency_key: str | None = None
     counted: tuple[JobId, ...] = ()
     """The steps that count when its state is derived: all but the tolerated ones."""
+    partial: tuple[JobId, ...] = ()
+    """Its partial steps, released at the end of a call that touched the workflow."""
 
     def jobs(self) -> tuple[JobId, ...]:
         """Every job of the workflow: its steps, then its failure callback if any."""

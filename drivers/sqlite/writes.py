@@ -236,9 +236,10 @@ class Writes:
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = ? AND state = ? ORDER BY id",
             (workflow_id, JobState.PENDING.value),
         ).fetchall()
+        partial = self._marks(workflow_id)[0]
         for step in pending:
-            if job_id in load_json(step["depends_on"]):
-                self._release_if_ready(step)
+            if job_id in load_json(step["depends_on"]) and step["id"] not in partial:
+                self._release_if_ready(step)  # a partial one at the end of the call
 
     def _release_if_ready(self, step: sqlite3.Row) -> None:
         """Event ``release`` for a pending step that no longer waits."""
@@ -256,7 +257,7 @@ class Writes:
 
     def _cancel_dependents(self, job_id: JobId, state: JobState, workflow_id: WorkflowId) -> None:
         """Event ``cancel`` for every step that depends on ``job_id``, directly or not,
-        up to the partial steps; then ``release`` for those that no longer wait.
+        up to the partial steps.
 
         Those steps are all ``pending``: a step leaves ``pending`` only once
         every step it depends on has succeeded (a partial one: ended).
@@ -264,18 +265,11 @@ class Writes:
         reason = dependency_reason(job_id, state)
         partial = self._marks(workflow_id)[0]
         dependents = {job_id}
-        reached: list[JobId] = []
         for step in self._steps(workflow_id):  # ascending ids: a topological order
-            if dependents.intersection(load_json(step["depends_on"])):
-                if step["id"] in partial:
-                    reached.append(step["id"])
-                    continue
+            if step["id"] not in partial and dependents.intersection(load_json(step["depends_on"])):
                 dependents.add(step["id"])
                 if step["state"] == JobState.PENDING:
                     self.move(step, JobEvent.CANCEL, reason=reason)
-        for step in self.rows(reached):
-            if step["state"] == JobState.PENDING:
-                self._release_if_ready(step)
 
     def _step_args(self, step: sqlite3.Row, *, released: bool) -> str:
         """A step's own args, with its input put in front once it is released."""
@@ -322,7 +316,13 @@ class Writes:
 
     def settle_callbacks(self) -> None:
         """At the end of the call: move each pending failure callback whose workflow's
-        state the call changed, by the state the workflow ends the call in."""
+        state the call changed, by the state the workflow ends the call in; first release
+        the pending partial steps of the workflows the call touched that no longer wait."""
+        for workflow_id in sorted(self._states_before):
+            partial = sorted(self._marks(workflow_id)[0])
+            for step in self.rows(partial):
+                if step["state"] == JobState.PENDING:
+                    self._release_if_ready(step)
         for workflow_id, before in sorted(self._states_before.items()):
             workflow = self.conn.execute(
                 "SELECT state, on_failure FROM workflows WHERE id = ?", (workflow_id,)
