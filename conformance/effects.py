@@ -146,7 +146,13 @@ CASES = [
             _in(state),
             lambda h, job: h.driver.cancel([job.id]),
         )
-        for state in (JobState.PENDING, JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYING)
+        for state in (
+            JobState.PENDING,
+            JobState.SCHEDULED,
+            JobState.AVAILABLE,
+            JobState.RETRYING,
+            JobState.DEAD,
+        )
     ),
     *(
         Case(

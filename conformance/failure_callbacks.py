@@ -233,3 +233,31 @@ class WorkflowFailureCallbackRules(HarborFixture):
             harbor.driver.get_workflow(record.id)
         with pytest.raises(JobNotFound):
             callback_of(harbor, record)
+
+    @requires("failure_callbacks")
+    def test_a_dead_step_cancelled_leaves_the_released_callback_as_it_is(
+        self, harbor: Harbor
+    ) -> None:
+        record = with_callback(harbor, step("a"), step("b"))
+        a, b = record.steps
+        harbor.fail(harbor.lease_job(harbor.get(a)), permanent=True)
+        released = callback_of(harbor, record)
+        failed = harbor.driver.get_workflow(record.id)
+        harbor.advance(1)
+        harbor.driver.cancel([a])
+        harbor.finish(harbor.get(b))
+        assert callback_of(harbor, record) == released  # told once, never taken back
+        assert harbor.driver.get_workflow(record.id) == failed
+
+    @requires("failure_callbacks")
+    def test_a_dead_callback_cancelled_leaves_its_workflow_failed(self, harbor: Harbor) -> None:
+        record = with_callback(harbor, step("a"))
+        harbor.fail(harbor.lease_job(harbor.get(record.steps[0])), permanent=True)
+        harbor.fail(harbor.lease_job(callback_of(harbor, record)), permanent=True)
+        dead = callback_of(harbor, record)
+        failed = harbor.driver.get_workflow(record.id)
+        harbor.advance(1)
+        (cancelled,) = harbor.driver.cancel([dead.id])
+        assert cancelled.state is JobState.CANCELLED
+        assert (cancelled.args, cancelled.errors) == (dead.args, dead.errors)  # its failure kept
+        assert harbor.driver.get_workflow(record.id) == failed

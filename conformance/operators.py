@@ -8,6 +8,7 @@ from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
     EnqueueRequest,
     InvalidTransition,
+    JobFilter,
     JobState,
     WorkflowState,
     dependency_reason,
@@ -15,6 +16,7 @@ from taskharbor.spec import (
 from taskharbor.spec.table import FINISHED_JOB_STATES, QUEUED_JOB_STATES
 
 from .harness import Harbor, HarborFixture
+from .workflows import step, workflow
 
 REQUEUABLE = (JobState.DEAD, JobState.CANCELLED)
 
@@ -54,16 +56,77 @@ class CancellingRules(HarborFixture):
         assert harbor.driver.cancel([job.id]) == [asked]
         assert harbor.get(job.id) == asked
 
-    @pytest.mark.parametrize("state", sorted(FINISHED_JOB_STATES))
-    def test_cancel_of_a_finished_job_raises_and_changes_nothing(
+    @pytest.mark.parametrize("state", sorted(FINISHED_JOB_STATES - {JobState.DEAD}))
+    def test_cancel_of_a_succeeded_or_cancelled_job_raises_and_changes_nothing(
         self, harbor: Harbor, state: JobState
     ) -> None:
         waiting = harbor.job_in(JobState.AVAILABLE)
+        dead = harbor.job_in(JobState.DEAD)
         finished = harbor.job_in(state)
         before = harbor.snapshot()
         with pytest.raises(InvalidTransition):
-            harbor.driver.cancel([waiting.id, finished.id])
+            harbor.driver.cancel([waiting.id, dead.id, finished.id])
         assert harbor.snapshot() == before
+
+    def test_cancel_takes_a_dead_job_out_of_the_dlq_with_its_errors_kept(
+        self, harbor: Harbor
+    ) -> None:
+        dead = harbor.job_in(JobState.DEAD, max_attempts=3)
+        harbor.advance(60)
+        (cancelled,) = harbor.driver.cancel([dead.id])
+        assert (cancelled.state, cancelled.reason) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
+        assert (cancelled.errors, cancelled.attempt) == (dead.errors, dead.attempt)
+        assert cancelled.finished_at == dead.finished_at  # it finished when it died
+        assert harbor.get(dead.id) == cancelled
+        assert harbor.driver.list_jobs(JobFilter(states=frozenset({JobState.DEAD}))) == []
+        assert harbor.driver.count() == {(dead.queue, JobState.CANCELLED): 1}
+
+    def test_cancel_of_a_mixed_batch_ends_each_job_by_its_own_state(self, harbor: Harbor) -> None:
+        waiting = harbor.job_in(JobState.AVAILABLE)
+        dead = harbor.job_in(JobState.DEAD)
+        running = harbor.running(queue="mixed-running")
+        retrying = harbor.job_in(JobState.RETRYING)
+        harbor.advance(2)
+        done = harbor.driver.cancel([dead.id, waiting.id, running.id, retrying.id])
+        assert [(job.id, job.state) for job in done] == [
+            (dead.id, JobState.CANCELLED),
+            (waiting.id, JobState.CANCELLED),
+            (running.id, JobState.RUNNING),
+            (retrying.id, JobState.CANCELLED),
+        ]
+        assert [job.finished_at for job in done] == [
+            dead.finished_at,
+            harbor.now(),
+            None,
+            harbor.now(),
+        ]
+        assert done[2].cancel_requested is True
+        assert harbor.driver.get([job.id for job in done]) == done
+
+    def test_cancel_of_a_dead_step_leaves_its_workflow_failed(self, harbor: Harbor) -> None:
+        record = workflow(
+            harbor, step("a"), step("b"), step("c", after=(0, 1), input=[0, 1]), result=2
+        )
+        a, b, c = record.steps
+        harbor.advance(1)
+        harbor.fail(harbor.lease_job(harbor.get(a)), permanent=True)
+        failed = harbor.driver.get_workflow(record.id)
+        callback_step = harbor.get(c)
+        assert (failed.state, callback_step.state) == (WorkflowState.FAILED, JobState.CANCELLED)
+        harbor.advance(1)
+        (cancelled,) = harbor.driver.cancel([a])
+        assert cancelled.state is JobState.CANCELLED
+        assert harbor.driver.get_workflow(record.id) == failed
+        assert harbor.get(c) == callback_step  # cancelled when a died, with that reason
+        harbor.advance(1)
+        harbor.finish(harbor.get(b), "b")  # the steps now say "cancelled": it stays failed
+        assert harbor.driver.get_workflow(record.id) == failed
+        harbor.driver.requeue([a])  # and an operator can still resume it
+        assert harbor.driver.get_workflow(record.id).state is WorkflowState.RUNNING
+        assert [job.state for job in harbor.driver.get([a, c])] == [
+            JobState.AVAILABLE,
+            JobState.PENDING,
+        ]
 
     def test_cancel_leaves_a_job_an_earlier_item_already_cancelled_through_its_workflow(
         self, harbor: Harbor

@@ -460,11 +460,13 @@ class WorkflowCancellationRules(HarborFixture):
         a, b = harbor.driver.get(list(record.steps))
         failed_at = harbor.advance(1)
         harbor.fail(harbor.lease_job(a), permanent=True)
+        dead = harbor.get(a.id)
         harbor.advance(1)
         still_failed = harbor.driver.cancel_workflow(record.id)
         assert (still_failed.state, still_failed.finished_at) == (WorkflowState.FAILED, failed_at)
         stored = harbor.get(b.id)
         assert (stored.state, stored.reason) == (JobState.CANCELLED, WORKFLOW_CANCELLED)
+        assert harbor.get(a.id) == dead  # the dead-letter queue keeps it: cancel it by itself
 
     def test_cancel_workflow_of_a_succeeded_workflow_raises(self, harbor: Harbor) -> None:
         record = workflow(harbor, step("a"))

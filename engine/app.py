@@ -652,7 +652,8 @@ class App:
 
     def cancel(self, job: JobRef) -> Job:
         """Cancel a job: at once if it waits; a running job is asked to stop and
-        ends ``cancelled`` when its worker sees the request."""
+        ends ``cancelled`` when its worker sees the request; a ``dead`` one leaves
+        the dead-letter queue for good (its errors kept)."""
         return Job.from_record(self.driver.cancel([_job_id(job)])[0])
 
     def requeue(self, job: JobRef) -> Job:

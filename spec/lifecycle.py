@@ -100,9 +100,13 @@ class JobLifecycle(StateMachine):
         | scheduled.to(cancelled)
         | available.to(cancelled)
         | retrying.to(cancelled)
+        | dead.to(cancelled)
     )
     """Cancel a job that is not running.  A running job is only *asked* to stop
-    (``cancel_requested``); it ends through ``fail`` or ``lease_expired``."""
+    (``cancel_requested``); it ends through ``fail`` or ``lease_expired``.  A dead
+    job may be cancelled too: the operator takes it out of the dead-letter queue
+    for good (its errors and ``finished_at`` stay; a workflow it failed stays
+    ``failed``)."""
 
     requeue = (
         dead.to(available)

@@ -252,7 +252,7 @@ class ReferenceModel(Driver):
 
     def _set(self, s: _Store, job: JobRecord, target: JobState, **changes: Any) -> JobRecord:
         """Store ``job`` in ``target`` with the field effects every event shares."""
-        if target in FINISHED_JOB_STATES:
+        if target in FINISHED_JOB_STATES and job.state not in FINISHED_JOB_STATES:
             changes.setdefault("finished_at", self._now)
         if target == JobState.CANCELLED:
             changes.setdefault("reason", job.reason or CANCELLED_BY_REQUEST)
@@ -922,7 +922,9 @@ class ReferenceModel(Driver):
         if dead is not None:
             self._first_dead.setdefault(workflow_id, dead)
         counted = (step_id for step_id in workflow.steps if step_id not in s.tolerated)
-        target = derive_workflow_state(s.jobs[step_id].state for step_id in counted)
+        target = derive_workflow_state(
+            (s.jobs[step_id].state for step_id in counted), workflow.state
+        )
         if target == workflow.state:
             return
         WORKFLOW.event_for(workflow.state, target, subject=workflow_id)

@@ -80,7 +80,9 @@ lease_expired   ``ErrorInfo`` with ``LEASE_EXPIRED_TYPE`` and
                 :func:`taskharbor.spec.retry.retry_delay`, the same function
                 the worker uses for a reported failure); to dead or
                 cancelled: ``finished_at = now``
-cancel          ``finished_at = now``; ``reason`` set (see below)
+cancel          ``finished_at = now``; ``reason`` set (see below); from
+                ``dead``: ``finished_at`` kept (the job finished when it
+                died), errors and ``attempt`` kept as ever
 requeue         ``attempt = 0``; ``run_at = now``; ``cancel_requested``,
                 ``finished_at``, ``reason`` and ``result`` cleared; errors
                 kept; a workflow step's ``args`` go back to the step's own
@@ -141,8 +143,15 @@ These effects are part of the call that causes them, in the same transaction:
   too (``pending`` again while it waits on dependencies).
 * After any of these the workflow's state is derived from its steps that
   count (all but the tolerated ones, "Partial steps" below): any ``dead`` ->
-  ``failed``; else any ``cancelled`` -> ``cancelled``; else every one
-  ``succeeded`` -> ``succeeded``; else ``running``.  A change goes
+  ``failed``; else any ``cancelled`` -> ``cancelled``, but a ``failed``
+  workflow stays ``failed``; else every one ``succeeded`` -> ``succeeded``;
+  else ``running`` (:func:`~taskharbor.spec.table.derive_workflow_state` with
+  its current state).  So cancelling a dead step (taking it out of the
+  dead-letter queue) leaves its workflow ``failed``: the failure happened, and
+  its failure callback has been released with it, never to be cancelled by it.
+  Its dependents were cancelled when it died; any that a requeue made
+  ``pending`` again are cancelled with it, as for any step that ends
+  cancelled.  A change goes
   through :data:`taskharbor.spec.table.WORKFLOW` (``event_for``), and sets
   ``finished_at`` (now) when the new state is not ``running``, clears it
   otherwise.
@@ -495,9 +504,12 @@ class Driver(abc.ABC):
         ``cancel_requested = True`` (its worker sees it at the next heartbeat).
 
         A job already ``running`` with ``cancel_requested`` is left as it is.
-        A finished job raises ``InvalidTransition``; the whole call then
-        changes nothing.  Items apply in order; a job that an earlier item's
-        workflow cascade already cancelled in this call is left as it is.
+        A ``dead`` job is cancelled (out of the dead-letter queue for good: its
+        errors, ``attempt`` and ``finished_at`` kept; a workflow it failed stays
+        ``failed``).  A ``succeeded`` or ``cancelled`` job raises
+        ``InvalidTransition``; the whole call then changes nothing.  Items
+        apply in order; a job that an earlier item's workflow cascade already
+        cancelled in this call is left as it is.
         """
 
     @abc.abstractmethod

@@ -241,18 +241,24 @@ FINISHED_JOB_STATES: frozenset[JobState] = frozenset(
 """States in which a job waits for nothing: only an operator can move it on."""
 
 
-def derive_workflow_state(step_states: Iterable[str]) -> WorkflowState:
+def derive_workflow_state(
+    step_states: Iterable[str], current: WorkflowState | None = None
+) -> WorkflowState:
     """A workflow's state, derived from its steps' states (spec/spi.py, "Workflows").
 
-    Any step dead -> failed; else any step cancelled -> cancelled; else every
-    step succeeded -> succeeded; else running.  A change of the stored state
-    must then be one :data:`WORKFLOW` has (``WORKFLOW.event_for``).  Give it the
-    states of the steps that count: not those in ``tolerated_steps``.
+    Any step dead -> failed; else any step cancelled -> cancelled, unless the
+    workflow is ``current``-ly failed (its dead steps were cancelled out of the
+    dead-letter queue: it failed, and its failure callback was told, so it stays
+    failed); else every step succeeded -> succeeded; else running.  A change of
+    the stored state must then be one :data:`WORKFLOW` has (``WORKFLOW.event_for``).
+    Give it the states of the steps that count: not those in ``tolerated_steps``.
     """
     states = set(step_states)
     if JobState.DEAD in states:
         return WorkflowState.FAILED
     if JobState.CANCELLED in states:
+        if current == WorkflowState.FAILED:
+            return WorkflowState.FAILED
         return WorkflowState.CANCELLED
     if states == {JobState.SUCCEEDED}:
         return WorkflowState.SUCCEEDED
@@ -260,6 +266,7 @@ def derive_workflow_state(step_states: Iterable[str]) -> WorkflowState:
 
 
 QUEUED_JOB_STATES: frozenset[JobState] = frozenset(
-    JobState(s) for s in JOB.sources(JobEvent.CANCEL)
+    JobState(s) for s in JOB.sources(JobEvent.CANCEL) if s not in FINISHED_JOB_STATES
 )
-"""States from which ``cancel`` applies directly (the job is not running)."""
+"""States from which ``cancel`` applies directly and that are not finished: the job
+waits in the queue (``cancel_workflow`` cancels these; a dead step it leaves dead)."""

@@ -33,7 +33,8 @@ def test_every_command_is_documented() -> None:
     assert "taskharbor schedules drop" in COMMANDS
     assert "taskharbor queues pause" in COMMANDS
     assert "taskharbor workers" in COMMANDS
-    assert len(COMMANDS) == 32
+    assert "taskharbor dlq cancel" in COMMANDS
+    assert len(COMMANDS) == 33
 
 
 @pytest.mark.parametrize("path", COMMANDS)

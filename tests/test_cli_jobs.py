@@ -158,8 +158,8 @@ def test_jobs_cancel_of_a_finished_job_changes_nothing(cli_store: CliStore) -> N
     assert result.exit_code == 1
     line = one_error_line(result)
     assert line == (
-        f"Error: job {done.id} is succeeded, and cancel works only on available, pending, "
-        "retrying, scheduled jobs (cancelled at once) and running jobs (asked to stop: "
+        f"Error: job {done.id} is succeeded, and cancel works only on available, dead, "
+        "pending, retrying, scheduled jobs (cancelled at once) and running jobs (asked to stop: "
         "they end cancelled when their worker sees the request)"
     )
     assert cli_store.driver.get([waiting.id])[0].state == JobState.AVAILABLE
@@ -167,7 +167,7 @@ def test_jobs_cancel_of_a_finished_job_changes_nothing(cli_store: CliStore) -> N
 
 def test_the_cancellable_states_come_from_the_spec_table() -> None:
     at_once, asked = cancellable_states()
-    assert set(at_once) == QUEUED_JOB_STATES
+    assert set(at_once) == {*QUEUED_JOB_STATES, JobState.DEAD}
     assert asked == [JobState.RUNNING]
 
 
@@ -251,6 +251,26 @@ def test_dlq_requeue_needs_a_selection(cli_store: CliStore) -> None:
     both = cli_store.run("dlq", "requeue", "1", "--all")
     assert both.exit_code == 2
     assert "not both" in one_error_line(both)
+
+
+def test_dlq_cancel_takes_dead_jobs_out_for_good(cli_store: CliStore) -> None:
+    flaky = cli_store.dead("tasks.flaky", 2)
+    (other,) = cli_store.dead("tasks.other")
+    (waiting,) = cli_store.enqueue()
+    refused = cli_store.run("dlq", "cancel", str(other.id), str(waiting.id))
+    assert refused.exit_code == 1
+    assert "dlq cancel takes only dead jobs" in one_error_line(refused)
+    shape = cli_store.json("dlq", "cancel", str(other.id))
+    assert [(job["id"], job["state"]) for job in shape["jobs"]] == [(other.id, "cancelled")]
+    assert len(shape["jobs"][0]["errors"]) == 1  # errors are kept
+    dry = cli_store.ok("dlq", "cancel", "--task", "tasks.flaky", "--dry-run").stdout
+    assert "would cancel 2 job(s)" in dry
+    assert (
+        f"cancelled 2 job(s): {flaky[0].id}, {flaky[1].id}"
+        in cli_store.ok("dlq", "cancel", "--all").stdout
+    )
+    assert cli_store.json("dlq", "list")["jobs"] == []
+    assert cli_store.driver.get([waiting.id])[0].state == JobState.AVAILABLE
 
 
 def test_workflows_show_the_step_tree(cli_store: CliStore) -> None:

@@ -143,15 +143,37 @@ def test_a_session_cookie_this_process_did_not_sign_is_refused(app: th.App) -> N
 
 def test_cancel_skips_the_jobs_the_contract_does_not_allow(app: th.App) -> None:
     scheduled = app.list_jobs(state="scheduled")[0].id
-    dead = dead_id(app)
+    succeeded = app.list_jobs(state="succeeded")[0].id
     with client(app) as web:
         csrf = sign_in(web)
-        form = {"action": "cancel", "ids": [str(scheduled), str(dead)], "csrf": csrf}
+        form = {"action": "cancel", "ids": [str(scheduled), str(succeeded)], "csrf": csrf}
         confirm = web.post("/actions/confirm", data=form).text
         assert "Cancel 1 job?" in confirm and "Not possible for 1" in confirm
         web.post("/actions/apply", data=form)
     assert app.get_job(scheduled).state == JobState.CANCELLED
-    assert app.get_job(dead).state == JobState.DEAD
+    assert app.get_job(succeeded).state == JobState.SUCCEEDED
+
+
+def test_dead_jobs_are_cancelled_from_the_dlq_after_a_confirmation(app: th.App) -> None:
+    hostile = app.get_task(HOSTILE)
+    assert hostile is not None
+    hostile.enqueue("again")
+    th.Worker(app, poll_interval=0.05).run(burst=True)
+    dead = [job.id for job in app.list_jobs(state="dead")]
+    assert len(dead) == 2
+    with client(app) as web:
+        assert "Cancel selected" not in web.get("/dlq").text  # signed out
+        csrf = sign_in(web)
+        assert "Cancel selected" in web.get("/dlq").text
+        form = {"action": "cancel", "ids": [str(i) for i in dead], "csrf": csrf, "back": "/dlq"}
+        assert web.post("/actions/apply", data={**form, "csrf": ""}).status_code == 403
+        confirm = web.post("/actions/confirm", data=form).text
+        assert "Cancel 2 jobs?" in confirm
+        assert {job.state for job in app.list_jobs(state="dead")} == {JobState.DEAD}
+        done = web.post("/actions/apply", data=form).text
+    assert "Cancel: 2 jobs" in done
+    assert app.list_jobs(state="dead") == []
+    assert all(app.get_job(i).errors for i in dead)
 
 
 def test_read_only_offers_and_accepts_no_action(app: th.App) -> None:

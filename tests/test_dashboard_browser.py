@@ -87,27 +87,49 @@ def test_every_page_loads_without_an_error(browser: Any, demo: Any, served: str)
     assert watch.errors == []
 
 
-def test_requeue_a_dead_job_from_the_page_and_see_it_succeed(
-    browser: Any, demo: Any, served: str
-) -> None:
+def _signed_in_on_the_dlq(browser: Any, served: str) -> Any:
+    """A page signed in through the form, on the dead-letter queue."""
     page = browser.new_page()
     page.goto(f"{served}/dlq")
     page.click("text=Sign in")
     page.fill("#token", "secret-token")
     page.click("#sign-in")
     assert page.url.endswith("/dlq")
-    page.check(f"input[name=ids][value='{demo.dead_flaky}']")
-    page.click("#requeue-selected")
-    assert "Requeue 1 job?" in page.inner_text("h1")
-    assert demo.app.get_job(demo.dead_flaky).state == JobState.DEAD
+    return page
+
+
+def _confirm_on_the_dlq(page: Any, demo: Any, job_id: int, action: str) -> None:
+    """Tick a dead job, choose ``action``, see the confirmation change nothing, confirm."""
+    page.check(f"input[name=ids][value='{job_id}']")
+    page.click(f"#{action}-selected")
+    assert f"{action.capitalize()} 1 job?" in page.inner_text("h1")
+    assert demo.app.get_job(job_id).state == JobState.DEAD
     page.click("#confirm")
-    assert "Requeue: 1 job" in page.inner_text("#done")
+    assert f"{action.capitalize()}: 1 job" in page.inner_text("#done")
+
+
+def test_requeue_a_dead_job_from_the_page_and_see_it_succeed(
+    browser: Any, demo: Any, served: str
+) -> None:
+    page = _signed_in_on_the_dlq(browser, served)
+    _confirm_on_the_dlq(page, demo, demo.dead_flaky, "requeue")
     demo.flaky["fail"] = False  # the SMTP server is back
     shots.run_worker(demo.app, ["mail"])
     assert demo.app.get_job(demo.dead_flaky).state == JobState.SUCCEEDED
     page.goto(f"{served}/jobs/{demo.dead_flaky}")
     assert "succeeded" in page.inner_text("h1")
     assert "ConnectionError" in page.inner_text("main")  # the earlier attempt's error stays
+
+
+def test_cancel_a_dead_job_from_the_page_after_a_confirmation(
+    browser: Any, demo: Any, served: str
+) -> None:
+    page = _signed_in_on_the_dlq(browser, served)
+    _confirm_on_the_dlq(page, demo, demo.failed_job, "cancel")
+    cancelled = demo.app.get_job(demo.failed_job)
+    assert cancelled.state == JobState.CANCELLED and cancelled.errors
+    page.goto(f"{served}/dlq")
+    assert page.locator(f"input[name=ids][value='{demo.failed_job}']").count() == 0
 
 
 def test_hostile_args_and_errors_are_text_never_script(

@@ -198,6 +198,15 @@ class CancelsPartOfARefusedBatch(ReferenceModel):
         return self.get(job_ids_)
 
 
+class RestampsACancelledDeadJob(ReferenceModel):
+    """Cancelling a dead job stamps ``finished_at`` again, as if it finished only now."""
+
+    def _set(self, s: Any, job: JobRecord, target: JobState, **changes: Any) -> JobRecord:
+        if job.state is JobState.DEAD and target is JobState.CANCELLED:
+            changes.setdefault("finished_at", self._now)
+        return super()._set(s, job, target, **changes)
+
+
 class RunsPausedSchedules(ReferenceModel):
     """A paused schedule's ticks are still enqueued."""
 
@@ -248,7 +257,13 @@ class LeasesPausedQueues(ReferenceModel):
         # released too early: still pending in the model, or its input not all there
         (ReleasesOnFirstDependency, r"\.(state: model=<JobState\.PENDING|args: model=)"),
         (CancelsPartialSteps, r"\.state: model=<JobState\.(PENDING|AVAILABLE)"),
-        (CancelsPartOfARefusedBatch, "driver: the refused call changed job"),
+        # a refused batch changed, or a later item saw an earlier item's call end first
+        # (its workflow's failure callback cancelled with the workflow, not by request)
+        (
+            CancelsPartOfARefusedBatch,
+            r"driver: the refused call changed job|cancel\[\d+\]\.reason: model='cancelled by",
+        ),
+        (RestampsACancelledDeadJob, ".finished_at: model="),
         (RunsPausedSchedules, "stored schedules:|enqueue_due_ticks: model="),
         (
             IgnoresKeyLimits,

@@ -23,6 +23,7 @@ from taskharbor.spec import (
     field_effects,
 )
 from taskharbor.spec.lifecycle import JobLifecycle
+from taskharbor.spec.table import QUEUED_JOB_STATES
 
 
 def test_every_persisted_state_is_a_job_state() -> None:
@@ -52,13 +53,10 @@ def test_invalid_transition_names_subject_event_and_states() -> None:
     assert "job 42" in message and "succeeded" in message and "available" in message
 
 
-def test_cancel_applies_to_queued_states_only() -> None:
-    assert JOB.sources(JobEvent.CANCEL) == {
-        JobState.PENDING,
-        JobState.SCHEDULED,
-        JobState.AVAILABLE,
-        JobState.RETRYING,
-    }
+def test_cancel_applies_to_queued_states_and_dead() -> None:
+    queued = {JobState.PENDING, JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYING}
+    assert JOB.sources(JobEvent.CANCEL) == {*queued, JobState.DEAD}
+    assert queued == QUEUED_JOB_STATES
 
 
 def test_requeue_leaves_dead_and_cancelled() -> None:
@@ -155,6 +153,14 @@ def test_workflow_state_is_derived_dead_first_then_cancelled(
     steps: set[JobState], expected: WorkflowState
 ) -> None:
     assert derive_workflow_state(steps) == expected
+
+
+def test_a_failed_workflow_whose_dead_steps_were_cancelled_stays_failed() -> None:
+    steps = {JobState.CANCELLED, JobState.SUCCEEDED, JobState.RUNNING}
+    assert derive_workflow_state(steps, WorkflowState.FAILED) is WorkflowState.FAILED
+    assert derive_workflow_state(steps, WorkflowState.RUNNING) is WorkflowState.CANCELLED
+    requeued = {JobState.AVAILABLE, JobState.PENDING}
+    assert derive_workflow_state(requeued, WorkflowState.FAILED) is WorkflowState.RUNNING
 
 
 def test_every_event_on_a_stored_job_has_published_field_effects() -> None:

@@ -102,7 +102,7 @@ from taskharbor.spec.records import (
     job_ids,
     map_ref,
 )
-from taskharbor.spec.table import NEW
+from taskharbor.spec.table import NEW, QUEUED_JOB_STATES
 
 FORMAT = 1
 """The version of the file's layout; ``migrate`` refuses a file with another one."""
@@ -244,13 +244,14 @@ def _target(store: _Store, job: JobRecord, event: JobEvent, *, permanent: bool =
 def _enter(store: _Store, job: JobRecord, target: JobState, **changes: Any) -> JobRecord:
     """Store ``job`` in ``target`` with the field effects every event shares, then ``changes``.
 
-    Entering a finished state sets ``finished_at``; entering ``cancelled`` sets
+    Entering a finished state from an unfinished one sets ``finished_at`` (a dead
+    job cancelled keeps the one it died at); entering ``cancelled`` sets
     a reason (the one a workflow's cancel recorded on a running step, else by
     request, unless ``changes`` names another); leaving ``running`` clears the
     lease fields, ``cancel_requested`` and any reason recorded.
     """
     shared: dict[str, Any] = {}
-    if target in FINISHED_JOB_STATES:
+    if target in FINISHED_JOB_STATES and job.state not in FINISHED_JOB_STATES:
         shared["finished_at"] = store.now
     if job.state == JobState.RUNNING and target != JobState.RUNNING:
         shared.update(lease_token=None, lease_expires_at=None, leased_by=None)
@@ -358,9 +359,10 @@ def _release(store: _Store, step: JobRecord) -> None:
 
 
 def _derive_workflow(store: _Store, workflow_id: WorkflowId) -> None:
-    """Set the workflow's state from its steps' states (spec/spi.py, "Workflows")."""
+    """Set the workflow's state from its steps' states and its own (spec/spi.py, "Workflows")."""
     workflow = store.workflows[workflow_id]
-    target = derive_workflow_state(store.jobs[step_id].state for step_id in workflow.steps)
+    steps = (store.jobs[step_id].state for step_id in workflow.steps)
+    target = derive_workflow_state(steps, workflow.state)
     if target == workflow.state:
         return
     WORKFLOW.event_for(workflow.state, target, subject=workflow_id)  # raises if no such change
@@ -782,7 +784,7 @@ class JsonFileDriver(Driver):
             workflow = store.workflows[workflow_id]
             if workflow.state in WORKFLOW.final_states:
                 raise InvalidTransition.workflow_finished(workflow_id, workflow.state)
-            cancellable = JOB.sources(JobEvent.CANCEL)  # every unfinished state but running
+            cancellable = QUEUED_JOB_STATES  # every unfinished state but running
             for step_id in workflow.steps:
                 step = store.jobs[step_id]
                 if step.state == JobState.RUNNING:

@@ -617,7 +617,8 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
 
         Applies the rules every event shares: lease fields and
         ``cancel_requested`` exist only while ``running``; ``finished_at`` is
-        set on entering a finished state and cleared on leaving one; ``reason``
+        set on entering a finished state from an unfinished one (a dead job
+        cancelled keeps it) and cleared on leaving one; ``reason``
         exists only while ``cancelled`` (or recorded on a running step by its
         workflow's cancel): entering ``cancelled`` it is ``reason``, else the
         recorded one, else ``CANCELLED_BY_REQUEST``.
@@ -625,7 +626,10 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         if target is not JobState.RUNNING:
             row.lease_token = row.lease_expires_at = row.leased_by = None
             row.cancel_requested = False
-        row.finished_at = now if target in FINISHED_JOB_STATES else None
+        if target not in FINISHED_JOB_STATES:
+            row.finished_at = None
+        elif row.state not in FINISHED_JOB_STATES:
+            row.finished_at = now
         if target is JobState.CANCELLED:
             row.reason = reason or row.reason or CANCELLED_BY_REQUEST
         elif target is not JobState.RUNNING:  # a heartbeat keeps a recorded reason
@@ -713,7 +717,9 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
                 self._release_ready(self._jobs[step_id], now)
         for workflow_id in sorted(touched):
             workflow = self._workflows[workflow_id]
-            target = derive_workflow_state(self._jobs[step].state for step in workflow.counted)
+            target = derive_workflow_state(
+                (self._jobs[step].state for step in workflow.counted), workflow.state
+            )
             if target is workflow.state:
                 continue
             WORKFLOW.event_for(workflow.state, target, subject=workflow_id)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from psycopg import sql
 
-from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState
+from taskharbor.spec import FINISHED_JOB_STATES, QUEUED_JOB_STATES, JobEvent, JobState
 from taskharbor.spec.records import PRUNABLE_WORKFLOW_STATES
 
 from .queues import paused_table
@@ -315,11 +315,12 @@ FROM queued q WHERE j.id = q.id
 
 @statement
 def cancel_workflow_steps(tables: Tables) -> sql.Composed:
-    """Cancel every queued step of ``%(workflow_id)s`` with ``%(reason)s``."""
+    """Cancel every queued step of ``%(workflow_id)s`` with ``%(reason)s`` (a dead one
+    stays in the dead-letter queue)."""
     return tables.sql(
         _CANCEL_WORKFLOW_STEPS,
         target=target_case(JobEvent.CANCEL, {}),
-        queued=job_states(event_sources(JobEvent.CANCEL)),
+        queued=job_states(QUEUED_JOB_STATES),
     )
 
 

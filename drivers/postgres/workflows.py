@@ -8,7 +8,8 @@
   is a *later* statement of that transaction: under READ COMMITTED it takes a
   fresh snapshot, which sees the results committed by the other members.
 * :func:`cascade` - steps ended dead or cancelled: the pending steps that
-  depend on them, directly or not, are cancelled, up to the partial steps.
+  depend on them, directly or not, are cancelled, up to the partial steps (a
+  job that already finished, a dead one cancelled, keeps its ``finished_at``).
   When several steps end in one call, a dependent takes the reason of the
   first of them (call order), as if the call's items were applied one after
   the other.
@@ -19,7 +20,9 @@
   later statement, so exactly one of two calls ending their last dependencies
   at once releases them; ``waiting_on`` counts successes only, so a partial
   step never leaves by it); then the workflow's state, derived from its
-  counted steps (``tolerated`` ones left out) and changed only through
+  counted steps (``tolerated`` ones left out; a failed one stays failed when
+  its dead steps were cancelled: ``derive_workflow_state`` with the current
+  state) and changed only through
   ``WORKFLOW.event_for``; a pending failure callback is released or cancelled
   with the change (its row is locked with the partial steps, before the
   workflow rows, in the lock order below).
@@ -50,7 +53,7 @@ from taskharbor.spec import (
     WorkflowState,
 )
 from taskharbor.spec.records import CALLBACK_CANCELS, map_ref, partial_input, step_failure
-from taskharbor.spec.table import FINISHED_JOB_STATES, NEW, QUEUED_JOB_STATES
+from taskharbor.spec.table import FINISHED_JOB_STATES, NEW
 
 from . import statements
 from .rows import job_record
@@ -120,7 +123,8 @@ locked AS (
     WHERE j.state IN {cancellable}
     ORDER BY j.id FOR UPDATE OF j
 )
-UPDATE {jobs} j SET state = l.target, finished_at = {now}, reason = l.reason
+UPDATE {jobs} j SET state = l.target, finished_at = COALESCE(j.finished_at, {now}),
+    reason = l.reason
 FROM locked l WHERE j.id = l.id
 RETURNING j.id, j.workflow_id
 """
@@ -186,13 +190,14 @@ WHERE w.id = ANY(%(ids)s::bigint[]) ORDER BY w.id FOR UPDATE
 _DERIVED = """
 SELECT j.workflow_id AS id,
        CASE WHEN bool_or(j.state = {dead}) THEN {failed}
+            WHEN bool_or(j.state = {cancelled}) AND w.state = {failed} THEN {failed}
             WHEN bool_or(j.state = {cancelled}) THEN {wf_cancelled}
             WHEN bool_and(j.state = {succeeded}) THEN {wf_succeeded}
             ELSE {wf_running} END AS state
 FROM {jobs} j JOIN {workflows} w ON w.id = j.workflow_id
 WHERE j.workflow_id = ANY(%(ids)s::bigint[]) AND j.id IS DISTINCT FROM w.on_failure
   AND NOT j.tolerated
-GROUP BY j.workflow_id
+GROUP BY j.workflow_id, w.state
 """
 
 _INSERT_CALLBACK = """
@@ -257,7 +262,9 @@ def _cascade(tables: Tables, *, with_origins: bool) -> sql.Composed:
         _CASCADE,
         seeds=tables.sql(_SELF_SEEDS) if with_origins else sql.SQL(""),
         cancel=target_case(JobEvent.CANCEL, {}),
-        cancellable=job_states(QUEUED_JOB_STATES if with_origins else {JobState.PENDING}),
+        cancellable=job_states(
+            JOB.sources(JobEvent.CANCEL) if with_origins else {JobState.PENDING}
+        ),
     )
 
 

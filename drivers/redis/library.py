@@ -353,7 +353,8 @@ function H.cancel_dependents(j)
   end
 end
 
--- A workflow's state derived from its per-state step counts, changed through the table.
+-- A workflow's state derived from its per-state step counts, changed through the table
+-- (a failed one stays failed when its dead steps were cancelled: derive_workflow_state).
 -- A workflow whose state changes moves its pending failure callback on (H.move_callback).
 function H.settle(touched)
   local ids = {}
@@ -365,6 +366,7 @@ function H.settle(touched)
       'n:' .. S.succeeded)
     local target = W.running
     if tonumber(f[3] or '0') > 0 then target = W.failed
+    elseif tonumber(f[4] or '0') > 0 and f[1] == W.failed then target = W.failed
     elseif tonumber(f[4] or '0') > 0 then target = W.cancelled
     elseif tonumber(f[5] or '0') == tonumber(f[2]) then target = W.succeeded end
     if target ~= f[1] then

@@ -140,11 +140,12 @@ class Writes:
 
     def apply(self, row: sqlite3.Row, target: JobState, **changes: Any) -> None:
         """Write ``target`` and the event's ``changes``, plus the effects every event
-        shares: ``finished_at`` when the job finishes, the cancellation reason
+        shares: ``finished_at`` when the job finishes (a dead job cancelled keeps
+        the one it died at), the cancellation reason
         (the one a running job's workflow cancel recorded, else the default),
         and the lease fields (and a recorded reason) cleared when it leaves
         ``running``."""
-        if target in FINISHED_JOB_STATES:
+        if target in FINISHED_JOB_STATES and row["state"] not in FINISHED_JOB_STATES:
             changes.setdefault("finished_at", self.now_us)
         if target == JobState.CANCELLED:
             changes.setdefault("reason", row["reason"] or CANCELLED_BY_REQUEST)
@@ -297,14 +298,12 @@ class Writes:
         if dead is not None:
             self._first_dead.setdefault(workflow_id, dead)
         tolerated = dump_json(sorted(self._marks(workflow_id)[1]))
-        target = derive_workflow_state(
-            JobState(row["state"])
-            for row in self.conn.execute(
-                "SELECT DISTINCT state FROM jobs WHERE workflow_id = ? AND id IS NOT ? "
-                "AND id NOT IN (SELECT value FROM json_each(?))",
-                (workflow_id, workflow["on_failure"], tolerated),
-            )
+        states = self.conn.execute(
+            "SELECT DISTINCT state FROM jobs WHERE workflow_id = ? AND id IS NOT ? "
+            "AND id NOT IN (SELECT value FROM json_each(?))",
+            (workflow_id, workflow["on_failure"], tolerated),
         )
+        target = derive_workflow_state((JobState(row["state"]) for row in states), current)
         if target == current:
             return
         WORKFLOW.event_for(current, target, subject=workflow_id)

@@ -312,45 +312,49 @@ def list_dead(
     print_jobs_page(session.driver(), where, as_json, render.dlq_table)
 
 
+DLQ_ACTIONS: dict[str, tuple[str, str]] = {
+    "requeue": ("requeued", "jobs retry also takes cancelled ones"),
+    "cancel": ("cancelled", "jobs cancel also takes waiting and running ones"),
+}
+"""The actions on dead jobs: the word for done, and the command that takes other jobs."""
+
+
 def dead_selection(
-    driver: Driver, job_ids: Sequence[JobId], task: str | None, queue: str | None
+    driver: Driver,
+    job_ids: Sequence[JobId],
+    task: str | None,
+    queue: str | None,
+    action: str = "requeue",
 ) -> list[JobRecord]:
-    """The dead jobs a ``dlq requeue`` names: the given ids (each must be dead, and of
-    ``task`` and ``queue`` if given) or else every dead job (of ``task`` and ``queue``
-    if given)."""
+    """The dead jobs a ``dlq requeue`` or ``dlq cancel`` names: the given ids (each must
+    be dead, and of ``task`` and ``queue`` if given) or else every dead job (of
+    ``task`` and ``queue`` if given)."""
     if not job_ids:
         where = JobFilter(states=frozenset({JobState.DEAD}), task=task, queue=queue)
         return list(scan(driver, where))
+    done, other = DLQ_ACTIONS[action]
     selected = driver.get(job_ids)
     for job in selected:
         if job.state != JobState.DEAD:
             raise click.ClickException(
-                f"job {job.id} is {job.state}, not dead: dlq requeue takes only dead jobs "
-                "(jobs retry also takes cancelled ones); nothing was requeued"
+                f"job {job.id} is {job.state}, not dead: dlq {action} takes only dead jobs "
+                f"({other}); nothing was {done}"
             )
         if task is not None and job.task != task:
             raise click.ClickException(
-                f"job {job.id} is a {job.task} job, not {task}; nothing was requeued"
+                f"job {job.id} is a {job.task} job, not {task}; nothing was {done}"
             )
         if queue is not None and job.queue != queue:
             raise click.ClickException(
-                f"job {job.id} is in queue {job.queue}, not {queue}; nothing was requeued"
+                f"job {job.id} is in queue {job.queue}, not {queue}; nothing was {done}"
             )
     return selected
 
 
-@dlq.command("requeue")
-@click.argument("job_ids", type=JOB_ID, nargs=-1, metavar="[ID...]")
-@click.option(
-    "--all", "everything", is_flag=True, help="Every dead job (of --task and --queue, if given)."
-)
-@click.option("--task", metavar="NAME", help="Only dead jobs of this task.")
-@click.option("--queue", metavar="NAME", help="Only dead jobs of this queue.")
-@click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
-@json_option
-@pass_session
-def requeue_dead(
+def act_on_dead(
     session: Session,
+    action: str,
+    *,
     job_ids: tuple[int, ...],
     everything: bool,
     task: str | None,
@@ -358,30 +362,78 @@ def requeue_dead(
     dry_run: bool,
     as_json: bool,
 ) -> None:
+    """Requeue or cancel the dead jobs selected, in batches (``dlq requeue``, ``dlq cancel``)."""
+    if job_ids and everything:
+        raise click.UsageError("give job ids or --all, not both")
+    if not job_ids and not everything and task is None and queue is None:
+        raise click.UsageError("say which dead jobs: job ids, --task NAME, --queue NAME or --all")
+    driver = session.driver()
+    done = DLQ_ACTIONS[action][0]
+    selected = dead_selection(driver, distinct(job_ids), task, queue, action)
+    ids = [job.id for job in selected]
+    call = driver.requeue if action == "requeue" else driver.cancel
+    changed = selected if dry_run or not ids else in_batches(ids, call, done)
+    if as_json:
+        click.echo(dumps({"jobs": [job_shape(job) for job in changed], "dry_run": dry_run}))
+        return
+    console = render.stdout()
+    if not ids:
+        console.print(f"the dead-letter queue has no such job: nothing to {action}")
+    elif dry_run:
+        console.print(render.dlq_table(selected))
+        console.print(f"would {action} {len(ids)} job(s) (dry run: nothing changed)")
+    else:
+        shown = ", ".join(str(job_id) for job_id in ids[:20])
+        console.print(f"{done} {len(ids)} job(s): {shown}{' ...' if len(ids) > 20 else ''}")
+
+
+def dead_jobs_command(action: str, help_text: str) -> None:
+    """Add ``dlq <action>`` (``requeue`` or ``cancel``): the same selection of dead jobs,
+    the same options, one action."""
+    done = DLQ_ACTIONS[action][0]
+
+    def command(session: Session, **options: Any) -> None:
+        act_on_dead(session, action, **options)
+
+    command.__doc__ = help_text
+    decorators: list[Callable[[Any], Any]] = [
+        dlq.command(action),
+        click.argument("job_ids", type=JOB_ID, nargs=-1, metavar="[ID...]"),
+        click.option(
+            "--all",
+            "everything",
+            is_flag=True,
+            help="Every dead job (of --task and --queue, if given).",
+        ),
+        click.option("--task", metavar="NAME", help="Only dead jobs of this task."),
+        click.option("--queue", metavar="NAME", help="Only dead jobs of this queue."),
+        click.option("--dry-run", is_flag=True, help=f"Show what would be {done}; change nothing."),
+        json_option,
+        pass_session,
+    ]
+    decorated: Any = command
+    for decorator in reversed(decorators):
+        decorated = decorator(decorated)
+
+
+dead_jobs_command(
+    "requeue",
     """Put dead jobs back in the queue with their attempts reset: the given IDs,
     or with --all every dead job, or with --task / --queue every dead job of that
     task / queue.
 
     With --json, prints {"jobs": [...], "dry_run": bool}: the jobs as they are
     after the requeue (as they are now, for a dry run).
-    """
-    if job_ids and everything:
-        raise click.UsageError("give job ids or --all, not both")
-    if not job_ids and not everything and task is None and queue is None:
-        raise click.UsageError("say which dead jobs: job ids, --task NAME, --queue NAME or --all")
-    driver = session.driver()
-    selected = dead_selection(driver, distinct(job_ids), task, queue)
-    ids = [job.id for job in selected]
-    changed = selected if dry_run or not ids else in_batches(ids, driver.requeue, "requeued")
-    if as_json:
-        click.echo(dumps({"jobs": [job_shape(job) for job in changed], "dry_run": dry_run}))
-        return
-    console = render.stdout()
-    if not ids:
-        console.print("the dead-letter queue has no such job: nothing to requeue")
-    elif dry_run:
-        console.print(render.dlq_table(selected))
-        console.print(f"would requeue {len(ids)} job(s) (dry run: nothing changed)")
-    else:
-        shown = ", ".join(str(job_id) for job_id in ids[:20])
-        console.print(f"requeued {len(ids)} job(s): {shown}{' ...' if len(ids) > 20 else ''}")
+    """,
+)
+dead_jobs_command(
+    "cancel",
+    """Take dead jobs out of the dead-letter queue for good: they end cancelled, with
+    their errors kept (requeue can still bring them back). The given IDs, or with
+    --all every dead job, or with --task / --queue every dead job of that task /
+    queue. A workflow a dead step failed stays failed.
+
+    With --json, prints {"jobs": [...], "dry_run": bool}: the jobs as they are
+    after the cancel (as they are now, for a dry run).
+    """,
+)
