@@ -132,6 +132,7 @@ def pages(driver: PostgresDriver) -> dict[str, str]:
         "workflows": "/workflows",
         "a workflow": f"/workflows/{flows[0].id}",
         "schedules": "/schedules",
+        "workers": "/workers",
         "contract": "/contract",
     }
 
