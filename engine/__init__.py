@@ -42,6 +42,7 @@ from .canvas import (
     chord,
     group,
 )
+from .codec import Codec, DefaultCodec, PayloadError
 from .context import JobCancelled, JobContext, PermanentError, Snooze, current_job
 from .events import Event
 from .jobs import Job
@@ -55,6 +56,8 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "Backoff",
+    "Codec",
+    "DefaultCodec",
     "Event",
     "InvalidRequest",
     "InvalidTransition",
@@ -67,6 +70,7 @@ __all__ = [
     "MemberFailure",
     "Middleware",
     "OnDead",
+    "PayloadError",
     "PermanentError",
     "QueueStatus",
     "RateLimit",

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, ParamSpec, Protocol, overload
 
 from taskharbor.spec import (
+    JSON,
     Driver,
     EnqueueRequest,
     InvalidRequest,
     JobFilter,
     JobId,
+    JobRecord,
     JobState,
     RateLimit,
     WorkerRecord,
@@ -33,6 +35,7 @@ from taskharbor.spec.schedules import MissedPolicy, Schedule
 from . import transactional
 from .backoff import Backoff, as_backoff
 from .canvas import Signature, Workflow, WorkflowHandle, build_graph
+from .codec import Codec, DefaultCodec, PayloadError
 from .events import ENQUEUED, WORKFLOW_ENQUEUED, Event, Events, F
 from .flow import KeySource, TaskFlow, check_store_enforces
 from .jobs import Job
@@ -82,7 +85,9 @@ class App:
     needs no database (a malformed URL or an unknown scheme is refused here
     all the same).  When opened, its schema is created or upgraded
     (``migrate=False`` skips that, for operators who run ``taskharbor
-    migrate`` themselves).
+    migrate`` themselves).  ``codec`` encodes typed task arguments and results
+    to JSON and decodes them by the handlers' annotations (default:
+    :class:`~taskharbor.codec.DefaultCodec`; see :mod:`taskharbor.codec`).
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class App:
         driver: Driver | None = None,
         middleware: Sequence[Middleware] = (),
         migrate: bool = True,
+        codec: Codec | None = None,
     ) -> None:
         if isinstance(url, Driver):
             if driver is not None:
@@ -109,6 +115,12 @@ class App:
             raise InvalidRequest(f"driver must be a taskharbor Driver, not {driver!r}")
         else:
             self._driver = driver
+        if codec is not None and not isinstance(codec, Codec):
+            raise InvalidRequest(
+                f"codec must have encode(value) and decode(data, annotation), not {codec!r}"
+            )
+        self.codec: Codec = DefaultCodec() if codec is None else codec
+        """Encodes typed arguments and results to JSON and decodes them back."""
         self._tasks: dict[str, Task[Any]] = {}
         self.schedules = Schedules(self)
         """The periodic schedules declared with :meth:`periodic`."""
@@ -604,7 +616,7 @@ class App:
             for result in results:
                 if result.created:
                     self.events.emit(Event(ENQUEUED, job=result.job))
-        return [Job.from_record(result.job) for result in results]
+        return [self._job(result.job) for result in results]
 
     def _store_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
         check_store_enforces(self.driver, [step.request for step in graph.steps])
@@ -619,9 +631,31 @@ class App:
 
     # -- reading and operating ------------------------------------------------------
 
+    def _job(self, record: JobRecord) -> Job:
+        """The public view of a record, its result decoded by its task's return type."""
+        task = self._tasks.get(record.task)
+        if task is None or task.payloads.result_decoder() is None:
+            return Job.from_record(record)
+        return Job.from_record(record, functools.partial(self._decode_result, record))
+
+    def decoded_result(self, record: JobRecord) -> Any:
+        """A stored job's result as its task's return annotation says (as stored when
+        this app has no such task); ``PayloadError`` naming the job when it does not fit."""
+        return self._decode_result(record, record.result)
+
+    def _decode_result(self, record: JobRecord, stored: JSON) -> Any:
+        task = self._tasks.get(record.task)
+        decode = None if task is None else task.payloads.result_decoder()
+        if decode is None:
+            return stored
+        try:
+            return decode(stored)
+        except PayloadError as exc:
+            raise PayloadError(f"job {record.id}: {exc}") from exc.__cause__
+
     def get_job(self, job: JobRef) -> Job:
         """The job as stored now; ``JobNotFound`` if there is none."""
-        return Job.from_record(self.driver.get([_job_id(job)])[0])
+        return self._job(self.driver.get([_job_id(job)])[0])
 
     def wait(self, job: JobRef, timeout: float | None = None, *, poll: float = 0.05) -> Job:
         """Block until the job is finished (succeeded, dead or cancelled) and return it.
@@ -654,11 +688,11 @@ class App:
         """Cancel a job: at once if it waits; a running job is asked to stop and
         ends ``cancelled`` when its worker sees the request; a ``dead`` one leaves
         the dead-letter queue for good (its errors kept)."""
-        return Job.from_record(self.driver.cancel([_job_id(job)])[0])
+        return self._job(self.driver.cancel([_job_id(job)])[0])
 
     def requeue(self, job: JobRef) -> Job:
         """Move a ``dead`` (or ``cancelled``) job back to the queue with attempts reset."""
-        return Job.from_record(self.driver.requeue([_job_id(job)])[0])
+        return self._job(self.driver.requeue([_job_id(job)])[0])
 
     def list_jobs(
         self,
@@ -685,7 +719,7 @@ class App:
             limit=limit,
             created_since=created_since,
         )
-        return [Job.from_record(record) for record in self.driver.list_jobs(where)]
+        return [self._job(record) for record in self.driver.list_jobs(where)]
 
     def stats(self) -> dict[str, dict[JobState, int]]:
         """How many jobs each queue holds in each state (every state listed, zeros included)."""

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Protocol, TypeAlias, TypedDict
+from typing import Any, Protocol, TypeAlias, TypedDict, runtime_checkable
 
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
@@ -58,7 +58,7 @@ from taskharbor.spec import (
     WorkflowId,
     WorkflowState,
 )
-from taskharbor.spec.records import JSON, check_name, map_ref, ref_indexes
+from taskharbor.spec.records import check_name, map_ref, ref_indexes
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 """The kwargs and opts of most signatures, shared: read-only, so sharing is safe."""
@@ -344,6 +344,13 @@ class HasDriver(Protocol):
     def driver(self) -> Driver: ...
 
 
+@runtime_checkable
+class DecodesResults(Protocol):
+    """An App that decodes results by their tasks' return annotations (typed payloads)."""
+
+    def decoded_result(self, record: JobRecord) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StepStatus:
     """One step of a stored workflow; ``reason`` says why it was cancelled."""
@@ -486,12 +493,13 @@ class WorkflowHandle:
             raise TimeoutError(f"workflow {self._id} still running after {timeout} s")
         return min(pause, left)
 
-    def result(self) -> JSON:
+    def result(self) -> Any:
         """The workflow's result: a chain's last result, a group's list, a chord's callback's.
 
-        Raises :class:`WorkflowNotFinished` while it runs and
-        :class:`WorkflowFailed` (naming the step that ended it) if it failed or
-        was cancelled.
+        Each step's result is decoded by its task's return annotation when the
+        handle's app has the task (typed payloads).  Raises
+        :class:`WorkflowNotFinished` while it runs and :class:`WorkflowFailed`
+        (naming the step that ended it) if it failed or was cancelled.
         """
         record = self._app.driver.get_workflow(self._id)
         if record.state == WorkflowState.RUNNING:
@@ -499,6 +507,9 @@ class WorkflowHandle:
         jobs = self._app.driver.get(record.steps)
         if record.state != WorkflowState.SUCCEEDED:
             raise WorkflowFailed(self._id, record.state, _culprit(record.state, jobs))
+        app = self._app
+        if isinstance(app, DecodesResults):
+            return map_ref(record.result, {job.id: app.decoded_result(job) for job in jobs})
         return map_ref(record.result, {job.id: job.result for job in jobs})
 
 

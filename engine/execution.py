@@ -182,14 +182,16 @@ def retry_time(record: JobRecord, task: Task[Any], now: datetime) -> datetime:
     return now + retry_delay(record.retry, record.id, attempt)
 
 
-def outcome_of_value(value: object) -> Outcome:
-    """A handler's return value: stored as the result when it is JSON."""
+def outcome_of_value(value: object, task: Task[Any]) -> Outcome:
+    """A handler's return value: encoded by the app's codec, and stored as the result
+    when that is JSON."""
     try:
-        check_json(value, "result")
-    except InvalidRequest as exc:
+        encoded = task.payloads.encode_result(value)
+        check_json(encoded, "result")
+    except Exception as exc:
         message = f"the handler returned a value that cannot be stored: {exc}"
         return Failed(ErrorReport("InvalidResult", message), None, permanent=True)
-    return Succeeded(value)
+    return Succeeded(encoded)
 
 
 def outcome_of_error(
@@ -208,11 +210,14 @@ def outcome_of_error(
 def call_sync(
     task: Task[Any], record: JobRecord, context: JobContext, middleware: Sequence[Middleware]
 ) -> Any:
-    """Run a sync handler in the calling thread, inside the job middleware."""
+    """Run a sync handler in the calling thread, inside the job middleware, its stored
+    arguments decoded to its parameters' types (a payload that does not decode raises
+    :class:`~taskharbor.codec.PayloadError`: the job goes to ``dead`` at once)."""
     token = enter_job(context)
     try:
         with around_job(middleware, context):
-            return task.fn(*record.args, **record.kwargs)
+            args, kwargs = task.payloads.decode_call(record.args, record.kwargs)
+            return task.fn(*args, **kwargs)
     finally:
         leave_job(token)
 
@@ -224,7 +229,8 @@ async def call_async(
     token = enter_job(context)
     try:
         with around_job(middleware, context):
-            return await task.fn(*record.args, **record.kwargs)
+            args, kwargs = task.payloads.decode_call(record.args, record.kwargs)
+            return await task.fn(*args, **kwargs)
     finally:
         leave_job(token)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from taskharbor.spec import (
     FINISHED_JOB_STATES,
@@ -24,7 +25,10 @@ class Job:
     Read it again with ``app.get_job(job.id)``.  ``attempt`` counts the
     attempts used so far; ``errors`` holds one entry per failed attempt (type,
     message, traceback, when).  ``result`` is the handler's return value once
-    the job has ``succeeded``.  ``reason`` says why a job was cancelled (or,
+    the job has ``succeeded``, as the task's return annotation says when the
+    app that read it has the task (see :mod:`taskharbor.codec`; a stored result
+    that no longer fits raises ``PayloadError`` there), and ``stored_result`` is
+    its JSON as stored.  ``reason`` says why a job was cancelled (or,
     on a running workflow step whose workflow was cancelled, why it will be).
     The lease's fencing token stays inside the worker and is not shown here.
     ``headers`` are the ones it was enqueued with (a trace context, say).
@@ -44,7 +48,7 @@ class Job:
     run_at: datetime
     created_at: datetime
     finished_at: datetime | None
-    result: JSON
+    stored_result: JSON
     errors: tuple[ErrorInfo, ...]
     reason: str | None
     idempotency_key: str | None
@@ -55,10 +59,14 @@ class Job:
     depends_on: tuple[JobId, ...]
     headers: Mapping[str, str] = field(default_factory=dict)
     flow: FlowLimits | None = None
+    decode_result: Callable[[JSON], Any] | None = field(default=None, repr=False, compare=False)
+    """How the app that read the job turns ``stored_result`` into its task's return type."""
 
     @classmethod
-    def from_record(cls, record: JobRecord) -> Job:
-        """The public view of a driver's record."""
+    def from_record(
+        cls, record: JobRecord, decode_result: Callable[[JSON], Any] | None = None
+    ) -> Job:
+        """The public view of a driver's record; ``decode_result`` decodes its result."""
         return cls(
             id=record.id,
             task=record.task,
@@ -72,7 +80,7 @@ class Job:
             run_at=record.run_at,
             created_at=record.created_at,
             finished_at=record.finished_at,
-            result=record.result,
+            stored_result=record.result,
             errors=record.errors,
             reason=record.reason,
             idempotency_key=record.idempotency_key,
@@ -83,7 +91,15 @@ class Job:
             depends_on=record.depends_on,
             headers=record.headers,
             flow=record.flow,
+            decode_result=decode_result,
         )
+
+    @property
+    def result(self) -> Any:
+        """The handler's return value (``None`` until the job succeeded), decoded."""
+        if self.decode_result is None or self.state != JobState.SUCCEEDED:
+            return self.stored_result
+        return self.decode_result(self.stored_result)
 
     @property
     def finished(self) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, overload
 
 from taskharbor.spec import JSON, EnqueueRequest, FlowLimits, InvalidRequest
 
@@ -14,11 +14,13 @@ from .canvas import Signature
 from .flow import TaskFlow, call_arguments
 from .jobs import Job
 from .options import TaskDefaults, build_request, check_options
+from .payloads import TaskPayloads
 
 if TYPE_CHECKING:
     from .app import App
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 
 CALL_TEXT_LIMIT = 200
 """Longest rendering of refused arguments in an error message (characters)."""
@@ -44,6 +46,7 @@ class Task(Generic[P]):
             self._signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins have none: their calls are not checked
             self._signature = None
+        self._payloads: TaskPayloads | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -58,19 +61,39 @@ class Task(Generic[P]):
         is).  Bad options are refused here."""
         return TaskCall(self, opts)
 
+    @property
+    def payloads(self) -> TaskPayloads:
+        """How this task's arguments and result are encoded and decoded by the app's
+        codec (read from the handler's annotations on first use)."""
+        payloads = self._payloads
+        if payloads is None:
+            payloads = TaskPayloads(self.name, self.fn, self._signature, self.app.codec)
+            self._payloads = payloads
+        return payloads
+
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
-        """Store one job running this task with these (JSON) arguments."""
+        """Store one job running this task with these arguments (JSON, or typed values
+        the app's codec encodes: see :mod:`taskharbor.codec`)."""
         return self.app.enqueue_requests([self.request(args, kwargs, {})])[0]
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """:meth:`enqueue` without blocking the event loop."""
         return await TaskCall(self, {}).enqueue_async(*args, **kwargs)
 
+    @overload
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature: ...
+
+    @overload
+    def s(self: Task[Concatenate[Any, Q]], *args: Q.args, **kwargs: Q.kwargs) -> Signature: ...
+
     def s(self, *args: Any, **kwargs: Any) -> Signature:
-        """A signature of this call, for workflows: a parent's result goes in front of ``args``."""
+        """A signature of this call, for workflows: a parent's result goes in front of ``args``.
+
+        Type checkers check the call against the handler's parameters, whole or
+        without the first one (which a parent's result fills)."""
         return self.signature(args, kwargs, {}, immutable=False)
 
-    def si(self, *args: Any, **kwargs: Any) -> Signature:
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """An immutable signature: it ignores the result of the step before it."""
         return self.signature(args, kwargs, {}, immutable=True)
 
@@ -126,8 +149,8 @@ class Task(Generic[P]):
 
     def request(
         self,
-        args: tuple[JSON, ...],
-        kwargs: Mapping[str, JSON],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
         opts: Mapping[str, Any],
         *,
         check: bool = True,
@@ -137,11 +160,20 @@ class Task(Generic[P]):
         the arguments to the caller's :meth:`check_call` (a workflow step's input: its
         positional arguments may still get a parent's result in front, so its key
         argument is looked up among its keyword arguments only).  ``with_flow=False``
-        leaves the flow limits out (a check of the task's other defaults)."""
+        leaves the flow limits out (a check of the task's other defaults).
+
+        The arguments are encoded by the app's codec; one that is still not JSON
+        then is refused, naming its parameter."""
         if check:
             self.check_call(args, kwargs)
+        if args or kwargs:
+            args, kwargs = self.payloads.encode_call(args, kwargs)
         flow = self._flow(args if check else (), kwargs, opts) if with_flow else None
-        return build_request(self.name, self.defaults, opts, args, kwargs, self._now, flow)
+        try:
+            return build_request(self.name, self.defaults, opts, args, kwargs, self._now, flow)
+        except InvalidRequest as exc:
+            named = self.payloads.refused_argument(args, kwargs, bound=check)
+            raise exc if named is None else named from None
 
     def _flow(
         self, args: tuple[JSON, ...], kwargs: Mapping[str, JSON], opts: Mapping[str, Any]
@@ -185,10 +217,16 @@ class TaskCall(Generic[P]):
         jobs = await asyncio.to_thread(self.task.app.enqueue_requests, [request])
         return jobs[0]
 
+    @overload
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature: ...
+
+    @overload
+    def s(self: TaskCall[Concatenate[Any, Q]], *args: Q.args, **kwargs: Q.kwargs) -> Signature: ...
+
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature carrying these options."""
         return self.task.signature(args, kwargs, self.opts, immutable=False)
 
-    def si(self, *args: Any, **kwargs: Any) -> Signature:
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """An immutable signature carrying these options."""
         return self.task.signature(args, kwargs, self.opts, immutable=True)

@@ -225,7 +225,7 @@ class Harness:
             return execution.timed_out(record, task, self.clock.now())
         if error is not None:
             return execution.outcome_of_error(error, record, task, self.clock.now())
-        return execution.outcome_of_value(value)
+        return execution.outcome_of_value(value, task)
 
     async def _call_async(self, task: Task[Any], record: JobRecord, context: JobContext) -> Outcome:
         """Await an ``async`` handler; past its timeout it is cancelled, as by a worker."""
@@ -239,7 +239,7 @@ class Harness:
                 context.cancel_event.set()
                 return execution.timed_out(record, task, self.clock.now())
             return execution.outcome_of_error(exc, record, task, self.clock.now())
-        return execution.outcome_of_value(value)
+        return execution.outcome_of_value(value, task)
 
     def _report(
         self, record: JobRecord, outcome: Outcome, context: JobContext | None, started_at: float

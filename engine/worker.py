@@ -563,7 +563,7 @@ class Worker:
             this.uncancel()  # the handler swallowed the cancellation stop() sent it
         if active.cancel_requested:
             return execution.cancelled(record)
-        return execution.outcome_of_value(value)
+        return execution.outcome_of_value(value, task)
 
     async def _outcome_sync(self, active: _Active, task: Task[Any]) -> Outcome:
         """Run a sync handler on the handler thread pool.
@@ -606,7 +606,7 @@ class Worker:
             return execution.outcome_of_error(error, record, task, await self._now())
         if active.cancel_requested:
             return execution.cancelled(record)
-        return execution.outcome_of_value(value)
+        return execution.outcome_of_value(value, task)
 
     async def _store_time(self) -> datetime:
         """The store's time, read on an I/O thread (a round trip on some stores: read only

@@ -209,6 +209,7 @@ OPTIONAL_LIBRARIES = {
     "fastapi": f"{PACKAGE}.contrib.fastapi",
     "sqlalchemy": f"{PACKAGE}.contrib.fastapi",
     "django": f"{PACKAGE}.contrib.django",
+    "pydantic": f"{PACKAGE}.contrib.pydantic",
 }
 """Libraries of the extras -> the one module (or package) that may import each
 (DESIGN.md: each integration imports its third-party library only inside itself)."""

@@ -7,7 +7,9 @@
 * :mod:`taskharbor.contrib.fastapi` (``pip install 'taskharbor[fastapi]'``): a FastAPI
   lifespan, and enqueue in a SQLAlchemy session's transaction;
 * :mod:`taskharbor.contrib.django` (``pip install 'taskharbor[django]'``): settings,
-  an app, ``manage.py taskharbor``, enqueue on Django's connection.
+  an app, ``manage.py taskharbor``, enqueue on Django's connection;
+* :mod:`taskharbor.contrib.pydantic` (``pip install 'taskharbor[pydantic]'``): pydantic
+  models as task arguments and results, used by the default codec by itself.
 
 Each module imports its third-party library only inside itself, and says which extra
 to install when the library is missing (:func:`missing`).
