@@ -35,6 +35,9 @@ from .context import PermanentError
 
 Decoder = Callable[[Any], Any]
 """Builds one annotated type from its stored JSON; raises :class:`DecodeError`."""
+Encoder = Callable[[Any, bool], Any]
+"""Encodes one value of a type; the flag is true inside a dataclass or model, where
+tuples and sets become lists (the fields' annotations bring them back)."""
 
 
 @runtime_checkable
@@ -92,8 +95,8 @@ def type_name(annotation: Any) -> str:
     return repr(annotation).replace("typing.", "").replace("collections.abc.", "")
 
 
-_SCALARS = (str, int, float, bool, type(None))
-_PLAIN = frozenset({*_SCALARS, object, list, dict})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_PLAIN = _SCALARS | {object, list, dict}
 """Annotations the default codec leaves to the handler: stored JSON is passed as it is
 (an annotation of a plain JSON type is not checked, as before typed payloads)."""
 
@@ -125,11 +128,12 @@ class DefaultCodec:
     Decoding is strict for the types it builds (a ``datetime`` from ISO text
     only, a dataclass from a dict with no unknown keys and its required fields)
     and leaves plain JSON annotations (``int``, ``str``, ``dict``...) unchecked.
-    To add a type, subclass and extend :meth:`encode` and :meth:`decoder`.
+    To add a type, subclass and extend :meth:`encoder_for` and :meth:`build_decoder`.
     """
 
     def __init__(self) -> None:
         self._decoders: dict[Any, Decoder | None] = {}
+        self._encoders: dict[type, Encoder] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -144,35 +148,39 @@ class DefaultCodec:
         kind = type(value)
         if kind in _SCALARS:
             return value
-        if kind is list:
-            return [self._encode(item, typed) for item in value]
-        if kind is dict:
-            return {self._key(key): self._encode(item, typed) for key, item in value.items()}
-        return self.encode_other(value, typed)
+        encoder = self._encoders.get(kind)
+        if encoder is None:
+            encoder = self._encoders[kind] = self.encoder_for(kind)
+        return encoder(value, typed)
 
-    def encode_other(self, value: Any, typed: bool) -> Any:
-        """Everything but plain JSON; ``typed`` is true inside a dataclass or model."""
-        if isinstance(value, enum.Enum):
-            return self._encode(value.value, typed)
-        if isinstance(value, datetime | date | time):
-            return value.isoformat()
-        if isinstance(value, UUID | Decimal):
-            return str(value)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {
-                field.name: self._encode(getattr(value, field.name), True)
-                for field in dataclasses.fields(value)
-                if field.init
+    def encoder_for(self, kind: type) -> Encoder:
+        """How values of ``kind`` are encoded (chosen once per type): override to add
+        types, falling back on this method for the others."""
+        if issubclass(kind, enum.Enum):
+            return lambda value, typed: self._encode(value.value, typed)
+        if issubclass(kind, datetime | date | time):
+            return lambda value, typed: value.isoformat()
+        if issubclass(kind, UUID | Decimal):
+            return lambda value, typed: str(value)
+        if dataclasses.is_dataclass(kind):
+            names = [field.name for field in dataclasses.fields(kind) if field.init]
+            return lambda value, typed: {
+                name: self._encode(getattr(value, name), True) for name in names
             }
-        if _pydantic() is not None and _pydantic_support().is_model(value):
-            return _pydantic_support().dump(value)
-        if isinstance(value, str | int | float):  # subclasses of plain types
-            return value
-        if isinstance(value, list | dict):
-            return self._encode(list(value) if isinstance(value, list) else dict(value), typed)
-        if typed and isinstance(value, tuple | set | frozenset):
-            return [self._encode(item, typed) for item in value]
-        return value
+        if _pydantic() is not None and _pydantic_support().is_model_class(kind):
+            dump: Encoder = lambda value, typed: _pydantic_support().dump(value)  # noqa: E731
+            return dump
+        if issubclass(kind, list):
+            return lambda value, typed: [self._encode(item, typed) for item in value]
+        if issubclass(kind, dict):
+            return lambda value, typed: {
+                self._key(key): self._encode(item, typed) for key, item in value.items()
+            }
+        if issubclass(kind, tuple | set | frozenset):  # refused at the top, as not JSON
+            return lambda value, typed: (
+                [self._encode(item, typed) for item in value] if typed else value
+            )
+        return _as_it_is
 
     def _key(self, key: Any) -> Any:
         """A dict key: enum members and UUIDs become text; others stay (str is JSON's)."""
@@ -376,6 +384,12 @@ class DefaultCodec:
 
 def _same(data: Any) -> Any:
     return data
+
+
+def _as_it_is(value: Any, typed: bool) -> Any:
+    """Not a type the codec knows (or a subclass of str, int or float): the strict JSON
+    check decides."""
+    return value
 
 
 def _list(data: Any) -> list[Any]:

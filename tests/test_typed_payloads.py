@@ -7,6 +7,7 @@ the codec's own rules are checked without a store.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import subprocess
 import sys
@@ -395,13 +396,14 @@ def test_pydantic_support_names_its_extra_when_missing() -> None:
     assert "pip install 'taskharbor[pydantic]'" in done.stderr
 
 
-def test_a_delay_keeps_its_meaning_with_typed_values(app: App) -> None:
-    """Options and typed arguments together: the option is not an argument."""
+def test_options_and_async_enqueue_encode_typed_values(app: App) -> None:
 
     @app.task(name="remind_at")
     def remind_at(when: datetime) -> datetime:
         return when + timedelta(days=1)
 
     job = remind_at.options(priority=3).enqueue(PLACED)
+    later = asyncio.run(remind_at.enqueue_async(PLACED + timedelta(days=1)))
     work(app)
     assert app.get_job(job).result == PLACED + timedelta(days=1)
+    assert app.get_job(later).result == PLACED + timedelta(days=2)
