@@ -82,6 +82,7 @@ from .rows import (
     request_fields,
 )
 from .schedules import SCHEDULES_LUA, RedisSchedules, ScheduleConflict
+from .workers import WORKERS_LUA, RedisWorkers
 
 logger = logging.getLogger("taskharbor")
 
@@ -101,13 +102,14 @@ CAPABILITIES = Capabilities(
     workflow_idempotency=True,
     queue_pause=True,
     flow_control=True,
+    workers=True,
 )
 """What every Redis store declares; ``persistent`` depends on the server (:meth:`migrate`)."""
 
-_LIBRARY = build_library(SCHEDULES_LUA + QUEUES_LUA)
+_LIBRARY = build_library(SCHEDULES_LUA + QUEUES_LUA + WORKERS_LUA)
 
 
-class RedisDriver(RedisSchedules, RedisQueues, Driver):
+class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
     """Jobs and workflows in one Redis database, under one key prefix.
 
     ``url`` is a ``redis://`` or ``rediss://`` URL (the ``?prefix=`` parameter

@@ -26,6 +26,8 @@ Cluster keeps the whole store in one slot):
 ``P wfs``           sorted set of workflow ids; ``P wst:<state>`` per state
 ``P wkeys``         hash: workflow idempotency key -> workflow id
 ``P paused``        hash: paused queue -> when it was paused (:mod:`.queues`)
+``P wk:<id>``       hash: a registered worker; ``P workers``: their ids by the instant
+                    each is forgotten (:mod:`.workers`)
 ``P wake``          pub/sub channel: a queue's name when one of its jobs became available
 ``P meta``          hash: the store's ``version``
 =================== ==============================================================
@@ -570,16 +572,19 @@ CMD.lease = function(a)
   return out
 end
 
+-- Extends the live leases, and marks the registered workers holding them seen.
 CMD.heartbeat = function(a)
   local C = {lease_until = H.t_add(NOW, a[1])}
-  local lost, asked = {}, {}
+  local lost, asked, holders = {}, {}, {}
   for i = 2, #a, 2 do
     local j = H.fenced(a[i], a[i + 1], lost, i / 2)
     if j then
       H.move(j, 'heartbeat', RESOLVE.heartbeat(j, C), C)
       if j.cancel_requested == '1' then asked[#asked + 1] = j.id end
+      holders[j.leased_by] = true
     end
   end
+  for worker in pairs(holders) do H.seen(worker) end
   return {lost, asked}
 end
 
