@@ -2,7 +2,7 @@
 
 Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
-rule covers), grouped by area: enqueueing, job metadata, leasing, fencing,
+rule covers), grouped by area: enqueueing, key scopes, job metadata, leasing, fencing,
 completing, failing, snoozing, maintenance, operators, reading, bad input,
 workflows, waiting, own clock, schedules, workers registry, flow control,
 paused queues, field effects, corrupt data, transient failures, transactional
@@ -65,6 +65,7 @@ from .failure_callbacks import WorkflowFailureCallbackRules
 from .fencing import FencingRules
 from .flow import FlowControlRules
 from .harness import CallerTransaction, DriverHooks, FailNextCall, Harbor, PlantCorruptJob, requires
+from .key_scopes import KeyScopeRules
 from .leasing import LeasingRules
 from .maintenance import PromotingRules, PruningRules, RescuingRules
 from .metadata import JobMetadataRules
@@ -91,6 +92,7 @@ from .workflows import (
 
 class ConformanceSuite(
     EnqueueingRules,
+    KeyScopeRules,
     JobMetadataRules,
     LeasingRules,
     FencingRules,

@@ -40,7 +40,13 @@ from .events import ENQUEUED, WORKFLOW_ENQUEUED, Event, Events, F
 from .flow import KeySource, TaskFlow, check_store_enforces
 from .jobs import Job
 from .middleware import Middleware, chain_enqueue, chain_enqueue_workflow
-from .options import TaskDefaults, check_exception_types, check_timeout
+from .options import (
+    TaskDefaults,
+    check_exception_types,
+    check_store_keeps_scopes,
+    check_timeout,
+    key_scope_of,
+)
 from .periodic import Schedules, periodic_decorator
 from .queues import QueueStatus, pause_queues, queue_statuses
 from .task import Task
@@ -213,6 +219,8 @@ class App:
         sequence: bool | str = False,
         rate_limit: str | RateLimit | None = None,
         rate_limit_per_key: bool = False,
+        unique_for: float | timedelta | None = None,
+        unique_until: str | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -234,6 +242,8 @@ class App:
         sequence: bool | str = False,
         rate_limit: str | RateLimit | None = None,
         rate_limit_per_key: bool = False,
+        unique_for: float | timedelta | None = None,
+        unique_until: str | None = None,
     ) -> Task[Any] | TaskDecorator:
         """Register a function (sync or ``async def``) as a task.
 
@@ -254,8 +264,17 @@ class App:
         (``True``/``"block"`` or ``"skip"``: a key's jobs one at a time, in enqueue
         order), ``rate_limit`` (``"100/m"``; per key with ``rate_limit_per_key``).
         See :mod:`taskharbor.flow`.
+
+        How long a job holds its ``idempotency_key`` (given per enqueue with
+        ``task.options(idempotency_key=...)``): until it is pruned by default;
+        ``unique_until="finished"`` only while it is unfinished; ``unique_for``
+        (seconds or a timedelta) for that long from its enqueue.  Either can also
+        be given per enqueue; they apply to jobs enqueued with a key.
         """
         backoff_policy = as_backoff(backoff)
+        task_scope = key_scope_of(
+            {"unique_for": unique_for, "unique_until": unique_until}, "@app.task"
+        )
         checked_timeout = check_timeout(timeout)
         retry_types = check_exception_types(retry_on, "retry_on")
         no_retry_types = check_exception_types(no_retry_on, "no_retry_on")
@@ -282,6 +301,7 @@ class App:
                 retry_types,
                 no_retry_types,
                 flow,
+                task_scope,
             )
             registered = Task(self, function, task_name, defaults)
             # Refuses bad defaults now, not at the first enqueue (flow: checked above).
@@ -504,8 +524,10 @@ class App:
         it, ``workflows list --name`` selects by it); a single job has no name.
         ``idempotency_key``: while a stored job (for a signature) or workflow
         (for a workflow) holds the key, enqueueing it again stores nothing and
-        returns the one stored, whatever it contains; the key is freed when
-        that job or workflow is pruned.  Job keys and workflow keys are apart.
+        returns the one stored, whatever it contains (``Job.created`` is then
+        False); a workflow's key is freed when it is pruned, a job's when its
+        task's ``unique_until``/``unique_for`` (or the signature's options) say,
+        by default when it is pruned.  Job keys and workflow keys are apart.
         ``connection``: enqueue inside that connection's open transaction, as
         :meth:`using` does.
         """
@@ -554,10 +576,9 @@ class App:
                 raise InvalidRequest(
                     f"name={name!r} names a workflow; a single job has its task's name"
                 )
-            request = self.request_for(target)
-            if idempotency_key is not None:
-                request = replace(request, idempotency_key=idempotency_key)
-            return self.enqueue_requests([request])[0]
+            if idempotency_key is not None:  # with the task's key scope, as an option would
+                target = replace(target, opts={**target.opts, "idempotency_key": idempotency_key})
+            return self.enqueue_requests([self.request_for(target)])[0]
         if isinstance(target, Workflow):
             graph = build_graph(target, self._step_request, name=name)
             if idempotency_key is not None:
@@ -607,6 +628,7 @@ class App:
 
     def _store(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
         check_store_enforces(self.driver, requests)
+        check_store_keeps_scopes(self.driver, requests)
         connection = self._connection.get()
         if connection is None:
             results = self.driver.enqueue(list(requests))
@@ -616,7 +638,7 @@ class App:
             for result in results:
                 if result.created:
                     self.events.emit(Event(ENQUEUED, job=result.job))
-        return [self._job(result.job) for result in results]
+        return [self._job(result.job, created=result.created) for result in results]
 
     def _store_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
         check_store_enforces(self.driver, [step.request for step in graph.steps])
@@ -631,12 +653,14 @@ class App:
 
     # -- reading and operating ------------------------------------------------------
 
-    def _job(self, record: JobRecord) -> Job:
-        """The public view of a record, its result decoded by its task's return type."""
+    def _job(self, record: JobRecord, *, created: bool | None = None) -> Job:
+        """The public view of a record, its result decoded by its task's return type
+        (``created``: what the enqueue that returned it said)."""
         task = self._tasks.get(record.task)
         if task is None or task.payloads.result_decoder() is None:
-            return Job.from_record(record)
-        return Job.from_record(record, functools.partial(self._decode_result, record))
+            return Job.from_record(record, created=created)
+        decode = functools.partial(self._decode_result, record)
+        return Job.from_record(record, decode, created=created)
 
     def decoded_result(self, record: JobRecord) -> Any:
         """A stored job's result as its task's return annotation says (as stored when

@@ -10,11 +10,13 @@ from typing import Any
 from taskharbor.spec import (
     FINISHED_JOB_STATES,
     JSON,
+    UNTIL_PRUNED,
     ErrorInfo,
     FlowLimits,
     JobId,
     JobRecord,
     JobState,
+    KeyScope,
 )
 
 
@@ -33,7 +35,12 @@ class Job:
     The lease's fencing token stays inside the worker and is not shown here.
     ``headers`` are the ones it was enqueued with (a trace context, say).
     ``flow`` holds the flow limits the job carries (its key, concurrency,
-    sequence and rate limit), if any.
+    sequence and rate limit), if any.  ``key_scope`` says how long the job holds
+    its ``idempotency_key`` (until pruned, while unfinished, or for a window from
+    enqueue).  ``created`` is set on what an enqueue returned: ``True`` when it
+    stored this job, ``False`` when the request's key was held and this job is
+    the holder (nothing was stored); ``None`` on a job read any other way.  It
+    takes no part in comparisons.
     """
 
     id: JobId
@@ -61,12 +68,19 @@ class Job:
     flow: FlowLimits | None = None
     decode_result: Callable[[JSON], Any] | None = field(default=None, repr=False, compare=False)
     """How the app that read the job turns ``stored_result`` into its task's return type."""
+    key_scope: KeyScope = UNTIL_PRUNED
+    created: bool | None = field(default=None, compare=False)
 
     @classmethod
     def from_record(
-        cls, record: JobRecord, decode_result: Callable[[JSON], Any] | None = None
+        cls,
+        record: JobRecord,
+        decode_result: Callable[[JSON], Any] | None = None,
+        *,
+        created: bool | None = None,
     ) -> Job:
-        """The public view of a driver's record; ``decode_result`` decodes its result."""
+        """The public view of a driver's record; ``decode_result`` decodes its result,
+        ``created`` is what an enqueue said."""
         return cls(
             id=record.id,
             task=record.task,
@@ -92,6 +106,8 @@ class Job:
             headers=record.headers,
             flow=record.flow,
             decode_result=decode_result,
+            key_scope=record.key_scope,
+            created=created,
         )
 
     @property

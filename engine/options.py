@@ -7,19 +7,38 @@ the request is built, so bad input is refused before anything is written.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from taskharbor.spec import JSON, EnqueueRequest, FlowLimits, InvalidRequest
+from taskharbor.spec import (
+    JSON,
+    UNTIL_FINISHED,
+    UNTIL_PRUNED,
+    Driver,
+    EnqueueRequest,
+    FlowLimits,
+    InvalidRequest,
+    KeyScope,
+)
 from taskharbor.spec.records import check_aware, check_name, check_seconds
 
 from .backoff import Backoff
 from .flow import TaskFlow
 
 ENQUEUE_OPTIONS = frozenset(
-    {"delay", "run_at", "idempotency_key", "priority", "queue", "max_attempts", "concurrency_key"}
+    {
+        "delay",
+        "run_at",
+        "idempotency_key",
+        "unique_for",
+        "unique_until",
+        "priority",
+        "queue",
+        "max_attempts",
+        "concurrency_key",
+    }
 )
 """What ``task.options(...)`` accepts; ``None`` for any of them means the task's default."""
 
@@ -45,6 +64,9 @@ class TaskDefaults:
     """Exceptions of these types fail permanently (to the DLQ), like ``PermanentError``."""
     flow: TaskFlow | None = None
     """The task's flow control (concurrency, keys, sequences, rate limits), if any."""
+    key_scope: KeyScope | None = None
+    """How long a job enqueued with a key holds it (``unique_for``/``unique_until``);
+    ``None``: the contract's default, until the job is pruned."""
 
     def retries(self, error: BaseException) -> bool:
         """Whether a failed attempt that raised ``error`` may be retried, by this task's
@@ -107,7 +129,50 @@ def check_options(opts: Mapping[str, Any], where: str) -> dict[str, Any]:
             check_name(given["concurrency_key"], "concurrency_key")
         except InvalidRequest as exc:
             raise InvalidRequest(f"{where}: {exc}") from None
+    scope = key_scope_of(given, where)
+    if scope is not None:
+        given["key_scope"] = scope
     return given
+
+
+UNIQUE_UNTIL = {"pruned": UNTIL_PRUNED, "finished": UNTIL_FINISHED}
+"""What ``unique_until`` accepts: the end of a job's hold on its key."""
+
+
+def key_scope_of(given: Mapping[str, Any], where: str) -> KeyScope | None:
+    """The key scope that ``unique_for`` or ``unique_until`` in ``given`` asks for
+    (``None`` when neither is given), or ``InvalidRequest`` naming the bad one."""
+    window, until = given.get("unique_for"), given.get("unique_until")
+    if window is not None and until is not None:
+        raise InvalidRequest(f"{where}: give unique_for or unique_until, not both")
+    if until is not None:
+        if until not in UNIQUE_UNTIL:
+            raise InvalidRequest(
+                f"{where}: unique_until must be one of {', '.join(map(repr, UNIQUE_UNTIL))}, "
+                f"not {until!r}"
+            )
+        return UNIQUE_UNTIL[until]
+    if window is None:
+        return None
+    if isinstance(window, timedelta):
+        window = window.total_seconds()
+    try:
+        return KeyScope.window(window)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: unique_for: {exc}") from None
+
+
+def check_store_keeps_scopes(driver: Driver, requests: Sequence[EnqueueRequest]) -> None:
+    """Refuse a key scope a store would not keep, rather than let it hold the key longer."""
+    if driver.capabilities.key_scopes:
+        return
+    scoped = next((r for r in requests if r.key_scope != UNTIL_PRUNED), None)
+    if scoped is not None:
+        raise InvalidRequest(
+            f"cannot enqueue {scoped.task} with its key held {scoped.key_scope}: "
+            f"{type(driver).__name__} holds every key until its job is pruned "
+            "(it lacks the key_scopes capability)"
+        )
 
 
 def build_request(
@@ -126,6 +191,14 @@ def build_request(
     ``InvalidRequest`` naming the task for a bad option or a non-JSON payload.
     """
     given = check_options(opts, f"task {task}") if opts else {}
+    key = given.get("idempotency_key")
+    scope = given.get("key_scope", defaults.key_scope) or UNTIL_PRUNED
+    if key is None and "key_scope" in given:
+        raise InvalidRequest(
+            f"task {task}: unique_for and unique_until need an idempotency_key to apply to"
+        )
+    if key is None:
+        scope = UNTIL_PRUNED  # a task's default scope applies to the jobs given a key
     run_at = given.get("run_at")
     if "delay" in given:
         try:
@@ -143,9 +216,10 @@ def build_request(
             priority=given.get("priority", defaults.priority),
             run_at=run_at,
             max_attempts=given.get("max_attempts", defaults.max_attempts),
-            idempotency_key=given.get("idempotency_key"),
+            idempotency_key=key,
             retry=defaults.backoff.policy,
             flow=flow,
+            key_scope=scope,
         )
     except InvalidRequest as exc:
         raise InvalidRequest(f"cannot enqueue {task}: {exc}") from None

@@ -21,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from taskharbor.spec import (
     FINISHED_JOB_STATES,
     JOB,
+    UNTIL_PRUNED,
     Clock,
     Completion,
     Driver,
@@ -347,6 +348,8 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
     @rule(plans=st.lists(REQUESTS, min_size=1, max_size=3))
     def enqueue(self, plans: list[RequestPlan]) -> None:
         batch = [plan.request(self.clock.now()) for plan in plans]
+        if not self.driver.capabilities.key_scopes:
+            batch = [replace(request, key_scope=UNTIL_PRUNED) for request in batch]
         outcome = self._both(
             "enqueue", lambda: self.model.enqueue(batch), lambda: self.driver.enqueue(batch)
         )

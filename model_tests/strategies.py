@@ -15,11 +15,14 @@ from hypothesis import strategies as st
 
 from taskharbor.spec import (
     DEFAULT_RETRY,
+    UNTIL_FINISHED,
+    UNTIL_PRUNED,
     EnqueueRequest,
     ErrorReport,
     Failure,
     FlowLimits,
     JobState,
+    KeyScope,
     LeaseRef,
     ResultRef,
     RetryPolicy,
@@ -83,6 +86,8 @@ class RequestPlan:
     idempotency_key: str | None
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
+    key_scope: KeyScope = UNTIL_PRUNED
+    """The key's scope, sent only with a key."""
 
     def request(self, now: datetime) -> EnqueueRequest:
         return EnqueueRequest(
@@ -97,6 +102,7 @@ class RequestPlan:
             retry=self.retry,
             flow=self.flow,
             headers={"traceparent": f"t-{self.arg}"} if self.arg % 2 else {},
+            key_scope=UNTIL_PRUNED if self.idempotency_key is None else self.key_scope,
         )
 
 
@@ -112,6 +118,17 @@ RETRY_POLICIES = (
 leased again, where stale leases matter), else bounded or jittered."""
 
 
+KEY_SCOPES = (
+    UNTIL_PRUNED,
+    UNTIL_PRUNED,
+    UNTIL_FINISHED,
+    KeyScope.window(1.0),
+    KeyScope.window(30.0),
+)
+"""Key scopes: mostly the default; windows that the clock's small and large steps reach
+exactly (four quarter seconds, one 30 s step), so a key is asked for on its boundary."""
+
+
 def _request_plans(keys: st.SearchStrategy[str | None]) -> st.SearchStrategy[RequestPlan]:
     return st.builds(
         RequestPlan,
@@ -124,6 +141,7 @@ def _request_plans(keys: st.SearchStrategy[str | None]) -> st.SearchStrategy[Req
         max_attempts=st.integers(1, 3),
         idempotency_key=keys,
         retry=st.sampled_from(RETRY_POLICIES),
+        key_scope=st.sampled_from(KEY_SCOPES),
     )
 
 

@@ -23,6 +23,14 @@ from .errors import (
     is_refusal,
 )
 from .flow import FLOW_GUARDS, MAX_RATE_WINDOW_SECONDS, FlowLimits, OnDead, RateLimit, rate_bucket
+from .keys import (
+    MAX_KEY_WINDOW_SECONDS,
+    UNTIL_FINISHED,
+    UNTIL_PRUNED,
+    KeyHold,
+    KeyScope,
+    holds_key,
+)
 from .lifecycle import JOB_GUARDS, JobLifecycle, WorkflowLifecycle
 from .records import (
     CANCELLED_BY_REQUEST,
@@ -108,11 +116,14 @@ __all__ = [
     "LEASE_EXPIRED_MESSAGE",
     "LEASE_EXPIRED_TYPE",
     "MAX_DURATION_SECONDS",
+    "MAX_KEY_WINDOW_SECONDS",
     "MAX_RATE_WINDOW_SECONDS",
     "MISSING_JOB_STATE",
     "NEW",
     "QUEUED_JOB_STATES",
     "STATE_EFFECTS",
+    "UNTIL_FINISHED",
+    "UNTIL_PRUNED",
     "WORKFLOW",
     "WORKFLOW_CANCELLED",
     "WORKFLOW_SUCCEEDED",
@@ -140,6 +151,8 @@ __all__ = [
     "JobNotFound",
     "JobRecord",
     "JobState",
+    "KeyHold",
+    "KeyScope",
     "LeaseLost",
     "LeaseRef",
     "OnDead",
@@ -177,6 +190,7 @@ __all__ = [
     "dependency_reason",
     "derive_workflow_state",
     "field_effects",
+    "holds_key",
     "is_refusal",
     "job_ids",
     "map_ref",

@@ -21,6 +21,7 @@ from typing import Any
 from .clock import Clock, SystemClock
 from .errors import InvalidRequest, InvalidTransition, JobNotFound, LeaseLost, WorkflowNotFound
 from .flow import OnDead, rate_bucket
+from .keys import holds_key
 from .queues import QueueRecord, check_paused, paused_record, queue_names
 from .records import (
     CALLBACK_CANCELS,
@@ -129,6 +130,8 @@ class _Store:
     """The partial steps (``StepSpec.partial``)."""
     tolerated: set[JobId] = field(default_factory=set)
     """The tolerated steps (``tolerated_steps``): they do not count in the derived state."""
+    gave_up_keys: set[JobId] = field(default_factory=set)
+    """The jobs that gave their idempotency key up to a newer job (never hold it again)."""
 
     def copy(self) -> _Store:
         return _Store(
@@ -144,6 +147,7 @@ class _Store:
             dict(self.workers),
             set(self.partial),
             set(self.tolerated),
+            set(self.gave_up_keys),
         )
 
 
@@ -173,6 +177,7 @@ class ReferenceModel(Driver):
         workflow_idempotency=True,
         queue_pause=True,
         workers=True,
+        key_scopes=True,
     )
 
     def __init__(
@@ -313,6 +318,7 @@ class ReferenceModel(Driver):
             retry=request.retry,
             flow=request.flow,
             headers=dict(request.headers),
+            key_scope=request.key_scope,
         )
         s.next_job_id += 1
         s.jobs[job.id] = job
@@ -324,17 +330,7 @@ class ReferenceModel(Driver):
         check_batch(requests, EnqueueRequest, "enqueue")
 
         def body(s: _Store) -> list[EnqueueResult]:
-            results = []
-            for request in requests:
-                key = request.idempotency_key
-                holder = next(
-                    (j for j in s.jobs.values() if key and j.idempotency_key == key), None
-                )
-                if holder is not None:
-                    results.append(EnqueueResult(holder, created=False))
-                else:
-                    results.append(EnqueueResult(self._store_job(s, request), created=True))
-            return results
+            return [self._enqueue_keyed(s, request) for request in requests]
 
         result: list[EnqueueResult] = self._call(body)
         return result
@@ -792,12 +788,28 @@ class ReferenceModel(Driver):
         return [s.schedules[name] for name in names]
 
     def _enqueue_keyed(self, s: _Store, request: EnqueueRequest) -> EnqueueResult:
-        """``enqueue`` of one request: the job holding its key, else a new job."""
+        """``enqueue`` of one request: the job holding its key, else a new job.
+
+        The key's last taker holds it while its scope says so; once it no longer
+        does, it gives the key up for good to the new job."""
         key = request.idempotency_key
-        holder = next((j for j in s.jobs.values() if key and j.idempotency_key == key), None)
-        if holder is not None:
-            return EnqueueResult(holder, created=False)
+        taker = next(
+            (
+                j
+                for j in s.jobs.values()
+                if key and j.idempotency_key == key and j.id not in s.gave_up_keys
+            ),
+            None,
+        )
+        if taker is not None:
+            if self._holds_key(taker):
+                return EnqueueResult(taker, created=False)
+            s.gave_up_keys.add(taker.id)
         return EnqueueResult(self._store_job(s, request), created=True)
+
+    def _holds_key(self, taker: JobRecord) -> bool:
+        """Whether the job that took its key still holds it now."""
+        return holds_key(taker.key_scope, taker.state, taker.created_at, self._now)
 
     def sync_schedules(self, schedules: Sequence[Schedule]) -> list[ScheduleRecord]:
         declared = check_schedules(schedules, "sync_schedules")

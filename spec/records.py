@@ -15,6 +15,7 @@ from typing import Any, TypeAlias
 
 from .errors import InvalidRequest, LeaseLost
 from .flow import FlowLimits
+from .keys import UNTIL_PRUNED, KeyScope, check_key_scope
 from .limits import EARLIEST_INSTANT as EARLIEST_INSTANT
 from .limits import LATEST_INSTANT as LATEST_INSTANT
 from .limits import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS
@@ -193,7 +194,10 @@ class EnqueueRequest:
 
     ``run_at=None`` means now.  ``priority``: larger runs first.
     ``idempotency_key``: while a stored job holds this key, enqueueing the same
-    key again stores nothing and returns that job.  ``retry``: how long the job
+    key again stores nothing and returns that job; ``key_scope`` says how long
+    the new job holds it (:mod:`taskharbor.spec.keys`: until pruned, the
+    default; while unfinished; or for a window from enqueue), and is refused
+    without a key.  ``retry``: how long the job
     waits after a failed attempt, stored with it so that a rescue
     (``lease_expired``) waits as a reported failure would.  ``flow``: the limits
     that hold the job back from ``lease`` (:mod:`taskharbor.spec.flow`), stored
@@ -215,6 +219,7 @@ class EnqueueRequest:
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    key_scope: KeyScope = UNTIL_PRUNED
 
     def __post_init__(self) -> None:
         check_name(self.task, "task name")
@@ -239,6 +244,8 @@ class EnqueueRequest:
             raise InvalidRequest(f"flow must be FlowLimits or None, not {self.flow!r}")
         if type(self.headers) is not dict or self.headers:  # most jobs carry none
             check_headers(self.headers, f"{self.task} headers")
+        if self.key_scope is not UNTIL_PRUNED:
+            check_key_scope(self.key_scope, self.idempotency_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +287,9 @@ class JobRecord:
     ``depends_on`` holds the job ids of the workflow steps it waits for.
     ``retry`` is the policy it was enqueued with (see :mod:`taskharbor.spec.retry`);
     ``flow`` the flow limits (see :mod:`taskharbor.spec.flow`);
-    ``headers`` the headers it was enqueued with (an empty mapping when none).
+    ``headers`` the headers it was enqueued with (an empty mapping when none);
+    ``key_scope`` the scope of its idempotency key (:mod:`taskharbor.spec.keys`).
+    The record keeps ``idempotency_key`` after the job gave the key up.
     """
 
     id: JobId
@@ -308,11 +317,13 @@ class JobRecord:
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    key_scope: KeyScope = UNTIL_PRUNED
 
 
 @dataclass(frozen=True, slots=True)
 class EnqueueResult:
-    """The job an enqueue request maps to; ``created`` is False for an idempotent hit."""
+    """The job an enqueue request maps to: the job it stored (``created``), or the
+    job holding its idempotency key (``created=False``), which the request left as it was."""
 
     job: JobRecord
     created: bool

@@ -342,6 +342,10 @@ class Capabilities:
     :class:`Driver`, rules in :mod:`taskharbor.spec.workers`), and ``heartbeat``
     marks the workers holding the leases it extends as seen; without it those
     calls raise ``NotImplementedError`` and the engine does not register.
+    ``key_scopes``: :meth:`Driver.enqueue` honours a request's ``key_scope``
+    (:mod:`taskharbor.spec.keys`) and returns each job's scope; a store without
+    it is only given the default scope (until pruned): the engine refuses any
+    other first (``InvalidRequest`` naming the store).
     """
 
     persistent: bool = False
@@ -355,6 +359,7 @@ class Capabilities:
     queue_pause: bool = False
     workers: bool = False
     partial_chords: bool = False
+    key_scopes: bool = False
 
 
 class Driver(abc.ABC):
@@ -380,9 +385,18 @@ class Driver(abc.ABC):
     def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
         """Store new jobs (event ``enqueue``), one result per request, in order.
 
-        A request whose ``idempotency_key`` is held by a stored job (any state,
-        until pruned) stores nothing and returns that job with
-        ``created=False``; so does a repeat of a key earlier in the same batch.
+        A request whose ``idempotency_key`` is held by a stored job stores
+        nothing and returns that job, the holder, as stored, with
+        ``created=False``; so does a repeat of a key earlier in the same batch
+        (the first request's job holds it).  How long a job holds its key is its
+        request's ``key_scope`` (:mod:`taskharbor.spec.keys`, capability
+        ``key_scopes``): until pruned (the default: any state), while unfinished,
+        or for a window from its enqueue (held while ``now < created_at +
+        seconds``, with the call's one ``now``).  A request whose key's last
+        holder no longer holds it stores a new job, which takes the key; the
+        older job gives it up for good (a requeue brings it back without the
+        key, whatever job holds the key then).  The holder's scope decides, not
+        the new request's.
         Raises ``InvalidRequest`` for an empty batch or a non-request item.
         """
 
@@ -518,7 +532,9 @@ class Driver(abc.ABC):
 
         Any other state raises ``InvalidTransition`` and the call changes nothing.
         Items apply in order; a step that an earlier item's workflow already
-        requeued in this call is left as it is.
+        requeued in this call is left as it is.  A requeued job holds its
+        idempotency key again as its scope says, unless it gave the key up to a
+        newer job (:mod:`taskharbor.spec.keys`): then it runs without it.
         """
 
     # -- maintenance (safe to run from every worker at once) ------------------

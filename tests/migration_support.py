@@ -41,6 +41,7 @@ SQLITE_UNDO: dict[int, tuple[str, ...]] = {
         "ALTER TABLE workflows DROP COLUMN partial",
         "ALTER TABLE workflows DROP COLUMN tolerated",
     ),
+    11: ("ALTER TABLE jobs DROP COLUMN key_scope", "ALTER TABLE jobs DROP COLUMN given_up_key"),
 }
 """SQLite schema version -> the statements that undo the migration reaching it.  A new
 migration adds its undo here (a test checks that every version has one)."""

@@ -130,6 +130,13 @@ class IgnoresIdempotencyKeys(ReferenceModel):
         )
 
 
+class HoldsKeysPastTheirScope(ReferenceModel):
+    """A key stays held after its scope ended: its job finished, or its window passed."""
+
+    def _holds_key(self, taker: JobRecord) -> bool:
+        return True
+
+
 class ReleasesChordCallbackTwice(ReferenceModel):
     """A chord callback is released twice: its input is put in front twice.
 
@@ -251,6 +258,7 @@ class LeasesPausedQueues(ReferenceModel):
         (AcceptsStaleTokens, "refused items"),
         (ExpiryDoesNotCountTheAttempt, "state: model=<JobState.DEAD"),
         (IgnoresIdempotencyKeys, "created flags"),
+        (HoldsKeysPastTheirScope, "created flags"),
         (ReleasesChordCallbackTwice, ".args: model="),
         # Two steps of one workflow both dying takes a long draw: a bigger budget.
         pytest.param(ReleasesFailureCallbackAgain, ".args: model=", marks=pytest.mark.hunt(1500)),

@@ -24,7 +24,7 @@ from psycopg import pq
 from test_postgres_support import MakeDriver, make_driver
 
 from taskharbor.drivers.postgres import PostgresDriver
-from taskharbor.spec import EnqueueRequest, FakeClock, JobFilter
+from taskharbor.spec import EnqueueRequest, FakeClock, JobFilter, KeyScope
 
 __all__ = ["make_driver"]
 
@@ -140,6 +140,20 @@ def test_a_single_keyed_request_needs_no_transaction(
     assert stored.transaction_commands == held.transaction_commands == []
     assert stored.round_trips == 1
     assert held.round_trips == 2  # the insert, then the read of the key's holder
+
+
+def test_a_key_given_up_by_its_last_taker_is_taken_in_the_same_round_trip(
+    driver: PostgresDriver, tmp_path: Path
+) -> None:
+    window = KeyScope.window(1)
+    (old,) = driver.enqueue([EnqueueRequest("keyed", idempotency_key="k", key_scope=window)])
+    assert isinstance(driver.clock, FakeClock)
+    driver.clock.advance(1)
+    with traced(driver, tmp_path) as trace:
+        (new,) = driver.enqueue([EnqueueRequest("keyed", idempotency_key="k", key_scope=window)])
+    assert new.created and new.job.id > old.job.id
+    assert trace.transaction_commands == []
+    assert trace.round_trips == 1  # the old job gave the key up before the insert, no retry
 
 
 def test_a_batch_with_keys_stays_one_transaction(driver: PostgresDriver, tmp_path: Path) -> None:

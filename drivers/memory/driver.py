@@ -30,6 +30,7 @@ from taskharbor.spec.errors import (
     LeaseLost,
     WorkflowNotFound,
 )
+from taskharbor.spec.keys import holds_key
 from taskharbor.spec.records import (
     CALLBACK_CANCELS,
     CANCELLED_BY_REQUEST,
@@ -111,6 +112,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         workflow_idempotency=True,
         queue_pause=True,
         workers=True,
+        key_scopes=True,
     )
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -138,10 +140,9 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
             now = self._now()
             outcomes: list[tuple[JobRow, bool]] = []
             for request in requests:
-                key = request.idempotency_key
-                held_by = self._keys.get(key) if key is not None else None
-                if held_by is not None:
-                    outcomes.append((self._jobs[held_by], False))
+                holder = self._key_holder(request.idempotency_key, now)
+                if holder is not None:
+                    outcomes.append((holder, False))
                 else:
                     outcomes.append((self._store_job(request, now), True))
             return [EnqueueResult(row.snapshot(), created) for row, created in outcomes]
@@ -233,12 +234,21 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
             callback=callback,
             partial=partial,
             headers=dict(request.headers),
+            key_scope=request.key_scope,
         )
         self._jobs[row.id] = row
         if row.idempotency_key is not None:
             self._keys[row.idempotency_key] = row.id
         self._place(row)
         return row
+
+    def _key_holder(self, key: str | None, now: datetime) -> JobRow | None:
+        """The job holding ``key`` at ``now``: its last taker (``_keys``), while the
+        taker's scope says so.  A new job stored with the key replaces the taker."""
+        taker = self._jobs[self._keys[key]] if key in self._keys else None
+        if taker is not None and holds_key(taker.key_scope, taker.state, taker.created_at, now):
+            return taker
+        return None
 
     # -- consuming ----------------------------------------------------------
 
@@ -495,8 +505,8 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
     def _delete_job(self, row: JobRow) -> None:
         self._index.remove(row)
         del self._jobs[row.id]
-        if row.idempotency_key is not None:
-            del self._keys[row.idempotency_key]
+        if row.idempotency_key is not None and self._keys.get(row.idempotency_key) == row.id:
+            del self._keys[row.idempotency_key]  # else it gave the key up to a newer job
 
     # -- reading --------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from taskharbor.spec.flow import FlowLimits
+from taskharbor.spec.keys import UNTIL_PRUNED, KeyScope
 from taskharbor.spec.records import (
     JSON,
     ErrorInfo,
@@ -72,6 +73,7 @@ class JobRow:
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    key_scope: KeyScope = UNTIL_PRUNED
     dependents: list[JobId] = field(default_factory=list)
     callback: bool = False
     """Whether the job is its workflow's failure callback (it waits until its workflow
@@ -111,6 +113,7 @@ class JobRow:
             retry=self.retry,
             flow=self.flow,
             headers=dict(self.headers) if self.headers else {},
+            key_scope=self.key_scope,
         )
 
 

@@ -41,6 +41,7 @@ class MemorySchedules:
     _schedules: dict[str, ScheduleRecord]
     _now: Callable[[], datetime]
     _store_job: Callable[[EnqueueRequest, datetime], JobRow]
+    _key_holder: Callable[[str | None, datetime], JobRow | None]
 
     def _records(self, names: Sequence[str]) -> list[ScheduleRecord]:
         for name in names:
@@ -51,9 +52,9 @@ class MemorySchedules:
     def _keyed(self, request: EnqueueRequest, now: datetime) -> tuple[JobRow, bool]:
         """The job holding the request's key, else a new one (and True)."""
         assert request.idempotency_key is not None
-        held_by = self._keys.get(request.idempotency_key)
-        if held_by is not None:
-            return self._jobs[held_by], False
+        holder = self._key_holder(request.idempotency_key, now)
+        if holder is not None:
+            return holder, False
         return self._store_job(request, now), True
 
     def sync_schedules(self, schedules: Sequence[Schedule]) -> list[ScheduleRecord]:

@@ -217,6 +217,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             partial_chords=True,
             flow_control=True,
             workers=True,
+            key_scopes=True,
         )
         self._listener = Listener(conninfo, self._tables.channel) if notifications else None
         self._schema_ok = False

@@ -27,13 +27,22 @@ followed by a write: the insert skips requests whose key is already held
 concurrent insert of the same key.  A request that stored nothing is then
 answered by :func:`held_statement`, which reads the key's holder in a fresh
 snapshot, so it sees a holder committed by another transaction meanwhile.
+
+A keyed insert first lets the keys' last takers whose scope has ended give
+their keys up (:mod:`taskharbor.spec.keys`): the ``given_up`` step of the same
+statement moves such a job's key to ``given_up_key``, and an ``InitPlan`` on it
+(``(SELECT count(*) FROM given_up)``) makes it run before the first row is
+inserted.  The unique index then admits the new job: the old index entry points
+to a row version this transaction replaced, which a uniqueness check ignores.
+Two calls racing for one given-up key serialise on that row's lock; the second
+finds the key moved and its own insert stopped by the first's new job.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import sql
@@ -46,36 +55,64 @@ from taskharbor.spec import (
     JobState,
     TaskHarborError,
 )
+from taskharbor.spec.keys import KeyHold, KeyScope, key_window, scope_text
 from taskharbor.spec.retry import policy_text
+from taskharbor.spec.table import FINISHED_JOB_STATES
 
 from .flow import FLOW_PARAMS, flow_columns, flow_params
 from .rows import job_columns, job_record
 from .tables import Tables, statement
-from .transitions import enqueue_case, job_state
+from .transitions import enqueue_case, job_state, job_states
 
 _COLUMNS = """task, queue, state, args, kwargs, priority, run_at,
                          attempt, max_attempts, created_at, idempotency_key, retry, headers,
-                         flow, flow_key, flow_sequence, flow_locks"""
+                         flow, flow_key, flow_sequence, flow_locks, key_scope, key_until"""
+
+_GIVE_UP = """
+given_up AS (
+    UPDATE {{jobs}} g SET given_up_key = g.idempotency_key, idempotency_key = NULL
+    WHERE g.idempotency_key {keys}
+      AND ((g.key_scope = %(key_unfinished)s AND g.state IN {{finished}})
+           OR g.key_until <= {{now}})
+    RETURNING g.id
+)"""
+"""The keys' last takers whose scope has ended give their keys up (one probe per key)."""
+
+_GIVEN_UP_FIRST = "(SELECT count(*) FROM given_up) >= 0"
+"""An InitPlan on ``given_up``: it runs, in full, before the first row is inserted."""
 
 _ON_CONFLICT = "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 
+_ONE_VALUES = """%(task)s::text, %(queue)s::text, {first_state}, %(args)s::json,
+        %(kwargs)s::json, %(priority)s::smallint, COALESCE({run_at}, {now}), 0,
+        %(max_attempts)s::integer, {now}, %(key)s::text, %(retry)s::text, %(headers)s::json,
+        %(flow)s::text, %(flow_key)s::text, %(flow_sequence)s::text, %(flow_locks)s::text[],
+        %(key_scope)s::text, {now} + %(key_window)s::interval"""
+
+_ONE_RETURNING = """
+RETURNING j.created_at, ARRAY[j.id] AS ids, ARRAY[j.state] AS states, NULL::bigint[] AS ords
+    {notify}
+"""
+
 _INSERT_ONE = f"""
 INSERT INTO {{jobs}} AS j ({_COLUMNS})
-VALUES (%(task)s::text, %(queue)s::text, {{first_state}}, %(args)s::json, %(kwargs)s::json,
-        %(priority)s::smallint, COALESCE({{run_at}}, {{now}}), 0, %(max_attempts)s::integer,
-        {{now}}, %(key)s::text, %(retry)s::text, %(headers)s::json, %(flow)s::text,
-        %(flow_key)s::text, %(flow_sequence)s::text, %(flow_locks)s::text[])
-{_ON_CONFLICT}
-RETURNING j.created_at, ARRAY[j.id] AS ids, ARRAY[j.state] AS states, NULL::bigint[] AS ords
-    {{notify}}
-"""
+VALUES ({_ONE_VALUES})
+{_ON_CONFLICT}{_ONE_RETURNING}"""
+
+_INSERT_ONE_KEYED = f"""
+WITH {_GIVE_UP.format(keys="= %(key)s::text")}
+INSERT INTO {{jobs}} AS j ({_COLUMNS})
+SELECT {_ONE_VALUES}
+WHERE {_GIVEN_UP_FIRST}
+{_ON_CONFLICT}{_ONE_RETURNING}"""
 
 _INPUT = """
 WITH input AS (
     SELECT i.task, i.queue, i.args, i.kwargs, i.priority::smallint AS priority,
            i.run_at::timestamptz AS run_at, i.max_attempts::integer AS max_attempts,
            i.idempotency_key, i.retry, i.headers, i.flow, i.flow_key,
-           i.flow_sequence, i.flow_locks::text[] AS flow_locks, i.ord
+           i.flow_sequence, i.flow_locks::text[] AS flow_locks, i.key_scope,
+           i.key_window::bigint * interval '1 microsecond' AS key_window, i.ord
     FROM ROWS FROM (
         json_array_elements_text(%(task)s::json), json_array_elements_text(%(queue)s::json),
         json_array_elements(%(args)s::json), json_array_elements(%(kwargs)s::json),
@@ -84,15 +121,18 @@ WITH input AS (
         json_array_elements_text(%(retry)s::json), json_array_elements(%(headers)s::json),
         json_array_elements_text(%(flow)s::json), json_array_elements_text(%(flow_key)s::json),
         json_array_elements_text(%(flow_sequence)s::json),
-        json_array_elements_text(%(flow_locks)s::json)
+        json_array_elements_text(%(flow_locks)s::json),
+        json_array_elements_text(%(key_scope)s::json),
+        json_array_elements_text(%(key_window)s::json)
     ) WITH ORDINALITY
     AS i(task, queue, args, kwargs, priority, run_at, max_attempts, idempotency_key, retry,
-         headers, flow, flow_key, flow_sequence, flow_locks, ord)
+         headers, flow, flow_key, flow_sequence, flow_locks, key_scope, key_window, ord)
 ),"""
 
 _SELECTED = """f.task, f.queue, {first_state}, f.args, f.kwargs, f.priority,
            COALESCE({run_at}, {now}), 0, f.max_attempts, {now}, f.idempotency_key, f.retry,
-           f.headers, f.flow, f.flow_key, f.flow_sequence, f.flow_locks"""
+           f.headers, f.flow, f.flow_key, f.flow_sequence, f.flow_locks, f.key_scope,
+           {now} + f.key_window"""
 
 _DECIDED = """min(j.created_at) AS created_at,
        array_agg(j.id ORDER BY j.id) AS ids, array_agg(j.state ORDER BY j.id) AS states"""
@@ -107,17 +147,19 @@ inserted AS (
 SELECT {_DECIDED}, NULL::bigint[] AS ords {{notify}} FROM inserted j
 """
 
-_INSERT_KEYED = f"""{_INPUT}
+_INSERT_KEYED = f"""{_INPUT}{_GIVE_UP.format(keys="IN (SELECT i.idempotency_key FROM input i)")},
 fresh AS (
     SELECT nextval(%(job_ids)s::regclass) AS id, f.*
     FROM (
         SELECT i.* FROM input i
-        WHERE i.idempotency_key IS NULL
+        WHERE {_GIVEN_UP_FIRST}
+          AND (i.idempotency_key IS NULL
            OR (NOT EXISTS (SELECT 1 FROM {{jobs}} held
-                           WHERE held.idempotency_key = i.idempotency_key)
+                           WHERE held.idempotency_key = i.idempotency_key
+                             AND held.id NOT IN (SELECT id FROM given_up))
                AND NOT EXISTS (SELECT 1 FROM input earlier
                                WHERE earlier.idempotency_key = i.idempotency_key
-                                 AND earlier.ord < i.ord))
+                                 AND earlier.ord < i.ord)))
         ORDER BY i.ord
     ) f
 ),
@@ -143,6 +185,7 @@ _NOTIFY_SET = """,
 
 _SHAPES = {
     "one": (_INSERT_ONE, "%(run_at)s::timestamptz", _NOTIFY_ONE),
+    "one keyed": (_INSERT_ONE_KEYED, "%(run_at)s::timestamptz", _NOTIFY_ONE),
     "unkeyed": (_INSERT_UNKEYED, "f.run_at", _NOTIFY_SET),
     "keyed": (_INSERT_KEYED, "f.run_at", _NOTIFY_SET),
 }
@@ -161,7 +204,8 @@ def insert(
     if notify:
         params["channel"] = tables.channel
     if len(requests) == 1:
-        return _insert(tables, "one", notify=notify), params | _one_params(requests[0])
+        shape = "one" if requests[0].idempotency_key is None else "one keyed"
+        return _insert(tables, shape, notify=notify), params | _one_params(requests[0])
     keyed = any(request.idempotency_key is not None for request in requests)
     shape = "keyed" if keyed else "unkeyed"
     return _insert(tables, shape, notify=notify), params | _many_params(requests)
@@ -183,7 +227,13 @@ def _insert(tables: Tables, shape: str, *, notify: bool) -> sql.Composed:
     notify_sql = (
         sql.SQL(wake).format(available=job_state(JobState.AVAILABLE)) if notify else sql.SQL("")
     )
-    return tables.sql(template, first_state=first_state, run_at=due, notify=notify_sql)
+    return tables.sql(
+        template,
+        first_state=first_state,
+        run_at=due,
+        notify=notify_sql,
+        finished=job_states(FINISHED_JOB_STATES),
+    )
 
 
 def _one_params(request: EnqueueRequest) -> dict[str, Any]:
@@ -199,6 +249,9 @@ def _one_params(request: EnqueueRequest) -> dict[str, Any]:
         "retry": policy_text(request.retry),
         "headers": json.dumps(dict(request.headers)) if request.headers else "{}",
         **dict(zip(FLOW_PARAMS, flow_columns(request.flow, request.task), strict=True)),
+        "key_scope": scope_text(request.key_scope),
+        "key_window": key_window(request.key_scope),
+        "key_unfinished": KeyHold.UNFINISHED.value,
     }
 
 
@@ -218,7 +271,16 @@ def _many_params(requests: Sequence[EnqueueRequest]) -> dict[str, str]:
         "retry": json.dumps([policy_text(r.retry) for r in requests]),
         "headers": json.dumps([dict(r.headers) for r in requests]),
         **{name: json.dumps(values) for name, values in flow_params(requests).items()},
+        "key_scope": json.dumps([scope_text(r.key_scope) for r in requests]),
+        "key_window": json.dumps([_window_micros(r.key_scope) for r in requests]),
+        "key_unfinished": KeyHold.UNFINISHED.value,
     }
+
+
+def _window_micros(scope: KeyScope) -> int | None:
+    """A window scope's length in whole microseconds (exact, as the spec rounds it)."""
+    window = key_window(scope)
+    return None if window is None else window // timedelta(microseconds=1)
 
 
 def created(
@@ -264,6 +326,7 @@ def new_job(request: EnqueueRequest, job_id: JobId, state: JobState, at: datetim
         retry=request.retry,
         headers=dict(request.headers),
         flow=request.flow,
+        key_scope=request.key_scope,
     )
 
 

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from taskharbor.spec import ErrorInfo, JobRecord, JobState, WorkflowRecord, WorkflowState
 from taskharbor.spec.flow import flow_from_text
+from taskharbor.spec.keys import scope_from_text
 from taskharbor.spec.retry import policy_from_text
 
 from ..corrupt_rows import decode_job, payload_args, payload_headers, payload_kwargs
@@ -40,13 +41,22 @@ JOB_FIELDS = (
     "retry",
     "headers",
     "flow",
+    "key_scope",
 )
 """The columns a :class:`JobRecord` is read from (the record's fields, in order)."""
 
 
 def job_columns(alias: str = "j") -> sql.Composed:
-    """``j.id, j.task, ...``: the columns of :data:`JOB_FIELDS` on table alias ``alias``."""
-    return sql.SQL(", ").join(sql.Identifier(alias, name) for name in JOB_FIELDS)
+    """``j.id, j.task, ...``: the columns of :data:`JOB_FIELDS` on table alias ``alias``
+    (a job's key is in ``given_up_key`` once it gave the key up to a newer job)."""
+    return sql.SQL(", ").join(
+        sql.SQL("COALESCE({}, {}) AS idempotency_key").format(
+            sql.Identifier(alias, name), sql.Identifier(alias, "given_up_key")
+        )
+        if name == "idempotency_key"
+        else sql.Identifier(alias, name)
+        for name in JOB_FIELDS
+    )
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -101,6 +111,7 @@ def _job_record(row: Mapping[str, Any]) -> JobRecord:
         retry=policy_from_text(row["retry"]),
         headers=payload_headers(row["headers"]),
         flow=None if row["flow"] is None else flow_from_text(row["flow"]),
+        key_scope=scope_from_text(row["key_scope"]),
     )
 
 

@@ -193,6 +193,20 @@ def _partial_steps(schema: str) -> list[sql.Composed]:
     ]
 
 
+def _key_scopes(schema: str) -> list[sql.Composed]:
+    """How long each job holds its idempotency key (``taskharbor.spec.keys``):
+    ``key_scope`` as ``scope_text`` (NULL, the default: until pruned), ``key_until``
+    the end of a window scope, and ``given_up_key``, the key of a job that gave it up
+    to a newer job.  The unique index stays on ``idempotency_key``, which only the
+    key's last taker has, so the key's holder is still one index probe away."""
+    return [
+        sql.SQL(
+            "ALTER TABLE {} ADD COLUMN key_scope text, ADD COLUMN key_until timestamptz,"
+            " ADD COLUMN given_up_key text"
+        ).format(sql.Identifier(schema, "jobs"))
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and workflows", _initial_tables),
     Migration(2, "periodic schedules", schedules_table),
@@ -205,6 +219,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "flow control", flow_control),
     Migration(10, "workers registry", workers_table),
     Migration(11, "partial steps of workflows", _partial_steps),
+    Migration(12, "scopes of idempotency keys", _key_scopes),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

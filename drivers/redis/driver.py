@@ -103,6 +103,7 @@ CAPABILITIES = Capabilities(
     queue_pause=True,
     flow_control=True,
     workers=True,
+    key_scopes=True,
 )
 """What every Redis store declares; ``persistent`` depends on the server (:meth:`migrate`)."""
 

@@ -12,7 +12,8 @@ Cluster keeps the whole store in one slot):
 =================== ==============================================================
 ``P j:<id>``        hash: the job's fields (times as 18-digit microsecond strings)
 ``P ids``           hash: the last job id and workflow id drawn
-``P keys``          hash: idempotency key -> job id
+``P keys``          hash: idempotency key -> the id of its last taker (holding it
+                    while its ``key_scope`` and ``key_until`` say so)
 ``P ready:<queue>`` sorted set of ``available`` jobs: score ``-priority``, member
                     ``run_at .. id`` (fixed width, so ties sort by run_at, then id)
 ``P delayed``       sorted set of ``scheduled``/``retrying`` jobs by ``run_at``
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import json
 
+from taskharbor.spec.keys import KeyHold
 from taskharbor.spec.records import (
     CALLBACK_CANCELS,
     LEASE_EXPIRED_MESSAGE,
@@ -101,6 +103,7 @@ def _workflow_constants() -> str:
             f"local WORKFLOW_CANCELLED = {lua_string(WORKFLOW_CANCELLED)}",
             f"local CALLBACK_CANCELS = {{{cancels}}}",
             *_error_layout(),
+            f"local KEY_UNFINISHED = {lua_string(KeyHold.UNFINISHED.value)}",
             "local LEASE_EXPIRED_ERROR = "
             + lua_string(error_fragment(LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE, None)),
             f"local function dependency_reason(id, state) return {reason_lua} end",
@@ -280,7 +283,9 @@ function H.new_job(a, b, workflow_id, deps, input, callback)
   }
   j.run_at = a[b + 6] ~= '' and a[b + 6] or NOW
   if a[b + 10] ~= '' then j.headers = a[b + 10] end
-  F.fields(j, a, b + 10)
+  if a[b + 11] ~= '' then j.key_scope = a[b + 11] end
+  if a[b + 12] ~= '' then j.key_until = H.t_add(NOW, a[b + 12]) end
+  F.fields(j, a, b + 12)
   if a[b + 8] ~= '' then
     j.idempotency_key = a[b + 8]
     redis.call('HSET', P .. 'keys', a[b + 8], id)
@@ -303,9 +308,23 @@ function H.new_job(a, b, workflow_id, deps, input, callback)
   return j
 end
 
+-- The job holding an idempotency key now: its last taker, while the taker's scope says
+-- so (taskharbor.spec.keys).  A new job stored with the key becomes its last taker.
+function H.key_holder(key)
+  local id = redis.call('HGET', P .. 'keys', key)
+  if not id then return nil end
+  local j = H.load(id)
+  if j.key_scope == KEY_UNFINISHED and FINISHED[j.state] then return nil end
+  if j.key_until and j.key_until <= NOW then return nil end
+  return j
+end
+
 function H.delete_job(j)
   H.unindex(j)
-  if j.idempotency_key then redis.call('HDEL', P .. 'keys', j.idempotency_key) end
+  local key = j.idempotency_key
+  if key and redis.call('HGET', P .. 'keys', key) == j.id then
+    redis.call('HDEL', P .. 'keys', key)  -- else it gave the key up to a newer job
+  end
   redis.call('ZREM', P .. 'all', j.id)
   redis.call('ZREM', P .. 'q:' .. j.queue, j.id)
   redis.call('DEL', P .. 'j:' .. j.id)
@@ -478,9 +497,9 @@ _COMMANDS = r"""
 CMD.enqueue = function(a)
   local out = {}
   for b = 0, #a - 1, REQUEST_FIELDS do
-    local held = a[b + 8] ~= '' and redis.call('HGET', P .. 'keys', a[b + 8])
-    if held then
-      out[#out + 1] = {0, H.flat(H.load(held))}
+    local holder = a[b + 8] ~= '' and H.key_holder(a[b + 8])
+    if holder then
+      out[#out + 1] = {0, H.flat(holder)}
     else
       out[#out + 1] = {1, H.flat(H.new_job(a, b, nil, {}, nil))}
     end

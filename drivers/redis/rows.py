@@ -15,6 +15,7 @@ from typing import Any
 from taskharbor.drivers.corrupt_rows import payload_args, payload_headers, payload_kwargs
 from taskharbor.spec import CorruptJob
 from taskharbor.spec.flow import FlowLimits, flow_from_text, flow_text, rate_bucket
+from taskharbor.spec.keys import scope_from_text, scope_text
 from taskharbor.spec.records import (
     JSON,
     EnqueueRequest,
@@ -82,7 +83,7 @@ def _count(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-REQUEST_FIELDS = 10 + len(FLOW_FIELDS)
+REQUEST_FIELDS = 12 + len(FLOW_FIELDS)
 """How many script arguments :func:`request_fields` gives per job."""
 
 
@@ -101,6 +102,8 @@ def request_fields(request: EnqueueRequest) -> list[str]:
         request.idempotency_key or "",
         policy_text(request.retry),
         encode_json(dict(request.headers)) if request.headers else "",
+        scope_text(request.key_scope) or "",
+        "" if request.key_scope.seconds is None else str(micros(request.key_scope.seconds)),
         *flow_fields(request.flow, request.task),
     ]
 
@@ -175,6 +178,7 @@ def _decode(f: dict[str, Any]) -> JobRecord:
         retry=policy_from_text(f["retry"]),
         headers=payload_headers(json.loads(f["headers"])) if "headers" in f else {},
         flow=flow_from_text(f["flow"]) if "flow" in f else None,
+        key_scope=scope_from_text(f.get("key_scope")),
     )
 
 

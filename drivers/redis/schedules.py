@@ -79,9 +79,9 @@ CMD.sched_write = function(a)
     local last, created = it.last, {}
     for r = 0, it.count - 1 do
       local b = it.base + r * REQUEST_FIELDS
-      local held = redis.call('HGET', P .. 'keys', a[b + 8])
-      if held then
-        last = held
+      local holder = H.key_holder(a[b + 8])
+      if holder then
+        last = holder.id
       else
         local j = H.new_job(a, b, nil, {}, nil)
         last = j.id

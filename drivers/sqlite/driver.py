@@ -78,6 +78,7 @@ from taskharbor.spec import (
     WorkflowState,
 )
 from taskharbor.spec.flow import FlowLimits, flow_from_text, flow_text
+from taskharbor.spec.keys import holds_key, scope_text
 from taskharbor.spec.records import (
     LEASE_EXPIRED_MESSAGE,
     LEASE_EXPIRED_TYPE,
@@ -116,6 +117,7 @@ from .schedules import SQLiteSchedules
 from .transitions import (
     DUE_ROWS,
     FINISHED_STATES,
+    GIVE_UP_KEY,
     LEASE_JOBS,
     LEASED_ROWS,
     TOKEN_CHARS,
@@ -257,6 +259,7 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
         schedules=True,
         flow_control=True,
         workflow_idempotency=True,
+        key_scopes=True,
         queue_pause=True,
         failure_callbacks=True,
         partial_chords=True,
@@ -514,15 +517,20 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
         The key is looked up before inserting so that a hit does not use up a job
         id (ids stay gapless, as in the reference model).  Inside the call's
         ``BEGIN IMMEDIATE`` no other writer runs between lookup and insert, and
-        the UNIQUE index on the key refuses a duplicate whatever happens.
+        the UNIQUE index on the key refuses a duplicate whatever happens.  The
+        lookup finds the key's last taker; one whose scope has ended gives the
+        key up (it moves to ``given_up_key``) to the new job.
         """
         if request.idempotency_key is not None:
-            holder = tx.conn.execute(
+            taker = tx.conn.execute(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?",
                 (request.idempotency_key,),
             ).fetchone()
-            if holder is not None:
-                return EnqueueResult(job_record(holder), created=False)
+            if taker is not None:
+                holder = job_record(taker)
+                if holds_key(holder.key_scope, holder.state, holder.created_at, tx.now):
+                    return EnqueueResult(holder, created=False)
+                tx.conn.execute(GIVE_UP_KEY, (holder.id,))
         values = _job_values(
             tx, request, workflow_id=workflow_id, depends_on=depends_on, step_input=step_input
         )
@@ -1001,6 +1009,7 @@ def _job_values(
         policy_text(request.retry),
         *_flow_values(request.flow),
         dump_json(dict(request.headers)) if request.headers else "{}",
+        scope_text(request.key_scope),
     )
 
 

@@ -27,6 +27,7 @@ from taskharbor.spec import (
     WorkflowState,
 )
 from taskharbor.spec.flow import flow_from_text
+from taskharbor.spec.keys import UNTIL_PRUNED, scope_from_text
 from taskharbor.spec.records import JSON
 from taskharbor.spec.retry import policy_from_text
 
@@ -39,13 +40,14 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 
 JOB_COLUMNS = (
     "id, task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, "
-    "created_at, idempotency_key, lease_token, lease_expires_at, leased_by, cancel_requested, "
+    "created_at, COALESCE(idempotency_key, given_up_key), lease_token, lease_expires_at, "
+    "leased_by, cancel_requested, "
     "result, errors, finished_at, reason, workflow_id, depends_on, step_args, step_input, retry, "
     "flow, "
-    "headers"
+    "headers, key_scope"
 )
 """The ``jobs`` columns every job-reading statement selects, in the order :func:`job_record`
-unpacks them."""
+unpacks them (a job's key is in ``given_up_key`` once it gave the key up)."""
 
 
 def to_micros(moment: datetime) -> int:
@@ -140,6 +142,7 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         retry,
         flow,
         headers,
+        key_scope,
     ) = row
     return JobRecord(
         id=job_id,
@@ -167,6 +170,7 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         retry=policy_from_text(retry),
         flow=None if flow is None else flow_from_text(flow),
         headers={} if headers == "{}" else payload_headers(load_json(headers)),
+        key_scope=UNTIL_PRUNED if key_scope is None else scope_from_text(key_scope),
     )
 
 

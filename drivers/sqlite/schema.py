@@ -144,6 +144,15 @@ _V10 = (
     "ALTER TABLE workflows ADD COLUMN tolerated TEXT",
 )
 
+_KEY_SCOPES = (
+    # How long each job holds its idempotency key (taskharbor.spec.keys, as scope_text:
+    # NULL is the default, until pruned), and the key a job gave up to a newer job.
+    # The unique index stays on idempotency_key, which only the key's last taker has:
+    # giving a key up moves it to given_up_key, so a lookup by key stays one index probe.
+    "ALTER TABLE jobs ADD COLUMN key_scope TEXT",
+    "ALTER TABLE jobs ADD COLUMN given_up_key TEXT",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V1,
     schedules.MIGRATION,
@@ -155,6 +164,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V8,
     workers.MIGRATION,
     _V10,
+    _KEY_SCOPES,
 )
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
 

@@ -152,7 +152,7 @@ INSERT_COLUMNS = (
     "task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, created_at, "
     "idempotency_key, workflow_id, depends_on, step_args, step_input, retry, "
     "flow, flow_key, flow_sequence, "
-    "headers"
+    "headers, key_scope"
 )
 """The columns an enqueue writes, in the order :data:`INSERT_JOB` binds them."""
 
@@ -161,6 +161,9 @@ INSERT_MARKS = ", ".join("?" for _ in INSERT_COLUMNS.split(","))
 
 INSERT_JOB = f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ({INSERT_MARKS})"
 """Insert one job, binding :data:`INSERT_COLUMNS` (run with ``executemany`` for a batch)."""
+
+GIVE_UP_KEY = "UPDATE jobs SET given_up_key = idempotency_key, idempotency_key = NULL WHERE id = ?"
+"""The job (by id) gives its idempotency key up to a newer job, for good."""
 
 JOBS_AFTER = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id > ? ORDER BY id"
 """The rows of the jobs whose id is above the parameter, in id order."""

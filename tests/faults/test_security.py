@@ -44,6 +44,12 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("postgres/flow.py", "sql.SQL(text)"): "the literal lookup and DDL templates of the module",
     ("postgres/enqueue.py", "sql.SQL(run_at)"): "a run_at expression from the literal _SHAPES",
     ("postgres/enqueue.py", "sql.SQL(wake)"): "a pg_notify template from the literal _SHAPES",
+    ("postgres/enqueue.py", "_GIVE_UP.format(keys='= %(key)s::text')"): (
+        "the literal give-up step, its key compared with a parameter"
+    ),
+    ("postgres/enqueue.py", "_GIVE_UP.format(keys='IN (SELECT i.idempotency_key FROM input i)')"): (
+        "the literal give-up step, its keys those of the statement's input rows"
+    ),
     ("postgres/schema.py", "sql.SQL(text)"): "the literal DDL templates listed just above",
     ("postgres/statements.py", "sql.SQL(target)"): "'l.target' or 'e.target': callers' literals",
     ("postgres/statements.py", "sql.SQL(assignments)"): "a template from _FENCED_PARTS",
