@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from test_cli_support import TRACEBACK, CliStore, cli_store, invoke, one_error_line
@@ -12,11 +12,13 @@ from taskharbor.cli.jobs import cancellable_states
 from taskharbor.cli.render import short_time
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
+    UNTIL_FINISHED,
     Completion,
     EnqueueRequest,
     ErrorReport,
     Failure,
     JobState,
+    KeyScope,
     StepSpec,
     WorkflowGraph,
     WorkflowState,
@@ -123,6 +125,24 @@ def test_jobs_show_a_running_job_shows_its_lease_but_never_its_token(cli_store: 
     text = cli_store.ok("jobs", "show", str(job.id)).stdout
     assert "held by test-worker" in text
     assert str(leased.lease_token) not in text + str(shape)
+
+
+def test_jobs_show_the_idempotency_key_and_how_long_it_is_held(cli_store: CliStore) -> None:
+    (window,) = cli_store.enqueue(idempotency_key="daily", key_scope=KeyScope.window(600))
+    (unfinished,) = cli_store.enqueue(idempotency_key="once", key_scope=UNTIL_FINISHED)
+    (kept,) = cli_store.enqueue(idempotency_key="kept")
+    (plain,) = cli_store.enqueue()
+    shape = cli_store.json("jobs", "show", str(window.id))
+    ends = window.created_at + timedelta(seconds=600)
+    assert shape["idempotency_key"] == "daily"
+    assert shape["key_scope"] == {"hold": "window", "seconds": 600.0, "ends": ends.isoformat()}
+    text = cli_store.ok("jobs", "show", str(window.id)).stdout
+    assert f"for 600s from enqueue, until {short_time(ends)}" in text
+    assert cli_store.json("jobs", "show", str(unfinished.id))["key_scope"]["hold"] == "unfinished"
+    assert "while unfinished" in cli_store.ok("jobs", "show", str(unfinished.id)).stdout
+    assert "until pruned" in cli_store.ok("jobs", "show", str(kept.id)).stdout
+    assert cli_store.json("jobs", "show", str(plain.id))["key_scope"] is None
+    assert "key held" not in cli_store.ok("jobs", "show", str(plain.id)).stdout
 
 
 def test_jobs_show_result_and_workflow(cli_store: CliStore) -> None:

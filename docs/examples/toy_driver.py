@@ -70,6 +70,8 @@ from taskharbor.spec import (
     JobNotFound,
     JobRecord,
     JobState,
+    KeyHold,
+    KeyScope,
     LeaseLost,
     LeaseRef,
     PromoteResult,
@@ -175,8 +177,14 @@ def _job_from_json(data: dict[str, Any]) -> JobRecord:
             ),
             "depends_on": tuple(data["depends_on"]),
             "retry": RetryPolicy(**data.get("retry", {})),  # files older than policies: default
+            "key_scope": _key_scope(data.get("key_scope")),
         }
     )
+
+
+def _key_scope(data: dict[str, Any] | None) -> KeyScope:
+    """A stored key scope (files older than scopes: the default, until pruned)."""
+    return KeyScope() if data is None else KeyScope(KeyHold(data["hold"]), data["seconds"])
 
 
 def _workflow_from_json(data: dict[str, Any]) -> WorkflowRecord:

@@ -19,6 +19,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from taskharbor.spec import JobRecord, JobState, WorkflowRecord, WorkflowState
+from taskharbor.spec.keys import key_window
 
 STATE_STYLES: Mapping[str, str] = {
     JobState.PENDING: "dim",
@@ -167,6 +168,14 @@ def dependencies(job_ids: Sequence[int]) -> str:
     return f"{first}, … {job_ids[-1]} ({len(job_ids)} steps)"
 
 
+def key_scope_text(job: JobRecord) -> str:
+    """How long a job holds its idempotency key, in words (a window with its end)."""
+    window = key_window(job.key_scope)
+    if window is None:
+        return str(job.key_scope)
+    return f"{job.key_scope} from enqueue, until {short_time(job.created_at + window)}"
+
+
 def job_detail(job: JobRecord) -> RenderableType:
     """Everything about one job: fields, payload, result, lease, workflow, each error."""
     fields = Table.grid(padding=(0, 2))
@@ -187,6 +196,7 @@ def job_detail(job: JobRecord) -> RenderableType:
         rows.append(("reason", Text(job.reason)))
     if job.idempotency_key is not None:
         rows.append(("idempotency key", Text(job.idempotency_key)))
+        rows.append(("key held", key_scope_text(job)))
     if job.state == JobState.RUNNING:
         lease = f"held by {job.leased_by}, expires {short_time(job.lease_expires_at)}"
         if job.cancel_requested:

@@ -22,6 +22,7 @@ from taskharbor.spec import (
     WorkflowState,
 )
 from taskharbor.spec.diagrams import Lifecycle
+from taskharbor.spec.keys import key_window
 from taskharbor.spec.lifecycle import (
     JOB_GUARDS,
     WORKFLOW_GUARDS,
@@ -62,6 +63,7 @@ def job_shape(job: JobRecord) -> dict[str, Any]:
         "result": job.result,
         "reason": job.reason,
         "idempotency_key": job.idempotency_key,
+        "key_scope": None if job.idempotency_key is None else key_scope_shape(job),
         "lease": lease,
         "errors": [
             {
@@ -76,6 +78,17 @@ def job_shape(job: JobRecord) -> dict[str, Any]:
         "workflow_id": job.workflow_id,
         "depends_on": list(job.depends_on),
         "headers": dict(job.headers),
+    }
+
+
+def key_scope_shape(job: JobRecord) -> dict[str, Any]:
+    """How long the job holds its key: ``hold`` (``pruned``, ``unfinished`` or
+    ``window``), and for a window its ``seconds`` and the instant it ``ends``."""
+    window = key_window(job.key_scope)
+    return {
+        "hold": job.key_scope.hold.value,
+        "seconds": job.key_scope.seconds,
+        "ends": None if window is None else iso(job.created_at + window),
     }
 
 
