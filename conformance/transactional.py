@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from taskharbor.spec import (
+    UNTIL_FINISHED,
     EnqueueRequest,
     InvalidRequest,
     JobFilter,
@@ -70,6 +71,20 @@ class TransactionalEnqueueRules(HarborFixture, DriverHooks):
             )
         assert (again.created, again.job) == (False, stored)
         assert harbor.driver.list_jobs(JobFilter()) == [stored]
+
+    @requires("transactional_enqueue", "key_scopes")
+    def test_a_key_given_up_in_a_rolled_back_transaction_stays_with_its_job(
+        self, harbor: Harbor, caller_transaction: CallerTransaction | None
+    ) -> None:
+        transaction = hook(caller_transaction, "caller_transaction")
+        old = harbor.job_in(JobState.DEAD, idempotency_key="k", key_scope=UNTIL_FINISHED)
+        with pytest.raises(RolledBack), transaction(harbor.driver) as conn:
+            (new,) = harbor.driver.enqueue_in(conn, [EnqueueRequest("task", idempotency_key="k")])
+            assert new.created
+            raise RolledBack
+        (requeued,) = harbor.driver.requeue([old.id])  # never gave its key up: holds it again
+        (again,) = harbor.driver.enqueue([EnqueueRequest("task", idempotency_key="k")])
+        assert (again.created, again.job) == (False, requeued)
 
     @requires("transactional_enqueue")
     def test_an_empty_batch_in_a_transaction_is_refused(

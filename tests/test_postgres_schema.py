@@ -17,10 +17,12 @@ from taskharbor.drivers.postgres import schema as postgres_schema
 from taskharbor.drivers.postgres.schema import CURRENT_VERSION, MIGRATIONS, migrate
 from taskharbor.spec import (
     DEFAULT_RETRY,
+    UNTIL_PRUNED,
     EnqueueRequest,
     FakeClock,
     InvalidRequest,
     JobState,
+    KeyScope,
     SchemaError,
     retry_delay,
 )
@@ -184,6 +186,34 @@ def test_a_store_from_before_retry_policies_upgrades_and_its_jobs_back_off_at_re
     (stored,) = driver.get([job.id])
     assert stored.state is JobState.RETRYING
     assert stored.run_at == rescued_at + retry_delay(DEFAULT_RETRY, job.id, 1)
+
+
+WINDOW = KeyScope.window(60)
+
+
+def test_a_store_from_before_key_scopes_keeps_its_keys_until_pruned(
+    make_driver: MakeDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = unique_schema()
+    make_driver(schema, migrate=False)  # registers the schema for dropping
+    before = [m for m in MIGRATIONS if m.description != "scopes of idempotency keys"]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        monkeypatch.setattr(postgres_schema, "MIGRATIONS", tuple(before))
+        migrate(conn, schema)
+        monkeypatch.undo()
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (task, queue, state, args, kwargs, priority, run_at, attempt,"
+                " max_attempts, created_at, idempotency_key, finished_at) VALUES ('old',"
+                " 'default', 'succeeded', '[]', '{{}}', 0, now(), 1, 3, now(), 'k', now())"
+            ).format(sql.Identifier(schema, "jobs"))
+        )
+    driver = make_driver(schema, clock=FakeClock(datetime.now(UTC) + timedelta(days=1)))
+    assert applied_versions(schema) == [m.version for m in MIGRATIONS]
+    (again,) = driver.enqueue([EnqueueRequest("new", idempotency_key="k", key_scope=WINDOW)])
+    assert (again.created, again.job.task, again.job.key_scope) == (False, "old", UNTIL_PRUNED)
+    (scoped,) = driver.enqueue([EnqueueRequest("new", idempotency_key="j", key_scope=WINDOW)])
+    assert (scoped.created, driver.get([scoped.job.id])[0].key_scope) == (True, WINDOW)
 
 
 @pytest.mark.parametrize(
