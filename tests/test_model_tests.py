@@ -42,6 +42,7 @@ from taskharbor.model_tests.strategies import (
 )
 from taskharbor.spec import (
     JOB,
+    UNTIL_PRUNED,
     EnqueueRequest,
     EnqueueResult,
     FakeClock,
@@ -122,7 +123,7 @@ class IgnoresIdempotencyKeys(ReferenceModel):
         held = {job.idempotency_key for job in self.list_jobs(JobFilter(limit=100_000))}
         return super().enqueue(
             [
-                dataclasses.replace(request, idempotency_key=None)
+                dataclasses.replace(request, idempotency_key=None, key_scope=UNTIL_PRUNED)
                 if request.idempotency_key in held
                 else request
                 for request in requests
