@@ -86,8 +86,12 @@ class RequestPlan:
     idempotency_key: str | None
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
-    key_scope: KeyScope = UNTIL_PRUNED
-    """The key's scope, sent only with a key."""
+
+    @property
+    def key_scope(self) -> KeyScope:
+        """The key's scope (sent only with a key), chosen by the plan's argument: no draw
+        of its own, so every other draw, and each hunt of the harness, stays as it was."""
+        return KEY_SCOPES[self.arg % len(KEY_SCOPES)]
 
     def request(self, now: datetime) -> EnqueueRequest:
         return EnqueueRequest(
@@ -141,7 +145,6 @@ def _request_plans(keys: st.SearchStrategy[str | None]) -> st.SearchStrategy[Req
         max_attempts=st.integers(1, 3),
         idempotency_key=keys,
         retry=st.sampled_from(RETRY_POLICIES),
-        key_scope=st.sampled_from(KEY_SCOPES),
     )
 
 
