@@ -2,7 +2,8 @@
 
 Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
-rule covers), grouped by area: enqueueing, job metadata, leasing, fencing,
+rule covers), grouped by area: enqueueing, job metadata (headers, tags, meta,
+progress), leasing, fencing,
 completing, failing, snoozing, maintenance, operators, reading, bad input,
 workflows, waiting, own clock, schedules, workers registry, flow control,
 paused queues, field effects, corrupt data, transient failures, transactional
@@ -67,11 +68,12 @@ from .flow import FlowControlRules
 from .harness import CallerTransaction, DriverHooks, FailNextCall, Harbor, PlantCorruptJob, requires
 from .leasing import LeasingRules
 from .maintenance import PromotingRules, PruningRules, RescuingRules
-from .metadata import JobMetadataRules
+from .metadata import JobMetadataRules, TagsAndMetaRules
 from .operators import CancellingRules, RequeueingRules
 from .own_clock import OwnClockRules
 from .partial_chords import PartialChordRules
 from .processes import CrashPlan, FleetPlan, OpenStore, ProcessRules, run_crash, run_fleet
+from .progress import ProgressRules
 from .queues import QueuePauseRules
 from .reading import ReadingRules, WorkflowListingRules
 from .schedules import ScheduleDeclarationRules, ScheduleRules
@@ -92,6 +94,8 @@ from .workflows import (
 class ConformanceSuite(
     EnqueueingRules,
     JobMetadataRules,
+    TagsAndMetaRules,
+    ProgressRules,
     LeasingRules,
     FencingRules,
     CompletingRules,

@@ -80,7 +80,11 @@ from .strategies import (
     FailurePlan,
     RequestPlan,
     WorkflowPlan,
+    graph_without_metadata,
     offset,
+    progress_of,
+    tag_of,
+    without_metadata,
 )
 
 START = datetime(2030, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -241,7 +245,9 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
         self.newest_driver_id = driver_id
 
     def _driver_ref(self, ref: LeaseRef) -> LeaseRef:
-        return LeaseRef(self.ids.jobs.to_driver(ref.job_id), self.ids.tokens.to_driver(ref.token))
+        return LeaseRef(
+            self.ids.jobs.to_driver(ref.job_id), self.ids.tokens.to_driver(ref.token), ref.progress
+        )
 
     def _compare_lost(self, what: str, expected: list[LeaseLost], got: list[LeaseLost]) -> None:
         translated = [
@@ -347,6 +353,8 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
     @rule(plans=st.lists(REQUESTS, min_size=1, max_size=3))
     def enqueue(self, plans: list[RequestPlan]) -> None:
         batch = [plan.request(self.clock.now()) for plan in plans]
+        if not self.driver.capabilities.job_metadata:
+            batch = [without_metadata(request) for request in batch]
         outcome = self._both(
             "enqueue", lambda: self.model.enqueue(batch), lambda: self.driver.enqueue(batch)
         )
@@ -378,6 +386,8 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
             graph = replace(graph, idempotency_key=None)
         if not self.driver.capabilities.partial_chords:
             graph = replace(graph, steps=tuple(replace(s, partial=False) for s in graph.steps))
+        if not self.driver.capabilities.job_metadata:
+            graph = graph_without_metadata(graph)
         outcome = self._both(
             "enqueue_workflow",
             lambda: self.model.enqueue_workflow(graph),
@@ -459,6 +469,8 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
     @rule(data=st.data(), seconds=st.sampled_from(LEASE_SECONDS))
     def heartbeat(self, data: st.DataObject, seconds: float) -> None:
         refs = self._draw_leases(data)
+        if self.driver.capabilities.job_metadata:
+            refs = [replace(ref, progress=progress_of(ref, seconds)) for ref in refs]
         outcome = self._both(
             "heartbeat",
             lambda: self.model.heartbeat(refs, seconds),
@@ -721,6 +733,7 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
         workflow_ids = [*self.workflow_ids, *UNKNOWN_IDS]
         workflow_id = data.draw(st.one_of(st.none(), st.sampled_from(workflow_ids)))
         created_since = self._draw_created_since(data)
+        tag = tag_of(limit) if self.driver.capabilities.job_metadata else None
         model_filter = JobFilter(
             states,
             task,
@@ -731,6 +744,7 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
             created_since=created_since,
             before_id=before_id,
             newest_first=newest_first,
+            tag=tag,
         )
 
         def driver_filter() -> JobFilter:
@@ -744,6 +758,7 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
                 created_since=created_since,
                 before_id=None if before_id is None else self.ids.jobs.to_driver(before_id),
                 newest_first=newest_first,
+                tag=tag,
             )
 
         outcome = self._both(

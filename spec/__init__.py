@@ -24,6 +24,16 @@ from .errors import (
 )
 from .flow import FLOW_GUARDS, MAX_RATE_WINDOW_SECONDS, FlowLimits, OnDead, RateLimit, rate_bucket
 from .lifecycle import JOB_GUARDS, JobLifecycle, WorkflowLifecycle
+from .metadata import (
+    META_MAX_BYTES,
+    PROGRESS_MESSAGE_MAX_LENGTH,
+    TAG_MAX_LENGTH,
+    TAGS_MAX_ITEMS,
+    Progress,
+    check_meta,
+    check_tag,
+    check_tags,
+)
 from .records import (
     CANCELLED_BY_REQUEST,
     EARLIEST_INSTANT,
@@ -109,10 +119,14 @@ __all__ = [
     "LEASE_EXPIRED_TYPE",
     "MAX_DURATION_SECONDS",
     "MAX_RATE_WINDOW_SECONDS",
+    "META_MAX_BYTES",
     "MISSING_JOB_STATE",
     "NEW",
+    "PROGRESS_MESSAGE_MAX_LENGTH",
     "QUEUED_JOB_STATES",
     "STATE_EFFECTS",
+    "TAGS_MAX_ITEMS",
+    "TAG_MAX_LENGTH",
     "WORKFLOW",
     "WORKFLOW_CANCELLED",
     "WORKFLOW_SUCCEEDED",
@@ -143,6 +157,7 @@ __all__ = [
     "LeaseLost",
     "LeaseRef",
     "OnDead",
+    "Progress",
     "PromoteResult",
     "RateLimit",
     "ResultRef",
@@ -170,9 +185,12 @@ __all__ = [
     "check_json",
     "check_lease_args",
     "check_lease_seconds",
+    "check_meta",
     "check_name",
     "check_queues",
     "check_seconds",
+    "check_tag",
+    "check_tags",
     "check_workflow_id",
     "dependency_reason",
     "derive_workflow_state",

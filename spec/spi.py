@@ -58,14 +58,16 @@ an event changes the fields named there, and no other.
 =============== ==============================================================
 enqueue         ``attempt=0``; ``run_at`` = request's or now; ``created_at`` = now;
                 ``retry`` = the request's policy and ``flow`` = the request's
-                limits, both kept for the job's life
+                limits, ``headers``, ``tags`` and ``meta`` the request's, all
+                kept for the job's life; no ``progress``
 release         ``args`` = (value of ``input``,) + args when the step has an
                 input; ``run_at`` stays when it is in the future (the job
                 goes to ``scheduled``), else becomes now
 promote         ``run_at`` unchanged
 lease           ``attempt += 1``; new ``lease_token``; ``leased_by``;
-                ``lease_expires_at = now + lease_seconds``
-heartbeat       ``lease_expires_at = now + lease_seconds``
+                ``lease_expires_at = now + lease_seconds``; ``progress`` cleared
+heartbeat       ``lease_expires_at = now + lease_seconds``; ``progress`` = the
+                lease's when it carries one (else kept)
 succeed         ``result``; ``finished_at = now``; lease fields cleared
 fail            an :class:`ErrorInfo` (attempt, now, report) appended to
                 ``errors``; lease fields cleared; to ``retrying``:
@@ -342,6 +344,11 @@ class Capabilities:
     :class:`Driver`, rules in :mod:`taskharbor.spec.workers`), and ``heartbeat``
     marks the workers holding the leases it extends as seen; without it those
     calls raise ``NotImplementedError`` and the engine does not register.
+    ``job_metadata``: the store keeps each job's ``tags`` and ``meta``, selects
+    by ``JobFilter.tag``, and stores the ``progress`` a heartbeat carries
+    (:mod:`taskharbor.spec.metadata`); the engine gives a store without it none
+    of them (tags or meta at enqueue are refused with ``InvalidRequest`` naming
+    the store, progress stays in the worker).
     """
 
     persistent: bool = False
@@ -355,6 +362,7 @@ class Capabilities:
     queue_pause: bool = False
     workers: bool = False
     partial_chords: bool = False
+    job_metadata: bool = False
 
 
 class Driver(abc.ABC):
@@ -468,6 +476,8 @@ class Driver(abc.ABC):
         A lease is live when the job is ``running`` with that token (an expired
         lease that was not rescued yet is still live).  Others are reported in
         ``lost``.  ``cancel_requested`` lists the live ones somebody asked to cancel.
+        With the ``job_metadata`` capability, a live lease's ``progress`` (when
+        given) is stored as the job's; a refused lease's is not.
         With the ``workers`` capability, every registered worker that holds one of
         the live leases (``leased_by``) is marked as seen, in the same call.
         """
@@ -577,7 +587,9 @@ class Driver(abc.ABC):
         them), ``task``, ``queue``, ``workflow_id``, ``after_id`` (ids greater
         than it), ``before_id`` (ids smaller than it) and ``created_since``
         (``created_at >= created_since``: the bound is inclusive, an instant
-        in any timezone).  Compare
+        in any timezone) and ``tag`` (jobs whose ``tags`` hold it; a store
+        answers it from an index or a structure it maintains, not by reading
+        every job).  Compare
         ``created_at`` itself, never an id derived from it: ids increase in
         enqueue order, but ``created_at`` is each call's now, which need not
         increase with them (two transactions at once, a clock set back).

@@ -41,6 +41,12 @@ SQLITE_UNDO: dict[int, tuple[str, ...]] = {
         "ALTER TABLE workflows DROP COLUMN partial",
         "ALTER TABLE workflows DROP COLUMN tolerated",
     ),
+    11: (
+        "DROP TRIGGER job_tags_added",
+        "DROP TRIGGER job_tags_removed",
+        "DROP TABLE job_tags",
+        *(f"ALTER TABLE jobs DROP COLUMN {name}" for name in ("tags", "meta", "progress")),
+    ),
 }
 """SQLite schema version -> the statements that undo the migration reaching it.  A new
 migration adds its undo here (a test checks that every version has one)."""

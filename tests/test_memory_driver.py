@@ -446,6 +446,7 @@ def test_every_spi_method_in_one_pass(driver: MemoryDriver, clock: FakeClock) ->
         queue_pause=True,
         workers=True,
         partial_chords=True,
+        job_metadata=True,
     )
     driver.migrate()
     keyed = EnqueueRequest("task", idempotency_key="k")

@@ -111,6 +111,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         workflow_idempotency=True,
         queue_pause=True,
         workers=True,
+        job_metadata=True,
     )
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -122,6 +123,9 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         self._workflows: dict[WorkflowId, WorkflowRow] = {}
         self._keys: dict[str, JobId] = {}
         self._workflow_keys: dict[str, WorkflowId] = {}
+        self._tagged: dict[str, dict[JobId, None]] = {}
+        """Each tag's jobs, in id order (a dict as an ordered set): ``list_jobs``'s
+        ``tag`` reads its own jobs only."""
         self._schedules = {}
         self._workers = {}
         self._index = JobIndex()
@@ -233,10 +237,14 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
             callback=callback,
             partial=partial,
             headers=dict(request.headers),
+            tags=request.tags,
+            meta=copy_json(dict(request.meta)) if request.meta else {},
         )
         self._jobs[row.id] = row
         if row.idempotency_key is not None:
             self._keys[row.idempotency_key] = row.id
+        for tag in row.tags:
+            self._tagged.setdefault(tag, {})[row.id] = None
         self._place(row)
         return row
 
@@ -272,6 +280,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
                 row.lease_token = self._new_token()
                 row.leased_by = args.worker_id
                 row.lease_expires_at = now + duration
+                row.progress = None
                 self._enter(row, target, now)
                 leased.append(row)
             for row in passed:
@@ -302,6 +311,8 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
                     continue
                 target = self._resolve(row, JobEvent.HEARTBEAT, now)
                 row.lease_expires_at = now + duration
+                if ref.progress is not None:
+                    row.progress = ref.progress
                 self._enter(row, target, now)
                 if row.cancel_requested:
                     cancel_requested.add(row.id)
@@ -497,6 +508,11 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         del self._jobs[row.id]
         if row.idempotency_key is not None:
             del self._keys[row.idempotency_key]
+        for tag in row.tags:
+            tagged = self._tagged[tag]
+            del tagged[row.id]
+            if not tagged:
+                del self._tagged[tag]
 
     # -- reading --------------------------------------------------------------
 
@@ -512,6 +528,8 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
             if where.workflow_id is not None:
                 workflow = self._workflows.get(where.workflow_id)
                 ids: Iterable[JobId] = workflow.jobs() if workflow is not None else ()
+            elif where.tag is not None:
+                ids = self._tagged.get(where.tag, {})
             else:
                 ids = self._jobs  # insertion order is id order
             found: list[JobRecord] = []
@@ -792,4 +810,5 @@ def _matches(row: JobRow, where: JobFilter) -> bool:
         and (where.after_id is None or row.id > where.after_id)
         and (where.before_id is None or row.id < where.before_id)
         and (where.created_since is None or row.created_at >= where.created_since)
+        and (where.tag is None or where.tag in row.tags)
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from taskharbor.spec.flow import FlowLimits
+from taskharbor.spec.metadata import Progress
 from taskharbor.spec.records import (
     JSON,
     ErrorInfo,
@@ -72,6 +73,9 @@ class JobRow:
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    meta: dict[str, JSON] = field(default_factory=dict)
+    progress: Progress | None = None
     dependents: list[JobId] = field(default_factory=list)
     callback: bool = False
     """Whether the job is its workflow's failure callback (it waits until its workflow
@@ -111,6 +115,9 @@ class JobRow:
             retry=self.retry,
             flow=self.flow,
             headers=dict(self.headers) if self.headers else {},
+            tags=self.tags,
+            meta=copy_json(self.meta) if self.meta else {},
+            progress=self.progress,
         )
 
 

@@ -217,6 +217,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             partial_chords=True,
             flow_control=True,
             workers=True,
+            job_metadata=True,
         )
         self._listener = Listener(conninfo, self._tables.channel) if notifications else None
         self._schema_ok = False
@@ -547,9 +548,14 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
     def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
         check_batch(leases, LeaseRef, "heartbeat")
         seconds = check_lease_seconds(lease_seconds)
+        values = {
+            "seconds": seconds,
+            "progress": [None if ref.progress is None else ref.progress.value for ref in leases],
+            "messages": [None if ref.progress is None else ref.progress.message for ref in leases],
+        }
 
         def body(cur: psycopg.Cursor[Row], params: Params) -> HeartbeatResult:
-            rows = self._fenced(cur, params, JobEvent.HEARTBEAT, leases, {"seconds": seconds})
+            rows = self._fenced(cur, params, JobEvent.HEARTBEAT, leases, values)
             asked = frozenset(
                 row["id"] for row in rows if row["applied"] and row["cancel_requested"]
             )
@@ -823,6 +829,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             "after_id": where.after_id,
             "before_id": where.before_id,
             "created_since": where.created_since,
+            "tag": where.tag,
         }
         values = {name: value for name, value in asked.items() if value is not None}
         query = statements.list_jobs(self._tables, tuple(values), where.newest_first)

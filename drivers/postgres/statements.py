@@ -109,9 +109,12 @@ def fenced(tables: Tables, event: JobEvent) -> sql.Composed:
 
 _FENCED_PARTS: Mapping[JobEvent, tuple[str, str, str]] = {
     JobEvent.HEARTBEAT: (
-        "",
-        "",
-        "lease_expires_at = {now} + make_interval(secs => %(seconds)s)",
+        ", %(progress)s::float8[], %(messages)s::text[]",
+        ", progress, message",
+        "lease_expires_at = {now} + make_interval(secs => %(seconds)s),"
+        " progress = COALESCE(i.progress, j.progress),"
+        " progress_message = CASE WHEN i.progress IS NULL THEN j.progress_message"
+        " ELSE i.message END",
     ),
     JobEvent.SUCCEED: (
         ", %(results)s::json[]",
@@ -149,7 +152,7 @@ leased AS (
     SET state = {target}, attempt = j.attempt + 1,
         lease_token = replace(gen_random_uuid()::text, '-', ''),
         lease_expires_at = {now} + make_interval(secs => %(seconds)s),
-        leased_by = %(worker)s
+        leased_by = %(worker)s, progress = NULL, progress_message = NULL
     FROM picked WHERE j.id = picked.id AND NOT picked.limited
     RETURNING {columns}
 )
@@ -413,9 +416,10 @@ input AS (
         %(max_attempts)s::integer[], %(depends_on)s::json[], %(input_ref)s::json[],
         %(retry)s::text[], %(headers)s::json[], %(flow)s::text[], %(flow_key)s::text[],
         %(flow_sequence)s::text[], %(flow_locks)s::text[], %(partial)s::boolean[],
-        %(tolerated)s::boolean[]
+        %(tolerated)s::boolean[], %(tags)s::json[], %(meta)s::json[]
     ) AS i(id, task, queue, args, kwargs, priority, run_at, max_attempts, depends_on, input_ref,
-           retry, headers, flow, flow_key, flow_sequence, flow_locks, partial, tolerated)
+           retry, headers, flow, flow_key, flow_sequence, flow_locks, partial, tolerated, tags,
+           meta)
 ),
 steps AS (
     SELECT i.*, ARRAY(SELECT json_array_elements_text(i.depends_on)::bigint) AS after
@@ -425,11 +429,12 @@ inserted AS (
     INSERT INTO {jobs} (id, task, queue, state, args, kwargs, priority, run_at, attempt,
                         max_attempts, created_at, workflow_id, depends_on, waiting_on,
                         step_args, input_ref, retry, headers, flow, flow_key,
-                        flow_sequence, flow_locks, partial, tolerated)
+                        flow_sequence, flow_locks, partial, tolerated, tags, meta)
     SELECT s.id, s.task, s.queue, {first_state}, s.args, s.kwargs, s.priority,
            COALESCE(s.run_at, {now}), 0, s.max_attempts, {now}, %(workflow_id)s, s.after,
            cardinality(s.after), s.args, s.input_ref, s.retry, s.headers, s.flow,
-           s.flow_key, s.flow_sequence, s.flow_locks::text[], s.partial, s.tolerated
+           s.flow_key, s.flow_sequence, s.flow_locks::text[], s.partial, s.tolerated,
+           ARRAY(SELECT json_array_elements_text(s.tags)), s.meta
     FROM steps s
     WHERE EXISTS (SELECT FROM workflow)
     RETURNING queue, state
@@ -479,6 +484,9 @@ _FILTERS: Mapping[str, str] = {
     "after_id": "j.id > %(after_id)s",
     "before_id": "j.id < %(before_id)s",
     "created_since": "j.created_at >= %(created_since)s",
+    # Containment reads the GIN index on tags; repeating its predicate lets the
+    # planner use that partial index (untagged jobs are not in it).
+    "tag": "j.tags @> ARRAY[%(tag)s::text] AND j.tags <> '{}'",
 }
 """The conditions of ``list_jobs``, by the :class:`JobFilter` field that asks for them."""
 

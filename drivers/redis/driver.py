@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from taskharbor.drivers.corrupt_rows import split_leased
+from taskharbor.drivers.corrupt_rows import progress_to_json, split_leased
 from taskharbor.spec import StoreError
 from taskharbor.spec.clock import Clock
 from taskharbor.spec.errors import (
@@ -103,6 +103,7 @@ CAPABILITIES = Capabilities(
     queue_pause=True,
     flow_control=True,
     workers=True,
+    job_metadata=True,
 )
 """What every Redis store declares; ``persistent`` depends on the server (:meth:`migrate`)."""
 
@@ -245,7 +246,8 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
         seconds = check_lease_seconds(lease_seconds)
         args = [str(micros(seconds))]
         for ref in leases:
-            args += [str(ref.job_id), ref.token]
+            progress = "" if ref.progress is None else encode_json(progress_to_json(ref.progress))
+            args += [str(ref.job_id), ref.token, progress]
         lost, asked = self._call("heartbeat", *args)
         return HeartbeatResult(
             tuple(_lost(leases, lost)), frozenset(int(job_id) for job_id in asked)
@@ -359,6 +361,7 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
             "" if where.created_since is None else encode_time(where.created_since),
             str(where.limit),
             "1" if where.newest_first else "0",
+            where.tag or "",
         )
         return [decode_job(as_dict(flat)) for flat in reply]
 

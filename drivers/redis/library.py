@@ -280,7 +280,12 @@ function H.new_job(a, b, workflow_id, deps, input, callback)
   }
   j.run_at = a[b + 6] ~= '' and a[b + 6] or NOW
   if a[b + 10] ~= '' then j.headers = a[b + 10] end
-  F.fields(j, a, b + 10)
+  if a[b + 11] ~= '' then
+    j.tags = a[b + 11]
+    for tag in string.gmatch(j.tags, '[^%z]+') do redis.call('ZADD', P .. 'tag:' .. tag, id, id) end
+  end
+  if a[b + 12] ~= '' then j.meta = a[b + 12] end
+  F.fields(j, a, b + 12)
   if a[b + 8] ~= '' then
     j.idempotency_key = a[b + 8]
     redis.call('HSET', P .. 'keys', a[b + 8], id)
@@ -306,6 +311,9 @@ end
 function H.delete_job(j)
   H.unindex(j)
   if j.idempotency_key then redis.call('HDEL', P .. 'keys', j.idempotency_key) end
+  if j.tags then
+    for tag in string.gmatch(j.tags, '[^%z]+') do redis.call('ZREM', P .. 'tag:' .. tag, j.id) end
+  end
   redis.call('ZREM', P .. 'all', j.id)
   redis.call('ZREM', P .. 'q:' .. j.queue, j.id)
   redis.call('DEL', P .. 'j:' .. j.id)
@@ -576,9 +584,10 @@ end
 CMD.heartbeat = function(a)
   local C = {lease_until = H.t_add(NOW, a[1])}
   local lost, asked, holders = {}, {}, {}
-  for i = 2, #a, 2 do
-    local j = H.fenced(a[i], a[i + 1], lost, i / 2)
+  for i = 2, #a, 3 do
+    local j = H.fenced(a[i], a[i + 1], lost, (i + 1) / 3)
     if j then
+      C.progress = a[i + 2] ~= '' and a[i + 2] or nil
       H.move(j, 'heartbeat', RESOLVE.heartbeat(j, C), C)
       if j.cancel_requested == '1' then asked[#asked + 1] = j.id end
       holders[j.leased_by] = true
@@ -847,11 +856,12 @@ function H.matches(id, f)
   local g = redis.call('HMGET', P .. 'j:' .. id, 'state', 'task', 'queue', 'created_at')
   return (not f.states or f.states[g[1]]) and (f.task == '' or g[2] == f.task)
     and (f.queue == '' or g[3] == f.queue) and (f.since == '' or g[4] >= f.since)
+    and (f.tag == '' or redis.call('ZSCORE', P .. 'tag:' .. f.tag, id))
 end
 
 CMD.list_jobs = function(a)
   local f = {task = a[2], queue = a[3], after = a[5], before = a[6], since = a[7],
-    limit = tonumber(a[8]), newest = a[9] == '1'}
+    limit = tonumber(a[8]), newest = a[9] == '1', tag = a[10]}
   if a[1] ~= '' then
     f.states = {}
     for _, s in ipairs(H.split(a[1])) do f.states[s] = true end
@@ -867,6 +877,8 @@ CMD.list_jobs = function(a)
       if #found >= f.limit then break end
       if id > lo and id < hi and H.matches(id, f) then found[#found + 1] = id end
     end
+  elseif f.tag ~= '' then
+    H.scan(P .. 'tag:' .. f.tag, f, found)
   elseif f.states then
     for s in pairs(f.states) do H.scan(P .. 'st:' .. s, f, found) end
     if f.newest then table.sort(found, function(x, y) return x > y end) else table.sort(found) end

@@ -30,7 +30,15 @@ from taskharbor.spec.flow import flow_from_text
 from taskharbor.spec.records import JSON
 from taskharbor.spec.retry import policy_from_text
 
-from ..corrupt_rows import decode_job, payload_args, payload_headers, payload_kwargs
+from ..corrupt_rows import (
+    decode_job,
+    payload_args,
+    payload_headers,
+    payload_kwargs,
+    payload_meta,
+    payload_tags,
+    progress_from_json,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -42,7 +50,7 @@ JOB_COLUMNS = (
     "created_at, idempotency_key, lease_token, lease_expires_at, leased_by, cancel_requested, "
     "result, errors, finished_at, reason, workflow_id, depends_on, step_args, step_input, retry, "
     "flow, "
-    "headers"
+    "headers, tags, meta, progress"
 )
 """The ``jobs`` columns every job-reading statement selects, in the order :func:`job_record`
 unpacks them."""
@@ -140,6 +148,9 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         retry,
         flow,
         headers,
+        tags,
+        meta,
+        progress,
     ) = row
     return JobRecord(
         id=job_id,
@@ -167,6 +178,9 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         retry=policy_from_text(retry),
         flow=None if flow is None else flow_from_text(flow),
         headers={} if headers == "{}" else payload_headers(load_json(headers)),
+        tags=() if tags == "[]" else payload_tags(load_json(tags)),
+        meta={} if meta == "{}" else payload_meta(load_json(meta)),
+        progress=None if progress is None else progress_from_json(load_json(progress)),
     )
 
 
