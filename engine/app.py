@@ -40,7 +40,14 @@ from .events import ENQUEUED, WORKFLOW_ENQUEUED, Event, Events, F
 from .flow import KeySource, TaskFlow, check_store_enforces
 from .jobs import Job
 from .middleware import Middleware, chain_enqueue, chain_enqueue_workflow
-from .options import TaskDefaults, check_exception_types, check_timeout
+from .options import (
+    TaskDefaults,
+    check_exception_types,
+    check_store_keeps_labels,
+    check_store_selects_tags,
+    check_task_labels,
+    check_timeout,
+)
 from .periodic import Schedules, periodic_decorator
 from .queues import QueueStatus, pause_queues, queue_statuses
 from .task import Task
@@ -213,6 +220,8 @@ class App:
         sequence: bool | str = False,
         rate_limit: str | RateLimit | None = None,
         rate_limit_per_key: bool = False,
+        tags: Sequence[str] = (),
+        meta: Mapping[str, Any] | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -234,6 +243,8 @@ class App:
         sequence: bool | str = False,
         rate_limit: str | RateLimit | None = None,
         rate_limit_per_key: bool = False,
+        tags: Sequence[str] = (),
+        meta: Mapping[str, Any] | None = None,
     ) -> Task[Any] | TaskDecorator:
         """Register a function (sync or ``async def``) as a task.
 
@@ -254,8 +265,14 @@ class App:
         (``True``/``"block"`` or ``"skip"``: a key's jobs one at a time, in enqueue
         order), ``rate_limit`` (``"100/m"``; per key with ``rate_limit_per_key``).
         See :mod:`taskharbor.flow`.
+
+        ``tags`` (a few short strings) and ``meta`` (a small JSON object) go with
+        every job of the task, for people: ``list_jobs(tag=...)``, ``jobs list
+        --tag``, the dashboard.  An enqueue's own ``tags``/``meta`` options add to
+        them (its tags after the task's, its meta keys winning).
         """
         backoff_policy = as_backoff(backoff)
+        task_tags, task_meta = check_task_labels(tags, meta)
         checked_timeout = check_timeout(timeout)
         retry_types = check_exception_types(retry_on, "retry_on")
         no_retry_types = check_exception_types(no_retry_on, "no_retry_on")
@@ -282,6 +299,8 @@ class App:
                 retry_types,
                 no_retry_types,
                 flow,
+                task_tags,
+                task_meta,
             )
             registered = Task(self, function, task_name, defaults)
             # Refuses bad defaults now, not at the first enqueue (flow: checked above).
@@ -607,6 +626,7 @@ class App:
 
     def _store(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
         check_store_enforces(self.driver, requests)
+        check_store_keeps_labels(self.driver, requests)
         connection = self._connection.get()
         if connection is None:
             results = self.driver.enqueue(list(requests))
@@ -620,6 +640,8 @@ class App:
 
     def _store_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
         check_store_enforces(self.driver, [step.request for step in graph.steps])
+        callback = () if graph.on_failure is None else (graph.on_failure,)
+        check_store_keeps_labels(self.driver, [*(s.request for s in graph.steps), *callback])
         connection = self._connection.get()
         if connection is None:
             record = self.driver.enqueue_workflow(graph)
@@ -704,12 +726,15 @@ class App:
         workflow_id: int | None = None,
         after_id: JobId | None = None,
         created_since: datetime | None = None,
+        tag: str | None = None,
     ) -> list[Job]:
         """Jobs matching every given filter, by ascending id, at most ``limit``.
 
         ``state`` is one state or several; page with ``after_id`` (the last id
-        seen); ``created_since`` (an aware datetime) keeps jobs created at or after it.
+        seen); ``created_since`` (an aware datetime) keeps jobs created at or after it;
+        ``tag`` keeps the jobs having that tag.
         """
+        check_store_selects_tags(self.driver, tag)
         where = JobFilter(
             states=_states(state),
             task=task.name if isinstance(task, Task) else task,
@@ -718,6 +743,7 @@ class App:
             after_id=after_id,
             limit=limit,
             created_since=created_since,
+            tag=tag,
         )
         return [self._job(record) for record in self.driver.list_jobs(where)]
 
