@@ -12,6 +12,7 @@ from taskharbor.spec import (
     StepSpec,
     WorkflowGraph,
 )
+from taskharbor.spec.schedules import Schedule
 
 from .harness import Harbor, HarborFixture, requires
 
@@ -167,6 +168,18 @@ class TagsAndMetaRules(HarborFixture):
         assert listed(tag="red", after_id=ids[0]) == [ids[1], ids[5]]
         harbor.finish(tagged[0])
         assert listed(tag="red", states=frozenset({JobState.AVAILABLE})) == [ids[1], ids[5]]
+
+    @requires("job_metadata", "schedules")
+    def test_a_schedules_jobs_carry_its_requests_tags_and_meta(self, harbor: Harbor) -> None:
+        request = EnqueueRequest("beat", tags=("periodic", "ops"), meta={"owner": "ops"})
+        (stored,) = harbor.driver.sync_schedules([Schedule("tagged", request, every=60)])
+        assert stored.schedule.request.tags == ("periodic", "ops")
+        assert dict(stored.schedule.request.meta) == {"owner": "ops"}
+        harbor.advance(61)
+        made = harbor.driver.enqueue_due_ticks(["tagged"]).jobs
+        assert made and all(job.tags == ("periodic", "ops") for job in made)
+        for job in harbor.driver.get([job.id for job in made]):
+            assert (job.tags, dict(job.meta)) == (("periodic", "ops"), {"owner": "ops"})
 
     @requires("job_metadata")
     def test_a_pruned_job_is_no_longer_listed_by_its_tags(self, harbor: Harbor) -> None:
