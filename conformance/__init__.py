@@ -79,7 +79,7 @@ from .reading import ReadingRules, WorkflowListingRules
 from .schedules import ScheduleDeclarationRules, ScheduleRules
 from .snoozing import SnoozingRules
 from .transactional import TransactionalEnqueueRules
-from .waiting import WaitingRules
+from .waiting import FinishedWaitingRules, WaitingRules
 from .workers import WorkerRegistryRules
 from .workflow_keys import WorkflowIdempotencyRules
 from .workflows import (
@@ -118,6 +118,7 @@ class ConformanceSuite(
     WorkflowPruningRules,
     WorkflowIdempotencyRules,
     WaitingRules,
+    FinishedWaitingRules,
     OwnClockRules,
     CorruptDataRules,
     TransientFailureRules,

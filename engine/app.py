@@ -52,6 +52,7 @@ from .periodic import Schedules, periodic_decorator
 from .queues import QueueStatus, pause_queues, queue_statuses
 from .task import Task
 from .urls import DEFAULT_URL, driver_opener
+from .waiting import sleep_until_finished, sleep_until_finished_async
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -682,7 +683,9 @@ class App:
     def wait(self, job: JobRef, timeout: float | None = None, *, poll: float = 0.05) -> Job:
         """Block until the job is finished (succeeded, dead or cancelled) and return it.
 
-        Raises ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+        A store with notifications (memory, PostgreSQL, Redis) wakes the wait
+        when the job finishes; another (SQLite) is read again every ``poll``
+        seconds.  Raises ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -691,12 +694,12 @@ class App:
                 return current
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {current.id} is still {current.state} after {timeout} s")
-            time.sleep(poll)
+            sleep_until_finished(self.driver, [current.id], poll, deadline)
 
     async def wait_async(
         self, job: JobRef, timeout: float | None = None, *, poll: float = 0.05
     ) -> Job:
-        """:meth:`wait` for event loops: polls without blocking the loop."""
+        """:meth:`wait` for event loops: never blocks the loop."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             current = await asyncio.to_thread(self.get_job, job)
@@ -704,7 +707,7 @@ class App:
                 return current
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {current.id} is still {current.state} after {timeout} s")
-            await asyncio.sleep(poll)
+            await sleep_until_finished_async(self.driver, [current.id], poll, deadline)
 
     def cancel(self, job: JobRef) -> Job:
         """Cancel a job: at once if it waits; a running job is asked to stop and

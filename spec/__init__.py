@@ -83,6 +83,7 @@ from .records import (
     ref_indexes,
     step_failure,
     tolerated_steps,
+    wait_timeout,
 )
 from .retry import DEFAULT_RETRY, RetryPolicy, retry_delay
 from .spi import Capabilities, Driver
@@ -205,4 +206,5 @@ __all__ = [
     "retry_delay",
     "step_failure",
     "tolerated_steps",
+    "wait_timeout",
 ]

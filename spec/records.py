@@ -7,6 +7,7 @@ Requests (``EnqueueRequest``, ``Completion``, ...) validate themselves in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -672,6 +673,16 @@ def job_ids(values: object, what: str, *, distinct: bool = True) -> tuple[JobId,
     if distinct:
         _check_distinct(values, what)
     return tuple(values)
+
+
+def wait_timeout(value: object, what: str) -> float:
+    """The ``timeout`` of a wait call (``wait_for_jobs``, ``wait_for_finished``) in
+    seconds: a number, not NaN; a negative one counts as 0, ``math.inf`` waits forever."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{what}: timeout must be a number of seconds, not {value!r}")
+    if math.isnan(value):
+        raise InvalidRequest(f"{what}: timeout must be a number of seconds, not NaN")
+    return max(0.0, float(value))
 
 
 def check_batch(values: object, kind: type, what: str) -> None:

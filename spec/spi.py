@@ -303,7 +303,9 @@ from .records import (
     WorkflowGraph,
     WorkflowId,
     WorkflowRecord,
+    wait_timeout,
 )
+from .records import job_ids as job_ids_of
 from .schedules import Schedule, ScheduleRecord, TickResult
 from .table import JobState
 from .workers import WorkerInfo, WorkerRecord
@@ -321,7 +323,8 @@ class Capabilities:
     database transaction.
     ``notifications``: :meth:`Driver.wait_for_jobs` wakes up, from any
     process, on every transition into ``available`` (enqueue, release,
-    promote, requeue) instead of only polling.
+    promote, requeue) instead of only polling, and
+    :meth:`Driver.wait_for_finished` on every transition into a finished state.
     ``schedules``: the store keeps periodic schedules (the "Schedules" calls
     of :class:`Driver`); without it those calls raise ``NotImplementedError``.
     ``flow_control``: the store keeps each job's ``flow`` limits and enforces them
@@ -641,6 +644,39 @@ class Driver(abc.ABC):
         import time
 
         time.sleep(max(0.0, timeout))
+
+    def wait_for_finished(self, job_ids: Sequence[JobId], timeout: float) -> None:
+        """Block until one of ``job_ids`` may have finished, or ``timeout`` passes.
+
+        A hint, as :meth:`wait_for_jobs`: the caller reads the jobs again when it
+        returns (``App.wait`` and ``WorkflowHandle.wait`` do; a workflow ends
+        only in a call that finishes one of its steps, so its waiter names the
+        steps it saw unfinished).  Drivers with the ``notifications``
+        capability, whichever process or connection made the change:
+
+        * return at once when one of the jobs is finished (``succeeded``,
+          ``dead`` or ``cancelled``) or not stored when the call begins, so a
+          job that finished between the caller's read and this call is never
+          waited for;
+        * else wake soon after one of them enters a finished state, by any
+          call: ``complete``, ``fail``, ``snooze``, ``cancel``,
+          ``cancel_workflow``, ``rescue``, and the cascades and failure
+          callbacks of a workflow (the conformance suite tests each);
+        * else return when ``timeout`` passes; earlier only on a rare event of
+          the store (a notification connection lost and found again), never
+          at once over and over, which would make the caller spin.
+
+        A notification costs the finishing call little: one per call, naming
+        the jobs it finished (or, for a store that cannot name every job a
+        cascade finished, their workflows), and never one per job.
+        ``InvalidRequest`` for an empty batch, an id that is not a job id, or a
+        ``timeout`` that is not a number (``wait_timeout``); ids may repeat.
+        The default sleeps ``timeout`` seconds (the caller polls).
+        """
+        import time
+
+        job_ids_of(job_ids, "wait_for_finished", distinct=False)
+        time.sleep(wait_timeout(timeout, "wait_for_finished"))
 
     # -- schedules (capability ``schedules``; see taskharbor.spec.schedules) ---
     #

@@ -68,6 +68,7 @@ from taskharbor.spec.records import (
     ref_indexes,
     step_failure,
     tolerated_steps,
+    wait_timeout,
 )
 from taskharbor.spec.records import job_ids as check_job_ids
 from taskharbor.spec.retry import retry_delay
@@ -104,6 +105,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
     """Jobs and workflows in this process's memory.  Safe to share between threads."""
 
     capabilities = Capabilities(
+        notifications=True,
         schedules=True,
         flow_control=True,
         failure_callbacks=True,
@@ -119,6 +121,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         self.clock = clock if clock is not None else SystemClock()
         self._lock = threading.Lock()
         self._job_available = threading.Condition(self._lock)
+        self._job_finished = threading.Condition(self._lock)
         self._jobs: dict[JobId, JobRow] = {}
         self._workflows: dict[WorkflowId, WorkflowRow] = {}
         self._keys: dict[str, JobId] = {}
@@ -589,15 +592,25 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
     def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         """Block until one of ``queues`` has an ``available`` job, or ``timeout`` passes."""
         wanted = check_queues(queues, "wait_for_jobs")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise InvalidRequest(f"timeout must be a number of seconds, not {timeout!r}")
-        if math.isnan(timeout):
-            raise InvalidRequest("timeout must be a number of seconds, not NaN")
-        seconds = max(0.0, float(timeout))
+        seconds = wait_timeout(timeout, "wait_for_jobs")
         with self._job_available:
             self._job_available.wait_for(
                 lambda: self._index.has_ready(self._leased_queues(wanted)),
                 timeout=None if seconds == math.inf else seconds,
+            )
+
+    def wait_for_finished(self, job_ids_: Sequence[JobId], timeout: float) -> None:
+        """Block until one of the jobs is finished (or not stored), or ``timeout`` passes."""
+        ids = check_job_ids(job_ids_, "wait_for_finished", distinct=False)
+        seconds = wait_timeout(timeout, "wait_for_finished")
+
+        def one_finished() -> bool:
+            rows = (self._jobs.get(job_id) for job_id in ids)
+            return any(row is None or row.state in FINISHED_JOB_STATES for row in rows)
+
+        with self._job_finished:
+            self._job_finished.wait_for(
+                one_finished, timeout=None if seconds == math.inf else seconds
             )
 
     # -- state changes ----------------------------------------------------------
@@ -659,6 +672,8 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         self._index.place(row)
         if row.state is JobState.AVAILABLE:
             self._job_available.notify_all()
+        elif row.state in FINISHED_JOB_STATES:
+            self._job_finished.notify_all()
 
     # -- workflows ----------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from psycopg import sql
 from taskharbor.spec import FINISHED_JOB_STATES, QUEUED_JOB_STATES, JobEvent, JobState
 from taskharbor.spec.records import PRUNABLE_WORKFLOW_STATES
 
+from ..finished_watches import ANY_JOB, NOTICE_MAX_ITEMS
 from .queues import paused_table
 from .rows import job_columns
 from .tables import Tables, statement
@@ -53,9 +54,9 @@ applied AS (
     FROM live l JOIN input i ON i.id = l.id
     WHERE j.id = l.id
     RETURNING j.id, j.state, j.queue, j.workflow_id, j.cancel_requested, j.leased_by
-){seen}
+){seen}{notice}
 SELECT i.id, i.token, a.id IS NOT NULL AS applied, COALESCE(a.state, j.state) AS state,
-       a.workflow_id, a.cancel_requested, j.id IS NULL AS missing
+       a.workflow_id, a.cancel_requested, j.id IS NULL AS missing{noticed}
 FROM input i LEFT JOIN applied a ON a.id = i.id LEFT JOIN {jobs} j ON j.id = i.id
 ORDER BY i.ord
 """
@@ -85,10 +86,33 @@ _ENDING = """
 recorded, else gets ``%(by_request)s``; any other target clears it."""
 
 
+_FINISHED_NOTICE = """,
+notice AS MATERIALIZED (
+    SELECT pg_notify(%(finished_channel)s, CASE WHEN count(*) <= {most} THEN
+        string_agg(a.id::text || COALESCE(',w' || a.workflow_id, ''), ',') ELSE {any} END)
+    FROM applied a WHERE a.state IN {finished} HAVING count(*) > 0
+)"""
+"""One notice for the jobs the statement finished, with their workflows (whose
+cascades the call finishes next): :mod:`taskharbor.drivers.finished_watches`."""
+
+
 @statement
-def fenced(tables: Tables, event: JobEvent) -> sql.Composed:
-    """The fenced statement of ``event`` (heartbeat, succeed, fail or snooze)."""
+def fenced(tables: Tables, event: JobEvent, *, notify: bool = False) -> sql.Composed:
+    """The fenced statement of ``event`` (heartbeat, succeed, fail or snooze).
+
+    With ``notify``, a statement that finishes jobs sends one notice on
+    ``%(finished_channel)s`` (read once, by the first row's ``noticed``).
+    """
     arrays, names, assignments = _FENCED_PARTS[event]
+    notice: sql.Composable = sql.SQL("")
+    noticed: sql.Composable = sql.SQL("")
+    if notify and event is not JobEvent.HEARTBEAT:
+        notice = sql.SQL(_FINISHED_NOTICE).format(
+            most=sql.Literal(NOTICE_MAX_ITEMS),
+            any=sql.Literal(ANY_JOB),
+            finished=job_states(FINISHED_JOB_STATES),
+        )
+        noticed = sql.SQL(", (SELECT count(*) FROM notice) AS noticed")
     body = sql.SQL(assignments).format(
         now=tables.now,
         retrying=job_state(JobState.RETRYING),
@@ -104,6 +128,8 @@ def fenced(tables: Tables, event: JobEvent) -> sql.Composed:
         target=target_case(event, _GUARDS),
         sources=job_states(event_sources(event)),
         assignments=body,
+        notice=notice,
+        noticed=noticed,
     )
 
 
@@ -272,6 +298,12 @@ def rescue(tables: Tables) -> sql.Composed:
         ending=sql.SQL(_ENDING).format(now=tables.now, **_ends("e.target")),
         cleared=sql.SQL(_LEASE_CLEARED),
     )
+
+
+@statement
+def states_of(tables: Tables) -> sql.Composed:
+    """The state and workflow of the jobs ``%(ids)s`` (what ``wait_for_finished`` reads)."""
+    return tables.sql("SELECT j.id, j.state, j.workflow_id FROM {jobs} j WHERE j.id = ANY(%(ids)s)")
 
 
 _LOCK_FOR_OPERATOR = """

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import secrets
 import threading
 import time
@@ -59,6 +58,8 @@ from taskharbor.spec.records import (
     check_prune_states,
     check_queues,
     check_workflow_id,
+    job_ids,
+    wait_timeout,
 )
 from taskharbor.spec.records import job_ids as check_job_ids
 from taskharbor.spec.retry import policy_from_text, retry_delay
@@ -138,7 +139,7 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
         self._token_prefix = secrets.token_hex(12)
         self._tokens = itertools.count(1)
         self._token_lock = threading.Lock()
-        self._listener = Listener(self._client, self.prefix + "wake")
+        self._listener = Listener(self._client, self.prefix + "wake", self.prefix + "done")
         self._poll_interval = poll_interval
         self.durability: Durability | None = None
 
@@ -400,12 +401,9 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
     def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         """Wake on a message for ``queues``; poll while the listener is away."""
         wanted = check_queues(queues, "wait_for_jobs")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise InvalidRequest(f"timeout must be a number of seconds, not {timeout!r}")
-        if math.isnan(timeout):
-            raise InvalidRequest("timeout must be a number of seconds, not NaN")
-        deadline = time.monotonic() + max(0.0, float(timeout))
-        self._listener.start(settle=min(max(0.0, float(timeout)), 1.0))
+        seconds = wait_timeout(timeout, "wait_for_jobs")
+        deadline = time.monotonic() + seconds
+        self._listener.start(settle=min(seconds, 1.0))
         while True:
             seen = self._listener.generations(wanted) if self._listener.connected else None
             if int(self._call("ready", *wanted)) > 0:
@@ -416,6 +414,29 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
             if seen is not None:
                 self._listener.wait(wanted, seen, left)
                 return
+            time.sleep(min(self._poll_interval, left))
+
+    def wait_for_finished(self, job_ids_: Sequence[JobId], timeout: float) -> None:
+        """Wake on a notice naming one of the jobs; poll while the listener is away."""
+        ids = job_ids(job_ids_, "wait_for_finished", distinct=False)
+        seconds = wait_timeout(timeout, "wait_for_finished")
+        deadline = time.monotonic() + seconds
+        self._listener.start(settle=min(seconds, 1.0))
+        watches = self._listener.finished
+        while True:
+            connected = self._listener.connected
+            watch = watches.watch(ids)
+            try:
+                if int(self._call("any_finished", *ids)) > 0:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                if connected:
+                    watches.sleep(watch, (), left)
+                    return
+            finally:
+                watches.forget(watch)
             time.sleep(min(self._poll_interval, left))
 
 

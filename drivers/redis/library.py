@@ -30,6 +30,8 @@ Cluster keeps the whole store in one slot):
                     each is forgotten (:mod:`.workers`)
 ``P wake``          pub/sub channel: a queue's name when one of its jobs became available
 ``P meta``          hash: the store's ``version``
+``P done``          pub/sub channel: one notice per call that finished jobs, naming them
+                    (:mod:`taskharbor.drivers.finished_watches`)
 =================== ==============================================================
 
 Flow control's counts and sets (``P run:task``, ``P run:key``, ``P seq:<key>``,
@@ -58,6 +60,7 @@ from taskharbor.spec.records import (
 )
 from taskharbor.spec.table import WORKFLOW, WorkflowState
 
+from ..finished_watches import ANY_JOB, NOTICE_MAX_ITEMS
 from .flow import FLOW_LUA
 from .rows import REQUEST_FIELDS
 from .transitions import CONSTANTS_LUA, TRANSITIONS_LUA
@@ -104,6 +107,8 @@ def _workflow_constants() -> str:
             "local LEASE_EXPIRED_ERROR = "
             + lua_string(error_fragment(LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE, None)),
             f"local function dependency_reason(id, state) return {reason_lua} end",
+            f"local NOTICE_MAX_ITEMS = {NOTICE_MAX_ITEMS}",
+            f"local ANY_JOB = {lua_string(ANY_JOB)}",
         ]
     )
 
@@ -142,6 +147,7 @@ local H = {}
 local F = {}
 local CMD = {}
 local WAKE = {}
+local DONE = {}
 
 function H.server_now()
   local t = redis.call('TIME')
@@ -224,6 +230,7 @@ function H.index(j)
     redis.call('ZADD', P .. 'running', j.lease_expires_at, j.lease_expires_at .. ':' .. id)
   elseif FINISHED[s] then
     redis.call('ZADD', P .. 'finished', j.finished_at, j.finished_at .. ':' .. id)
+    DONE[#DONE + 1] = id
   end
   redis.call('ZADD', P .. 'st:' .. s, id, id)
   F.enter(j, s)
@@ -953,6 +960,15 @@ CMD.migrate = function(a)
   return redis.call('HGET', P .. 'meta', 'version')
 end
 
+-- 1 when one of the jobs ``a`` is finished or not stored (``wait_for_finished``).
+CMD.any_finished = function(a)
+  for _, id in ipairs(a) do
+    local s = redis.call('HGET', P .. 'j:' .. id, 'state')
+    if not s or FINISHED[s] then return 1 end
+  end
+  return 0
+end
+
 CMD.ready = function(a)
   local n = 0
   for _, q in ipairs(H.unpaused(a)) do n = n + redis.call('ZCARD', P .. 'ready:' .. q) end
@@ -966,6 +982,11 @@ local args = {}
 for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
 local result = CMD[ARGV[1]](args)
 for q in pairs(WAKE) do redis.call('PUBLISH', P .. 'wake', q) end
+if #DONE > NOTICE_MAX_ITEMS then
+  redis.call('PUBLISH', P .. 'done', ANY_JOB)
+elseif #DONE > 0 then
+  redis.call('PUBLISH', P .. 'done', table.concat(DONE, ','))
+end
 return result
 """
 
