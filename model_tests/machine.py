@@ -20,13 +20,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from taskharbor.spec import (
     FINISHED_JOB_STATES,
-    JOB,
     Clock,
     Completion,
     Driver,
     Failure,
     FakeClock,
-    JobEvent,
     JobFilter,
     JobId,
     JobNotFound,
@@ -133,12 +131,6 @@ REFUSED_CALLS: dict[str, Callable[[Driver, JobId], object]] = {
 """Malformed calls every store must refuse, by a short description.  ``job`` is the
 newest job the harness created: naming it twice in one batch is refused whatever
 its state, even once it is pruned."""
-
-
-def _cancellable(job: JobRecord) -> bool:
-    """Whether ``cancel`` applies to ``job``: it is running (asked to stop), or the
-    table has ``cancel`` from its state (queued, or dead)."""
-    return job.state is JobState.RUNNING or JOB.allows(JobEvent.CANCEL, job.state)
 
 
 def _job_id(value: object) -> JobId:
@@ -583,7 +575,7 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
     @precondition(lambda self: bool(self.created))
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
-        job_ids = self._draw_job_ids(data, _cancellable)
+        job_ids = self._draw_job_ids(data, lambda job: job.state not in FINISHED_JOB_STATES)
         outcome = self._both(
             "cancel",
             lambda: self.model.cancel(job_ids),
