@@ -2,6 +2,8 @@
 
 Every rule of :mod:`taskharbor.spec.spi` and :mod:`taskharbor.spec.lifecycle`
 is checked by one test (some parametrised over the states or operations the
+rule covers), grouped by area: enqueueing, job metadata (headers, tags, meta,
+progress), leasing, fencing,
 rule covers), grouped by area: enqueueing, key scopes, job metadata, leasing, fencing,
 completing, failing, snoozing, maintenance, operators, reading, bad input,
 workflows, waiting, own clock, schedules, workers registry, flow control,
@@ -68,17 +70,18 @@ from .harness import CallerTransaction, DriverHooks, FailNextCall, Harbor, Plant
 from .key_scopes import KeyScopeRules
 from .leasing import LeasingRules
 from .maintenance import PromotingRules, PruningRules, RescuingRules
-from .metadata import JobMetadataRules
+from .metadata import JobMetadataRules, TagsAndMetaRules
 from .operators import CancellingRules, RequeueingRules
 from .own_clock import OwnClockRules
 from .partial_chords import PartialChordRules
 from .processes import CrashPlan, FleetPlan, OpenStore, ProcessRules, run_crash, run_fleet
+from .progress import ProgressRules
 from .queues import QueuePauseRules
 from .reading import ReadingRules, WorkflowListingRules
 from .schedules import ScheduleDeclarationRules, ScheduleRules
 from .snoozing import SnoozingRules
 from .transactional import TransactionalEnqueueRules
-from .waiting import WaitingRules
+from .waiting import FinishedWaitingRules, WaitingRules
 from .workers import WorkerRegistryRules
 from .workflow_keys import WorkflowIdempotencyRules
 from .workflows import (
@@ -94,6 +97,8 @@ class ConformanceSuite(
     EnqueueingRules,
     KeyScopeRules,
     JobMetadataRules,
+    TagsAndMetaRules,
+    ProgressRules,
     LeasingRules,
     FencingRules,
     CompletingRules,
@@ -116,6 +121,7 @@ class ConformanceSuite(
     WorkflowPruningRules,
     WorkflowIdempotencyRules,
     WaitingRules,
+    FinishedWaitingRules,
     OwnClockRules,
     CorruptDataRules,
     TransientFailureRules,

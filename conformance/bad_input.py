@@ -29,6 +29,7 @@ from taskharbor.spec import (
     JobRecord,
     JobState,
     LeaseRef,
+    Progress,
     RetryPolicy,
     SnoozeRequest,
     StepSpec,
@@ -195,6 +196,35 @@ BAD_REQUESTS: dict[str, Call] = {
     "header-value-with-nul": enqueue(task="t", headers={"a": "b\x00"}),
     "header-value-too-long": enqueue(task="t", headers={"a": "x" * 2049}),
     "too-many-headers": enqueue(task="t", headers={f"h{i}": "v" for i in range(33)}),
+    "tags-as-a-string": enqueue(task="t", tags="urgent"),
+    "tag-not-a-string": enqueue(task="t", tags=[1]),
+    "tag-empty": enqueue(task="t", tags=[""]),
+    "tag-too-long": enqueue(task="t", tags=["x" * 65]),
+    "tag-with-nul": enqueue(task="t", tags=["a\x00"]),
+    "tag-repeated": enqueue(task="t", tags=["a", "b", "a"]),
+    "too-many-tags": enqueue(task="t", tags=[f"t{i}" for i in range(17)]),
+    "meta-not-a-mapping": enqueue(task="t", meta=[("a", 1)]),
+    "meta-not-json": enqueue(task="t", meta={"a": object()}),
+    "meta-nan": enqueue(task="t", meta={"a": math.nan}),
+    "meta-too-big": enqueue(task="t", meta={"a": "x" * 4090}),
+    "progress-above-one": lambda h, s: h.driver.heartbeat(
+        [LeaseRef(s.running.id, s.token, Progress(1.5))], 30
+    ),
+    "progress-negative": lambda h, s: h.driver.heartbeat(
+        [LeaseRef(s.running.id, s.token, Progress(-0.1))], 30
+    ),
+    "progress-nan": lambda h, s: h.driver.heartbeat(
+        [LeaseRef(s.running.id, s.token, Progress(math.nan))], 30
+    ),
+    "progress-a-bool": lambda h, s: h.driver.heartbeat(
+        [LeaseRef(s.running.id, s.token, Progress(True))], 30
+    ),
+    "progress-message-too-long": lambda h, s: h.driver.heartbeat(
+        [LeaseRef(s.running.id, s.token, Progress(0.5, "x" * 257))], 30
+    ),
+    "progress-not-a-progress": lambda h, s: h.driver.heartbeat(
+        [LeaseRef(s.running.id, s.token, wrong(0.5))], 30
+    ),
     "retry-unknown-kind": lambda h, s: h.driver.enqueue(
         [EnqueueRequest("t", retry=RetryPolicy("x"))]
     ),
@@ -220,6 +250,8 @@ BAD_REQUESTS: dict[str, Call] = {
         JobFilter(states=wrong(frozenset({"dead"})))
     ),
     "filter-limit-zero": lambda h, s: h.driver.list_jobs(JobFilter(limit=0)),
+    "filter-tag-empty": lambda h, s: h.driver.list_jobs(JobFilter(tag="")),
+    "filter-tag-not-a-string": lambda h, s: h.driver.list_jobs(JobFilter(tag=wrong(["a"]))),
     "filter-naive-created-since": lambda h, s: h.driver.list_jobs(
         JobFilter(created_since=datetime(2030, 1, 1))
     ),

@@ -1,19 +1,32 @@
-"""Rules of ``Driver.wait_for_jobs`` that a driver's capabilities promise.
+"""Rules of ``Driver.wait_for_jobs`` and ``Driver.wait_for_finished`` that a
+driver's capabilities promise.
 
 A driver that declares ``notifications`` wakes its waiters on every
 transition into ``available``, not only on enqueue: ``promote``, ``rescue``,
 ``requeue`` and a workflow step's ``release`` make a job ready just as well,
-and a worker that sleeps through them waits a whole poll for nothing.
+and a worker that sleeps through them waits a whole poll for nothing.  It
+also wakes a producer waiting for a job (or a workflow's steps) on every
+transition into a finished state, whichever call made it, and never makes
+it wait for a job that finished before the wait began.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from taskharbor.spec import EnqueueRequest, JobState
+import pytest
+
+from taskharbor.spec import (
+    EnqueueRequest,
+    InvalidRequest,
+    JobState,
+    SnoozeRequest,
+    StepSpec,
+    WorkflowGraph,
+)
 
 from .harness import Harbor, HarborFixture, requires
 
@@ -109,3 +122,119 @@ class WaitingRules(HarborFixture):
             for _ in range(ROUNDS)
         ]
         wakes_on(harbor, lambda number: harbor.finish(firsts[number]))
+
+
+SETTLE_SECONDS = 0.2
+"""How long a test lets a waiter begin its wait before it finishes the job."""
+
+WAKE_BOUND = 5.0
+"""How soon after a job finished its waiter must have returned: a notifying store
+takes milliseconds; one that sleeps through the change takes :data:`WAIT_SECONDS`."""
+
+SHORT_TIMEOUT = 0.3
+"""The timeout of the test that lets a wait run out."""
+
+
+def wakes_when_finished(
+    harbor: Harbor, job_ids: Sequence[int], finish: Callable[[], object]
+) -> None:
+    """Wait for ``job_ids`` in a thread; once it has begun, ``finish()`` one of them;
+    fail unless the waiter returns within :data:`WAKE_BOUND`."""
+    waiter = threading.Thread(
+        target=harbor.driver.wait_for_finished, args=(list(job_ids), WAIT_SECONDS), daemon=True
+    )
+    waiter.start()
+    waiter.join(SETTLE_SECONDS)
+    assert waiter.is_alive(), "wait_for_finished returned while none of the jobs had finished"
+    finish()
+    waiter.join(WAKE_BOUND)
+    assert not waiter.is_alive(), f"wait_for_finished still asleep {WAKE_BOUND} s after the end"
+
+
+class FinishedWaitingRules(HarborFixture):
+    @requires("notifications")
+    def test_a_waiter_wakes_when_its_job_succeeds(self, harbor: Harbor) -> None:
+        job = harbor.running()
+        wakes_when_finished(harbor, [job.id], lambda: harbor.complete(job))
+
+    @requires("notifications")
+    def test_a_waiter_wakes_when_its_job_ends_dead(self, harbor: Harbor) -> None:
+        job = harbor.running()
+        wakes_when_finished(harbor, [job.id], lambda: harbor.fail(job, permanent=True))
+
+    @requires("notifications")
+    def test_a_waiter_wakes_when_one_of_its_jobs_is_cancelled(self, harbor: Harbor) -> None:
+        other, job = harbor.running(), harbor.enqueue(queue="other")
+        wakes_when_finished(harbor, [other.id, job.id], lambda: harbor.driver.cancel([job.id]))
+
+    @requires("notifications")
+    def test_a_waiter_wakes_when_a_snooze_ends_a_cancel_request(self, harbor: Harbor) -> None:
+        job = harbor.running()
+        harbor.driver.cancel([job.id])  # asked to stop: still running
+        snooze = SnoozeRequest(job.id, harbor.lease_ref(job).token, harbor.later(60))
+        wakes_when_finished(harbor, [job.id], lambda: harbor.driver.snooze([snooze]))
+
+    @requires("notifications")
+    def test_a_waiter_wakes_when_its_rescued_job_ends_dead(self, harbor: Harbor) -> None:
+        job = harbor.lease_job(harbor.enqueue(max_attempts=1))
+        expiry = job.lease_expires_at
+        assert expiry is not None
+
+        def rescue() -> None:
+            harbor.clock.set(expiry)
+            assert harbor.driver.rescue() == [job.id]
+
+        wakes_when_finished(harbor, [job.id], rescue)
+
+    @requires("notifications")
+    def test_a_waiter_on_a_pending_step_wakes_when_a_dependency_dies(self, harbor: Harbor) -> None:
+        workflow = harbor.chain(EnqueueRequest("first"), EnqueueRequest("second", queue="later"))
+        first = harbor.lease_job(harbor.get(workflow.steps[0]))
+        wakes_when_finished(harbor, [workflow.steps[1]], lambda: harbor.fail(first, permanent=True))
+
+    @requires("notifications")
+    def test_a_waiter_on_a_step_wakes_when_its_workflow_is_cancelled(self, harbor: Harbor) -> None:
+        workflow = harbor.chain(EnqueueRequest("first"), EnqueueRequest("second", queue="later"))
+        wakes_when_finished(
+            harbor, [workflow.steps[1]], lambda: harbor.driver.cancel_workflow(workflow.id)
+        )
+
+    @requires("notifications", "failure_callbacks")
+    def test_a_waiter_on_a_failure_callback_wakes_when_its_workflow_succeeds(
+        self, harbor: Harbor
+    ) -> None:
+        graph = WorkflowGraph(
+            (StepSpec(EnqueueRequest("step")),), result=0, on_failure=EnqueueRequest("on_failure")
+        )
+        workflow = harbor.driver.enqueue_workflow(graph)
+        assert workflow.on_failure is not None
+        step = harbor.lease_job(harbor.get(workflow.steps[0]))
+        wakes_when_finished(harbor, [workflow.on_failure], lambda: harbor.complete(step))
+
+    @requires("notifications")
+    @pytest.mark.parametrize("how", ["succeeded", "cancelled", "not stored"])
+    def test_a_job_that_finished_before_the_wait_is_not_waited_for(
+        self, harbor: Harbor, how: str
+    ) -> None:
+        job_id = 10**12 if how == "not stored" else harbor.job_in(JobState(how)).id
+        started = time.monotonic()
+        harbor.driver.wait_for_finished([job_id], WAIT_SECONDS)
+        assert time.monotonic() - started < WAKE_BOUND
+
+    @requires("notifications")
+    def test_a_wait_for_unfinished_jobs_returns_at_its_timeout(self, harbor: Harbor) -> None:
+        job = harbor.running()
+        started = time.monotonic()
+        harbor.driver.wait_for_finished([job.id], SHORT_TIMEOUT)
+        waited = time.monotonic() - started
+        assert SHORT_TIMEOUT * 0.8 <= waited < SHORT_TIMEOUT + WAKE_BOUND
+        assert harbor.get(job.id).state is JobState.RUNNING
+
+    @pytest.mark.parametrize(
+        ("job_ids", "timeout"), [([], 0.0), ((1, "2"), 0.0), ([1], "soon"), ([1], float("nan"))]
+    )
+    def test_a_wait_for_finished_jobs_checks_its_arguments(
+        self, harbor: Harbor, job_ids: Sequence[int], timeout: float
+    ) -> None:
+        with pytest.raises(InvalidRequest):
+            harbor.driver.wait_for_finished(job_ids, timeout)

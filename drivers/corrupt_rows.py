@@ -22,6 +22,7 @@ from taskharbor.spec import (
     Failure,
     InvalidRequest,
     JobRecord,
+    Progress,
     RetryPolicy,
 )
 from taskharbor.spec.retry import policy_from_text
@@ -66,6 +67,32 @@ def payload_headers(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise TypeError(f"headers must be a JSON object of strings, not {value!r}")
     return value
+
+
+def payload_tags(value: Any) -> tuple[str, ...]:
+    """Stored ``tags``: a JSON array of strings, or ``TypeError``."""
+    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        raise TypeError(f"tags must be a JSON array of strings, not {value!r}")
+    return tuple(value)
+
+
+def payload_meta(value: Any) -> dict[str, Any]:
+    """Stored ``meta``: a JSON object, or ``TypeError``."""
+    if not isinstance(value, dict):
+        raise TypeError(f"meta must be a JSON object, not {value!r}")
+    return value
+
+
+def progress_to_json(progress: Progress) -> list[Any]:
+    """A progress as stored by the stores that keep it as JSON: ``[value, message]``."""
+    return [progress.value, progress.message]
+
+
+def progress_from_json(value: Any) -> Progress:
+    """Stored ``progress`` (``[value, message]``), or ``TypeError``."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise TypeError(f"progress must be a JSON array [value, message], not {value!r}")
+    return Progress(value[0], value[1])
 
 
 def split_leased(

@@ -43,7 +43,10 @@ from .middleware import Middleware, chain_enqueue, chain_enqueue_workflow
 from .options import (
     TaskDefaults,
     check_exception_types,
+    check_store_keeps_labels,
     check_store_keeps_scopes,
+    check_store_selects_tags,
+    check_task_labels,
     check_timeout,
     key_scope_of,
 )
@@ -51,6 +54,7 @@ from .periodic import Schedules, periodic_decorator
 from .queues import QueueStatus, pause_queues, queue_statuses
 from .task import Task
 from .urls import DEFAULT_URL, driver_opener
+from .waiting import sleep_until_finished, sleep_until_finished_async
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -219,6 +223,8 @@ class App:
         sequence: bool | str = False,
         rate_limit: str | RateLimit | None = None,
         rate_limit_per_key: bool = False,
+        tags: Sequence[str] = (),
+        meta: Mapping[str, Any] | None = None,
         unique_for: float | timedelta | None = None,
         unique_until: str | None = None,
     ) -> TaskDecorator: ...
@@ -242,6 +248,8 @@ class App:
         sequence: bool | str = False,
         rate_limit: str | RateLimit | None = None,
         rate_limit_per_key: bool = False,
+        tags: Sequence[str] = (),
+        meta: Mapping[str, Any] | None = None,
         unique_for: float | timedelta | None = None,
         unique_until: str | None = None,
     ) -> Task[Any] | TaskDecorator:
@@ -265,6 +273,11 @@ class App:
         order), ``rate_limit`` (``"100/m"``; per key with ``rate_limit_per_key``).
         See :mod:`taskharbor.flow`.
 
+        ``tags`` (a few short strings) and ``meta`` (a small JSON object) go with
+        every job of the task, for people: ``list_jobs(tag=...)``, ``jobs list
+        --tag``, the dashboard.  An enqueue's own ``tags``/``meta`` options add to
+        them (its tags after the task's, its meta keys winning).
+
         How long a job holds its ``idempotency_key`` (given per enqueue with
         ``task.options(idempotency_key=...)``): until it is pruned by default;
         ``unique_until="finished"`` only while it is unfinished; ``unique_for``
@@ -272,6 +285,7 @@ class App:
         be given per enqueue; they apply to jobs enqueued with a key.
         """
         backoff_policy = as_backoff(backoff)
+        task_tags, task_meta = check_task_labels(tags, meta)
         task_scope = key_scope_of(
             {"unique_for": unique_for, "unique_until": unique_until}, "@app.task"
         )
@@ -301,6 +315,8 @@ class App:
                 retry_types,
                 no_retry_types,
                 flow,
+                task_tags,
+                task_meta,
                 task_scope,
             )
             registered = Task(self, function, task_name, defaults)
@@ -628,6 +644,7 @@ class App:
 
     def _store(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
         check_store_enforces(self.driver, requests)
+        check_store_keeps_labels(self.driver, requests)
         check_store_keeps_scopes(self.driver, requests)
         connection = self._connection.get()
         if connection is None:
@@ -642,6 +659,8 @@ class App:
 
     def _store_workflow(self, graph: WorkflowGraph) -> WorkflowRecord:
         check_store_enforces(self.driver, [step.request for step in graph.steps])
+        callback = () if graph.on_failure is None else (graph.on_failure,)
+        check_store_keeps_labels(self.driver, [*(s.request for s in graph.steps), *callback])
         connection = self._connection.get()
         if connection is None:
             record = self.driver.enqueue_workflow(graph)
@@ -684,7 +703,9 @@ class App:
     def wait(self, job: JobRef, timeout: float | None = None, *, poll: float = 0.05) -> Job:
         """Block until the job is finished (succeeded, dead or cancelled) and return it.
 
-        Raises ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+        A store with notifications (memory, PostgreSQL, Redis) wakes the wait
+        when the job finishes; another (SQLite) is read again every ``poll``
+        seconds.  Raises ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -693,12 +714,12 @@ class App:
                 return current
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {current.id} is still {current.state} after {timeout} s")
-            time.sleep(poll)
+            sleep_until_finished(self.driver, [current.id], poll, deadline)
 
     async def wait_async(
         self, job: JobRef, timeout: float | None = None, *, poll: float = 0.05
     ) -> Job:
-        """:meth:`wait` for event loops: polls without blocking the loop."""
+        """:meth:`wait` for event loops: never blocks the loop."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             current = await asyncio.to_thread(self.get_job, job)
@@ -706,7 +727,7 @@ class App:
                 return current
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {current.id} is still {current.state} after {timeout} s")
-            await asyncio.sleep(poll)
+            await sleep_until_finished_async(self.driver, [current.id], poll, deadline)
 
     def cancel(self, job: JobRef) -> Job:
         """Cancel a job: at once if it waits; a running job is asked to stop and
@@ -728,12 +749,15 @@ class App:
         workflow_id: int | None = None,
         after_id: JobId | None = None,
         created_since: datetime | None = None,
+        tag: str | None = None,
     ) -> list[Job]:
         """Jobs matching every given filter, by ascending id, at most ``limit``.
 
         ``state`` is one state or several; page with ``after_id`` (the last id
-        seen); ``created_since`` (an aware datetime) keeps jobs created at or after it.
+        seen); ``created_since`` (an aware datetime) keeps jobs created at or after it;
+        ``tag`` keeps the jobs having that tag.
         """
+        check_store_selects_tags(self.driver, tag)
         where = JobFilter(
             states=_states(state),
             task=task.name if isinstance(task, Task) else task,
@@ -742,6 +766,7 @@ class App:
             after_id=after_id,
             limit=limit,
             created_since=created_since,
+            tag=tag,
         )
         return [self._job(record) for record in self.driver.list_jobs(where)]
 

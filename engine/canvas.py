@@ -43,6 +43,7 @@ from typing import Any, Protocol, TypeAlias, TypedDict, runtime_checkable
 
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
+    FINISHED_JOB_STATES,
     WORKFLOW_CANCELLED,
     Driver,
     EnqueueRequest,
@@ -56,9 +57,12 @@ from taskharbor.spec import (
     TaskHarborError,
     WorkflowGraph,
     WorkflowId,
+    WorkflowRecord,
     WorkflowState,
 )
 from taskharbor.spec.records import check_name, map_ref, ref_indexes
+
+from .waiting import sleep_until_finished, sleep_until_finished_async
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 """The kwargs and opts of most signatures, shared: read-only, so sharing is safe."""
@@ -459,39 +463,50 @@ class WorkflowHandle:
     def wait(self, timeout: float | None = None) -> WorkflowState:
         """Block until the workflow is no longer running; return its state.
 
-        Polls the store, quickly at first and then every quarter second.
-        ``timeout=None`` waits as long as it takes; otherwise ``TimeoutError``
-        after ``timeout`` seconds.
+        A store with notifications wakes the wait when one of the steps
+        finishes (a workflow ends only then); another is polled, quickly at
+        first and then every quarter second.  ``timeout=None`` waits as long
+        as it takes; otherwise ``TimeoutError`` after ``timeout`` seconds.
         """
         deadline = _deadline(timeout)
         pause = _FIRST_POLL
         while True:
-            state = self._app.driver.get_workflow(self._id).state
-            if state != WorkflowState.RUNNING:
-                return state
-            time.sleep(self._pause(pause, deadline, timeout))
+            record = self._app.driver.get_workflow(self._id)
+            if record.state != WorkflowState.RUNNING:
+                return record.state
+            self._check_time_left(deadline, timeout)
+            sleep_until_finished(self._app.driver, self._watched(record), pause, deadline)
             pause = min(pause * 2, _MAX_POLL)
 
     async def wait_async(self, timeout: float | None = None) -> WorkflowState:
-        """:meth:`wait` for event loops: each read of the store runs on a thread, and
-        the pauses between reads are ``asyncio.sleep``, so the loop is never blocked."""
+        """:meth:`wait` for event loops: each read of the store and each wait for a
+        notification runs on a thread, so the loop is never blocked."""
         deadline = _deadline(timeout)
         pause = _FIRST_POLL
         while True:
             record = await asyncio.to_thread(self._app.driver.get_workflow, self._id)
             if record.state != WorkflowState.RUNNING:
                 return record.state
-            await asyncio.sleep(self._pause(pause, deadline, timeout))
+            self._check_time_left(deadline, timeout)
+            watched = await asyncio.to_thread(self._watched, record)
+            await sleep_until_finished_async(self._app.driver, watched, pause, deadline)
             pause = min(pause * 2, _MAX_POLL)
 
-    def _pause(self, pause: float, deadline: float | None, timeout: float | None) -> float:
-        """The next pause, cut to the time left; ``TimeoutError`` when none is left."""
-        if deadline is None:
-            return pause
-        left = deadline - time.monotonic()
-        if left <= 0:
+    def _watched(self, record: WorkflowRecord) -> list[JobId]:
+        """The steps a waiter on ``record`` waits for: those not finished yet, read
+        from a notifying store (a store that polls is not asked)."""
+        driver = self._app.driver
+        if not driver.capabilities.notifications:
+            return list(record.steps)
+        steps = driver.get(record.steps)
+        return [step.id for step in steps if step.state not in FINISHED_JOB_STATES] or [
+            step.id for step in steps
+        ]
+
+    def _check_time_left(self, deadline: float | None, timeout: float | None) -> None:
+        """``TimeoutError`` when the wait's deadline has passed."""
+        if deadline is not None and deadline - time.monotonic() <= 0:
             raise TimeoutError(f"workflow {self._id} still running after {timeout} s")
-        return min(pause, left)
 
     def result(self) -> Any:
         """The workflow's result: a chain's last result, a group's list, a chord's callback's.

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from taskharbor.spec import JobId
+from taskharbor.spec import JobId, Progress
 from taskharbor.spec.records import check_seconds
 
 
@@ -62,6 +62,39 @@ class JobContext:
     workflow_id: int | None = None
     """The workflow this job is a step of (``None`` for a job enqueued on its own)."""
 
+    def set_progress(self, value: float, message: str | None = None) -> None:
+        """Say how far the job is: ``value`` the fraction done, from 0.0 to 1.0 (a count
+        belongs in ``message``, as in ``"420 of 1000 rows"``; at most 256 characters).
+
+        Cheap to call often: the worker stores only the latest value, with its next
+        lease heartbeat (fenced by the lease, like the heartbeat), so a job shorter
+        than a heartbeat interval may never show one.  A new attempt starts without
+        progress.  Bad values raise ``InvalidRequest``.
+        """
+        self._progress.latest = Progress(value, message)
+
+    @property
+    def progress(self) -> Progress | None:
+        """The latest progress this attempt set (stored or not yet)."""
+        box: _ProgressBox | None = self.__dict__.get("_progress")
+        return None if box is None else box.latest
+
+    def unsent_progress(self) -> Progress | None:
+        """The latest progress if the store does not have it yet (for the heartbeat)."""
+        box: _ProgressBox | None = self.__dict__.get("_progress")
+        if box is None or box.latest is box.stored:
+            return None
+        return box.latest
+
+    def progress_stored(self, progress: Progress) -> None:
+        """The store has ``progress`` now: the next heartbeat need not carry it."""
+        self._progress.stored = progress
+
+    @functools.cached_property
+    def _progress(self) -> _ProgressBox:
+        """Made on first use: most jobs never report progress."""
+        return _ProgressBox()
+
     @functools.cached_property
     def cancel_event(self) -> threading.Event:
         """Set when somebody asks this job to stop; a sync handler may ``wait`` on it to
@@ -83,6 +116,17 @@ class JobContext:
         """Raise :class:`JobCancelled` if the job was asked to stop (for sync handlers)."""
         if self.cancelled:
             raise JobCancelled(f"job {self.id} was asked to stop")
+
+
+class _ProgressBox:
+    """A job's latest progress and the one its store has (set from the handler's thread,
+    read by the worker's heartbeat: each a single reference assignment)."""
+
+    __slots__ = ("latest", "stored")
+
+    def __init__(self) -> None:
+        self.latest: Progress | None = None
+        self.stored: Progress | None = None
 
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("taskharbor_current_job")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,15 @@ from taskharbor.spec import (
     JobRecord,
     JobState,
     KeyScope,
+    Progress,
 )
+
+
+def progress_label(progress: Progress) -> str:
+    """``42%`` or ``42% 420 of 1000 rows``: the percentage rounded down, so that only a
+    job that said 1.0 shows 100%."""
+    percent = f"{math.floor(progress.value * 100)}%"
+    return percent if progress.message is None else f"{percent} {progress.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +44,9 @@ class Job:
     The lease's fencing token stays inside the worker and is not shown here.
     ``headers`` are the ones it was enqueued with (a trace context, say).
     ``flow`` holds the flow limits the job carries (its key, concurrency,
+    sequence and rate limit), if any.  ``tags`` and ``meta`` are the ones it was
+    enqueued with; ``progress`` is what its current or last attempt last reported
+    (``progress.value`` from 0 to 1, ``progress.message``), ``None`` before any.
     sequence and rate limit), if any.  ``key_scope`` says how long the job holds
     its ``idempotency_key`` (until pruned, while unfinished, or for a window from
     enqueue).  ``created`` is set on what an enqueue returned: ``True`` when it
@@ -66,6 +78,9 @@ class Job:
     depends_on: tuple[JobId, ...]
     headers: Mapping[str, str] = field(default_factory=dict)
     flow: FlowLimits | None = None
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, JSON] = field(default_factory=dict)
+    progress: Progress | None = None
     decode_result: Callable[[JSON], Any] | None = field(default=None, repr=False, compare=False)
     """How the app that read the job turns ``stored_result`` into its task's return type."""
     key_scope: KeyScope = UNTIL_PRUNED
@@ -105,6 +120,9 @@ class Job:
             depends_on=record.depends_on,
             headers=record.headers,
             flow=record.flow,
+            tags=record.tags,
+            meta=record.meta,
+            progress=record.progress,
             decode_result=decode_result,
             key_scope=record.key_scope,
             created=created,

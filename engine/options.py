@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ from taskharbor.spec import (
     InvalidRequest,
     KeyScope,
 )
+from taskharbor.spec.metadata import check_meta, check_tags
 from taskharbor.spec.records import check_aware, check_name, check_seconds
 
 from .backoff import Backoff
@@ -38,6 +39,8 @@ ENQUEUE_OPTIONS = frozenset(
         "queue",
         "max_attempts",
         "concurrency_key",
+        "tags",
+        "meta",
     }
 )
 """What ``task.options(...)`` accepts; ``None`` for any of them means the task's default."""
@@ -64,6 +67,10 @@ class TaskDefaults:
     """Exceptions of these types fail permanently (to the DLQ), like ``PermanentError``."""
     flow: TaskFlow | None = None
     """The task's flow control (concurrency, keys, sequences, rate limits), if any."""
+    tags: tuple[str, ...] = ()
+    """Tags every job of the task carries (an enqueue's own tags are added after them)."""
+    meta: Mapping[str, JSON] = field(default_factory=dict)
+    """Meta every job of the task starts from (an enqueue's own keys win)."""
     key_scope: KeyScope | None = None
     """How long a job enqueued with a key holds it (``unique_for``/``unique_until``);
     ``None``: the contract's default, until the job is pruned."""
@@ -124,15 +131,61 @@ def check_options(opts: Mapping[str, Any], where: str) -> dict[str, Any]:
             check_aware(given["run_at"], "run_at")
         except InvalidRequest as exc:
             raise InvalidRequest(f"{where}: {exc}") from None
-    if "concurrency_key" in given:
-        try:
+    try:
+        if "concurrency_key" in given:
             check_name(given["concurrency_key"], "concurrency_key")
-        except InvalidRequest as exc:
-            raise InvalidRequest(f"{where}: {exc}") from None
+        if "tags" in given:
+            given["tags"] = check_tags(given["tags"])
+        if "meta" in given:
+            check_meta(given["meta"])
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: {exc}") from None
     scope = key_scope_of(given, where)
     if scope is not None:
         given["key_scope"] = scope
     return given
+
+
+def check_task_labels(
+    tags: object, meta: Mapping[str, Any] | None
+) -> tuple[tuple[str, ...], dict[str, JSON]]:
+    """``@app.task(tags=..., meta=...)``: checked, as a tuple and a private dict."""
+    try:
+        checked = check_tags(tags)
+        if meta is None:
+            return checked, {}
+        check_meta(meta)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"@app.task: {exc}") from None
+    return checked, dict(meta)
+
+
+def check_store_keeps_labels(driver: Driver, requests: Sequence[EnqueueRequest]) -> None:
+    """Refuse tags and meta a store would not keep, rather than let it drop them."""
+    if driver.capabilities.job_metadata:
+        return
+    labelled = next((r for r in requests if r.tags or r.meta), None)
+    if labelled is not None:
+        raise InvalidRequest(
+            f"cannot enqueue {labelled.task} with tags or meta: {type(driver).__name__} does "
+            "not keep them (it lacks the job_metadata capability)"
+        )
+
+
+def check_store_selects_tags(driver: Driver, tag: str | None) -> None:
+    """Refuse a tag filter a store would ignore (listing every job instead)."""
+    if tag is not None and not driver.capabilities.job_metadata:
+        raise InvalidRequest(
+            f"cannot list jobs by tag: {type(driver).__name__} does not keep tags "
+            "(it lacks the job_metadata capability)"
+        )
+
+
+def merged_tags(task_tags: tuple[str, ...], call_tags: tuple[str, ...]) -> tuple[str, ...]:
+    """The task's tags, then the call's that are not among them, in order."""
+    if not call_tags:
+        return task_tags
+    return task_tags + tuple(tag for tag in call_tags if tag not in task_tags)
 
 
 UNIQUE_UNTIL = {"pruned": UNTIL_PRUNED, "finished": UNTIL_FINISHED}
@@ -219,6 +272,8 @@ def build_request(
             idempotency_key=key,
             retry=defaults.backoff.policy,
             flow=flow,
+            tags=merged_tags(defaults.tags, given.get("tags", ())),
+            meta={**defaults.meta, **given["meta"]} if "meta" in given else defaults.meta,
             key_scope=scope,
         )
     except InvalidRequest as exc:

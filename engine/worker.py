@@ -207,6 +207,8 @@ class Worker:
         self._waiter_started = 0.0
         """When the running ``_waiter`` began (event loop time)."""
         self._clock_read: asyncio.Future[datetime] | None = None
+        self._keeps_progress = False
+        """Whether heartbeats carry progress (the store has ``job_metadata``): set at start."""
 
     # -- running -------------------------------------------------------------------
 
@@ -244,6 +246,7 @@ class Worker:
             self.lease,
             self.heartbeat_interval,
         )
+        self._keeps_progress = self.app.driver.capabilities.job_metadata
         await self._in_registry("register", self._registration.register)
         signals = self._install_signals(loop) if handle_signals else []
         background = [
@@ -760,13 +763,16 @@ class Worker:
                 await self._in_registry("heartbeat", self._registration.confirm)
             if not live:
                 continue
-            refs = [LeaseRef(a.record.id, a.token) for a in live]
+            refs = self._lease_refs(live)
             try:
                 result = await self._io_call(self.app.driver.heartbeat, refs, self.lease)
             except Exception as error:
                 self._registration.unsure = True
                 self._store_failed("heartbeat", error)
                 continue
+            for carried, ref in zip(live, refs, strict=True):
+                if ref.progress is not None:
+                    carried.context.progress_stored(ref.progress)
             for lost in result.lost:
                 active = self._active.get(lost.token)
                 if active is not None and not active.reported:
@@ -776,6 +782,13 @@ class Worker:
                     logger.info("job %d %s: cancel requested", active.record.id, active.record.task)
                     active.cancel_requested = True
                     active.stop()
+
+    def _lease_refs(self, live: list[_Active]) -> list[LeaseRef]:
+        """The leases to extend, each with the progress its handler set since the store
+        last had it (none on a store without ``job_metadata``)."""
+        if not self._keeps_progress:
+            return [LeaseRef(a.record.id, a.token) for a in live]
+        return [LeaseRef(a.record.id, a.token, a.context.unsent_progress()) for a in live]
 
     async def _in_registry(self, what: str, call: Callable[[], None]) -> None:
         """A call on this worker's registration (``engine.registry``), if the store keeps

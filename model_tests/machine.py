@@ -20,14 +20,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from taskharbor.spec import (
     FINISHED_JOB_STATES,
-    JOB,
     UNTIL_PRUNED,
     Clock,
     Completion,
     Driver,
     Failure,
     FakeClock,
-    JobEvent,
     JobFilter,
     JobId,
     JobNotFound,
@@ -81,7 +79,11 @@ from .strategies import (
     FailurePlan,
     RequestPlan,
     WorkflowPlan,
+    graph_without_metadata,
     offset,
+    progress_of,
+    tag_of,
+    without_metadata,
 )
 
 START = datetime(2030, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -130,12 +132,6 @@ REFUSED_CALLS: dict[str, Callable[[Driver, JobId], object]] = {
 """Malformed calls every store must refuse, by a short description.  ``job`` is the
 newest job the harness created: naming it twice in one batch is refused whatever
 its state, even once it is pruned."""
-
-
-def _cancellable(job: JobRecord) -> bool:
-    """Whether ``cancel`` applies to ``job``: it is running (asked to stop), or the
-    table has ``cancel`` from its state (queued, or dead)."""
-    return job.state is JobState.RUNNING or JOB.allows(JobEvent.CANCEL, job.state)
 
 
 def _job_id(value: object) -> JobId:
@@ -242,7 +238,9 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
         self.newest_driver_id = driver_id
 
     def _driver_ref(self, ref: LeaseRef) -> LeaseRef:
-        return LeaseRef(self.ids.jobs.to_driver(ref.job_id), self.ids.tokens.to_driver(ref.token))
+        return LeaseRef(
+            self.ids.jobs.to_driver(ref.job_id), self.ids.tokens.to_driver(ref.token), ref.progress
+        )
 
     def _compare_lost(self, what: str, expected: list[LeaseLost], got: list[LeaseLost]) -> None:
         translated = [
@@ -348,6 +346,8 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
     @rule(plans=st.lists(REQUESTS, min_size=1, max_size=3))
     def enqueue(self, plans: list[RequestPlan]) -> None:
         batch = [plan.request(self.clock.now()) for plan in plans]
+        if not self.driver.capabilities.job_metadata:
+            batch = [without_metadata(request) for request in batch]
         if not self.driver.capabilities.key_scopes:
             batch = [replace(request, key_scope=UNTIL_PRUNED) for request in batch]
         outcome = self._both(
@@ -381,6 +381,8 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
             graph = replace(graph, idempotency_key=None)
         if not self.driver.capabilities.partial_chords:
             graph = replace(graph, steps=tuple(replace(s, partial=False) for s in graph.steps))
+        if not self.driver.capabilities.job_metadata:
+            graph = graph_without_metadata(graph)
         outcome = self._both(
             "enqueue_workflow",
             lambda: self.model.enqueue_workflow(graph),
@@ -462,6 +464,8 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
     @rule(data=st.data(), seconds=st.sampled_from(LEASE_SECONDS))
     def heartbeat(self, data: st.DataObject, seconds: float) -> None:
         refs = self._draw_leases(data)
+        if self.driver.capabilities.job_metadata:
+            refs = [replace(ref, progress=progress_of(ref, seconds)) for ref in refs]
         outcome = self._both(
             "heartbeat",
             lambda: self.model.heartbeat(refs, seconds),
@@ -574,7 +578,7 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
     @precondition(lambda self: bool(self.created))
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
-        job_ids = self._draw_job_ids(data, _cancellable)
+        job_ids = self._draw_job_ids(data, lambda job: job.state not in FINISHED_JOB_STATES)
         outcome = self._both(
             "cancel",
             lambda: self.model.cancel(job_ids),
@@ -724,6 +728,7 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
         workflow_ids = [*self.workflow_ids, *UNKNOWN_IDS]
         workflow_id = data.draw(st.one_of(st.none(), st.sampled_from(workflow_ids)))
         created_since = self._draw_created_since(data)
+        tag = tag_of(limit) if self.driver.capabilities.job_metadata else None
         model_filter = JobFilter(
             states,
             task,
@@ -734,6 +739,7 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
             created_since=created_since,
             before_id=before_id,
             newest_first=newest_first,
+            tag=tag,
         )
 
         def driver_filter() -> JobFilter:
@@ -747,6 +753,7 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
                 created_since=created_since,
                 before_id=None if before_id is None else self.ids.jobs.to_driver(before_id),
                 newest_first=newest_first,
+                tag=tag,
             )
 
         outcome = self._both(

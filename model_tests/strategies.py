@@ -8,7 +8,7 @@ before, on and after it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from hypothesis import strategies as st
@@ -24,6 +24,7 @@ from taskharbor.spec import (
     JobState,
     KeyScope,
     LeaseRef,
+    Progress,
     ResultRef,
     RetryPolicy,
     StepSpec,
@@ -94,6 +95,9 @@ class RequestPlan:
         return KEY_SCOPES[self.arg % len(KEY_SCOPES)]
 
     def request(self, now: datetime) -> EnqueueRequest:
+        # Tags and meta follow the drawn argument, as headers do, so that carrying
+        # them costs the search no draws of its own.
+        tags, meta = LABELS[self.arg // 2 % len(LABELS)]
         return EnqueueRequest(
             task=self.task,
             args=(self.arg,),
@@ -106,8 +110,49 @@ class RequestPlan:
             retry=self.retry,
             flow=self.flow,
             headers={"traceparent": f"t-{self.arg}"} if self.arg % 2 else {},
+            tags=tags,
+            meta=meta,
             key_scope=UNTIL_PRUNED if self.idempotency_key is None else self.key_scope,
         )
+
+
+TAGS = ("red", "blue")
+"""The tags jobs carry, and that ``list_jobs`` selects by (with one no job has)."""
+
+LABELS: tuple[tuple[tuple[str, ...], dict[str, JSON]], ...] = (
+    ((), {}),
+    (("red",), {"n": 1}),
+    (("blue", "red"), {}),
+    (("blue",), {"note": "<b>&</b>", "list": [1.5, None]}),
+)
+"""Tags and meta a request can carry: none, one tag, two (one shared), markup in meta."""
+
+PROGRESSES = (None, Progress(0.0), Progress(0.5, "half"), Progress(1.0, "done ✓"))
+"""Progress a heartbeat can carry for a lease (None: none)."""
+
+
+def progress_of(ref: LeaseRef, seconds: float) -> Progress | None:
+    """The progress a heartbeat of ``seconds`` carries for ``ref``: it follows the drawn
+    job and duration, so that it costs the search no draws of its own."""
+    return PROGRESSES[(ref.job_id + LEASE_SECONDS.index(seconds)) % len(PROGRESSES)]
+
+
+def tag_of(limit: int) -> str | None:
+    """The tag a ``list_jobs`` of ``limit`` selects by: none, each of :data:`TAGS`, or a
+    tag no job has; it follows the drawn limit (1 to 5)."""
+    return (None, None, *TAGS, "green")[limit - 1]
+
+
+def without_metadata(request: EnqueueRequest) -> EnqueueRequest:
+    """``request`` without tags and meta, for a store without ``job_metadata``."""
+    return replace(request, tags=(), meta={})
+
+
+def graph_without_metadata(graph: WorkflowGraph) -> WorkflowGraph:
+    """``graph`` whose steps and failure callback carry no tags or meta."""
+    steps = tuple(replace(step, request=without_metadata(step.request)) for step in graph.steps)
+    callback = None if graph.on_failure is None else without_metadata(graph.on_failure)
+    return replace(graph, steps=steps, on_failure=callback)
 
 
 RETRY_AT_ONCE = RetryPolicy("constant", base=0.0, jitter=False)

@@ -39,6 +39,8 @@ CHROMIUM_FLAGS = [
 ]
 XSS_ARG = "<img src=x onerror=window.__xss='args'>"
 XSS_ERROR = "<script>window.__xss='error'</script><svg onload=\"window.__xss='svg'\">"
+XSS_TAG = "<img src=x onerror=window.__xss='tag'>"
+XSS_META = "<script>window.__xss='meta'</script>"
 
 
 class PaymentDeclined(Exception):
@@ -99,7 +101,8 @@ def populate(driver: Driver) -> Demo:
     for order in range(1, 41):
         charge_card.enqueue(order, 10.0 + order)
     dead_flaky = send_welcome.options(max_attempts=1).enqueue("ada@example.com").id
-    dead_hostile = hostile.enqueue(XSS_ARG).id
+    labels = hostile.options(tags=["imports", XSS_TAG], meta={"note": XSS_META})
+    dead_hostile = labels.enqueue(XSS_ARG).id
     chain = th.chain(extract.s("crm"), transform.s())
     chord = th.chord([extract.s("erp"), extract.s("web"), extract.s("pos")], load.s())
     app.enqueue(chain, name="nightly-etl")

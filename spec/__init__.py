@@ -32,6 +32,16 @@ from .keys import (
     holds_key,
 )
 from .lifecycle import JOB_GUARDS, JobLifecycle, WorkflowLifecycle
+from .metadata import (
+    META_MAX_BYTES,
+    PROGRESS_MESSAGE_MAX_LENGTH,
+    TAG_MAX_LENGTH,
+    TAGS_MAX_ITEMS,
+    Progress,
+    check_meta,
+    check_tag,
+    check_tags,
+)
 from .records import (
     CANCELLED_BY_REQUEST,
     EARLIEST_INSTANT,
@@ -81,6 +91,7 @@ from .records import (
     ref_indexes,
     step_failure,
     tolerated_steps,
+    wait_timeout,
 )
 from .retry import DEFAULT_RETRY, RetryPolicy, retry_delay
 from .spi import Capabilities, Driver
@@ -118,10 +129,14 @@ __all__ = [
     "MAX_DURATION_SECONDS",
     "MAX_KEY_WINDOW_SECONDS",
     "MAX_RATE_WINDOW_SECONDS",
+    "META_MAX_BYTES",
     "MISSING_JOB_STATE",
     "NEW",
+    "PROGRESS_MESSAGE_MAX_LENGTH",
     "QUEUED_JOB_STATES",
     "STATE_EFFECTS",
+    "TAGS_MAX_ITEMS",
+    "TAG_MAX_LENGTH",
     "UNTIL_FINISHED",
     "UNTIL_PRUNED",
     "WORKFLOW",
@@ -156,6 +171,7 @@ __all__ = [
     "LeaseLost",
     "LeaseRef",
     "OnDead",
+    "Progress",
     "PromoteResult",
     "RateLimit",
     "ResultRef",
@@ -183,9 +199,12 @@ __all__ = [
     "check_json",
     "check_lease_args",
     "check_lease_seconds",
+    "check_meta",
     "check_name",
     "check_queues",
     "check_seconds",
+    "check_tag",
+    "check_tags",
     "check_workflow_id",
     "dependency_reason",
     "derive_workflow_state",
@@ -201,4 +220,5 @@ __all__ = [
     "retry_delay",
     "step_failure",
     "tolerated_steps",
+    "wait_timeout",
 ]

@@ -120,8 +120,12 @@ EVENT_EFFECTS: Mapping[JobEvent, tuple[FieldEffect, ...]] = MappingProxyType(
             FieldEffect("lease_token", Effect.NEW_TOKEN),
             FieldEffect("leased_by", Effect.GIVEN),
             FieldEffect("lease_expires_at", Effect.NOW_PLUS_LEASE),
+            FieldEffect("progress", Effect.CLEAR),  # a new attempt reports its own
         ),
-        JobEvent.HEARTBEAT: (FieldEffect("lease_expires_at", Effect.NOW_PLUS_LEASE),),
+        JobEvent.HEARTBEAT: (
+            FieldEffect("lease_expires_at", Effect.NOW_PLUS_LEASE),
+            FieldEffect("progress", Effect.GIVEN),  # the lease's, when it carries one
+        ),
         JobEvent.SUCCEED: (FieldEffect("result", Effect.GIVEN),),
         JobEvent.FAIL: (
             FieldEffect("errors", Effect.APPEND_ERROR),

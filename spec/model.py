@@ -10,6 +10,7 @@ the call returns (so a call that raises changes nothing).
 
 from __future__ import annotations
 
+import copy
 import secrets
 import threading
 from collections import Counter
@@ -177,6 +178,7 @@ class ReferenceModel(Driver):
         workflow_idempotency=True,
         queue_pause=True,
         workers=True,
+        job_metadata=True,
         key_scopes=True,
     )
 
@@ -318,6 +320,8 @@ class ReferenceModel(Driver):
             retry=request.retry,
             flow=request.flow,
             headers=dict(request.headers),
+            tags=request.tags,
+            meta=copy.deepcopy(dict(request.meta)),
             key_scope=request.key_scope,
         )
         s.next_job_id += 1
@@ -421,6 +425,7 @@ class ReferenceModel(Driver):
                         lease_token=secrets.token_hex(16),
                         lease_expires_at=self._now + timedelta(seconds=args.lease_seconds),
                         leased_by=args.worker_id,
+                        progress=None,
                     )
                 )
             return leased
@@ -441,7 +446,10 @@ class ReferenceModel(Driver):
                     lost.append(self._refusal(job, ref))
                     continue
                 expires = self._now + timedelta(seconds=seconds)
-                moved = self._move(s, job, JobEvent.HEARTBEAT, lease_expires_at=expires)
+                progress = job.progress if ref.progress is None else ref.progress
+                moved = self._move(
+                    s, job, JobEvent.HEARTBEAT, lease_expires_at=expires, progress=progress
+                )
                 if moved.cancel_requested:
                     cancel_requested.add(job.id)
                 self._seen(s, [str(job.leased_by)])
@@ -686,6 +694,7 @@ class ReferenceModel(Driver):
                 and (where.after_id is None or job.id > where.after_id)
                 and (where.before_id is None or job.id < where.before_id)
                 and (where.created_since is None or job.created_at >= where.created_since)
+                and (where.tag is None or where.tag in job.tags)
             )
 
         def body(s: _Store) -> list[JobRecord]:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from .errors import InvalidRequest, LeaseLost
 from .flow import FlowLimits
@@ -21,13 +21,16 @@ from .limits import LATEST_INSTANT as LATEST_INSTANT
 from .limits import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS
 from .limits import check_aware as check_aware
 from .limits import check_seconds as check_seconds
+from .metadata import Progress, check_meta, check_tag, check_tags
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .table import JobState, WorkflowState
+from .values import JSON as JSON
+from .values import JSON_MAX_DEPTH as JSON_MAX_DEPTH
+from .values import _check_text
+from .values import check_json as check_json
 
 JobId: TypeAlias = int
 WorkflowId: TypeAlias = int
-JSON: TypeAlias = Any
-"""A JSON value: None, bool, int, finite float, str, list of JSON, dict of str to JSON."""
 
 ResultRef: TypeAlias = "int | list[ResultRef]"
 """Where a workflow value comes from: a step (index, or job id once stored), or a list of refs."""
@@ -36,7 +39,6 @@ PRIORITY_MIN = -32768
 PRIORITY_MAX = 32767
 MAX_ATTEMPTS_LIMIT = 10_000
 NAME_MAX_LENGTH = 255
-JSON_MAX_DEPTH = 64
 HEADERS_MAX_ITEMS = 32
 HEADER_VALUE_MAX_LENGTH = 2048
 """Bounds of a job's ``headers``: at most 32, each value at most 2048 characters (a
@@ -68,67 +70,6 @@ LEASE_EXPIRED_MESSAGE = "the lease expired before its worker reported"
 def dependency_reason(job_id: int, state: str) -> str:
     """``reason`` of a workflow step cancelled because a step it needs ended badly."""
     return f"dependency {job_id} {state}"
-
-
-def check_json(value: JSON, what: str) -> None:
-    """Refuse anything that would not come back from storage exactly as given.
-
-    Accepts None, bool, int, finite float, str (valid Unicode), and lists and
-    dicts (with str keys) of those, nested at most ``JSON_MAX_DEPTH`` deep.
-    Tuples are refused rather than silently turned into lists.
-
-    Depth counts from ``value`` itself (level 0): a job's args are checked as
-    one list and its kwargs as one dict, so one argument may be
-    ``JSON_MAX_DEPTH - 1`` deep; a result is checked on its own.  The limit
-    holds for every stored value alike, so a handler that wraps an accepted
-    argument in more levels can return a result past it (``InvalidResult``).
-    """
-    _check_json(value, what, 0)
-
-
-def _check_json(value: JSON, path: str, depth: int) -> None:
-    if depth > JSON_MAX_DEPTH:
-        raise InvalidRequest(f"{path}: nested deeper than {JSON_MAX_DEPTH} levels")
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidRequest(f"{path}: {value!r} is not representable in JSON")
-        return
-    if isinstance(value, str):
-        _check_unicode(value, path)
-        return
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]", depth + 1)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidRequest(f"{path}: key {key!r} is not a string (JSON keys are)")
-            _check_unicode(key, f"{path} key")
-            _check_json(item, f"{path}[{key!r}]", depth + 1)
-        return
-    raise InvalidRequest(
-        f"{path}: {type(value).__name__} is not JSON "
-        "(use None, bool, int, float, str, list or dict)"
-    )
-
-
-def _check_unicode(text: str, path: str) -> None:
-    """Text that encodes to UTF-8 (no lone surrogate).  A NUL character is fine in a
-    JSON string: every store keeps it escaped (``\\u0000``) and gives it back exactly."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidRequest(f"{path}: not valid Unicode ({exc.reason})") from None
-
-
-def _check_text(text: str, path: str) -> None:
-    """A name stored as plain text, where a NUL character cannot be kept."""
-    _check_unicode(text, path)
-    if "\x00" in text:
-        raise InvalidRequest(f"{path}: contains a NUL character, which storage cannot keep")
 
 
 def check_name(value: object, what: str) -> None:
@@ -205,7 +146,10 @@ class EnqueueRequest:
     ``headers``: small
     str-to-str metadata carried with the job for propagation (a W3C trace
     context's ``traceparent`` and ``tracestate``), stored as given and returned
-    with the job; bounded by :func:`check_headers`.
+    with the job; bounded by :func:`check_headers`.  ``tags`` (a list is kept as a
+    tuple) and ``meta``: labels and a small JSON object for people, stored as given
+    and returned with the job (:mod:`taskharbor.spec.metadata`); only a driver with
+    the ``job_metadata`` capability is given them.
     """
 
     task: str
@@ -219,6 +163,8 @@ class EnqueueRequest:
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, JSON] = field(default_factory=dict)
     key_scope: KeyScope = UNTIL_PRUNED
 
     def __post_init__(self) -> None:
@@ -244,6 +190,10 @@ class EnqueueRequest:
             raise InvalidRequest(f"flow must be FlowLimits or None, not {self.flow!r}")
         if type(self.headers) is not dict or self.headers:  # most jobs carry none
             check_headers(self.headers, f"{self.task} headers")
+        if type(self.tags) is not tuple or self.tags:
+            object.__setattr__(self, "tags", check_tags(self.tags, f"{self.task} tags"))
+        if type(self.meta) is not dict or self.meta:
+            check_meta(self.meta, f"{self.task} meta")
         if self.key_scope is not UNTIL_PRUNED:
             check_key_scope(self.key_scope, self.idempotency_key)
 
@@ -288,6 +238,8 @@ class JobRecord:
     ``retry`` is the policy it was enqueued with (see :mod:`taskharbor.spec.retry`);
     ``flow`` the flow limits (see :mod:`taskharbor.spec.flow`);
     ``headers`` the headers it was enqueued with (an empty mapping when none);
+    ``tags`` and ``meta`` the ones it was enqueued with, ``progress`` what its
+    current or last attempt last reported (:mod:`taskharbor.spec.metadata`).
     ``key_scope`` the scope of its idempotency key (:mod:`taskharbor.spec.keys`).
     The record keeps ``idempotency_key`` after the job gave the key up.
     """
@@ -317,6 +269,9 @@ class JobRecord:
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, JSON] = field(default_factory=dict)
+    progress: Progress | None = None
     key_scope: KeyScope = UNTIL_PRUNED
 
 
@@ -331,13 +286,21 @@ class EnqueueResult:
 
 @dataclass(frozen=True, slots=True)
 class LeaseRef:
-    """A lease held by a worker: the job and the fencing token it got at lease."""
+    """A lease held by a worker: the job and the fencing token it got at lease.
+
+    In a heartbeat, ``progress`` is the latest progress its attempt reported since
+    the last heartbeat (``None``: no news, the stored progress stays); it is stored
+    only while the lease is live (:mod:`taskharbor.spec.metadata`).
+    """
 
     job_id: JobId
     token: str
+    progress: Progress | None = None
 
     def __post_init__(self) -> None:
         _check_lease(self.job_id, self.token)
+        if self.progress is not None and type(self.progress) is not Progress:
+            raise InvalidRequest(f"progress must be a Progress or None, not {self.progress!r}")
 
 
 def _check_lease(job_id: JobId, token: str) -> None:
@@ -630,8 +593,12 @@ class JobFilter:
     """Only jobs with a smaller id (the next page of a ``newest_first`` listing)."""
     newest_first: bool = False
     """Order by descending id, so ``limit`` keeps the newest matching jobs."""
+    tag: str | None = None
+    """Only jobs having this tag (``JobRecord.tags``); a store keeps an index for it."""
 
     def __post_init__(self) -> None:
+        if self.tag is not None:
+            check_tag(self.tag, "tag filter")
         if self.states is not None:
             for state in self.states:
                 if not isinstance(state, JobState):
@@ -717,6 +684,16 @@ def job_ids(values: object, what: str, *, distinct: bool = True) -> tuple[JobId,
     if distinct:
         _check_distinct(values, what)
     return tuple(values)
+
+
+def wait_timeout(value: object, what: str) -> float:
+    """The ``timeout`` of a wait call (``wait_for_jobs``, ``wait_for_finished``) in
+    seconds: a number, not NaN; a negative one counts as 0, ``math.inf`` waits forever."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{what}: timeout must be a number of seconds, not {value!r}")
+    if math.isnan(value):
+        raise InvalidRequest(f"{what}: timeout must be a number of seconds, not NaN")
+    return max(0.0, float(value))
 
 
 def check_batch(values: object, kind: type, what: str) -> None:

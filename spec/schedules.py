@@ -472,6 +472,8 @@ def schedule_to_json(schedule: Schedule) -> str:
             "priority": request.priority,
             "max_attempts": request.max_attempts,
             "flow": None if request.flow is None else flow_text(request.flow),
+            **({"tags": list(request.tags)} if request.tags else {}),
+            **({"meta": dict(request.meta)} if request.meta else {}),
             "cron": schedule.cron,
             "every": schedule.every,
             "tz": schedule.tz,
@@ -502,6 +504,8 @@ def schedule_from_json(name: str, text: str) -> Schedule:
         priority=data["priority"],
         max_attempts=data["max_attempts"],
         flow=None if data.get("flow") is None else flow_from_text(data["flow"]),
+        tags=tuple(data.get("tags", ())),
+        meta=data.get("meta", {}),
     )
     return Schedule(
         name=name,

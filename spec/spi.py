@@ -58,14 +58,16 @@ an event changes the fields named there, and no other.
 =============== ==============================================================
 enqueue         ``attempt=0``; ``run_at`` = request's or now; ``created_at`` = now;
                 ``retry`` = the request's policy and ``flow`` = the request's
-                limits, both kept for the job's life
+                limits, ``headers``, ``tags`` and ``meta`` the request's, all
+                kept for the job's life; no ``progress``
 release         ``args`` = (value of ``input``,) + args when the step has an
                 input; ``run_at`` stays when it is in the future (the job
                 goes to ``scheduled``), else becomes now
 promote         ``run_at`` unchanged
 lease           ``attempt += 1``; new ``lease_token``; ``leased_by``;
-                ``lease_expires_at = now + lease_seconds``
-heartbeat       ``lease_expires_at = now + lease_seconds``
+                ``lease_expires_at = now + lease_seconds``; ``progress`` cleared
+heartbeat       ``lease_expires_at = now + lease_seconds``; ``progress`` = the
+                lease's when it carries one (else kept)
 succeed         ``result``; ``finished_at = now``; lease fields cleared
 fail            an :class:`ErrorInfo` (attempt, now, report) appended to
                 ``errors``; lease fields cleared; to ``retrying``:
@@ -301,7 +303,9 @@ from .records import (
     WorkflowGraph,
     WorkflowId,
     WorkflowRecord,
+    wait_timeout,
 )
+from .records import job_ids as job_ids_of
 from .schedules import Schedule, ScheduleRecord, TickResult
 from .table import JobState
 from .workers import WorkerInfo, WorkerRecord
@@ -319,7 +323,8 @@ class Capabilities:
     database transaction.
     ``notifications``: :meth:`Driver.wait_for_jobs` wakes up, from any
     process, on every transition into ``available`` (enqueue, release,
-    promote, requeue) instead of only polling.
+    promote, requeue) instead of only polling, and
+    :meth:`Driver.wait_for_finished` on every transition into a finished state.
     ``schedules``: the store keeps periodic schedules (the "Schedules" calls
     of :class:`Driver`); without it those calls raise ``NotImplementedError``.
     ``flow_control``: the store keeps each job's ``flow`` limits and enforces them
@@ -342,6 +347,11 @@ class Capabilities:
     :class:`Driver`, rules in :mod:`taskharbor.spec.workers`), and ``heartbeat``
     marks the workers holding the leases it extends as seen; without it those
     calls raise ``NotImplementedError`` and the engine does not register.
+    ``job_metadata``: the store keeps each job's ``tags`` and ``meta``, selects
+    by ``JobFilter.tag``, and stores the ``progress`` a heartbeat carries
+    (:mod:`taskharbor.spec.metadata`); the engine gives a store without it none
+    of them (tags or meta at enqueue are refused with ``InvalidRequest`` naming
+    the store, progress stays in the worker).
     ``key_scopes``: :meth:`Driver.enqueue` honours a request's ``key_scope``
     (:mod:`taskharbor.spec.keys`) and returns each job's scope; a store without
     it is only given the default scope (until pruned): the engine refuses any
@@ -359,6 +369,7 @@ class Capabilities:
     queue_pause: bool = False
     workers: bool = False
     partial_chords: bool = False
+    job_metadata: bool = False
     key_scopes: bool = False
 
 
@@ -482,6 +493,8 @@ class Driver(abc.ABC):
         A lease is live when the job is ``running`` with that token (an expired
         lease that was not rescued yet is still live).  Others are reported in
         ``lost``.  ``cancel_requested`` lists the live ones somebody asked to cancel.
+        With the ``job_metadata`` capability, a live lease's ``progress`` (when
+        given) is stored as the job's; a refused lease's is not.
         With the ``workers`` capability, every registered worker that holds one of
         the live leases (``leased_by``) is marked as seen, in the same call.
         """
@@ -593,7 +606,9 @@ class Driver(abc.ABC):
         them), ``task``, ``queue``, ``workflow_id``, ``after_id`` (ids greater
         than it), ``before_id`` (ids smaller than it) and ``created_since``
         (``created_at >= created_since``: the bound is inclusive, an instant
-        in any timezone).  Compare
+        in any timezone) and ``tag`` (jobs whose ``tags`` hold it; a store
+        answers it from an index or a structure it maintains, not by reading
+        every job).  Compare
         ``created_at`` itself, never an id derived from it: ids increase in
         enqueue order, but ``created_at`` is each call's now, which need not
         increase with them (two transactions at once, a clock set back).
@@ -645,6 +660,39 @@ class Driver(abc.ABC):
         import time
 
         time.sleep(max(0.0, timeout))
+
+    def wait_for_finished(self, job_ids: Sequence[JobId], timeout: float) -> None:
+        """Block until one of ``job_ids`` may have finished, or ``timeout`` passes.
+
+        A hint, as :meth:`wait_for_jobs`: the caller reads the jobs again when it
+        returns (``App.wait`` and ``WorkflowHandle.wait`` do; a workflow ends
+        only in a call that finishes one of its steps, so its waiter names the
+        steps it saw unfinished).  Drivers with the ``notifications``
+        capability, whichever process or connection made the change:
+
+        * return at once when one of the jobs is finished (``succeeded``,
+          ``dead`` or ``cancelled``) or not stored when the call begins, so a
+          job that finished between the caller's read and this call is never
+          waited for;
+        * else wake soon after one of them enters a finished state, by any
+          call: ``complete``, ``fail``, ``snooze``, ``cancel``,
+          ``cancel_workflow``, ``rescue``, and the cascades and failure
+          callbacks of a workflow (the conformance suite tests each);
+        * else return when ``timeout`` passes; earlier only on a rare event of
+          the store (a notification connection lost and found again), never
+          at once over and over, which would make the caller spin.
+
+        A notification costs the finishing call little: one per call, naming
+        the jobs it finished (or, for a store that cannot name every job a
+        cascade finished, their workflows), and never one per job.
+        ``InvalidRequest`` for an empty batch, an id that is not a job id, or a
+        ``timeout`` that is not a number (``wait_timeout``); ids may repeat.
+        The default sleeps ``timeout`` seconds (the caller polls).
+        """
+        import time
+
+        job_ids_of(job_ids, "wait_for_finished", distinct=False)
+        time.sleep(wait_timeout(timeout, "wait_for_finished"))
 
     # -- schedules (capability ``schedules``; see taskharbor.spec.schedules) ---
     #

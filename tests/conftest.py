@@ -46,14 +46,14 @@ def selected_drivers(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The conformance groups that run on wall time (waiters that must be woken, fleets
+    """The conformance groups that run on wall time (waiters that must be woken or time out, fleets
     of processes, a worker killed mid-batch) are timing tests: make test-stress runs
     them too.  Marked here, not in the shipped suite."""
-    from taskharbor.conformance import ProcessRules, WaitingRules
+    from taskharbor.conformance import FinishedWaitingRules, ProcessRules, WaitingRules
 
     waiting = {
         name
-        for rules in (WaitingRules, ProcessRules)
+        for rules in (WaitingRules, FinishedWaitingRules, ProcessRules)
         for name in vars(rules)
         if name.startswith("test_")
     }

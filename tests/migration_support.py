@@ -41,7 +41,13 @@ SQLITE_UNDO: dict[int, tuple[str, ...]] = {
         "ALTER TABLE workflows DROP COLUMN partial",
         "ALTER TABLE workflows DROP COLUMN tolerated",
     ),
-    11: ("ALTER TABLE jobs DROP COLUMN key_scope", "ALTER TABLE jobs DROP COLUMN given_up_key"),
+    11: (
+        "DROP TRIGGER job_tags_added",
+        "DROP TRIGGER job_tags_removed",
+        "DROP TABLE job_tags",
+        *(f"ALTER TABLE jobs DROP COLUMN {name}" for name in ("tags", "meta", "progress")),
+    ),
+    12: ("ALTER TABLE jobs DROP COLUMN key_scope", "ALTER TABLE jobs DROP COLUMN given_up_key"),
 }
 """SQLite schema version -> the statements that undo the migration reaching it.  A new
 migration adds its undo here (a test checks that every version has one)."""

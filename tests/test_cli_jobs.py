@@ -19,6 +19,8 @@ from taskharbor.spec import (
     Failure,
     JobState,
     KeyScope,
+    LeaseRef,
+    Progress,
     StepSpec,
     WorkflowGraph,
     WorkflowState,
@@ -512,3 +514,26 @@ def test_workflows_list_filters_by_state_and_name_and_pages(cli_store: CliStore)
     )
     bad = cli_store.run("workflows", "list", "--state", "pending")
     assert bad.exit_code == 2 and "'pending' is not one of" in one_error_line(bad)
+
+
+def test_jobs_list_tag_and_show_tags_meta_and_progress(cli_store: CliStore) -> None:
+    if not cli_store.driver.capabilities.job_metadata:
+        assert "lacks the job_metadata" in cli_store.run("jobs", "list", "--tag", "a").stderr
+        return
+    (plain,) = cli_store.enqueue()
+    (tagged,) = cli_store.enqueue(tags=("billing", "urgent"), meta={"customer": 7, "note": "<b>"})
+    assert ids(cli_store.json("jobs", "list", "--tag", "billing")) == [tagged.id]
+    assert ids(cli_store.json("jobs", "list", "--tag", "nothing")) == []
+    assert plain.id in ids(cli_store.json("jobs", "list"))
+    (leased,) = [job for job in cli_store.lease_all() if job.id == tagged.id]
+    ref = LeaseRef(leased.id, str(leased.lease_token), Progress(0.425, "425 of 1000 rows"))
+    assert not cli_store.driver.heartbeat([ref], 60.0).lost
+    shape = cli_store.json("jobs", "show", str(tagged.id))
+    assert shape["tags"] == ["billing", "urgent"]
+    assert shape["meta"] == {"customer": 7, "note": "<b>"}
+    assert shape["progress"] == {"value": 0.425, "message": "425 of 1000 rows"}
+    text = cli_store.ok("jobs", "show", str(tagged.id)).stdout
+    assert "billing, urgent" in text
+    assert "42% 425 of 1000 rows" in text
+    assert '"customer": 7' in text
+    assert cli_store.json("jobs", "show", str(plain.id))["progress"] is None

@@ -3,6 +3,7 @@ at most once per interval, the workers' gauges, and a real worker process scrape
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
@@ -26,7 +27,7 @@ from test_events import MIX_OUTCOMES, mixed_app
 import taskharbor as th
 from taskharbor.contrib import prometheus
 from taskharbor.drivers.memory import MemoryDriver
-from taskharbor.spec import FakeClock
+from taskharbor.spec import FakeClock, WorkerInfo
 
 pytestmark = pytest.mark.timing
 __all__ = ["cli_store"]
@@ -139,6 +140,49 @@ def test_the_earliest_ready_job_may_be_on_a_later_page(monkeypatch: pytest.Monke
     monkeypatch.setattr(prometheus, "PAGE", 1)
     assert prometheus.ready_since(app, "default") == others[0].created_at
     assert app.get_job(first).run_at > others[0].created_at
+
+
+def registered(driver: MemoryDriver, worker_id: str, queues: tuple[str, ...], ttl: float) -> None:
+    info = WorkerInfo(worker_id, "host", 1, queues, 4, "1.0", ttl)
+    driver.register_workers([info])
+
+
+def test_live_workers_per_queue_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(datetime(2026, 1, 5, 12, 0, tzinfo=UTC))
+    driver = MemoryDriver(clock)
+    app = th.App(driver=driver)
+    app.task(name="t", queue="later")(lambda: None).enqueue()  # no worker serves it
+    registered(driver, "steady", ("default", "urgent"), ttl=1000)
+    registered(driver, "silent", ("default", "mail"), ttl=10)
+    clock.advance(20)  # "silent" is gone: unseen for longer than its ttl
+    reads: list[str] = []
+    original = driver.list_workers
+    monkeypatch.setattr(driver, "list_workers", lambda: reads.append("workers") or original())
+    registry = CollectorRegistry()
+    prometheus.instrument(app, registry=registry, store_interval=3600)
+    samples = scrape(registry)
+    live = {
+        dict(labels)["queue"]: count
+        for (name, labels), count in samples.items()
+        if name == "taskharbor_live_workers"
+    }
+    assert live == {"default": 1, "urgent": 1, "mail": 0, "later": 0}
+    driver.deregister_workers(["steady"])
+    assert scrape(registry) == samples  # within the interval: the registry is not read again
+    assert reads == ["workers"]
+
+
+def test_no_live_workers_gauge_without_a_registry() -> None:
+    class NoRegistry(MemoryDriver):
+        capabilities = dataclasses.replace(MemoryDriver.capabilities, workers=False)
+
+    app = th.App(driver=NoRegistry())
+    app.task(name="t")(lambda: None).enqueue()
+    registry = CollectorRegistry()
+    prometheus.instrument(app, registry=registry)
+    samples = scrape(registry)
+    assert value(samples, "taskharbor_jobs", queue="default", state="available") == 1
+    assert not any(name == "taskharbor_live_workers" for name, _ in samples)
 
 
 def test_worker_gauges_while_a_job_runs() -> None:

@@ -145,6 +145,12 @@ def test_hostile_args_and_errors_are_text_never_script(
     page.goto(f"{served}/jobs/{demo.dead_hostile}")
     assert shots.XSS_ARG in page.inner_text("#args")
     assert shots.XSS_ERROR in page.inner_text("details.error-box summary")
+    assert shots.XSS_TAG in page.inner_text("dd.tags")
+    assert shots.XSS_META in page.inner_text("#meta")
+    page.goto(f"{served}/jobs?tag=imports")
+    page.wait_for_timeout(400)
+    assert page.evaluate("window.__xss") is None
+    assert page.locator(f'a[href="/jobs/{demo.dead_hostile}"]').count() == 1
     assert page.locator("main img").count() == 0
     assert dialogs == []
 

@@ -439,6 +439,7 @@ def test_datetimes_come_back_in_utc(driver: MemoryDriver, clock: FakeClock) -> N
 
 def test_every_spi_method_in_one_pass(driver: MemoryDriver, clock: FakeClock) -> None:
     assert driver.capabilities == Capabilities(
+        notifications=True,
         schedules=True,
         flow_control=True,
         failure_callbacks=True,
@@ -446,6 +447,7 @@ def test_every_spi_method_in_one_pass(driver: MemoryDriver, clock: FakeClock) ->
         queue_pause=True,
         workers=True,
         partial_chords=True,
+        job_metadata=True,
         key_scopes=True,
     )
     driver.migrate()

@@ -46,11 +46,13 @@ from taskharbor.spec import (
     EnqueueRequest,
     EnqueueResult,
     FakeClock,
+    HeartbeatResult,
     InvalidRequest,
     JobEvent,
     JobFilter,
     JobRecord,
     JobState,
+    LeaseRef,
     WorkflowState,
     dependency_reason,
     step_failure,
@@ -253,10 +255,46 @@ class LeasesPausedQueues(ReferenceModel):
             self._store.paused = paused
 
 
+class KeepsProgressAcrossAttempts(ReferenceModel):
+    """A new attempt starts with the progress the last one reported."""
+
+    def lease(
+        self, queues: Sequence[str], limit: int, lease_seconds: float, worker_id: str
+    ) -> list[JobRecord]:
+        before = {job_id: job.progress for job_id, job in self._store.jobs.items()}
+        leased = super().lease(queues, limit, lease_seconds, worker_id)
+        for job in leased:
+            self._store.jobs[job.id] = dataclasses.replace(job, progress=before[job.id])
+        return self.get([job.id for job in leased]) if leased else leased
+
+
+class StoresStaleProgress(ReferenceModel):
+    """A refused heartbeat's progress is stored all the same."""
+
+    def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
+        result = super().heartbeat(leases, lease_seconds)
+        refused = {lost.job_id for lost in result.lost}
+        for ref in leases:
+            job = self._store.jobs.get(ref.job_id)
+            if ref.job_id in refused and job is not None and ref.progress is not None:
+                self._store.jobs[ref.job_id] = dataclasses.replace(job, progress=ref.progress)
+        return result
+
+
+class IgnoresTheTagFilter(ReferenceModel):
+    """``list_jobs`` lists jobs whatever their tags."""
+
+    def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        return super().list_jobs(dataclasses.replace(where, tag=None))
+
+
 @pytest.mark.parametrize(
     ("broken", "symptom"),
     [
         (AcceptsStaleTokens, "refused items"),
+        (KeepsProgressAcrossAttempts, r"\.progress: model=None"),
+        (StoresStaleProgress, r"\.progress: model="),
+        (IgnoresTheTagFilter, r"list_jobs\(.*tag='"),
         (ExpiryDoesNotCountTheAttempt, "state: model=<JobState.DEAD"),
         (IgnoresIdempotencyKeys, "created flags"),
         (HoldsKeysPastTheirScope, "created flags"),

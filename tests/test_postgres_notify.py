@@ -14,7 +14,8 @@ from test_postgres_support import MakeDriver, make_driver, unique_schema
 from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.drivers.postgres import PostgresDriver
 from taskharbor.drivers.postgres.notify import Listener
-from taskharbor.spec import EnqueueRequest
+from taskharbor.drivers.postgres.tables import Tables
+from taskharbor.spec import Completion, EnqueueRequest
 
 __all__ = ["make_driver"]
 
@@ -46,12 +47,12 @@ def wake_latency(worker: PostgresDriver, producer: PostgresDriver, queue: str) -
 
 
 def listener_pids(schema: str) -> set[int]:
-    """Server processes LISTENing on the schema's channel (their last statement)."""
-    channel = f"taskharbor_{schema}"
+    """Server processes LISTENing on the schema's channels (their last statement)."""
+    tables = Tables(schema)
     with psycopg.connect(POSTGRES_URL) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE query = %s",
-            (f'LISTEN "{channel}"',),
+            (f'LISTEN "{tables.channel}"; LISTEN "{tables.finished_channel}"',),
         ).fetchall()
     return {row[0] for row in rows}
 
@@ -94,6 +95,22 @@ def test_the_listener_survives_a_terminated_connection(make_driver: MakeDriver) 
     assert wake_latency(worker, producer, "mail") < WAIT / 2
 
 
+def test_a_job_finished_through_another_driver_wakes_its_waiter(make_driver: MakeDriver) -> None:
+    schema = unique_schema()
+    waiter_side = make_driver(schema, poll_interval=NEVER_POLL)
+    worker = make_driver(schema, migrate=False)
+    (enqueued,) = worker.enqueue([EnqueueRequest("t")])
+    job = enqueued.job
+    (leased,) = worker.lease(["default"], 1, 30.0, "w")
+    waiter = threading.Thread(target=waiter_side.wait_for_finished, args=([job.id], WAIT))
+    waiter.start()
+    time.sleep(0.2)  # the waiter's listener connects and LISTENs
+    assert waiter.is_alive()
+    assert worker.complete([Completion(job.id, leased.lease_token or "", None)]) == []
+    waiter.join(WAIT / 2)
+    assert not waiter.is_alive(), "the waiter slept through the notice of another connection"
+
+
 def test_without_notifications_an_idle_waiter_polls(make_driver: MakeDriver) -> None:
     schema = unique_schema()
     worker = make_driver(schema, notifications=False, poll_interval=0.05)
@@ -113,7 +130,7 @@ LISTENER_SETTLE = 5.0
 def started_listener(schema: str) -> Listener:
     """A listener on the schema's channel, connected."""
     skip_without_postgres()
-    listener = Listener(POSTGRES_URL, f"taskharbor_{schema}")
+    listener = Listener(POSTGRES_URL, Tables(schema).channel, Tables(schema).finished_channel)
     listener.start(settle=LISTENER_SETTLE)
     assert listener.connected
     return listener

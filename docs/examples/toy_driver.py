@@ -177,6 +177,8 @@ def _job_from_json(data: dict[str, Any]) -> JobRecord:
             ),
             "depends_on": tuple(data["depends_on"]),
             "retry": RetryPolicy(**data.get("retry", {})),  # files older than policies: default
+            "tags": tuple(data.get("tags", ())),  # not declared (job_metadata): always none
+            "progress": None,
             "key_scope": _key_scope(data.get("key_scope")),
         }
     )

@@ -69,6 +69,7 @@ from taskharbor.spec.records import (
     ref_indexes,
     step_failure,
     tolerated_steps,
+    wait_timeout,
 )
 from taskharbor.spec.records import job_ids as check_job_ids
 from taskharbor.spec.retry import retry_delay
@@ -105,6 +106,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
     """Jobs and workflows in this process's memory.  Safe to share between threads."""
 
     capabilities = Capabilities(
+        notifications=True,
         schedules=True,
         flow_control=True,
         failure_callbacks=True,
@@ -112,6 +114,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         workflow_idempotency=True,
         queue_pause=True,
         workers=True,
+        job_metadata=True,
         key_scopes=True,
     )
 
@@ -120,10 +123,14 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         self.clock = clock if clock is not None else SystemClock()
         self._lock = threading.Lock()
         self._job_available = threading.Condition(self._lock)
+        self._job_finished = threading.Condition(self._lock)
         self._jobs: dict[JobId, JobRow] = {}
         self._workflows: dict[WorkflowId, WorkflowRow] = {}
         self._keys: dict[str, JobId] = {}
         self._workflow_keys: dict[str, WorkflowId] = {}
+        self._tagged: dict[str, dict[JobId, None]] = {}
+        """Each tag's jobs, in id order (a dict as an ordered set): ``list_jobs``'s
+        ``tag`` reads its own jobs only."""
         self._schedules = {}
         self._workers = {}
         self._index = JobIndex()
@@ -234,11 +241,15 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
             callback=callback,
             partial=partial,
             headers=dict(request.headers),
+            tags=request.tags,
+            meta=copy_json(dict(request.meta)) if request.meta else {},
             key_scope=request.key_scope,
         )
         self._jobs[row.id] = row
         if row.idempotency_key is not None:
             self._keys[row.idempotency_key] = row.id
+        for tag in row.tags:
+            self._tagged.setdefault(tag, {})[row.id] = None
         self._place(row)
         return row
 
@@ -282,6 +293,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
                 row.lease_token = self._new_token()
                 row.leased_by = args.worker_id
                 row.lease_expires_at = now + duration
+                row.progress = None
                 self._enter(row, target, now)
                 leased.append(row)
             for row in passed:
@@ -312,6 +324,8 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
                     continue
                 target = self._resolve(row, JobEvent.HEARTBEAT, now)
                 row.lease_expires_at = now + duration
+                if ref.progress is not None:
+                    row.progress = ref.progress
                 self._enter(row, target, now)
                 if row.cancel_requested:
                     cancel_requested.add(row.id)
@@ -505,6 +519,11 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
     def _delete_job(self, row: JobRow) -> None:
         self._index.remove(row)
         del self._jobs[row.id]
+        for tag in row.tags:
+            tagged = self._tagged[tag]
+            del tagged[row.id]
+            if not tagged:
+                del self._tagged[tag]
         if row.idempotency_key is not None and self._keys.get(row.idempotency_key) == row.id:
             del self._keys[row.idempotency_key]  # else it gave the key up to a newer job
 
@@ -522,6 +541,8 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
             if where.workflow_id is not None:
                 workflow = self._workflows.get(where.workflow_id)
                 ids: Iterable[JobId] = workflow.jobs() if workflow is not None else ()
+            elif where.tag is not None:
+                ids = self._tagged.get(where.tag, {})
             else:
                 ids = self._jobs  # insertion order is id order
             found: list[JobRecord] = []
@@ -581,15 +602,25 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
     def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         """Block until one of ``queues`` has an ``available`` job, or ``timeout`` passes."""
         wanted = check_queues(queues, "wait_for_jobs")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise InvalidRequest(f"timeout must be a number of seconds, not {timeout!r}")
-        if math.isnan(timeout):
-            raise InvalidRequest("timeout must be a number of seconds, not NaN")
-        seconds = max(0.0, float(timeout))
+        seconds = wait_timeout(timeout, "wait_for_jobs")
         with self._job_available:
             self._job_available.wait_for(
                 lambda: self._index.has_ready(self._leased_queues(wanted)),
                 timeout=None if seconds == math.inf else seconds,
+            )
+
+    def wait_for_finished(self, job_ids_: Sequence[JobId], timeout: float) -> None:
+        """Block until one of the jobs is finished (or not stored), or ``timeout`` passes."""
+        ids = check_job_ids(job_ids_, "wait_for_finished", distinct=False)
+        seconds = wait_timeout(timeout, "wait_for_finished")
+
+        def one_finished() -> bool:
+            rows = (self._jobs.get(job_id) for job_id in ids)
+            return any(row is None or row.state in FINISHED_JOB_STATES for row in rows)
+
+        with self._job_finished:
+            self._job_finished.wait_for(
+                one_finished, timeout=None if seconds == math.inf else seconds
             )
 
     # -- state changes ----------------------------------------------------------
@@ -651,6 +682,8 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         self._index.place(row)
         if row.state is JobState.AVAILABLE:
             self._job_available.notify_all()
+        elif row.state in FINISHED_JOB_STATES:
+            self._job_finished.notify_all()
 
     # -- workflows ----------------------------------------------------------------
 
@@ -802,4 +835,5 @@ def _matches(row: JobRow, where: JobFilter) -> bool:
         and (where.after_id is None or row.id > where.after_id)
         and (where.before_id is None or row.id < where.before_id)
         and (where.created_since is None or row.created_at >= where.created_since)
+        and (where.tag is None or where.tag in row.tags)
     )

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from taskharbor.spec.flow import FlowLimits
 from taskharbor.spec.keys import UNTIL_PRUNED, KeyScope
+from taskharbor.spec.metadata import Progress
 from taskharbor.spec.records import (
     JSON,
     ErrorInfo,
@@ -73,6 +74,9 @@ class JobRow:
     retry: RetryPolicy = DEFAULT_RETRY
     flow: FlowLimits | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    meta: dict[str, JSON] = field(default_factory=dict)
+    progress: Progress | None = None
     key_scope: KeyScope = UNTIL_PRUNED
     dependents: list[JobId] = field(default_factory=list)
     callback: bool = False
@@ -113,6 +117,9 @@ class JobRow:
             retry=self.retry,
             flow=self.flow,
             headers=dict(self.headers) if self.headers else {},
+            tags=self.tags,
+            meta=copy_json(self.meta) if self.meta else {},
+            progress=self.progress,
             key_scope=self.key_scope,
         )
 

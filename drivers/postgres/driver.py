@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -54,6 +54,7 @@ from psycopg_pool import ConnectionPool
 
 from taskharbor.spec import (
     CANCELLED_BY_REQUEST,
+    FINISHED_JOB_STATES,
     JOB,
     WORKFLOW,
     WORKFLOW_CANCELLED,
@@ -94,10 +95,12 @@ from taskharbor.spec.records import (
     check_lease_seconds,
     check_prune_states,
     job_ids,
+    wait_timeout,
 )
 from taskharbor.spec.retry import retry_delay
 
 from ..corrupt_rows import rescue_policy, split_leased
+from ..finished_watches import finished_notice
 from . import enqueue as enqueueing
 from . import flow, statements, workflows
 from .connect import check_reachable, with_connect_timeout
@@ -124,6 +127,9 @@ NEVER_AUTOMATICALLY = sys.maxsize
 
 _NOTIFY_QUEUES = "SELECT pg_notify(%(channel)s, queue) FROM unnest(%(queues)s::text[]) AS queue"
 """Wake the listeners of each queue of ``%(queues)s`` (sent when the transaction commits)."""
+
+_NOTIFY_FINISHED = "SELECT pg_notify(%(channel)s, %(notice)s)"
+"""Wake the waiters on the jobs a call finished (sent when the transaction commits)."""
 
 PRUNE_BATCH = 1000
 """Rows deleted per prune transaction: short transactions, short locks."""
@@ -217,9 +223,14 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             partial_chords=True,
             flow_control=True,
             workers=True,
+            job_metadata=True,
             key_scopes=True,
         )
-        self._listener = Listener(conninfo, self._tables.channel) if notifications else None
+        self._listener = (
+            Listener(conninfo, self._tables.channel, self._tables.finished_channel)
+            if notifications
+            else None
+        )
         self._schema_ok = False
         self._limited_recently = False
         """The last lease met jobs with flow limits (or came short while it did): the
@@ -287,6 +298,18 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
         """:meth:`_announce_queues` on an asynchronous cursor."""
         if queues and self._listener is not None:
             await cur.execute(_NOTIFY_QUEUES, self._wake_params(queues))
+
+    def _announce_finished(
+        self, cur: psycopg.Cursor[Row], job_ids: Sequence[JobId], workflow_ids: Iterable[WorkflowId]
+    ) -> None:
+        """Wake the waiters on ``job_ids``, and on the jobs of ``workflow_ids`` (whose
+        cascades this call finished): one notice, sent when the transaction commits."""
+        workflow_ids = list(workflow_ids)
+        if (job_ids or workflow_ids) and self._listener is not None:
+            notice = finished_notice(job_ids, workflow_ids)
+            cur.execute(
+                _NOTIFY_FINISHED, {"channel": self._tables.finished_channel, "notice": notice}
+            )
 
     def _wake_params(self, queues: Sequence[str]) -> Params:
         return {"channel": self._tables.channel, "queues": sorted(set(queues))}
@@ -548,9 +571,14 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
     def heartbeat(self, leases: Sequence[LeaseRef], lease_seconds: float) -> HeartbeatResult:
         check_batch(leases, LeaseRef, "heartbeat")
         seconds = check_lease_seconds(lease_seconds)
+        values = {
+            "seconds": seconds,
+            "progress": [None if ref.progress is None else ref.progress.value for ref in leases],
+            "messages": [None if ref.progress is None else ref.progress.message for ref in leases],
+        }
 
         def body(cur: psycopg.Cursor[Row], params: Params) -> HeartbeatResult:
-            rows = self._fenced(cur, params, JobEvent.HEARTBEAT, leases, {"seconds": seconds})
+            rows = self._fenced(cur, params, JobEvent.HEARTBEAT, leases, values)
             asked = frozenset(
                 row["id"] for row in rows if row["applied"] and row["cancel_requested"]
             )
@@ -625,10 +653,11 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
     ) -> list[Row]:
         """Run the fenced statement of ``event``; one row per item, in request order."""
         ids = [item.job_id for item in items]
-        query = statements.fenced(self._tables, event)
+        query = statements.fenced(self._tables, event, notify=self._listener is not None)
         all_values = {
             **params,
             **values,
+            "finished_channel": self._tables.finished_channel,
             "ids": _storable(ids),
             "tokens": [item.token for item in items],
             "by_request": CANCELLED_BY_REQUEST,
@@ -688,6 +717,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
                 cur, self._tables, params, origins, self_reason=CANCELLED_BY_REQUEST
             )
             self._announce(cur, workflows.derive(cur, self._tables, params, touched))
+            self._announce_finished(cur, [job_id for job_id, _ in origins], touched)
             return self._records(cur, params, ids)
 
         return self._run(body)
@@ -743,6 +773,12 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             )
             self._announce(cur, rows)
             self._after_steps_ended(cur, params, rows)
+            ended = [row for row in rows if row["state"] in FINISHED_JOB_STATES]
+            self._announce_finished(
+                cur,
+                [row["id"] for row in ended],
+                {row["workflow_id"] for row in ended if row["workflow_id"] is not None},
+            )
             return [row["id"] for row in rows]
 
         return self._run(body)
@@ -824,6 +860,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             "after_id": where.after_id,
             "before_id": where.before_id,
             "created_since": where.created_since,
+            "tag": where.tag,
         }
         values = {name: value for name, value in asked.items() if value is not None}
         query = statements.list_jobs(self._tables, tuple(values), where.newest_first)
@@ -891,6 +928,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             )
             cur.execute(statements.cancel_workflow_steps(self._tables), values)
             workflows.derive(cur, self._tables, params, [workflow_id])
+            self._announce_finished(cur, [], [workflow_id])
             return self._workflow(cur, params, workflow_id)
 
         return self._run(body)
@@ -914,6 +952,46 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
                 return
             if sleep_until(deadline, self._poll_interval) <= 0:
                 return
+
+    def wait_for_finished(self, job_ids_: Sequence[JobId], timeout: float) -> None:
+        """Wake on a notice for the jobs or their workflows; poll while the listener is away."""
+        ids = job_ids(job_ids_, "wait_for_finished", distinct=False)
+        seconds = wait_timeout(timeout, "wait_for_finished")
+        deadline = time.monotonic() + seconds
+        listener = self._listener
+        if listener is None:
+            time.sleep(seconds)
+            return
+        listener.start(settle=min(deadline - time.monotonic(), 1.0))
+        while True:
+            connected = listener.connected
+            watch = listener.finished.watch(ids)
+            try:
+                workflow_ids = self._unfinished_workflows(ids)
+                left = deadline - time.monotonic()
+                if workflow_ids is None or left <= 0:
+                    return
+                if connected:
+                    listener.finished.sleep(watch, workflow_ids, left)
+                    return
+            finally:
+                listener.finished.forget(watch)
+            if sleep_until(deadline, self._poll_interval) <= 0:
+                return
+
+    def _unfinished_workflows(self, ids: Sequence[JobId]) -> set[WorkflowId] | None:
+        """The workflows of ``ids``; None when one of them is finished or not stored."""
+        query = statements.states_of(self._tables)
+
+        def body(cur: psycopg.Cursor[Row], params: Params) -> set[WorkflowId] | None:
+            rows = cur.execute(query, {"ids": _storable(ids)}).fetchall()
+            if len(rows) < len(set(ids)) or any(
+                row["state"] in FINISHED_JOB_STATES for row in rows
+            ):
+                return None
+            return {row["workflow_id"] for row in rows if row["workflow_id"] is not None}
+
+        return self._run(body, transaction=False)
 
     def _ready(self, queues: Sequence[str]) -> bool:
         query = statements.any_ready(self._tables)

@@ -66,7 +66,8 @@ from .transitions import enqueue_case, job_state, job_states
 
 _COLUMNS = """task, queue, state, args, kwargs, priority, run_at,
                          attempt, max_attempts, created_at, idempotency_key, retry, headers,
-                         flow, flow_key, flow_sequence, flow_locks, key_scope, key_until"""
+                         flow, flow_key, flow_sequence, flow_locks, tags, meta, key_scope,
+                         key_until"""
 
 _GIVE_UP = """
 given_up AS (
@@ -87,7 +88,7 @@ _ONE_VALUES = """%(task)s::text, %(queue)s::text, {first_state}, %(args)s::json,
         %(kwargs)s::json, %(priority)s::smallint, COALESCE({run_at}, {now}), 0,
         %(max_attempts)s::integer, {now}, %(key)s::text, %(retry)s::text, %(headers)s::json,
         %(flow)s::text, %(flow_key)s::text, %(flow_sequence)s::text, %(flow_locks)s::text[],
-        %(key_scope)s::text, {now} + %(key_window)s::interval"""
+        %(tags)s::text[], %(meta)s::json, %(key_scope)s::text, {now} + %(key_window)s::interval"""
 
 _ONE_RETURNING = """
 RETURNING j.created_at, ARRAY[j.id] AS ids, ARRAY[j.state] AS states, NULL::bigint[] AS ords
@@ -111,7 +112,8 @@ WITH input AS (
     SELECT i.task, i.queue, i.args, i.kwargs, i.priority::smallint AS priority,
            i.run_at::timestamptz AS run_at, i.max_attempts::integer AS max_attempts,
            i.idempotency_key, i.retry, i.headers, i.flow, i.flow_key,
-           i.flow_sequence, i.flow_locks::text[] AS flow_locks, i.key_scope,
+           i.flow_sequence, i.flow_locks::text[] AS flow_locks,
+           ARRAY(SELECT json_array_elements_text(i.tags)) AS tags, i.meta, i.key_scope,
            i.key_window::bigint * interval '1 microsecond' AS key_window, i.ord
     FROM ROWS FROM (
         json_array_elements_text(%(task)s::json), json_array_elements_text(%(queue)s::json),
@@ -122,17 +124,19 @@ WITH input AS (
         json_array_elements_text(%(flow)s::json), json_array_elements_text(%(flow_key)s::json),
         json_array_elements_text(%(flow_sequence)s::json),
         json_array_elements_text(%(flow_locks)s::json),
+        json_array_elements(%(tags)s::json), json_array_elements(%(meta)s::json),
         json_array_elements_text(%(key_scope)s::json),
         json_array_elements_text(%(key_window)s::json)
     ) WITH ORDINALITY
     AS i(task, queue, args, kwargs, priority, run_at, max_attempts, idempotency_key, retry,
-         headers, flow, flow_key, flow_sequence, flow_locks, key_scope, key_window, ord)
+         headers, flow, flow_key, flow_sequence, flow_locks, tags, meta, key_scope, key_window,
+         ord)
 ),"""
 
 _SELECTED = """f.task, f.queue, {first_state}, f.args, f.kwargs, f.priority,
            COALESCE({run_at}, {now}), 0, f.max_attempts, {now}, f.idempotency_key, f.retry,
-           f.headers, f.flow, f.flow_key, f.flow_sequence, f.flow_locks, f.key_scope,
-           {now} + f.key_window"""
+           f.headers, f.flow, f.flow_key, f.flow_sequence, f.flow_locks, f.tags, f.meta,
+           f.key_scope, {now} + f.key_window"""
 
 _DECIDED = """min(j.created_at) AS created_at,
        array_agg(j.id ORDER BY j.id) AS ids, array_agg(j.state ORDER BY j.id) AS states"""
@@ -248,6 +252,8 @@ def _one_params(request: EnqueueRequest) -> dict[str, Any]:
         "key": request.idempotency_key,
         "retry": policy_text(request.retry),
         "headers": json.dumps(dict(request.headers)) if request.headers else "{}",
+        "tags": list(request.tags),
+        "meta": json.dumps(dict(request.meta)) if request.meta else "{}",
         **dict(zip(FLOW_PARAMS, flow_columns(request.flow, request.task), strict=True)),
         "key_scope": scope_text(request.key_scope),
         "key_window": key_window(request.key_scope),
@@ -270,6 +276,8 @@ def _many_params(requests: Sequence[EnqueueRequest]) -> dict[str, str]:
         "key": json.dumps([r.idempotency_key for r in requests]),
         "retry": json.dumps([policy_text(r.retry) for r in requests]),
         "headers": json.dumps([dict(r.headers) for r in requests]),
+        "tags": json.dumps([list(r.tags) for r in requests]),
+        "meta": json.dumps([dict(r.meta) for r in requests]),
         **{name: json.dumps(values) for name, values in flow_params(requests).items()},
         "key_scope": json.dumps([scope_text(r.key_scope) for r in requests]),
         "key_window": json.dumps([_window_micros(r.key_scope) for r in requests]),
@@ -326,6 +334,8 @@ def new_job(request: EnqueueRequest, job_id: JobId, state: JobState, at: datetim
         retry=request.retry,
         headers=dict(request.headers),
         flow=request.flow,
+        tags=request.tags,
+        meta=json.loads(json.dumps(dict(request.meta))) if request.meta else {},
         key_scope=request.key_scope,
     )
 

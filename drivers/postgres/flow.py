@@ -37,7 +37,7 @@ _HOLDS_SEQUENCE = (
 """The sequence jobs that hold back the later jobs of their key (spec/flow.py)."""
 
 _FUNCTION = """
-CREATE FUNCTION {lease_limited}(
+{create} FUNCTION {lease_limited}(
     queues text[], wanted integer, seconds double precision, worker text, at timestamptz
 ) RETURNS SETOF {jobs} LANGUAGE plpgsql AS $$
 DECLARE
@@ -84,7 +84,7 @@ BEGIN
             SET state = {running_state}, attempt = j.attempt + 1,
                 lease_token = replace(gen_random_uuid()::text, '-', ''),
                 lease_expires_at = at + make_interval(secs => seconds),
-                leased_by = worker
+                leased_by = worker{cleared}
             WHERE j.id = c.id
             RETURNING j.* INTO leased;
             RETURN NEXT leased;
@@ -147,6 +147,21 @@ def _tables(schema: str) -> dict[str, sql.Composable]:
     }
 
 
+def lease_limited_function(schema: str, *, clears_progress: bool) -> sql.Composed:
+    """The ``lease_limited`` function: as migration 9 created it, or as the job
+    metadata migration replaced it (a lease clears the job's progress)."""
+    names = {**_tables(schema), **lookups(schema, _CANDIDATE)}
+    return sql.SQL(_FUNCTION).format(
+        **names, create=_CREATE[clears_progress], cleared=_CLEARED[clears_progress]
+    )
+
+
+_CREATE = {False: sql.SQL("CREATE"), True: sql.SQL("CREATE OR REPLACE")}
+_CLEARED = {False: sql.SQL(""), True: sql.SQL(", progress = NULL, progress_message = NULL")}
+"""What :func:`lease_limited_function` creates the function with, and what its lease
+clears besides (by ``clears_progress``)."""
+
+
 def flow_control(schema: str) -> list[sql.Composed]:
     """Migration: the flow columns, the guards' partial indexes, the starts table and
     the ``lease_limited`` function."""
@@ -161,9 +176,11 @@ def flow_control(schema: str) -> list[sql.Composed]:
         "CREATE INDEX ON {jobs} (flow_key, id) WHERE {holds}",
         "CREATE TABLE {starts} (bucket text NOT NULL, started_at timestamptz NOT NULL)",
         "CREATE INDEX ON {starts} (bucket, started_at)",
-        _FUNCTION,
     ]
-    return [sql.SQL(text).format(**names) for text in texts]
+    return [
+        *(sql.SQL(text).format(**names) for text in texts),
+        lease_limited_function(schema, clears_progress=False),
+    ]
 
 
 def flow_columns(limits: FlowLimits | None, task: str) -> tuple[str | None, ...]:

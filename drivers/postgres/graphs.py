@@ -51,6 +51,8 @@ def callback_values(
         "max_attempts": request.max_attempts,
         "retry": policy_text(request.retry),
         "headers": Json(dict(request.headers)),
+        "tags": list(request.tags),
+        "meta": Json(dict(request.meta)),
     }
 
 
@@ -86,5 +88,7 @@ def workflow_values(
         "headers": [Json(dict(s.request.headers)) for s in steps],
         "partial": [s.partial for s in steps],
         "tolerated": [index in tolerated for index in range(len(steps))],
+        "tags": [Json(list(s.request.tags)) for s in steps],
+        "meta": [Json(dict(s.request.meta)) for s in steps],
         **flow_params([s.request for s in steps]),
     }

@@ -1,10 +1,13 @@
-"""LISTEN/NOTIFY wake-ups for idle workers of the PostgreSQL driver.
+"""LISTEN/NOTIFY wake-ups for idle workers and for waiters on finished jobs.
 
 Statements that make jobs available announce their queues on the schema's
 channel (``pg_notify`` inside the same transaction, so a wake-up is sent only
 if the jobs are committed).  One :class:`Listener` per driver holds a
 dedicated autocommit connection in a daemon thread, LISTENs on the channel,
-and wakes the threads blocked in :meth:`Listener.wait` for those queues.
+and wakes the threads blocked in :meth:`Listener.wait` for those queues.  With a
+second channel, the statements that finish jobs send one notice per call
+(:mod:`taskharbor.drivers.finished_watches`), which wakes the threads waiting
+in :attr:`Listener.finished` for those jobs.
 
 A dropped connection (server restart, ``pg_terminate_backend``, a network
 cut) is reconnected with backoff; every waiter is woken after a reconnection,
@@ -29,16 +32,21 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from ..finished_watches import FinishedWatches
+
 RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 """Waits between reconnection attempts; the last one repeats."""
 
 
 class Listener:
-    """Waits for notifications on one channel; reconnects when its connection drops."""
+    """Waits for notifications on its channels; reconnects when its connection drops."""
 
-    def __init__(self, conninfo: str, channel: str) -> None:
+    def __init__(self, conninfo: str, channel: str, finished_channel: str) -> None:
         self._conninfo = conninfo
         self._channel = channel
+        self._finished_channel = finished_channel
+        self.finished = FinishedWatches()
+        """The waiters on finished jobs, woken by notices on ``finished_channel``."""
         self._changed = threading.Condition()
         self._generation: dict[str, int] = {}
         self._reconnections = 0
@@ -104,7 +112,11 @@ class Listener:
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    conn.execute(
+                        sql.SQL("LISTEN {}; LISTEN {}").format(
+                            sql.Identifier(self._channel), sql.Identifier(self._finished_channel)
+                        )
+                    )
                     failures = 0
                     self._on_connected()
                     self._listen(conn, heard)
@@ -127,7 +139,10 @@ class Listener:
             selector.register(heard, selectors.EVENT_READ)
             while not self._stopping.is_set():
                 for note in conn.notifies(timeout=0):
-                    self._on_notify(note.payload)
+                    if note.channel == self._finished_channel:
+                        self.finished.hear(note.payload)
+                    else:
+                        self._on_notify(note.payload)
                 selector.select()
 
     def _on_connected(self) -> None:
@@ -135,6 +150,7 @@ class Listener:
             self._connected.set()
             self._reconnections += 1
             self._changed.notify_all()
+        self.finished.wake_all()
 
     def _on_notify(self, queue: str) -> None:
         with self._changed:

@@ -8,12 +8,26 @@ from typing import Any
 
 from psycopg import sql
 
-from taskharbor.spec import ErrorInfo, JobRecord, JobState, WorkflowRecord, WorkflowState
+from taskharbor.spec import (
+    ErrorInfo,
+    JobRecord,
+    JobState,
+    Progress,
+    WorkflowRecord,
+    WorkflowState,
+)
 from taskharbor.spec.flow import flow_from_text
 from taskharbor.spec.keys import scope_from_text
 from taskharbor.spec.retry import policy_from_text
 
-from ..corrupt_rows import decode_job, payload_args, payload_headers, payload_kwargs
+from ..corrupt_rows import (
+    decode_job,
+    payload_args,
+    payload_headers,
+    payload_kwargs,
+    payload_meta,
+    payload_tags,
+)
 
 JOB_FIELDS = (
     "id",
@@ -41,6 +55,10 @@ JOB_FIELDS = (
     "retry",
     "headers",
     "flow",
+    "tags",
+    "meta",
+    "progress",
+    "progress_message",
     "key_scope",
 )
 """The columns a :class:`JobRecord` is read from (the record's fields, in order)."""
@@ -110,6 +128,11 @@ def _job_record(row: Mapping[str, Any]) -> JobRecord:
         depends_on=tuple(row["depends_on"]),
         retry=policy_from_text(row["retry"]),
         headers=payload_headers(row["headers"]),
+        tags=payload_tags(row["tags"]),
+        meta=payload_meta(row["meta"]),
+        progress=None
+        if row["progress"] is None
+        else Progress(row["progress"], row["progress_message"]),
         flow=None if row["flow"] is None else flow_from_text(row["flow"]),
         key_scope=scope_from_text(row["key_scope"]),
     )

@@ -33,7 +33,7 @@ from psycopg import sql
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, SchemaError, WorkflowState
 from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
-from .flow import flow_control
+from .flow import flow_control, lease_limited_function
 from .queues import paused_queues_table
 from .schedules import schedules_table
 from .transitions import event_sources, state_literals
@@ -193,6 +193,25 @@ def _partial_steps(schema: str) -> list[sql.Composed]:
     ]
 
 
+def _job_metadata(schema: str) -> list[sql.Composed]:
+    """Each job's tags and meta (given at enqueue) and the progress its current or last
+    attempt reported; a partial GIN index finds a tag's jobs (untagged jobs stay out of
+    it, so they cost it nothing); ``lease_limited`` now clears progress as the plain
+    lease does.  Jobs stored before it have none."""
+    jobs = sql.Identifier(schema, "jobs")
+    return [
+        sql.SQL(
+            "ALTER TABLE {} ADD COLUMN tags text[] NOT NULL DEFAULT '{{}}',"
+            " ADD COLUMN meta json NOT NULL DEFAULT '{{}}',"
+            " ADD COLUMN progress double precision, ADD COLUMN progress_message text"
+        ).format(jobs),
+        sql.SQL("CREATE INDEX {} ON {} USING gin (tags) WHERE tags <> '{{}}'").format(
+            sql.Identifier("jobs_tags"), jobs
+        ),
+        lease_limited_function(schema, clears_progress=True),
+    ]
+
+
 def _key_scopes(schema: str) -> list[sql.Composed]:
     """How long each job holds its idempotency key (``taskharbor.spec.keys``):
     ``key_scope`` as ``scope_text`` (NULL, the default: until pruned), ``key_until``
@@ -219,7 +238,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "flow control", flow_control),
     Migration(10, "workers registry", workers_table),
     Migration(11, "partial steps of workflows", _partial_steps),
-    Migration(12, "scopes of idempotency keys", _key_scopes),
+    Migration(12, "tags, meta and progress of each job", _job_metadata),
+    Migration(13, "scopes of idempotency keys", _key_scopes),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

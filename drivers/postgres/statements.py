@@ -20,6 +20,7 @@ from psycopg import sql
 from taskharbor.spec import FINISHED_JOB_STATES, QUEUED_JOB_STATES, JobEvent, JobState
 from taskharbor.spec.records import PRUNABLE_WORKFLOW_STATES
 
+from ..finished_watches import ANY_JOB, NOTICE_MAX_ITEMS
 from .queues import paused_table
 from .rows import job_columns
 from .tables import Tables, statement
@@ -53,9 +54,9 @@ applied AS (
     FROM live l JOIN input i ON i.id = l.id
     WHERE j.id = l.id
     RETURNING j.id, j.state, j.queue, j.workflow_id, j.cancel_requested, j.leased_by
-){seen}
+){seen}{notice}
 SELECT i.id, i.token, a.id IS NOT NULL AS applied, COALESCE(a.state, j.state) AS state,
-       a.workflow_id, a.cancel_requested, j.id IS NULL AS missing
+       a.workflow_id, a.cancel_requested, j.id IS NULL AS missing{noticed}
 FROM input i LEFT JOIN applied a ON a.id = i.id LEFT JOIN {jobs} j ON j.id = i.id
 ORDER BY i.ord
 """
@@ -85,10 +86,33 @@ _ENDING = """
 recorded, else gets ``%(by_request)s``; any other target clears it."""
 
 
+_FINISHED_NOTICE = """,
+notice AS MATERIALIZED (
+    SELECT pg_notify(%(finished_channel)s, CASE WHEN count(*) <= {most} THEN
+        string_agg(a.id::text || COALESCE(',w' || a.workflow_id, ''), ',') ELSE {any} END)
+    FROM applied a WHERE a.state IN {finished} HAVING count(*) > 0
+)"""
+"""One notice for the jobs the statement finished, with their workflows (whose
+cascades the call finishes next): :mod:`taskharbor.drivers.finished_watches`."""
+
+
 @statement
-def fenced(tables: Tables, event: JobEvent) -> sql.Composed:
-    """The fenced statement of ``event`` (heartbeat, succeed, fail or snooze)."""
+def fenced(tables: Tables, event: JobEvent, *, notify: bool = False) -> sql.Composed:
+    """The fenced statement of ``event`` (heartbeat, succeed, fail or snooze).
+
+    With ``notify``, a statement that finishes jobs sends one notice on
+    ``%(finished_channel)s`` (read once, by the first row's ``noticed``).
+    """
     arrays, names, assignments = _FENCED_PARTS[event]
+    notice: sql.Composable = sql.SQL("")
+    noticed: sql.Composable = sql.SQL("")
+    if notify and event is not JobEvent.HEARTBEAT:
+        notice = sql.SQL(_FINISHED_NOTICE).format(
+            most=sql.Literal(NOTICE_MAX_ITEMS),
+            any=sql.Literal(ANY_JOB),
+            finished=job_states(FINISHED_JOB_STATES),
+        )
+        noticed = sql.SQL(", (SELECT count(*) FROM notice) AS noticed")
     body = sql.SQL(assignments).format(
         now=tables.now,
         retrying=job_state(JobState.RETRYING),
@@ -104,14 +128,19 @@ def fenced(tables: Tables, event: JobEvent) -> sql.Composed:
         target=target_case(event, _GUARDS),
         sources=job_states(event_sources(event)),
         assignments=body,
+        notice=notice,
+        noticed=noticed,
     )
 
 
 _FENCED_PARTS: Mapping[JobEvent, tuple[str, str, str]] = {
     JobEvent.HEARTBEAT: (
-        "",
-        "",
-        "lease_expires_at = {now} + make_interval(secs => %(seconds)s)",
+        ", %(progress)s::float8[], %(messages)s::text[]",
+        ", progress, message",
+        "lease_expires_at = {now} + make_interval(secs => %(seconds)s),"
+        " progress = COALESCE(i.progress, j.progress),"
+        " progress_message = CASE WHEN i.progress IS NULL THEN j.progress_message"
+        " ELSE i.message END",
     ),
     JobEvent.SUCCEED: (
         ", %(results)s::json[]",
@@ -149,7 +178,7 @@ leased AS (
     SET state = {target}, attempt = j.attempt + 1,
         lease_token = replace(gen_random_uuid()::text, '-', ''),
         lease_expires_at = {now} + make_interval(secs => %(seconds)s),
-        leased_by = %(worker)s
+        leased_by = %(worker)s, progress = NULL, progress_message = NULL
     FROM picked WHERE j.id = picked.id AND NOT picked.limited
     RETURNING {columns}
 )
@@ -269,6 +298,12 @@ def rescue(tables: Tables) -> sql.Composed:
         ending=sql.SQL(_ENDING).format(now=tables.now, **_ends("e.target")),
         cleared=sql.SQL(_LEASE_CLEARED),
     )
+
+
+@statement
+def states_of(tables: Tables) -> sql.Composed:
+    """The state and workflow of the jobs ``%(ids)s`` (what ``wait_for_finished`` reads)."""
+    return tables.sql("SELECT j.id, j.state, j.workflow_id FROM {jobs} j WHERE j.id = ANY(%(ids)s)")
 
 
 _LOCK_FOR_OPERATOR = """
@@ -413,9 +448,10 @@ input AS (
         %(max_attempts)s::integer[], %(depends_on)s::json[], %(input_ref)s::json[],
         %(retry)s::text[], %(headers)s::json[], %(flow)s::text[], %(flow_key)s::text[],
         %(flow_sequence)s::text[], %(flow_locks)s::text[], %(partial)s::boolean[],
-        %(tolerated)s::boolean[]
+        %(tolerated)s::boolean[], %(tags)s::json[], %(meta)s::json[]
     ) AS i(id, task, queue, args, kwargs, priority, run_at, max_attempts, depends_on, input_ref,
-           retry, headers, flow, flow_key, flow_sequence, flow_locks, partial, tolerated)
+           retry, headers, flow, flow_key, flow_sequence, flow_locks, partial, tolerated, tags,
+           meta)
 ),
 steps AS (
     SELECT i.*, ARRAY(SELECT json_array_elements_text(i.depends_on)::bigint) AS after
@@ -425,11 +461,12 @@ inserted AS (
     INSERT INTO {jobs} (id, task, queue, state, args, kwargs, priority, run_at, attempt,
                         max_attempts, created_at, workflow_id, depends_on, waiting_on,
                         step_args, input_ref, retry, headers, flow, flow_key,
-                        flow_sequence, flow_locks, partial, tolerated)
+                        flow_sequence, flow_locks, partial, tolerated, tags, meta)
     SELECT s.id, s.task, s.queue, {first_state}, s.args, s.kwargs, s.priority,
            COALESCE(s.run_at, {now}), 0, s.max_attempts, {now}, %(workflow_id)s, s.after,
            cardinality(s.after), s.args, s.input_ref, s.retry, s.headers, s.flow,
-           s.flow_key, s.flow_sequence, s.flow_locks::text[], s.partial, s.tolerated
+           s.flow_key, s.flow_sequence, s.flow_locks::text[], s.partial, s.tolerated,
+           ARRAY(SELECT json_array_elements_text(s.tags)), s.meta
     FROM steps s
     WHERE EXISTS (SELECT FROM workflow)
     RETURNING queue, state
@@ -479,6 +516,9 @@ _FILTERS: Mapping[str, str] = {
     "after_id": "j.id > %(after_id)s",
     "before_id": "j.id < %(before_id)s",
     "created_since": "j.created_at >= %(created_since)s",
+    # Containment reads the GIN index on tags; repeating its predicate lets the
+    # planner use that partial index (untagged jobs are not in it).
+    "tag": "j.tags @> ARRAY[%(tag)s::text] AND j.tags <> '{}'",
 }
 """The conditions of ``list_jobs``, by the :class:`JobFilter` field that asks for them."""
 

@@ -58,6 +58,12 @@ class Tables:
         """The LISTEN/NOTIFY channel on which enqueues into this schema are announced."""
         return f"taskharbor_{self.schema}"
 
+    @property
+    def finished_channel(self) -> str:
+        """The channel on which calls that finish jobs send their notice
+        (:mod:`taskharbor.drivers.finished_watches`)."""
+        return f"th_finished_{self.schema}"
+
     def sql(self, template: str, **parts: sql.Composable) -> sql.Composed:
         """``template`` with ``{jobs}``, ``{workflows}``, ``{now}`` and ``parts`` filled in."""
         return sql.SQL(template).format(

@@ -204,10 +204,10 @@ _INSERT_CALLBACK = """
 WITH callback AS (
     INSERT INTO {jobs} (id, task, queue, state, args, kwargs, priority, run_at, attempt,
                         max_attempts, created_at, workflow_id, waiting_on, step_args, retry,
-                        headers)
+                        headers, tags, meta)
     VALUES (%(id)s, %(task)s, %(queue)s, {pending}, %(args)s, %(kwargs)s, %(priority)s,
             COALESCE(%(run_at)s::timestamptz, {now}), 0, %(max_attempts)s, {now},
-            %(workflow_id)s, 1, %(args)s, %(retry)s, %(headers)s)
+            %(workflow_id)s, 1, %(args)s, %(retry)s, %(headers)s, %(tags)s::text[], %(meta)s)
     RETURNING id
 )
 UPDATE {workflows} w SET on_failure = (SELECT id FROM callback)

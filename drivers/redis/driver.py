@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import secrets
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 import redis
 
-from taskharbor.drivers.corrupt_rows import split_leased
+from taskharbor.drivers.corrupt_rows import progress_to_json, split_leased
 from taskharbor.spec import StoreError
 from taskharbor.spec.clock import Clock
 from taskharbor.spec.errors import (
@@ -59,6 +58,8 @@ from taskharbor.spec.records import (
     check_prune_states,
     check_queues,
     check_workflow_id,
+    job_ids,
+    wait_timeout,
 )
 from taskharbor.spec.records import job_ids as check_job_ids
 from taskharbor.spec.retry import policy_from_text, retry_delay
@@ -103,6 +104,7 @@ CAPABILITIES = Capabilities(
     queue_pause=True,
     flow_control=True,
     workers=True,
+    job_metadata=True,
     key_scopes=True,
 )
 """What every Redis store declares; ``persistent`` depends on the server (:meth:`migrate`)."""
@@ -138,7 +140,7 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
         self._token_prefix = secrets.token_hex(12)
         self._tokens = itertools.count(1)
         self._token_lock = threading.Lock()
-        self._listener = Listener(self._client, self.prefix + "wake")
+        self._listener = Listener(self._client, self.prefix + "wake", self.prefix + "done")
         self._poll_interval = poll_interval
         self.durability: Durability | None = None
 
@@ -246,7 +248,8 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
         seconds = check_lease_seconds(lease_seconds)
         args = [str(micros(seconds))]
         for ref in leases:
-            args += [str(ref.job_id), ref.token]
+            progress = "" if ref.progress is None else encode_json(progress_to_json(ref.progress))
+            args += [str(ref.job_id), ref.token, progress]
         lost, asked = self._call("heartbeat", *args)
         return HeartbeatResult(
             tuple(_lost(leases, lost)), frozenset(int(job_id) for job_id in asked)
@@ -360,6 +363,7 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
             "" if where.created_since is None else encode_time(where.created_since),
             str(where.limit),
             "1" if where.newest_first else "0",
+            where.tag or "",
         )
         return [decode_job(as_dict(flat)) for flat in reply]
 
@@ -398,12 +402,9 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
     def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         """Wake on a message for ``queues``; poll while the listener is away."""
         wanted = check_queues(queues, "wait_for_jobs")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise InvalidRequest(f"timeout must be a number of seconds, not {timeout!r}")
-        if math.isnan(timeout):
-            raise InvalidRequest("timeout must be a number of seconds, not NaN")
-        deadline = time.monotonic() + max(0.0, float(timeout))
-        self._listener.start(settle=min(max(0.0, float(timeout)), 1.0))
+        seconds = wait_timeout(timeout, "wait_for_jobs")
+        deadline = time.monotonic() + seconds
+        self._listener.start(settle=min(seconds, 1.0))
         while True:
             seen = self._listener.generations(wanted) if self._listener.connected else None
             if int(self._call("ready", *wanted)) > 0:
@@ -414,6 +415,29 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
             if seen is not None:
                 self._listener.wait(wanted, seen, left)
                 return
+            time.sleep(min(self._poll_interval, left))
+
+    def wait_for_finished(self, job_ids_: Sequence[JobId], timeout: float) -> None:
+        """Wake on a notice naming one of the jobs; poll while the listener is away."""
+        ids = job_ids(job_ids_, "wait_for_finished", distinct=False)
+        seconds = wait_timeout(timeout, "wait_for_finished")
+        deadline = time.monotonic() + seconds
+        self._listener.start(settle=min(seconds, 1.0))
+        watches = self._listener.finished
+        while True:
+            connected = self._listener.connected
+            watch = watches.watch(ids)
+            try:
+                if int(self._call("any_finished", *ids)) > 0:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                if connected:
+                    watches.sleep(watch, (), left)
+                    return
+            finally:
+                watches.forget(watch)
             time.sleep(min(self._poll_interval, left))
 
 

@@ -31,6 +31,8 @@ Cluster keeps the whole store in one slot):
                     each is forgotten (:mod:`.workers`)
 ``P wake``          pub/sub channel: a queue's name when one of its jobs became available
 ``P meta``          hash: the store's ``version``
+``P done``          pub/sub channel: one notice per call that finished jobs, naming them
+                    (:mod:`taskharbor.drivers.finished_watches`)
 =================== ==============================================================
 
 Flow control's counts and sets (``P run:task``, ``P run:key``, ``P seq:<key>``,
@@ -60,6 +62,7 @@ from taskharbor.spec.records import (
 )
 from taskharbor.spec.table import WORKFLOW, WorkflowState
 
+from ..finished_watches import ANY_JOB, NOTICE_MAX_ITEMS
 from .flow import FLOW_LUA
 from .rows import REQUEST_FIELDS
 from .transitions import CONSTANTS_LUA, TRANSITIONS_LUA
@@ -107,6 +110,8 @@ def _workflow_constants() -> str:
             "local LEASE_EXPIRED_ERROR = "
             + lua_string(error_fragment(LEASE_EXPIRED_TYPE, LEASE_EXPIRED_MESSAGE, None)),
             f"local function dependency_reason(id, state) return {reason_lua} end",
+            f"local NOTICE_MAX_ITEMS = {NOTICE_MAX_ITEMS}",
+            f"local ANY_JOB = {lua_string(ANY_JOB)}",
         ]
     )
 
@@ -145,6 +150,7 @@ local H = {}
 local F = {}
 local CMD = {}
 local WAKE = {}
+local DONE = {}
 
 function H.server_now()
   local t = redis.call('TIME')
@@ -227,6 +233,7 @@ function H.index(j)
     redis.call('ZADD', P .. 'running', j.lease_expires_at, j.lease_expires_at .. ':' .. id)
   elseif FINISHED[s] then
     redis.call('ZADD', P .. 'finished', j.finished_at, j.finished_at .. ':' .. id)
+    DONE[#DONE + 1] = id
   end
   redis.call('ZADD', P .. 'st:' .. s, id, id)
   F.enter(j, s)
@@ -283,9 +290,14 @@ function H.new_job(a, b, workflow_id, deps, input, callback)
   }
   j.run_at = a[b + 6] ~= '' and a[b + 6] or NOW
   if a[b + 10] ~= '' then j.headers = a[b + 10] end
-  if a[b + 11] ~= '' then j.key_scope = a[b + 11] end
-  if a[b + 12] ~= '' then j.key_until = H.t_add(NOW, a[b + 12]) end
-  F.fields(j, a, b + 12)
+  if a[b + 11] ~= '' then
+    j.tags = a[b + 11]
+    for tag in string.gmatch(j.tags, '[^%z]+') do redis.call('ZADD', P .. 'tag:' .. tag, id, id) end
+  end
+  if a[b + 12] ~= '' then j.meta = a[b + 12] end
+  if a[b + 13] ~= '' then j.key_scope = a[b + 13] end
+  if a[b + 14] ~= '' then j.key_until = H.t_add(NOW, a[b + 14]) end
+  F.fields(j, a, b + 14)
   if a[b + 8] ~= '' then
     j.idempotency_key = a[b + 8]
     redis.call('HSET', P .. 'keys', a[b + 8], id)
@@ -324,6 +336,9 @@ function H.delete_job(j)
   local key = j.idempotency_key
   if key and redis.call('HGET', P .. 'keys', key) == j.id then
     redis.call('HDEL', P .. 'keys', key)  -- else it gave the key up to a newer job
+  end
+  if j.tags then
+    for tag in string.gmatch(j.tags, '[^%z]+') do redis.call('ZREM', P .. 'tag:' .. tag, j.id) end
   end
   redis.call('ZREM', P .. 'all', j.id)
   redis.call('ZREM', P .. 'q:' .. j.queue, j.id)
@@ -595,9 +610,10 @@ end
 CMD.heartbeat = function(a)
   local C = {lease_until = H.t_add(NOW, a[1])}
   local lost, asked, holders = {}, {}, {}
-  for i = 2, #a, 2 do
-    local j = H.fenced(a[i], a[i + 1], lost, i / 2)
+  for i = 2, #a, 3 do
+    local j = H.fenced(a[i], a[i + 1], lost, (i + 1) / 3)
     if j then
+      C.progress = a[i + 2] ~= '' and a[i + 2] or nil
       H.move(j, 'heartbeat', RESOLVE.heartbeat(j, C), C)
       if j.cancel_requested == '1' then asked[#asked + 1] = j.id end
       holders[j.leased_by] = true
@@ -866,11 +882,12 @@ function H.matches(id, f)
   local g = redis.call('HMGET', P .. 'j:' .. id, 'state', 'task', 'queue', 'created_at')
   return (not f.states or f.states[g[1]]) and (f.task == '' or g[2] == f.task)
     and (f.queue == '' or g[3] == f.queue) and (f.since == '' or g[4] >= f.since)
+    and (f.tag == '' or redis.call('ZSCORE', P .. 'tag:' .. f.tag, id))
 end
 
 CMD.list_jobs = function(a)
   local f = {task = a[2], queue = a[3], after = a[5], before = a[6], since = a[7],
-    limit = tonumber(a[8]), newest = a[9] == '1'}
+    limit = tonumber(a[8]), newest = a[9] == '1', tag = a[10]}
   if a[1] ~= '' then
     f.states = {}
     for _, s in ipairs(H.split(a[1])) do f.states[s] = true end
@@ -886,6 +903,8 @@ CMD.list_jobs = function(a)
       if #found >= f.limit then break end
       if id > lo and id < hi and H.matches(id, f) then found[#found + 1] = id end
     end
+  elseif f.tag ~= '' then
+    H.scan(P .. 'tag:' .. f.tag, f, found)
   elseif f.states then
     for s in pairs(f.states) do H.scan(P .. 'st:' .. s, f, found) end
     if f.newest then table.sort(found, function(x, y) return x > y end) else table.sort(found) end
@@ -960,6 +979,15 @@ CMD.migrate = function(a)
   return redis.call('HGET', P .. 'meta', 'version')
 end
 
+-- 1 when one of the jobs ``a`` is finished or not stored (``wait_for_finished``).
+CMD.any_finished = function(a)
+  for _, id in ipairs(a) do
+    local s = redis.call('HGET', P .. 'j:' .. id, 'state')
+    if not s or FINISHED[s] then return 1 end
+  end
+  return 0
+end
+
 CMD.ready = function(a)
   local n = 0
   for _, q in ipairs(H.unpaused(a)) do n = n + redis.call('ZCARD', P .. 'ready:' .. q) end
@@ -973,6 +1001,11 @@ local args = {}
 for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
 local result = CMD[ARGV[1]](args)
 for q in pairs(WAKE) do redis.call('PUBLISH', P .. 'wake', q) end
+if #DONE > NOTICE_MAX_ITEMS then
+  redis.call('PUBLISH', P .. 'done', ANY_JOB)
+elseif #DONE > 0 then
+  redis.call('PUBLISH', P .. 'done', table.concat(DONE, ','))
+end
 return result
 """
 

@@ -1,11 +1,14 @@
-"""Pub/sub wake-ups for idle workers of the Redis driver.
+"""Pub/sub wake-ups for idle workers and for waiters on finished jobs (Redis driver).
 
 The script that makes jobs available publishes each queue's name on the
 store's channel in the same atomic run, so a wake-up follows every committed
 change.  One :class:`Listener` per driver holds a dedicated connection in a
 daemon thread, subscribed to that channel, and wakes the threads blocked in
-:meth:`Listener.wait` for those queues.  Messages sent while it is not
-connected are lost, so every waiter is woken after a (re)connection, and
+:meth:`Listener.wait` for those queues; on a second channel, the script's one
+notice per call that finished jobs wakes the threads waiting in
+:attr:`Listener.finished` (:mod:`taskharbor.drivers.finished_watches`).
+Messages sent while it is not connected are lost, so every waiter is woken
+after a (re)connection, and
 :meth:`Listener.wait` answers ``None`` at once while it is away (the driver
 then polls).
 """
@@ -18,16 +21,21 @@ from collections.abc import Sequence
 
 import redis
 
+from ..finished_watches import FinishedWatches
+
 RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 """Waits between reconnection attempts; the last one repeats."""
 
 
 class Listener:
-    """Waits for messages on one channel; reconnects when its connection drops."""
+    """Waits for messages on its channels; reconnects when its connection drops."""
 
-    def __init__(self, client: redis.Redis, channel: str) -> None:
+    def __init__(self, client: redis.Redis, channel: str, finished_channel: str) -> None:
         self._client = client
         self._channel = channel
+        self._finished_channel = finished_channel
+        self.finished = FinishedWatches()
+        """The waiters on finished jobs, woken by notices on ``finished_channel``."""
         self._changed = threading.Condition()
         self._generation: dict[str, int] = {}
         self._reconnections = 0
@@ -82,7 +90,7 @@ class Listener:
             try:
                 pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
                 self._pubsub = pubsub
-                pubsub.subscribe(self._channel)
+                pubsub.subscribe(self._channel, self._finished_channel)
                 failures = 0
                 self._listen(pubsub)
             except (redis.RedisError, OSError, ValueError, AttributeError):
@@ -101,9 +109,12 @@ class Listener:
             message = pubsub.get_message(timeout=1.0)
             if message is None:
                 continue
-            if message.get("type") == "subscribe":
-                self._on_connected()  # the server confirmed: nothing is missed from now on
-            elif message.get("type") == "message":
+            kind = message.get("type")
+            if kind == "subscribe" and message.get("channel") == self._finished_channel:
+                self._on_connected()  # the server confirmed both: nothing is missed from now on
+            elif kind == "message" and message.get("channel") == self._finished_channel:
+                self.finished.hear(str(message["data"]))
+            elif kind == "message":
                 self._on_message(str(message["data"]))
 
     def _on_connected(self) -> None:
@@ -111,6 +122,7 @@ class Listener:
             self._connected.set()
             self._reconnections += 1
             self._changed.notify_all()
+        self.finished.wake_all()
 
     def _on_message(self, queue: str) -> None:
         with self._changed:

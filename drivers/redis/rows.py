@@ -12,7 +12,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from taskharbor.drivers.corrupt_rows import payload_args, payload_headers, payload_kwargs
+from taskharbor.drivers.corrupt_rows import (
+    payload_args,
+    payload_headers,
+    payload_kwargs,
+    payload_meta,
+    progress_from_json,
+)
 from taskharbor.spec import CorruptJob
 from taskharbor.spec.flow import FlowLimits, flow_from_text, flow_text, rate_bucket
 from taskharbor.spec.keys import scope_from_text, scope_text
@@ -83,13 +89,13 @@ def _count(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-REQUEST_FIELDS = 12 + len(FLOW_FIELDS)
+REQUEST_FIELDS = 14 + len(FLOW_FIELDS)
 """How many script arguments :func:`request_fields` gives per job."""
 
 
 def request_fields(request: EnqueueRequest) -> list[str]:
     """The script arguments of one new job (``REQUEST_FIELDS`` of the library): its
-    fields, then its flow fields."""
+    fields, its tags and meta, its key scope, then its flow fields."""
     run_at = request.run_at
     return [
         request.task,
@@ -102,10 +108,17 @@ def request_fields(request: EnqueueRequest) -> list[str]:
         request.idempotency_key or "",
         policy_text(request.retry),
         encode_json(dict(request.headers)) if request.headers else "",
+        TAG_SEPARATOR.join(request.tags),
+        encode_json(dict(request.meta)) if request.meta else "",
         scope_text(request.key_scope) or "",
         "" if request.key_scope.seconds is None else str(micros(request.key_scope.seconds)),
         *flow_fields(request.flow, request.task),
     ]
+
+
+TAG_SEPARATOR = "\x00"
+"""Between a job's tags in its ``tags`` field (no tag holds a NUL), so the script splits
+them without a JSON parser."""
 
 
 def ref_template(ref: ResultRef) -> str:
@@ -178,6 +191,9 @@ def _decode(f: dict[str, Any]) -> JobRecord:
         retry=policy_from_text(f["retry"]),
         headers=payload_headers(json.loads(f["headers"])) if "headers" in f else {},
         flow=flow_from_text(f["flow"]) if "flow" in f else None,
+        tags=tuple(f["tags"].split(TAG_SEPARATOR)) if "tags" in f else (),
+        meta=payload_meta(json.loads(f["meta"])) if "meta" in f else {},
+        progress=progress_from_json(json.loads(f["progress"])) if "progress" in f else None,
         key_scope=scope_from_text(f.get("key_scope")),
     )
 

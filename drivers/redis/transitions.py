@@ -41,6 +41,7 @@ GIVEN_LUA = {
     (JobEvent.RELEASE, "args"): "H.released_args(j, C)",
     (JobEvent.REQUEUE, "args"): "H.requeued_args(j, target)",
     (JobEvent.LEASE, "leased_by"): "C.worker",
+    (JobEvent.HEARTBEAT, "progress"): "C.progress or j.progress",
     (JobEvent.SUCCEED, "result"): "C.result",
     (JobEvent.FAIL, "run_at"): "C.run_at",
     (JobEvent.SNOOZE, "run_at"): "C.run_at",

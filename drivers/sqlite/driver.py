@@ -98,7 +98,7 @@ from taskharbor.spec.records import (
 from taskharbor.spec.retry import policy_text, retry_delay
 from taskharbor.spec.table import NEW, QUEUED_JOB_STATES
 
-from ..corrupt_rows import rescue_policy, split_leased
+from ..corrupt_rows import progress_to_json, rescue_policy, split_leased
 from ..flow_gate import FlowGate
 from . import schema as sqlite_schema
 from .flow import SQLiteFlowCounts, record_starts
@@ -264,6 +264,7 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
         failure_callbacks=True,
         partial_chords=True,
         workers=True,
+        job_metadata=True,
     )
 
     def __init__(
@@ -666,8 +667,12 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
         with self._transaction(durable=False) as tx:
             expires = to_micros(tx.now + timedelta(seconds=seconds))
             lost, live = _fence(tx, leases)
-            for _, row in live:
-                tx.move(row, JobEvent.HEARTBEAT, lease_expires_at=expires)
+            for ref, row in live:
+                if ref.progress is None:
+                    tx.move(row, JobEvent.HEARTBEAT, lease_expires_at=expires)
+                else:
+                    progress = dump_json(progress_to_json(ref.progress))
+                    tx.move(row, JobEvent.HEARTBEAT, lease_expires_at=expires, progress=progress)
                 if row["cancel_requested"]:
                     cancel_requested.add(row["id"])
             mark_seen(tx, {row["leased_by"] for _, row in live})
@@ -1009,6 +1014,8 @@ def _job_values(
         policy_text(request.retry),
         *_flow_values(request.flow),
         dump_json(dict(request.headers)) if request.headers else "{}",
+        dump_json(list(request.tags)) if request.tags else "[]",
+        dump_json(dict(request.meta)) if request.meta else "{}",
         scope_text(request.key_scope),
     )
 
@@ -1072,8 +1079,9 @@ def _filter_sql(where: JobFilter) -> tuple[str, list[object]]:
     """The ``WHERE`` clause of ``list_jobs`` for ``where``, with its parameters.
 
     The text holds only column names and ``?``; every value is a parameter.
-    Only ``workflow_id`` has an index; otherwise SQLite walks the table in id
-    order (``ORDER BY id``), testing each row, until it has ``LIMIT`` rows.
+    ``workflow_id`` has an index and ``tag`` reads the tag's own rows of
+    ``job_tags``; otherwise SQLite walks the table in id order (``ORDER BY
+    id``), testing each row, until it has ``LIMIT`` rows.
     """
     conditions, params = _states_sql(where.states)
     since = None if where.created_since is None else to_micros(where.created_since)
@@ -1084,6 +1092,7 @@ def _filter_sql(where: JobFilter) -> tuple[str, list[object]]:
         ("id > ?", _bound(where.after_id)),
         ("id < ?", _bound(where.before_id)),
         ("created_at >= ?", since),
+        ("id IN (SELECT job_id FROM job_tags WHERE tag = ?)", where.tag),
     ):
         if value is not None:
             conditions.append(condition)

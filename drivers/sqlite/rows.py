@@ -31,7 +31,15 @@ from taskharbor.spec.keys import UNTIL_PRUNED, scope_from_text
 from taskharbor.spec.records import JSON
 from taskharbor.spec.retry import policy_from_text
 
-from ..corrupt_rows import decode_job, payload_args, payload_headers, payload_kwargs
+from ..corrupt_rows import (
+    decode_job,
+    payload_args,
+    payload_headers,
+    payload_kwargs,
+    payload_meta,
+    payload_tags,
+    progress_from_json,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -44,7 +52,7 @@ JOB_COLUMNS = (
     "leased_by, cancel_requested, "
     "result, errors, finished_at, reason, workflow_id, depends_on, step_args, step_input, retry, "
     "flow, "
-    "headers, key_scope"
+    "headers, tags, meta, progress, key_scope"
 )
 """The ``jobs`` columns every job-reading statement selects, in the order :func:`job_record`
 unpacks them (a job's key is in ``given_up_key`` once it gave the key up)."""
@@ -142,6 +150,9 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         retry,
         flow,
         headers,
+        tags,
+        meta,
+        progress,
         key_scope,
     ) = row
     return JobRecord(
@@ -170,6 +181,9 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         retry=policy_from_text(retry),
         flow=None if flow is None else flow_from_text(flow),
         headers={} if headers == "{}" else payload_headers(load_json(headers)),
+        tags=() if tags == "[]" else payload_tags(load_json(tags)),
+        meta={} if meta == "{}" else payload_meta(load_json(meta)),
+        progress=None if progress is None else progress_from_json(load_json(progress)),
         key_scope=UNTIL_PRUNED if key_scope is None else scope_from_text(key_scope),
     )
 

@@ -144,6 +144,24 @@ _V10 = (
     "ALTER TABLE workflows ADD COLUMN tolerated TEXT",
 )
 
+_V11 = (
+    # Each job's tags (a JSON array of str) and meta (a JSON object), given at enqueue,
+    # and the progress its current or last attempt reported (a JSON array [value,
+    # message], NULL before any).  Jobs stored before it have none.
+    "ALTER TABLE jobs ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE jobs ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'",
+    "ALTER TABLE jobs ADD COLUMN progress TEXT",
+    # list_jobs(tag=...) reads one tag's jobs, in id order, from here.  The triggers
+    # keep it in step with every insert path and with prune; tags never change.
+    "CREATE TABLE job_tags (tag TEXT NOT NULL, job_id INTEGER NOT NULL, "
+    "PRIMARY KEY (tag, job_id)) WITHOUT ROWID",
+    "CREATE TRIGGER job_tags_added AFTER INSERT ON jobs WHEN NEW.tags <> '[]' BEGIN "
+    "INSERT INTO job_tags (tag, job_id) SELECT value, NEW.id FROM json_each(NEW.tags); END",
+    "CREATE TRIGGER job_tags_removed AFTER DELETE ON jobs WHEN OLD.tags <> '[]' BEGIN "
+    "DELETE FROM job_tags WHERE job_id = OLD.id "
+    "AND tag IN (SELECT value FROM json_each(OLD.tags)); END",
+)
+
 _KEY_SCOPES = (
     # How long each job holds its idempotency key (taskharbor.spec.keys, as scope_text:
     # NULL is the default, until pruned), and the key a job gave up to a newer job.
@@ -164,6 +182,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V8,
     workers.MIGRATION,
     _V10,
+    _V11,
     _KEY_SCOPES,
 )
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""

@@ -122,7 +122,7 @@ TOKEN_CHARS = 32
 LEASE_JOBS = (
     "UPDATE jobs SET state = :target, attempt = attempt + 1, "
     f"lease_token = substr(:tokens, {TOKEN_CHARS} * leased.key + 1, {TOKEN_CHARS}), "
-    "lease_expires_at = :expires, leased_by = :worker "
+    "lease_expires_at = :expires, leased_by = :worker, progress = NULL "
     "FROM json_each(:ids) AS leased WHERE jobs.id = leased.value "
     f"RETURNING {JOB_COLUMNS}"
 )
@@ -152,7 +152,7 @@ INSERT_COLUMNS = (
     "task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, created_at, "
     "idempotency_key, workflow_id, depends_on, step_args, step_input, retry, "
     "flow, flow_key, flow_sequence, "
-    "headers, key_scope"
+    "headers, tags, meta, key_scope"
 )
 """The columns an enqueue writes, in the order :data:`INSERT_JOB` binds them."""
 

@@ -28,6 +28,7 @@ from taskharbor.spec import (
 )
 from taskharbor.spec.table import JOB, JobEvent
 
+from ..options import check_store_selects_tags
 from . import render
 from .bulk import in_batches
 from .params import JOB_ID, STATE, distinct, since_moment, since_value
@@ -147,6 +148,7 @@ def jobs() -> None:
 @click.option("--task", metavar="NAME", help="Only jobs of this task.")
 @click.option("--queue", metavar="NAME", help="Only jobs of this queue.")
 @click.option("--workflow", type=JOB_ID, metavar="ID", help="Only the steps of this workflow.")
+@click.option("--tag", metavar="TAG", help="Only jobs having this tag.")
 @click.option(
     "--since",
     metavar="WHEN",
@@ -162,6 +164,7 @@ def list_jobs(
     task: str | None,
     queue: str | None,
     workflow: int | None,
+    tag: str | None,
     since: timedelta | datetime | None,
     after: int | None,
     before: int | None,
@@ -171,11 +174,13 @@ def list_jobs(
 ) -> None:
     """List jobs by ascending id (newest first with --newest-first), a page at a time."""
     driver = session.driver()
+    check_store_selects_tags(driver, tag)
     where = JobFilter(
         states=frozenset(JobState(state) for state in states) or None,
         task=task,
         queue=queue,
         workflow_id=workflow,
+        tag=tag,
         after_id=after,
         limit=limit,
         created_since=None if since is None else since_moment(since, driver.clock.now()),

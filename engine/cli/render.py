@@ -21,6 +21,8 @@ from rich.tree import Tree
 from taskharbor.spec import JobRecord, JobState, WorkflowRecord, WorkflowState
 from taskharbor.spec.keys import key_window
 
+from ..jobs import progress_label
+
 STATE_STYLES: Mapping[str, str] = {
     JobState.PENDING: "dim",
     JobState.SCHEDULED: "cyan",
@@ -205,6 +207,10 @@ def job_detail(job: JobRecord) -> RenderableType:
     if job.workflow_id is not None:
         after = dependencies(job.depends_on) or "nothing"
         rows.append(("workflow", f"{job.workflow_id} (this step waits for: {after})"))
+    if job.tags:
+        rows.append(("tags", Text(", ".join(job.tags))))
+    if job.progress is not None:
+        rows.append(("progress", Text(progress_label(job.progress))))
     for name, value in rows:
         fields.add_row(name, value)
     parts: list[RenderableType] = [fields, Text("\nargs", style="bold"), _pretty(list(job.args))]
@@ -212,6 +218,8 @@ def job_detail(job: JobRecord) -> RenderableType:
         parts += [Text("kwargs", style="bold"), _pretty(dict(job.kwargs))]
     if job.headers:
         parts += [Text("headers", style="bold"), _pretty(dict(job.headers))]
+    if job.meta:
+        parts += [Text("meta", style="bold"), _pretty(dict(job.meta))]
     if job.state == JobState.SUCCEEDED:
         parts += [Text("result", style="bold"), _pretty(job.result)]
     parts.append(Text(f"errors ({len(job.errors)})", style="bold"))

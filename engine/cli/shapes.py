@@ -78,6 +78,11 @@ def job_shape(job: JobRecord) -> dict[str, Any]:
         "workflow_id": job.workflow_id,
         "depends_on": list(job.depends_on),
         "headers": dict(job.headers),
+        "tags": list(job.tags),
+        "meta": dict(job.meta),
+        "progress": None
+        if job.progress is None
+        else {"value": job.progress.value, "message": job.progress.message},
     }
 
 

@@ -9,8 +9,10 @@ worker --metrics-port 9464`` does both).  What is measured, and how:
   ``taskharbor_job_start_delay_seconds`` (from when a job was due to the
   start of its attempt) and ``taskharbor_job_duration_seconds``;
 * from the store, read when scraped but at most once per ``store_interval``
-  seconds (never per job): ``taskharbor_jobs`` by queue and state, and
-  ``taskharbor_oldest_ready_job_age_seconds`` by queue;
+  seconds (never per job): ``taskharbor_jobs`` by queue and state,
+  ``taskharbor_oldest_ready_job_age_seconds`` by queue, and, from a store with
+  the workers registry, ``taskharbor_live_workers`` by queue (registered workers
+  serving it that are not gone: 0 for a queue whose jobs no live worker serves);
 * from the workers running in this process: ``taskharbor_worker_slots``,
   ``taskharbor_worker_busy_slots`` and ``taskharbor_worker_leases``.
 
@@ -29,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from taskharbor.spec import JobFilter, JobRecord, JobState
+from taskharbor.spec import JobFilter, JobRecord, JobState, WorkerRecord
 
 from .. import events
 from ..events import Event
@@ -270,8 +272,9 @@ class WorkerCollector(Collector):
 
 
 class StoreCollector(Collector):
-    """Jobs by queue and state, and the age of each queue's longest-waiting ready job,
-    read from the store through the driver SPI at most once per ``interval`` seconds."""
+    """Jobs by queue and state, the age of each queue's longest-waiting ready job, and
+    the live workers serving each queue, read from the store through the driver SPI at
+    most once per ``interval`` seconds."""
 
     def __init__(self, app: App, interval: float) -> None:
         self.app = app
@@ -280,6 +283,8 @@ class StoreCollector(Collector):
         self._read_at = float("-inf")
         self._counts: dict[tuple[str, JobState], int] = {}
         self._oldest: dict[str, float] = {}
+        self._live: dict[str, int] | None = None
+        """Live workers by queue; None when the store keeps no workers registry."""
 
     def collect(self) -> Iterable[Any]:
         with self._lock:
@@ -289,7 +294,7 @@ class StoreCollector(Collector):
                 except Exception as error:  # a scrape must not fail: serve the last values
                     logger.warning("metrics: reading the store failed: %s", error)
                 self._read_at = time.monotonic()
-            counts, oldest = dict(self._counts), dict(self._oldest)
+            counts, oldest, live = dict(self._counts), dict(self._oldest), self._live
         jobs = GaugeMetricFamily(
             "taskharbor_jobs", "Jobs in the store by queue and state.", labels=["queue", "state"]
         )
@@ -305,6 +310,16 @@ class StoreCollector(Collector):
         for queue in sorted({queue for queue, _ in counts}):
             age.add_metric([queue], oldest.get(queue, 0.0))
         yield age
+        if live is not None:
+            workers = GaugeMetricFamily(
+                "taskharbor_live_workers",
+                "Registered workers serving the queue that are not gone (unseen for their "
+                "ttl), by queue: 0 for a queue with jobs or registered workers but none live.",
+                labels=["queue"],
+            )
+            for queue in sorted(live.keys() | {queue for queue, _ in counts}):
+                workers.add_metric([queue], live.get(queue, 0))
+            yield workers
 
     def _read(self) -> None:
         driver = self.app.driver
@@ -317,6 +332,17 @@ class StoreCollector(Collector):
                 if since is not None:
                     oldest[queue] = max(0.0, (now - since).total_seconds())
         self._counts, self._oldest = counts, oldest
+        self._live = live_workers(driver.list_workers()) if driver.capabilities.workers else None
+
+
+def live_workers(workers: Iterable[WorkerRecord]) -> dict[str, int]:
+    """How many of ``workers`` serve each queue and are not gone; queues whose
+    workers are all gone count 0."""
+    live: dict[str, int] = {}
+    for worker in workers:
+        for queue in worker.queues:
+            live[queue] = live.get(queue, 0) + (0 if worker.gone else 1)
+    return live
 
 
 def ready_since(app: App, queue: str) -> datetime | None:

@@ -11,6 +11,7 @@ from taskharbor.cli.workers import running_jobs
 from taskharbor.spec import Driver, InvalidRequest, JobState, WorkerRecord, WorkflowFilter
 from taskharbor.spec.table import JOB, NEW, WORKFLOW, TransitionTable, WorkflowState
 
+from ..options import check_store_selects_tags
 from . import svg
 from .queries import PAGE_SIZE, SINCE, JobQuery, page_of, queue_summaries, timeline
 
@@ -69,6 +70,7 @@ def _listing(
 ) -> Response:
     """A page of jobs (of one state when given), with the queues and dead jobs counted."""
     query = JobQuery.parse(request.query_params, state=state)
+    check_store_selects_tags(board.driver, query.tag)
     counts = board.counts().counts
     return board.renderer.render(
         request,
@@ -79,6 +81,7 @@ def _listing(
         dead=sum(n for (_, s), n in counts.items() if s == JobState.DEAD),
         since_choices=list(SINCE),
         page_size=PAGE_SIZE,
+        keeps_tags=board.driver.capabilities.job_metadata,
     )
 
 

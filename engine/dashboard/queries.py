@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from taskharbor.spec import Driver, InvalidRequest, JobFilter, JobRecord, JobState
+from taskharbor.spec import Driver, InvalidRequest, JobFilter, JobRecord, JobState, check_tag
 
 PAGE_SIZE = 50
 SINCE = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "24h": timedelta(days=1),
@@ -60,6 +60,7 @@ class JobQuery:
     queue: str | None = None
     task: str | None = None
     since: str | None = None
+    tag: str | None = None
     before: int | None = None
     after: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -73,11 +74,15 @@ class JobQuery:
         since = params.get("since") or None
         if since is not None and since not in SINCE:
             raise InvalidRequest(f"unknown time filter {since!r} (one of {', '.join(SINCE)})")
+        tag = params.get("tag") or None
+        if tag is not None:
+            check_tag(tag, "tag filter")
         return cls(
             state=state or (JobState(raw_state) if raw_state else None),
             queue=params.get("queue") or None,
             task=params.get("task") or None,
             since=since,
+            tag=tag,
             before=_id(params, "before"),
             after=_id(params, "after"),
         )
@@ -89,6 +94,7 @@ class JobQuery:
             queue=self.queue,
             task=self.task,
             created_since=None if self.since is None else now - SINCE[self.since],
+            tag=self.tag,
             before_id=self.before,
             after_id=self.after,
             newest_first=self.after is None,
@@ -99,6 +105,7 @@ class JobQuery:
         """The URL parameters of this query with ``changes`` (None drops one)."""
         values: dict[str, object] = {
             "state": self.state, "queue": self.queue, "task": self.task, "since": self.since,
+            "tag": self.tag,
         }  # fmt: skip
         values.update(changes)
         return {k: str(v) for k, v in values.items() if v is not None}

@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse
 
 from taskharbor.spec import JobState
 
+from ..jobs import progress_label
 from .security import SESSION_COOKIE, Guard
 
 FRAGMENT_HEADER = "x-fragment"
@@ -31,7 +32,9 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(when=when, age=age, pretty=pretty, query=urlencode)
+        self.env.filters.update(
+            when=when, age=age, pretty=pretty, query=urlencode, progress=progress_label
+        )
         self.env.globals.update(states=list(JobState))
 
     def session(self, request: Request) -> str | None:
