@@ -33,7 +33,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
     return (
         f"model tests: profile {name} ({profile.max_examples} sequences of up to "
-        f"{profile.steps} steps), {verdict}"
+        f"{profile.steps} steps, {profile.slow_examples} against a store doing I/O), {verdict}"
     )
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults.fault_profile import SEEDS
 from workflow_crash_app import STEPS, CrashApp, Store, make_app
 from workflow_crash_fleet import Fleet, kill_until
 
@@ -37,7 +38,6 @@ from taskharbor.canvas import Chain, Chord, Group, Item
 from taskharbor.spec import FINISHED_JOB_STATES, JobRecord, JobState, WorkflowState
 from taskharbor.spec.records import LEASE_EXPIRED_TYPE
 
-SEEDS = (1, 2, 3)
 MIN_STEPS = 20
 MIN_KILLS = 10
 KILL_EVERY = (0.2, 1.0)
@@ -304,7 +304,7 @@ def callback_done(handle: th.WorkflowHandle) -> Callable[[], int | None]:
     return progress
 
 
-@pytest.mark.parametrize("seed", SEEDS[:2])
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize(
     "store_kind",
     [
