@@ -5,7 +5,10 @@ I/O thread pool so the loop never blocks on storage:
 
 * the **fetch loop** leases batches sized to the free concurrency slots,
   shared between the worker's queues in turn (:mod:`taskharbor.fairness`), and
-  waits (``driver.wait_for_jobs``) when nothing is ready;
+  waits (``driver.wait_for_jobs``) when nothing is ready; on a store with
+  notifications, the I/O thread that waits also leases when the store's hint
+  ends the wait early (:class:`_Waiter`), so a job sent to an idle worker costs
+  one hand-off to the event loop, not three;
 * each leased job runs in its own asyncio task: ``async def`` handlers on the
   loop, sync handlers on a thread pool of ``concurrency`` threads;
 * the **heartbeat loop** extends every live lease in one call and delivers
@@ -101,6 +104,37 @@ class _Active:
             self.handler.cancel()
 
 
+class _Waiter:
+    """One idle wait on an I/O thread: the store's ``wait_for_jobs``, then, when its hint
+    ended the wait before its timeout, a lease of up to ``limit`` jobs on the same thread.
+
+    The worker holds ``limit`` of its free slots for it until its records are taken
+    (so a lease of the event loop meanwhile never over-fills the worker).  A worker
+    that stops while it waits gives it up (:meth:`give_up`): it then does not lease;
+    one already leasing is awaited and what it leased released.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.future: asyncio.Future[list[JobRecord] | None] | None = None
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._given_up = False
+        self._leasing = False
+
+    def may_lease(self) -> bool:
+        """Called on the waiting thread before it leases: False once given up."""
+        with self._lock:
+            self._leasing = not self._given_up
+            return self._leasing
+
+    def give_up(self) -> bool:
+        """No lease from now on; True when one is already under way."""
+        with self._lock:
+            self._given_up = True
+            return self._leasing
+
+
 def describe(error: BaseException) -> str:
     """``Type: message (caused by Type: message)`` on one line, every ``raise ... from``
     cause included."""
@@ -189,6 +223,8 @@ class Worker:
         check_name(self.worker_id, "worker id")
         self._ticker = Ticker(app) if periodic else None
         self._thread_lock = threading.Lock()
+        self._rotation_lock = threading.Lock()
+        """The rotation is read by leases on I/O threads: the loop's and an idle waiter's."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_asked: bool | None = None  # None: no stop; True: graceful; False: at once
         self._reset()
@@ -206,6 +242,8 @@ class Worker:
         self._waiter: asyncio.Future[None] | None = None
         self._waiter_started = 0.0
         """When the running ``_waiter`` began (event loop time)."""
+        self._leasing_waiter: _Waiter | None = None
+        """The idle wait that leases when woken (stores with notifications)."""
         self._clock_read: asyncio.Future[datetime] | None = None
         self._keeps_progress = False
         """Whether heartbeats carry progress (the store has ``job_metadata``): set at start."""
@@ -266,6 +304,9 @@ class Worker:
             await self._drain()
             await self._in_registry("deregister", self._registration.deregister)
         finally:
+            if self._leasing_waiter is not None and not self._leasing_waiter.give_up():
+                assert self._leasing_waiter.future is not None
+                self._leasing_waiter.future.cancel()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -367,26 +408,29 @@ class Worker:
         """The last wait ended on the store's hint that jobs may be ready."""
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self.concurrency - len(self._active)
+            waited = self._take_waited()
+            if waited:
+                await self._start_leased(waited)
+                hinted = False
+                continue
+            free = self.concurrency - len(self._active) - self._held_for_waiter()
             if free <= 0:
                 await self._wake.wait()
                 continue
             try:
-                records = await self._lease_shared(free)
+                records = await self._io_call(self._lease_shared, free)
                 if not records and burst and self._quiet():
                     # Nothing running here could make jobs ready any more: one last
                     # promote/rescue pass, one last lease, and the burst is over.
                     await self._maintain(prune=False)
-                    records = await self._lease_shared(free)
+                    records = await self._io_call(self._lease_shared, free)
                     if not records and self._quiet():
                         return
             except Exception as error:
                 self._store_failed("leasing", error)
                 await self._sleep(self.poll_interval)
                 continue
-            now = await self._lease_time(records)  # never raises: the jobs are leased now
-            for record in records:
-                self._start(record, now)
+            await self._start_leased(records)
             if records:
                 hinted = False
             else:
@@ -395,8 +439,14 @@ class Worker:
                 # only repeat itself, so this wait is for a freed slot or the next poll.
                 hinted = await self._idle_wait(burst, store_hint=not hinted)
 
-    async def _lease_shared(self, free: int) -> list[JobRecord]:
-        """Lease up to ``free`` jobs, the slots shared between the queues in turn.
+    async def _start_leased(self, records: list[JobRecord]) -> None:
+        now = await self._lease_time(records)  # never raises: the jobs are leased now
+        for record in records:
+            self._start(record, now)
+
+    def _lease_shared(self, free: int) -> list[JobRecord]:
+        """Lease up to ``free`` jobs, the slots shared between the queues in turn (on an
+        I/O thread: one hand-off from the event loop, however many queues).
 
         Each queue of the rotation's split is asked for its share; slots a
         queue left empty go to one lease over all the queues (in the store's
@@ -404,35 +454,98 @@ class Worker:
         failure after some leases keeps the jobs already leased (the failure
         is logged; the next pass tries again).
         """
-        lease = functools.partial(self._io_call, self.app.driver.lease)
+        lease = self.app.driver.lease
         if len(self.queues) == 1:
-            return await lease(self.queues, free, self.lease, self.worker_id)
-        shares = self._rotation.split(free)
+            return lease(self.queues, free, self.lease, self.worker_id)
+        with self._rotation_lock:
+            shares = self._rotation.split(free)
         records: list[JobRecord] = []
         try:
             may_have_more = len(shares) < len(self.queues)  # a queue was not asked
             for queue, share in shares.items():
-                got = await lease((queue,), share, self.lease, self.worker_id)
+                got = lease((queue,), share, self.lease, self.worker_id)
                 may_have_more = may_have_more or len(got) == share
                 records += got
             left = free - len(records)
             if left and may_have_more:
-                records += await lease(self.queues, left, self.lease, self.worker_id)
+                records += lease(self.queues, left, self.lease, self.worker_id)
         except Exception as error:
             if not records:
                 raise
             self._store_failed("leasing", error)
         return records
 
+    # -- the idle wait that leases -----------------------------------------------------
+
+    def _held_for_waiter(self) -> int:
+        """The free slots an idle wait in flight may fill with what it leases."""
+        waiter = self._leasing_waiter
+        return 0 if waiter is None else waiter.limit
+
+    def _take_waited(self) -> list[JobRecord]:
+        """The jobs a finished idle wait leased (its slots are free again for the rest)."""
+        waiter = self._leasing_waiter
+        if waiter is None or waiter.future is None or not waiter.future.done():
+            return []
+        self._leasing_waiter = None
+        future = waiter.future
+        if future.cancelled() or future.exception() is not None:
+            return []  # logged by its done callback
+        return future.result() or []
+
+    def _wait_then_lease(self, waiter: _Waiter) -> list[JobRecord] | None:
+        """On an I/O thread: the store's wait; a lease when its hint ended it early,
+        ``None`` when it ran out (the loop's next pass leases, as after any poll)."""
+        self.app.driver.wait_for_jobs(self.queues, self.poll_interval)
+        if time.monotonic() - waiter.started >= self.poll_interval or not waiter.may_lease():
+            return None
+        return self._lease_shared(waiter.limit)
+
+    def _start_leasing_waiter(self) -> _Waiter:
+        """Start an idle wait holding every free slot, unless one is in flight."""
+        waiter = self._leasing_waiter
+        if waiter is None:
+            waiter = self._leasing_waiter = _Waiter(self.concurrency - len(self._active))
+            loop = asyncio.get_running_loop()
+            waiter.future = loop.run_in_executor(self._io, self._wait_then_lease, waiter)
+            waiter.future.add_done_callback(self._leasing_waiter_done)
+        return waiter
+
+    def _leasing_waiter_done(self, future: asyncio.Future[list[JobRecord] | None]) -> None:
+        if not future.cancelled() and (error := future.exception()) is not None:
+            self._store_failed("waiting for jobs", error)
+        self._wake.set()  # its records, or its slots, are the loop's again
+
+    async def _give_up_waiter(self) -> list[JobRecord]:
+        """At a stop: an idle wait in flight leases nothing more; the jobs one already
+        leasing got (awaited up to a third of the lease) are returned to be released."""
+        waiter = self._leasing_waiter
+        if waiter is None or waiter.future is None:
+            return []
+        if waiter.give_up():
+            if not waiter.future.done():
+                await asyncio.wait({waiter.future}, timeout=self.lease / 3)
+            return self._take_waited()
+        # Still waiting: it will lease nothing, and its end need not reach this loop.
+        waiter.future.cancel()
+        self._leasing_waiter = None
+        return []
+
     async def _idle_wait(self, burst: bool, *, store_hint: bool = True) -> bool:
         """Wait for a wake-up (stop, a slot freed, jobs promoted), the poll interval, or
         (``store_hint``) a hint from the store; return whether the store's hint ended it
-        (its wait returned before its timeout: jobs may be ready)."""
+        (its wait returned before its timeout: jobs may be ready).  On a store with
+        notifications, the wait that ends on the hint has leased already."""
         loop = asyncio.get_running_loop()
         wake = asyncio.ensure_future(self._wake.wait())
         waits: set[asyncio.Future[Any]] = {wake}
+        leasing: _Waiter | None = None
         if burst or not store_hint:
             waits.add(asyncio.ensure_future(asyncio.sleep(self.poll_interval)))
+        elif self.app.driver.capabilities.notifications:
+            leasing = self._start_leasing_waiter()
+            assert leasing.future is not None
+            waits.add(leasing.future)
         else:
             if self._waiter is None or self._waiter.done():
                 self._waiter = asyncio.ensure_future(
@@ -443,8 +556,17 @@ class Worker:
             waits.add(self._waiter)
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiting in waits:
-            if waiting is not self._waiter:
+            if waiting is not self._waiter and (leasing is None or waiting is not leasing.future):
                 waiting.cancel()
+        if leasing is not None:
+            # Whether the hint ended it and its lease found nothing (held back, or taken),
+            # or it failed (logged): either way the next wait is for a wake-up or a poll.
+            # Its end sets the wake-up too, so that is not looked at.
+            future = leasing.future
+            assert future is not None
+            if not future.done() or future.cancelled():
+                return False
+            return future.exception() is not None or future.result() == []
         early = loop.time() - self._waiter_started < self.poll_interval
         return self._waiter in done and wake not in done and early
 
@@ -464,11 +586,16 @@ class Worker:
         return task.defaults.timeout if task is not None else None
 
     async def _lease_time(self, records: Sequence[JobRecord]) -> datetime | None:
-        """The store's time, read once per leased batch and only if a job's timeout needs it:
-        a store's clock may be a round trip (PostgreSQL's is), never to be paid per job."""
-        if any(self._timeout(record) is not None for record in records):
-            return await self._now()
-        return None
+        """The store's time at the lease, only if a job's timeout needs it: the lease's
+        own expiry less its length (the store's now when it leased), else read once per
+        batch (a store's clock may be a round trip, never to be paid per job, nor between
+        a lease and the start of what it leased when the store said it already)."""
+        if not any(self._timeout(record) is not None for record in records):
+            return None
+        expiries = [record.lease_expires_at for record in records]
+        if all(expiry is not None for expiry in expiries):
+            return min(e for e in expiries if e is not None) - timedelta(seconds=self.lease)
+        return await self._now()
 
     def _start(self, record: JobRecord, now: datetime | None) -> None:
         task = self.app.get_task(record.task)
@@ -887,6 +1014,18 @@ class Worker:
 
     async def _drain(self) -> None:
         """Let running jobs finish within the deadline, release the rest, flush reports."""
+        unstarted = await self._give_up_waiter()
+        if unstarted:
+            now = await self._now()
+            logger.info(
+                "worker %s releases jobs leased as it stopped %s",
+                self.worker_id,
+                [record.id for record in unstarted],
+            )
+            for record in unstarted:
+                if record.lease_token is not None:
+                    release = SnoozeRequest(record.id, record.lease_token, now)
+                    self._outbox.append((time.monotonic(), release, None))
         if self._graceful and self._runs:
             deadline = time.monotonic() + self.shutdown_timeout
             while self._runs and not self._all_reported():
