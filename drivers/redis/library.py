@@ -581,13 +581,14 @@ function H.unpaused(names)
 end
 
 -- The candidates in lease order; one that a flow guard holds back (RESOLVE gives nil)
--- stays available, and the walk goes on to the next, past LOOK_AHEAD of them at most.
+-- stays available, and the walk goes on to the next, until the batch is full or the
+-- ready sets run out.
 CMD.lease = function(a)
   local lease_until, worker, limit, nq = H.t_add(NOW, a[1]), a[2], tonumber(a[3]), tonumber(a[4])
   local names = H.unpaused({unpack(a, 5, 4 + nq)})
-  local next_candidate = F.candidates(names, limit, limit + LOOK_AHEAD)
-  local out, passed = {}, 0
-  while #out < limit and passed < LOOK_AHEAD do
+  local next_candidate = F.candidates(names, limit)
+  local out = {}
+  while #out < limit do
     local member, cursor = next_candidate()
     if not member then break end
     local id = string.match(string.sub(member, 19), '^0*(%d+)$')
@@ -600,7 +601,6 @@ CMD.lease = function(a)
       out[#out + 1] = H.flat(j)
     else
       cursor.held = cursor.held + 1
-      passed = passed + 1
     end
   end
   return out
