@@ -214,7 +214,8 @@ workflow's other cancelled jobs (back to ``pending``, its own args).  Two
 steps of one workflow ending ``dead`` at the same instant in different calls
 release the callback once: the calls serialise on the workflow, and only the
 first sees it change to ``failed``.  Once released it is an ordinary job
-(retried, ``dead``, requeued with its failure still in front of its args);
+(retried, ``dead``, requeued with its failure still in front of its args,
+and leased under the flow limits its request carries, as any job is);
 its own end never changes the workflow's state.  Prune deletes it with its
 workflow.
 

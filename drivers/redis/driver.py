@@ -65,6 +65,7 @@ from taskharbor.spec.records import (
     check_queues,
     check_workflow_id,
     job_ids,
+    tolerated_steps,
     wait_timeout,
 )
 from taskharbor.spec.records import job_ids as check_job_ids
@@ -99,7 +100,8 @@ server for long (each run is atomic; the call loops until the work is done)."""
 
 SCHEMA_VERSION = "3"
 """1: the first store; 2: flow control (the running counts its guards read, which a store
-of version 1 gets from its running jobs when it is migrated)."""
+of version 1 gets from its running jobs when it is migrated); 3: finished jobs counted per
+minute (``finished_per_minute``; an older store's are counted once when it is migrated)."""
 
 CAPABILITIES = Capabilities(
     multi_process=True,
@@ -112,6 +114,7 @@ CAPABILITIES = Capabilities(
     workers=True,
     job_metadata=True,
     key_scopes=True,
+    partial_chords=True,
     finished_counts=True,
 )
 """What every Redis store declares; ``persistent`` depends on the server (:meth:`migrate`)."""
@@ -217,10 +220,12 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
             graph.idempotency_key or "",
             str(len(graph.steps)),
         ]
-        for step in graph.steps:
+        tolerated = tolerated_steps(graph.steps)
+        for index, step in enumerate(graph.steps):
             args += _checked_request(step.request)
             args.append(",".join(str(index) for index in step.after))
             args.append("" if step.input is None else ref_template(step.input))
+            args.append(("p" if step.partial else "") + ("t" if index in tolerated else ""))
         if graph.on_failure is not None:
             args += _checked_request(graph.on_failure)
         return decode_workflow(as_dict(self._call("enqueue_workflow", *args)))
