@@ -25,6 +25,9 @@ from taskharbor.spec import (
 
 from .harness import Harbor, HarborFixture, requires
 
+HELD_BACK = 1_500
+"""More held-back jobs than a lease should ever need to pass over at once."""
+
 
 def ids(jobs: list[JobRecord]) -> list[int]:
     return [job.id for job in jobs]
@@ -112,6 +115,16 @@ class FlowControlRules(HarborFixture):
         other = harbor.enqueue("other")
         assert ids(harbor.lease(limit=10)) == [other.id]
         assert harbor.get(held.id).state is JobState.AVAILABLE
+
+    @requires("flow_control")
+    def test_a_lease_passes_over_any_number_of_held_jobs(self, harbor: Harbor) -> None:
+        """The walk past held-back jobs has no bound: a sequence's head behind more of its
+        followers in lease order than any bound (here they have a higher priority; a
+        retried head is behind them too) is leased, or neither it nor they would run."""
+        head = harbor.enqueue(flow=sequence())
+        followers = [EnqueueRequest("task", priority=1, flow=sequence()) for _ in range(HELD_BACK)]
+        harbor.driver.enqueue(followers)
+        assert ids(harbor.lease(limit=2)) == [head.id]
 
     @requires("flow_control")
     def test_task_concurrency_counts_every_running_job_of_the_task(self, harbor: Harbor) -> None:

@@ -59,6 +59,7 @@ from taskharbor.spec.records import (
     check_queues,
     check_workflow_id,
     job_ids,
+    tolerated_steps,
     wait_timeout,
 )
 from taskharbor.spec.records import job_ids as check_job_ids
@@ -106,6 +107,7 @@ CAPABILITIES = Capabilities(
     workers=True,
     job_metadata=True,
     key_scopes=True,
+    partial_chords=True,
 )
 """What every Redis store declares; ``persistent`` depends on the server (:meth:`migrate`)."""
 
@@ -210,10 +212,12 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
             graph.idempotency_key or "",
             str(len(graph.steps)),
         ]
-        for step in graph.steps:
+        tolerated = tolerated_steps(graph.steps)
+        for index, step in enumerate(graph.steps):
             args += _checked_request(step.request)
             args.append(",".join(str(index) for index in step.after))
             args.append("" if step.input is None else ref_template(step.input))
+            args.append(("p" if step.partial else "") + ("t" if index in tolerated else ""))
         if graph.on_failure is not None:
             args += _checked_request(graph.on_failure)
         return decode_workflow(as_dict(self._call("enqueue_workflow", *args)))

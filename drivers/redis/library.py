@@ -151,6 +151,7 @@ local F = {}
 local CMD = {}
 local WAKE = {}
 local DONE = {}
+local PARTIAL = {}
 
 function H.server_now()
   local t = redis.call('TIME')
@@ -201,9 +202,10 @@ function H.flush(j)
   j._dirty = {}
 end
 
--- A workflow's step (its failure callback is a job of the workflow, not a step: it never
--- counts when the workflow's state is derived).
-function H.is_step(j) return j.workflow_id ~= nil and j.callback == nil end
+-- A workflow's step that counts when the workflow's state is derived: not its failure
+-- callback (a job of the workflow, not a step) nor a tolerated step (one whose every
+-- dependent is partial or tolerated: spec.records.tolerated_steps).
+function H.is_step(j) return j.workflow_id ~= nil and j.callback == nil and j.tolerated == nil end
 
 function H.unindex(j)
   local s, id = j.state, j.id
@@ -243,10 +245,22 @@ end
 
 -- Event ``event`` to ``target`` (resolved by the caller), with its field effects.
 function H.move(j, event, target, C)
+  local ended = FINISHED[j.state] == true
   H.unindex(j)
   APPLY[event](j, target, C)
   H.flush(j)
   H.index(j)
+  if j.partials and ended ~= (FINISHED[target] == true) then H.count_end(j, ended) end
+end
+
+-- A partial step counts in ``left`` its dependencies that have not ended, so every move
+-- of one into or out of an end changes it; the call that brings it to 0 lists the step
+-- for release at its end (H.settle), so exactly one call releases it.
+function H.count_end(j, reopened)
+  for _, d in ipairs(H.split(j.partials)) do
+    local left = redis.call('HINCRBY', P .. 'j:' .. d, 'left', reopened and 1 or -1)
+    if left == 0 then PARTIAL[#PARTIAL + 1] = d end
+  end
 end
 
 function H.append_error(errors, attempt, fragment)
@@ -256,11 +270,13 @@ function H.append_error(errors, attempt, fragment)
 end
 
 -- A released job's args: its own, with the value of its input (or what the call puts
--- in front: a failure callback's failure) first.
+-- in front: a failure callback's failure; a partial step's two values) first.
 function H.released_args(j, C)
   local own = j.own_args or j.args
   local value = C and C.front
-  if not value and j.input then
+  if not value and j.input and j.partial then
+    value = H.partial_input(j.input)
+  elseif not value and j.input then
     value = (string.gsub(j.input, '#(%d+)#', function(id)
       local result = redis.call('HGET', P .. 'j:' .. id, 'result')
       if not result then return 'null' end
@@ -272,6 +288,51 @@ function H.released_args(j, C)
   return '[' .. value .. ',' .. string.sub(own, 2)
 end
 
+-- ``spec.records.partial_input`` of a partial step's input template (brackets, commas
+-- and ``#id#`` only), as the text of its two JSON values: the results of the steps that
+-- succeeded, in place (a left-out step leaves no comma behind), then a
+-- ``member_failure`` for each that did not, in order.  Results stay opaque strings.
+function H.partial_input(template)
+  local out, failures, position, comma = {}, {}, 0, {false}
+  local function put(text)
+    if comma[#comma] then out[#out + 1] = ',' end
+    comma[#comma] = true
+    out[#out + 1] = text
+  end
+  for item in string.gmatch(template, '[^,]+') do
+    local opens, id, closes = string.match(item, '^(%[*)#?(%d*)#?(%]*)$')
+    for _ = 1, #opens do
+      put('[')
+      comma[#comma + 1] = false
+    end
+    if id ~= '' then
+      local f = redis.call('HMGET', P .. 'j:' .. id, 'state', 'result')
+      if f[1] == S.succeeded then
+        put(f[2] or 'null')
+      else
+        failures[#failures + 1] = H.member_failure(position, id, f[1])
+      end
+      position = position + 1
+    end
+    for _ = 1, #closes do
+      out[#out + 1] = ']'
+      comma[#comma] = nil
+    end
+  end
+  return table.concat(out) .. ',[' .. table.concat(failures, ',') .. ']'
+end
+
+-- ``spec.records.member_failure`` of step ``id`` (ended ``state``) as JSON, its last
+-- error read out of its stored errors as H.step_failure reads it.
+function H.member_failure(position, id, state)
+  local f = redis.call('HMGET', P .. 'j:' .. id, 'task', 'attempt', 'errors', 'reason')
+  local kind, message = H.last_error(f[3])
+  local reason = f[4] and H.json_string(f[4]) or 'null'
+  return '{"index":' .. string.format('%d', position) .. ',"job_id":' .. id .. ',"task":'
+    .. H.json_string(f[1]) .. ',"state":' .. H.json_string(state) .. ',"attempt":' .. f[2]
+    .. ',"type":' .. kind .. ',"message":' .. message .. ',"reason":' .. reason .. '}'
+end
+
 -- A released failure callback requeued keeps its failure in front of its args.
 function H.requeued_args(j, target)
   if target == S.available then
@@ -281,7 +342,7 @@ function H.requeued_args(j, target)
   return j.own_args or j.args
 end
 
-function H.new_job(a, b, workflow_id, deps, input, callback)
+function H.new_job(a, b, workflow_id, deps, input, callback, flags)
   local id = tostring(redis.call('HINCRBY', P .. 'ids', 'job', 1))
   local j = {
     _dirty = {}, id = id, task = a[b + 1], queue = a[b + 2], args = a[b + 3],
@@ -310,6 +371,8 @@ function H.new_job(a, b, workflow_id, deps, input, callback)
     end
     if input then j.input = input; j.own_args = j.args end
     if callback then j.callback = '1'; j.own_args = j.args end
+    if flags and string.find(flags, 'p', 1, true) then j.partial = '1' end
+    if flags and string.find(flags, 't', 1, true) then j.tolerated = '1' end
   end
   j.state = RESOLVE.enqueue(j, {})
   local fields = H.flat(j)
@@ -360,7 +423,9 @@ function H.after_finished(j, touched)
 end
 
 -- Each dependent counts its dependencies that have not succeeded (``left``): the
--- call that brings it to 0 releases it, so a chord's callback is released once.
+-- call that brings it to 0 releases it, so a chord's callback is released once.  A
+-- partial step is not among ``dependents`` but ``partials`` (H.count_end): neither
+-- this release nor a cascade reaches it, or passes through it.
 function H.release_dependents(j)
   for _, d in ipairs(H.split(j.dependents)) do
     local dj = H.load(d)
@@ -392,7 +457,16 @@ end
 -- A workflow's state derived from its per-state step counts, changed through the table
 -- (a failed one stays failed when its dead steps were cancelled: derive_workflow_state).
 -- A workflow whose state changes moves its pending failure callback on (H.move_callback).
+-- First the partial steps whose last dependency ended in this call are released, those
+-- still pending (a cancel of the step in the same call leaves it cancelled).
 function H.settle(touched)
+  for _, id in ipairs(PARTIAL) do
+    local j = H.load(id)
+    if j.state == S.pending and tonumber(j.left) == 0 then
+      H.move(j, 'release', RESOLVE.release(j, {}), {})
+    end
+  end
+  PARTIAL = {}
   local ids = {}
   for w in pairs(touched) do ids[#ids + 1] = w end
   table.sort(ids, function(x, y) return tonumber(x) < tonumber(y) end)
@@ -522,44 +596,48 @@ CMD.enqueue = function(a)
   return out
 end
 
--- Arguments: name, result template, idempotency key, then the steps (count first), then
--- the failure callback's request, if the graph has one.
+-- Arguments: name, result template, idempotency key, then the steps (count first; each
+-- its request, dependencies, input template and flags: ``p`` partial, ``t`` tolerated),
+-- then the failure callback's request, if the graph has one.
 CMD.enqueue_workflow = function(a)
   local wkey = a[3]
   local held = wkey ~= '' and redis.call('HGET', P .. 'wkeys', wkey)
   if held then return H.workflow_flat(held) end
   local wid = tostring(redis.call('HINCRBY', P .. 'ids', 'wf', 1))
   local n = tonumber(a[4])
-  local ids, jobs = {}, {}
+  local ids, jobs, counted = {}, {}, n
   local function remap(template)
     return (string.gsub(template, '#(%d+)#', function(i) return '#' .. ids[tonumber(i)] .. '#' end))
   end
   for s = 0, n - 1 do
-    local b = 4 + s * (REQUEST_FIELDS + 2)
+    local b = 4 + s * (REQUEST_FIELDS + 3)
     local deps = {}
     for index in string.gmatch(a[b + REQUEST_FIELDS + 1], '%d+') do
       deps[#deps + 1] = ids[tonumber(index)]
     end
     local input = nil
     if a[b + REQUEST_FIELDS + 2] ~= '' then input = remap(a[b + REQUEST_FIELDS + 2]) end
-    local j = H.new_job(a, b, wid, deps, input)
+    local flags = a[b + REQUEST_FIELDS + 3]
+    local j = H.new_job(a, b, wid, deps, input, nil, flags)
     ids[s] = j.id
     jobs[j.id] = j
+    if j.tolerated then counted = counted - 1 end
+    local list = j.partial and 'partials' or 'dependents'
     for _, d in ipairs(deps) do
       local dj = jobs[d]
-      dj.dependents = dj.dependents and (dj.dependents .. ',' .. j.id) or j.id
-      redis.call('HSET', P .. 'j:' .. d, 'dependents', dj.dependents)
+      dj[list] = dj[list] and (dj[list] .. ',' .. j.id) or j.id
+      redis.call('HSET', P .. 'j:' .. d, list, dj[list])
     end
   end
   local steps = {}
   for s = 0, n - 1 do steps[#steps + 1] = ids[s] end
   local key = P .. 'w:' .. wid
-  local b = 4 + n * (REQUEST_FIELDS + 2)
+  local b = 4 + n * (REQUEST_FIELDS + 3)
   if #a > b then
     redis.call('HSET', key, 'on_failure', H.new_job(a, b, wid, {}, nil, true).id)
   end
   redis.call('HSET', key, 'id', wid, 'state', W.running, 'steps', table.concat(steps, ','),
-    'result', remap(a[2]), 'created_at', NOW, 'total', tostring(n))
+    'result', remap(a[2]), 'created_at', NOW, 'total', tostring(counted))
   if a[1] ~= '' then redis.call('HSET', key, 'name', a[1]) end
   if wkey ~= '' then
     redis.call('HSET', key, 'idempotency_key', wkey)
@@ -581,13 +659,14 @@ function H.unpaused(names)
 end
 
 -- The candidates in lease order; one that a flow guard holds back (RESOLVE gives nil)
--- stays available, and the walk goes on to the next, past LOOK_AHEAD of them at most.
+-- stays available, and the walk goes on to the next, until the batch is full or the
+-- ready sets run out.
 CMD.lease = function(a)
   local lease_until, worker, limit, nq = H.t_add(NOW, a[1]), a[2], tonumber(a[3]), tonumber(a[4])
   local names = H.unpaused({unpack(a, 5, 4 + nq)})
-  local next_candidate = F.candidates(names, limit, limit + LOOK_AHEAD)
-  local out, passed = {}, 0
-  while #out < limit and passed < LOOK_AHEAD do
+  local next_candidate = F.candidates(names, limit)
+  local out = {}
+  while #out < limit do
     local member, cursor = next_candidate()
     if not member then break end
     local id = string.match(string.sub(member, 19), '^0*(%d+)$')
@@ -600,7 +679,6 @@ CMD.lease = function(a)
       out[#out + 1] = H.flat(j)
     else
       cursor.held = cursor.held + 1
-      passed = passed + 1
     end
   end
   return out
@@ -710,9 +788,11 @@ CMD.requeue = function(a)
     local now = H.load(j.id)
     if now.state == j.state then  -- else requeued earlier in this call with its workflow
       H.requeue(now)
-      if now.workflow_id then
-        touched[now.workflow_id] = true
-        for _, id in ipairs(H.workflow_jobs(now.workflow_id)) do
+      local w = now.workflow_id
+      -- a tolerated step of a succeeded workflow is requeued alone, leaving it as it is
+      if w and redis.call('HGET', P .. 'w:' .. w, 'state') ~= W.succeeded then
+        touched[w] = true
+        for _, id in ipairs(H.workflow_jobs(w)) do
           local step = H.load(id)
           if step.state == S.cancelled then H.requeue(step) end
         end
