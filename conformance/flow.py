@@ -135,6 +135,18 @@ class FlowControlRules(HarborFixture):
         assert held.id not in ids(leased) and len(leased) == 1
 
     @requires("flow_control")
+    def test_a_job_leased_earlier_in_the_call_counts_whatever_its_limits(
+        self, harbor: Harbor
+    ) -> None:
+        harbor.running("w", queue="warm", flow=FlowLimits(concurrency=5))  # a lease of limits
+        plain = harbor.enqueue("t", priority=2)  # no limits: still a running job of t
+        keyed = harbor.enqueue("u", priority=1, flow=FlowLimits(key="k"))  # no key limit
+        by_task = harbor.enqueue("t", flow=FlowLimits(concurrency=1))
+        by_key = harbor.enqueue("v", flow=FlowLimits(key="k", key_concurrency=1))
+        assert ids(harbor.lease(limit=10)) == [plain.id, keyed.id]
+        assert {harbor.get(by_task.id).state, harbor.get(by_key.id).state} == {JobState.AVAILABLE}
+
+    @requires("flow_control")
     def test_a_key_spans_tasks_and_queues(self, harbor: Harbor) -> None:
         harbor.running("a", queue="q1", flow=FlowLimits(key="acct:1"))
         held = harbor.enqueue("b", queue="q2", flow=FlowLimits(key="acct:1", key_concurrency=1))

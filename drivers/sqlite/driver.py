@@ -649,10 +649,13 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
                 if job_id in seen:
                     continue
                 seen.add(job_id)
-                if flow is None or gate.admits(job_id, task, flow_from_text(flow)):
-                    chosen.append(job_id)
-                    if len(chosen) == limit:
-                        break
+                if flow is None:
+                    gate.takes_unlimited(task)
+                elif not gate.admits(job_id, task, flow_from_text(flow)):
+                    continue
+                chosen.append(job_id)
+                if len(chosen) == limit:
+                    break
             if len(chosen) == limit or len(rows) < window:
                 break
             window *= 4
