@@ -20,6 +20,7 @@ from taskharbor.spec import (
     WORKFLOW_SUCCEEDED,
     EnqueueRequest,
     Failure,
+    FlowLimits,
     JobNotFound,
     JobState,
     StepSpec,
@@ -223,6 +224,18 @@ class WorkflowFailureCallbackRules(HarborFixture):
         harbor.fail(harbor.lease_job(harbor.get(record.steps[0])), permanent=True)
         callback = callback_of(harbor, record)
         assert (callback.state, callback.run_at) == (JobState.SCHEDULED, harbor.later(60))
+
+    @requires("failure_callbacks", "flow_control")
+    def test_a_released_callback_obeys_its_flow_limits(self, harbor: Harbor) -> None:
+        flow = FlowLimits(concurrency=1, key="ops", key_concurrency=1)
+        record = with_callback(harbor, step("a"), flow=flow)
+        assert callback_of(harbor, record).flow == flow
+        holder = harbor.running("alert", queue="pager", flow=flow)
+        harbor.fail(harbor.lease_job(harbor.get(record.steps[0])), permanent=True)
+        assert callback_of(harbor, record).state is JobState.AVAILABLE
+        assert harbor.lease(["alert"], limit=10) == []  # its task's and key's slot are taken
+        harbor.complete(holder)
+        assert [job.id for job in harbor.lease(["alert"], limit=10)] == [record.on_failure]
 
     @requires("failure_callbacks")
     def test_prune_deletes_the_callback_with_its_workflow(self, harbor: Harbor) -> None:

@@ -25,6 +25,9 @@ from taskharbor.spec import (
 
 from .harness import Harbor, HarborFixture, requires
 
+HELD_BACK = 1_500
+"""More held-back jobs than a lease should ever need to pass over at once."""
+
 
 def ids(jobs: list[JobRecord]) -> list[int]:
     return [job.id for job in jobs]
@@ -114,12 +117,34 @@ class FlowControlRules(HarborFixture):
         assert harbor.get(held.id).state is JobState.AVAILABLE
 
     @requires("flow_control")
+    def test_a_lease_passes_over_any_number_of_held_jobs(self, harbor: Harbor) -> None:
+        """The walk past held-back jobs has no bound: a sequence's head behind more of its
+        followers in lease order than any bound (here they have a higher priority; a
+        retried head is behind them too) is leased, or neither it nor they would run."""
+        head = harbor.enqueue(flow=sequence())
+        followers = [EnqueueRequest("task", priority=1, flow=sequence()) for _ in range(HELD_BACK)]
+        harbor.driver.enqueue(followers)
+        assert ids(harbor.lease(limit=2)) == [head.id]
+
+    @requires("flow_control")
     def test_task_concurrency_counts_every_running_job_of_the_task(self, harbor: Harbor) -> None:
         harbor.running("t")
         harbor.enqueue("other", flow=FlowLimits(concurrency=1))  # another task: not counted
         held = harbor.enqueue("t", flow=FlowLimits(concurrency=1))
         leased = harbor.lease(limit=10)
         assert held.id not in ids(leased) and len(leased) == 1
+
+    @requires("flow_control")
+    def test_a_job_leased_earlier_in_the_call_counts_whatever_its_limits(
+        self, harbor: Harbor
+    ) -> None:
+        harbor.running("w", queue="warm", flow=FlowLimits(concurrency=5))  # a lease of limits
+        plain = harbor.enqueue("t", priority=2)  # no limits: still a running job of t
+        keyed = harbor.enqueue("u", priority=1, flow=FlowLimits(key="k"))  # no key limit
+        by_task = harbor.enqueue("t", flow=FlowLimits(concurrency=1))
+        by_key = harbor.enqueue("v", flow=FlowLimits(key="k", key_concurrency=1))
+        assert ids(harbor.lease(limit=10)) == [plain.id, keyed.id]
+        assert {harbor.get(by_task.id).state, harbor.get(by_key.id).state} == {JobState.AVAILABLE}
 
     @requires("flow_control")
     def test_a_key_spans_tasks_and_queues(self, harbor: Harbor) -> None:

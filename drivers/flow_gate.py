@@ -1,12 +1,12 @@
 """Shared by the SQL drivers: the flow-control guards of ``lease``, decided in Python.
 
-A lease walks its candidates in lease order.  A candidate without limits is taken;
-one with limits asks the gate, which answers each guard of
-:mod:`taskharbor.spec.flow` from a few indexed lookups (one per task, key and rate
-bucket met in the call, each then counted on in memory as the call leases), so a
-lease costs no scan of the jobs whatever their number.  The store supplies the
-lookups (:class:`FlowCounts`); the caller makes them atomic with the lease (one
-SQLite write transaction; PostgreSQL locks each task, key and bucket first).
+A lease walks its candidates in lease order.  A candidate without limits is taken
+(and told to the gate: it runs too, for its task's count); one with limits asks the
+gate, which answers each guard of :mod:`taskharbor.spec.flow` from a few indexed
+lookups (one per task, key and rate bucket met in the call, each then counted on in
+memory as the call leases, limited or not), so a lease costs no scan of the jobs
+whatever their number.  The store supplies the lookups (:class:`FlowCounts`); the
+caller makes them atomic with the lease (one SQLite write transaction).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class FlowGate:
         self._counts = counts
         self._now = now
         self._tasks: Counter[str] = Counter()
+        self._unlimited: Counter[str] = Counter()
         self._keys: Counter[str] = Counter()
         self._heads: dict[str, JobId | None] = {}
         self._starts: dict[tuple[str, float], int] = {}
@@ -65,6 +66,13 @@ class FlowGate:
             self.starts.append((bucket, self._now))
         return True
 
+    def takes_unlimited(self, task: str) -> None:
+        """A candidate without limits is taken: it counts as running for its task."""
+        if task in self._tasks:
+            self._tasks[task] += 1
+        else:
+            self._unlimited[task] += 1
+
     def _facts(self, job_id: JobId, task: str, flow: FlowLimits) -> dict[str, bool]:
         key = flow.key
         rate = flow.rate
@@ -85,7 +93,7 @@ class FlowGate:
 
     def _running_of_task(self, task: str) -> int:
         if task not in self._tasks:
-            self._tasks[task] = self._counts.running_of_task(task)
+            self._tasks[task] = self._counts.running_of_task(task) + self._unlimited[task]
         return self._tasks[task]
 
     def _running_with_key(self, key: str) -> int:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .errors import InvalidRequest
-from .records import check_name
+from .records import check_name, distinct_names
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +51,7 @@ class QueueRecord:
 
 def queue_names(values: object, what: str) -> tuple[str, ...]:
     """A non-empty batch of distinct queue names (a mutating batch names each once)."""
-    if not isinstance(values, list | tuple) or not values:
-        raise InvalidRequest(f"{what}: empty batch (give at least one queue name)")
-    seen: set[str] = set()
-    for value in values:
-        check_name(value, "queue name")
-        if value in seen:
-            raise InvalidRequest(f"{what}: queue {value!r} appears twice in one batch")
-        seen.add(value)
-    return tuple(values)
+    return distinct_names(values, what, "queue name", lambda value: check_name(value, "queue name"))
 
 
 def check_paused(value: object, what: str) -> bool:

@@ -8,7 +8,7 @@ Requests (``EnqueueRequest``, ``Completion``, ...) validate themselves in
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeAlias
@@ -694,6 +694,22 @@ def wait_timeout(value: object, what: str) -> float:
     if math.isnan(value):
         raise InvalidRequest(f"{what}: timeout must be a number of seconds, not NaN")
     return max(0.0, float(value))
+
+
+def distinct_names(
+    values: object, what: str, noun: str, check: Callable[[object], object]
+) -> tuple[str, ...]:
+    """A non-empty batch of distinct names (a mutating batch names each thing once), each
+    valid by ``check``; ``noun`` ("queue name", "worker id", ...) names one in messages."""
+    if not isinstance(values, list | tuple) or not values:
+        raise InvalidRequest(f"{what}: empty batch (give at least one {noun})")
+    seen: set[object] = set()
+    for value in values:
+        check(value)
+        if value in seen:
+            raise InvalidRequest(f"{what}: {noun} {value!r} appears twice in one batch")
+        seen.add(value)
+    return tuple(values)
 
 
 def check_batch(values: object, kind: type, what: str) -> None:

@@ -56,7 +56,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import InvalidRequest, TaskHarborError
 from .flow import flow_from_text, flow_text
-from .records import EnqueueRequest, JobId, JobRecord, check_name
+from .records import EnqueueRequest, JobId, JobRecord, check_name, distinct_names
 
 if TYPE_CHECKING:
     from cronsim import CronSim
@@ -227,15 +227,7 @@ def check_schedule_name(value: object) -> str:
 
 def schedule_names(values: object, what: str) -> tuple[str, ...]:
     """A non-empty batch of distinct schedule names."""
-    if not isinstance(values, list | tuple) or not values:
-        raise InvalidRequest(f"{what}: empty batch (give at least one schedule name)")
-    seen: set[str] = set()
-    for value in values:
-        seen_before = value in seen
-        seen.add(check_schedule_name(value))
-        if seen_before:
-            raise InvalidRequest(f"{what}: schedule {value!r} appears twice in one batch")
-    return tuple(values)
+    return distinct_names(values, what, "schedule name", check_schedule_name)
 
 
 def check_schedules(values: object, what: str) -> tuple[Schedule, ...]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .errors import InvalidRequest
-from .records import JobId, check_name, check_queues, check_seconds
+from .records import JobId, check_name, check_queues, check_seconds, distinct_names
 
 WORKER_CONCURRENCY_MAX = 100_000
 FORGET_AFTER_TTLS = 2
@@ -140,15 +140,7 @@ def check_workers(workers: object) -> tuple[WorkerInfo, ...]:
 
 def check_worker_ids(ids: object, what: str) -> tuple[str, ...]:
     """A non-empty batch of worker ids, each once."""
-    if not isinstance(ids, list | tuple) or not ids:
-        raise InvalidRequest(f"{what}: empty batch (give at least one worker id)")
-    seen: set[str] = set()
-    for worker_id in ids:
-        check_name(worker_id, "worker id")
-        if worker_id in seen:
-            raise InvalidRequest(f"{what}: worker {worker_id} appears twice in one batch")
-        seen.add(worker_id)
-    return tuple(ids)
+    return distinct_names(ids, what, "worker id", lambda value: check_name(value, "worker id"))
 
 
 def ordered(records: Sequence[WorkerRecord]) -> list[WorkerRecord]:

@@ -134,9 +134,21 @@ STORES = {
     "postgres": postgres_connections,
     "redis": redis_connections,
 }
+STORE_PARAMS = [
+    pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
+    for name in STORES
+]
 
 
 # -- racing threads ----------------------------------------------------------------------
+
+
+def deal(
+    drivers: Sequence[Driver], jobs: list[JobRecord], rng: random.Random
+) -> list[list[JobRecord]]:
+    """``jobs`` shuffled and dealt out, one share per racing thread (one per driver)."""
+    rng.shuffle(jobs)
+    return [jobs[index :: len(drivers)] for index in range(len(drivers))]
 
 
 def race(drivers: Sequence[Driver], work: Callable[[int, Driver], T]) -> list[T]:
@@ -194,8 +206,7 @@ def complete_members(
     drivers: Sequence[Driver], members: list[JobRecord], rng: random.Random, batched: bool
 ) -> None:
     """Deal the members out to the threads at random and complete them all at once."""
-    rng.shuffle(members)
-    shares = [members[index :: len(drivers)] for index in range(len(drivers))]
+    shares = deal(drivers, members, rng)
 
     def completions(job: JobRecord) -> Completion:
         round_number, index = job.args
@@ -256,13 +267,7 @@ def check_succeeded(driver: Driver, workflow: WorkflowRecord, round_number: int)
     assert map_ref(workflow.result, {job.id: job.result for job in jobs}) == round_number
 
 
-@pytest.mark.parametrize(
-    "store",
-    [
-        pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
-        for name in STORES
-    ],
-)
+@pytest.mark.parametrize("store", STORE_PARAMS)
 def test_the_callback_is_released_once_every_time(store: str, tmp_path: Path) -> None:
     clock = FakeClock()
     rng = random.Random(f"chord race on {store}")
@@ -289,8 +294,7 @@ def play_failing_round(
     assert workflow.on_failure is not None
     members = main.lease(["default"], MEMBERS + 1, LEASE_SECONDS, "leaser")
     assert sorted(job.id for job in members) == list(workflow.steps)
-    rng.shuffle(members)
-    shares = [members[index :: len(drivers)] for index in range(len(drivers))]
+    shares = deal(drivers, members, rng)
     error = ErrorReport("RuntimeError", f"round {round_number}")
 
     def fail(index: int, driver: Driver) -> list[object]:
@@ -316,13 +320,7 @@ def play_failing_round(
     assert [job.id for batch in leased for job in batch] == [workflow.on_failure]
 
 
-@pytest.mark.parametrize(
-    "store",
-    [
-        pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
-        for name in STORES
-    ],
-)
+@pytest.mark.parametrize("store", STORE_PARAMS)
 def test_the_failure_callback_is_released_once_every_time(store: str, tmp_path: Path) -> None:
     clock = FakeClock()
     rng = random.Random(f"failure race on {store}")
@@ -345,9 +343,8 @@ def play_partial_round(
     workflow = main.enqueue_workflow(partial_graph(round_number))
     *member_ids, callback_id = workflow.steps
     members = main.lease(["default"], MEMBERS + 1, LEASE_SECONDS, "leaser")
-    rng.shuffle(members)
-    doomed = {job.id for job in members[: MEMBERS // 3]}
-    shares = [members[index :: len(drivers)] for index in range(len(drivers))]
+    shares = deal(drivers, members, rng)
+    doomed = {job.id for job in members[: MEMBERS // 3]}  # dealing shuffled them
     error = ErrorReport("RuntimeError", f"round {round_number}")
 
     def end(index: int, driver: Driver) -> list[object]:
@@ -380,18 +377,10 @@ def play_partial_round(
     assert main.get_workflow(workflow.id).state is WorkflowState.SUCCEEDED
 
 
-@pytest.mark.parametrize(
-    "store",
-    [
-        pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [])
-        for name in STORES
-    ],
-)
+@pytest.mark.parametrize("store", STORE_PARAMS)
 def test_a_partial_callback_is_released_once_every_time(store: str, tmp_path: Path) -> None:
     clock = FakeClock()
     rng = random.Random(f"partial race on {store}")
     with STORES[store](tmp_path, clock) as drivers:
-        if not drivers[0].capabilities.partial_chords:
-            pytest.skip(f"{store} does not declare capability partial_chords")
         for round_number in range(ROUNDS // 3):
             play_partial_round(drivers, clock, round_number, rng)

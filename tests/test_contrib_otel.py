@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from test_engine_support import burst
 
 import taskharbor as th
@@ -225,6 +226,57 @@ def test_a_job_whose_handler_never_ran_still_gets_its_span(exporter: InMemorySpa
     assert process.attributes["taskharbor.job.outcome"] == "dead"
     assert process.parent is not None and process.parent.span_id == send.context.span_id
     assert process.status.status_code is trace.StatusCode.ERROR
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_an_attempt_follows_the_producers_sampling_decision(
+    exporter: InMemorySpanExporter, follow: bool
+) -> None:
+    app = th.App("memory://")
+    unsampled = TracerProvider(sampler=ALWAYS_OFF)  # the producer keeps no trace
+    otel.instrument(app, tracer_provider=unsampled)
+    producer_span = unsampled.get_tracer("web").start_span("web request")
+    worker_app = th.App(driver=app.driver)
+    recording = TracerProvider(sampler=ALWAYS_ON)  # keeps children of unsampled parents too
+    recording.add_span_processor(SimpleSpanProcessor(exporter))
+    otel.instrument(worker_app, tracer_provider=recording, follow_producer_sampling=follow)
+    seen: list[trace.SpanContext] = []
+
+    @worker_app.task(name="work", max_attempts=1)
+    def work(fail: bool) -> None:
+        seen.append(trace.get_current_span().get_span_context())
+        if fail:
+            raise ValueError("boom")
+
+    app.task(name="work", max_attempts=1)(work.fn)
+    with trace.use_span(producer_span):
+        app.tasks["work"].enqueue(False)
+        app.tasks["work"].enqueue(True)
+    burst(worker_app)
+    producer = producer_span.get_span_context()
+    assert not producer.trace_flags.sampled
+    spans = exporter.get_finished_spans()
+    if follow:
+        # No span, not even for the failed attempt: the handler runs in the producer's
+        # trace, under its (unsampled, remote) enqueue span.
+        assert spans == ()
+        assert {(c.trace_id, c.is_remote, c.trace_flags.sampled) for c in seen} == {
+            (producer.trace_id, True, False)
+        }
+    else:
+        # The worker's sampler was asked, and kept both attempts as children of the producer.
+        assert sorted(span.attributes["taskharbor.job.outcome"] for span in spans) == [
+            "dead",
+            "succeeded",
+        ]
+        assert {
+            (span.context.trace_id, span.parent.is_remote) for span in spans if span.parent
+        } == {(producer.trace_id, True)}
+        assert {context.span_id for context in seen} == {span.context.span_id for span in spans}
+    assert [job.state for job in worker_app.list_jobs()] == [
+        th.JobState.SUCCEEDED,
+        th.JobState.DEAD,
+    ]
 
 
 def test_a_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from driver_registry import DriverFactory
 from taskharbor import App, Job, Task, TaskCall, Worker
 from taskharbor.spec import Clock, Driver, FakeClock, SystemClock
@@ -48,6 +50,19 @@ class Producer:
 
 def make_app(factory: DriverFactory, clock: Clock | None = None) -> App:
     return App(driver=factory(clock or SystemClock()))
+
+
+@contextmanager
+def app_declaring(factory: DriverFactory, capability: str) -> Iterator[App]:
+    """An app on a migrated driver from ``factory``, which must declare ``capability``:
+    the test is skipped, naming the driver and the capability, on one that does not."""
+    driver = factory(SystemClock())
+    if not getattr(driver.capabilities, capability):
+        driver.close()
+        pytest.skip(f"{type(driver).__name__} does not declare capability {capability}")
+    driver.migrate()
+    with App(driver=driver) as app:
+        yield app
 
 
 def fake_app(factory: DriverFactory) -> tuple[App, FakeClock]:

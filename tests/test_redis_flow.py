@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from driver_registry import DriverFactory, redis_store
-from taskharbor.spec import Completion, EnqueueRequest, FakeClock, FlowLimits, JobState
+from taskharbor.spec import Completion, EnqueueRequest, FakeClock, FlowLimits
 
 
 @pytest.fixture
@@ -20,6 +20,7 @@ def make(tmp_path: Path) -> Iterator[DriverFactory]:
 
 def test_a_store_from_before_flow_control_counts_its_running_jobs(make: DriverFactory) -> None:
     from taskharbor.drivers.redis import RedisDriver
+    from taskharbor.drivers.redis.driver import SCHEMA_VERSION
 
     driver = make(FakeClock())
     assert isinstance(driver, RedisDriver)
@@ -30,23 +31,22 @@ def test_a_store_from_before_flow_control_counts_its_running_jobs(make: DriverFa
     client.delete(driver.prefix + "run:task")
     driver.migrate()
     driver.migrate()  # a second worker starting: counted once
-    assert client.hget(driver.prefix + "meta", "version") == "2"
+    assert client.hget(driver.prefix + "meta", "version") == SCHEMA_VERSION
     held = driver.enqueue([EnqueueRequest("t", flow=FlowLimits(concurrency=1))])[0].job
     assert driver.lease(["default"], 10, 30, "w") == []
     assert not driver.complete([Completion(running.id, str(running.lease_token))])
     assert [job.id for job in driver.lease(["default"], 10, 30, "w")] == [held.id]
 
 
-def test_a_lease_passes_over_at_most_look_ahead_held_back_jobs(make: DriverFactory) -> None:
-    from taskharbor.drivers.redis.flow import LOOK_AHEAD
-
+def test_a_lease_walks_every_chunk_of_held_back_jobs(make: DriverFactory) -> None:
+    """The walk reads the ready set in growing chunks and passes over held-back jobs
+    across their boundaries, without a bound, to fill its batch."""
     driver = make(FakeClock())
     limited = EnqueueRequest("t", flow=FlowLimits(key="k", key_concurrency=1))
     driver.enqueue([limited])
     assert len(driver.lease(["default"], 1, 30, "w")) == 1  # the key's one slot is taken
     results = driver.enqueue(
-        [limited] * (LOOK_AHEAD - 1) + [EnqueueRequest("free"), limited, EnqueueRequest("late")]
+        [limited] * 999 + [EnqueueRequest("free")] + [limited] * 1_500 + [EnqueueRequest("late")]
     )
-    free, late = results[LOOK_AHEAD - 1].job, results[-1].job
-    assert [job.id for job in driver.lease(["default"], 2, 30, "w")] == [free.id]
-    assert driver.get([late.id])[0].state is JobState.AVAILABLE
+    free, late = results[999].job, results[-1].job
+    assert [job.id for job in driver.lease(["default"], 3, 30, "w")] == [free.id, late.id]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_engine_support import EVENTUALLY
+from test_engine_support import EVENTUALLY, app_declaring, burst
 
 import taskharbor as th
 from driver_registry import DriverFactory
@@ -21,19 +21,13 @@ from taskharbor.spec import (
     Capabilities,
     InvalidRequest,
     JobState,
-    SystemClock,
     WorkflowState,
 )
 
 
 @pytest.fixture
 def app(driver_factory: DriverFactory) -> Iterator[th.App]:
-    driver = driver_factory(SystemClock())
-    if not driver.capabilities.failure_callbacks:
-        driver.close()
-        pytest.skip(f"{type(driver).__name__} does not declare capability failure_callbacks")
-    driver.migrate()
-    with th.App(driver=driver) as app:
+    with app_declaring(driver_factory, "failure_callbacks") as app:
         yield app
 
 
@@ -57,15 +51,11 @@ def tasks(app: th.App) -> tuple[Any, Any, Any, list[tuple[th.StepFailure, str]]]
     return double, broken, alert, alerts
 
 
-def work(app: th.App) -> None:
-    th.Worker(app, concurrency=4, poll_interval=0.01).run(burst=True, handle_signals=False)
-
-
 def test_the_callback_runs_once_with_the_failed_step(app: th.App) -> None:
     double, broken, alert, alerts = tasks(app)
     workflow = th.chain(double.s(1), th.group(broken.s(), broken.s()), double.si(5))
     handle = app.enqueue(workflow.on_failure(alert.s("ops")))
-    work(app)
+    burst(app, concurrency=4)
     assert handle.wait(timeout=EVENTUALLY) is WorkflowState.FAILED
     status = handle.status()
     assert status.on_failure is not None and status.on_failure.state is JobState.SUCCEEDED
@@ -89,7 +79,7 @@ def test_a_workflow_that_succeeds_cancels_its_callback(app: th.App) -> None:
     handle = app.enqueue(
         th.chord([double.s(1), double.s(2)], double.si(3)).on_failure(alert.s("x"))
     )
-    work(app)
+    burst(app, concurrency=4)
     assert handle.wait(timeout=EVENTUALLY) is WorkflowState.SUCCEEDED
     assert handle.result() == 6
     status = handle.status()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_engine_support import EVENTUALLY
+from test_engine_support import EVENTUALLY, app_declaring, burst
 
 import taskharbor as th
 from driver_registry import DriverFactory
@@ -24,19 +24,13 @@ from taskharbor.spec import (
     EnqueueRequest,
     InvalidRequest,
     JobState,
-    SystemClock,
     WorkflowState,
 )
 
 
 @pytest.fixture
 def app(driver_factory: DriverFactory) -> Iterator[th.App]:
-    driver = driver_factory(SystemClock())
-    if not driver.capabilities.partial_chords:
-        driver.close()
-        pytest.skip(f"{type(driver).__name__} does not declare capability partial_chords")
-    driver.migrate()
-    with th.App(driver=driver) as app:
+    with app_declaring(driver_factory, "partial_chords") as app:
         yield app
 
 
@@ -66,15 +60,11 @@ def tasks(app: th.App) -> tuple[Any, Any, Any, Seen]:
     return square, fetch, report, seen
 
 
-def work(app: th.App) -> None:
-    th.Worker(app, concurrency=4, poll_interval=0.01).run(burst=True, handle_signals=False)
-
-
 def test_the_callback_runs_over_the_members_that_succeeded(app: th.App) -> None:
     _, fetch, report, seen = tasks(app)
     members = [fetch.s(1), fetch.s(-2), fetch.s(3), fetch.s(-4)]
     handle = app.enqueue(th.chord(members, report.s("total"), partial=True))
-    work(app)
+    burst(app, concurrency=4)
     assert handle.wait(timeout=EVENTUALLY) is WorkflowState.SUCCEEDED
     assert handle.result() == "total: 4 ok, failed [1, 3]"
     ((results, failures),) = seen
@@ -106,7 +96,7 @@ def test_a_chain_member_that_breaks_and_a_tolerated_death_call_no_failure_callba
     members = [th.chain(fetch.s(-1), square.s()), square.s(2)]
     workflow = th.chord(members, report.s("x"), partial=True).on_failure(report.s([], "alert"))
     handle = app.enqueue(workflow)
-    work(app)
+    burst(app, concurrency=4)
     assert handle.wait(timeout=EVENTUALLY) is WorkflowState.SUCCEEDED
     ((results, (failure,)),) = seen
     assert results == [4]
@@ -122,7 +112,7 @@ def test_a_chain_member_that_breaks_and_a_tolerated_death_call_no_failure_callba
 def test_a_dead_callback_fails_the_workflow_and_is_named(app: th.App) -> None:
     _, fetch, _, _ = tasks(app)
     handle = app.enqueue(th.chord([fetch.s(-1), fetch.s(2)], fetch.si(-9), partial=True))
-    work(app)
+    burst(app, concurrency=4)
     assert handle.wait(timeout=EVENTUALLY) is WorkflowState.FAILED
     with pytest.raises(th.WorkflowFailed, match="no -9") as failed:
         handle.result()

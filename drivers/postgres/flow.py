@@ -11,8 +11,12 @@ transaction-scoped advisory lock per task, key and rate bucket, tried without
 waiting, so two leases never deadlock and never both take the last slot) and,
 counting *after* the locks (each statement of the function reads what was
 committed before it), none of the guards of :mod:`taskharbor.spec.flow` holds.
-Every count is one probe of a partial index; ``flow_starts`` keeps each rate
-bucket's starts for a day.
+Every count is one probe of a partial index, plus the jobs the call has taken
+so far (limited or not), which it leases all at once with one ``UPDATE`` at the
+end, its row locks and advisory locks held until the statement commits; from
+one queue it reads the candidates by an equality on the queue, so the lease
+index gives them in order and the walk stops at its limit.  ``flow_starts``
+keeps each rate bucket's starts for a day.
 """
 
 from __future__ import annotations
@@ -36,27 +40,22 @@ _HOLDS_SEQUENCE = (
 )
 """The sequence jobs that hold back the later jobs of their key (spec/flow.py)."""
 
-_FUNCTION = """
+_SIGNATURE = """
 {create} FUNCTION {lease_limited}(
     queues text[], wanted integer, seconds double precision, worker text, at timestamptz
 ) RETURNS SETOF {jobs} LANGUAGE plpgsql AS $$
 DECLARE
     c record;
-    f json;
-    leased {jobs}%ROWTYPE;
-    taken integer := 0;
-    walk integer := wanted;
-    read integer;
-    seen bigint[] := '{{}}';
-BEGIN
-    LOOP
-        read := 0;
-        FOR c IN
+    f json;"""
+
+_CANDIDATES = """
             SELECT j.id, j.task, j.flow, j.flow_key, j.flow_locks FROM {jobs} j
-            WHERE j.state = {available} AND j.queue = ANY(queues) AND NOT j.id = ANY(seen)
+            WHERE j.state = {available} AND j.queue {in_queues} AND NOT j.id = ANY(seen)
             ORDER BY j.priority DESC, j.run_at, j.id
-            LIMIT walk FOR UPDATE SKIP LOCKED
-        LOOP
+            LIMIT walk FOR UPDATE SKIP LOCKED"""
+"""The next ``walk`` candidates in lease order, locked, skipping rows another call holds."""
+
+_GUARDS = """
             read := read + 1;
             seen := seen || c.id;
             IF c.flow IS NOT NULL THEN
@@ -67,9 +66,9 @@ BEGIN
                         hashtextextended({lock_space} || l, 0))), TRUE)
                     FROM unnest(c.flow_locks) AS l);
                 CONTINUE WHEN f->>'concurrency' IS NOT NULL
-                    AND ({running_of_task}) >= (f->>'concurrency')::integer;
+                    AND ({running_of_task}){tasks_taken} >= (f->>'concurrency')::integer;
                 CONTINUE WHEN f->>'key_concurrency' IS NOT NULL
-                    AND ({running_with_key}) >= (f->>'key_concurrency')::integer;
+                    AND ({running_with_key}){keys_taken} >= (f->>'key_concurrency')::integer;
                 CONTINUE WHEN f->>'sequence' IS NOT NULL AND ({sequence_head}) <> c.id;
                 IF f->'rate' IS NOT NULL AND json_typeof(f->'rate') = 'array' THEN
                     CONTINUE WHEN ({starts_since}) >= (f->'rate'->>0)::integer;
@@ -79,12 +78,40 @@ BEGIN
                     WHERE s.bucket = c.flow_locks[array_length(c.flow_locks, 1)]
                       AND s.started_at <= at - interval '1 day';
                 END IF;
-            END IF;
-            UPDATE {jobs} j
+            END IF;"""
+"""The guards of one candidate ``c``: each ``CONTINUE`` passes over a job held back."""
+
+_WALK = """
+    walk integer := wanted;
+    read integer;
+    seen bigint[] := '{{}}';
+BEGIN
+    LOOP
+        read := 0;"""
+"""The walk's state: how many candidates to read, how many were read, which were seen."""
+
+_LEASED = """
             SET state = {running_state}, attempt = j.attempt + 1,
                 lease_token = replace(gen_random_uuid()::text, '-', ''),
                 lease_expires_at = at + make_interval(secs => seconds),
-                leased_by = worker{cleared}
+                leased_by = worker{cleared}"""
+
+_FUNCTION = (
+    _SIGNATURE
+    + """
+    leased {jobs}%ROWTYPE;
+    taken integer := 0;"""
+    + _WALK
+    + """
+        FOR c IN"""
+    + _CANDIDATES
+    + """
+        LOOP"""
+    + _GUARDS
+    + """
+            UPDATE {jobs} j"""
+    + _LEASED
+    + """
             WHERE j.id = c.id
             RETURNING j.* INTO leased;
             RETURN NEXT leased;
@@ -97,6 +124,63 @@ BEGIN
 END
 $$
 """
+)
+"""``lease_limited`` as migrations 9 and 12 created it: one ``UPDATE`` per job taken."""
+
+_BATCHED_FUNCTION = (
+    _SIGNATURE
+    + """
+    candidates refcursor;
+    chosen bigint[] := '{{}}';
+    tasks text[] := '{{}}';
+    keys text[] := '{{}}';"""
+    + _WALK
+    + """
+        -- one queue by equality: the lease index gives the order, read up to the limit
+        IF cardinality(queues) = 1 THEN
+            OPEN candidates FOR"""
+    + _CANDIDATES.replace("{in_queues}", "= queues[1]")
+    + """;
+        ELSE
+            OPEN candidates FOR"""
+    + _CANDIDATES.replace("{in_queues}", "= ANY(queues)")
+    + """;
+        END IF;
+        LOOP
+            FETCH candidates INTO c;
+            EXIT WHEN NOT FOUND;"""
+    + _GUARDS
+    + """
+            chosen := chosen || c.id;
+            tasks := tasks || c.task;
+            IF c.flow_key IS NOT NULL THEN
+                keys := keys || c.flow_key;
+            END IF;
+            EXIT WHEN cardinality(chosen) >= wanted;
+        END LOOP;
+        CLOSE candidates;
+        EXIT WHEN cardinality(chosen) >= wanted OR read < walk;
+        walk := walk * 4;
+    END LOOP;
+    RETURN QUERY UPDATE {jobs} j"""
+    + _LEASED
+    + """
+    WHERE j.id = ANY(chosen)
+    RETURNING j.*;
+END
+$$
+"""
+)
+"""``lease_limited`` since migration 14: the jobs taken are leased by one ``UPDATE`` at
+the end, so each guard counts the running jobs stored plus those this call has taken
+(``tasks``, ``keys``); a lease from one queue walks the lease index in order instead
+of sorting the queue's every available job."""
+
+_TAKEN = {
+    "tasks_taken": sql.SQL(" + cardinality(array_positions(tasks, c.task))"),
+    "keys_taken": sql.SQL(" + cardinality(array_positions(keys, c.flow_key))"),
+}
+"""The batched function's in-call counts, added to the guards' lookups."""
 
 
 RUNNING_OF_TASK = "SELECT count(*) FROM {jobs} r WHERE r.{running} AND r.task = {task}"
@@ -147,12 +231,24 @@ def _tables(schema: str) -> dict[str, sql.Composable]:
     }
 
 
-def lease_limited_function(schema: str, *, clears_progress: bool) -> sql.Composed:
-    """The ``lease_limited`` function: as migration 9 created it, or as the job
-    metadata migration replaced it (a lease clears the job's progress)."""
+def lease_limited_function(
+    schema: str, *, clears_progress: bool, batched: bool = False
+) -> sql.Composed:
+    """The ``lease_limited`` function: as migration 9 created it, as the job metadata
+    migration replaced it (a lease clears the job's progress), or, ``batched``, as
+    migration 14 replaced it (:data:`_BATCHED_FUNCTION`)."""
     names = {**_tables(schema), **lookups(schema, _CANDIDATE)}
+    if batched:
+        return sql.SQL(_BATCHED_FUNCTION).format(
+            **names, **_TAKEN, create=_CREATE[True], cleared=_CLEARED[True]
+        )
     return sql.SQL(_FUNCTION).format(
-        **names, create=_CREATE[clears_progress], cleared=_CLEARED[clears_progress]
+        **names,
+        create=_CREATE[clears_progress],
+        cleared=_CLEARED[clears_progress],
+        in_queues=sql.SQL("= ANY(queues)"),
+        tasks_taken=sql.SQL(""),
+        keys_taken=sql.SQL(""),
     )
 
 
@@ -160,6 +256,12 @@ _CREATE = {False: sql.SQL("CREATE"), True: sql.SQL("CREATE OR REPLACE")}
 _CLEARED = {False: sql.SQL(""), True: sql.SQL(", progress = NULL, progress_message = NULL")}
 """What :func:`lease_limited_function` creates the function with, and what its lease
 clears besides (by ``clears_progress``)."""
+
+
+def batched_lease(schema: str) -> list[sql.Composed]:
+    """Migration: ``lease_limited`` leases the jobs it takes with one ``UPDATE``, and
+    walks one queue's lease index in order."""
+    return [lease_limited_function(schema, clears_progress=True, batched=True)]
 
 
 def flow_control(schema: str) -> list[sql.Composed]:

@@ -15,7 +15,7 @@ from taskharbor.spec import JobId, WorkflowGraph, WorkflowState
 from taskharbor.spec.records import map_ref, tolerated_steps
 from taskharbor.spec.retry import policy_text
 
-from .flow import flow_params
+from .flow import FLOW_PARAMS, flow_columns, flow_params
 
 ALLOCATE_IDS = (
     "SELECT nextval(%(workflow_ids)s::regclass) AS workflow_id,"
@@ -53,6 +53,7 @@ def callback_values(
         "headers": Json(dict(request.headers)),
         "tags": list(request.tags),
         "meta": Json(dict(request.meta)),
+        **dict(zip(FLOW_PARAMS, flow_columns(request.flow, request.task), strict=True)),
     }
 
 

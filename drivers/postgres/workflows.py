@@ -204,10 +204,11 @@ _INSERT_CALLBACK = """
 WITH callback AS (
     INSERT INTO {jobs} (id, task, queue, state, args, kwargs, priority, run_at, attempt,
                         max_attempts, created_at, workflow_id, waiting_on, step_args, retry,
-                        headers, tags, meta)
+                        headers, tags, meta, flow, flow_key, flow_sequence, flow_locks)
     VALUES (%(id)s, %(task)s, %(queue)s, {pending}, %(args)s, %(kwargs)s, %(priority)s,
             COALESCE(%(run_at)s::timestamptz, {now}), 0, %(max_attempts)s, {now},
-            %(workflow_id)s, 1, %(args)s, %(retry)s, %(headers)s, %(tags)s::text[], %(meta)s)
+            %(workflow_id)s, 1, %(args)s, %(retry)s, %(headers)s, %(tags)s::text[], %(meta)s,
+            %(flow)s, %(flow_key)s, %(flow_sequence)s, %(flow_locks)s::text[])
     RETURNING id
 )
 UPDATE {workflows} w SET on_failure = (SELECT id FROM callback)

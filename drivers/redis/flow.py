@@ -24,10 +24,13 @@ call that moves the job):
 A lease is one script run, so no other lease can take a slot between a count
 and the lease that uses it.  Held-back jobs stay in their queue's ready set:
 the lease walks the ready sets in lease order (merging the queues, reading
-each in growing chunks) and passes over a held-back job to the next.  So that
-a backlog of held-back jobs does not make every lease read it whole, one call
-passes over at most :data:`LOOK_AHEAD` of them; a leasable job further back
-waits for a later call (after the jobs ahead of it run, or their limits free).
+each in growing chunks) and passes over a held-back job to the next, as far as
+it takes to fill the batch, as every store does.  A bound on that walk would
+starve a leasable job behind the bound: a sequence's head retried (so later in
+lease order) behind more of its followers than the bound would never run, nor
+would they.  The walk's cost is one read of each held-back job it passes (a
+guard's verdict is remembered per task, key and bucket for the rest of the
+call), and the script holds the server meanwhile (docs/redis.md).
 """
 
 from __future__ import annotations
@@ -37,9 +40,6 @@ from typing import Final
 from taskharbor.spec.flow import MAX_RATE_WINDOW_SECONDS, OnDead
 
 from .rows import FLOW_FIELDS, micros
-
-LOOK_AHEAD: Final = 1_000
-"""The most held-back jobs one lease passes over before it returns what it has."""
 
 GUARDS_LUA: Final = {
     "task_at_limit": "F.task_at_limit(j)",
@@ -53,7 +53,6 @@ GUARDS_LUA: Final = {
 FLOW_LUA: Final = (
     f"""
 local FLOW_FIELDS = {{{", ".join(f"'{name}'" for name in FLOW_FIELDS)}}}
-local LOOK_AHEAD = {LOOK_AHEAD}
 local FORGET_STARTS_US = {micros(MAX_RATE_WINDOW_SECONDS)}
 local DEAD_BLOCKS = '{OnDead.BLOCK.value}'
 """
@@ -161,25 +160,21 @@ end
 
 -- The ready sets of ``names`` merged in lease order (priority, run_at, id): a function
 -- giving the next candidate's member and its queue's cursor, nil at the end.  Each set
--- is read in chunks (``first`` members, then four times more each time, ``most`` in
--- all); a candidate the caller passes over stays in its set, so the caller counts it
--- in ``cursor.held`` and the next chunk starts after the held ones (the leased ones
--- left the set).
-function F.candidates(names, first, most)
+-- is read in chunks (``first`` members, then four times more each time); a candidate
+-- the caller passes over stays in its set, so the caller counts it in ``cursor.held``
+-- and the next chunk starts after the held ones (the leased ones left the set).
+function F.candidates(names, first)
   local cursors = {}
   for i, name in ipairs(names) do
-    cursors[i] = {key = P .. 'ready:' .. name, buf = {}, pos = 1, held = 0, chunk = first,
-      left = most}
+    cursors[i] = {key = P .. 'ready:' .. name, buf = {}, pos = 1, held = 0, chunk = first}
   end
   local function peek(c)
     if c.pos > #c.buf then
       if c.done then return nil end
-      local wanted = math.min(c.chunk, c.left)
-      local items = redis.call('ZRANGE', c.key, c.held, c.held + wanted - 1, 'WITHSCORES')
+      local items = redis.call('ZRANGE', c.key, c.held, c.held + c.chunk - 1, 'WITHSCORES')
       c.buf, c.pos = {}, 1
       for i = 1, #items, 2 do c.buf[#c.buf + 1] = {tonumber(items[i + 1]), items[i]} end
-      c.left = c.left - #c.buf
-      c.done = #c.buf < wanted or c.left <= 0
+      c.done = #c.buf < c.chunk
       c.chunk = c.chunk * 4
     end
     return c.buf[c.pos]

@@ -22,6 +22,11 @@ Cluster keeps the whole store in one slot):
 ``P st:<state>``    sorted set of job ids in a state (score: the id)
 ``P q:<queue>``     sorted set of a queue's job ids; ``P all``: every job id
 ``P counts``        hash: ``queue NUL state`` -> how many jobs
+``P fin:<minute>``  hash: ``queue NUL state`` -> how many stored finished jobs have a
+                    ``finished_at`` in that minute (``<minute>``: its start, as a time)
+``P fin``           sorted set of the minutes that have a ``P fin:<minute>``, scored by
+                    their start in seconds: one per minute holding a finished job, gone
+                    with its last (prune, requeue), so never more than the finished jobs
 ``P w:<id>``        hash: a workflow (state, steps, result, per-state step counts, the
                     failure callback's job id ``on_failure``, the idempotency key)
 ``P wfs``           sorted set of workflow ids; ``P wst:<state>`` per state
@@ -151,6 +156,7 @@ local F = {}
 local CMD = {}
 local WAKE = {}
 local DONE = {}
+local PARTIAL = {}
 
 function H.server_now()
   local t = redis.call('TIME')
@@ -201,9 +207,25 @@ function H.flush(j)
   j._dirty = {}
 end
 
--- A workflow's step (its failure callback is a job of the workflow, not a step: it never
--- counts when the workflow's state is derived).
-function H.is_step(j) return j.workflow_id ~= nil and j.callback == nil end
+-- A workflow's step that counts when the workflow's state is derived: not its failure
+-- callback (a job of the workflow, not a step) nor a tolerated step (one whose every
+-- dependent is partial or tolerated: spec.records.tolerated_steps).
+function H.is_step(j) return j.workflow_id ~= nil and j.callback == nil and j.tolerated == nil end
+
+-- Count the finished job ``j`` (in state ``s``) in the minute of its finished_at
+-- (``by`` = 1), or no longer (-1): ``P fin:<minute>`` and ``P fin`` (finished_per_minute).
+function H.count_finished(j, s, by)
+  local start = math.floor(tonumber(string.sub(j.finished_at, 1, 12)) / 60) * 60
+  local minute = string.format('%012d', start) .. '000000'
+  local key, field = P .. 'fin:' .. minute, j.queue .. '\0' .. s
+  local n = redis.call('HINCRBY', key, field, by)
+  if by > 0 then
+    if n == by then redis.call('ZADD', P .. 'fin', start, minute) end
+  elseif n <= 0 then
+    redis.call('HDEL', key, field)
+    if redis.call('EXISTS', key) == 0 then redis.call('ZREM', P .. 'fin', minute) end
+  end
+end
 
 function H.unindex(j)
   local s, id = j.state, j.id
@@ -215,6 +237,7 @@ function H.unindex(j)
     redis.call('ZREM', P .. 'running', j.lease_expires_at .. ':' .. id)
   elseif FINISHED[s] then
     redis.call('ZREM', P .. 'finished', j.finished_at .. ':' .. id)
+    H.count_finished(j, s, -1)
   end
   redis.call('ZREM', P .. 'st:' .. s, id)
   F.leave(j, s)
@@ -233,6 +256,7 @@ function H.index(j)
     redis.call('ZADD', P .. 'running', j.lease_expires_at, j.lease_expires_at .. ':' .. id)
   elseif FINISHED[s] then
     redis.call('ZADD', P .. 'finished', j.finished_at, j.finished_at .. ':' .. id)
+    H.count_finished(j, s, 1)
     DONE[#DONE + 1] = id
   end
   redis.call('ZADD', P .. 'st:' .. s, id, id)
@@ -243,10 +267,22 @@ end
 
 -- Event ``event`` to ``target`` (resolved by the caller), with its field effects.
 function H.move(j, event, target, C)
+  local ended = FINISHED[j.state] == true
   H.unindex(j)
   APPLY[event](j, target, C)
   H.flush(j)
   H.index(j)
+  if j.partials and ended ~= (FINISHED[target] == true) then H.count_end(j, ended) end
+end
+
+-- A partial step counts in ``left`` its dependencies that have not ended, so every move
+-- of one into or out of an end changes it; the call that brings it to 0 lists the step
+-- for release at its end (H.settle), so exactly one call releases it.
+function H.count_end(j, reopened)
+  for _, d in ipairs(H.split(j.partials)) do
+    local left = redis.call('HINCRBY', P .. 'j:' .. d, 'left', reopened and 1 or -1)
+    if left == 0 then PARTIAL[#PARTIAL + 1] = d end
+  end
 end
 
 function H.append_error(errors, attempt, fragment)
@@ -256,11 +292,13 @@ function H.append_error(errors, attempt, fragment)
 end
 
 -- A released job's args: its own, with the value of its input (or what the call puts
--- in front: a failure callback's failure) first.
+-- in front: a failure callback's failure; a partial step's two values) first.
 function H.released_args(j, C)
   local own = j.own_args or j.args
   local value = C and C.front
-  if not value and j.input then
+  if not value and j.input and j.partial then
+    value = H.partial_input(j.input)
+  elseif not value and j.input then
     value = (string.gsub(j.input, '#(%d+)#', function(id)
       local result = redis.call('HGET', P .. 'j:' .. id, 'result')
       if not result then return 'null' end
@@ -272,6 +310,51 @@ function H.released_args(j, C)
   return '[' .. value .. ',' .. string.sub(own, 2)
 end
 
+-- ``spec.records.partial_input`` of a partial step's input template (brackets, commas
+-- and ``#id#`` only), as the text of its two JSON values: the results of the steps that
+-- succeeded, in place (a left-out step leaves no comma behind), then a
+-- ``member_failure`` for each that did not, in order.  Results stay opaque strings.
+function H.partial_input(template)
+  local out, failures, position, comma = {}, {}, 0, {false}
+  local function put(text)
+    if comma[#comma] then out[#out + 1] = ',' end
+    comma[#comma] = true
+    out[#out + 1] = text
+  end
+  for item in string.gmatch(template, '[^,]+') do
+    local opens, id, closes = string.match(item, '^(%[*)#?(%d*)#?(%]*)$')
+    for _ = 1, #opens do
+      put('[')
+      comma[#comma + 1] = false
+    end
+    if id ~= '' then
+      local f = redis.call('HMGET', P .. 'j:' .. id, 'state', 'result')
+      if f[1] == S.succeeded then
+        put(f[2] or 'null')
+      else
+        failures[#failures + 1] = H.member_failure(position, id, f[1])
+      end
+      position = position + 1
+    end
+    for _ = 1, #closes do
+      out[#out + 1] = ']'
+      comma[#comma] = nil
+    end
+  end
+  return table.concat(out) .. ',[' .. table.concat(failures, ',') .. ']'
+end
+
+-- ``spec.records.member_failure`` of step ``id`` (ended ``state``) as JSON, its last
+-- error read out of its stored errors as H.step_failure reads it.
+function H.member_failure(position, id, state)
+  local f = redis.call('HMGET', P .. 'j:' .. id, 'task', 'attempt', 'errors', 'reason')
+  local kind, message = H.last_error(f[3])
+  local reason = f[4] and H.json_string(f[4]) or 'null'
+  return '{"index":' .. string.format('%d', position) .. ',"job_id":' .. id .. ',"task":'
+    .. H.json_string(f[1]) .. ',"state":' .. H.json_string(state) .. ',"attempt":' .. f[2]
+    .. ',"type":' .. kind .. ',"message":' .. message .. ',"reason":' .. reason .. '}'
+end
+
 -- A released failure callback requeued keeps its failure in front of its args.
 function H.requeued_args(j, target)
   if target == S.available then
@@ -281,7 +364,7 @@ function H.requeued_args(j, target)
   return j.own_args or j.args
 end
 
-function H.new_job(a, b, workflow_id, deps, input, callback)
+function H.new_job(a, b, workflow_id, deps, input, callback, flags)
   local id = tostring(redis.call('HINCRBY', P .. 'ids', 'job', 1))
   local j = {
     _dirty = {}, id = id, task = a[b + 1], queue = a[b + 2], args = a[b + 3],
@@ -310,6 +393,8 @@ function H.new_job(a, b, workflow_id, deps, input, callback)
     end
     if input then j.input = input; j.own_args = j.args end
     if callback then j.callback = '1'; j.own_args = j.args end
+    if flags and string.find(flags, 'p', 1, true) then j.partial = '1' end
+    if flags and string.find(flags, 't', 1, true) then j.tolerated = '1' end
   end
   j.state = RESOLVE.enqueue(j, {})
   local fields = H.flat(j)
@@ -360,7 +445,9 @@ function H.after_finished(j, touched)
 end
 
 -- Each dependent counts its dependencies that have not succeeded (``left``): the
--- call that brings it to 0 releases it, so a chord's callback is released once.
+-- call that brings it to 0 releases it, so a chord's callback is released once.  A
+-- partial step is not among ``dependents`` but ``partials`` (H.count_end): neither
+-- this release nor a cascade reaches it, or passes through it.
 function H.release_dependents(j)
   for _, d in ipairs(H.split(j.dependents)) do
     local dj = H.load(d)
@@ -392,7 +479,16 @@ end
 -- A workflow's state derived from its per-state step counts, changed through the table
 -- (a failed one stays failed when its dead steps were cancelled: derive_workflow_state).
 -- A workflow whose state changes moves its pending failure callback on (H.move_callback).
+-- First the partial steps whose last dependency ended in this call are released, those
+-- still pending (a cancel of the step in the same call leaves it cancelled).
 function H.settle(touched)
+  for _, id in ipairs(PARTIAL) do
+    local j = H.load(id)
+    if j.state == S.pending and tonumber(j.left) == 0 then
+      H.move(j, 'release', RESOLVE.release(j, {}), {})
+    end
+  end
+  PARTIAL = {}
   local ids = {}
   for w in pairs(touched) do ids[#ids + 1] = w end
   table.sort(ids, function(x, y) return tonumber(x) < tonumber(y) end)
@@ -522,44 +618,48 @@ CMD.enqueue = function(a)
   return out
 end
 
--- Arguments: name, result template, idempotency key, then the steps (count first), then
--- the failure callback's request, if the graph has one.
+-- Arguments: name, result template, idempotency key, then the steps (count first; each
+-- its request, dependencies, input template and flags: ``p`` partial, ``t`` tolerated),
+-- then the failure callback's request, if the graph has one.
 CMD.enqueue_workflow = function(a)
   local wkey = a[3]
   local held = wkey ~= '' and redis.call('HGET', P .. 'wkeys', wkey)
   if held then return H.workflow_flat(held) end
   local wid = tostring(redis.call('HINCRBY', P .. 'ids', 'wf', 1))
   local n = tonumber(a[4])
-  local ids, jobs = {}, {}
+  local ids, jobs, counted = {}, {}, n
   local function remap(template)
     return (string.gsub(template, '#(%d+)#', function(i) return '#' .. ids[tonumber(i)] .. '#' end))
   end
   for s = 0, n - 1 do
-    local b = 4 + s * (REQUEST_FIELDS + 2)
+    local b = 4 + s * (REQUEST_FIELDS + 3)
     local deps = {}
     for index in string.gmatch(a[b + REQUEST_FIELDS + 1], '%d+') do
       deps[#deps + 1] = ids[tonumber(index)]
     end
     local input = nil
     if a[b + REQUEST_FIELDS + 2] ~= '' then input = remap(a[b + REQUEST_FIELDS + 2]) end
-    local j = H.new_job(a, b, wid, deps, input)
+    local flags = a[b + REQUEST_FIELDS + 3]
+    local j = H.new_job(a, b, wid, deps, input, nil, flags)
     ids[s] = j.id
     jobs[j.id] = j
+    if j.tolerated then counted = counted - 1 end
+    local list = j.partial and 'partials' or 'dependents'
     for _, d in ipairs(deps) do
       local dj = jobs[d]
-      dj.dependents = dj.dependents and (dj.dependents .. ',' .. j.id) or j.id
-      redis.call('HSET', P .. 'j:' .. d, 'dependents', dj.dependents)
+      dj[list] = dj[list] and (dj[list] .. ',' .. j.id) or j.id
+      redis.call('HSET', P .. 'j:' .. d, list, dj[list])
     end
   end
   local steps = {}
   for s = 0, n - 1 do steps[#steps + 1] = ids[s] end
   local key = P .. 'w:' .. wid
-  local b = 4 + n * (REQUEST_FIELDS + 2)
+  local b = 4 + n * (REQUEST_FIELDS + 3)
   if #a > b then
     redis.call('HSET', key, 'on_failure', H.new_job(a, b, wid, {}, nil, true).id)
   end
   redis.call('HSET', key, 'id', wid, 'state', W.running, 'steps', table.concat(steps, ','),
-    'result', remap(a[2]), 'created_at', NOW, 'total', tostring(n))
+    'result', remap(a[2]), 'created_at', NOW, 'total', tostring(counted))
   if a[1] ~= '' then redis.call('HSET', key, 'name', a[1]) end
   if wkey ~= '' then
     redis.call('HSET', key, 'idempotency_key', wkey)
@@ -581,13 +681,14 @@ function H.unpaused(names)
 end
 
 -- The candidates in lease order; one that a flow guard holds back (RESOLVE gives nil)
--- stays available, and the walk goes on to the next, past LOOK_AHEAD of them at most.
+-- stays available, and the walk goes on to the next, until the batch is full or the
+-- ready sets run out.
 CMD.lease = function(a)
   local lease_until, worker, limit, nq = H.t_add(NOW, a[1]), a[2], tonumber(a[3]), tonumber(a[4])
   local names = H.unpaused({unpack(a, 5, 4 + nq)})
-  local next_candidate = F.candidates(names, limit, limit + LOOK_AHEAD)
-  local out, passed = {}, 0
-  while #out < limit and passed < LOOK_AHEAD do
+  local next_candidate = F.candidates(names, limit)
+  local out = {}
+  while #out < limit do
     local member, cursor = next_candidate()
     if not member then break end
     local id = string.match(string.sub(member, 19), '^0*(%d+)$')
@@ -600,7 +701,6 @@ CMD.lease = function(a)
       out[#out + 1] = H.flat(j)
     else
       cursor.held = cursor.held + 1
-      passed = passed + 1
     end
   end
   return out
@@ -710,9 +810,11 @@ CMD.requeue = function(a)
     local now = H.load(j.id)
     if now.state == j.state then  -- else requeued earlier in this call with its workflow
       H.requeue(now)
-      if now.workflow_id then
-        touched[now.workflow_id] = true
-        for _, id in ipairs(H.workflow_jobs(now.workflow_id)) do
+      local w = now.workflow_id
+      -- a tolerated step of a succeeded workflow is requeued alone, leaving it as it is
+      if w and redis.call('HGET', P .. 'w:' .. w, 'state') ~= W.succeeded then
+        touched[w] = true
+        for _, id in ipairs(H.workflow_jobs(w)) do
           local step = H.load(id)
           if step.state == S.cancelled then H.requeue(step) end
         end
@@ -967,6 +1069,8 @@ end
 
 -- Mark a new store with version ``a[1]``; bring an older one to it.  Version 1 kept
 -- no running counts: they are counted from its running jobs (none of which has a key).
+-- Versions 1 and 2 kept no finished counts per minute: they are counted, once, from
+-- the finished jobs.
 CMD.migrate = function(a)
   local version = redis.call('HGET', P .. 'meta', 'version')
   if version == '1' then
@@ -975,8 +1079,35 @@ CMD.migrate = function(a)
       redis.call('HINCRBY', P .. 'run:task', redis.call('HGET', P .. 'j:' .. id, 'task'), 1)
     end
   end
-  if version == nil or version == '1' then redis.call('HSET', P .. 'meta', 'version', a[1]) end
+  if version == '1' or version == '2' then
+    for _, m in ipairs(redis.call('ZRANGE', P .. 'finished', 0, -1)) do
+      local f = redis.call('HMGET', P .. 'j:' .. string.sub(m, 20), 'state', 'queue')
+      if f[1] then H.count_finished({finished_at = m, queue = f[2]}, f[1], 1) end
+    end
+  end
+  if not version or tonumber(version) < tonumber(a[1]) then
+    redis.call('HSET', P .. 'meta', 'version', a[1])
+  end
   return redis.call('HGET', P .. 'meta', 'version')
+end
+
+-- finished_per_minute: ``minute, queue NUL state, count`` for every minute from the
+-- one starting at ``a[1]`` (a time) on, of queue ``a[2]`` only unless it is empty.
+CMD.finished_per_minute = function(a)
+  local since, queue = tonumber(string.sub(a[1], 1, 12)), a[2]
+  local out = {}
+  for _, minute in ipairs(redis.call('ZRANGEBYSCORE', P .. 'fin', since, '+inf')) do
+    local flat = redis.call('HGETALL', P .. 'fin:' .. minute)
+    for i = 1, #flat, 2 do
+      local field = flat[i]
+      if queue == '' or string.sub(field, 1, #queue + 1) == queue .. '\0' then
+        out[#out + 1] = minute
+        out[#out + 1] = field
+        out[#out + 1] = flat[i + 1]
+      end
+    end
+  end
+  return out
 end
 
 -- 1 when one of the jobs ``a`` is finished or not stored (``wait_for_finished``).

@@ -33,9 +33,10 @@ GUARD_LUA = {
     **GUARDS_LUA,
 }
 """Each guard of ``JOB_GUARDS`` as a Lua predicate on the stored job ``j`` (times are
-fixed-width microsecond strings, so comparing them as strings is exact; a workflow's
-failure callback, marked ``callback``, always waits: its workflow moves it on; the flow
-guards are :mod:`.flow`'s)."""
+fixed-width microsecond strings, so comparing them as strings is exact; ``left`` counts
+a step's dependencies that have not succeeded, a partial step's those that have not
+ended; a workflow's failure callback, marked ``callback``, always waits: its workflow
+moves it on; the flow guards are :mod:`.flow`'s)."""
 
 GIVEN_LUA = {
     (JobEvent.RELEASE, "args"): "H.released_args(j, C)",

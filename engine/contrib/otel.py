@@ -11,7 +11,12 @@
   host runs it; a workflow step also links to its workflow's enqueue span.
   The span is current while the handler runs (spans the handler makes are its
   children), records the exception the handler raised, and ends with the
-  attempt's outcome once the store has recorded it.
+  attempt's outcome once the store has recorded it.  An attempt whose stored
+  context says the producer did not sample its trace makes no span: the
+  producer's context is current while the handler runs, and the SDK is not
+  asked (its default, parent-based samplers would drop the span anyway);
+  ``instrument(app, follow_producer_sampling=False)`` asks the SDK's sampler
+  for every attempt instead.
 
 Attributes follow OpenTelemetry's messaging conventions (``messaging.system``
 ``taskharbor``, ``messaging.destination.name`` the queue,
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +46,14 @@ from . import missing
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
-    from opentelemetry.trace import Link, Span, SpanKind, StatusCode, TracerProvider
+    from opentelemetry.trace import (
+        Link,
+        Span,
+        SpanContext,
+        SpanKind,
+        StatusCode,
+        TracerProvider,
+    )
 except ImportError as error:  # pragma: no cover - the message is what is tested
     raise missing("opentelemetry-api", "otel", __name__) from error
 
@@ -62,11 +73,18 @@ NOT_ERRORS = (Snooze, JobCancelled)
 class Tracing(Middleware):
     """The middleware and subscriber :func:`instrument` adds to an app."""
 
-    def __init__(self, app: App, tracer_provider: TracerProvider | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        tracer_provider: TracerProvider | None = None,
+        follow_producer_sampling: bool = True,
+    ) -> None:
         self.app = app
         self.tracer = trace.get_tracer("taskharbor", __version__, tracer_provider=tracer_provider)
-        self._open: dict[int, tuple[JobContext, Span]] = {}  # by id(context); keeps it alive
-        self._lock = threading.Lock()
+        self.follow_producer_sampling = follow_producer_sampling
+        # By id(context), keeping the context alive; each entry is added on the thread that
+        # runs the handler and popped on the event loop's (one dict operation each: atomic).
+        self._open: dict[int, tuple[JobContext, Span]] = {}
         self._unsubscribe = app.events.subscribe(self._on_end, *events.ATTEMPT_ENDS)
 
     # -- producing ----------------------------------------------------------------
@@ -126,52 +144,51 @@ class Tracing(Middleware):
 
     # -- consuming ----------------------------------------------------------------
 
-    def around_job(self, job: JobContext) -> _Attempt:
-        span = self._start(job)
-        with self._lock:
-            self._open[id(job)] = (job, span)
+    def around_job(self, job: JobContext) -> _Current:
+        parent = _parent(tuple(job.headers.items()))
+        if parent.unsampled and self.follow_producer_sampling:
+            return _Current(parent.span)  # no span: the producer's trace, unsampled, goes on
+        span = self._start(job, parent)
+        self._open[id(job)] = (job, span)
         return _Attempt(span)
 
-    def _start(self, job: JobContext, start_time: int | None = None) -> Span:
-        parent = _extract(tuple(job.headers.items()))
-        links = []
-        if job.workflow_id is not None:
-            producer = trace.get_current_span(parent).get_span_context()
-            if producer.is_valid:
-                links.append(Link(producer, WORKFLOW_LINK))
-        attributes = {
-            **job_fields(job),
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-        }
-        span = self.tracer.start_span(
+    def _start(self, job: JobContext, parent: _Parent, start_time: int | None = None) -> Span:
+        links: tuple[Link, ...] = ()
+        if job.workflow_id is not None and parent.span_context.is_valid:
+            links = (Link(parent.span_context, WORKFLOW_LINK),)
+        attributes = job_fields(job)
+        attributes["messaging.operation.type"] = "process"
+        attributes["messaging.operation.name"] = "process"
+        return self.tracer.start_span(
             f"process {job.queue}",
-            context=parent,
+            context=parent.context,
             kind=SpanKind.CONSUMER,
             attributes=attributes,
             links=links,
             start_time=start_time,
         )
-        return span
 
     def _on_end(self, event: Event) -> None:
         """End the attempt's span with its outcome (a span is made now for an attempt
         whose handler never ran, such as a job of an unknown task)."""
         context = event.context
-        found = None
-        if context is not None:
-            with self._lock:
-                found = self._open.pop(id(context), None)
+        found = None if context is None else self._open.pop(id(context), None)
         if found is not None:
             span = found[1]
         else:
             job = event.job
             assert job is not None, "an attempt's end has its job"
+            parent = _parent(tuple(job.headers.items()))
+            if parent.unsampled and self.follow_producer_sampling:
+                return
             started = None if event.started_at is None else int(event.started_at * 1e9)
-            span = self._start(context or context_for(job, None, None), started)
-        span.set_attribute("taskharbor.job.outcome", event.kind)
+            span = self._start(context or context_for(job, None, None), parent, started)
+        if not span.is_recording():
+            return  # the SDK's sampler dropped it: nothing to set, nothing to end
+        ended: dict[str, Any] = {"taskharbor.job.outcome": event.kind}
         if event.worker is not None:
-            span.set_attribute("messaging.client.id", event.worker.worker_id)
+            ended["messaging.client.id"] = event.worker.worker_id
+        span.set_attributes(ended)
         if event.kind in FAILED:
             error = event.error
             span.set_status(
@@ -185,9 +202,9 @@ class Tracing(Middleware):
         self._unsubscribe()
 
 
-class _Attempt:
-    """The attempt's span made current around the handler, the handler's exception recorded
-    on it (a class, not a generator: it runs per attempt)."""
+class _Current:
+    """A span made current around the handler (a class, not a generator: it runs per
+    attempt)."""
 
     __slots__ = ("span", "token")
 
@@ -201,24 +218,61 @@ class _Attempt:
         self, kind: type[BaseException] | None, error: BaseException | None, _: object
     ) -> None:
         otel_context.detach(self.token)
+
+
+class _Attempt(_Current):
+    """The attempt's span made current around the handler, the handler's exception
+    recorded on it."""
+
+    __slots__ = ()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        otel_context.detach(self.token)
         if error is not None and not isinstance(error, NOT_ERRORS):
             self.span.record_exception(error)
 
 
-def instrument(app: App, *, tracer_provider: TracerProvider | None = None) -> Tracing:
+def instrument(
+    app: App,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    follow_producer_sampling: bool = True,
+) -> Tracing:
     """Trace ``app``'s enqueues and the attempts its workers in this process run; spans go
-    to ``tracer_provider`` (default: the global one the application's SDK set up)."""
-    tracing = Tracing(app, tracer_provider)
+    to ``tracer_provider`` (default: the global one the application's SDK set up).
+
+    With ``follow_producer_sampling`` (the default) an attempt whose stored trace context
+    is not sampled makes no span and costs the SDK nothing, as the SDK's parent-based
+    samplers (its default) would decide; ``False`` asks the provider's sampler for every
+    attempt (a sampler that keeps attempts whose producer was not sampled)."""
+    tracing = Tracing(app, tracer_provider, follow_producer_sampling)
     app.use(tracing)
     return tracing
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Parent:
+    """The trace context stored in a job's headers, as an attempt uses it."""
+
+    context: otel_context.Context
+    span: Span
+    """The producer's span (a remote, non-recording one; invalid when none was stored)."""
+    span_context: SpanContext
+    unsampled: bool
+    """A valid context whose producer did not sample the trace."""
+
+
 @functools.lru_cache(maxsize=256)
-def _extract(headers: tuple[tuple[str, str], ...]) -> otel_context.Context:
+def _parent(headers: tuple[tuple[str, str], ...]) -> _Parent:
     """The trace context stored in a job's headers.  Jobs enqueued together (a batch, a
     workflow's steps) carry the same headers, and parsing them is most of what tracing an
-    attempt costs TaskHarbor: the answer (an immutable context) is kept for the next one."""
-    return propagate.extract(dict(headers))
+    attempt costs TaskHarbor: the answer (immutable) is kept for the next one."""
+    context = propagate.extract(dict(headers))
+    span = trace.get_current_span(context)
+    producer = span.get_span_context()
+    return _Parent(context, span, producer, producer.is_valid and not producer.trace_flags.sampled)
 
 
 def _carrier() -> dict[str, str]:

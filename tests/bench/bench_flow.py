@@ -121,6 +121,23 @@ def redis_store(url: str) -> Iterator[Factory]:
     yield lambda: RedisDriver(url, prefix=prefix, poll_interval=0.05)
 
 
+def every_store(
+    folder: Path, url: str, servers: ExitStack
+) -> dict[str, Callable[[], AbstractContextManager[Factory]]]:
+    """Each store by name, as a context giving a driver factory on a fresh store of its
+    kind; Redis on a redis-server of the script's own (``servers`` stops it), when the
+    machine has ``redis-server``."""
+    stores: dict[str, Callable[[], AbstractContextManager[Factory]]] = {
+        "memory": lambda: memory(),
+        "sqlite": lambda: sqlite(folder),
+        "postgres": lambda: postgres(url),
+    }
+    if shutil.which("redis-server") is not None:
+        redis_url = servers.enter_context(private_server())
+        stores["redis"] = lambda: redis_store(redis_url)
+    return stores
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--url", default=POSTGRES_URL, help="PostgreSQL URL (a scratch server)")
@@ -132,15 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     for column in ("store", "jobs", "per-key limit jobs/s", "no limits jobs/s", "ratio", "≥ 0.5"):
         table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory() as folder, ExitStack() as servers:
-        stores: dict[str, Callable[[], AbstractContextManager[Factory]]] = {
-            "memory": lambda: memory(),
-            "sqlite": lambda: sqlite(Path(folder)),
-            "postgres": lambda: postgres(args.url),
-        }
-        if shutil.which("redis-server") is not None:
-            redis_url = servers.enter_context(private_server())
-            stores["redis"] = lambda: redis_store(redis_url)
-        for name, store in stores.items():
+        for name, store in every_store(Path(folder), args.url, servers).items():
             if name not in args.stores.split(","):
                 continue
             count = max(KEYS, int(JOBS[name] * args.scale))

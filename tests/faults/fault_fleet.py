@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -178,6 +179,25 @@ class Fleet:
             code = process.wait(timeout=60)
             assert code == 0, f"worker {process.pid} exited with {code}; see {self.logs()}"
         self.working.clear()
+
+    def kill_at_random(self, rng: random.Random, kills: int, every: tuple[float, float]) -> None:
+        """SIGKILL a started worker ``kills`` times, ``every`` seconds apart (uniform; the
+        moment in the worker's loop is not aimed), starting a replacement after each."""
+        for _ in range(kills):
+            time.sleep(rng.uniform(*every))
+            self.check_alive()
+            self.kill(rng.choice(self.wait_for_started()))
+            self.start()
+
+    def wait_until(
+        self, condition: Callable[[], bool], what: str, *, deadline: float, poll: float = 0.05
+    ) -> None:
+        """Poll ``condition`` until it holds; fail, saying ``what`` did not happen, when a
+        worker exits by itself or at ``deadline`` (on the monotonic clock)."""
+        while not condition():
+            assert time.monotonic() < deadline, f"{what} did not happen; see {self.logs()}"
+            self.check_alive()
+            time.sleep(poll)
 
     def check_alive(self) -> None:
         for process in self.working:

@@ -42,11 +42,7 @@ TIMEOUT = 60.0
 
 
 def eventually(condition: Callable[[], bool], what: str, fleet: Fleet) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen; see {fleet.logs()}"
-        fleet.check_alive()
-        time.sleep(0.05)
+    fleet.wait_until(condition, what, deadline=time.monotonic() + TIMEOUT)
 
 
 def all_succeeded(app: th.App, jobs: list[th.Job]) -> Callable[[], bool]:

@@ -112,15 +112,13 @@ def test_flow_limits_hold_through_random_kills(kind: str, seed: int, tmp_path: P
         with Fleet(store, ledger, options={**FAST_WORKER, "concurrency": 4}) as fleet:
             fleet.start(4)
             deadline = time.monotonic() + TIMEOUT
-            for _ in range(KILLS):
-                time.sleep(rng.uniform(*KILL_EVERY))
-                fleet.check_alive()
-                fleet.kill(rng.choice(fleet.wait_for_started()))
-                fleet.start()
-            while not all(app.get_job(job_id).finished for job_id in ids):
-                assert time.monotonic() < deadline, f"jobs left unfinished; see {fleet.logs()}"
-                fleet.check_alive()
-                time.sleep(0.2)
+            fleet.kill_at_random(rng, KILLS, KILL_EVERY)
+            fleet.wait_until(
+                lambda: all(app.get_job(job_id).finished for job_id in ids),
+                "every job finished",
+                deadline=deadline,
+                poll=0.2,
+            )
             fleet.stop()
             jobs = {job_id: app.get_job(job_id) for job_id in ids}
             entries = [e for e in read_ledger(ledger) if "key" in e]

@@ -50,15 +50,13 @@ def test_random_kills_lose_nothing(kind: str, seed: int, tmp_path: Path) -> None
         with Fleet(store, ledger) as fleet:
             fleet.start(3)
             deadline = time.monotonic() + TIMEOUT
-            for _ in range(KILLS):
-                time.sleep(rng.uniform(*KILL_EVERY))
-                fleet.check_alive()
-                fleet.kill(rng.choice(fleet.wait_for_started()))
-                fleet.start()
-            while not all(app.get_job(job).finished for job in jobs):
-                assert time.monotonic() < deadline, f"jobs left unfinished; see {fleet.logs()}"
-                fleet.check_alive()
-                time.sleep(0.1)
+            fleet.kill_at_random(rng, KILLS, KILL_EVERY)
+            fleet.wait_until(
+                lambda: all(app.get_job(job).finished for job in jobs),
+                "every job finished",
+                deadline=deadline,
+                poll=0.1,
+            )
             oversubscribed.append(oversubscription())
             fleet.stop()
             finished = [app.get_job(job) for job in jobs]

@@ -46,18 +46,22 @@ def test_a_late_completion_is_refused_and_the_rerun_wins(
         with Fleet(store, ledger) as fleet:
             fleet.start(JOBS, **BLOCKED)
             deadline = time.monotonic() + TIMEOUT
-            while not started(ledger, JOBS):  # each blocked worker holds one slow attempt
-                assert time.monotonic() < deadline, f"see {fleet.logs()}"
-                fleet.check_alive()
-                time.sleep(0.05)
+            fleet.wait_until(
+                lambda: started(ledger, JOBS),
+                "each blocked worker holding one slow attempt",
+                deadline=deadline,
+            )
             fleet.start()  # the normal worker that rescues and re-runs them
-            while not all(
-                sum(e["event"] == "end" and e["job"] == job.id for e in read_ledger(ledger)) == 2
-                for job in jobs
-            ):
-                assert time.monotonic() < deadline, f"see {fleet.logs()}"
-                fleet.check_alive()
-                time.sleep(0.1)
+            fleet.wait_until(
+                lambda: all(
+                    sum(e["event"] == "end" and e["job"] == job.id for e in read_ledger(ledger))
+                    == 2
+                    for job in jobs
+                ),
+                "two ended attempts of every job",
+                deadline=deadline,
+                poll=0.1,
+            )
             fleet.stop()
             finished = [app.get_job(job) for job in jobs]
             figures = check_ledger(finished, read_ledger(ledger), {}, overlap_allowed=True)

@@ -61,10 +61,12 @@ def test_many_jobs_through_four_workers_are_all_accounted_for(tmp_path: Path) ->
         with Fleet(store, ledger) as fleet:
             fleet.start(WORKERS, **WORKER)
             deadline = time.monotonic() + TIMEOUT
-            while app.stats().get("default", {}).get(JobState.SUCCEEDED, 0) < JOBS:
-                assert time.monotonic() < deadline, f"jobs left unfinished; see {fleet.logs()}"
-                fleet.check_alive()
-                time.sleep(0.5)
+            fleet.wait_until(
+                lambda: app.stats().get("default", {}).get(JobState.SUCCEEDED, 0) >= JOBS,
+                "every job succeeded",
+                deadline=deadline,
+                poll=0.5,
+            )
             fleet.stop()
         jobs: list[th.Job] = []
         while len(jobs) < JOBS:

@@ -73,10 +73,7 @@ def test_every_tick_runs_as_exactly_one_job_while_workers_are_killed(
                 ticks = tick_jobs(jobs)
                 return last in ticks and all(job.finished_at for job in jobs if job.run_at <= last)
 
-            while not window_done():
-                assert time.monotonic() < deadline, f"ticks left unfinished; see {fleet.logs()}"
-                fleet.check_alive()
-                time.sleep(0.1)
+            fleet.wait_until(window_done, "every tick finished", deadline=deadline, poll=0.1)
             fleet.stop()
         jobs = app.driver.list_jobs(JobFilter(task=TICK_TASK, limit=100_000))
         app.close()
