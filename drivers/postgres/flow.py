@@ -240,7 +240,7 @@ _CACHED_GUARDS = (
                 END IF;"""
     + _RATE
 )
-"""The guards of migration 15: each lookup runs only for a limit the candidate carries,
+"""The guards of migration 16: each lookup runs only for a limit the candidate carries,
 a lock already held is not tried again, and a key's sequence head is read once a call."""
 
 _CACHED_FUNCTION = (
@@ -269,7 +269,7 @@ _CACHED_FUNCTION = (
     END LOOP;"""
     + _LEASE_CHOSEN
 )
-"""``lease_limited`` since migration 15: :data:`_BATCHED_FUNCTION` with
+"""``lease_limited`` since migration 16: :data:`_BATCHED_FUNCTION` with
 :data:`_CACHED_GUARDS`, and a lease from one queue reads its candidates in one pass
 of the lease index, however many it passes over (no rounds re-reading the ones seen)."""
 
@@ -334,7 +334,7 @@ def lease_limited_function(
 ) -> sql.Composed:
     """The ``lease_limited`` function: as migration 9 created it, as the job metadata
     migration replaced it (a lease clears the job's progress), ``batched`` as migration
-    14 replaced it (:data:`_BATCHED_FUNCTION`), or ``cached`` as migration 15 did
+    14 replaced it (:data:`_BATCHED_FUNCTION`), or ``cached`` as migration 16 did
     (:data:`_CACHED_FUNCTION`)."""
     names = {**_tables(schema), **lookups(schema, _CANDIDATE)}
     if batched or cached:
