@@ -5,7 +5,8 @@ is checked by one test (some parametrised over the states or operations the
 rule covers), grouped by area: enqueueing, job metadata (headers, tags, meta,
 progress), leasing, fencing,
 rule covers), grouped by area: enqueueing, key scopes, job metadata, leasing, fencing,
-completing, failing, snoozing, maintenance, operators, reading, bad input,
+completing, failing, snoozing, maintenance, operators, reading, finished counts,
+bad input,
 workflows, waiting, own clock, schedules, workers registry, flow control,
 paused queues, field effects, corrupt data, transient failures, transactional
 enqueue, processes.  Time is a :class:`~taskharbor.spec.FakeClock` made by each
@@ -67,6 +68,7 @@ from .failure_callbacks import WorkflowFailureCallbackRules
 from .fencing import FencingRules
 from .flow import FlowControlRules
 from .harness import CallerTransaction, DriverHooks, FailNextCall, Harbor, PlantCorruptJob, requires
+from .history import FinishedCountRules
 from .key_scopes import KeyScopeRules
 from .leasing import LeasingRules
 from .maintenance import PromotingRules, PruningRules, RescuingRules
@@ -110,6 +112,7 @@ class ConformanceSuite(
     CancellingRules,
     RequeueingRules,
     ReadingRules,
+    FinishedCountRules,
     WorkflowListingRules,
     BadInputRules,
     WorkflowShapeRules,

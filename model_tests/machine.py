@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from taskharbor.spec import (
     FINISHED_JOB_STATES,
+    MAX_HISTORY,
     UNTIL_PRUNED,
     Clock,
     Completion,
@@ -38,6 +39,7 @@ from taskharbor.spec import (
     WorkflowFilter,
     WorkflowId,
     WorkflowState,
+    minute_of,
     tolerated_steps,
 )
 from taskharbor.spec.model import ReferenceModel
@@ -624,6 +626,27 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
     def advance_clock(self, seconds: float) -> None:
         """Let time pass (only while some job waits for it: a run_at or a lease expiry)."""
         self.clock.advance(seconds)
+        self._compare_finished_counts()
+
+    def _compare_finished_counts(self) -> None:
+        """``finished_per_minute`` over the longest window the contract allows, on both
+        stores (capability ``finished_counts``); no draw, so the sequences stay as
+        they were.  Called where counts most often go wrong: after prune, and when
+        time has passed since the last finishing calls."""
+        if not self.driver.capabilities.finished_counts:
+            return
+        now = self.clock.now()
+        since = minute_of(now - MAX_HISTORY)
+        if since < now - MAX_HISTORY:
+            since += timedelta(minutes=1)
+        outcome = self._both(
+            "finished_per_minute",
+            lambda: self.model.finished_per_minute(since),
+            lambda: self.driver.finished_per_minute(since),
+        )
+        if outcome is not None:
+            what = f"finished_per_minute({since.isoformat()})"
+            _expect(what, sequence_differences("bucket", *outcome))
 
     @precondition(lambda self: self._any(*WAITING_FOR_TIME))
     @rule()
@@ -685,6 +708,7 @@ class DriverVsModel(ScheduleSteps, QueueSteps, RuleBasedStateMachine):
             expected, got = outcome
             _expect("prune", [] if expected == got else [f"model deleted {expected}, driver {got}"])
             self.pruned = 0 if dry_run else expected
+            self._compare_finished_counts()
 
     # -- reading ----------------------------------------------------------------
 

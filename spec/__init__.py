@@ -23,6 +23,14 @@ from .errors import (
     is_refusal,
 )
 from .flow import FLOW_GUARDS, MAX_RATE_WINDOW_SECONDS, FlowLimits, OnDead, RateLimit, rate_bucket
+from .history import (
+    FINISHED_OUTCOMES,
+    MAX_HISTORY,
+    FinishedCount,
+    check_history_queue,
+    check_history_since,
+    minute_of,
+)
 from .keys import (
     MAX_KEY_WINDOW_SECONDS,
     UNTIL_FINISHED,
@@ -117,6 +125,7 @@ __all__ = [
     "EARLIEST_INSTANT",
     "EVENT_EFFECTS",
     "FINISHED_JOB_STATES",
+    "FINISHED_OUTCOMES",
     "FLOW_GUARDS",
     "HEADERS_MAX_ITEMS",
     "HEADER_VALUE_MAX_LENGTH",
@@ -127,6 +136,7 @@ __all__ = [
     "LEASE_EXPIRED_MESSAGE",
     "LEASE_EXPIRED_TYPE",
     "MAX_DURATION_SECONDS",
+    "MAX_HISTORY",
     "MAX_KEY_WINDOW_SECONDS",
     "MAX_RATE_WINDOW_SECONDS",
     "META_MAX_BYTES",
@@ -155,6 +165,7 @@ __all__ = [
     "Failure",
     "FakeClock",
     "FieldEffect",
+    "FinishedCount",
     "FlowLimits",
     "HeartbeatResult",
     "InvalidRequest",
@@ -196,6 +207,8 @@ __all__ = [
     "check_aware",
     "check_batch",
     "check_headers",
+    "check_history_queue",
+    "check_history_since",
     "check_json",
     "check_lease_args",
     "check_lease_seconds",
@@ -214,6 +227,7 @@ __all__ = [
     "job_ids",
     "map_ref",
     "member_failure",
+    "minute_of",
     "partial_input",
     "rate_bucket",
     "ref_indexes",

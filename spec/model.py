@@ -22,6 +22,13 @@ from typing import Any
 from .clock import Clock, SystemClock
 from .errors import InvalidRequest, InvalidTransition, JobNotFound, LeaseLost, WorkflowNotFound
 from .flow import OnDead, rate_bucket
+from .history import (
+    FINISHED_OUTCOMES,
+    FinishedCount,
+    check_history_queue,
+    check_history_since,
+    counts_by_minute,
+)
 from .keys import holds_key
 from .queues import QueueRecord, check_paused, paused_record, queue_names
 from .records import (
@@ -180,6 +187,7 @@ class ReferenceModel(Driver):
         workers=True,
         job_metadata=True,
         key_scopes=True,
+        finished_counts=True,
     )
 
     def __init__(
@@ -709,6 +717,27 @@ class ReferenceModel(Driver):
             return dict(Counter((j.queue, j.state) for j in s.jobs.values()))
 
         result: dict[tuple[str, JobState], int] = self._call(body)
+        return result
+
+    def finished_per_minute(
+        self, since: datetime, *, queue: str | None = None
+    ) -> list[FinishedCount]:
+        check_history_queue(queue)
+
+        def body(s: _Store) -> list[FinishedCount]:
+            start = check_history_since(since, self._now)
+            return counts_by_minute(
+                [
+                    (j.finished_at, j.queue, j.state)
+                    for j in s.jobs.values()
+                    if j.state in FINISHED_OUTCOMES
+                    and j.finished_at is not None
+                    and j.finished_at >= start
+                    and queue in (None, j.queue)
+                ]
+            )
+
+        result: list[FinishedCount] = self._call(body)
         return result
 
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:

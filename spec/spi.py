@@ -286,6 +286,7 @@ from typing import Any
 
 from .clock import Clock
 from .errors import InvalidRequest, LeaseLost
+from .history import FinishedCount
 from .queues import QueueRecord
 from .records import (
     PRUNED_BY_DEFAULT,
@@ -357,6 +358,10 @@ class Capabilities:
     (:mod:`taskharbor.spec.keys`) and returns each job's scope; a store without
     it is only given the default scope (until pruned): the engine refuses any
     other first (``InvalidRequest`` naming the store).
+    ``finished_counts``: :meth:`Driver.finished_per_minute` answers how many jobs
+    finished per minute, queue and outcome (:mod:`taskharbor.spec.history`) from
+    an index or counters it keeps, never by reading every job; without it the
+    call raises ``NotImplementedError`` (a dashboard then samples ``count()``).
     """
 
     persistent: bool = False
@@ -372,6 +377,7 @@ class Capabilities:
     partial_chords: bool = False
     job_metadata: bool = False
     key_scopes: bool = False
+    finished_counts: bool = False
 
 
 class Driver(abc.ABC):
@@ -643,6 +649,25 @@ class Driver(abc.ABC):
         workflow's state is then derived as above.  A workflow already
         ``succeeded`` raises ``InvalidTransition``."""
 
+    def finished_per_minute(
+        self, since: datetime, *, queue: str | None = None
+    ) -> list[FinishedCount]:
+        """How many jobs finished per UTC minute, queue and outcome, from ``since`` on
+        (capability ``finished_counts``; the rules are in :mod:`taskharbor.spec.history`).
+
+        Every stored job in a finished state (``FINISHED_OUTCOMES``) with
+        ``finished_at >= since``, grouped by the minute of its ``finished_at``, its
+        queue and its state as it is now; only ``queue``'s jobs when given.  By
+        minute, queue, then state (by name); no empty bucket.  Reads now once:
+        ``InvalidRequest`` (``check_history_since``) for a ``since`` that is not an
+        aware datetime, not the start of a UTC minute, later than now or more than
+        ``MAX_HISTORY`` before it, and for a ``queue`` that is not a queue name.
+        The store answers from an index over ``finished_at`` or counters it keeps
+        in step with every finishing call, requeue, cancel and prune: the cost
+        follows the finished jobs (or minutes) of the window, not the store's size.
+        """
+        raise NotImplementedError(_NO_FINISHED_COUNTS.format(type(self).__name__))
+
     # -- waiting --------------------------------------------------------------
 
     def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
@@ -798,3 +823,4 @@ _NOT_TRANSACTIONAL = (
 )
 _NO_QUEUE_PAUSE = "{} does not declare capability 'queue_pause'"
 _NO_WORKERS = "{} does not declare capability 'workers'"
+_NO_FINISHED_COUNTS = "{} does not declare capability 'finished_counts'"

@@ -235,10 +235,18 @@ def _check_enums() -> None:
 
 _check_enums()
 
+OPERATOR_EVENTS: frozenset[JobEvent] = frozenset({JobEvent.CANCEL, JobEvent.REQUEUE})
+"""The events only an operator causes (``cancel``, ``requeue``)."""
+
 FINISHED_JOB_STATES: frozenset[JobState] = frozenset(
-    {JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED}
+    JobState(state)
+    for state in JOB.states
+    if state != NEW
+    and all(event in OPERATOR_EVENTS for event in JOB.events if JOB.allows(event, state))
 )
-"""States in which a job waits for nothing: only an operator can move it on."""
+"""States in which a job waits for nothing: only an operator can move it on (derived
+from :class:`JobLifecycle`: the states every event out of which is an operator's;
+``succeeded``, ``dead`` and ``cancelled``)."""
 
 
 def derive_workflow_state(

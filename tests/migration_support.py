@@ -48,6 +48,10 @@ SQLITE_UNDO: dict[int, tuple[str, ...]] = {
         *(f"ALTER TABLE jobs DROP COLUMN {name}" for name in ("tags", "meta", "progress")),
     ),
     12: ("ALTER TABLE jobs DROP COLUMN key_scope", "ALTER TABLE jobs DROP COLUMN given_up_key"),
+    13: (
+        "CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL",
+        "DROP INDEX jobs_finished_counts",
+    ),
 }
 """SQLite schema version -> the statements that undo the migration reaching it.  A new
 migration adds its undo here (a test checks that every version has one)."""

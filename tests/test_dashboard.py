@@ -331,3 +331,86 @@ def test_a_store_without_a_workers_registry_says_so() -> None:
     with TestClient(create_app(Plain(), token=TOKEN)) as web:
         for path in ("/", "/workers"):
             assert "it keeps no registry of live workers" in web.get(path).text
+
+
+# -- the overview's chart: the last hour read from the store ----------------------------
+
+
+def chart_labels(page: str) -> set[str]:
+    """The chart's bar labels (each bar of a minute carries the minute's one label)."""
+    return set(re.findall(r"<title>(\d\d:\d\d UTC: [^<]*)</title>", page))
+
+
+def test_a_dashboard_opened_now_charts_the_past_hour_from_the_store() -> None:
+    """Jobs that ended 30 minutes before the dashboard started are on its chart; one that
+    ended 61 minutes before is not; the last minute counts what ended in it."""
+    from datetime import UTC, datetime
+
+    from taskharbor.drivers.memory import MemoryDriver
+    from taskharbor.spec import Completion, EnqueueRequest, ErrorReport, Failure, FakeClock
+
+    clock = FakeClock(datetime(2030, 1, 1, 10, 58, 30, tzinfo=UTC))
+    driver = MemoryDriver(clock=clock)
+
+    def finish(count: int, *, dead: bool = False) -> None:
+        driver.enqueue([EnqueueRequest("t") for _ in range(count)])
+        for job in driver.lease(["default"], count, 30.0, "w"):
+            token = str(job.lease_token)
+            if dead:
+                boom = ErrorReport("ValueError", "boom")
+                assert driver.fail([Failure(job.id, token, boom, permanent=True)]) == []
+            else:
+                assert driver.complete([Completion(job.id, token)]) == []
+
+    finish(4)  # 10:58, out of the last hour at 12:00
+    clock.set(datetime(2030, 1, 1, 11, 30, 5, tzinfo=UTC))
+    finish(3)
+    finish(2, dead=True)
+    clock.set(datetime(2030, 1, 1, 12, 0, 10, tzinfo=UTC))
+    finish(1)
+    with TestClient(create_app(driver, token=TOKEN)) as web:
+        page = web.get("/").text
+    assert chart_labels(page) == {
+        "11:30 UTC: 3 succeeded, 2 dead",
+        "12:00 UTC: 1 succeeded, 0 dead",
+    }
+    assert "Read from the store" in page
+    assert "sampled from its totals" not in page
+
+
+class _CountsReads(SQLiteDriver):
+    reads = 0
+
+    def finished_per_minute(self, since, *, queue=None):  # type: ignore[no-untyped-def]
+        type(self).reads += 1
+        return super().finished_per_minute(since, queue=queue)
+
+
+def test_the_chart_reads_the_store_at_most_once_per_sample_interval(
+    app: th.App, tmp_path: Path
+) -> None:
+    """The fixture's worker finished its jobs moments ago: they are on the chart of a
+    dashboard opened now; pages within ``sample_seconds`` share one read."""
+    driver = _CountsReads(app.driver.path)  # type: ignore[attr-defined]
+    web = TestClient(create_app(driver, token=TOKEN, sample_seconds=3600))
+    first = web.get("/").text
+    assert web.get("/").text.count("<rect") == first.count("<rect")
+    assert _CountsReads.reads == 1
+    succeeded = sum(int(label.split(": ")[1].split()[0]) for label in chart_labels(first))
+    assert succeeded == len(app.list_jobs(state="succeeded"))
+    assert any(" 1 dead" in label for label in chart_labels(first)), chart_labels(first)
+    driver.close()
+
+
+def test_a_store_without_finished_counts_samples_and_says_so() -> None:
+    from taskharbor.drivers.memory import MemoryDriver
+    from taskharbor.spec import Capabilities
+
+    class Plain(MemoryDriver):
+        capabilities = Capabilities()
+
+    with TestClient(create_app(Plain(), token=TOKEN)) as web:
+        page = web.get("/").text
+    assert "keeps no count of finished jobs per minute" in page
+    assert "(when this dashboard started)" in page
+    assert "Read from the store" not in page

@@ -30,6 +30,7 @@ from taskharbor.spec import (
     ErrorReport,
     Failure,
     FakeClock,
+    FinishedCount,
     InvalidRequest,
     InvalidTransition,
     JobFilter,
@@ -43,6 +44,7 @@ from taskharbor.spec import (
     StepSpec,
     WorkflowGraph,
     WorkflowState,
+    minute_of,
 )
 
 BOOM = ErrorReport("RuntimeError", "boom")
@@ -449,6 +451,7 @@ def test_every_spi_method_in_one_pass(driver: MemoryDriver, clock: FakeClock) ->
         partial_chords=True,
         job_metadata=True,
         key_scopes=True,
+        finished_counts=True,
     )
     driver.migrate()
     keyed = EnqueueRequest("task", idempotency_key="k")
@@ -493,8 +496,14 @@ def test_every_spi_method_in_one_pass(driver: MemoryDriver, clock: FakeClock) ->
     }
     listed = driver.list_jobs(JobFilter(states=frozenset({JobState.CANCELLED})))
     assert [job.workflow_id for job in listed] == [record.id, record.id]
+    minute = minute_of(clock.now())
+    assert driver.finished_per_minute(minute) == [
+        FinishedCount(minute, "callbacks", JobState.CANCELLED, 1),
+        FinishedCount(minute, "default", JobState.CANCELLED, 1),
+    ]
     clock.advance(1)
     assert driver.prune(clock.now()) == 2
+    assert driver.finished_per_minute(minute) == []
     with pytest.raises(JobNotFound):
         driver.get([listed[0].id])
     driver.close()

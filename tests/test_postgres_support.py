@@ -54,3 +54,31 @@ def make_driver() -> Iterator[MakeDriver]:
             driver.close()
         for name in schemas:
             drop_schema(name)
+
+
+def copy_job(schema: str, job_id: int, copies: int, **expressions: str) -> None:
+    """Store ``copies`` copies of job ``job_id`` of ``schema`` (every column as the driver
+    wrote it but the id, and the columns named in ``expressions``: SQL over the copy's
+    number ``n``, from 1), then ``VACUUM ANALYZE`` the table, as a plan test needs."""
+    jobs = sql.Identifier(schema, "jobs")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        columns = [
+            row[0]
+            for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                "AND table_name = 'jobs' AND column_name <> 'id'",
+                (schema,),
+            )
+        ]
+        values = sql.SQL(", ").join(
+            sql.SQL(expressions[c]) if c in expressions else sql.Identifier(c) for c in columns
+        )
+        names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {jobs} ({names}) SELECT {values} FROM {jobs}, "
+                "generate_series(1, %s) n WHERE id = %s"
+            ).format(jobs=jobs, names=names, values=values),
+            (copies, job_id),
+        )
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(jobs))

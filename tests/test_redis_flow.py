@@ -20,6 +20,7 @@ def make(tmp_path: Path) -> Iterator[DriverFactory]:
 
 def test_a_store_from_before_flow_control_counts_its_running_jobs(make: DriverFactory) -> None:
     from taskharbor.drivers.redis import RedisDriver
+    from taskharbor.drivers.redis.driver import SCHEMA_VERSION
 
     driver = make(FakeClock())
     assert isinstance(driver, RedisDriver)
@@ -30,7 +31,7 @@ def test_a_store_from_before_flow_control_counts_its_running_jobs(make: DriverFa
     client.delete(driver.prefix + "run:task")
     driver.migrate()
     driver.migrate()  # a second worker starting: counted once
-    assert client.hget(driver.prefix + "meta", "version") == "2"
+    assert client.hget(driver.prefix + "meta", "version") == SCHEMA_VERSION
     held = driver.enqueue([EnqueueRequest("t", flow=FlowLimits(concurrency=1))])[0].job
     assert driver.lease(["default"], 10, 30, "w") == []
     assert not driver.complete([Completion(running.id, str(running.lease_token))])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from test_postgres_support import copy_job
 
 from driver_registry import POSTGRES_URL, skip_without_postgres
 from taskharbor.drivers.sqlite import SQLiteDriver
@@ -62,26 +63,8 @@ def test_postgres_reads_a_tag_through_its_gin_index() -> None:
         driver.migrate()
         driver.enqueue([EnqueueRequest("t", tags=("nightly",)) for _ in range(5)])
         (template,) = driver.enqueue([EnqueueRequest("t")])
-        jobs = sql.Identifier(schema, "jobs")
+        copy_job(schema, template.job.id, 20_000)  # untagged copies of one stored job
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            # 20,000 untagged copies of one stored job (every column as the driver writes it).
-            columns = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
-                    "AND table_name = 'jobs' AND column_name <> 'id'",
-                    (schema,),
-                )
-            ]
-            names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {jobs} ({names}) SELECT {names} FROM {jobs}, "
-                    "generate_series(1, 20000) WHERE id = %s"
-                ).format(jobs=jobs, names=names),
-                (template.job.id,),
-            )
-            conn.execute(sql.SQL("VACUUM ANALYZE {}").format(jobs))
             for where in FILTERS:
                 asked = {"tag": where.tag}
                 if where.states is not None:

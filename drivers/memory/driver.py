@@ -30,6 +30,7 @@ from taskharbor.spec.errors import (
     LeaseLost,
     WorkflowNotFound,
 )
+from taskharbor.spec.history import FinishedCount, check_history_queue, check_history_since
 from taskharbor.spec.keys import holds_key
 from taskharbor.spec.records import (
     CALLBACK_CANCELS,
@@ -116,6 +117,7 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
         workers=True,
         job_metadata=True,
         key_scopes=True,
+        finished_counts=True,
     )
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -557,6 +559,16 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
     def count(self) -> Mapping[tuple[str, JobState], int]:
         with self._lock:
             return self._index.counts()
+
+    def finished_per_minute(
+        self, since: datetime, *, queue: str | None = None
+    ) -> list[FinishedCount]:
+        """From the index's per-minute counts: one look-up per minute of the window."""
+        check_history_queue(queue)
+        with self._lock:
+            now = self.clock.now()
+            start = check_history_since(since, now)
+            return self._index.finished_per_minute(start, now, queue)
 
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         with self._lock:

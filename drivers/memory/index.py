@@ -10,6 +10,11 @@ heap, chosen by its state:
 * ``succeeded`` / ``dead`` / ``cancelled``: the *finished* heap, ordered by
   ``finished_at`` (prune).
 
+Beside them, the count of finished jobs per ``(minute of finished_at, queue,
+state)`` that ``finished_per_minute`` reads, kept in step by the same two
+calls (:meth:`JobIndex.place`, :meth:`JobIndex.remove`): one entry per
+minute that holds a stored finished job, gone with its last job.
+
 Beside the heaps, :class:`~taskharbor.drivers.memory.flow.FlowIndex` keeps the
 counts that the flow-control guards of ``lease`` read.
 
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from taskharbor.spec.history import MINUTE, FinishedCount, minute_of
 from taskharbor.spec.records import JobId
 from taskharbor.spec.table import FINISHED_JOB_STATES, JobState
 
@@ -87,6 +93,8 @@ class _Placement:
     seq: int
     state: JobState
     heap: LazyHeap[Any] | None
+    minute: datetime | None = None
+    """The minute of ``finished_at`` the job is counted in (finished jobs only)."""
 
 
 class JobIndex:
@@ -100,6 +108,7 @@ class JobIndex:
         self._leases: LazyHeap[datetime] = LazyHeap(self._is_current)
         self._finished: LazyHeap[datetime] = LazyHeap(self._is_current)
         self._counts: Counter[tuple[str, JobState]] = Counter()
+        self._finished_per_minute: dict[datetime, Counter[tuple[str, JobState]]] = {}
         self.flow = FlowIndex()
 
     def _is_current(self, job_id: JobId, seq: int) -> bool:
@@ -114,6 +123,7 @@ class JobIndex:
         seq = next(self._seq)
         heap: LazyHeap[Any] | None
         state = row.state
+        minute = None
         if state is JobState.AVAILABLE:
             heap = self._ready_heap(row.queue)
             heap.push((-row.priority, row.run_at), row.id, seq)
@@ -130,9 +140,11 @@ class JobIndex:
                 raise RuntimeError(f"job {row.id} is {state} without finished_at")
             heap = self._finished
             heap.push(row.finished_at, row.id, seq)
+            minute = minute_of(row.finished_at)
+            self._finished_per_minute.setdefault(minute, Counter())[row.queue, state] += 1
         else:
             heap = None
-        self._placements[row.id] = _Placement(seq, state, heap)
+        self._placements[row.id] = _Placement(seq, state, heap, minute)
         self._counts[row.queue, state] += 1
         self.flow.enter(row, state)
 
@@ -143,6 +155,13 @@ class JobIndex:
             return
         if placement.heap is not None:
             placement.heap.forget()
+        if placement.minute is not None:
+            counts = self._finished_per_minute[placement.minute]
+            counts[row.queue, placement.state] -= 1
+            if not counts[row.queue, placement.state]:
+                del counts[row.queue, placement.state]
+                if not counts:
+                    del self._finished_per_minute[placement.minute]
         self.flow.leave(row, placement.state)
         self._counts[row.queue, placement.state] -= 1
         if not self._counts[row.queue, placement.state]:
@@ -202,6 +221,24 @@ class JobIndex:
     def has_ready(self, queues: Iterable[str]) -> bool:
         """Whether any of ``queues`` holds an ``available`` job."""
         return any(self._counts[queue, JobState.AVAILABLE] for queue in queues)
+
+    def finished_per_minute(
+        self, since: datetime, until: datetime, queue: str | None
+    ) -> list[FinishedCount]:
+        """The finished jobs counted per minute from ``since`` (a minute's start) to the
+        minute of ``until``, by minute, queue, state: one look-up per minute."""
+        found: list[FinishedCount] = []
+        minute = since
+        while minute <= until:
+            counts = self._finished_per_minute.get(minute)
+            if counts:
+                found.extend(
+                    FinishedCount(minute, q, state, n)
+                    for (q, state), n in sorted(counts.items())
+                    if queue in (None, q)
+                )
+            minute += MINUTE
+        return found
 
     def counts(self) -> Mapping[tuple[str, JobState], int]:
         """How many jobs per ``(queue, state)``; pairs with none are absent."""

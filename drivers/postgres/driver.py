@@ -85,6 +85,7 @@ from taskharbor.spec import (
     WorkflowRecord,
     dependency_reason,
 )
+from taskharbor.spec.history import FinishedCount, check_history_queue, check_history_since
 from taskharbor.spec.records import (
     LEASE_EXPIRED_MESSAGE,
     LEASE_EXPIRED_TYPE,
@@ -225,6 +226,7 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
             workers=True,
             job_metadata=True,
             key_scopes=True,
+            finished_counts=True,
         )
         self._listener = (
             Listener(conninfo, self._tables.channel, self._tables.finished_channel)
@@ -895,6 +897,25 @@ class PostgresDriver(PostgresSchedules, PostgresQueues, PostgresWorkers, Driver)
         query = statements.count_jobs(self._tables)
         rows = self._run(lambda cur, params: cur.execute(query).fetchall(), transaction=False)
         return {(row["queue"], JobState(row["state"])): row["n"] for row in rows}
+
+    def finished_per_minute(
+        self, since: datetime, *, queue: str | None = None
+    ) -> list[FinishedCount]:
+        """One index-only range of ``jobs_finished_counts``, grouped by the server.
+
+        Now is read first (the database clock's, unless one was given), to check
+        ``since`` before the query runs."""
+        check_history_queue(queue)
+        start = check_history_since(since, self.clock.now())
+        query = statements.finished_per_minute(self._tables)
+        values = {"since": start, "queue": queue}
+        rows = self._run(
+            lambda cur, params: cur.execute(query, values).fetchall(), transaction=False
+        )
+        return [
+            FinishedCount(_utc(row["minute"]), row["queue"], JobState(row["state"]), row["n"])
+            for row in rows
+        ]
 
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         return self._run(

@@ -33,7 +33,7 @@ from psycopg import sql
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, SchemaError, WorkflowState
 from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
-from .flow import batched_lease, flow_control, lease_limited_function
+from .flow import batched_lease, cached_guards, flow_control, lease_limited_function
 from .queues import paused_queues_table
 from .schedules import schedules_table
 from .transitions import event_sources, state_literals
@@ -226,6 +226,19 @@ def _key_scopes(schema: str) -> list[sql.Composed]:
     ]
 
 
+def _finished_counts(schema: str) -> list[sql.Composed]:
+    """``finished_per_minute`` reads the finished jobs of a window, workflow steps too,
+    from this index alone (an index-only scan of one range: queue and state are in it);
+    the older index on ``finished_at`` holds only jobs outside workflows, for prune."""
+    return [
+        sql.SQL("CREATE INDEX {} ON {} (finished_at, queue, state) WHERE state IN {}").format(
+            sql.Identifier("jobs_finished_counts"),
+            sql.Identifier(schema, "jobs"),
+            state_literals(FINISHED_JOB_STATES),
+        )
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and workflows", _initial_tables),
     Migration(2, "periodic schedules", schedules_table),
@@ -241,6 +254,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(12, "tags, meta and progress of each job", _job_metadata),
     Migration(13, "scopes of idempotency keys", _key_scopes),
     Migration(14, "limited leases in one update, one queue in index order", batched_lease),
+    Migration(15, "finished jobs per minute", _finished_counts),
+    Migration(16, "limited leases: lookups only for the limits carried, one pass", cached_guards),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

@@ -29,6 +29,7 @@ from .transitions import (
     event_sources,
     job_state,
     job_states,
+    state_literals,
     target_case,
     workflow_state,
 )
@@ -564,6 +565,22 @@ def count_jobs(tables: Tables) -> sql.Composed:
     """How many jobs per queue and state."""
     return tables.sql(
         "SELECT j.queue, j.state, count(*) AS n FROM {jobs} j GROUP BY j.queue, j.state"
+    )
+
+
+@statement
+def finished_per_minute(tables: Tables) -> sql.Composed:
+    """The finished jobs with ``finished_at >= %(since)s`` (of queue ``%(queue)s`` unless
+    it is null), counted per minute (``%(since)s`` is a minute's start), queue and
+    state: one range of the index ``jobs_finished_counts``, whose predicate the state
+    literals repeat so that the planner can use it."""
+    return tables.sql(
+        "SELECT date_bin('1 minute', j.finished_at, %(since)s) AS minute, j.queue, j.state,"
+        " count(*) AS n FROM {jobs} j"
+        " WHERE j.state IN {finished} AND j.finished_at >= %(since)s"
+        " AND (%(queue)s::text IS NULL OR j.queue = %(queue)s)"
+        " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        finished=state_literals(FINISHED_JOB_STATES),
     )
 
 

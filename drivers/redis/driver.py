@@ -34,6 +34,12 @@ from taskharbor.spec.errors import (
     LeaseLost,
     WorkflowNotFound,
 )
+from taskharbor.spec.history import (
+    FinishedCount,
+    check_history_queue,
+    check_history_since,
+    ordered_counts,
+)
 from taskharbor.spec.records import (
     PRUNED_BY_DEFAULT,
     Completion,
@@ -92,9 +98,10 @@ BATCH = 500
 """Jobs per script run of promote, rescue and prune: a large backlog never blocks the
 server for long (each run is atomic; the call loops until the work is done)."""
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 """1: the first store; 2: flow control (the running counts its guards read, which a store
-of version 1 gets from its running jobs when it is migrated)."""
+of version 1 gets from its running jobs when it is migrated); 3: finished jobs counted per
+minute (``finished_per_minute``; an older store's are counted once when it is migrated)."""
 
 CAPABILITIES = Capabilities(
     multi_process=True,
@@ -108,6 +115,7 @@ CAPABILITIES = Capabilities(
     job_metadata=True,
     key_scopes=True,
     partial_chords=True,
+    finished_counts=True,
 )
 """What every Redis store declares; ``persistent`` depends on the server (:meth:`migrate`)."""
 
@@ -379,6 +387,25 @@ class RedisDriver(RedisSchedules, RedisQueues, RedisWorkers, Driver):
                 queue, state = key.rsplit("\x00", 1)
                 counts[(queue, JobState(state))] = int(value)
         return counts
+
+    def finished_per_minute(
+        self, since: datetime, *, queue: str | None = None
+    ) -> list[FinishedCount]:
+        """From the per-minute counts the library keeps (``P fin``): one hash per
+        minute of the window that holds finished jobs, never a job."""
+        check_history_queue(queue)
+        now = self.clock.now()
+        start = check_history_since(since, now)
+        flat = self._call(
+            "finished_per_minute", encode_time(start), queue or "", now=encode_time(now)
+        )
+        found = []
+        for index in range(0, len(flat), 3):
+            minute, field, count = flat[index : index + 3]
+            if int(count) > 0:
+                name, state = field.rsplit("\x00", 1)
+                found.append(FinishedCount(decode_time(minute), name, JobState(state), int(count)))
+        return ordered_counts(found)
 
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         check_workflow_id(workflow_id)

@@ -22,6 +22,11 @@ Cluster keeps the whole store in one slot):
 ``P st:<state>``    sorted set of job ids in a state (score: the id)
 ``P q:<queue>``     sorted set of a queue's job ids; ``P all``: every job id
 ``P counts``        hash: ``queue NUL state`` -> how many jobs
+``P fin:<minute>``  hash: ``queue NUL state`` -> how many stored finished jobs have a
+                    ``finished_at`` in that minute (``<minute>``: its start, as a time)
+``P fin``           sorted set of the minutes that have a ``P fin:<minute>``, scored by
+                    their start in seconds: one per minute holding a finished job, gone
+                    with its last (prune, requeue), so never more than the finished jobs
 ``P w:<id>``        hash: a workflow (state, steps, result, per-state step counts, the
                     failure callback's job id ``on_failure``, the idempotency key)
 ``P wfs``           sorted set of workflow ids; ``P wst:<state>`` per state
@@ -207,6 +212,21 @@ end
 -- dependent is partial or tolerated: spec.records.tolerated_steps).
 function H.is_step(j) return j.workflow_id ~= nil and j.callback == nil and j.tolerated == nil end
 
+-- Count the finished job ``j`` (in state ``s``) in the minute of its finished_at
+-- (``by`` = 1), or no longer (-1): ``P fin:<minute>`` and ``P fin`` (finished_per_minute).
+function H.count_finished(j, s, by)
+  local start = math.floor(tonumber(string.sub(j.finished_at, 1, 12)) / 60) * 60
+  local minute = string.format('%012d', start) .. '000000'
+  local key, field = P .. 'fin:' .. minute, j.queue .. '\0' .. s
+  local n = redis.call('HINCRBY', key, field, by)
+  if by > 0 then
+    if n == by then redis.call('ZADD', P .. 'fin', start, minute) end
+  elseif n <= 0 then
+    redis.call('HDEL', key, field)
+    if redis.call('EXISTS', key) == 0 then redis.call('ZREM', P .. 'fin', minute) end
+  end
+end
+
 function H.unindex(j)
   local s, id = j.state, j.id
   if s == S.available then
@@ -217,6 +237,7 @@ function H.unindex(j)
     redis.call('ZREM', P .. 'running', j.lease_expires_at .. ':' .. id)
   elseif FINISHED[s] then
     redis.call('ZREM', P .. 'finished', j.finished_at .. ':' .. id)
+    H.count_finished(j, s, -1)
   end
   redis.call('ZREM', P .. 'st:' .. s, id)
   F.leave(j, s)
@@ -235,6 +256,7 @@ function H.index(j)
     redis.call('ZADD', P .. 'running', j.lease_expires_at, j.lease_expires_at .. ':' .. id)
   elseif FINISHED[s] then
     redis.call('ZADD', P .. 'finished', j.finished_at, j.finished_at .. ':' .. id)
+    H.count_finished(j, s, 1)
     DONE[#DONE + 1] = id
   end
   redis.call('ZADD', P .. 'st:' .. s, id, id)
@@ -1047,6 +1069,8 @@ end
 
 -- Mark a new store with version ``a[1]``; bring an older one to it.  Version 1 kept
 -- no running counts: they are counted from its running jobs (none of which has a key).
+-- Versions 1 and 2 kept no finished counts per minute: they are counted, once, from
+-- the finished jobs.
 CMD.migrate = function(a)
   local version = redis.call('HGET', P .. 'meta', 'version')
   if version == '1' then
@@ -1055,8 +1079,35 @@ CMD.migrate = function(a)
       redis.call('HINCRBY', P .. 'run:task', redis.call('HGET', P .. 'j:' .. id, 'task'), 1)
     end
   end
-  if version == nil or version == '1' then redis.call('HSET', P .. 'meta', 'version', a[1]) end
+  if version == '1' or version == '2' then
+    for _, m in ipairs(redis.call('ZRANGE', P .. 'finished', 0, -1)) do
+      local f = redis.call('HMGET', P .. 'j:' .. string.sub(m, 20), 'state', 'queue')
+      if f[1] then H.count_finished({finished_at = m, queue = f[2]}, f[1], 1) end
+    end
+  end
+  if not version or tonumber(version) < tonumber(a[1]) then
+    redis.call('HSET', P .. 'meta', 'version', a[1])
+  end
   return redis.call('HGET', P .. 'meta', 'version')
+end
+
+-- finished_per_minute: ``minute, queue NUL state, count`` for every minute from the
+-- one starting at ``a[1]`` (a time) on, of queue ``a[2]`` only unless it is empty.
+CMD.finished_per_minute = function(a)
+  local since, queue = tonumber(string.sub(a[1], 1, 12)), a[2]
+  local out = {}
+  for _, minute in ipairs(redis.call('ZRANGEBYSCORE', P .. 'fin', since, '+inf')) do
+    local flat = redis.call('HGETALL', P .. 'fin:' .. minute)
+    for i = 1, #flat, 2 do
+      local field = flat[i]
+      if queue == '' or string.sub(field, 1, #queue + 1) == queue .. '\0' then
+        out[#out + 1] = minute
+        out[#out + 1] = field
+        out[#out + 1] = flat[i + 1]
+      end
+    end
+  end
+  return out
 end
 
 -- 1 when one of the jobs ``a`` is finished or not stored (``wait_for_finished``).

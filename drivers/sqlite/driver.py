@@ -78,6 +78,7 @@ from taskharbor.spec import (
     WorkflowState,
 )
 from taskharbor.spec.flow import FlowLimits, flow_from_text, flow_text
+from taskharbor.spec.history import FinishedCount, check_history_queue, check_history_since
 from taskharbor.spec.keys import holds_key, scope_text
 from taskharbor.spec.records import (
     LEASE_EXPIRED_MESSAGE,
@@ -220,6 +221,18 @@ _COUNT_PRUNABLE = (
     f"SELECT (SELECT COUNT(*) FROM jobs WHERE {_PRUNED_JOBS})"
     f" + (SELECT COUNT(*) FROM jobs WHERE {_PRUNED_STEPS})"
 )
+_FINISHED_ROWS = f"finished_at >= :since AND state IN {FINISHED_STATES}"
+"""The finished jobs of ``finished_per_minute``'s window: a range of the partial index
+``jobs_finished_counts`` (``finished_at >= :since`` implies its ``IS NOT NULL``)."""
+_FINISHED_GROUPS = (
+    # :since is a minute's start and finished_at >= :since: the division never rounds
+    # a negative number, and the bucket is the minute's start in microseconds.
+    "SELECT :since + (finished_at - :since) / 60000000 * 60000000 AS minute, queue, state,"
+    " COUNT(*) AS n FROM jobs WHERE {} GROUP BY minute, queue, state"
+    " ORDER BY minute, queue, state"
+)
+_FINISHED_PER_MINUTE = _FINISHED_GROUPS.format(_FINISHED_ROWS)
+_FINISHED_PER_MINUTE_OF_QUEUE = _FINISHED_GROUPS.format(f"{_FINISHED_ROWS} AND queue = :queue")
 _PRUNE_WORKFLOWS = f"""
     DELETE FROM workflows
     WHERE state IN {_PRUNABLE_WORKFLOW_STATES}
@@ -265,6 +278,7 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
         partial_chords=True,
         workers=True,
         job_metadata=True,
+        finished_counts=True,
     )
 
     def __init__(
@@ -859,6 +873,20 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
                 " GROUP BY queue, state"
             ).fetchall()
         return {(row["queue"], _counted_state(row)): row["n"] for row in rows}
+
+    def finished_per_minute(
+        self, since: datetime, *, queue: str | None = None
+    ) -> list[FinishedCount]:
+        """One range of the index ``jobs_finished_counts`` (finished_at, queue, state),
+        grouped: SQLite reads no row of the table."""
+        check_history_queue(queue)
+        with self._transaction(write=False) as tx:
+            start = to_micros(check_history_since(since, tx.now))
+            query = _FINISHED_PER_MINUTE if queue is None else _FINISHED_PER_MINUTE_OF_QUEUE
+            rows = tx.conn.execute(query, {"since": start, "queue": queue}).fetchall()
+        return [
+            FinishedCount(from_micros(row[0]), row[1], JobState(row[2]), row[3]) for row in rows
+        ]
 
     def get_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord:
         check_workflow_id(workflow_id)

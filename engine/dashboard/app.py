@@ -39,10 +39,22 @@ from taskharbor.spec import (
 from . import actions, pages
 from .render import Renderer
 from .security import SECURITY_HEADERS, Guard
-from .throughput import Throughput
+from .throughput import Bucket, Throughput, from_store, window_start
 
 log = logging.getLogger("taskharbor.dashboard")
 HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Chart:
+    """The overview's chart: the last hour's minutes, and where they come from."""
+
+    buckets: list[Bucket]
+    from_store: bool
+    """Read from the store (``finished_per_minute``); else sampled by this dashboard."""
+    sampled_since: datetime | None
+    """When this dashboard's sampling began (sampled charts only)."""
+    taken: float  # time.monotonic() when read
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,8 @@ class Dashboard:
         self.sample_seconds = sample_seconds
         self._latest: Sample | None = None
         self._sampling = threading.Lock()
+        self._chart: Chart | None = None
+        self._charting = threading.Lock()
 
     def counts(self) -> Sample:
         """The latest sample, or a new one when it is older than ``sample_seconds``."""
@@ -80,6 +94,22 @@ class Dashboard:
             if latest is None or time.monotonic() - latest.taken >= self.sample_seconds:
                 latest = self._take()
             return latest
+
+    def chart(self, now: datetime) -> Chart:
+        """The last hour's chart: from the store when it keeps finished counts
+        (``finished_per_minute``, read at most every ``sample_seconds`` like the
+        counts), else from this dashboard's own samples of ``count()``."""
+        if not self.driver.capabilities.finished_counts:
+            return Chart(
+                self.throughput.series(now), False, self.throughput.since, time.monotonic()
+            )
+        with self._charting:
+            chart = self._chart
+            if chart is None or time.monotonic() - chart.taken >= self.sample_seconds:
+                taken = time.monotonic()
+                counts = self.driver.finished_per_minute(window_start(now))
+                chart = self._chart = Chart(from_store(counts, now), True, None, taken)
+            return chart
 
     def sample(self) -> Sample:
         """A new sample (the sampling thread's call)."""

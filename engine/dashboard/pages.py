@@ -26,6 +26,7 @@ def overview(board: Dashboard, request: Request) -> Response:
     paused = {r.name: r for r in board.driver.paused_queues()} if pausable else {}
     queues = queue_summaries(board.driver, sample.counts, now, also=paused)
     totals = {state: sum(q.counts[state] for q in queues) for state in JobState}
+    chart = board.chart(now)
     return board.renderer.render(
         request,
         "overview.html",
@@ -35,8 +36,9 @@ def overview(board: Dashboard, request: Request) -> Response:
         paused=paused,
         queues=queues,
         totals=totals,
-        chart=svg.throughput_chart(board.throughput.series(now)),
-        sampled_since=board.throughput.since,
+        chart=svg.throughput_chart(chart.buckets),
+        chart_from_store=chart.from_store,
+        sampled_since=chart.sampled_since,
         workers=_workers(board.driver),
     )
 

@@ -20,10 +20,10 @@ from .throughput import Bucket
 
 
 def throughput_chart(buckets: Sequence[Bucket]) -> Markup:
-    """Stacked bars per minute: succeeded below, failed (dead) above."""
+    """Stacked bars per minute: succeeded below, failed (dead) above, cancelled on top."""
     width, height, left, bottom, top = 720, 170, 44, 22, 10
     plot_h = height - bottom - top
-    peak = max([b.succeeded + b.failed for b in buckets] + [1])
+    peak = max([b.succeeded + b.failed + b.cancelled for b in buckets] + [1])
     bar_w = (width - left - 4) / max(len(buckets), 1)
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
@@ -35,12 +35,14 @@ def throughput_chart(buckets: Sequence[Bucket]) -> Markup:
     for i, bucket in enumerate(buckets):
         x = left + i * bar_w + 1
         base = float(top + plot_h)
-        for value, css in ((bucket.succeeded, "ok"), (bucket.failed, "bad")):
+        shown = ((bucket.succeeded, "ok"), (bucket.failed, "bad"), (bucket.cancelled, "cancelled"))
+        for value, css in shown:
             if value:
                 h = plot_h * value / peak
                 base -= h
                 label = (
                     f"{bucket.start:%H:%M} UTC: {bucket.succeeded} succeeded, {bucket.failed} dead"
+                    + (f", {bucket.cancelled} cancelled" if bucket.cancelled else "")
                 )
                 parts.append(
                     f'<rect class="bar-{css}" x="{x:.1f}" y="{base:.1f}" width="{bar_w - 2:.1f}" '

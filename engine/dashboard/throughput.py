@@ -1,20 +1,26 @@
-"""Throughput and failures over the last hour, from samples of ``Driver.count``.
+"""Throughput and failures over the last hour, per minute.
 
-The SPI has no history of finished jobs, so the dashboard samples the
-per-state counts (every few seconds, shared by every page) and charts how
-many jobs reached ``succeeded`` and ``dead`` between samples, by minute.  The
-chart therefore covers the time since the dashboard started, up to an hour;
-a requeue or a prune that lowers a count between two samples counts as zero.
+On a store with the capability ``finished_counts`` the chart is read from the
+store (``Driver.finished_per_minute``, :func:`from_store`): every job that
+finished in each of the last 60 minutes (by ``finished_at``), as it is now, so
+a dashboard opened now shows the past hour.  Failures are the ``dead`` jobs
+(attempts that were retried are not counted: :mod:`taskharbor.spec.history`).
+
+On a store without it, the dashboard samples the per-state counts instead
+(:class:`Throughput`: every few seconds, shared by every page) and charts how
+many jobs reached ``succeeded`` and ``dead`` between samples, by minute: that
+chart covers only the time since the dashboard started, up to an hour, and a
+requeue or a prune that lowers a count between two samples counts as zero.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from taskharbor.spec import JobState
+from taskharbor.spec import FinishedCount, JobState, minute_of
 
 WINDOW = timedelta(hours=1)
 BUCKET = timedelta(minutes=1)
@@ -25,6 +31,34 @@ class Bucket:
     start: datetime
     succeeded: int
     failed: int
+    cancelled: int = 0
+
+
+def window_start(now: datetime) -> datetime:
+    """The first minute of the chart that ends with the minute of ``now``."""
+    return minute_of(now) - BUCKET * 59
+
+
+def from_store(counts: Sequence[FinishedCount], now: datetime) -> list[Bucket]:
+    """The last hour's 60 minutes, oldest first, from ``Driver.finished_per_minute``
+    read since :func:`window_start` (every queue summed; zeros included)."""
+    tally: dict[datetime, dict[JobState, int]] = {}
+    for count in counts:
+        per_state = tally.setdefault(count.minute, {})
+        per_state[count.state] = per_state.get(count.state, 0) + count.count
+    first = window_start(now)
+    buckets = []
+    for start in (first + BUCKET * i for i in range(60)):
+        per_state = tally.get(start, {})
+        buckets.append(
+            Bucket(
+                start,
+                per_state.get(JobState.SUCCEEDED, 0),
+                per_state.get(JobState.DEAD, 0),
+                per_state.get(JobState.CANCELLED, 0),
+            )
+        )
+    return buckets
 
 
 class Throughput:
@@ -65,4 +99,4 @@ def _total(counts: Mapping[tuple[str, JobState], int], state: JobState) -> int:
 
 
 def _minute(at: datetime) -> datetime:
-    return at.replace(second=0, microsecond=0)
+    return minute_of(at)
