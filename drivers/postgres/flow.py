@@ -15,7 +15,9 @@ Every count is one probe of a partial index, plus the jobs the call has taken
 so far (limited or not), which it leases all at once with one ``UPDATE`` at the
 end, its row locks and advisory locks held until the statement commits; from
 one queue it reads the candidates by an equality on the queue, so the lease
-index gives them in order and the walk stops at its limit.  ``flow_starts``
+index gives them in order, in one pass however many it passes over.  A guard's
+lookup runs only for a limit the candidate carries, a lock the call holds is not
+tried again, and a key's sequence head is read once a call.  ``flow_starts``
 keeps each rate bucket's starts for a day.
 """
 
@@ -55,21 +57,7 @@ _CANDIDATES = """
             LIMIT walk FOR UPDATE SKIP LOCKED"""
 """The next ``walk`` candidates in lease order, locked, skipping rows another call holds."""
 
-_GUARDS = """
-            read := read + 1;
-            seen := seen || c.id;
-            IF c.flow IS NOT NULL THEN
-                f := c.flow::json;
-                -- every lock at once or none taken: another lease is deciding on it
-                CONTINUE WHEN NOT (
-                    SELECT coalesce(bool_and(pg_try_advisory_xact_lock(
-                        hashtextextended({lock_space} || l, 0))), TRUE)
-                    FROM unnest(c.flow_locks) AS l);
-                CONTINUE WHEN f->>'concurrency' IS NOT NULL
-                    AND ({running_of_task}){tasks_taken} >= (f->>'concurrency')::integer;
-                CONTINUE WHEN f->>'key_concurrency' IS NOT NULL
-                    AND ({running_with_key}){keys_taken} >= (f->>'key_concurrency')::integer;
-                CONTINUE WHEN f->>'sequence' IS NOT NULL AND ({sequence_head}) <> c.id;
+_RATE = """
                 IF f->'rate' IS NOT NULL AND json_typeof(f->'rate') = 'array' THEN
                     CONTINUE WHEN ({starts_since}) >= (f->'rate'->>0)::integer;
                     INSERT INTO {starts} (bucket, started_at)
@@ -79,6 +67,31 @@ _GUARDS = """
                       AND s.started_at <= at - interval '1 day';
                 END IF;
             END IF;"""
+"""The rate guard: a start recorded in the bucket (its lock's name) for each job taken."""
+
+_TRY_LOCKS = """
+                -- every lock at once or none taken: another lease is deciding on it
+                CONTINUE WHEN NOT (
+                    SELECT coalesce(bool_and(pg_try_advisory_xact_lock(
+                        hashtextextended({lock_space} || l, 0))), TRUE)
+                    FROM unnest(c.flow_locks) AS l);"""
+"""Try every advisory lock of the candidate's ``flow_locks``; pass over it unless all held."""
+
+_GUARDS = (
+    """
+            read := read + 1;
+            seen := seen || c.id;
+            IF c.flow IS NOT NULL THEN
+                f := c.flow::json;"""
+    + _TRY_LOCKS
+    + """
+                CONTINUE WHEN f->>'concurrency' IS NOT NULL
+                    AND ({running_of_task}){tasks_taken} >= (f->>'concurrency')::integer;
+                CONTINUE WHEN f->>'key_concurrency' IS NOT NULL
+                    AND ({running_with_key}){keys_taken} >= (f->>'key_concurrency')::integer;
+                CONTINUE WHEN f->>'sequence' IS NOT NULL AND ({sequence_head}) <> c.id;"""
+    + _RATE
+)
 """The guards of one candidate ``c``: each ``CONTINUE`` passes over a job held back."""
 
 _WALK = """
@@ -95,6 +108,30 @@ _LEASED = """
                 lease_token = replace(gen_random_uuid()::text, '-', ''),
                 lease_expires_at = at + make_interval(secs => seconds),
                 leased_by = worker{cleared}"""
+
+_CHOSEN = """
+            chosen := chosen || c.id;
+            tasks := tasks || c.task;
+            IF c.flow_key IS NOT NULL THEN
+                keys := keys || c.flow_key;
+            END IF;
+            EXIT WHEN cardinality(chosen) >= wanted;
+        END LOOP;
+        CLOSE candidates;"""
+"""A candidate that passed its guards is taken: counted for its task and key."""
+
+_LEASE_CHOSEN = (
+    """
+    RETURN QUERY UPDATE {jobs} j"""
+    + _LEASED
+    + """
+    WHERE j.id = ANY(chosen)
+    RETURNING j.*;
+END
+$$
+"""
+)
+"""The jobs taken, leased by one ``UPDATE`` at the end of the call."""
 
 _FUNCTION = (
     _SIGNATURE
@@ -127,20 +164,8 @@ $$
 )
 """``lease_limited`` as migrations 9 and 12 created it: one ``UPDATE`` per job taken."""
 
-_BATCHED_FUNCTION = (
-    _SIGNATURE
-    + """
-    candidates refcursor;
-    chosen bigint[] := '{{}}';
-    tasks text[] := '{{}}';
-    keys text[] := '{{}}';"""
-    + _WALK
-    + """
-        -- one queue by equality: the lease index gives the order, read up to the limit
-        IF cardinality(queues) = 1 THEN
-            OPEN candidates FOR"""
-    + _CANDIDATES.replace("{in_queues}", "= queues[1]")
-    + """;
+_FETCH = (
+    """
         ELSE
             OPEN candidates FOR"""
     + _CANDIDATES.replace("{in_queues}", "= ANY(queues)")
@@ -149,32 +174,105 @@ _BATCHED_FUNCTION = (
         LOOP
             FETCH candidates INTO c;
             EXIT WHEN NOT FOUND;"""
-    + _GUARDS
+)
+"""Several queues: the candidates by ``ANY``, sorted; then each candidate in turn."""
+
+_TAKEN_STATE = """
+    candidates refcursor;
+    chosen bigint[] := '{{}}';
+    tasks text[] := '{{}}';
+    keys text[] := '{{}}';"""
+"""The candidates' cursor, and the jobs taken so far with their tasks and keys."""
+
+_BATCHED_FUNCTION = (
+    _SIGNATURE
+    + _TAKEN_STATE
+    + """"""
+    + _WALK
     + """
-            chosen := chosen || c.id;
-            tasks := tasks || c.task;
-            IF c.flow_key IS NOT NULL THEN
-                keys := keys || c.flow_key;
-            END IF;
-            EXIT WHEN cardinality(chosen) >= wanted;
-        END LOOP;
-        CLOSE candidates;
+        -- one queue by equality: the lease index gives the order, read up to the limit
+        IF cardinality(queues) = 1 THEN
+            OPEN candidates FOR"""
+    + _CANDIDATES.replace("{in_queues}", "= queues[1]")
+    + """;"""
+    + _FETCH
+    + _GUARDS
+    + _CHOSEN
+    + """
         EXIT WHEN cardinality(chosen) >= wanted OR read < walk;
         walk := walk * 4;
-    END LOOP;
-    RETURN QUERY UPDATE {jobs} j"""
-    + _LEASED
-    + """
-    WHERE j.id = ANY(chosen)
-    RETURNING j.*;
-END
-$$
-"""
+    END LOOP;"""
+    + _LEASE_CHOSEN
 )
 """``lease_limited`` since migration 14: the jobs taken are leased by one ``UPDATE`` at
 the end, so each guard counts the running jobs stored plus those this call has taken
 (``tasks``, ``keys``); a lease from one queue walks the lease index in order instead
 of sorting the queue's every available job."""
+
+_CACHED_GUARDS = (
+    """
+            read := read + 1;
+            seen := seen || c.id;
+            IF c.flow IS NOT NULL THEN
+                f := c.flow::json;
+                IF NOT c.flow_locks <@ locked THEN  -- a lock this call holds is not tried again"""
+    + _TRY_LOCKS.replace("\n", "\n    ")
+    + """
+                    locked := locked || c.flow_locks;
+                END IF;
+                IF f->>'concurrency' IS NOT NULL THEN
+                    CONTINUE WHEN ({running_of_task}){tasks_taken}
+                        >= (f->>'concurrency')::integer;
+                END IF;
+                IF f->>'key_concurrency' IS NOT NULL THEN
+                    CONTINUE WHEN ({running_with_key}){keys_taken}
+                        >= (f->>'key_concurrency')::integer;
+                END IF;
+                IF f->>'sequence' IS NOT NULL THEN
+                    -- the key's head as the call first read it: once taken, it is still the head
+                    at_key := array_position(head_keys, c.flow_key);
+                    IF at_key IS NULL THEN
+                        head_keys := head_keys || c.flow_key;
+                        heads := heads || ({sequence_head});
+                        at_key := cardinality(heads);
+                    END IF;
+                    CONTINUE WHEN heads[at_key] <> c.id;
+                END IF;"""
+    + _RATE
+)
+"""The guards of migration 16: each lookup runs only for a limit the candidate carries,
+a lock already held is not tried again, and a key's sequence head is read once a call."""
+
+_CACHED_FUNCTION = (
+    _SIGNATURE
+    + _TAKEN_STATE
+    + """
+    locked text[] := '{{}}';
+    head_keys text[] := '{{}}';
+    heads bigint[] := '{{}}';
+    at_key integer;"""
+    + _WALK
+    + """
+        -- one queue by equality: the lease index gives the candidates in order, read
+        -- one by one as far as it takes (no rounds); several queues: rounds, sorted
+        IF cardinality(queues) = 1 THEN
+            OPEN candidates FOR"""
+    + _CANDIDATES.replace("{in_queues}", "= queues[1]").replace("LIMIT walk ", "")
+    + """;
+            walk := NULL;"""
+    + _FETCH
+    + _CACHED_GUARDS
+    + _CHOSEN
+    + """
+        EXIT WHEN cardinality(chosen) >= wanted OR walk IS NULL OR read < walk;
+        walk := walk * 4;
+    END LOOP;"""
+    + _LEASE_CHOSEN
+)
+"""``lease_limited`` since migration 16: :data:`_BATCHED_FUNCTION` with
+:data:`_CACHED_GUARDS`, and a lease from one queue reads its candidates in one pass
+of the lease index, however many it passes over (no rounds re-reading the ones seen)."""
+
 
 _TAKEN = {
     "tasks_taken": sql.SQL(" + cardinality(array_positions(tasks, c.task))"),
@@ -232,16 +330,16 @@ def _tables(schema: str) -> dict[str, sql.Composable]:
 
 
 def lease_limited_function(
-    schema: str, *, clears_progress: bool, batched: bool = False
+    schema: str, *, clears_progress: bool, batched: bool = False, cached: bool = False
 ) -> sql.Composed:
     """The ``lease_limited`` function: as migration 9 created it, as the job metadata
-    migration replaced it (a lease clears the job's progress), or, ``batched``, as
-    migration 14 replaced it (:data:`_BATCHED_FUNCTION`)."""
+    migration replaced it (a lease clears the job's progress), ``batched`` as migration
+    14 replaced it (:data:`_BATCHED_FUNCTION`), or ``cached`` as migration 16 did
+    (:data:`_CACHED_FUNCTION`)."""
     names = {**_tables(schema), **lookups(schema, _CANDIDATE)}
-    if batched:
-        return sql.SQL(_BATCHED_FUNCTION).format(
-            **names, **_TAKEN, create=_CREATE[True], cleared=_CLEARED[True]
-        )
+    if batched or cached:
+        text = _CACHED_FUNCTION if cached else _BATCHED_FUNCTION
+        return sql.SQL(text).format(**names, **_TAKEN, create=_CREATE[True], cleared=_CLEARED[True])
     return sql.SQL(_FUNCTION).format(
         **names,
         create=_CREATE[clears_progress],
@@ -262,6 +360,12 @@ def batched_lease(schema: str) -> list[sql.Composed]:
     """Migration: ``lease_limited`` leases the jobs it takes with one ``UPDATE``, and
     walks one queue's lease index in order."""
     return [lease_limited_function(schema, clears_progress=True, batched=True)]
+
+
+def cached_guards(schema: str) -> list[sql.Composed]:
+    """Migration: ``lease_limited`` runs only the lookups of the limits a candidate
+    carries, reads a key's sequence head once a call, and walks one queue in one pass."""
+    return [lease_limited_function(schema, clears_progress=True, cached=True)]
 
 
 def flow_control(schema: str) -> list[sql.Composed]:

@@ -33,7 +33,7 @@ from psycopg import sql
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, SchemaError, WorkflowState
 from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
-from .flow import batched_lease, flow_control, lease_limited_function
+from .flow import batched_lease, cached_guards, flow_control, lease_limited_function
 from .queues import paused_queues_table
 from .schedules import schedules_table
 from .transitions import event_sources, state_literals
@@ -255,6 +255,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(13, "scopes of idempotency keys", _key_scopes),
     Migration(14, "limited leases in one update, one queue in index order", batched_lease),
     Migration(15, "finished jobs per minute", _finished_counts),
+    Migration(16, "limited leases: lookups only for the limits carried, one pass", cached_guards),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 
