@@ -304,6 +304,8 @@ class Worker:
             await self._drain()
             await self._in_registry("deregister", self._registration.deregister)
         finally:
+            # The loops also end by their own test, should a cancellation ever be lost.
+            self._stopping.set()
             if self._leasing_waiter is not None and not self._leasing_waiter.give_up():
                 assert self._leasing_waiter.future is not None
                 self._leasing_waiter.future.cancel()
@@ -575,9 +577,14 @@ class Worker:
             self._store_failed("waiting for jobs", error)
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake up early when the worker is asked to stop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        """Sleep, but wake up early when the worker is asked to stop.
+
+        Not ``wait_for``, which may drop a cancellation (see :meth:`_store_time`)."""
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({stopping}, timeout=seconds)
+        finally:
+            stopping.cancel()
 
     # -- running one job -------------------------------------------------------------
 
@@ -754,10 +761,13 @@ class Worker:
             # Whoever gave up waiting no longer looks at it: retrieve its error here.
             read.add_done_callback(lambda done: done.cancelled() or done.exception())
         wait = self.lease / 3
-        try:
-            return await asyncio.wait_for(asyncio.shield(read), wait)
-        except TimeoutError:
-            raise TimeoutError(f"the store's clock did not answer within {wait:g} s") from None
+        # asyncio.wait, never wait_for: cancelled in the loop pass where the read ends,
+        # wait_for (Python 3.11) returns the read and drops the cancellation, and a
+        # maintenance loop cancelled that way at the end of a burst runs on for ever.
+        await asyncio.wait({read}, timeout=wait)
+        if not read.done():
+            raise TimeoutError(f"the store's clock did not answer within {wait:g} s")
+        return read.result()
 
     async def _now(self) -> datetime:
         """The store's time for a leased job's deadline, a retry time or a release.

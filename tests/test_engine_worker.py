@@ -1222,6 +1222,26 @@ def test_a_store_clock_that_stalls_does_not_stop_the_worker(
     )
 
 
+def test_a_wait_for_the_stores_clock_that_is_cancelled_as_its_read_ends_is_cancelled() -> None:
+    """The worker ends a burst by cancelling its maintenance loop, which may be waiting for
+    the store's clock.  Cancelled in the loop pass where the read ends, the wait must still
+    end cancelled: ``asyncio.wait_for`` (Python 3.11) returned the read instead, and the
+    maintenance loop ran on, so ``run(burst=True)`` never returned (1 run in ~20)."""
+    worker = th.Worker(th.App(driver=MemoryDriver(FakeClock())), **FAST)
+
+    async def cancelled_as_the_read_ends() -> None:
+        read: asyncio.Future[datetime] = asyncio.get_running_loop().create_future()
+        worker._clock_read = read  # the read in flight that the wait shares
+        waiting = asyncio.ensure_future(worker._store_time())
+        await asyncio.sleep(0)  # it waits for the read now
+        read.set_result(FakeClock().now())
+        waiting.cancel()  # in the same pass: the wait has not seen the read end yet
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(cancelled_as_the_read_ends())
+
+
 def test_a_timed_out_sync_handler_never_overlaps_its_own_retry(
     driver_factory: DriverFactory,
 ) -> None:
