@@ -278,6 +278,29 @@ class PartialChordRules(HarborFixture):
         assert harbor.get(callback.id).args == (["a", "b"], [], "extra")
 
     @requires("partial_chords")
+    def test_a_requeued_callback_waits_for_the_members_requeued_with_it(
+        self, harbor: Harbor
+    ) -> None:
+        """Requeue brings back a workflow's cancelled steps with its items, a step after
+        those it depends on, whichever of them the call names: the callback named alone
+        waits for its members, rather than run over their cancellations."""
+        for named in ("callback", "dead member and callback"):
+            record = partial_chord(harbor, 2)
+            m0, m1, callback = harbor.driver.get(list(record.steps))
+            if named == "callback":
+                harbor.driver.cancel(list(record.steps))
+                items = [callback.id]
+            else:
+                kill(harbor, m0)
+                harbor.driver.cancel([m1.id, callback.id])
+                items = [callback.id, m0.id]
+            harbor.driver.requeue(items)
+            assert harbor.get(callback.id).state is JobState.PENDING, named
+            harbor.finish(harbor.get(m0.id), "a")
+            harbor.finish(harbor.get(m1.id), "b")
+            assert harbor.get(callback.id).args == (["a", "b"], [], "extra"), named
+
+    @requires("partial_chords")
     def test_a_member_requeued_after_the_workflow_succeeded_runs_alone(
         self, harbor: Harbor
     ) -> None:

@@ -560,20 +560,25 @@ class ReferenceModel(Driver):
 
         def body(s: _Store) -> list[JobRecord]:
             self._find(s, ids)
-            before = dict(s.jobs)
+            before, wanted = dict(s.jobs), set(ids)
             for job_id in ids:
                 job = s.jobs[job_id]
                 if job is not before[job_id]:
-                    continue  # already requeued by an earlier item's workflow
-                self._requeue_one(s, job)
-                if job.workflow_id is not None:
-                    workflow = s.workflows[job.workflow_id]
-                    if workflow.state == WorkflowState.SUCCEEDED:
-                        continue  # a tolerated step, requeued alone
-                    for step_id in _jobs_of(workflow):
-                        if s.jobs[step_id].state == JobState.CANCELLED:
-                            self._requeue_one(s, s.jobs[step_id])
-                    self._derive_workflow(s, workflow.id)
+                    continue  # already requeued with an earlier item's workflow
+                workflow = None if job.workflow_id is None else s.workflows[job.workflow_id]
+                if workflow is None or workflow.state == WorkflowState.SUCCEEDED:
+                    self._requeue_one(s, job)  # alone (a tolerated step of a succeeded one)
+                    continue
+                # The items of this workflow and its cancelled steps, in id order: a step
+                # comes after those it depends on, so a partial step waits for every
+                # dependency that this call brings back.
+                for step_id in _jobs_of(workflow):
+                    step = s.jobs[step_id]
+                    if step.state == JobState.CANCELLED or (
+                        step_id in wanted and step is before[step_id]
+                    ):
+                        self._requeue_one(s, step)
+                self._derive_workflow(s, workflow.id)
             return [s.jobs[job_id] for job_id in ids]
 
         result: list[JobRecord] = self._call(body)

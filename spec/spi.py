@@ -142,7 +142,10 @@ These effects are part of the call that causes them, in the same transaction:
   ``reason = dependency_reason(<that step's job id>, <its state>)``.  (Steps
   that depend on an unfinished step are always ``pending`` or finished.)
 * A step is **requeued**: every ``cancelled`` step of the workflow is requeued
-  too (``pending`` again while it waits on dependencies).
+  too (``pending`` again while it waits on dependencies).  The call's items of
+  one workflow and its cancelled steps are requeued in job id order, a step
+  after the steps it depends on, so a step (a partial one too) waits for every
+  dependency the same call brings back, whichever of them the call names.
 * After any of these the workflow's state is derived from its steps that
   count (all but the tolerated ones, "Partial steps" below): any ``dead`` ->
   ``failed``; else any ``cancelled`` -> ``cancelled``, but a ``failed``

@@ -426,15 +426,20 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
             for row in rows:
                 if row.state is not before[row.id]:
                     continue  # requeued earlier in this call with the rest of its workflow
-                self._requeue_row(row, now)
-                if row.workflow_id is not None:
-                    touched.setdefault(row.workflow_id, None)
-                    if self._workflows[row.workflow_id].state is WorkflowState.SUCCEEDED:
-                        continue  # a tolerated step, requeued alone
-                    for step_id in self._workflows[row.workflow_id].jobs():
-                        step = self._jobs[step_id]
-                        if step.state is JobState.CANCELLED:
-                            self._requeue_row(step, now)
+                workflow = None if row.workflow_id is None else self._workflows[row.workflow_id]
+                if workflow is None or workflow.state is WorkflowState.SUCCEEDED:
+                    self._requeue_row(row, now)  # alone (a tolerated step of a succeeded one)
+                    if workflow is not None:
+                        touched.setdefault(workflow.id, None)
+                    continue
+                touched.setdefault(workflow.id, None)
+                # The items of this workflow and its cancelled steps, in id order: a step
+                # comes after those it depends on, so a partial step waits for every
+                # dependency that this call brings back.
+                for step_id in workflow.jobs():
+                    step = self._jobs[step_id]
+                    if step.state is JobState.CANCELLED or before.get(step_id) is step.state:
+                        self._requeue_row(step, now)
             self._settle_workflows(touched, now)
             return [row.snapshot() for row in rows]
 

@@ -805,19 +805,23 @@ CMD.requeue = function(a)
   for _, j in ipairs(jobs) do
     if not RESOLVE.requeue(j, {}) then return {'!', 'invalid', 'requeue', j.id, j.state} end
   end
-  local touched = {}
+  local touched, item_state = {}, {}
+  for _, j in ipairs(jobs) do item_state[j.id] = j.state end
   for _, j in ipairs(jobs) do
     local now = H.load(j.id)
     if now.state == j.state then  -- else requeued earlier in this call with its workflow
-      H.requeue(now)
       local w = now.workflow_id
-      -- a tolerated step of a succeeded workflow is requeued alone, leaving it as it is
       if w and redis.call('HGET', P .. 'w:' .. w, 'state') ~= W.succeeded then
         touched[w] = true
+        -- The items of this workflow and its cancelled steps, in id order: a step comes
+        -- after those it depends on, so a partial step waits for every dependency that
+        -- this call brings back.
         for _, id in ipairs(H.workflow_jobs(w)) do
           local step = H.load(id)
-          if step.state == S.cancelled then H.requeue(step) end
+          if step.state == S.cancelled or item_state[id] == step.state then H.requeue(step) end
         end
+      else
+        H.requeue(now)  -- alone (a tolerated step of a succeeded workflow, left as it is)
       end
     end
   end

@@ -28,6 +28,7 @@ once the call using it (if any) has returned.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -778,16 +779,20 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
             for row in tx.rows(ids):
                 if row["id"] in tx.touched:
                     continue  # requeued already with an earlier item's workflow
-                tx.requeue(row)
                 workflow_id = row["workflow_id"]
                 if workflow_id is None or tx.succeeded(workflow_id):
-                    continue  # a tolerated step of a workflow that succeeded: requeued alone
-                cancelled_steps = tx.conn.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = ? AND state = ? "
-                    "ORDER BY id",
-                    (workflow_id, JobState.CANCELLED.value),
+                    tx.requeue(row)  # alone (a tolerated step of a workflow that succeeded)
+                    continue
+                # The items of this workflow and its cancelled steps, in id order: a step
+                # comes after those it depends on, so a partial step waits for every
+                # dependency that this call brings back.
+                items = [job_id for job_id in ids if job_id not in tx.touched]
+                steps = tx.conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE workflow_id = ? "
+                    "AND (state = ? OR id IN (SELECT value FROM json_each(?))) ORDER BY id",
+                    (workflow_id, JobState.CANCELLED.value, json.dumps(items)),
                 ).fetchall()
-                for step in cancelled_steps:
+                for step in steps:
                     tx.requeue(step)
                 tx.derive_workflow(workflow_id)
             return [job_record(row) for row in tx.rows(ids)]
