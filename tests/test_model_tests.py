@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from driver_registry import DriverFactory
+from taskharbor.conformance.failure_callbacks import WorkflowFailureCallbackRules
+from taskharbor.conformance.harness import Harbor
 from taskharbor.model_tests import (
     PROFILE_ENV,
     PROFILES,
@@ -276,7 +278,9 @@ class IgnoresTheTagFilter(ReferenceModel):
 @pytest.mark.parametrize(
     ("broken", "symptom"),
     [
-        (AcceptsStaleTokens, "refused items"),
+        # A stale token reaching a call while its job runs under a newer lease: since the
+        # finished-count comparison, the derandomized search meets it at about 800.
+        pytest.param(AcceptsStaleTokens, "refused items", marks=pytest.mark.hunt(800)),
         (KeepsProgressAcrossAttempts, r"\.progress: model=None"),
         (StoresStaleProgress, r"\.progress: model="),
         (IgnoresTheTagFilter, r"list_jobs\(.*tag='"),
@@ -284,8 +288,6 @@ class IgnoresTheTagFilter(ReferenceModel):
         (IgnoresIdempotencyKeys, "created flags"),
         (HoldsKeysPastTheirScope, "created flags"),
         (ReleasesChordCallbackTwice, ".args: model="),
-        # Two steps of one workflow both dying takes a long draw: a bigger budget.
-        pytest.param(ReleasesFailureCallbackAgain, ".args: model=", marks=pytest.mark.hunt(1500)),
         # released too early: still pending in the model, or its input not all there
         (ReleasesOnFirstDependency, r"\.(state: model=<JobState\.PENDING|args: model=)"),
         # a refused batch changed, or a later item saw an earlier item's call end first
@@ -315,6 +317,18 @@ def test_the_harness_finds_a_broken_store(
     with pytest.raises(Divergence) as found:
         run_state_machine_as_test(machine, settings=hunt)
     assert re.search(symptom, str(found.value)), found.value
+
+
+def test_the_conformance_rule_finds_a_failure_callback_released_again() -> None:
+    """Two steps of one workflow dying in separate calls is a long draw: the derandomized
+    search met it after about 4,000 sequences (three minutes), past what ``make test``
+    affords.  The conformance rule that makes that sequence by hand goes red against the
+    same broken store, so the bug stays caught."""
+    clock = FakeClock()
+    harbor = Harbor(ReleasesFailureCallbackAgain(clock=clock), clock)
+    rule = WorkflowFailureCallbackRules().test_a_later_dead_step_does_not_release_the_callback_again
+    with pytest.raises(AssertionError):
+        rule(harbor)
 
 
 class NumbersFromFiveHundred(ReferenceModel):
