@@ -127,6 +127,53 @@ class FlowControlRules(HarborFixture):
         assert ids(harbor.lease(limit=2)) == [head.id]
 
     @requires("flow_control")
+    def test_jobs_with_the_same_limits_go_on_in_lease_order_as_slots_free(
+        self, harbor: Harbor
+    ) -> None:
+        """Jobs of one task and queue carrying the same limits (a group, which a store
+        may pass over as a whole while a count holds one of them): one call takes them
+        in lease order up to the limit, by priority, run_at and id, and each later call
+        takes the next one once a slot frees, so a store must find the group's next job
+        after the one it took, within the call and after it."""
+        flow = FlowLimits(concurrency=4)
+        plans = [(0, 0), (1, 0), (0, -5), (1, 0), (0, 0)]  # (priority, seconds from now)
+        jobs = [
+            result.job
+            for result in harbor.driver.enqueue(
+                [
+                    EnqueueRequest("task", priority=priority, run_at=harbor.later(delay), flow=flow)
+                    for priority, delay in plans
+                ]
+            )
+        ]
+        leased = harbor.lease(limit=10)
+        assert ids(leased) == [jobs[1].id, jobs[3].id, jobs[2].id, jobs[0].id]
+        assert harbor.lease(limit=10) == []
+        harbor.complete(leased[0])
+        assert ids(harbor.lease(limit=10)) == [jobs[4].id]
+
+    @requires("flow_control")
+    @pytest.mark.parametrize("differs_by", ["queue", "task", "limits"])
+    def test_a_sequence_head_unlike_its_followers_is_leased_once_in_its_place(
+        self, harbor: Harbor, differs_by: str
+    ) -> None:
+        """A key's sequence head in another queue, of another task or with other limits
+        than its followers (which come first in lease order) is taken once, at its own
+        place in lease order, and the job behind it fills the batch."""
+        head = harbor.enqueue(
+            "first" if differs_by == "task" else "task",
+            queue="b" if differs_by == "queue" else "a",
+            flow=FlowLimits(key="k", sequence=OnDead.BLOCK, concurrency=5)
+            if differs_by == "limits"
+            else sequence("k"),
+        )
+        followers = [harbor.enqueue(queue="a", priority=1, flow=sequence("k")) for _ in range(2)]
+        behind = harbor.enqueue(queue="a")
+        assert ids(harbor.lease(["a", "b"], limit=2)) == [head.id, behind.id]
+        harbor.complete(harbor.get(head.id))
+        assert ids(harbor.lease(["a", "b"], limit=10)) == [followers[0].id]
+
+    @requires("flow_control")
     def test_task_concurrency_counts_every_running_job_of_the_task(self, harbor: Harbor) -> None:
         harbor.running("t")
         harbor.enqueue("other", flow=FlowLimits(concurrency=1))  # another task: not counted

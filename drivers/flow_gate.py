@@ -7,10 +7,17 @@ lookups (one per task, key and rate bucket met in the call, each then counted on
 memory as the call leases, limited or not), so a lease costs no scan of the jobs
 whatever their number.  The store supplies the lookups (:class:`FlowCounts`); the
 caller makes them atomic with the lease (one SQLite write transaction).
+
+:meth:`FlowGate.decide` also says *why* a candidate is held, so a walk can pass over
+its whole group at once (docs: the group walk; a group is the jobs of one queue and
+task that carry the same limits): within one call the counts the guards read only
+grow and ``now`` and each key's sequence head are fixed, so the members of a group
+share every fact but ``sequence_waits``.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -37,6 +44,21 @@ class FlowCounts(Protocol):
         """How many starts the rate bucket recorded after ``since``."""
 
 
+class Verdict(enum.Enum):
+    """What the guards say of one limited candidate, and so of its group for the
+    rest of the lease call."""
+
+    TAKEN = enum.auto()
+    """Admitted: it counts as running; its group goes on with its next job."""
+    HELD = enum.auto()
+    """Held by a guard that counts (running jobs of the task or key, starts of a
+    rate bucket): those counts only grow during the call, so every later job of its
+    group is held too, for the rest of the call."""
+    WAITS_FOR_HEAD = enum.auto()
+    """Held by ``sequence_waits`` alone: of its group only its key's sequence head
+    (:meth:`FlowGate.head`, fixed for the call) may still be taken in this call."""
+
+
 class FlowGate:
     """The guards' facts for the candidates of one lease call."""
 
@@ -54,9 +76,17 @@ class FlowGate:
 
     def admits(self, job_id: JobId, task: str, flow: FlowLimits) -> bool:
         """Whether the lease takes this candidate; if so it is counted as running."""
+        return self.decide(job_id, task, flow) is Verdict.TAKEN
+
+    def decide(self, job_id: JobId, task: str, flow: FlowLimits) -> Verdict:
+        """Whether the lease takes this candidate (then it is counted as running),
+        and if not, whether anything but its key's sequence holds it."""
         facts = self._facts(job_id, task, flow)
         if JOB.permits(JobEvent.LEASE, JobState.AVAILABLE, facts) is None:
-            return False
+            without_sequence = {**facts, "sequence_waits": False}
+            if JOB.permits(JobEvent.LEASE, JobState.AVAILABLE, without_sequence) is None:
+                return Verdict.HELD
+            return Verdict.WAITS_FOR_HEAD
         self._tasks[task] = self._running_of_task(task) + 1
         if flow.key is not None:
             self._keys[flow.key] = self._running_with_key(flow.key) + 1
@@ -64,7 +94,17 @@ class FlowGate:
         if bucket is not None:
             self._started[bucket] += 1
             self.starts.append((bucket, self._now))
-        return True
+        return Verdict.TAKEN
+
+    def takes_more(self, task: str, flow: FlowLimits) -> bool:
+        """Whether a later job of the group of a candidate just taken (same task and
+        limits) may still be taken in this call.  Not if a guard that counts holds it
+        now (the counts only grow), nor if the limits are a sequence's: the job taken
+        was its key's head, which every later job of the key waits for."""
+        if flow.sequence is not None:
+            return False
+        facts = {**self._counted(task, flow), "sequence_waits": False}
+        return JOB.permits(JobEvent.LEASE, JobState.AVAILABLE, facts) is not None
 
     def takes_unlimited(self, task: str) -> None:
         """A candidate without limits is taken: it counts as running for its task."""
@@ -75,6 +115,13 @@ class FlowGate:
 
     def _facts(self, job_id: JobId, task: str, flow: FlowLimits) -> dict[str, bool]:
         key = flow.key
+        waits = flow.sequence is not None and key is not None and self.head(key) != job_id
+        return {**self._counted(task, flow), "sequence_waits": waits}
+
+    def _counted(self, task: str, flow: FlowLimits) -> dict[str, bool]:
+        """The facts of the guards that count (all but ``sequence_waits``): the same
+        for every job of a group at a given moment of the call."""
+        key = flow.key
         rate = flow.rate
         bucket = rate_bucket(task, flow)
         return {
@@ -83,9 +130,6 @@ class FlowGate:
             "key_at_limit": flow.key_concurrency is not None
             and key is not None
             and self._running_with_key(key) >= flow.key_concurrency,
-            "sequence_waits": flow.sequence is not None
-            and key is not None
-            and self._head(key) != job_id,
             "rate_exhausted": rate is not None
             and bucket is not None
             and self._recent(bucket, rate.window) >= rate.starts,
@@ -101,7 +145,7 @@ class FlowGate:
             self._keys[key] = self._counts.running_with_key(key)
         return self._keys[key]
 
-    def _head(self, key: str) -> JobId | None:
+    def head(self, key: str) -> JobId | None:
         """The key's sequence head as the call began: once the lease takes it, it
         runs (still the head), so no later job of the key passes in this call."""
         if key not in self._heads:

@@ -52,6 +52,14 @@ SQLITE_UNDO: dict[int, tuple[str, ...]] = {
         "CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL",
         "DROP INDEX jobs_finished_counts",
     ),
+    14: (
+        *(f"DROP TRIGGER flow_tops_{name}" for name in ("inserted", "joined", "left", "deleted")),
+        "DROP TABLE flow_tops",
+        "DROP INDEX jobs_flow_group",
+        "DROP INDEX jobs_lease_unlimited",
+        "CREATE INDEX jobs_lease ON jobs (queue, priority DESC, run_at, id) "
+        "WHERE state = 'available'",
+    ),
 }
 """SQLite schema version -> the statements that undo the migration reaching it.  A new
 migration adds its undo here (a test checks that every version has one)."""

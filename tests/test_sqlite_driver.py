@@ -81,18 +81,15 @@ def test_lease_promote_and_rescue_are_index_searches(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "plans.db")
     now = {"now": 0}
     statements = {
-        "lease one queue": (ready_jobs_query(1), {"q0": "a", "limit": 10}),
-        "lease three queues": (
-            ready_jobs_query(3),
-            {"q0": "a", "q1": "b", "q2": "c", "limit": 10},
-        ),
+        "lease one queue": (ready_jobs_query(1), {"q0": "a"}),
+        "lease three queues": (ready_jobs_query(3), {"q0": "a", "q1": "b", "q2": "c"}),
         "promote": (sqlite_driver._PROMOTE, {**sqlite_driver._PROMOTE_PARAMS, **now}),
         "next due": (sqlite_driver._NEXT_DUE, {}),
         "rescue": (sqlite_driver._EXPIRED, now),
     }
     indexes = {
-        "lease one queue": "jobs_lease",
-        "lease three queues": "jobs_lease",
+        "lease one queue": "jobs_lease_unlimited",
+        "lease three queues": "jobs_lease_unlimited",
         "promote": "jobs_due",
         "next due": "jobs_due",
         "rescue": "jobs_lease_expiry",

@@ -78,7 +78,7 @@ from taskharbor.spec import (
     WorkflowRecord,
     WorkflowState,
 )
-from taskharbor.spec.flow import FlowLimits, flow_from_text, flow_text
+from taskharbor.spec.flow import FlowLimits, flow_text
 from taskharbor.spec.history import FinishedCount, check_history_queue, check_history_since
 from taskharbor.spec.keys import holds_key, scope_text
 from taskharbor.spec.records import (
@@ -128,6 +128,7 @@ from .transitions import (
     ready_jobs_query,
     target_case,
 )
+from .walk import walk
 from .workers import SQLiteWorkers, mark_seen
 from .writes import INTEGER_MAX, Writes
 
@@ -651,29 +652,9 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
 
     def _ready(self, tx: Writes, queue_params: dict[str, str], limit: int) -> list[JobId]:
         """The ids to lease, in lease order: candidates without flow limits, and those
-        the flow gate admits.  While held-back candidates leave the batch short, the
-        walk reads on (four times as far each time) until the queues run out."""
+        the flow gate admits, found by the group walk (:mod:`.walk`)."""
         gate = FlowGate(SQLiteFlowCounts(tx.conn), tx.now)
-        chosen: list[JobId] = []
-        seen: set[JobId] = set()
-        window = limit
-        while True:
-            query = ready_jobs_query(len(queue_params))
-            rows = tx.conn.execute(query, {**queue_params, "limit": window}).fetchall()
-            for job_id, task, flow in rows:
-                if job_id in seen:
-                    continue
-                seen.add(job_id)
-                if flow is None:
-                    gate.takes_unlimited(task)
-                elif not gate.admits(job_id, task, flow_from_text(flow)):
-                    continue
-                chosen.append(job_id)
-                if len(chosen) == limit:
-                    break
-            if len(chosen) == limit or len(rows) < window:
-                break
-            window *= 4
+        chosen = walk(tx.conn, gate, queue_params, limit)
         if gate.starts:
             record_starts(tx.conn, gate.starts)
         return chosen
@@ -982,7 +963,7 @@ class SQLiteDriver(SQLiteSchedules, SQLiteQueues, SQLiteWorkers, Driver):
         with self._transaction(write=False) as tx:
             queue_params = _queue_params(leased_queues(tx, queues))
             query = ready_jobs_query(len(queue_params))
-            if queue_params and tx.conn.execute(query, {**queue_params, "limit": 1}).fetchone():
+            if queue_params and tx.conn.execute(query, queue_params).fetchone():
                 return True
             next_due = tx.conn.execute(_NEXT_DUE).fetchone()[0]
             return next_due is not None and next_due <= tx.now_us

@@ -15,7 +15,7 @@ from pathlib import Path
 from taskharbor.spec import SchemaError, StoreError
 from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
-from . import flow, queues, schedules, workers
+from . import flow, queues, schedules, walk, workers
 from .transitions import ALL_STATES, AVAILABLE_ROWS, DUE_ROWS, LEASED_ROWS
 
 META_TABLE = "taskharbor_meta"
@@ -194,6 +194,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V11,
     _KEY_SCOPES,
     _FINISHED_COUNTS,
+    walk.MIGRATION,
 )
 """Migration ``n`` (0-based) takes the schema from version ``n`` to ``n + 1``."""
 

@@ -92,25 +92,35 @@ def target_case(event: JobEvent) -> tuple[str, dict[str, str]]:
 
 
 LEASE_ORDER = "priority DESC, run_at, id"
-"""The order jobs are leased in: the lease index's order after the queue."""
+"""The order jobs are leased in: the lease indexes' order after the queue (and group)."""
+
+UNLIMITED_ROWS = f"{AVAILABLE_ROWS} AND flow IS NULL"
+"""Available rows without flow limits (the predicate of their lease index)."""
+
+LIMITED_ROWS = f"{AVAILABLE_ROWS} AND flow IS NOT NULL"
+"""Available rows with flow limits (the predicate of their groups' index)."""
 
 
 @cache
 def ready_jobs_query(queue_count: int) -> str:
-    """The next jobs to lease from ``queue_count`` queues, in lease order: their
-    ids, tasks and flow limits (text, or NULL).
+    """The lease walk's candidates from ``queue_count`` queues, in lease order: every
+    available job without limits, and the first job of each group of limited ones
+    (its row in ``flow_tops``), as (id, priority, run_at, task, flow or NULL, queue).
 
-    Parameters ``:q0``, ``:q1``, ... name the queues and ``:limit`` the batch.
-    Each queue is its own walk of the lease index that stops after ``limit``
-    rows, so a lease reads at most ``queue_count * limit`` rows however long
-    the backlog is; only those few candidates are merged and sorted.
+    Parameters ``:q0``, ``:q1``, ... name the queues.  SQLite merges the arms, each
+    read in order from its index, as the caller reads on (no sort, no ``LIMIT``):
+    a walk reads as many candidates as it looks at, however long the backlog is.
     """
-    walks = " UNION ALL ".join(
-        f"SELECT * FROM (SELECT id, priority, run_at, task, flow FROM jobs WHERE {AVAILABLE_ROWS} "
-        f"AND queue = :q{index} ORDER BY {LEASE_ORDER} LIMIT :limit)"
-        for index in range(queue_count)
-    )
-    return f"SELECT id, task, flow FROM ({walks}) ORDER BY {LEASE_ORDER} LIMIT :limit"
+    arms = []
+    for index in range(queue_count):
+        arms.append(
+            "SELECT id, priority, run_at, task, NULL AS flow, queue FROM jobs "
+            f"WHERE {UNLIMITED_ROWS} AND queue = :q{index}"
+        )
+        arms.append(
+            f"SELECT id, priority, run_at, task, flow, queue FROM flow_tops WHERE queue = :q{index}"
+        )
+    return " UNION ALL ".join(arms) + f" ORDER BY {LEASE_ORDER}"
 
 
 JOBS_BY_ID = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"

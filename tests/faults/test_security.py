@@ -37,7 +37,7 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("sqlite/driver.py", "clause"): "the conditions above: fixed columns and ? placeholders",
     ("sqlite/driver.py", "order"): "'ASC' or 'DESC', the two literals of newest_first",
     ("sqlite/driver.py", "marks"): "one ? placeholder per workflow id",
-    ("sqlite/transitions.py", "walks"): "one fixed sub-select per queue, the queue a :qN parameter",
+    ("sqlite/walk.py", "after"): "one of the three literal position conditions it loops over",
     ("sqlite/transitions.py", "index"): "the N of a :qN parameter name (an int)",
     ("sqlite/writes.py", "assignments"): "column names from this package, each = ?",
     ("sqlite/workers.py", "where"): "'' or its one caller's literal 'WHERE id IN json_each(?)'",
