@@ -59,6 +59,8 @@ SQLITE_UNDO: dict[int, tuple[str, ...]] = {
         "DROP INDEX jobs_lease_unlimited",
         "CREATE INDEX jobs_lease ON jobs (queue, priority DESC, run_at, id) "
         "WHERE state = 'available'",
+        "ALTER TABLE jobs DROP COLUMN flow_group",
+        "DROP TABLE flow_groups",
     ),
 }
 """SQLite schema version -> the statements that undo the migration reaching it.  A new

@@ -143,9 +143,9 @@ def test_the_sqlite_group_walk_and_its_triggers_are_index_searches(tmp_path: Pat
     sequence head's place and a trigger's new top are each one index search."""
     SQLiteDriver(tmp_path / "plans.db").close()
     conn = sqlite3.connect(tmp_path / "plans.db")
-    group = {"queue": "a", "task": "t", "flow": "{}"}
+    group = {"queue": "a", "group": 1}
     queues = {"q0": "a", "q1": "b", "q2": "c"}
-    old_row = {**group, "id": 1}
+    old_row = {**group, "flow_group": 1, "id": 1}
     statements = {
         "walk of one queue": (ready_jobs_query(1), {"q0": "a"}, "flow_tops_lease"),
         "walk of three queues": (ready_jobs_query(3), queues, "jobs_lease_unlimited"),
@@ -273,5 +273,7 @@ def test_a_sqlite_store_from_before_the_group_walk_gets_its_groups_tops(tmp_path
         conn.execute("UPDATE taskharbor_meta SET value = '13' WHERE key = 'schema_version'")
     SQLiteDriver(path).close()  # migrates
     with sqlite3.connect(path) as conn:
-        assert len(expected) == 8
+        assert len(expected) == 8  # 2 queues x 2 tasks x 2 limits
+        groups = conn.execute("SELECT task, flow FROM flow_groups ORDER BY id").fetchall()
+        assert len(groups) == 4
         assert sorted(conn.execute("SELECT * FROM flow_tops")) == expected

@@ -1030,6 +1030,7 @@ def _job_values(
         None if step_input is None else dump_json(step_input),
         policy_text(request.retry),
         *_flow_values(request.flow),
+        None if request.flow is None else tx.flow_group(request.task, flow_text(request.flow)),
         dump_json(dict(request.headers)) if request.headers else "{}",
         dump_json(list(request.tags)) if request.tags else "[]",
         dump_json(dict(request.meta)) if request.meta else "{}",

@@ -94,10 +94,10 @@ def target_case(event: JobEvent) -> tuple[str, dict[str, str]]:
 LEASE_ORDER = "priority DESC, run_at, id"
 """The order jobs are leased in: the lease indexes' order after the queue (and group)."""
 
-UNLIMITED_ROWS = f"{AVAILABLE_ROWS} AND flow IS NULL"
+UNLIMITED_ROWS = f"{AVAILABLE_ROWS} AND flow_group IS NULL"
 """Available rows without flow limits (the predicate of their lease index)."""
 
-LIMITED_ROWS = f"{AVAILABLE_ROWS} AND flow IS NOT NULL"
+LIMITED_ROWS = f"{AVAILABLE_ROWS} AND flow_group IS NOT NULL"
 """Available rows with flow limits (the predicate of their groups' index)."""
 
 
@@ -105,7 +105,8 @@ LIMITED_ROWS = f"{AVAILABLE_ROWS} AND flow IS NOT NULL"
 def ready_jobs_query(queue_count: int) -> str:
     """The lease walk's candidates from ``queue_count`` queues, in lease order: every
     available job without limits, and the first job of each group of limited ones
-    (its row in ``flow_tops``), as (id, priority, run_at, task, flow or NULL, queue).
+    (its row in ``flow_tops``), as (id, priority, run_at, task, flow, queue, group), the
+    last three NULL for a job without limits.
 
     Parameters ``:q0``, ``:q1``, ... name the queues.  SQLite merges the arms, each
     read in order from its index, as the caller reads on (no sort, no ``LIMIT``):
@@ -114,11 +115,13 @@ def ready_jobs_query(queue_count: int) -> str:
     arms = []
     for index in range(queue_count):
         arms.append(
-            "SELECT id, priority, run_at, task, NULL AS flow, queue FROM jobs "
+            "SELECT id, priority, run_at, task, NULL, NULL, NULL FROM jobs "
             f"WHERE {UNLIMITED_ROWS} AND queue = :q{index}"
         )
         arms.append(
-            f"SELECT id, priority, run_at, task, flow, queue FROM flow_tops WHERE queue = :q{index}"
+            "SELECT t.id, t.priority, t.run_at, g.task, g.flow, t.queue, t.flow_group "
+            "FROM flow_tops AS t JOIN flow_groups AS g ON g.id = t.flow_group "
+            f"WHERE t.queue = :q{index}"
         )
     return " UNION ALL ".join(arms) + f" ORDER BY {LEASE_ORDER}"
 
@@ -161,7 +164,7 @@ def leaving_running(target: str) -> str:
 INSERT_COLUMNS = (
     "task, queue, state, args, kwargs, priority, run_at, attempt, max_attempts, created_at, "
     "idempotency_key, workflow_id, depends_on, step_args, step_input, retry, "
-    "flow, flow_key, flow_sequence, "
+    "flow, flow_key, flow_sequence, flow_group, "
     "headers, tags, meta, key_scope"
 )
 """The columns an enqueue writes, in the order :data:`INSERT_JOB` binds them."""

@@ -1,9 +1,11 @@
 """The lease's group walk in the SQLite store: it passes over held-back *groups*, not jobs.
 
 A limited job's group is its queue, task and flow limits as stored (the ``flow``
-text, key included).  Within one lease call the members of a group share every
-guard's fact but ``sequence_waits`` (:mod:`taskharbor.drivers.flow_gate`), so
-the walk looks at one member of a group at a time, in lease order:
+text, key included); a job keeps the id of its task and limits (``flow_group``, a
+row of ``flow_groups``), so the indexes hold a number, not the text.  Within one
+lease call the members of a group share every guard's fact but ``sequence_waits``
+(:mod:`taskharbor.drivers.flow_gate`), so the walk looks at one member of a group
+at a time, in lease order:
 
 1. a member held by a guard that counts (:attr:`Verdict.HELD`) holds the whole
    group for the rest of the call: the walk drops the group;
@@ -32,13 +34,13 @@ from taskharbor.spec.records import JobId
 from ..flow_gate import FlowGate, Verdict
 from .transitions import LEASE_ORDER, LIMITED_ROWS, UNLIMITED_ROWS, literal, ready_jobs_query
 
-_OLD_GROUP = "queue = OLD.queue AND task = OLD.task AND flow = OLD.flow"
+_OLD_GROUP = "queue = OLD.queue AND flow_group = OLD.flow_group"
 """The group of the trigger's old row."""
 
-_NEW_IS_LIMITED = f"NEW.state = {literal(JobState.AVAILABLE)} AND NEW.flow IS NOT NULL"
+_NEW_IS_LIMITED = f"NEW.state = {literal(JobState.AVAILABLE)} AND NEW.flow_group IS NOT NULL"
 """The trigger's new row is an available limited job."""
 
-_OLD_WAS_LIMITED = f"OLD.state = {literal(JobState.AVAILABLE)} AND OLD.flow IS NOT NULL"
+_OLD_WAS_LIMITED = f"OLD.state = {literal(JobState.AVAILABLE)} AND OLD.flow_group IS NOT NULL"
 
 _OLD_WAS_TOP = (
     f"{_OLD_WAS_LIMITED} AND EXISTS (SELECT 1 FROM flow_tops WHERE {_OLD_GROUP} AND id = OLD.id)"
@@ -46,9 +48,9 @@ _OLD_WAS_TOP = (
 """The trigger's old row was its group's top."""
 
 JOINS = (
-    "INSERT INTO flow_tops (queue, task, flow, priority, run_at, id) "
-    "VALUES (NEW.queue, NEW.task, NEW.flow, NEW.priority, NEW.run_at, NEW.id) "
-    "ON CONFLICT (queue, task, flow) DO UPDATE SET "
+    "INSERT INTO flow_tops (queue, flow_group, priority, run_at, id) "
+    "VALUES (NEW.queue, NEW.flow_group, NEW.priority, NEW.run_at, NEW.id) "
+    "ON CONFLICT (queue, flow_group) DO UPDATE SET "
     "priority = excluded.priority, run_at = excluded.run_at, id = excluded.id "
     "WHERE excluded.priority > flow_tops.priority OR (excluded.priority = flow_tops.priority "
     "AND (excluded.run_at < flow_tops.run_at OR (excluded.run_at = flow_tops.run_at "
@@ -59,8 +61,8 @@ its group's top unless the top comes before it in lease order."""
 
 LEAVES = (
     f"DELETE FROM flow_tops WHERE {_OLD_GROUP}; "
-    "INSERT INTO flow_tops (queue, task, flow, priority, run_at, id) "
-    f"SELECT queue, task, flow, priority, run_at, id FROM jobs WHERE {LIMITED_ROWS} "
+    "INSERT INTO flow_tops (queue, flow_group, priority, run_at, id) "
+    f"SELECT queue, flow_group, priority, run_at, id FROM jobs WHERE {LIMITED_ROWS} "
     f"AND {_OLD_GROUP} ORDER BY {LEASE_ORDER} LIMIT 1;"
 )
 """The trigger steps for a group's top (``OLD``) that is no longer an available limited
@@ -68,30 +70,38 @@ job, or moved: the group's first available job becomes its top (one probe of
 ``jobs_flow_group``), if any is left."""
 
 GROUP_TOPS = (
-    "SELECT queue, task, flow, priority, run_at, id FROM ("
-    "SELECT queue, task, flow, priority, run_at, id, row_number() OVER "
-    f"(PARTITION BY queue, task, flow ORDER BY {LEASE_ORDER}) AS n FROM jobs "
+    "SELECT queue, flow_group, priority, run_at, id FROM ("
+    "SELECT queue, flow_group, priority, run_at, id, row_number() OVER "
+    f"(PARTITION BY queue, flow_group ORDER BY {LEASE_ORDER}) AS n FROM jobs "
     f"WHERE {LIMITED_ROWS}) WHERE n = 1"
 )
 """Each group's top computed from the jobs (one pass over the available limited
 ones): the migration fills ``flow_tops`` with it, and tests compare it with it."""
 
-_MOVES = "UPDATE OF state, queue, task, flow, priority, run_at"
+_MOVES = "UPDATE OF state, queue, flow_group, priority, run_at"
 """Every column whose change can move a row into, out of or within a group."""
 
 MIGRATION = (
+    # Each task and flow limits' text met, by id, and each job's (NULL without limits).
+    "CREATE TABLE flow_groups (id INTEGER PRIMARY KEY, task TEXT NOT NULL, flow TEXT NOT NULL, "
+    "UNIQUE (task, flow))",
+    "ALTER TABLE jobs ADD COLUMN flow_group INTEGER REFERENCES flow_groups (id)",
+    "INSERT INTO flow_groups (task, flow) "
+    "SELECT DISTINCT task, flow FROM jobs WHERE flow IS NOT NULL ORDER BY task, flow",
+    "UPDATE jobs SET flow_group = (SELECT g.id FROM flow_groups AS g "
+    "WHERE g.task = jobs.task AND g.flow = jobs.flow) WHERE flow IS NOT NULL",
     # Each available row is in one lease index: without limits by queue, with limits
     # by queue and group (jobs_lease held both, so a walk to the first job admitted
     # read every held job before it).
     "DROP INDEX jobs_lease",
     f"CREATE INDEX jobs_lease_unlimited ON jobs (queue, {LEASE_ORDER}) WHERE {UNLIMITED_ROWS}",
-    f"CREATE INDEX jobs_flow_group ON jobs (queue, task, flow, {LEASE_ORDER}) WHERE {LIMITED_ROWS}",
+    f"CREATE INDEX jobs_flow_group ON jobs (queue, flow_group, {LEASE_ORDER}) WHERE {LIMITED_ROWS}",
     # Each group's first available job in lease order (its top), one row a group.
-    "CREATE TABLE flow_tops (queue TEXT NOT NULL, task TEXT NOT NULL, flow TEXT NOT NULL, "
+    "CREATE TABLE flow_tops (queue TEXT NOT NULL, flow_group INTEGER NOT NULL, "
     "priority INTEGER NOT NULL, run_at INTEGER NOT NULL, id INTEGER NOT NULL, "
-    "PRIMARY KEY (queue, task, flow)) WITHOUT ROWID",
+    "PRIMARY KEY (queue, flow_group)) WITHOUT ROWID",
     f"CREATE INDEX flow_tops_lease ON flow_tops (queue, {LEASE_ORDER})",
-    f"INSERT INTO flow_tops (queue, task, flow, priority, run_at, id) {GROUP_TOPS}",
+    f"INSERT INTO flow_tops (queue, flow_group, priority, run_at, id) {GROUP_TOPS}",
     # The triggers keep flow_tops exact through every write of every path.  Either
     # order of the two update triggers leaves the true top.
     f"CREATE TRIGGER flow_tops_inserted AFTER INSERT ON jobs "
@@ -103,7 +113,7 @@ MIGRATION = (
 )
 """The group walk's schema: the two lease indexes, the groups' tops and their triggers."""
 
-_IN_GROUP = f"{LIMITED_ROWS} AND queue = :queue AND task = :task AND flow = :flow"
+_IN_GROUP = f"{LIMITED_ROWS} AND queue = :queue AND flow_group = :group"
 
 GROUP_AFTER = (
     " UNION ALL ".join(
@@ -124,8 +134,14 @@ a row-value comparison would be, is not a search: it reads every job of equal
 GROUP_MEMBER = f"SELECT priority, run_at FROM jobs WHERE id = :id AND {_IN_GROUP}"
 """The position of job ``:id`` if it is an available job of the group."""
 
-_Candidate = tuple[int, int, JobId, str, str, str]
-"""A group's next candidate: (-priority, run_at, id, queue, task, flow)."""
+FLOW_GROUP = "SELECT id FROM flow_groups WHERE task = ? AND flow = ?"
+"""The id of the flow group of a task and a limits' text."""
+
+NEW_FLOW_GROUP = "INSERT INTO flow_groups (task, flow) VALUES (?, ?) RETURNING id"
+"""A new flow group, returning its id."""
+
+_Candidate = tuple[int, int, JobId, str, str, str, int]
+"""A group's next candidate: (-priority, run_at, id, task, flow, queue, group)."""
 
 
 def walk(
@@ -141,10 +157,10 @@ def walk(
         row = stream.fetchone()
         while len(chosen) < limit:
             if later and (row is None or later[0][:3] < (-row[1], row[2], row[0])):
-                minus_priority, run_at, job_id, queue, task, flow = heapq.heappop(later)
+                minus_priority, run_at, job_id, task, flow, queue, group_id = heapq.heappop(later)
                 priority = -minus_priority
             elif row is not None:
-                job_id, priority, run_at, task, flow, queue = row
+                job_id, priority, run_at, task, flow, queue, group_id = row
                 row = stream.fetchone()
             else:
                 break
@@ -152,7 +168,7 @@ def walk(
                 gate.takes_unlimited(task)
                 chosen.append(job_id)
                 continue
-            group = {"queue": queue, "task": task, "flow": flow}
+            group = {"queue": queue, "group": group_id}
             limits = flow_from_text(flow)
             verdict = gate.decide(job_id, task, limits)
             if verdict is Verdict.TAKEN:
@@ -172,7 +188,8 @@ def walk(
                 found = None
             if found is not None:
                 next_id, next_priority, next_run_at = found
-                heapq.heappush(later, (-next_priority, next_run_at, next_id, queue, task, flow))
+                candidate = (-next_priority, next_run_at, next_id, task, flow, queue, group_id)
+                heapq.heappush(later, candidate)
     finally:
         stream.close()
     return chosen

@@ -33,6 +33,7 @@ from taskharbor.spec.records import CALLBACK_CANCELS, map_ref, partial_input, st
 
 from .rows import JOB_COLUMNS, dump_json, job_record, load_json, to_micros
 from .transitions import INSERT_JOB, JOBS_AFTER, JOBS_BY_ID
+from .walk import FLOW_GROUP, NEW_FLOW_GROUP
 
 _LEASE_CLEARED: Mapping[str, Any] = {
     "lease_token": None,
@@ -62,6 +63,8 @@ class Writes:
         """The first counted step of each workflow that ended dead in this call."""
         self._marked: dict[WorkflowId, tuple[frozenset[JobId], frozenset[JobId]]] = {}
         """Each workflow's partial and tolerated steps, read once per call."""
+        self._groups: dict[tuple[str, str], int] = {}
+        """The flow group ids this call read or made."""
 
     # -- reading inside the transaction ----------------------------------------
 
@@ -84,6 +87,16 @@ class Writes:
         ).fetchall()
 
     # -- inserting --------------------------------------------------------------
+
+    def flow_group(self, task: str, flow: str) -> int:
+        """The id of the flow group of ``task`` and the limits' text ``flow``, made if new
+        (the lease's group walk, :mod:`.walk`, indexes a job's group by this id)."""
+        if (task, flow) not in self._groups:
+            row = self.conn.execute(FLOW_GROUP, (task, flow)).fetchone()
+            if row is None:
+                row = self.conn.execute(NEW_FLOW_GROUP, (task, flow)).fetchone()
+            self._groups[task, flow] = row[0]
+        return self._groups[task, flow]
 
     def insert(self, rows: Sequence[Sequence[object]]) -> list[sqlite3.Row]:
         """Insert jobs (values in the order of ``INSERT_COLUMNS``); their stored rows, in order.
