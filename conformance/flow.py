@@ -127,6 +127,19 @@ class FlowControlRules(HarborFixture):
         assert ids(harbor.lease(limit=2)) == [head.id]
 
     @requires("flow_control")
+    def test_a_sequence_head_behind_its_followers_keeps_its_place_in_lease_order(
+        self, harbor: Harbor
+    ) -> None:
+        """A store may pass over a sequence's followers at once and go straight to the
+        head (the only one of them it may take), but the head still comes in its own
+        place in lease order: after a job that is ahead of it and behind them."""
+        head = harbor.enqueue(flow=sequence())
+        harbor.driver.enqueue([EnqueueRequest("task", priority=2, flow=sequence())] * 3)
+        between = harbor.enqueue("other", priority=1)
+        assert ids(harbor.lease(limit=1)) == [between.id]
+        assert ids(harbor.lease(limit=1)) == [head.id]
+
+    @requires("flow_control")
     def test_jobs_with_the_same_limits_go_on_in_lease_order_as_slots_free(
         self, harbor: Harbor
     ) -> None:

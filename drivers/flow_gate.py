@@ -22,7 +22,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from taskharbor.spec.flow import FlowLimits, rate_bucket
+from taskharbor.spec.flow import GROUP_GUARDS, FlowLimits, rate_bucket
 from taskharbor.spec.records import JobId
 from taskharbor.spec.table import JOB, JobEvent, JobState
 
@@ -51,9 +51,9 @@ class Verdict(enum.Enum):
     TAKEN = enum.auto()
     """Admitted: it counts as running; its group goes on with its next job."""
     HELD = enum.auto()
-    """Held by a guard that counts (running jobs of the task or key, starts of a
-    rate bucket): those counts only grow during the call, so every later job of its
-    group is held too, for the rest of the call."""
+    """Held by a guard of :data:`~taskharbor.spec.flow.GROUP_GUARDS` (running jobs of
+    the task or key, starts of a rate bucket): those counts only grow during the
+    call, so every later job of its group is held too, for the rest of the call."""
     WAITS_FOR_HEAD = enum.auto()
     """Held by ``sequence_waits`` alone: of its group only its key's sequence head
     (:meth:`FlowGate.head`, fixed for the call) may still be taken in this call."""
@@ -83,8 +83,7 @@ class FlowGate:
         and if not, whether anything but its key's sequence holds it."""
         facts = self._facts(job_id, task, flow)
         if JOB.permits(JobEvent.LEASE, JobState.AVAILABLE, facts) is None:
-            without_sequence = {**facts, "sequence_waits": False}
-            if JOB.permits(JobEvent.LEASE, JobState.AVAILABLE, without_sequence) is None:
+            if any(facts[guard] for guard in GROUP_GUARDS):
                 return Verdict.HELD
             return Verdict.WAITS_FOR_HEAD
         self._tasks[task] = self._running_of_task(task) + 1
@@ -101,10 +100,7 @@ class FlowGate:
         limits) may still be taken in this call.  Not if a guard that counts holds it
         now (the counts only grow), nor if the limits are a sequence's: the job taken
         was its key's head, which every later job of the key waits for."""
-        if flow.sequence is not None:
-            return False
-        facts = {**self._counted(task, flow), "sequence_waits": False}
-        return JOB.permits(JobEvent.LEASE, JobState.AVAILABLE, facts) is not None
+        return flow.sequence is None and not any(self._group_facts(task, flow).values())
 
     def takes_unlimited(self, task: str) -> None:
         """A candidate without limits is taken: it counts as running for its task."""
@@ -116,11 +112,12 @@ class FlowGate:
     def _facts(self, job_id: JobId, task: str, flow: FlowLimits) -> dict[str, bool]:
         key = flow.key
         waits = flow.sequence is not None and key is not None and self.head(key) != job_id
-        return {**self._counted(task, flow), "sequence_waits": waits}
+        return {**self._group_facts(task, flow), "sequence_waits": waits}
 
-    def _counted(self, task: str, flow: FlowLimits) -> dict[str, bool]:
-        """The facts of the guards that count (all but ``sequence_waits``): the same
-        for every job of a group at a given moment of the call."""
+    def _group_facts(self, task: str, flow: FlowLimits) -> dict[str, bool]:
+        """The facts of :data:`~taskharbor.spec.flow.GROUP_GUARDS`: the same for every
+        job of a group at a given moment of the call, and once true, true for the rest
+        of it."""
         key = flow.key
         rate = flow.rate
         bucket = rate_bucket(task, flow)

@@ -22,7 +22,15 @@ from .errors import (
     WorkflowNotFound,
     is_refusal,
 )
-from .flow import FLOW_GUARDS, MAX_RATE_WINDOW_SECONDS, FlowLimits, OnDead, RateLimit, rate_bucket
+from .flow import (
+    FLOW_GUARDS,
+    GROUP_GUARDS,
+    MAX_RATE_WINDOW_SECONDS,
+    FlowLimits,
+    OnDead,
+    RateLimit,
+    rate_bucket,
+)
 from .history import (
     FINISHED_OUTCOMES,
     MAX_HISTORY,
@@ -127,6 +135,7 @@ __all__ = [
     "FINISHED_JOB_STATES",
     "FINISHED_OUTCOMES",
     "FLOW_GUARDS",
+    "GROUP_GUARDS",
     "HEADERS_MAX_ITEMS",
     "HEADER_VALUE_MAX_LENGTH",
     "JOB",

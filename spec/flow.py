@@ -152,6 +152,14 @@ def rate_bucket(task: str, limits: FlowLimits | None) -> str | None:
 FLOW_GUARDS: Final = ("task_at_limit", "key_at_limit", "sequence_waits", "rate_exhausted")
 """The guards of ``lease`` (its ``unless`` list): any one holding keeps a job available."""
 
+GROUP_GUARDS: Final = ("task_at_limit", "key_at_limit", "rate_exhausted")
+"""The guards whose fact is the same for every available job of one queue and task with
+the same limits (a *group*), and which, once holding in a lease call, hold for the rest
+of it: the counts they read only grow while a call leases, and its ``now`` is fixed.  So
+a lease may pass over a whole group once one of its jobs is held by one of these, which
+keeps its cost from growing with the jobs held back.  ``sequence_waits`` is not one of
+them: it differs from job to job (the key's sequence head passes, the others wait)."""
+
 
 def flow_text(limits: FlowLimits) -> str:
     """The limits as compact JSON text, for stores that keep them as one column."""

@@ -278,28 +278,30 @@ class MemoryDriver(MemorySchedules, MemoryQueues, MemoryWorkers, Driver):
             now = self._now()
             queues = self._leased_queues(args.queues)
             leased: list[JobRow] = []
-            passed: list[JobRow] = []
-            while len(leased) < args.limit:
-                job_id = self._index.take_ready(queues)
-                if job_id is None:
-                    break
-                row = self._jobs[job_id]
-                held = self._index.flow.held_back(row, now)
-                leasing = JOB.permits(JobEvent.LEASE, row.state, held)
-                if leasing is None:
-                    passed.append(row)  # held back by a flow limit: stays available
-                    continue
-                target = _STATES[leasing]
-                self._index.flow.started(row, now)
-                row.attempt += 1
-                row.lease_token = self._new_token()
-                row.leased_by = args.worker_id
-                row.lease_expires_at = now + duration
-                row.progress = None
-                self._enter(row, target, now)
-                leased.append(row)
-            for row in passed:
-                self._index.place(row)
+            walk = self._index.walk(queues)
+            try:
+                while len(leased) < args.limit:
+                    job_id = walk.next()
+                    if job_id is None:
+                        break
+                    row = self._jobs[job_id]
+                    held = self._index.flow.held_back(row, now)
+                    leasing = JOB.permits(JobEvent.LEASE, row.state, held)
+                    if leasing is None:  # held back by a flow limit: stays available
+                        head = self._index.flow.sequence_head(row)
+                        walk.held(held or {}, None if head is None else self._jobs[head])
+                        continue
+                    target = _STATES[leasing]
+                    self._index.flow.started(row, now)
+                    row.attempt += 1
+                    row.lease_token = self._new_token()
+                    row.leased_by = args.worker_id
+                    row.lease_expires_at = now + duration
+                    row.progress = None
+                    self._enter(row, target, now)
+                    leased.append(row)
+            finally:
+                walk.end()  # nothing stays set aside, whatever happened
             return [row.snapshot() for row in leased]
 
     def _new_token(self) -> str:

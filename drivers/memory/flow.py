@@ -111,6 +111,13 @@ class FlowIndex:
             "rate_exhausted": rate_exhausted,
         }
 
+    def sequence_head(self, row: JobRow) -> JobId | None:
+        """The sequence head of ``row``'s key, when ``row`` has a sequence."""
+        flow = row.flow
+        if flow is None or flow.sequence is None or flow.key is None:
+            return None
+        return self._sequences[flow.key].head()
+
     def started(self, row: JobRow, now: datetime) -> None:
         """``row`` was just leased: record its start in its rate bucket, if it has one."""
         bucket = rate_bucket(row.task, row.flow)

@@ -1,10 +1,12 @@
 """Indexes of the in-memory driver, so that leasing, promoting and rescuing never scan every job.
 
 Each job that some maintenance or consuming path looks for sits in exactly one
-heap, chosen by its state:
+heap (:class:`~taskharbor.drivers.memory.heaps.LazyHeap`), chosen by its state:
 
-* ``available``: the heap of its queue, ordered ``(-priority, run_at, id)``
-  (the lease order of the SPI);
+* ``available``: in its queue's :class:`~taskharbor.drivers.memory.ready.ReadyQueue`,
+  ordered ``(-priority, run_at, id)`` (the lease order of the SPI), a job with
+  flow limits in the heap of its group, so a lease passes over held-back jobs a
+  group at a time;
 * ``scheduled`` / ``retrying``: the *due* heap, ordered by ``run_at`` (promote);
 * ``running``: the *lease* heap, ordered by ``lease_expires_at`` (rescue);
 * ``succeeded`` / ``dead`` / ``cancelled``: the *finished* heap, ordered by
@@ -17,73 +19,25 @@ minute that holds a stored finished job, gone with its last job.
 
 Beside the heaps, :class:`~taskharbor.drivers.memory.flow.FlowIndex` keeps the
 counts that the flow-control guards of ``lease`` read.
-
-Heaps cannot delete from the middle cheaply, so invalidation is lazy: every
-time a job is (re)placed it gets a new sequence number, and a heap entry
-counts only while its number is the job's current one.  Stale entries are
-skipped when they reach the top, and a heap whose stale entries outnumber its
-live ones is rebuilt, so memory stays proportional to the live jobs.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from taskharbor.spec.history import MINUTE, FinishedCount, minute_of
 from taskharbor.spec.records import JobId
 from taskharbor.spec.table import FINISHED_JOB_STATES, JobState
 
 from .flow import FlowIndex
+from .heaps import LazyHeap
+from .ready import LeaseWalk, Order, ReadyQueue
 from .rows import JobRow
-
-Key = TypeVar("Key")
-
-_COMPACT_SLACK = 64
-"""Stale entries a heap may carry beyond its live count before it is rebuilt."""
-
-
-class LazyHeap(Generic[Key]):
-    """A min-heap of ``(key, job id, sequence)`` entries with lazy deletion."""
-
-    def __init__(self, is_current: Callable[[JobId, int], bool]) -> None:
-        self._entries: list[tuple[Key, JobId, int]] = []
-        self._live = 0
-        self._is_current = is_current
-
-    def __len__(self) -> int:
-        """The number of live entries."""
-        return self._live
-
-    def push(self, key: Key, job_id: JobId, seq: int) -> None:
-        heapq.heappush(self._entries, (key, job_id, seq))
-        self._live += 1
-
-    def forget(self) -> None:
-        """One live entry has just gone stale (its job moved on)."""
-        self._live -= 1
-        if len(self._entries) > 2 * self._live + _COMPACT_SLACK:
-            self._entries = [entry for entry in self._entries if self._is_current(*entry[1:])]
-            heapq.heapify(self._entries)
-
-    def peek(self) -> tuple[Key, JobId, int] | None:
-        """The smallest live entry, dropping stale ones from the top."""
-        entries = self._entries
-        while entries and not self._is_current(entries[0][1], entries[0][2]):
-            heapq.heappop(entries)
-        return entries[0] if entries else None
-
-    def pop(self) -> tuple[Key, JobId, int]:
-        """Remove and return the smallest live entry (call :meth:`peek` first)."""
-        if self.peek() is None:
-            raise IndexError("pop from an empty heap")
-        self._live -= 1
-        return heapq.heappop(self._entries)
 
 
 @dataclass(slots=True)
@@ -103,7 +57,7 @@ class JobIndex:
     def __init__(self) -> None:
         self._seq = itertools.count(1)
         self._placements: dict[JobId, _Placement] = {}
-        self._ready: dict[str, LazyHeap[tuple[int, datetime]]] = {}
+        self._ready: dict[str, ReadyQueue] = {}
         self._due: LazyHeap[datetime] = LazyHeap(self._is_current)
         self._leases: LazyHeap[datetime] = LazyHeap(self._is_current)
         self._finished: LazyHeap[datetime] = LazyHeap(self._is_current)
@@ -125,8 +79,7 @@ class JobIndex:
         state = row.state
         minute = None
         if state is JobState.AVAILABLE:
-            heap = self._ready_heap(row.queue)
-            heap.push((-row.priority, row.run_at), row.id, seq)
+            heap = self._ready_queue(row.queue).place(row, seq)
         elif state in (JobState.SCHEDULED, JobState.RETRYING):
             heap = self._due
             heap.push(row.run_at, row.id, seq)
@@ -167,11 +120,11 @@ class JobIndex:
         if not self._counts[row.queue, placement.state]:
             del self._counts[row.queue, placement.state]
 
-    def _ready_heap(self, queue: str) -> LazyHeap[tuple[int, datetime]]:
-        heap = self._ready.get(queue)
-        if heap is None:
-            heap = self._ready[queue] = LazyHeap(self._is_current)
-        return heap
+    def _ready_queue(self, queue: str) -> ReadyQueue:
+        ready = self._ready.get(queue)
+        if ready is None:
+            ready = self._ready[queue] = ReadyQueue(self._is_current)
+        return ready
 
     def _take(self, heap: LazyHeap[Any]) -> JobId:
         """Pop the top entry; the job stays placed but no longer sits in a heap."""
@@ -181,16 +134,15 @@ class JobIndex:
 
     # -- queries ----------------------------------------------------------------
 
-    def take_ready(self, queues: Iterable[str]) -> JobId | None:
-        """Pop the next job to lease from ``queues``: highest priority, then
-        earliest ``run_at``, then lowest id, across all of them."""
-        best: tuple[tuple[tuple[int, datetime], JobId, int], LazyHeap[Any]] | None = None
-        for queue in queues:
-            heap = self._ready.get(queue)
-            top = heap.peek() if heap is not None else None
-            if top is not None and heap is not None and (best is None or top < best[0]):
-                best = (top, heap)
-        return None if best is None else self._take(best[1])
+    def walk(self, queues: Iterable[str]) -> LeaseWalk:
+        """The candidates of one lease from ``queues``, in lease order across them
+        (highest priority, then earliest ``run_at``, then lowest id)."""
+        return LeaseWalk([self._ready_queue(queue) for queue in queues], self._placed)
+
+    def _placed(self, job_id: JobId) -> tuple[int, LazyHeap[Order] | None] | None:
+        """The job's current sequence and heap, if it is indexed."""
+        placement = self._placements.get(job_id)
+        return None if placement is None else (placement.seq, placement.heap)
 
     def take_due(self, now: datetime) -> list[JobId]:
         """Pop every scheduled or retrying job whose ``run_at <= now``, earliest first."""
