@@ -166,6 +166,25 @@ class FlowControlRules(HarborFixture):
         assert ids(harbor.lease(limit=10)) == [jobs[4].id]
 
     @requires("flow_control")
+    def test_a_job_joining_its_group_ahead_of_the_others_is_leased_first(
+        self, harbor: Harbor
+    ) -> None:
+        """A job that becomes available ahead of the waiting jobs with its task and
+        limits (enqueued with a higher priority, or due earlier) is leased before them,
+        so a store that keeps each group's first job must move it when one joins ahead."""
+        flow = FlowLimits(concurrency=1)
+        waiting = harbor.enqueue(flow=flow)
+        urgent = harbor.enqueue(priority=5, flow=flow)
+        due = harbor.enqueue(priority=9, run_at=harbor.later(10), flow=flow)
+        assert ids(harbor.lease(limit=10)) == [urgent.id]
+        harbor.complete(harbor.get(urgent.id))
+        harbor.advance(10)
+        harbor.driver.promote()
+        assert ids(harbor.lease(limit=10)) == [due.id]
+        harbor.complete(harbor.get(due.id))
+        assert ids(harbor.lease(limit=10)) == [waiting.id]
+
+    @requires("flow_control")
     @pytest.mark.parametrize("differs_by", ["queue", "task", "limits"])
     def test_a_sequence_head_unlike_its_followers_is_leased_once_in_its_place(
         self, harbor: Harbor, differs_by: str

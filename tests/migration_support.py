@@ -53,7 +53,7 @@ SQLITE_UNDO: dict[int, tuple[str, ...]] = {
         "DROP INDEX jobs_finished_counts",
     ),
     14: (
-        *(f"DROP TRIGGER flow_tops_{name}" for name in ("inserted", "joined", "left", "deleted")),
+        *(f"DROP TRIGGER flow_tops_{name}" for name in ("inserted", "moved", "deleted")),
         "DROP TABLE flow_tops",
         "DROP INDEX jobs_flow_group",
         "DROP INDEX jobs_lease_unlimited",
