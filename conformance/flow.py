@@ -127,6 +127,23 @@ class FlowControlRules(HarborFixture):
         assert ids(harbor.lease(limit=2)) == [head.id]
 
     @requires("flow_control")
+    def test_a_sequence_head_of_another_queue_task_or_limits_is_leased_in_its_own_place(
+        self, harbor: Harbor
+    ) -> None:
+        """A sequence's head behind its followers in lease order but not one of their kind
+        (another queue, another task, other limits): the followers wait, the head is leased
+        only by a lease of its own queue, at its own place in lease order."""
+        elsewhere = harbor.enqueue(queue="later", flow=sequence("a"))
+        other_task = harbor.enqueue("other", flow=sequence("b"))
+        raised = FlowLimits(key="c", sequence=OnDead.BLOCK, concurrency=10)
+        other_limits = harbor.enqueue(flow=raised)
+        free = harbor.enqueue()
+        for key in ("a", "b", "c"):
+            harbor.enqueue(priority=1, flow=sequence(key))
+        assert ids(harbor.lease(limit=10)) == [other_task.id, other_limits.id, free.id]
+        assert ids(harbor.lease(["default", "later"], limit=10)) == [elsewhere.id]
+
+    @requires("flow_control")
     def test_task_concurrency_counts_every_running_job_of_the_task(self, harbor: Harbor) -> None:
         harbor.running("t")
         harbor.enqueue("other", flow=FlowLimits(concurrency=1))  # another task: not counted
