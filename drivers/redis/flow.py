@@ -177,15 +177,19 @@ function F.group_key(queue, task, flow)
   return P .. 'g:' .. queue .. '\0' .. task .. '\0' .. flow
 end
 
--- The groups whose sets this call changed, each with its queue and the first member it
--- had before (false: none).  F.settle_groups sets their entries right at the call's end,
--- so no entry moves while a lease walks the ready sets.
+-- The groups whose sets this call changed, each with its queue and its entry in the
+-- ready set (its first member when the call first touched it; false: none).
+-- F.settle_groups sets their entries right at the call's end, so no entry moves while
+-- a lease walks the ready sets.
 local TOUCHED = {}
 
 local function touch(g, queue)
-  if TOUCHED[g] == nil then
-    TOUCHED[g] = {queue = queue, top = redis.call('ZRANGE', g, 0, 0)[1] or false}
+  local t = TOUCHED[g]
+  if t == nil then
+    t = {queue = queue, entry = redis.call('ZRANGE', g, 0, 0)[1] or false}
+    TOUCHED[g] = t
   end
+  return t
 end
 
 -- ``j`` becomes available (H.index) / is no longer (H.unindex).
@@ -201,23 +205,30 @@ function F.ready(j)
 end
 
 function F.unready(j)
-  local member = j.run_at .. H.pad(j.id)
-  redis.call('ZREM', P .. 'ready:' .. j.queue, member)  -- unlimited, or its group's entry
-  if j.flow then
-    local g = F.group_key(j.queue, j.task, j.flow)
-    touch(g, j.queue)
-    redis.call('ZREM', g, member)
+  local member, ready = j.run_at .. H.pad(j.id), P .. 'ready:' .. j.queue
+  if not j.flow then
+    redis.call('ZREM', ready, member)
+    return
+  end
+  local g = F.group_key(j.queue, j.task, j.flow)
+  local t = touch(g, j.queue)
+  redis.call('ZREM', g, member)
+  if t.entry == member then  -- the group's entry goes with it
+    redis.call('ZREM', ready, member)
+    t.entry = false
   end
 end
 
 -- At the end of every call: each group it changed stands in its queue's ready set by its
 -- first member now, and only by it (a group left empty, by none).
 function F.settle_groups()
-  for g, was in pairs(TOUCHED) do
+  for g, t in pairs(TOUCHED) do
     local top = redis.call('ZRANGE', g, 0, 0, 'WITHSCORES')
-    local ready = P .. 'ready:' .. was.queue
-    if was.top and was.top ~= top[1] then redis.call('ZREM', ready, was.top) end
-    if top[1] then redis.call('ZADD', ready, top[2], top[1]) end
+    if t.entry ~= (top[1] or false) then
+      local ready = P .. 'ready:' .. t.queue
+      if t.entry then redis.call('ZREM', ready, t.entry) end
+      if top[1] then redis.call('ZADD', ready, top[2], top[1]) end
+    end
   end
   TOUCHED = {}
 end
