@@ -205,17 +205,13 @@ function F.ready(j)
 end
 
 function F.unready(j)
-  local member, ready = j.run_at .. H.pad(j.id), P .. 'ready:' .. j.queue
-  if not j.flow then
-    redis.call('ZREM', ready, member)
-    return
-  end
-  local g = F.group_key(j.queue, j.task, j.flow)
-  local t = touch(g, j.queue)
-  redis.call('ZREM', g, member)
-  if t.entry == member then  -- the group's entry goes with it
-    redis.call('ZREM', ready, member)
-    t.entry = false
+  local member = j.run_at .. H.pad(j.id)
+  redis.call('ZREM', P .. 'ready:' .. j.queue, member)  -- unlimited, or an entry
+  if j.flow then
+    local g = F.group_key(j.queue, j.task, j.flow)
+    local t = touch(g, j.queue)
+    redis.call('ZREM', g, member)
+    if t.entry == member then t.entry = false end  -- the group's entry went with it
   end
 end
 
@@ -313,9 +309,11 @@ function F.walk(names, first)
     return best
   end
   -- A candidate taken left the ready set if it stood in it; its group (at ``rank`` in
-  -- the group's set before the take) goes on with its next member.
+  -- the group's set before the take) goes on with its next member.  (A job with limits
+  -- made available by a process of version 3 or older stands in the ready set alone,
+  -- not in its group: it has no rank, and its group goes on from its own entry.)
   function walk.taken(item, g, rank)
-    if not g then return end
+    if not g or not rank then return end
     local after = redis.call('ZRANGE', g, rank, rank, 'WITHSCORES')
     if after[1] then push({tonumber(after[2]), after[1], item[3]}) end
   end
