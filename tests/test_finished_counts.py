@@ -69,6 +69,8 @@ def test_postgres_reads_one_range_of_its_index_only(make_driver: MakeDriver) -> 
 
 
 def test_redis_counts_an_older_stores_finished_jobs_once_when_migrated(tmp_path: Path) -> None:
+    from taskharbor.drivers.redis.driver import SCHEMA_VERSION
+
     with redis_store(tmp_path) as make:
         clock = FakeClock(START)
         driver = make(clock)
@@ -86,7 +88,7 @@ def test_redis_counts_an_older_stores_finished_jobs_once_when_migrated(tmp_path:
         assert driver.finished_per_minute(minute) == []
         driver.migrate()
         driver.migrate()  # once only
-        assert client.hget(f"{prefix}meta", "version") == "3"
+        assert client.hget(f"{prefix}meta", "version") == SCHEMA_VERSION
         assert driver.finished_per_minute(minute) == counted
         # a minute's hash goes with its last job
         clock.advance(60)

@@ -98,10 +98,13 @@ BATCH = 500
 """Jobs per script run of promote, rescue and prune: a large backlog never blocks the
 server for long (each run is atomic; the call loops until the work is done)."""
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 """1: the first store; 2: flow control (the running counts its guards read, which a store
 of version 1 gets from its running jobs when it is migrated); 3: finished jobs counted per
-minute (``finished_per_minute``; an older store's are counted once when it is migrated)."""
+minute (``finished_per_minute``; an older store's are counted once when it is migrated);
+4: limited available jobs kept in per-group sets, each group one entry of its queue's
+ready set (the group walk of a lease; an older store's are moved once when it is
+migrated)."""
 
 CAPABILITIES = Capabilities(
     multi_process=True,

@@ -14,8 +14,9 @@ Cluster keeps the whole store in one slot):
 ``P ids``           hash: the last job id and workflow id drawn
 ``P keys``          hash: idempotency key -> the id of its last taker (holding it
                     while its ``key_scope`` and ``key_until`` say so)
-``P ready:<queue>`` sorted set of ``available`` jobs: score ``-priority``, member
-                    ``run_at .. id`` (fixed width, so ties sort by run_at, then id)
+``P ready:<queue>`` sorted set of ``available`` jobs without limits: score ``-priority``,
+                    member ``run_at .. id`` (fixed width, so ties sort by run_at, then id),
+                    and of the first member of each group of limited ones (:mod:`.flow`)
 ``P delayed``       sorted set of ``scheduled``/``retrying`` jobs by ``run_at``
 ``P running``       sorted set of ``running`` jobs by ``lease_expires_at``
 ``P finished``      sorted set of finished jobs by ``finished_at``
@@ -41,7 +42,8 @@ Cluster keeps the whole store in one slot):
 =================== ==============================================================
 
 Flow control's counts and sets (``P run:task``, ``P run:key``, ``P seq:<key>``,
-``P starts:<bucket>``) and the lease's walk past held-back jobs are :mod:`.flow`'s.
+``P starts:<bucket>``, the groups' ``P g:...``) and the lease's walk past held-back
+jobs are :mod:`.flow`'s.
 
 Lua's numbers are doubles, and a microsecond count since year 1 exceeds 2**53:
 times stay strings (compared as strings, added with :func:`t_add` on split
@@ -172,6 +174,9 @@ end
 
 function H.pad(id) return string.format('%015d', tonumber(id)) end
 
+-- The job id of a ready set's member (``run_at .. H.pad(id)``).
+function H.member_id(member) return string.match(string.sub(member, 19), '^0*(%d+)$') end
+
 function H.split(text)
   local out = {}
   if text then for part in string.gmatch(text, '[^,]+') do out[#out + 1] = part end end
@@ -230,7 +235,7 @@ end
 function H.unindex(j)
   local s, id = j.state, j.id
   if s == S.available then
-    redis.call('ZREM', P .. 'ready:' .. j.queue, j.run_at .. H.pad(id))
+    F.unready(j)
   elseif DELAYED[s] then
     redis.call('ZREM', P .. 'delayed', j.run_at .. ':' .. id)
   elseif s == S.running then
@@ -248,7 +253,7 @@ end
 function H.index(j)
   local s, id = j.state, j.id
   if s == S.available then
-    redis.call('ZADD', P .. 'ready:' .. j.queue, -tonumber(j.priority), j.run_at .. H.pad(id))
+    F.ready(j)
     WAKE[j.queue] = true
   elseif DELAYED[s] then
     redis.call('ZADD', P .. 'delayed', j.run_at, j.run_at .. ':' .. id)
@@ -680,27 +685,31 @@ function H.unpaused(names)
   return out
 end
 
--- The candidates in lease order; one that a flow guard holds back (RESOLVE gives nil)
--- stays available, and the walk goes on to the next, until the batch is full or the
--- ready sets run out.
+-- The candidates in lease order (F.walk: unlimited jobs, and the groups of limited ones);
+-- one that a flow guard holds back (RESOLVE gives nil) stays available, and the walk goes
+-- on, until the batch is full or the candidates run out.
 CMD.lease = function(a)
   local lease_until, worker, limit, nq = H.t_add(NOW, a[1]), a[2], tonumber(a[3]), tonumber(a[4])
   local names = H.unpaused({unpack(a, 5, 4 + nq)})
-  local next_candidate = F.candidates(names, limit)
+  local walk = F.walk(names, limit)
   local out = {}
   while #out < limit do
-    local member, cursor = next_candidate()
-    if not member then break end
-    local id = string.match(string.sub(member, 19), '^0*(%d+)$')
+    local item = walk.next()
+    if not item then break end
+    local id = H.member_id(item[2])
     local C = {token = a[4 + nq + #out + 1], worker = worker, lease_until = lease_until}
-    local target = RESOLVE.lease(F.guarded(id), C)
+    local guarded = F.guarded(id)
+    local g = guarded.flow and F.group_key(item[3], guarded.task, guarded.flow)
+    local target = RESOLVE.lease(guarded, C)
     if target then
+      local rank = g and redis.call('ZRANK', g, item[2])
       local j = H.load(id)
       H.move(j, 'lease', target, C)
       F.started(j, C.token)
       out[#out + 1] = H.flat(j)
+      walk.taken(item, g, rank)
     else
-      cursor.held = cursor.held + 1
+      walk.held(item, guarded, g)
     end
   end
   return out
@@ -1074,7 +1083,9 @@ end
 -- Mark a new store with version ``a[1]``; bring an older one to it.  Version 1 kept
 -- no running counts: they are counted from its running jobs (none of which has a key).
 -- Versions 1 and 2 kept no finished counts per minute: they are counted, once, from
--- the finished jobs.
+-- the finished jobs.  Versions 1 to 3 kept every available job in its queue's ready set:
+-- the limited ones move to their groups' sets, each group standing in the ready set by
+-- its first member (F.ready; the call's end adds the entries).
 CMD.migrate = function(a)
   local version = redis.call('HGET', P .. 'meta', 'version')
   if version == '1' then
@@ -1089,10 +1100,31 @@ CMD.migrate = function(a)
       if f[1] then H.count_finished({finished_at = m, queue = f[2]}, f[1], 1) end
     end
   end
+  if version == '1' or version == '2' or version == '3' then
+    for _, field in ipairs(redis.call('HKEYS', P .. 'counts')) do
+      local queue, state = string.match(field, '^(.*)%z(.*)$')
+      if state == S.available then H.group_ready(queue) end
+    end
+  end
   if not version or tonumber(version) < tonumber(a[1]) then
     redis.call('HSET', P .. 'meta', 'version', a[1])
   end
   return redis.call('HGET', P .. 'meta', 'version')
+end
+
+-- The limited jobs of ``queue``'s ready set moved to their groups (a store of version 3).
+function H.group_ready(queue)
+  local ready = P .. 'ready:' .. queue
+  local items = redis.call('ZRANGE', ready, 0, -1)
+  for _, member in ipairs(items) do
+    local id = H.member_id(member)
+    local f = redis.call('HMGET', P .. 'j:' .. id, 'task', 'flow', 'priority')
+    if f[2] then
+      redis.call('ZREM', ready, member)
+      F.ready({id = id, queue = queue, task = f[1], flow = f[2], priority = f[3],
+        run_at = string.sub(member, 1, 18)})
+    end
+  end
 end
 
 -- finished_per_minute: ``minute, queue NUL state, count`` for every minute from the
@@ -1123,6 +1155,8 @@ CMD.any_finished = function(a)
   return 0
 end
 
+-- How many entries the ready sets of the unpaused queues of ``a`` hold (jobs without
+-- limits, and groups): more than 0 while one of their jobs is available.
 CMD.ready = function(a)
   local n = 0
   for _, q in ipairs(H.unpaused(a)) do n = n + redis.call('ZCARD', P .. 'ready:' .. q) end
@@ -1135,6 +1169,7 @@ NOW = ARGV[2] ~= '' and ARGV[2] or H.server_now()
 local args = {}
 for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
 local result = CMD[ARGV[1]](args)
+F.settle_groups()
 for q in pairs(WAKE) do redis.call('PUBLISH', P .. 'wake', q) end
 if #DONE > NOTICE_MAX_ITEMS then
   redis.call('PUBLISH', P .. 'done', ANY_JOB)
