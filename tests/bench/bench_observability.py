@@ -1,7 +1,9 @@
 """What observability costs: processing with metrics, tracing, and both on, against the
 same run with them off, side by side on the memory driver and on PostgreSQL.
 
-Run: ``make bench``, or ``.venv/bin/python tests/bench/bench_observability.py [--scale F]``.
+Run: ``make bench``, or ``.venv/bin/python tests/bench/bench_observability.py [--scale F]``
+(``--stores memory``, ``--settings "metrics;both, 1% sampled"`` and ``--rounds N`` run a
+part of it; "off" always runs, every ratio is to it).
 
 "On" is what a production worker does with both integrations: the Prometheus
 metrics of :mod:`taskharbor.contrib.prometheus` (their own registry) and the
