@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -277,6 +278,83 @@ def test_an_attempt_follows_the_producers_sampling_decision(
         th.JobState.SUCCEEDED,
         th.JobState.DEAD,
     ]
+
+
+class SeesTheCurrentSpan(th.Middleware):
+    """An inner middleware: what is current while the store call runs; fails on demand."""
+
+    def __init__(self) -> None:
+        self.seen: list[trace.SpanContext] = []
+        self.fail = False
+
+    def around_enqueue(self, requests: Any, call_next: Any) -> Any:
+        self.seen.append(trace.get_current_span().get_span_context())
+        if self.fail:
+            raise ValueError("store refused")
+        return call_next(requests)
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_an_enqueue_span_is_current_during_the_store_call_sampled_or_not(
+    exporter: InMemorySpanExporter, sampled: bool
+) -> None:
+    app = th.App("memory://")
+    provider = TracerProvider(sampler=ALWAYS_ON if sampled else ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    otel.instrument(app, tracer_provider=provider)
+    inner = SeesTheCurrentSpan()
+    app.use(inner)
+    work = app.task(name="work")(lambda: None)
+    job = work.enqueue()
+    stored = trace.get_current_span(propagate.extract(dict(job.headers))).get_span_context()
+    # What the store call ran under is what the job carries, sampled as the sampler said.
+    (inside,) = inner.seen
+    assert (inside.trace_id, inside.span_id) == (stored.trace_id, stored.span_id)
+    assert stored.is_valid and stored.trace_flags.sampled is sampled
+    inner.fail = True
+    with pytest.raises(ValueError, match="store refused"):
+        work.enqueue()
+    assert trace.get_current_span() is trace.INVALID_SPAN  # made current only for the call
+    spans = sorted(exporter.get_finished_spans(), key=lambda span: span.start_time or 0)
+    if not sampled:
+        assert spans == []
+        return
+    sent, failed = spans
+    assert sent.context.span_id == stored.span_id
+    assert sent.attributes["messaging.message.id"] == str(job.id)
+    assert failed.status.status_code is trace.StatusCode.ERROR
+    assert [event.name for event in failed.events] == ["exception"]
+
+
+def test_an_attempt_of_an_unsampled_trace_keeps_what_else_is_current() -> None:
+    """The producer's span is made current on top of the worker's own context (its
+    baggage, say), not instead of it, whichever way the handler runs."""
+    app = th.App("memory://")
+    unsampled = TracerProvider(sampler=ALWAYS_OFF)
+    otel.instrument(app, tracer_provider=unsampled)
+    seen: dict[str, tuple[trace.SpanContext, object]] = {}
+
+    @app.task(name="async_work")
+    async def async_work() -> None:
+        seen["async"] = (trace.get_current_span().get_span_context(), baggage.get_baggage("k"))
+
+    @app.task(name="sync_work")
+    def sync_work() -> None:
+        seen["sync"] = (trace.get_current_span().get_span_context(), baggage.get_baggage("k"))
+
+    with trace.use_span(unsampled.get_tracer("web").start_span("web request")):
+        async_work.enqueue()
+        sync_work.enqueue()
+    token = otel_context.attach(baggage.set_baggage("k", "v"))
+    try:
+        burst(app)
+    finally:
+        otel_context.detach(token)
+    (async_span, async_baggage), (sync_span, _) = seen["async"], seen["sync"]
+    assert async_baggage == "v"
+    assert async_span.trace_id == sync_span.trace_id
+    assert async_span.is_valid and not async_span.trace_flags.sampled
+    assert trace.get_current_span() is trace.INVALID_SPAN
 
 
 def test_a_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

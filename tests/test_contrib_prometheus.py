@@ -98,6 +98,32 @@ def test_outcomes_latencies_and_the_stores_gauges_after_a_known_mix() -> None:
     assert generate_latest(registry) == b""
 
 
+def test_a_rescue_adds_no_start_delay_sample_and_an_attempt_adds_one() -> None:
+    """A rescue has no attempt start: counted as an outcome, it shows no start-delay
+    histogram for its task and queue (not even an empty one) until an attempt starts."""
+    app = th.App("memory://")
+    registry = CollectorRegistry()
+    prometheus.instrument(app, registry=registry)
+    app.task(name="work")(lambda: None).enqueue()
+    (record,) = app.driver.lease(["default"], 1, 30.0, "w1")
+    app.events.emit(th.Event("rescued", job=record))
+    samples = scrape(registry)
+    assert outcomes(samples) == {("work", "rescued"): 1}
+    assert not any(name.startswith("taskharbor_job_start_delay") for name, _ in samples)
+    assert not any(name.startswith("taskharbor_job_duration") for name, _ in samples)
+    started = record.run_at.timestamp() + 2.0
+    app.events.emit(
+        th.Event("succeeded", job=record, started_at=started, finished_at=started + 0.5)
+    )
+    samples = scrape(registry)
+    assert outcomes(samples) == {("work", "rescued"): 1, ("work", "succeeded"): 1}
+    delay = {"task": "work", "queue": "default"}
+    assert value(samples, "taskharbor_job_start_delay_seconds_count", **delay) == 1
+    assert value(samples, "taskharbor_job_start_delay_seconds_sum", **delay) == 2.0
+    duration = {**delay, "outcome": "succeeded"}
+    assert value(samples, "taskharbor_job_duration_seconds_sum", **duration) == 0.5
+
+
 def test_the_oldest_ready_job_age_and_a_store_read_at_most_once_per_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -32,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from taskharbor.spec import EnqueueRequest, WorkflowGraph, WorkflowRecord
 
@@ -46,6 +47,7 @@ from . import missing
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
+    from opentelemetry.context import Context
     from opentelemetry.trace import (
         Link,
         Span,
@@ -84,7 +86,8 @@ class Tracing(Middleware):
         self.follow_producer_sampling = follow_producer_sampling
         # By id(context), keeping the context alive; each entry is added on the thread that
         # runs the handler and popped on the event loop's (one dict operation each: atomic).
-        self._open: dict[int, tuple[JobContext, Span]] = {}
+        # A spanless entry (None) is an attempt of an unsampled trace whose handler ran.
+        self._open: dict[int, tuple[JobContext, Span | None]] = {}
         self._unsubscribe = app.events.subscribe(self._on_end, *events.ATTEMPT_ENDS)
 
     # -- producing ----------------------------------------------------------------
@@ -105,12 +108,11 @@ class Tracing(Middleware):
         else:
             attributes["messaging.batch.message_count"] = len(requests)
         name = f"send {queues[0]}" if len(queues) == 1 else "send"
-        with self.tracer.start_as_current_span(
-            name, kind=SpanKind.PRODUCER, attributes=attributes
-        ) as span:
+        span = self.tracer.start_span(name, kind=SpanKind.PRODUCER, attributes=attributes)
+        with _made_current(span):
             carried = _carrier()
             jobs = call_next([_with_headers(request, carried) for request in requests])
-            if len(jobs) == 1:
+            if len(jobs) == 1 and span.is_recording():
                 span.set_attribute("messaging.message.id", str(jobs[0].id))
             return jobs
 
@@ -125,11 +127,12 @@ class Tracing(Middleware):
         }
         if graph.name is not None:
             attributes["taskharbor.workflow.name"] = graph.name
-        with self.tracer.start_as_current_span(
+        span = self.tracer.start_span(
             f"send workflow {graph.name or ''}".strip(),
             kind=SpanKind.PRODUCER,
             attributes=attributes,
-        ) as span:
+        )
+        with _made_current(span):
             carried = _carrier()
             steps = tuple(
                 dataclasses.replace(step, request=_with_headers(step.request, carried))
@@ -147,7 +150,10 @@ class Tracing(Middleware):
     def around_job(self, job: JobContext) -> _Current:
         parent = _parent(tuple(job.headers.items()))
         if parent.unsampled and self.follow_producer_sampling:
-            return _Current(parent.span)  # no span: the producer's trace, unsampled, goes on
+            # No span: the producer's trace, unsampled, goes on.  The attempt is marked
+            # spanless so that its end need not parse the headers again to know it.
+            self._open[id(job)] = (job, None)
+            return _Current(parent.span, parent.alone)
         span = self._start(job, parent)
         self._open[id(job)] = (job, span)
         return _Attempt(span)
@@ -174,6 +180,8 @@ class Tracing(Middleware):
         context = event.context
         found = None if context is None else self._open.pop(id(context), None)
         if found is not None:
+            if found[1] is None:
+                return  # an attempt of an unsampled trace: no span was made
             span = found[1]
         else:
             job = event.job
@@ -204,15 +212,21 @@ class Tracing(Middleware):
 
 class _Current:
     """A span made current around the handler (a class, not a generator: it runs per
-    attempt)."""
+    attempt).  ``alone`` is the context holding just that span, made current as it is
+    when no other context is current (the usual case: no new context per attempt)."""
 
-    __slots__ = ("span", "token")
+    __slots__ = ("alone", "span", "token")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, alone: otel_context.Context | None = None) -> None:
         self.span = span
+        self.alone = alone
 
     def __enter__(self) -> None:
-        self.token = otel_context.attach(trace.set_span_in_context(self.span))
+        current = otel_context.get_current()
+        if self.alone is not None and not current:
+            self.token = otel_context.attach(self.alone)
+        else:
+            self.token = otel_context.attach(trace.set_span_in_context(self.span, current))
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, _: object
@@ -234,6 +248,16 @@ class _Attempt(_Current):
             self.span.record_exception(error)
 
 
+def _made_current(span: Span) -> AbstractContextManager[object]:
+    """``span`` current for an enqueue, ended after it (with the exception it raised
+    recorded), as ``start_as_current_span`` does; a span its sampler dropped only needs
+    to be current (so what the enqueue starts inherits the decision), which a plain
+    attach and detach does for a fraction of the generators' cost."""
+    if span.is_recording():
+        return trace.use_span(span, end_on_exit=True)
+    return _Current(span)
+
+
 def instrument(
     app: App,
     *,
@@ -252,9 +276,9 @@ def instrument(
     return tracing
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Parent:
-    """The trace context stored in a job's headers, as an attempt uses it."""
+class _Parent(NamedTuple):
+    """The trace context stored in a job's headers, as an attempt uses it (a named tuple:
+    made once per distinct context, which is once per job when each has its own trace)."""
 
     context: otel_context.Context
     span: Span
@@ -262,6 +286,9 @@ class _Parent:
     span_context: SpanContext
     unsampled: bool
     """A valid context whose producer did not sample the trace."""
+    alone: otel_context.Context | None
+    """For an unsampled trace, a context holding only the producer's span (what its
+    attempts make current when no other context is)."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -272,7 +299,9 @@ def _parent(headers: tuple[tuple[str, str], ...]) -> _Parent:
     context = propagate.extract(dict(headers))
     span = trace.get_current_span(context)
     producer = span.get_span_context()
-    return _Parent(context, span, producer, producer.is_valid and not producer.trace_flags.sampled)
+    if producer.is_valid and not producer.trace_flags.sampled:
+        return _Parent(context, span, producer, True, trace.set_span_in_context(span, Context()))
+    return _Parent(context, span, producer, False, None)
 
 
 def _carrier() -> dict[str, str]:

@@ -21,12 +21,12 @@ docs/observability.md has a scrape configuration, alerts and dashboard panels.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import logging
 import math
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -131,8 +131,11 @@ class _Histogram:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.counts[bisect_left(self.buckets, value)] += 1
         self.total += value
+
+    def counts_any(self) -> bool:
+        return any(self.counts)
 
     def samples(self) -> Samples:
         """Cumulative ``(le, count)`` buckets, and the sum."""
@@ -144,6 +147,19 @@ class _Histogram:
         return cumulative, self.total
 
 
+class _Ended:
+    """What one ``(task, queue, outcome)`` has counted: the attempts, their durations, and
+    the start delays of its ``(task, queue)`` (shared by that pair's outcomes).  Made once
+    per label set and kept, so an attempt's end finds everything it adds to in one lookup."""
+
+    __slots__ = ("count", "delays", "durations")
+
+    def __init__(self, delays: _Histogram) -> None:
+        self.count = 0
+        self.durations = _Histogram(DURATION_BUCKETS)
+        self.delays = delays
+
+
 class Tally(Collector):
     """The counters and histograms fed by events, kept as plain numbers under one lock
     and turned into metric families when scraped: an attempt costs a dict lookup and a
@@ -152,7 +168,7 @@ class Tally(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._enqueued: dict[tuple[str, str], int] = {}
-        self._ended: dict[tuple[str, str, str], list[Any]] = {}  # [count, duration histogram]
+        self._ended: dict[tuple[str, str, str], _Ended] = {}
         self._delays: dict[tuple[str, str], _Histogram] = {}
 
     def on_enqueued(self, event: Event) -> None:
@@ -169,24 +185,39 @@ class Tally(Collector):
         assert job is not None, "an attempt's end or a rescue has its job"
         key = (job.task, job.queue, event.kind)
         started, finished = event.started_at, event.finished_at
+        # Worked out before taking the lock, which then guards only the additions.
+        delay = duration = None
+        if started is not None:  # a clock step back counts as 0 (not max(): one call less)
+            delay = started - job.run_at.timestamp()
+            delay = delay if delay > 0.0 else 0.0
+            if finished is not None:
+                duration = finished - started if finished > started else 0.0
         with self._lock:
             ended = self._ended.get(key)
             if ended is None:
-                ended = self._ended[key] = [0, _Histogram(DURATION_BUCKETS)]
-            ended[0] += 1
-            if started is not None:
-                delays = self._delays.get(key[:2])
-                if delays is None:
-                    delays = self._delays[key[:2]] = _Histogram(LATENCY_BUCKETS)
-                delays.observe(max(0.0, started - job.run_at.timestamp()))
-                if finished is not None:
-                    ended[1].observe(max(0.0, finished - started))
+                ended = self._ended[key] = _Ended(self._delays_of(job.task, job.queue))
+            ended.count += 1
+            if delay is not None:
+                ended.delays.observe(delay)
+            if duration is not None:
+                ended.durations.observe(duration)
+
+    def _delays_of(self, task: str, queue: str) -> _Histogram:
+        """The start delays of ``(task, queue)`` (called under the lock)."""
+        delays = self._delays.get((task, queue))
+        if delays is None:
+            delays = self._delays[(task, queue)] = _Histogram(LATENCY_BUCKETS)
+        return delays
 
     def collect(self) -> Iterable[Any]:
         with self._lock:
             enqueued = dict(self._enqueued)
-            ended = {key: (n, histogram.samples()) for key, (n, histogram) in self._ended.items()}
-            delays = {key: histogram.samples() for key, histogram in self._delays.items()}
+            ended = {key: (n.count, n.durations.samples()) for key, n in self._ended.items()}
+            delays = {
+                key: histogram.samples()
+                for key, histogram in self._delays.items()
+                if histogram.counts_any()
+            }
         yield _counter(
             "taskharbor_jobs_enqueued", "Jobs created by enqueues in this process.", enqueued
         )

@@ -1,7 +1,9 @@
 """What observability costs: processing with metrics, tracing, and both on, against the
 same run with them off, side by side on the memory driver and on PostgreSQL.
 
-Run: ``make bench``, or ``.venv/bin/python tests/bench/bench_observability.py [--scale F]``.
+Run: ``make bench``, or ``.venv/bin/python tests/bench/bench_observability.py [--scale F]``
+(``--stores memory``, ``--settings "metrics;both, 1% sampled"`` and ``--rounds N`` run a
+part of it; "off" always runs, every ratio is to it).
 
 "On" is what a production worker does with both integrations: the Prometheus
 metrics of :mod:`taskharbor.contrib.prometheus` (their own registry) and the
@@ -260,15 +262,34 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--postgres", default=POSTGRES_URL)
+    parser.add_argument(
+        "--stores", default=",".join(SIZES), help="comma-separated: memory, postgres"
+    )
+    parser.add_argument(
+        "--settings",
+        default=";".join(s for s in SETTINGS if s != "off"),
+        help="semicolon-separated settings measured beside 'off' (default: all)",
+    )
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     args = parser.parse_args(argv)
+    stores = [store.strip() for store in args.stores.split(",")]
+    chosen = ["off", *(s.strip() for s in args.settings.split(";") if s.strip() != "off")]
+    unknown = [name for name in (*stores, *chosen) if name not in (*SIZES, *SETTINGS)]
+    if unknown or args.rounds < 1:
+        parser.error(
+            f"unknown store or setting {unknown}, or rounds < 1 (stores: "
+            f"{', '.join(SIZES)}; settings: {'; '.join(SETTINGS)})"
+        )
+    rounds = args.rounds
     sizes = {store: max(100, int(n * args.scale)) for store, n in SIZES.items()}
     console = Console(width=150)  # the tables are wide; a pipe would get 80 columns
-    runs = {
+    every_run = {
         "memory": lambda setting: memory_rate(sizes["memory"], setting),
         "postgres": lambda setting: postgres_rate(args.postgres, sizes["postgres"], setting),
     }
+    runs = {store: every_run[store] for store in stores}
     table = Table(
-        title=f"Processing no-op jobs, observability off and on (medians of {ROUNDS} rounds; "
+        title=f"Processing no-op jobs, observability off and on (medians of {rounds} rounds; "
         f"target: CPU ratio >= {TARGET:.2f})"
     )
     columns = (
@@ -285,13 +306,13 @@ def main(argv: list[str] | None = None) -> None:
         table.add_column(column, justify="left" if column in ("store", "setting") else "right")
     per_job: dict[str, dict[str, float]] = {}  # µs of the worker's CPU per job (medians)
     for store, run in runs.items():
-        rates: dict[str, list[Rates]] = {setting: [] for setting in SETTINGS}
-        for round_ in range(ROUNDS):
-            for setting in SETTINGS:
+        rates: dict[str, list[Rates]] = {setting: [] for setting in chosen}
+        for round_ in range(rounds):
+            for setting in chosen:
                 wall, cpu = run(setting)
                 rates[setting].append((wall, cpu))
                 console.print(
-                    f"{store} round {round_ + 1}/{ROUNDS} {setting}: "
+                    f"{store} round {round_ + 1}/{rounds} {setting}: "
                     f"{wall:,.0f} jobs/s, {cpu:,.0f} jobs/CPU s"
                 )
         offs = [cpu for _, cpu in rates["off"]]
@@ -315,22 +336,22 @@ def main(argv: list[str] | None = None) -> None:
             )
     console.print(table)
     sdk = {
-        sampled: statistics.median(sdk_span_cost(sampled) for _ in range(ROUNDS))
+        sampled: statistics.median(sdk_span_cost(sampled) for _ in range(rounds))
         for sampled in (True, False)
     }
     bounds = Table(
         title="What bounds it: µs of the worker's CPU per job, and what each setting adds"
     )
-    columns = ("store", "off", "budget (to the target)", *(s for s in SETTINGS if s != "off"))
+    columns = ("store", "off", "budget (to the target)", *(s for s in chosen if s != "off"))
     for column in columns:
         bounds.add_column(column, justify="left" if column == "store" else "right")
     for store, by_setting in per_job.items():
         off_us = by_setting["off"]
-        added = [f"{by_setting[s] - off_us:+.1f}" for s in SETTINGS if s != "off"]
+        added = [f"{by_setting[s] - off_us:+.1f}" for s in chosen if s != "off"]
         bounds.add_row(store, f"{off_us:.1f}", f"{off_us * (1 / TARGET - 1):.1f}", *added)
     console.print(bounds)
     console.print(
-        f"The OpenTelemetry SDK alone, per attempt span (median of {ROUNDS} loops of "
+        f"The OpenTelemetry SDK alone, per attempt span (median of {rounds} loops of "
         f"{SDK_SPANS:,}): {sdk[True]:.1f} µs for a recorded one (started with the "
         f"attempt's 7 attributes, outcome set, ended, batch processor, dropping exporter), "
         f"{sdk[False]:.1f} µs for one its parent-based sampler drops (an attempt of an "
