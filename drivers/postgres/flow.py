@@ -62,6 +62,11 @@ of its position.  Why no job is ever lost, under any number of writers and lease
   only says where to look, and a stale hint costs one probe.  Hints left behind
   (rows another lease held, duplicates at one position) cost a skip, never a job.
 
+The price of writers that never wait: one hint per job made available, so the first
+lease to meet a group after a flood deletes the flood's hints, once (measured at
+100,000 held back: about 1 s for that lease, the next ones as with nothing held),
+an O(1) cost per job enqueued rather than per lease.
+
 ``tests/test_postgres_group_walk.py`` runs that race with real connections.
 """
 
