@@ -33,7 +33,13 @@ from psycopg import sql
 from taskharbor.spec import FINISHED_JOB_STATES, JobEvent, JobState, SchemaError, WorkflowState
 from taskharbor.spec.retry import DEFAULT_RETRY_TEXT
 
-from .flow import batched_lease, cached_guards, flow_control, lease_limited_function
+from .flow import (
+    batched_lease,
+    cached_guards,
+    flow_control,
+    group_walk,
+    lease_limited_function,
+)
 from .queues import paused_queues_table
 from .schedules import schedules_table
 from .transitions import event_sources, state_literals
@@ -256,6 +262,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(14, "limited leases in one update, one queue in index order", batched_lease),
     Migration(15, "finished jobs per minute", _finished_counts),
     Migration(16, "limited leases: lookups only for the limits carried, one pass", cached_guards),
+    Migration(17, "limited leases walk groups, not held-back jobs", group_walk),
 )
 """Every migration, oldest first.  Never edit a released one: add the next."""
 

@@ -21,6 +21,7 @@ from taskharbor.spec import FINISHED_JOB_STATES, QUEUED_JOB_STATES, JobEvent, Jo
 from taskharbor.spec.records import PRUNABLE_WORKFLOW_STATES
 
 from ..finished_watches import ANY_JOB, NOTICE_MAX_ITEMS
+from .flow import heads_table
 from .queues import paused_table
 from .rows import job_columns
 from .tables import Tables, statement
@@ -167,9 +168,13 @@ _FENCED_PARTS: Mapping[JobEvent, tuple[str, str, str]] = {
 
 
 _LEASE = """
-WITH picked AS (
-    SELECT j.id, j.flow IS NOT NULL AS limited FROM {jobs} j
-    WHERE j.state = {available} AND {in_queues}
+WITH bound AS (
+    SELECT h.rank, h.run_at, h.id FROM {heads} h WHERE {hinted_queues}
+    ORDER BY h.rank, h.run_at, h.id LIMIT 1
+),
+picked AS (
+    SELECT j.id FROM {jobs} j
+    WHERE j.state = {available} AND j.flow IS NULL AND {in_queues}
     ORDER BY j.priority DESC, j.run_at, j.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -180,29 +185,44 @@ leased AS (
         lease_token = replace(gen_random_uuid()::text, '-', ''),
         lease_expires_at = {now} + make_interval(secs => %(seconds)s),
         leased_by = %(worker)s, progress = NULL, progress_message = NULL
-    FROM picked WHERE j.id = picked.id AND NOT picked.limited
+    FROM picked WHERE j.id = picked.id AND NOT EXISTS (
+        SELECT 1 FROM bound b
+        WHERE (b.rank, b.run_at, b.id) < (-j.priority::integer, j.run_at, j.id))
     RETURNING {columns}
 )
-SELECT j.*, p.limited FROM (SELECT bool_or(limited) AS limited FROM picked) p
+SELECT j.*, p.limited FROM (
+    SELECT EXISTS (SELECT 1 FROM bound) AND (SELECT count(*) FROM leased) < %(limit)s AS limited
+) p
 LEFT JOIN leased j ON TRUE
 """
+
+
+_ONE_QUEUE_HINTS = "h.queue = (%(queues)s::text[])[1]"
+_QUEUES_HINTS = "h.queue = ANY(%(queues)s::text[])"
+"""The hints the plain lease reads: of its one queue by equality (the index's order)."""
 
 
 @statement
 def lease(tables: Tables, *, one_queue: bool) -> sql.Composed:
     """Lease up to ``%(limit)s`` available jobs of ``%(queues)s``; never one job twice.
 
-    Only candidates without flow limits are leased here: the answer has one row
-    per leased job, or one row of NULLs when none was, and ``limited`` on every
-    row says whether the candidates included limited jobs, which the caller
-    then leases through ``lease_limited`` (:mod:`.flow`).
+    Only jobs without flow limits are leased here, and only those ahead of the
+    earliest hint of the heads table (:mod:`.flow`), a lower bound of every
+    available limited job's position: ahead of it no limited job can come first.
+    The answer has one row per leased job, or one row of NULLs when none was, and
+    ``limited`` on every row says whether the lease came short with a hint in its
+    queues, so the caller goes on through ``lease_limited``.  A store without
+    limited jobs pays one probe of an empty index for it.
 
     With ``one_queue`` the queue test is an equality, so the planner walks the
     lease index (queue, priority, run_at, id) in order and stops at the limit;
     ``queue = ANY(...)`` cannot use that order and sorts the candidates instead.
     """
+    hinted = _ONE_QUEUE_HINTS if one_queue else _QUEUES_HINTS
     return tables.sql(
         _LEASE,
+        heads=heads_table(tables.schema),
+        hinted_queues=sql.SQL(hinted),
         in_queues=unpaused_queues(tables, one_queue=one_queue),
         available=job_state(JobState.AVAILABLE),
         target=target_case(JobEvent.LEASE, {}),

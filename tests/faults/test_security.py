@@ -56,6 +56,7 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("postgres/statements.py", "sql.SQL(arrays)"): "a template from _FENCED_PARTS",
     ("postgres/statements.py", "sql.SQL(names)"): "a template from _FENCED_PARTS",
     ("postgres/statements.py", "sql.SQL(which)"): "the driver's two literal conditions",
+    ("postgres/statements.py", "sql.SQL(hinted)"): "the two literal hint conditions of lease",
     ("postgres/statements.py", "sql.SQL(seen)"): "'' or the literal SEEN_BY_HEARTBEAT clause",
     ("postgres/statements.py", "sql.SQL(_FILTERS[name])"): "literal conditions with %(name)s",
     ("postgres/statements.py", "sql.SQL(_WORKFLOW_FILTERS[name])"): "literal conditions, %(name)s",
