@@ -516,7 +516,8 @@ DECLARE
     head_keys text[] := '{{}}';
     heads bigint[] := '{{}}';
     at_key integer;
-    -- the groups met this call: names (length-prefixed, so unambiguous), and parts
+    -- the groups met this call: names (queue and task length-prefixed, so unambiguous),
+    -- and parts
     met text[] := '{{}}';
     met_queue text[] := '{{}}';
     met_task text[] := '{{}}';
@@ -599,7 +600,8 @@ BEGIN
             h_rank := hint.rank;
             h_run := hint.run_at;
             h_id := hint.id;
-            met := met || (length(hint.task) || ':' || hint.task || hint.flow);
+            met := met || (length(hint.queue) || ':' || hint.queue
+                           || length(hint.task) || ':' || hint.task || hint.flow);
             met_queue := met_queue || hint.queue;
             met_task := met_task || hint.task;
             met_flow := met_flow || hint.flow;
@@ -765,7 +767,8 @@ _FIRST_MEMBER = """LEFT JOIN LATERAL (
                     FROM {jobs} j WHERE j.state = {available} AND {group}
                     ORDER BY {order_j} LIMIT 1 FOR UPDATE SKIP LOCKED) j ON TRUE"""
 _HINT_AFTER = """AND (hh.rank, hh.run_at, hh.id) > (h_rank, h_run, h_id)
-                  AND NOT length(hh.task) || ':' || hh.task || hh.flow = ANY(met)"""
+                  AND NOT length(hh.queue) || ':' || hh.queue
+                          || length(hh.task) || ':' || hh.task || hh.flow = ANY(met)"""
 
 
 def walk_function(schema: str) -> sql.Composed:
