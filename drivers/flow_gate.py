@@ -74,10 +74,6 @@ class FlowGate:
         self.starts: list[tuple[str, datetime]] = []
         """The starts to record: (bucket, now) for each leased job with a rate limit."""
 
-    def admits(self, job_id: JobId, task: str, flow: FlowLimits) -> bool:
-        """Whether the lease takes this candidate; if so it is counted as running."""
-        return self.decide(job_id, task, flow) is Verdict.TAKEN
-
     def decide(self, job_id: JobId, task: str, flow: FlowLimits) -> Verdict:
         """Whether the lease takes this candidate (then it is counted as running),
         and if not, whether anything but its key's sequence holds it."""
